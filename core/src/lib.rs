@@ -1,0 +1,49 @@
+//! relaybox: reliable event delivery from an application's database to a
+//! message broker.
+//!
+//! - **Transactional outbox**: write events in the same transaction as your
+//!   business rows ([`Store::enqueue`] into your own sqlx transaction, or an
+//!   owned [`Transaction`]).
+//! - **Relay**: [`Relay`] moves committed rows to a [`Sink`] in order per key,
+//!   sharing partitions between instances through leases.
+//! - **Idempotent consumer**: [`Consumer`] reads a [`Source`] and records each
+//!   message id in an inbox in the same transaction as the handler's writes.
+//!
+//! The database transport ([`transport::database`]) makes the whole flow work
+//! on SQLite or PostgreSQL alone. See `docs/architecture.md`.
+
+mod backoff;
+pub mod consumer;
+pub mod duration;
+pub mod error;
+pub mod message;
+pub mod partition;
+pub mod redact;
+pub mod relay;
+pub mod runtime;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod store;
+pub mod transaction;
+pub mod transport;
+pub mod validate;
+pub mod value;
+mod wake;
+
+pub use consumer::{handler_fn, Consumer, ConsumerConfig, ConsumerStats, Handler};
+pub use error::{BoxError, Error, Result};
+pub use message::Message;
+pub use redact::DatabaseUrl;
+pub use relay::{Relay, RelayConfig, RelayStats};
+pub use schema::Dialect;
+pub use sink::Sink;
+pub use source::{AckToken, Delivery, Source};
+pub use store::{DeadLetter, DeadLetterFilter, InsertStatement, Placeholders, Status, Store, StoreOptions};
+pub use transaction::Transaction;
+pub use transport::database::{DatabaseSink, DatabaseSource, DatabaseSourceConfig, StartFrom};
+pub use validate::Limits;
+pub use value::{Row, Value};
+
+/// Re-exported so callers use the same sqlx as relaybox.
+pub use sqlx;

@@ -1,0 +1,441 @@
+//! The relay: moves committed outbox rows to a [`Sink`] in order per key,
+//! sharing partitions with other relays through leases, retrying failures with
+//! backoff and dead-lettering what keeps failing.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::backoff;
+use crate::error::{Error, Result};
+use crate::message::{now_micros, Message};
+use crate::sink::Sink;
+use crate::store::{Completion, Store};
+
+/// Relay settings. Every field has a default; [`validate`](RelayConfig::validate) rejects nonsense.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Rows claimed per batch (default 500).
+    pub batch_size: u32,
+    /// Fallback poll when no wake-up arrives (default 1 s).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub poll_interval: Duration,
+    /// How long a partition lease lasts without renewal (default 15 s); a dead
+    /// relay's partitions are taken over after at most this long.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub lease_ttl: Duration,
+    /// Attempts before a message moves to dead letters (default 10).
+    pub max_attempts: u32,
+    /// First retry delay (default 500 ms); doubles per attempt, with jitter.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub backoff_initial: Duration,
+    /// Longest retry delay (default 5 min).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub backoff_max: Duration,
+    /// Longest wait for the sink's acknowledgements of a batch (default 10 s);
+    /// must be shorter than `lease_ttl`.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub publish_timeout: Duration,
+    /// Keep delivered rows (with `sent_at`) this long instead of deleting them.
+    #[serde(deserialize_with = "crate::duration::deserialize_opt")]
+    pub retention: Option<Duration>,
+    /// Instance id shown in leases and `relaybox status` (default: host-pid-random).
+    pub instance_id: Option<String>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(15),
+            max_attempts: 10,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+            publish_timeout: Duration::from_secs(10),
+            retention: None,
+            instance_id: None,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Rejects values that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(Error::config("batch_size", "must be between 1 and 10000"));
+        }
+        if self.poll_interval < Duration::from_millis(1) {
+            return Err(Error::config("poll_interval", "must be at least 1 ms"));
+        }
+        if self.lease_ttl < Duration::from_millis(100) {
+            return Err(Error::config("lease_ttl", "must be at least 100 ms"));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::config("max_attempts", "must be at least 1"));
+        }
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return Err(Error::config("backoff_initial", "must be positive and at most backoff_max"));
+        }
+        if self.publish_timeout.is_zero() || self.publish_timeout >= self.lease_ttl {
+            return Err(Error::config("publish_timeout", "must be positive and shorter than lease_ttl"));
+        }
+        if let Some(id) = &self.instance_id {
+            if id.is_empty() || id.len() > 200 {
+                return Err(Error::config("instance_id", "must be 1 to 200 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings from a JSON object (as bindings pass them); unknown keys are an error.
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let config: RelayConfig =
+            serde_json::from_value(value).map_err(|e| Error::config("relay config", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Counters of a running relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Messages the sink acknowledged.
+    pub delivered: u64,
+    /// Failed attempts that were scheduled for retry.
+    pub retried: u64,
+    /// Messages moved to dead letters.
+    pub dead_lettered: u64,
+    /// Batches published.
+    pub batches: u64,
+    /// Partitions held right now.
+    pub partitions_held: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    delivered: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    batches: AtomicU64,
+    partitions_held: AtomicU64,
+}
+
+/// A running relay. Stop it with [`shutdown`](Relay::shutdown), which finishes
+/// the batch in flight and hands its partitions over at once. Dropping it
+/// instead stops it abruptly, as a crash would: its leases expire after
+/// `lease_ttl` and another relay takes over; nothing is lost.
+pub struct Relay {
+    owner: String,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("owner", &self.owner).finish()
+    }
+}
+
+impl Relay {
+    /// Validates `config` and starts relaying on the current tokio runtime.
+    pub fn start(store: Store, sink: Arc<dyn Sink>, config: RelayConfig) -> Result<Relay> {
+        config.validate()?;
+        store.check_open()?;
+        let owner = config.instance_id.clone().unwrap_or_else(default_instance_id);
+        let cancel = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let worker = Worker {
+            store,
+            sink,
+            config,
+            owner: owner.clone(),
+            cancel: cancel.clone(),
+            counters: counters.clone(),
+            held: Vec::new(),
+        };
+        let task = tokio::spawn(worker.run());
+        tracing::info!(owner = %owner, "relaybox relay started");
+        Ok(Relay {
+            owner,
+            cancel,
+            task: Mutex::new(Some(task)),
+            counters,
+        })
+    }
+
+    /// This relay's instance id, as shown in the lease table.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> RelayStats {
+        let c = &self.counters;
+        RelayStats {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            partitions_held: c.partitions_held.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Finishes the batch in flight, releases the leases and stops. Idempotent.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.cancel.cancel();
+        let task = self.task.lock().expect("relay task lock").take();
+        if let Some(task) = task {
+            task.await.map_err(|e| Error::internal(format!("relay task failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the relay is still running.
+    pub fn is_running(&self) -> bool {
+        self.task
+            .lock()
+            .expect("relay task lock")
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..])
+}
+
+struct Worker {
+    store: Store,
+    sink: Arc<dyn Sink>,
+    config: RelayConfig,
+    owner: String,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+    held: Vec<u32>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut wake = self.store.subscribe_outbox();
+        let lease_every = self.config.lease_ttl / 3;
+        let mut next_lease = Instant::now();
+        let mut next_purge = Instant::now();
+        let mut error_streak = 0u32;
+        while !self.cancel.is_cancelled() {
+            let now = Instant::now();
+            if now >= next_lease {
+                match self.refresh_leases().await {
+                    Ok(()) => next_lease = now + lease_every,
+                    Err(e) => {
+                        tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
+                        next_lease = now + lease_every.min(Duration::from_secs(1));
+                    }
+                }
+            }
+            if let Some(retention) = self.config.retention {
+                if now >= next_purge {
+                    if let Err(e) = self.store.purge_sent(retention).await {
+                        tracing::warn!(error = %e, "relaybox purge of sent rows failed");
+                    }
+                    next_purge = now + Duration::from_secs(60);
+                }
+            }
+            let mut next_retry = None;
+            if !self.held.is_empty() {
+                wake.borrow_and_update();
+                match self.relay_batch().await {
+                    Ok(BatchOutcome::Worked) => {
+                        error_streak = 0;
+                        continue;
+                    }
+                    Ok(BatchOutcome::Idle { retry_at }) => {
+                        error_streak = 0;
+                        next_retry = retry_at;
+                    }
+                    Err(e) => {
+                        error_streak += 1;
+                        let pause = backoff(error_streak, Duration::from_millis(100), Duration::from_secs(5));
+                        tracing::warn!(owner = %self.owner, error = %e, "relaybox relay batch failed; pausing {pause:?}");
+                        next_retry = Some(Instant::now() + pause);
+                    }
+                }
+            }
+            let mut deadline = next_lease.min(Instant::now() + self.config.poll_interval);
+            if let Some(at) = next_retry {
+                deadline = deadline.min(at);
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        if let Err(e) = self.store.leave(&self.owner).await {
+            tracing::warn!(owner = %self.owner, error = %e, "relaybox relay could not release its leases");
+        }
+        tracing::info!(owner = %self.owner, "relaybox relay stopped");
+    }
+
+    /// Heartbeat, renew, then take or give partitions towards a fair share.
+    async fn refresh_leases(&mut self) -> Result<()> {
+        let ttl = self.config.lease_ttl;
+        let live = self.store.heartbeat(&self.owner, ttl).await?.max(1) as u32;
+        let total = self.store.partitions().await?;
+        let target = total.div_ceil(live) as usize;
+        let mut held = self.store.renew_leases(&self.owner, ttl).await?;
+        held.sort_unstable();
+        if held.len() > target {
+            let give: Vec<u32> = held.split_off(target);
+            self.store.release_leases(&self.owner, Some(&give)).await?;
+        } else if held.len() < target {
+            let got = self.store.acquire_leases(&self.owner, ttl, (target - held.len()) as u32).await?;
+            held.extend(got);
+        }
+        self.counters.partitions_held.store(held.len() as u64, Ordering::Relaxed);
+        self.held = held;
+        Ok(())
+    }
+
+    async fn relay_batch(&mut self) -> Result<BatchOutcome> {
+        let claim = self.store.claim(&self.owner, self.config.batch_size).await?;
+        if claim.rows.is_empty() {
+            return Ok(BatchOutcome::Idle { retry_at: None });
+        }
+        let messages: Vec<Message> = claim.rows.iter().map(|r| r.message.clone()).collect();
+        let results = self.publish(&messages).await;
+        let now = now_micros();
+        let mut done = Completion::default();
+        let mut failed_keys: HashSet<String> = HashSet::new();
+        let mut soonest_retry: Option<Duration> = None;
+        for (row, result) in claim.rows.iter().zip(results) {
+            let key = row.message.key.as_deref();
+            match result {
+                Ok(()) => done.delivered.push(row.message.id),
+                // Held behind an earlier failure of its key: not an attempt of its own.
+                Err(_) if key.is_some_and(|k| failed_keys.contains(k)) => {}
+                Err(e) => {
+                    if let Some(k) = key {
+                        failed_keys.insert(k.to_string());
+                    }
+                    let attempts = row.attempts + 1;
+                    let error = e.to_string();
+                    if attempts >= self.config.max_attempts {
+                        tracing::warn!(id = %row.message.id, attempts, error = %error, "relaybox message dead-lettered");
+                        done.dead.push((row.message.id, error));
+                    } else {
+                        let delay = backoff(attempts, self.config.backoff_initial, self.config.backoff_max);
+                        tracing::debug!(id = %row.message.id, attempts, ?delay, error = %error, "relaybox delivery failed; will retry");
+                        soonest_retry = Some(soonest_retry.map_or(delay, |d| d.min(delay)));
+                        let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                        done.retry.push((row.message.id, error, at));
+                    }
+                }
+            }
+        }
+        let (delivered, retried, dead) = (done.delivered.len(), done.retry.len(), done.dead.len());
+        let all_failed = delivered == 0;
+        self.store
+            .complete(&self.owner, claim, done, self.config.retention.is_some())
+            .await?;
+        let c = &self.counters;
+        c.delivered.fetch_add(delivered as u64, Ordering::Relaxed);
+        c.retried.fetch_add(retried as u64, Ordering::Relaxed);
+        c.dead_lettered.fetch_add(dead as u64, Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        if all_failed && dead == 0 {
+            // Everything claimable failed: wait for the earliest retry (or a wake-up).
+            return Ok(BatchOutcome::Idle {
+                retry_at: soonest_retry.map(|d| Instant::now() + d),
+            });
+        }
+        Ok(BatchOutcome::Worked)
+    }
+
+    /// Publishes with a timeout; a panicking or short-answering sink counts as failed.
+    async fn publish(&self, messages: &[Message]) -> Vec<Result<()>> {
+        let sink = self.sink.name().to_string();
+        let failed = |message: String, retryable: bool| {
+            messages
+                .iter()
+                .map(|m| {
+                    Err(Error::Transport {
+                        transport: sink.clone(),
+                        message: message.clone(),
+                        retryable,
+                        message_id: Some(m.id),
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let publish = AssertUnwindSafe(self.sink.publish(messages)).catch_unwind();
+        match tokio::time::timeout(self.config.publish_timeout, publish).await {
+            Err(_) => failed(format!("no acknowledgement within {:?}", self.config.publish_timeout), true),
+            Ok(Err(panic)) => failed(Error::from_panic(panic).to_string(), true),
+            Ok(Ok(results)) if results.len() != messages.len() => failed(
+                format!("sink returned {} results for {} messages", results.len(), messages.len()),
+                true,
+            ),
+            Ok(Ok(results)) => results,
+        }
+    }
+}
+
+enum BatchOutcome {
+    /// Rows were delivered or dead-lettered: look for more at once.
+    Worked,
+    /// Nothing to do until a wake-up, the poll interval, or `retry_at`.
+    Idle { retry_at: Option<Instant> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_rejects_nonsense() {
+        let bad = |f: fn(&mut RelayConfig)| {
+            let mut c = RelayConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(matches!(bad(|c| c.batch_size = 0), Error::InvalidConfig { field, .. } if field == "batch_size"));
+        assert!(matches!(bad(|c| c.max_attempts = 0), Error::InvalidConfig { field, .. } if field == "max_attempts"));
+        assert!(matches!(bad(|c| c.publish_timeout = c.lease_ttl), Error::InvalidConfig { field, .. } if field == "publish_timeout"));
+        assert!(RelayConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn config_from_json() {
+        let c = RelayConfig::from_json(serde_json::json!({"batch_size": 10, "poll_interval": "250ms", "lease_ttl": 5000})).unwrap();
+        assert_eq!(c.batch_size, 10);
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert!(RelayConfig::from_json(serde_json::json!({"batch_sise": 10})).is_err());
+        assert!(RelayConfig::from_json(serde_json::json!({"batch_size": 0})).is_err());
+    }
+}

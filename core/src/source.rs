@@ -1,0 +1,47 @@
+//! The seam between a broker and the idempotent consumer: a [`Source`] hands
+//! out deliveries and takes acknowledgements once they are processed.
+
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::message::Message;
+
+/// Where an acknowledgement goes: a partition and an offset (or a log position).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AckToken {
+    /// Broker partition (0 for sources without partitions).
+    pub partition: i32,
+    /// Offset or position of the delivery; acknowledging it means everything
+    /// up to and including it on that partition was processed.
+    pub offset: i64,
+}
+
+/// One message handed to the consumer.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// Ordering lane: deliveries of one lane are processed in order, lanes run
+    /// concurrently (a Kafka partition, or a hash of the key).
+    pub lane: u64,
+    /// What to acknowledge once processed.
+    pub ack: AckToken,
+}
+
+/// A broker (or the database log) the consumer reads from.
+///
+/// The consumer calls `fetch`, processes every delivery (each in its own
+/// database transaction with the inbox row), then calls `ack` with the tokens
+/// of the whole batch. Deliveries not acknowledged are delivered again after a
+/// restart; the inbox makes that harmless.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// A short name for logs and errors.
+    fn name(&self) -> &str;
+
+    /// Returns up to `max` deliveries, waiting up to `wait` when none are ready.
+    async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Records that the given deliveries are processed.
+    async fn ack(&self, acks: &[AckToken]) -> Result<()>;
+}

@@ -1,0 +1,784 @@
+//! The store: one handle over PostgreSQL or SQLite that owns the connection
+//! pool, the schema and every query relaybox runs. The dialect modules hold
+//! the SQL; this module holds what both share.
+
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgConnection, SqliteConnection};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::partition::{self, DEFAULT_PARTITIONS};
+use crate::redact::DatabaseUrl;
+use crate::schema::{self, Dialect};
+use crate::validate::Limits;
+use crate::wake::Wake;
+
+pub(crate) use postgres::{inbox_insert as pg_inbox_insert, PgSql};
+pub(crate) use sqlite::{inbox_insert as sqlite_inbox_insert, SqliteSql};
+
+/// Options of a [`Store`]; every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// Prefix of every table name (default `relaybox_`).
+    pub table_prefix: String,
+    /// Number of outbox partitions created by the first migration (default 16).
+    /// Fixed afterwards: it is read back from the lease table.
+    pub partitions: u32,
+    /// Largest payload accepted on enqueue, in bytes (default 1 MiB).
+    pub max_payload_bytes: usize,
+    /// Largest number of pooled connections (default 10 for PostgreSQL, 4 for SQLite).
+    pub max_connections: Option<u32>,
+    /// How long to wait for a connection (default 10 s).
+    #[serde(deserialize_with = "crate::duration::deserialize", skip_serializing)]
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            table_prefix: schema::DEFAULT_PREFIX.to_string(),
+            partitions: DEFAULT_PARTITIONS,
+            max_payload_bytes: crate::validate::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_connections: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        schema::check_prefix(&self.table_prefix)?;
+        if !(1..=4096).contains(&self.partitions) {
+            return Err(Error::config("partitions", "must be between 1 and 4096"));
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > 256 * 1024 * 1024 {
+            return Err(Error::config("max_payload_bytes", "must be between 1 byte and 256 MiB"));
+        }
+        if self.max_connections == Some(0) {
+            return Err(Error::config("max_connections", "must be at least 1"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config("connect_timeout", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Options from a JSON object (as bindings pass them); unknown keys are an error.
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let options: StoreOptions =
+            serde_json::from_value(value).map_err(|e| Error::config("store options", e.to_string()))?;
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+/// Placeholder style of generated SQL, for host-language drivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placeholders {
+    /// `$1, $2, ...` (sqlx, node-postgres, Postgrex/Ecto).
+    Dollar,
+    /// `%s, %s, ...` (psycopg, asyncpg-free DB-API drivers).
+    Percent,
+    /// `?, ?, ...` (SQLite drivers, JDBC).
+    Question,
+}
+
+impl FromStr for Placeholders {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "dollar" | "$" => Ok(Placeholders::Dollar),
+            "percent" | "%s" | "format" => Ok(Placeholders::Percent),
+            "question" | "?" | "qmark" => Ok(Placeholders::Question),
+            other => Err(Error::config("placeholders", format!("unknown style {other:?}; use dollar, percent or question"))),
+        }
+    }
+}
+
+/// The INSERT statement of one outbox row and its parameters, so that a
+/// host-language driver can write the row inside its own transaction.
+///
+/// Parameters, in order: `id` (text UUID), `topic`, `key` (or null),
+/// `partition` (integer), `type`, `payload` (bytes), `content_type`,
+/// `headers` (JSON text), `created_at`, `available_at`. Timestamps are RFC 3339
+/// text on PostgreSQL and integer microseconds on SQLite; the SQL casts them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InsertStatement {
+    /// The SQL text.
+    pub sql: String,
+    /// The parameters, in placeholder order.
+    pub params: Vec<crate::value::Value>,
+    /// The id of the message the row carries.
+    pub message_id: Uuid,
+}
+
+/// An undelivered outbox row as the relay sees it.
+#[derive(Clone, Debug)]
+pub struct OutboxRow {
+    /// Insertion order, monotonic.
+    pub seq: i64,
+    /// Partition (hash of the key mod the partition count).
+    pub partition: u32,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The message.
+    pub message: Message,
+}
+
+/// A message that failed too often, kept with its last error.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    /// The message.
+    pub message: Message,
+    /// `relay` or `consumer:<group>`: who gave up on it.
+    pub origin: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: String,
+    /// When it was dead-lettered.
+    #[serde(with = "crate::message::micros_rfc3339")]
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Which dead letters an admin operation applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeadLetterFilter {
+    /// Every dead letter.
+    All,
+    /// The dead letters of these message ids.
+    Ids(Vec<Uuid>),
+}
+
+/// Backlog of one topic.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopicBacklog {
+    /// Topic name.
+    pub topic: String,
+    /// Undelivered messages.
+    pub pending: i64,
+    /// Age of the oldest undelivered message.
+    pub oldest_age_seconds: f64,
+    /// Undelivered messages that have failed at least once.
+    pub retrying: i64,
+}
+
+/// Who holds how many partitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseOwner {
+    /// Relay instance id.
+    pub owner: String,
+    /// Partitions held.
+    pub partitions: i64,
+    /// When the soonest of its leases expires unless renewed.
+    #[serde(with = "crate::message::micros_rfc3339")]
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What `relaybox status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Backlog per topic.
+    pub topics: Vec<TopicBacklog>,
+    /// Dead letters in total.
+    pub dead_letters: i64,
+    /// Partition count.
+    pub partitions: u32,
+    /// Current lease owners.
+    pub lease_owners: Vec<LeaseOwner>,
+    /// Live relay instances (heartbeat not expired).
+    pub live_relays: i64,
+}
+
+/// A message read from the log table of the database transport.
+#[derive(Clone, Debug)]
+pub struct LogEntry {
+    /// Position in the log (global, increasing in relay order).
+    pub position: i64,
+    /// The message.
+    pub message: Message,
+}
+
+/// A batch claimed by a relay, holding what keeps other relays off it.
+pub(crate) struct Claim {
+    pub rows: Vec<OutboxRow>,
+    pub(crate) hold: ClaimHold,
+}
+
+pub(crate) enum ClaimHold {
+    /// PostgreSQL: the transaction holding the row locks and the lease share locks.
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// SQLite: nothing is locked; completion re-checks the leases.
+    Sqlite,
+}
+
+/// What became of each message of a claimed batch.
+#[derive(Default, Debug)]
+pub(crate) struct Completion {
+    pub delivered: Vec<Uuid>,
+    /// (id, error, retry at)
+    pub retry: Vec<(Uuid, String, DateTime<Utc>)>,
+    /// (id, error)
+    pub dead: Vec<(Uuid, String)>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Postgres(PgPool, Arc<PgSql>),
+    Sqlite(SqlitePool, Arc<SqliteSql>),
+}
+
+struct StoreInner {
+    url: DatabaseUrl,
+    pool: Pool,
+    options: StoreOptions,
+    limits: Limits,
+    partitions: OnceCell<u32>,
+    wake: Wake,
+    closed: AtomicBool,
+    shutdown: CancellationToken,
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One handle over a PostgreSQL or SQLite database holding the relaybox tables.
+///
+/// Cheap to clone (all clones share one pool), `Send + Sync`. The outbox side:
+/// [`enqueue`](Store::enqueue) into your own sqlx transaction, or
+/// [`begin`](Store::begin) an owned [`Transaction`](crate::Transaction).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.inner.url)
+            .field("dialect", &self.dialect())
+            .field("table_prefix", &self.inner.options.table_prefix)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connects with default options. URLs: `postgres://user:pass@host/db`,
+    /// `sqlite://path/to/file.db` (created if missing) or `sqlite::memory:`.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// Connects with `options`. Connection errors never include the password.
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Store> {
+        options.validate()?;
+        let url = DatabaseUrl::new(url);
+        let dialect = dialect_of(&url)?;
+        let pool = match dialect {
+            Dialect::Postgres => {
+                let connect = PgConnectOptions::from_str(url.expose())
+                    .map_err(|_| Error::config("url", format!("cannot parse PostgreSQL URL {url}")))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(options.max_connections.unwrap_or(10))
+                    .acquire_timeout(options.connect_timeout)
+                    .connect_with(connect)
+                    .await
+                    .map_err(|e| connect_error(e, &url))?;
+                Pool::Postgres(pool, Arc::new(PgSql::new(&options.table_prefix)))
+            }
+            Dialect::Sqlite => {
+                let connect = sqlite_options(&url)?;
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(options.max_connections.unwrap_or(4))
+                    .acquire_timeout(options.connect_timeout)
+                    .connect_with(connect)
+                    .await
+                    .map_err(|e| connect_error(e, &url))?;
+                Pool::Sqlite(pool, Arc::new(SqliteSql::new(&options.table_prefix)))
+            }
+        };
+        tracing::debug!(url = %url, %dialect, "relaybox store connected");
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                url,
+                pool,
+                limits: Limits {
+                    max_payload_bytes: options.max_payload_bytes,
+                },
+                options,
+                partitions: OnceCell::new(),
+                wake: Wake::default(),
+                closed: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The database URL, redacted when displayed.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.inner.url
+    }
+
+    /// PostgreSQL or SQLite.
+    pub fn dialect(&self) -> Dialect {
+        match self.inner.pool {
+            Pool::Postgres(..) => Dialect::Postgres,
+            Pool::Sqlite(..) => Dialect::Sqlite,
+        }
+    }
+
+    /// The options this store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// The message limits applied on enqueue.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The PostgreSQL pool, to run your own queries (None on SQLite).
+    pub fn pg_pool(&self) -> Option<&PgPool> {
+        match &self.inner.pool {
+            Pool::Postgres(p, _) => Some(p),
+            Pool::Sqlite(..) => None,
+        }
+    }
+
+    /// The SQLite pool, to run your own queries (None on PostgreSQL).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.inner.pool {
+            Pool::Sqlite(p, _) => Some(p),
+            Pool::Postgres(..) => None,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> Result<&Pool> {
+        self.check_open()?;
+        Ok(&self.inner.pool)
+    }
+
+    /// Wake-ups for new outbox rows (same process, or any process on PostgreSQL).
+    pub(crate) fn subscribe_outbox(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.start_listener();
+        self.inner.wake.outbox()
+    }
+
+    /// Wake-ups for new log entries (same process, or any process on PostgreSQL).
+    pub(crate) fn subscribe_log(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.start_listener();
+        self.inner.wake.log()
+    }
+
+    fn start_listener(&self) {
+        if let Pool::Postgres(pool, _) = &self.inner.pool {
+            self.inner
+                .wake
+                .ensure_listener(pool, &self.inner.options.table_prefix, &self.inner.shutdown);
+        }
+    }
+
+    pub(crate) fn outbox_changed(&self) {
+        self.inner.wake.outbox_changed();
+    }
+
+    /// Fails with [`Error::Closed`] once [`close`](Store::close) was called.
+    pub fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed { what: "store" })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether [`close`](Store::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the pool; later calls on any clone fail with [`Error::Closed`].
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.shutdown.cancel();
+        match &self.inner.pool {
+            Pool::Postgres(p, _) => p.close().await,
+            Pool::Sqlite(p, _) => p.close().await,
+        }
+    }
+
+    /// Applies every embedded migration not yet applied, and creates the lease
+    /// rows of the configured partition count on first run. Idempotent and safe
+    /// to run from several processes at once.
+    pub async fn migrate(&self) -> Result<()> {
+        let options = &self.inner.options;
+        match self.pool()? {
+            Pool::Postgres(pool, _) => postgres::migrate(pool, &options.table_prefix, options.partitions).await,
+            Pool::Sqlite(pool, _) => sqlite::migrate(pool, &options.table_prefix, options.partitions).await,
+        }
+    }
+
+    /// The partition count, read once from the lease table.
+    pub async fn partitions(&self) -> Result<u32> {
+        self.inner
+            .partitions
+            .get_or_try_init(|| async {
+                let n = match self.pool()? {
+                    Pool::Postgres(pool, sql) => postgres::partition_count(pool, sql).await,
+                    Pool::Sqlite(pool, sql) => sqlite::partition_count(pool, sql).await,
+                }?;
+                if n == 0 {
+                    return Err(Error::Schema {
+                        reason: "the lease table is empty; run `relaybox migrate` (Store::migrate) first".into(),
+                    });
+                }
+                Ok(n)
+            })
+            .await
+            .copied()
+    }
+
+    /// Validates messages and computes their partitions; nothing is written.
+    pub(crate) async fn prepare(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.check_open()?;
+        for m in messages {
+            self.inner.limits.check(m)?;
+        }
+        let n = self.partitions().await?;
+        Ok(messages
+            .iter()
+            .map(|m| partition::partition_for(m.key.as_deref(), &m.id, n))
+            .collect())
+    }
+
+    /// Writes `message` to the outbox through `conn`: your own sqlx transaction
+    /// (`&mut *tx`) or connection, so the event commits with your data.
+    /// The message is validated first; an invalid one writes nothing.
+    pub async fn enqueue<C: OutboxConnection>(&self, conn: C, message: Message) -> Result<Uuid> {
+        let id = message.id;
+        self.enqueue_batch(conn, std::slice::from_ref(&message)).await?;
+        Ok(id)
+    }
+
+    /// Writes many messages in one statement; all are validated before any is written.
+    pub async fn enqueue_batch<C: OutboxConnection>(&self, conn: C, messages: &[Message]) -> Result<Vec<Uuid>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let partitions = self.prepare(messages).await?;
+        conn.insert_outbox(self, messages, &partitions).await?;
+        self.inner.wake.outbox_changed();
+        Ok(messages.iter().map(|m| m.id).collect())
+    }
+
+    /// The INSERT statement and parameters that write `message` to the outbox,
+    /// for host-language drivers (psycopg, node-postgres, Ecto). Validates first.
+    pub async fn insert_statement(&self, message: &Message, style: Placeholders) -> Result<InsertStatement> {
+        let partition = self.prepare(std::slice::from_ref(message)).await?[0];
+        let (sql, params) = match self.pool()? {
+            Pool::Postgres(_, sql) => sql.insert_statement(message, partition, style),
+            Pool::Sqlite(_, sql) => sql.insert_statement(message, partition, style),
+        };
+        Ok(InsertStatement {
+            sql,
+            params,
+            message_id: message.id,
+        })
+    }
+
+    /// Begins an owned transaction for your business writes and enqueues.
+    pub async fn begin(&self) -> Result<crate::Transaction> {
+        crate::transaction::Transaction::begin(self.clone()).await
+    }
+
+    /// Per-topic backlog, dead letters and lease owners.
+    pub async fn status(&self) -> Result<Status> {
+        let partitions = self.partitions().await?;
+        let mut status = match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::status(pool, sql).await,
+            Pool::Sqlite(pool, sql) => sqlite::status(pool, sql).await,
+        }?;
+        status.partitions = partitions;
+        Ok(status)
+    }
+
+    /// Lists up to `limit` dead letters, oldest failure first.
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::dead_letters(pool, sql, limit).await,
+            Pool::Sqlite(pool, sql) => sqlite::dead_letters(pool, sql, limit).await,
+        }
+    }
+
+    /// Moves dead letters back into the outbox (same id, attempts reset) so the
+    /// relay delivers them again. Returns how many messages went back.
+    pub async fn retry_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let n = match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::retry_dead_letters(pool, sql, filter).await,
+            Pool::Sqlite(pool, sql) => sqlite::retry_dead_letters(pool, sql, filter).await,
+        }?;
+        self.inner.wake.outbox_changed();
+        Ok(n)
+    }
+
+    /// Deletes dead letters for good. Returns how many were deleted.
+    pub async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::purge_dead_letters(pool, sql, filter).await,
+            Pool::Sqlite(pool, sql) => sqlite::purge_dead_letters(pool, sql, filter).await,
+        }
+    }
+
+    /// Deletes inbox rows processed longer ago than `older_than`.
+    pub async fn purge_inbox(&self, older_than: Duration) -> Result<u64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::purge_inbox(pool, sql, older_than).await,
+            Pool::Sqlite(pool, sql) => sqlite::purge_inbox(pool, sql, older_than).await,
+        }
+    }
+
+    /// Deletes outbox rows delivered longer ago than `older_than` (kept when a relay has a retention).
+    pub async fn purge_sent(&self, older_than: Duration) -> Result<u64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::purge_sent(pool, sql, older_than).await,
+            Pool::Sqlite(pool, sql) => sqlite::purge_sent(pool, sql, older_than).await,
+        }
+    }
+
+    /// The stored position of a consumer group on a source.
+    pub async fn position(&self, group: &str, source: &str) -> Result<Option<i64>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::position(pool, sql, group, source).await,
+            Pool::Sqlite(pool, sql) => sqlite::position(pool, sql, group, source).await,
+        }
+    }
+
+    /// Stores the position of a consumer group on a source (also to rewind it).
+    pub async fn set_position(&self, group: &str, source: &str, position: i64) -> Result<()> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::set_position(pool, sql, group, source, position).await,
+            Pool::Sqlite(pool, sql) => sqlite::set_position(pool, sql, group, source, position).await,
+        }
+    }
+
+    /// Appends messages to the log table in the given order, as one transaction,
+    /// serialised with other appenders so positions grow in commit order.
+    pub async fn append_log(&self, messages: &[Message]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let n = self.partitions().await?;
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::append_log(pool, sql, messages, n).await,
+            Pool::Sqlite(pool, sql) => sqlite::append_log(pool, sql, messages, n).await,
+        }?;
+        self.inner.wake.log_changed();
+        Ok(())
+    }
+
+    /// Reads up to `limit` log entries of `topic` after `after`, in position order.
+    pub async fn read_log(&self, topic: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::read_log(pool, sql, topic, after, limit).await,
+            Pool::Sqlite(pool, sql) => sqlite::read_log(pool, sql, topic, after, limit).await,
+        }
+    }
+
+    /// Counts undelivered outbox rows.
+    pub async fn pending_count(&self) -> Result<i64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::pending_count(pool, sql).await,
+            Pool::Sqlite(pool, sql) => sqlite::pending_count(pool, sql).await,
+        }
+    }
+
+    // ---- relay side ----
+
+    pub(crate) async fn heartbeat(&self, owner: &str, ttl: Duration) -> Result<i64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::heartbeat(pool, sql, owner, ttl).await,
+            Pool::Sqlite(pool, sql) => sqlite::heartbeat(pool, sql, owner, ttl).await,
+        }
+    }
+
+    pub(crate) async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<u32>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::renew_leases(pool, sql, owner, ttl).await,
+            Pool::Sqlite(pool, sql) => sqlite::renew_leases(pool, sql, owner, ttl).await,
+        }
+    }
+
+    pub(crate) async fn acquire_leases(&self, owner: &str, ttl: Duration, max: u32) -> Result<Vec<u32>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::acquire_leases(pool, sql, owner, ttl, max).await,
+            Pool::Sqlite(pool, sql) => sqlite::acquire_leases(pool, sql, owner, ttl, max).await,
+        }
+    }
+
+    /// Releases `partitions` (or every lease of `owner` when None) so others can take them at once.
+    pub(crate) async fn release_leases(&self, owner: &str, partitions: Option<&[u32]>) -> Result<()> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::release_leases(pool, sql, owner, partitions).await,
+            Pool::Sqlite(pool, sql) => sqlite::release_leases(pool, sql, owner, partitions).await,
+        }
+    }
+
+    pub(crate) async fn leave(&self, owner: &str) -> Result<()> {
+        self.release_leases(owner, None).await?;
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::remove_instance(pool, sql, owner).await,
+            Pool::Sqlite(pool, sql) => sqlite::remove_instance(pool, sql, owner).await,
+        }
+    }
+
+    pub(crate) async fn claim(&self, owner: &str, limit: u32) -> Result<Claim> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::claim(pool, sql, owner, limit).await,
+            Pool::Sqlite(pool, sql) => sqlite::claim(pool, sql, owner, limit).await,
+        }
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        owner: &str,
+        claim: Claim,
+        done: Completion,
+        keep_sent: bool,
+    ) -> Result<()> {
+        match (self.pool()?, claim.hold) {
+            (Pool::Postgres(_, sql), ClaimHold::Postgres(tx)) => {
+                postgres::complete(tx, sql, done, keep_sent).await
+            }
+            (Pool::Sqlite(pool, sql), ClaimHold::Sqlite) => {
+                sqlite::complete(pool, sql, owner, &claim.rows, done, keep_sent).await
+            }
+            _ => Err(Error::internal("claim of another dialect")),
+        }
+    }
+
+    // ---- consumer side ----
+
+    pub(crate) async fn dead_letter_consumed(&self, group: &str, message: &Message, attempts: u32, error: &str) -> Result<()> {
+        let n = self.partitions().await?;
+        let partition = partition::partition_for(message.key.as_deref(), &message.id, n);
+        let origin = format!("consumer:{group}");
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => {
+                postgres::insert_dead_letter(pool, sql, message, partition, &origin, attempts, error).await
+            }
+            Pool::Sqlite(pool, sql) => {
+                sqlite::insert_dead_letter(pool, sql, message, partition, &origin, attempts, error).await
+            }
+        }
+    }
+}
+
+/// A connection that relaybox can write outbox rows through: `&mut PgConnection`
+/// or `&mut SqliteConnection`, which is what `&mut *tx` gives for an sqlx
+/// transaction, pooled connection or plain connection.
+#[async_trait::async_trait]
+pub trait OutboxConnection: Send {
+    /// Inserts validated messages with their partitions in one statement.
+    #[doc(hidden)]
+    async fn insert_outbox(self, store: &Store, messages: &[Message], partitions: &[u32]) -> Result<()>;
+}
+
+#[async_trait::async_trait]
+impl OutboxConnection for &mut PgConnection {
+    async fn insert_outbox(self, store: &Store, messages: &[Message], partitions: &[u32]) -> Result<()> {
+        match store.pool()? {
+            Pool::Postgres(_, sql) => postgres::insert_outbox(self, sql, messages, partitions).await,
+            Pool::Sqlite(..) => Err(Error::config("connection", "a PostgreSQL connection was given to a SQLite store")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl OutboxConnection for &mut SqliteConnection {
+    async fn insert_outbox(self, store: &Store, messages: &[Message], partitions: &[u32]) -> Result<()> {
+        match store.pool()? {
+            Pool::Sqlite(_, sql) => sqlite::insert_outbox(self, sql, messages, partitions).await,
+            Pool::Postgres(..) => Err(Error::config("connection", "a SQLite connection was given to a PostgreSQL store")),
+        }
+    }
+}
+
+fn dialect_of(url: &DatabaseUrl) -> Result<Dialect> {
+    let u = url.expose();
+    if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+        Ok(Dialect::Postgres)
+    } else if u.starts_with("sqlite:") {
+        Ok(Dialect::Sqlite)
+    } else {
+        Err(Error::config(
+            "url",
+            format!("unsupported database URL {url}; use postgres://... or sqlite://..."),
+        ))
+    }
+}
+
+fn sqlite_options(url: &DatabaseUrl) -> Result<SqliteConnectOptions> {
+    let raw = url.expose();
+    let in_memory = raw == "sqlite::memory:" || raw == "sqlite://:memory:";
+    let options = if in_memory {
+        // One shared in-memory database for every pooled connection of this store.
+        SqliteConnectOptions::from_str(&format!("sqlite:file:relaybox-{}?mode=memory&cache=shared", Uuid::now_v7().simple()))
+    } else {
+        SqliteConnectOptions::from_str(raw)
+    }
+    .map_err(|_| Error::config("url", format!("cannot parse SQLite URL {url}")))?;
+    let options = options
+        .create_if_missing(true)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    Ok(if in_memory {
+        options
+    } else {
+        options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
+    })
+}
+
+fn connect_error(err: sqlx::Error, url: &DatabaseUrl) -> Error {
+    match Error::from(err) {
+        Error::Database { message, sql_code, retryable } => Error::Database {
+            message: format!("cannot connect to {url}: {message}"),
+            sql_code,
+            retryable,
+        },
+        other => other,
+    }
+}
+
+/// Seconds as f64, for interval arithmetic in SQL.
+pub(crate) fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+pub(crate) fn parse_headers(text: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| Error::InvalidValue {
+        reason: format!("headers column is not a JSON object of strings: {e}"),
+    })
+}
+
+pub(crate) fn headers_json(m: &Message) -> String {
+    serde_json::to_string(&m.headers).expect("string maps serialise")
+}

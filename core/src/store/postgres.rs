@@ -1,0 +1,650 @@
+//! The PostgreSQL dialect: SQL text and row mapping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use uuid::Uuid;
+
+use super::{
+    headers_json, parse_headers, secs, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter, LeaseOwner, LogEntry,
+    OutboxRow, Placeholders, Status, TopicBacklog,
+};
+use crate::error::{Error, Result};
+use crate::message::{micros_rfc3339, Message};
+use crate::schema::{self, Dialect, MIGRATIONS};
+use crate::value::Value;
+
+type Sql = Arc<str>;
+
+/// Every statement of the PostgreSQL store, with the table prefix applied.
+pub(crate) struct PgSql {
+    prefix: String,
+    insert: Sql,
+    insert_many: Sql,
+    partition_count: Sql,
+    claim_leases: Sql,
+    claim_rows: Sql,
+    delete_ids: Sql,
+    mark_sent: Sql,
+    retry: Sql,
+    dead: Sql,
+    heartbeat: Sql,
+    live: Sql,
+    renew: Sql,
+    acquire: Sql,
+    release_some: Sql,
+    release_all: Sql,
+    remove_instance: Sql,
+    dl_list: Sql,
+    dl_retry: Sql,
+    dl_purge: Sql,
+    dl_insert: Sql,
+    pub(crate) inbox_insert: Sql,
+    inbox_purge: Sql,
+    purge_sent: Sql,
+    pos_get: Sql,
+    pos_set: Sql,
+    log_lock: Sql,
+    log_append: Sql,
+    log_read: Sql,
+    backlog: Sql,
+    dl_count: Sql,
+    owners: Sql,
+    pending: Sql,
+}
+
+const COLUMNS: &str = "id, topic, key, partition, type, payload, content_type, headers, created_at, available_at";
+const MESSAGE_COLUMNS: &str =
+    "id, topic, key, partition, type, payload, content_type, headers::text AS headers, created_at, available_at";
+
+impl PgSql {
+    pub(crate) fn new(p: &str) -> PgSql {
+        let s = |text: String| -> Sql { Arc::from(text) };
+        PgSql {
+            prefix: p.to_string(),
+            insert: s(format!(
+                "INSERT INTO {p}outbox ({COLUMNS}) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::timestamptz, $10::timestamptz)"
+            )),
+            insert_many: s(format!(
+                "INSERT INTO {p}outbox ({COLUMNS}) SELECT u.id, u.topic, u.key, u.partition, u.type, u.payload, u.content_type, u.headers::jsonb, u.created_at, u.available_at \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
+                 AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
+            )),
+            partition_count: s(format!("SELECT count(*) FROM {p}leases")),
+            claim_leases: s(format!(
+                "SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() ORDER BY partition FOR SHARE"
+            )),
+            claim_rows: s(format!(
+                "SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
+                 FROM {p}outbox o \
+                 WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now() \
+                 AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
+                     AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
+                 ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+            )),
+            delete_ids: s(format!("DELETE FROM {p}outbox WHERE id = ANY($1)")),
+            mark_sent: s(format!("UPDATE {p}outbox SET sent_at = now() WHERE id = ANY($1)")),
+            retry: s(format!(
+                "UPDATE {p}outbox o SET attempts = o.attempts + 1, last_error = u.err, available_at = u.at \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, err, at) WHERE o.id = u.id"
+            )),
+            dead: s(format!(
+                "WITH moved AS (DELETE FROM {p}outbox o USING UNNEST($1::uuid[], $2::text[]) AS u(id, err) WHERE o.id = u.id \
+                     RETURNING o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.attempts, u.err) \
+                 INSERT INTO {p}dead_letters (id, origin, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
+                 SELECT id, 'relay', topic, key, partition, type, payload, content_type, headers, created_at, attempts + 1, err, now() FROM moved \
+                 ON CONFLICT (id, origin) DO UPDATE SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, failed_at = EXCLUDED.failed_at"
+            )),
+            heartbeat: s(format!(
+                "INSERT INTO {p}relay_instances (owner, started_at, heartbeat_at, expires_at) \
+                 VALUES ($1, now(), now(), now() + make_interval(secs => $2)) \
+                 ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at"
+            )),
+            live: s(format!("SELECT count(*) FROM {p}relay_instances WHERE expires_at > now()")),
+            renew: s(format!(
+                "UPDATE {p}leases SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 RETURNING partition"
+            )),
+            acquire: s(format!(
+                "UPDATE {p}leases SET owner = $1, epoch = epoch + 1, expires_at = now() + make_interval(secs => $2) \
+                 WHERE partition IN (SELECT partition FROM {p}leases WHERE owner IS NULL OR expires_at <= now() \
+                     ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING partition"
+            )),
+            release_some: s(format!(
+                "UPDATE {p}leases SET owner = NULL, expires_at = now() WHERE owner = $1 AND partition = ANY($2)"
+            )),
+            release_all: s(format!("UPDATE {p}leases SET owner = NULL, expires_at = now() WHERE owner = $1")),
+            remove_instance: s(format!(
+                "DELETE FROM {p}relay_instances WHERE owner = $1 OR expires_at < now() - interval '1 day'"
+            )),
+            dl_list: s(format!(
+                "SELECT id, topic, key, type, payload, content_type, headers::text AS headers, created_at, created_at AS available_at, \
+                 origin, attempts, last_error, failed_at FROM {p}dead_letters ORDER BY failed_at, id LIMIT $1"
+            )),
+            dl_retry: s(format!(
+                "WITH moved AS (DELETE FROM {p}dead_letters WHERE $1::uuid[] IS NULL OR id = ANY($1) RETURNING *) \
+                 INSERT INTO {p}outbox ({COLUMNS}) \
+                 SELECT DISTINCT ON (id) id, topic, key, partition, type, payload, content_type, headers, created_at, now() FROM moved \
+                 ON CONFLICT (id) DO NOTHING"
+            )),
+            dl_purge: s(format!("DELETE FROM {p}dead_letters WHERE $1::uuid[] IS NULL OR id = ANY($1)")),
+            dl_insert: s(format!(
+                "INSERT INTO {p}dead_letters (id, origin, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, now()) \
+                 ON CONFLICT (id, origin) DO UPDATE SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, failed_at = EXCLUDED.failed_at"
+            )),
+            inbox_insert: s(format!(
+                "INSERT INTO {p}inbox (consumer_group, message_id, processed_at) VALUES ($1, $2, now()) ON CONFLICT DO NOTHING"
+            )),
+            inbox_purge: s(format!(
+                "DELETE FROM {p}inbox WHERE processed_at < now() - make_interval(secs => $1)"
+            )),
+            purge_sent: s(format!(
+                "DELETE FROM {p}outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)"
+            )),
+            pos_get: s(format!("SELECT position FROM {p}positions WHERE consumer_group = $1 AND source = $2")),
+            pos_set: s(format!(
+                "INSERT INTO {p}positions (consumer_group, source, position, updated_at) VALUES ($1, $2, $3, now()) \
+                 ON CONFLICT (consumer_group, source) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
+            )),
+            log_lock: s("SELECT pg_advisory_xact_lock($1)".to_string()),
+            log_append: s(format!(
+                "INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
+                 SELECT u.id, u.topic, u.key, u.partition, u.type, u.payload, u.content_type, u.headers::jsonb, u.created_at, u.available_at, now() \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
+                 AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
+            )),
+            log_read: s(format!(
+                "SELECT position, {MESSAGE_COLUMNS} FROM {p}log WHERE topic = $1 AND position > $2 ORDER BY position LIMIT $3"
+            )),
+            backlog: s(format!(
+                "SELECT topic, count(*)::int8 AS pending, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS age, \
+                 count(*) FILTER (WHERE attempts > 0)::int8 AS retrying \
+                 FROM {p}outbox WHERE sent_at IS NULL GROUP BY topic ORDER BY topic"
+            )),
+            dl_count: s(format!("SELECT count(*) FROM {p}dead_letters")),
+            owners: s(format!(
+                "SELECT owner, count(*)::int8 AS n, min(expires_at) AS expires_at FROM {p}leases \
+                 WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner ORDER BY owner"
+            )),
+            pending: s(format!("SELECT count(*) FROM {p}outbox WHERE sent_at IS NULL")),
+        }
+    }
+
+    /// SQL and parameters for a host driver to insert one outbox row.
+    pub(crate) fn insert_statement(&self, m: &Message, partition: u32, style: Placeholders) -> (String, Vec<Value>) {
+        let sql = placeholders(&self.insert, style);
+        let params = vec![
+            Value::Text(m.id.to_string()),
+            Value::Text(m.topic.clone()),
+            m.key.clone().into(),
+            Value::Int(partition.into()),
+            Value::Text(m.event_type.clone()),
+            Value::Bytes(m.payload.clone()),
+            Value::Text(m.content_type.clone()),
+            Value::Text(headers_json(m)),
+            Value::Text(micros_rfc3339::format(&m.created_at)),
+            Value::Text(micros_rfc3339::format(&m.available_at)),
+        ];
+        (sql, params)
+    }
+
+    fn log_lock_key(&self) -> i64 {
+        i64::from(crate::partition::key_hash(&format!("{}log", self.prefix)))
+    }
+}
+
+/// Rewrites `$n` placeholders into another style.
+fn placeholders(sql: &str, style: Placeholders) -> String {
+    match style {
+        Placeholders::Dollar => sql.to_string(),
+        Placeholders::Percent | Placeholders::Question => {
+            let mark = if style == Placeholders::Percent { "%s" } else { "?" };
+            let mut out = String::with_capacity(sql.len());
+            let mut chars = sql.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                    while chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                    }
+                    out.push_str(mark);
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    }
+}
+
+fn q(sql: &Sql) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(AssertSqlSafe(sql.clone()))
+}
+
+pub(super) async fn migrate(pool: &PgPool, prefix: &str, partitions: u32) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    // Serialise concurrent migrators; the lock ends with the transaction.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(i64::from(crate::partition::key_hash(&format!("{prefix}migrate"))))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(AssertSqlSafe(schema::migrations_table_sql(Dialect::Postgres, prefix)))
+        .execute(&mut *tx)
+        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT version FROM {prefix}schema_migrations ORDER BY version"
+    )))
+    .fetch_all(&mut *tx)
+    .await?;
+    if let Some(newest) = applied.iter().max().filter(|v| **v > schema::latest_version()) {
+        return Err(Error::Schema {
+            reason: format!(
+                "the database has schema version {newest}, newer than this relaybox ({})",
+                schema::latest_version()
+            ),
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        sqlx::raw_sql(AssertSqlSafe(m.sql(Dialect::Postgres, prefix)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| migration_error(m.version, e))?;
+        sqlx::raw_sql(AssertSqlSafe(schema::record_sql(prefix, m)))
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version = m.version, name = m.name, "relaybox migration applied");
+    }
+    sqlx::raw_sql(AssertSqlSafe(schema::seed_leases_sql(Dialect::Postgres, prefix, partitions)))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn migration_error(version: i64, e: sqlx::Error) -> Error {
+    Error::Schema {
+        reason: format!("migration {version} failed: {}", Error::from(e)),
+    }
+}
+
+pub(super) async fn partition_count(pool: &PgPool, sql: &PgSql) -> Result<u32> {
+    let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql.partition_count.clone()))
+        .fetch_one(pool)
+        .await
+        .map_err(schema_missing)?;
+    Ok(n as u32)
+}
+
+/// A missing table means the schema was never migrated: say so.
+fn schema_missing(e: sqlx::Error) -> Error {
+    match Error::from(e) {
+        Error::Database { sql_code: Some(code), .. } if code == "42P01" => Error::Schema {
+            reason: "relaybox tables are missing; run `relaybox migrate` (Store::migrate) first".into(),
+        },
+        other => other,
+    }
+}
+
+struct Columns {
+    ids: Vec<Uuid>,
+    topics: Vec<String>,
+    keys: Vec<Option<String>>,
+    partitions: Vec<i32>,
+    types: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    content_types: Vec<String>,
+    headers: Vec<String>,
+    created: Vec<DateTime<Utc>>,
+    available: Vec<DateTime<Utc>>,
+}
+
+impl Columns {
+    fn of(messages: &[Message], partitions: impl Fn(usize, &Message) -> u32) -> Columns {
+        Columns {
+            ids: messages.iter().map(|m| m.id).collect(),
+            topics: messages.iter().map(|m| m.topic.clone()).collect(),
+            keys: messages.iter().map(|m| m.key.clone()).collect(),
+            partitions: messages.iter().enumerate().map(|(i, m)| partitions(i, m) as i32).collect(),
+            types: messages.iter().map(|m| m.event_type.clone()).collect(),
+            payloads: messages.iter().map(|m| m.payload.clone()).collect(),
+            content_types: messages.iter().map(|m| m.content_type.clone()).collect(),
+            headers: messages.iter().map(headers_json).collect(),
+            created: messages.iter().map(|m| m.created_at).collect(),
+            available: messages.iter().map(|m| m.available_at).collect(),
+        }
+    }
+
+    fn bind(
+        self,
+        query: sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.topics)
+            .bind(self.keys)
+            .bind(self.partitions)
+            .bind(self.types)
+            .bind(self.payloads)
+            .bind(self.content_types)
+            .bind(self.headers)
+            .bind(self.created)
+            .bind(self.available)
+    }
+}
+
+pub(super) async fn insert_outbox(
+    conn: &mut PgConnection,
+    sql: &PgSql,
+    messages: &[Message],
+    partitions: &[u32],
+) -> Result<()> {
+    if let [m] = messages {
+        q(&sql.insert)
+            .bind(m.id)
+            .bind(&m.topic)
+            .bind(&m.key)
+            .bind(partitions[0] as i32)
+            .bind(&m.event_type)
+            .bind(&m.payload)
+            .bind(&m.content_type)
+            .bind(headers_json(m))
+            .bind(m.created_at)
+            .bind(m.available_at)
+            .execute(conn)
+            .await
+            .map_err(schema_missing)?;
+    } else {
+        Columns::of(messages, |i, _| partitions[i])
+            .bind(q(&sql.insert_many))
+            .execute(conn)
+            .await
+            .map_err(schema_missing)?;
+    }
+    Ok(())
+}
+
+fn message_from_row(row: &PgRow) -> Result<Message> {
+    Ok(Message {
+        id: row.try_get("id")?,
+        topic: row.try_get("topic")?,
+        key: row.try_get("key")?,
+        event_type: row.try_get("type")?,
+        payload: row.try_get("payload")?,
+        content_type: row.try_get("content_type")?,
+        headers: parse_headers(row.try_get::<&str, _>("headers")?)?,
+        created_at: row.try_get("created_at")?,
+        available_at: row.try_get("available_at")?,
+    })
+}
+
+pub(super) async fn claim(pool: &PgPool, sql: &PgSql, owner: &str, limit: u32) -> Result<Claim> {
+    let mut tx = pool.begin().await?;
+    let partitions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.claim_leases.clone()))
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+    let rows = if partitions.is_empty() {
+        Vec::new()
+    } else {
+        q(&sql.claim_rows)
+            .bind(&partitions)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?
+    };
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(OutboxRow {
+                seq: row.try_get("seq")?,
+                partition: row.try_get::<i32, _>("partition")? as u32,
+                attempts: row.try_get::<i32, _>("attempts")? as u32,
+                message: message_from_row(row)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Claim {
+        rows,
+        hold: ClaimHold::Postgres(tx),
+    })
+}
+
+pub(super) async fn complete(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    sql: &PgSql,
+    done: Completion,
+    keep_sent: bool,
+) -> Result<()> {
+    if !done.delivered.is_empty() {
+        let stmt = if keep_sent { &sql.mark_sent } else { &sql.delete_ids };
+        q(stmt).bind(&done.delivered).execute(&mut *tx).await?;
+    }
+    if !done.retry.is_empty() {
+        let (ids, rest): (Vec<Uuid>, Vec<(String, DateTime<Utc>)>) =
+            done.retry.into_iter().map(|(id, e, at)| (id, (e, at))).unzip();
+        let (errors, ats): (Vec<String>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
+        q(&sql.retry).bind(ids).bind(errors).bind(ats).execute(&mut *tx).await?;
+    }
+    if !done.dead.is_empty() {
+        let (ids, errors): (Vec<Uuid>, Vec<String>) = done.dead.into_iter().unzip();
+        q(&sql.dead).bind(ids).bind(errors).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn heartbeat(pool: &PgPool, sql: &PgSql, owner: &str, ttl: Duration) -> Result<i64> {
+    q(&sql.heartbeat).bind(owner).bind(secs(ttl)).execute(pool).await?;
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live.clone())).fetch_one(pool).await?)
+}
+
+pub(super) async fn renew_leases(pool: &PgPool, sql: &PgSql, owner: &str, ttl: Duration) -> Result<Vec<u32>> {
+    let rows: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.renew.clone()))
+        .bind(owner)
+        .bind(secs(ttl))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|p| p as u32).collect())
+}
+
+pub(super) async fn acquire_leases(pool: &PgPool, sql: &PgSql, owner: &str, ttl: Duration, max: u32) -> Result<Vec<u32>> {
+    let rows: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.acquire.clone()))
+        .bind(owner)
+        .bind(secs(ttl))
+        .bind(i64::from(max))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|p| p as u32).collect())
+}
+
+pub(super) async fn release_leases(pool: &PgPool, sql: &PgSql, owner: &str, partitions: Option<&[u32]>) -> Result<()> {
+    match partitions {
+        Some(parts) => {
+            let parts: Vec<i32> = parts.iter().map(|p| *p as i32).collect();
+            q(&sql.release_some).bind(owner).bind(parts).execute(pool).await?;
+        }
+        None => {
+            q(&sql.release_all).bind(owner).execute(pool).await?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn remove_instance(pool: &PgPool, sql: &PgSql, owner: &str) -> Result<()> {
+    q(&sql.remove_instance).bind(owner).execute(pool).await?;
+    Ok(())
+}
+
+fn filter_ids(filter: &DeadLetterFilter) -> Option<Vec<Uuid>> {
+    match filter {
+        DeadLetterFilter::All => None,
+        DeadLetterFilter::Ids(ids) => Some(ids.clone()),
+    }
+}
+
+pub(super) async fn dead_letters(pool: &PgPool, sql: &PgSql, limit: u32) -> Result<Vec<DeadLetter>> {
+    let rows = q(&sql.dl_list).bind(i64::from(limit)).fetch_all(pool).await.map_err(schema_missing)?;
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                message: message_from_row(row)?,
+                origin: row.try_get("origin")?,
+                attempts: row.try_get::<i32, _>("attempts")? as u32,
+                last_error: row.try_get("last_error")?,
+                failed_at: row.try_get("failed_at")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn retry_dead_letters(pool: &PgPool, sql: &PgSql, filter: &DeadLetterFilter) -> Result<u64> {
+    Ok(q(&sql.dl_retry).bind(filter_ids(filter)).execute(pool).await?.rows_affected())
+}
+
+pub(super) async fn purge_dead_letters(pool: &PgPool, sql: &PgSql, filter: &DeadLetterFilter) -> Result<u64> {
+    Ok(q(&sql.dl_purge).bind(filter_ids(filter)).execute(pool).await?.rows_affected())
+}
+
+pub(super) async fn insert_dead_letter(
+    pool: &PgPool,
+    sql: &PgSql,
+    m: &Message,
+    partition: u32,
+    origin: &str,
+    attempts: u32,
+    error: &str,
+) -> Result<()> {
+    q(&sql.dl_insert)
+        .bind(m.id)
+        .bind(origin)
+        .bind(&m.topic)
+        .bind(&m.key)
+        .bind(partition as i32)
+        .bind(&m.event_type)
+        .bind(&m.payload)
+        .bind(&m.content_type)
+        .bind(headers_json(m))
+        .bind(m.created_at)
+        .bind(attempts as i32)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records `message_id` for `group`; false when it was already there.
+pub(crate) async fn inbox_insert(conn: &mut PgConnection, sql: &PgSql, group: &str, message_id: Uuid) -> Result<bool> {
+    let done = q(&sql.inbox_insert).bind(group).bind(message_id).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn purge_inbox(pool: &PgPool, sql: &PgSql, older_than: Duration) -> Result<u64> {
+    Ok(q(&sql.inbox_purge).bind(secs(older_than)).execute(pool).await?.rows_affected())
+}
+
+pub(super) async fn purge_sent(pool: &PgPool, sql: &PgSql, older_than: Duration) -> Result<u64> {
+    Ok(q(&sql.purge_sent).bind(secs(older_than)).execute(pool).await?.rows_affected())
+}
+
+pub(super) async fn position(pool: &PgPool, sql: &PgSql, group: &str, source: &str) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.pos_get.clone()))
+        .bind(group)
+        .bind(source)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub(super) async fn set_position(pool: &PgPool, sql: &PgSql, group: &str, source: &str, position: i64) -> Result<()> {
+    q(&sql.pos_set).bind(group).bind(source).bind(position).execute(pool).await?;
+    Ok(())
+}
+
+pub(super) async fn append_log(pool: &PgPool, sql: &PgSql, messages: &[Message], partitions: u32) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    // Appenders take turns, so identity values are assigned in commit order and
+    // a reader that saw position N never later finds a new row below N.
+    q(&sql.log_lock).bind(sql.log_lock_key()).execute(&mut *tx).await?;
+    Columns::of(messages, |_, m| crate::partition::partition_for(m.key.as_deref(), &m.id, partitions))
+        .bind(q(&sql.log_append))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn read_log(pool: &PgPool, sql: &PgSql, topic: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+    let rows = q(&sql.log_read)
+        .bind(topic)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(schema_missing)?;
+    rows.iter()
+        .map(|row| {
+            Ok(LogEntry {
+                position: row.try_get("position")?,
+                message: message_from_row(row)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
+    let topics = q(&sql.backlog)
+        .fetch_all(pool)
+        .await
+        .map_err(schema_missing)?
+        .iter()
+        .map(|r| {
+            Ok(TopicBacklog {
+                topic: r.try_get("topic")?,
+                pending: r.try_get("pending")?,
+                oldest_age_seconds: r.try_get("age")?,
+                retrying: r.try_get("retrying")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone())).fetch_one(pool).await?;
+    let lease_owners = q(&sql.owners)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(LeaseOwner {
+                owner: r.try_get("owner")?,
+                partitions: r.try_get("n")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone())).fetch_one(pool).await?;
+    Ok(Status {
+        topics,
+        dead_letters,
+        partitions: 0,
+        lease_owners,
+        live_relays,
+    })
+}
+
+pub(super) async fn pending_count(pool: &PgPool, sql: &PgSql) -> Result<i64> {
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.pending.clone()))
+        .fetch_one(pool)
+        .await
+        .map_err(schema_missing)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_styles() {
+        assert_eq!(placeholders("VALUES ($1, $2::uuid, $10)", Placeholders::Percent), "VALUES (%s, %s::uuid, %s)");
+        assert_eq!(placeholders("VALUES ($1, $2)", Placeholders::Question), "VALUES (?, ?)");
+    }
+}

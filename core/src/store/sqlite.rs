@@ -1,0 +1,657 @@
+//! The SQLite dialect: SQL text and row mapping. Timestamps are integer
+//! microseconds, ids hyphenated text; lists are passed as one JSON array.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use uuid::Uuid;
+
+use super::{
+    headers_json, parse_headers, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter, LeaseOwner, LogEntry,
+    OutboxRow, Placeholders, Status, TopicBacklog,
+};
+use crate::error::{Error, Result};
+use crate::message::{from_unix_micros, to_unix_micros, Message};
+use crate::schema::{self, Dialect, MIGRATIONS};
+use crate::value::Value;
+
+type Sql = Arc<str>;
+
+/// Rows per multi-row INSERT (10 parameters each, well under SQLite's limit).
+const INSERT_CHUNK: usize = 500;
+
+/// Every statement of the SQLite store, with the table prefix applied.
+pub(crate) struct SqliteSql {
+    prefix: String,
+    insert: Sql,
+    partition_count: Sql,
+    claim_rows: Sql,
+    owned_partitions: Sql,
+    delete_ids: Sql,
+    mark_sent: Sql,
+    retry: Sql,
+    dead_copy: Sql,
+    delete_one: Sql,
+    heartbeat: Sql,
+    live: Sql,
+    renew: Sql,
+    acquire: Sql,
+    release_some: Sql,
+    release_all: Sql,
+    remove_instance: Sql,
+    dl_list: Sql,
+    dl_retry: Sql,
+    dl_purge: Sql,
+    dl_insert: Sql,
+    pub(crate) inbox_insert: Sql,
+    inbox_purge: Sql,
+    purge_sent: Sql,
+    pos_get: Sql,
+    pos_set: Sql,
+    log_append: Sql,
+    log_read: Sql,
+    backlog: Sql,
+    dl_count: Sql,
+    owners: Sql,
+    pending: Sql,
+}
+
+const COLUMNS: &str = "id, topic, key, partition, type, payload, content_type, headers, created_at, available_at";
+const VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+impl SqliteSql {
+    pub(crate) fn new(p: &str) -> SqliteSql {
+        let s = |text: String| -> Sql { Arc::from(text) };
+        SqliteSql {
+            prefix: p.to_string(),
+            insert: s(format!("INSERT INTO {p}outbox ({COLUMNS}) VALUES {VALUES}")),
+            partition_count: s(format!("SELECT count(*) FROM {p}leases")),
+            claim_rows: s(format!(
+                "SELECT o.seq, o.partition, o.attempts, {cols} FROM {p}outbox o \
+                 WHERE o.sent_at IS NULL AND o.available_at <= ?2 \
+                 AND o.partition IN (SELECT partition FROM {p}leases WHERE owner = ?1 AND expires_at > ?2) \
+                 AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
+                     AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > ?2) \
+                 ORDER BY o.seq LIMIT ?3",
+                cols = "o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at"
+            )),
+            owned_partitions: s(format!("SELECT partition FROM {p}leases WHERE owner = ?1")),
+            delete_ids: s(format!("DELETE FROM {p}outbox WHERE id IN (SELECT value FROM json_each(?1))")),
+            mark_sent: s(format!(
+                "UPDATE {p}outbox SET sent_at = ?2 WHERE id IN (SELECT value FROM json_each(?1))"
+            )),
+            retry: s(format!(
+                "UPDATE {p}outbox SET attempts = attempts + 1, last_error = ?2, available_at = ?3 WHERE id = ?1"
+            )),
+            dead_copy: s(format!(
+                "INSERT INTO {p}dead_letters (id, origin, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
+                 SELECT id, 'relay', topic, key, partition, type, payload, content_type, headers, created_at, attempts + 1, ?2, ?3 FROM {p}outbox WHERE id = ?1 \
+                 ON CONFLICT (id, origin) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error, failed_at = excluded.failed_at"
+            )),
+            delete_one: s(format!("DELETE FROM {p}outbox WHERE id = ?1")),
+            heartbeat: s(format!(
+                "INSERT INTO {p}relay_instances (owner, started_at, heartbeat_at, expires_at) VALUES (?1, ?2, ?2, ?3) \
+                 ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at"
+            )),
+            live: s(format!("SELECT count(*) FROM {p}relay_instances WHERE expires_at > ?1")),
+            renew: s(format!("UPDATE {p}leases SET expires_at = ?2 WHERE owner = ?1 RETURNING partition")),
+            acquire: s(format!(
+                "UPDATE {p}leases SET owner = ?1, epoch = epoch + 1, expires_at = ?3 \
+                 WHERE partition IN (SELECT partition FROM {p}leases WHERE owner IS NULL OR expires_at <= ?2 ORDER BY partition LIMIT ?4) \
+                 RETURNING partition"
+            )),
+            release_some: s(format!(
+                "UPDATE {p}leases SET owner = NULL, expires_at = ?2 WHERE owner = ?1 AND partition IN (SELECT value FROM json_each(?3))"
+            )),
+            release_all: s(format!("UPDATE {p}leases SET owner = NULL, expires_at = ?2 WHERE owner = ?1")),
+            remove_instance: s(format!(
+                "DELETE FROM {p}relay_instances WHERE owner = ?1 OR expires_at < ?2"
+            )),
+            dl_list: s(format!(
+                "SELECT id, topic, key, type, payload, content_type, headers, created_at, created_at AS available_at, \
+                 origin, attempts, last_error, failed_at FROM {p}dead_letters ORDER BY failed_at, id LIMIT ?1"
+            )),
+            dl_retry: s(format!(
+                "INSERT INTO {p}outbox ({COLUMNS}) \
+                 SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, ?2 FROM {p}dead_letters \
+                 WHERE ?1 IS NULL OR id IN (SELECT value FROM json_each(?1)) GROUP BY id \
+                 ON CONFLICT (id) DO NOTHING"
+            )),
+            dl_purge: s(format!(
+                "DELETE FROM {p}dead_letters WHERE ?1 IS NULL OR id IN (SELECT value FROM json_each(?1))"
+            )),
+            dl_insert: s(format!(
+                "INSERT INTO {p}dead_letters (id, origin, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                 ON CONFLICT (id, origin) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error, failed_at = excluded.failed_at"
+            )),
+            inbox_insert: s(format!(
+                "INSERT INTO {p}inbox (consumer_group, message_id, processed_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
+            )),
+            inbox_purge: s(format!("DELETE FROM {p}inbox WHERE processed_at < ?1")),
+            purge_sent: s(format!("DELETE FROM {p}outbox WHERE sent_at IS NOT NULL AND sent_at < ?1")),
+            pos_get: s(format!("SELECT position FROM {p}positions WHERE consumer_group = ?1 AND source = ?2")),
+            pos_set: s(format!(
+                "INSERT INTO {p}positions (consumer_group, source, position, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (consumer_group, source) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at"
+            )),
+            log_append: s(format!(
+                "INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            )),
+            log_read: s(format!(
+                "SELECT position, id, topic, key, type, payload, content_type, headers, created_at, available_at FROM {p}log \
+                 WHERE topic = ?1 AND position > ?2 ORDER BY position LIMIT ?3"
+            )),
+            backlog: s(format!(
+                "SELECT topic, count(*) AS pending, min(created_at) AS oldest, sum(attempts > 0) AS retrying \
+                 FROM {p}outbox WHERE sent_at IS NULL GROUP BY topic ORDER BY topic"
+            )),
+            dl_count: s(format!("SELECT count(*) FROM {p}dead_letters")),
+            owners: s(format!(
+                "SELECT owner, count(*) AS n, min(expires_at) AS expires_at FROM {p}leases \
+                 WHERE owner IS NOT NULL AND expires_at > ?1 GROUP BY owner ORDER BY owner"
+            )),
+            pending: s(format!("SELECT count(*) FROM {p}outbox WHERE sent_at IS NULL")),
+        }
+    }
+
+    /// SQL and parameters for a host driver to insert one outbox row.
+    pub(crate) fn insert_statement(&self, m: &Message, partition: u32, style: Placeholders) -> (String, Vec<Value>) {
+        let marks: Vec<String> = (1..=10)
+            .map(|i| match style {
+                Placeholders::Dollar => format!("${i}"),
+                Placeholders::Percent => "%s".to_string(),
+                Placeholders::Question => "?".to_string(),
+            })
+            .collect();
+        let sql = format!("INSERT INTO {}outbox ({COLUMNS}) VALUES ({})", self.prefix, marks.join(", "));
+        let params = vec![
+            Value::Text(m.id.to_string()),
+            Value::Text(m.topic.clone()),
+            m.key.clone().into(),
+            Value::Int(partition.into()),
+            Value::Text(m.event_type.clone()),
+            Value::Bytes(m.payload.clone()),
+            Value::Text(m.content_type.clone()),
+            Value::Text(headers_json(m)),
+            Value::Int(to_unix_micros(m.created_at)),
+            Value::Int(to_unix_micros(m.available_at)),
+        ];
+        (sql, params)
+    }
+
+    fn insert_many(&self, rows: usize) -> String {
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let b = r * 10;
+                format!(
+                    "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10
+                )
+            })
+            .collect();
+        format!("INSERT INTO {}outbox ({COLUMNS}) VALUES {}", self.prefix, values.join(", "))
+    }
+}
+
+fn q(sql: &Sql) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query(AssertSqlSafe(sql.clone()))
+}
+
+fn now_us() -> i64 {
+    to_unix_micros(Utc::now())
+}
+
+fn later_us(d: Duration) -> i64 {
+    now_us().saturating_add(d.as_micros().min(i64::MAX as u128) as i64)
+}
+
+fn json_list<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("lists serialise")
+}
+
+pub(super) async fn migrate(pool: &SqlitePool, prefix: &str, partitions: u32) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    // BEGIN IMMEDIATE takes the write lock first, serialising concurrent migrators.
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    sqlx::raw_sql(AssertSqlSafe(schema::migrations_table_sql(Dialect::Sqlite, prefix)))
+        .execute(&mut *tx)
+        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT version FROM {prefix}schema_migrations ORDER BY version"
+    )))
+    .fetch_all(&mut *tx)
+    .await?;
+    if let Some(newest) = applied.iter().max().filter(|v| **v > schema::latest_version()) {
+        return Err(Error::Schema {
+            reason: format!(
+                "the database has schema version {newest}, newer than this relaybox ({})",
+                schema::latest_version()
+            ),
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        sqlx::raw_sql(AssertSqlSafe(m.sql(Dialect::Sqlite, prefix)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::Schema {
+                reason: format!("migration {} failed: {}", m.version, Error::from(e)),
+            })?;
+        sqlx::raw_sql(AssertSqlSafe(schema::record_sql(prefix, m)))
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version = m.version, name = m.name, "relaybox migration applied");
+    }
+    sqlx::raw_sql(AssertSqlSafe(schema::seed_leases_sql(Dialect::Sqlite, prefix, partitions)))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn schema_missing(e: sqlx::Error) -> Error {
+    let missing = matches!(&e, sqlx::Error::Database(db) if db.message().contains("no such table"));
+    if missing {
+        Error::Schema {
+            reason: "relaybox tables are missing; run `relaybox migrate` (Store::migrate) first".into(),
+        }
+    } else {
+        Error::from(e)
+    }
+}
+
+pub(super) async fn partition_count(pool: &SqlitePool, sql: &SqliteSql) -> Result<u32> {
+    let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql.partition_count.clone()))
+        .fetch_one(pool)
+        .await
+        .map_err(schema_missing)?;
+    Ok(n as u32)
+}
+
+pub(super) async fn insert_outbox(
+    conn: &mut SqliteConnection,
+    sql: &SqliteSql,
+    messages: &[Message],
+    partitions: &[u32],
+) -> Result<()> {
+    if let [m] = messages {
+        bind_row(q(&sql.insert), m, partitions[0])
+            .execute(conn)
+            .await
+            .map_err(schema_missing)?;
+        return Ok(());
+    }
+    for (chunk, parts) in messages.chunks(INSERT_CHUNK).zip(partitions.chunks(INSERT_CHUNK)) {
+        let mut query = sqlx::query(AssertSqlSafe(sql.insert_many(chunk.len())));
+        for (m, p) in chunk.iter().zip(parts) {
+            query = bind_row(query, m, *p);
+        }
+        query.execute(&mut *conn).await.map_err(schema_missing)?;
+    }
+    Ok(())
+}
+
+fn bind_row<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    m: &Message,
+    partition: u32,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(m.id.to_string())
+        .bind(m.topic.clone())
+        .bind(m.key.clone())
+        .bind(i64::from(partition))
+        .bind(m.event_type.clone())
+        .bind(m.payload.clone())
+        .bind(m.content_type.clone())
+        .bind(headers_json(m))
+        .bind(to_unix_micros(m.created_at))
+        .bind(to_unix_micros(m.available_at))
+}
+
+fn parse_id(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| Error::InvalidValue {
+        reason: format!("id column holds {text:?}, not a UUID: {e}"),
+    })
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<Message> {
+    Ok(Message {
+        id: parse_id(row.try_get("id")?)?,
+        topic: row.try_get("topic")?,
+        key: row.try_get("key")?,
+        event_type: row.try_get("type")?,
+        payload: row.try_get("payload")?,
+        content_type: row.try_get("content_type")?,
+        headers: parse_headers(row.try_get::<&str, _>("headers")?)?,
+        created_at: from_unix_micros(row.try_get("created_at")?),
+        available_at: from_unix_micros(row.try_get("available_at")?),
+    })
+}
+
+pub(super) async fn claim(pool: &SqlitePool, sql: &SqliteSql, owner: &str, limit: u32) -> Result<Claim> {
+    let rows = q(&sql.claim_rows)
+        .bind(owner)
+        .bind(now_us())
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(OutboxRow {
+                seq: row.try_get("seq")?,
+                partition: row.try_get::<i64, _>("partition")? as u32,
+                attempts: row.try_get::<i64, _>("attempts")? as u32,
+                message: message_from_row(row)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Claim {
+        rows,
+        hold: ClaimHold::Sqlite,
+    })
+}
+
+pub(super) async fn complete(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+    rows: &[OutboxRow],
+    done: Completion,
+    keep_sent: bool,
+) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    // Fencing: rows of a partition this relay no longer holds stay for its new owner.
+    let owned: HashSet<i64> = sqlx::query_scalar(AssertSqlSafe(sql.owned_partitions.clone()))
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    let still_ours: HashSet<Uuid> = rows
+        .iter()
+        .filter(|r| owned.contains(&i64::from(r.partition)))
+        .map(|r| r.message.id)
+        .collect();
+    let now = now_us();
+    let delivered: Vec<String> = done
+        .delivered
+        .iter()
+        .filter(|id| still_ours.contains(id))
+        .map(Uuid::to_string)
+        .collect();
+    if !delivered.is_empty() {
+        if keep_sent {
+            q(&sql.mark_sent).bind(json_list(&delivered)).bind(now).execute(&mut *tx).await?;
+        } else {
+            q(&sql.delete_ids).bind(json_list(&delivered)).execute(&mut *tx).await?;
+        }
+    }
+    for (id, err, at) in done.retry.iter().filter(|(id, ..)| still_ours.contains(id)) {
+        q(&sql.retry)
+            .bind(id.to_string())
+            .bind(err)
+            .bind(to_unix_micros(*at))
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (id, err) in done.dead.iter().filter(|(id, _)| still_ours.contains(id)) {
+        q(&sql.dead_copy).bind(id.to_string()).bind(err).bind(now).execute(&mut *tx).await?;
+        q(&sql.delete_one).bind(id.to_string()).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn heartbeat(pool: &SqlitePool, sql: &SqliteSql, owner: &str, ttl: Duration) -> Result<i64> {
+    q(&sql.heartbeat).bind(owner).bind(now_us()).bind(later_us(ttl)).execute(pool).await?;
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
+        .bind(now_us())
+        .fetch_one(pool)
+        .await?)
+}
+
+pub(super) async fn renew_leases(pool: &SqlitePool, sql: &SqliteSql, owner: &str, ttl: Duration) -> Result<Vec<u32>> {
+    let rows: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.renew.clone()))
+        .bind(owner)
+        .bind(later_us(ttl))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|p| p as u32).collect())
+}
+
+pub(super) async fn acquire_leases(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+    ttl: Duration,
+    max: u32,
+) -> Result<Vec<u32>> {
+    let rows: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.acquire.clone()))
+        .bind(owner)
+        .bind(now_us())
+        .bind(later_us(ttl))
+        .bind(i64::from(max))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|p| p as u32).collect())
+}
+
+pub(super) async fn release_leases(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+    partitions: Option<&[u32]>,
+) -> Result<()> {
+    match partitions {
+        Some(parts) => {
+            q(&sql.release_some).bind(owner).bind(now_us()).bind(json_list(parts)).execute(pool).await?;
+        }
+        None => {
+            q(&sql.release_all).bind(owner).bind(now_us()).execute(pool).await?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn remove_instance(pool: &SqlitePool, sql: &SqliteSql, owner: &str) -> Result<()> {
+    let day_ago = now_us() - 86_400_000_000;
+    q(&sql.remove_instance).bind(owner).bind(day_ago).execute(pool).await?;
+    Ok(())
+}
+
+fn filter_json(filter: &DeadLetterFilter) -> Option<String> {
+    match filter {
+        DeadLetterFilter::All => None,
+        DeadLetterFilter::Ids(ids) => Some(json_list(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())),
+    }
+}
+
+pub(super) async fn dead_letters(pool: &SqlitePool, sql: &SqliteSql, limit: u32) -> Result<Vec<DeadLetter>> {
+    let rows = q(&sql.dl_list).bind(i64::from(limit)).fetch_all(pool).await.map_err(schema_missing)?;
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                message: message_from_row(row)?,
+                origin: row.try_get("origin")?,
+                attempts: row.try_get::<i64, _>("attempts")? as u32,
+                last_error: row.try_get("last_error")?,
+                failed_at: from_unix_micros(row.try_get("failed_at")?),
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn retry_dead_letters(pool: &SqlitePool, sql: &SqliteSql, filter: &DeadLetterFilter) -> Result<u64> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    let ids = filter_json(filter);
+    let moved = q(&sql.dl_retry).bind(ids.clone()).bind(now_us()).execute(&mut *tx).await?;
+    q(&sql.dl_purge).bind(ids).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(moved.rows_affected())
+}
+
+pub(super) async fn purge_dead_letters(pool: &SqlitePool, sql: &SqliteSql, filter: &DeadLetterFilter) -> Result<u64> {
+    Ok(q(&sql.dl_purge).bind(filter_json(filter)).execute(pool).await?.rows_affected())
+}
+
+pub(super) async fn insert_dead_letter(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    m: &Message,
+    partition: u32,
+    origin: &str,
+    attempts: u32,
+    error: &str,
+) -> Result<()> {
+    q(&sql.dl_insert)
+        .bind(m.id.to_string())
+        .bind(origin)
+        .bind(m.topic.clone())
+        .bind(m.key.clone())
+        .bind(i64::from(partition))
+        .bind(m.event_type.clone())
+        .bind(m.payload.clone())
+        .bind(m.content_type.clone())
+        .bind(headers_json(m))
+        .bind(to_unix_micros(m.created_at))
+        .bind(i64::from(attempts))
+        .bind(error)
+        .bind(now_us())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records `message_id` for `group`; false when it was already there.
+pub(crate) async fn inbox_insert(conn: &mut SqliteConnection, sql: &SqliteSql, group: &str, message_id: Uuid) -> Result<bool> {
+    let done = q(&sql.inbox_insert)
+        .bind(group)
+        .bind(message_id.to_string())
+        .bind(now_us())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn purge_inbox(pool: &SqlitePool, sql: &SqliteSql, older_than: Duration) -> Result<u64> {
+    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    Ok(q(&sql.inbox_purge).bind(cutoff).execute(pool).await?.rows_affected())
+}
+
+pub(super) async fn purge_sent(pool: &SqlitePool, sql: &SqliteSql, older_than: Duration) -> Result<u64> {
+    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    Ok(q(&sql.purge_sent).bind(cutoff).execute(pool).await?.rows_affected())
+}
+
+pub(super) async fn position(pool: &SqlitePool, sql: &SqliteSql, group: &str, source: &str) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.pos_get.clone()))
+        .bind(group)
+        .bind(source)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub(super) async fn set_position(pool: &SqlitePool, sql: &SqliteSql, group: &str, source: &str, position: i64) -> Result<()> {
+    q(&sql.pos_set)
+        .bind(group)
+        .bind(source)
+        .bind(position)
+        .bind(now_us())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn append_log(pool: &SqlitePool, sql: &SqliteSql, messages: &[Message], partitions: u32) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    // SQLite has one writer at a time: positions follow commit order by construction.
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    let now = now_us();
+    for m in messages {
+        let partition = crate::partition::partition_for(m.key.as_deref(), &m.id, partitions);
+        bind_row(q(&sql.log_append), m, partition)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn read_log(pool: &SqlitePool, sql: &SqliteSql, topic: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+    let rows = q(&sql.log_read)
+        .bind(topic)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(schema_missing)?;
+    rows.iter()
+        .map(|row| {
+            Ok(LogEntry {
+                position: row.try_get("position")?,
+                message: message_from_row(row)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status> {
+    let now = now_us();
+    let topics = q(&sql.backlog)
+        .fetch_all(pool)
+        .await
+        .map_err(schema_missing)?
+        .iter()
+        .map(|r| {
+            let oldest: i64 = r.try_get("oldest")?;
+            Ok(TopicBacklog {
+                topic: r.try_get("topic")?,
+                pending: r.try_get("pending")?,
+                oldest_age_seconds: (now - oldest).max(0) as f64 / 1e6,
+                retrying: r.try_get("retrying")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone())).fetch_one(pool).await?;
+    let lease_owners = q(&sql.owners)
+        .bind(now)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(LeaseOwner {
+                owner: r.try_get("owner")?,
+                partitions: r.try_get("n")?,
+                expires_at: from_unix_micros(r.try_get("expires_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
+        .bind(now)
+        .fetch_one(pool)
+        .await?;
+    Ok(Status {
+        topics,
+        dead_letters,
+        partitions: 0,
+        lease_owners,
+        live_relays,
+    })
+}
+
+pub(super) async fn pending_count(pool: &SqlitePool, sql: &SqliteSql) -> Result<i64> {
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.pending.clone()))
+        .fetch_one(pool)
+        .await
+        .map_err(schema_missing)?)
+}
