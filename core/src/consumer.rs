@@ -118,7 +118,10 @@ impl ConsumerConfig {
             return Err(Error::config("concurrency", "must be between 1 and 1024"));
         }
         if self.retry_delay.is_zero() || self.retry_delay > self.retry_delay_max {
-            return Err(Error::config("retry_delay", "must be positive and at most retry_delay_max"));
+            return Err(Error::config(
+                "retry_delay",
+                "must be positive and at most retry_delay_max",
+            ));
         }
         if self.poll_interval < Duration::from_millis(1) {
             return Err(Error::config("poll_interval", "must be at least 1 ms"));
@@ -131,8 +134,8 @@ impl ConsumerConfig {
 
     /// Settings from a JSON object (as bindings pass them); unknown keys are an error.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let config: ConsumerConfig =
-            serde_json::from_value(value).map_err(|e| Error::config("consumer config", e.to_string()))?;
+        let config: ConsumerConfig = serde_json::from_value(value)
+            .map_err(|e| Error::config("consumer config", e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -170,7 +173,12 @@ pub struct Consumer {
 
 impl Consumer {
     /// Validates `config` and starts consuming on the current tokio runtime.
-    pub fn start(store: Store, source: Arc<dyn Source>, handler: Arc<dyn Handler>, config: ConsumerConfig) -> Result<Consumer> {
+    pub fn start(
+        store: Store,
+        source: Arc<dyn Source>,
+        handler: Arc<dyn Handler>,
+        config: ConsumerConfig,
+    ) -> Result<Consumer> {
         config.validate()?;
         store.check_open()?;
         let cancel = CancellationToken::new();
@@ -207,7 +215,8 @@ impl Consumer {
         self.cancel.cancel();
         let task = self.task.lock().expect("consumer task lock").take();
         if let Some(task) = task {
-            task.await.map_err(|e| Error::internal(format!("consumer task failed: {e}")))?;
+            task.await
+                .map_err(|e| Error::internal(format!("consumer task failed: {e}")))?;
         }
         Ok(())
     }
@@ -266,7 +275,11 @@ impl Worker {
                 }
                 Err(e) => {
                     error_streak += 1;
-                    let pause = backoff(error_streak, Duration::from_millis(100), Duration::from_secs(5));
+                    let pause = backoff(
+                        error_streak,
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                    );
                     tracing::warn!(source = self.source.name(), error = %e, "relaybox fetch failed; pausing {pause:?}");
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,
@@ -286,7 +299,12 @@ impl Worker {
             while let Err(e) = self.source.ack(&acks).await {
                 attempt += 1;
                 tracing::warn!(source = self.source.name(), error = %e, "relaybox ack failed; retrying");
-                tokio::time::sleep(backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))).await;
+                tokio::time::sleep(backoff(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                ))
+                .await;
                 if self.cancel.is_cancelled() && attempt > 3 {
                     break;
                 }
@@ -296,7 +314,10 @@ impl Worker {
 
     /// Processes lanes concurrently, each lane in order. Stops early only on shutdown
     /// during a retry wait, in which case nothing of the batch is acknowledged.
-    async fn process_batch(self: &Arc<Self>, batch: &[Delivery]) -> std::result::Result<(), Interrupted> {
+    async fn process_batch(
+        self: &Arc<Self>,
+        batch: &[Delivery],
+    ) -> std::result::Result<(), Interrupted> {
         let lanes = u64::from(self.config.concurrency);
         let mut by_lane: BTreeMap<u64, Vec<&Delivery>> = BTreeMap::new();
         for d in batch {
@@ -308,7 +329,10 @@ impl Worker {
             }
             Ok::<(), Interrupted>(())
         });
-        futures::future::join_all(lane_runs).await.into_iter().collect()
+        futures::future::join_all(lane_runs)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn process(&self, message: &Message) -> std::result::Result<(), Interrupted> {
@@ -334,7 +358,11 @@ impl Worker {
                         return Ok(());
                     }
                     self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    let delay = backoff(failures, self.config.retry_delay, self.config.retry_delay_max);
+                    let delay = backoff(
+                        failures,
+                        self.config.retry_delay,
+                        self.config.retry_delay_max,
+                    );
                     tracing::debug!(id = %message.id, attempts = failures, ?delay, error = %error, "relaybox handler failed; will retry");
                     self.pause(delay).await?;
                 }
@@ -342,7 +370,12 @@ impl Worker {
                     // The database failed, not the handler: retry without counting an attempt.
                     infra_streak += 1;
                     tracing::warn!(id = %message.id, error = %e, "relaybox consumer transaction failed; retrying");
-                    self.pause(backoff(infra_streak, Duration::from_millis(100), Duration::from_secs(5))).await?;
+                    self.pause(backoff(
+                        infra_streak,
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                    ))
+                    .await?;
                 }
             }
         }
@@ -370,7 +403,8 @@ impl Worker {
                     Ok(()) => Ok(Attempt::Done),
                     // The handler finished the transaction itself: it committed or rolled back.
                     Err(Error::Closed { .. }) => Ok(Attempt::HandlerFailed(
-                        "the handler committed or rolled back the consumer's transaction itself".into(),
+                        "the handler committed or rolled back the consumer's transaction itself"
+                            .into(),
                     )),
                     Err(e) => Err(e),
                 };
@@ -384,15 +418,29 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, message: &Message, attempts: u32, error: &str) -> std::result::Result<(), Interrupted> {
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        attempts: u32,
+        error: &str,
+    ) -> std::result::Result<(), Interrupted> {
         let mut streak = 0;
         loop {
-            match self.store.dead_letter_consumed(&self.config.group, message, attempts, error).await {
+            match self
+                .store
+                .dead_letter_consumed(&self.config.group, message, attempts, error)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     streak += 1;
                     tracing::warn!(id = %message.id, error = %e, "relaybox could not write a dead letter; retrying");
-                    self.pause(backoff(streak, Duration::from_millis(100), Duration::from_secs(5))).await?;
+                    self.pause(backoff(
+                        streak,
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                    ))
+                    .await?;
                 }
             }
         }
@@ -411,11 +459,19 @@ mod tests {
 
     #[test]
     fn config_validation() {
-        assert!(ConsumerConfig::default().validate().is_err(), "a group is required");
+        assert!(
+            ConsumerConfig::default().validate().is_err(),
+            "a group is required"
+        );
         assert!(ConsumerConfig::new("g").validate().is_ok());
-        let c = ConsumerConfig::from_json(serde_json::json!({"group": "g", "max_retries": 5, "retry_delay": "1s"})).unwrap();
+        let c = ConsumerConfig::from_json(
+            serde_json::json!({"group": "g", "max_retries": 5, "retry_delay": "1s"}),
+        )
+        .unwrap();
         assert_eq!(c.max_retries, 5);
         assert_eq!(c.retry_delay, Duration::from_secs(1));
-        assert!(ConsumerConfig::from_json(serde_json::json!({"group": "g", "batch_size": 0})).is_err());
+        assert!(
+            ConsumerConfig::from_json(serde_json::json!({"group": "g", "batch_size": 0})).is_err()
+        );
     }
 }

@@ -39,7 +39,9 @@ pub use relay::{Relay, RelayConfig, RelayStats};
 pub use schema::Dialect;
 pub use sink::Sink;
 pub use source::{AckToken, Delivery, Source};
-pub use store::{DeadLetter, DeadLetterFilter, InsertStatement, Placeholders, Status, Store, StoreOptions};
+pub use store::{
+    DeadLetter, DeadLetterFilter, InsertStatement, Placeholders, Status, Store, StoreOptions,
+};
 pub use transaction::Transaction;
 pub use transport::database::{DatabaseSink, DatabaseSource, DatabaseSourceConfig, StartFrom};
 pub use validate::Limits;

@@ -115,7 +115,8 @@ impl Message {
 
     /// Delays delivery by `delay` from the message's creation.
     pub fn delayed_by(self, delay: std::time::Duration) -> Self {
-        let at = self.created_at + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let at =
+            self.created_at + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
         self.available_at(at)
     }
 

@@ -41,7 +41,10 @@ mod tests {
     fn crc32_reference_values() {
         // Reference: zlib.crc32(b"123456789") == 0xCBF43926.
         assert_eq!(key_hash("123456789"), 0xCBF4_3926);
-        assert_eq!(partition_for(Some("123456789"), &Uuid::nil(), 16), 0xCBF4_3926 % 16);
+        assert_eq!(
+            partition_for(Some("123456789"), &Uuid::nil(), 16),
+            0xCBF4_3926 % 16
+        );
     }
 
     #[test]

@@ -41,10 +41,10 @@ pub struct RelayConfig {
     /// Longest retry delay (default 5 min).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub backoff_max: Duration,
-    /// Longest wait for the sink's acknowledgements of a batch (default 10 s);
-    /// must be shorter than `lease_ttl`.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
-    pub publish_timeout: Duration,
+    /// Longest wait for the sink's acknowledgements of a batch; must be shorter
+    /// than `lease_ttl` (default: 10 s or half the lease, whichever is shorter).
+    #[serde(deserialize_with = "crate::duration::deserialize_opt")]
+    pub publish_timeout: Option<Duration>,
     /// Keep delivered rows (with `sent_at`) this long instead of deleting them.
     #[serde(deserialize_with = "crate::duration::deserialize_opt")]
     pub retention: Option<Duration>,
@@ -61,7 +61,7 @@ impl Default for RelayConfig {
             max_attempts: 10,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
-            publish_timeout: Duration::from_secs(10),
+            publish_timeout: None,
             retention: None,
             instance_id: None,
         }
@@ -84,10 +84,17 @@ impl RelayConfig {
             return Err(Error::config("max_attempts", "must be at least 1"));
         }
         if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
-            return Err(Error::config("backoff_initial", "must be positive and at most backoff_max"));
+            return Err(Error::config(
+                "backoff_initial",
+                "must be positive and at most backoff_max",
+            ));
         }
-        if self.publish_timeout.is_zero() || self.publish_timeout >= self.lease_ttl {
-            return Err(Error::config("publish_timeout", "must be positive and shorter than lease_ttl"));
+        let timeout = self.effective_publish_timeout();
+        if timeout.is_zero() || timeout >= self.lease_ttl {
+            return Err(Error::config(
+                "publish_timeout",
+                "must be positive and shorter than lease_ttl",
+            ));
         }
         if let Some(id) = &self.instance_id {
             if id.is_empty() || id.len() > 200 {
@@ -97,10 +104,16 @@ impl RelayConfig {
         Ok(())
     }
 
+    /// The publish timeout in force: the configured one, or the default.
+    pub fn effective_publish_timeout(&self) -> Duration {
+        self.publish_timeout
+            .unwrap_or_else(|| Duration::from_secs(10).min(self.lease_ttl / 2))
+    }
+
     /// Settings from a JSON object (as bindings pass them); unknown keys are an error.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let config: RelayConfig =
-            serde_json::from_value(value).map_err(|e| Error::config("relay config", e.to_string()))?;
+        let config: RelayConfig = serde_json::from_value(value)
+            .map_err(|e| Error::config("relay config", e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -152,7 +165,10 @@ impl Relay {
     pub fn start(store: Store, sink: Arc<dyn Sink>, config: RelayConfig) -> Result<Relay> {
         config.validate()?;
         store.check_open()?;
-        let owner = config.instance_id.clone().unwrap_or_else(default_instance_id);
+        let owner = config
+            .instance_id
+            .clone()
+            .unwrap_or_else(default_instance_id);
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let worker = Worker {
@@ -196,7 +212,8 @@ impl Relay {
         self.cancel.cancel();
         let task = self.task.lock().expect("relay task lock").take();
         if let Some(task) = task {
-            task.await.map_err(|e| Error::internal(format!("relay task failed: {e}")))?;
+            task.await
+                .map_err(|e| Error::internal(format!("relay task failed: {e}")))?;
         }
         Ok(())
     }
@@ -226,7 +243,11 @@ fn default_instance_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
     let suffix = uuid::Uuid::now_v7().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &suffix[suffix.len() - 8..]
+    )
 }
 
 struct Worker {
@@ -279,7 +300,11 @@ impl Worker {
                     }
                     Err(e) => {
                         error_streak += 1;
-                        let pause = backoff(error_streak, Duration::from_millis(100), Duration::from_secs(5));
+                        let pause = backoff(
+                            error_streak,
+                            Duration::from_millis(100),
+                            Duration::from_secs(5),
+                        );
                         tracing::warn!(owner = %self.owner, error = %e, "relaybox relay batch failed; pausing {pause:?}");
                         next_retry = Some(Instant::now() + pause);
                     }
@@ -313,16 +338,24 @@ impl Worker {
             let give: Vec<u32> = held.split_off(target);
             self.store.release_leases(&self.owner, Some(&give)).await?;
         } else if held.len() < target {
-            let got = self.store.acquire_leases(&self.owner, ttl, (target - held.len()) as u32).await?;
+            let got = self
+                .store
+                .acquire_leases(&self.owner, ttl, (target - held.len()) as u32)
+                .await?;
             held.extend(got);
         }
-        self.counters.partitions_held.store(held.len() as u64, Ordering::Relaxed);
+        self.counters
+            .partitions_held
+            .store(held.len() as u64, Ordering::Relaxed);
         self.held = held;
         Ok(())
     }
 
     async fn relay_batch(&mut self) -> Result<BatchOutcome> {
-        let claim = self.store.claim(&self.owner, self.config.batch_size).await?;
+        let claim = self
+            .store
+            .claim(&self.owner, self.config.batch_size)
+            .await?;
         if claim.rows.is_empty() {
             return Ok(BatchOutcome::Idle { retry_at: None });
         }
@@ -348,10 +381,15 @@ impl Worker {
                         tracing::warn!(id = %row.message.id, attempts, error = %error, "relaybox message dead-lettered");
                         done.dead.push((row.message.id, error));
                     } else {
-                        let delay = backoff(attempts, self.config.backoff_initial, self.config.backoff_max);
+                        let delay = backoff(
+                            attempts,
+                            self.config.backoff_initial,
+                            self.config.backoff_max,
+                        );
                         tracing::debug!(id = %row.message.id, attempts, ?delay, error = %error, "relaybox delivery failed; will retry");
                         soonest_retry = Some(soonest_retry.map_or(delay, |d| d.min(delay)));
-                        let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                        let at = now
+                            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                         done.retry.push((row.message.id, error, at));
                     }
                 }
@@ -393,11 +431,16 @@ impl Worker {
                 .collect::<Vec<_>>()
         };
         let publish = AssertUnwindSafe(self.sink.publish(messages)).catch_unwind();
-        match tokio::time::timeout(self.config.publish_timeout, publish).await {
-            Err(_) => failed(format!("no acknowledgement within {:?}", self.config.publish_timeout), true),
+        let timeout = self.config.effective_publish_timeout();
+        match tokio::time::timeout(timeout, publish).await {
+            Err(_) => failed(format!("no acknowledgement within {timeout:?}"), true),
             Ok(Err(panic)) => failed(Error::from_panic(panic).to_string(), true),
             Ok(Ok(results)) if results.len() != messages.len() => failed(
-                format!("sink returned {} results for {} messages", results.len(), messages.len()),
+                format!(
+                    "sink returned {} results for {} messages",
+                    results.len(),
+                    messages.len()
+                ),
                 true,
             ),
             Ok(Ok(results)) => results,
@@ -423,15 +466,24 @@ mod tests {
             f(&mut c);
             c.validate().unwrap_err()
         };
-        assert!(matches!(bad(|c| c.batch_size = 0), Error::InvalidConfig { field, .. } if field == "batch_size"));
-        assert!(matches!(bad(|c| c.max_attempts = 0), Error::InvalidConfig { field, .. } if field == "max_attempts"));
-        assert!(matches!(bad(|c| c.publish_timeout = c.lease_ttl), Error::InvalidConfig { field, .. } if field == "publish_timeout"));
+        assert!(
+            matches!(bad(|c| c.batch_size = 0), Error::InvalidConfig { field, .. } if field == "batch_size")
+        );
+        assert!(
+            matches!(bad(|c| c.max_attempts = 0), Error::InvalidConfig { field, .. } if field == "max_attempts")
+        );
+        assert!(
+            matches!(bad(|c| c.publish_timeout = Some(c.lease_ttl)), Error::InvalidConfig { field, .. } if field == "publish_timeout")
+        );
         assert!(RelayConfig::default().validate().is_ok());
     }
 
     #[test]
     fn config_from_json() {
-        let c = RelayConfig::from_json(serde_json::json!({"batch_size": 10, "poll_interval": "250ms", "lease_ttl": 5000})).unwrap();
+        let c = RelayConfig::from_json(
+            serde_json::json!({"batch_size": 10, "poll_interval": "250ms", "lease_ttl": 5000}),
+        )
+        .unwrap();
         assert_eq!(c.batch_size, 10);
         assert_eq!(c.poll_interval, Duration::from_millis(250));
         assert_eq!(c.lease_ttl, Duration::from_secs(5));

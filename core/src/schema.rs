@@ -135,7 +135,10 @@ pub(crate) fn seed_leases_sql(dialect: Dialect, prefix: &str, partitions: u32) -
 /// knows they ran) and the lease rows of `partitions` partitions. Idempotent.
 pub fn schema_sql(dialect: Dialect, prefix: &str, partitions: u32) -> Result<String> {
     check_prefix(prefix)?;
-    let mut out = format!("-- relaybox schema version {} ({dialect})\n", latest_version());
+    let mut out = format!(
+        "-- relaybox schema version {} ({dialect})\n",
+        latest_version()
+    );
     out.push_str(&migrations_table_sql(dialect, prefix));
     for m in MIGRATIONS {
         out.push('\n');

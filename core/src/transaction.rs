@@ -7,7 +7,10 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow, PgTypeInfo};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{AssertSqlSafe, Column, PgConnection, Postgres, Row, Sqlite, SqliteConnection, TypeInfo, ValueRef};
+use sqlx::{
+    AssertSqlSafe, Column, PgConnection, Postgres, Row, Sqlite, SqliteConnection, TypeInfo,
+    ValueRef,
+};
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -35,7 +38,9 @@ pub struct Transaction {
 
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transaction").field("store", &self.store).finish()
+        f.debug_struct("Transaction")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
@@ -85,7 +90,9 @@ impl Transaction {
     async fn open(&self) -> Result<MutexGuard<'_, Option<TxState>>> {
         let guard = self.state.lock().await;
         if guard.is_none() {
-            return Err(Error::Closed { what: "transaction" });
+            return Err(Error::Closed {
+                what: "transaction",
+            });
         }
         Ok(guard)
     }
@@ -102,8 +109,14 @@ impl Transaction {
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
         let mut guard = self.open().await?;
         let done = match guard.as_mut().expect("checked open") {
-            TxState::Postgres(tx) => bind_pg(sqlx::query(AssertSqlSafe(sql)), params)?.execute(&mut **tx).await?.rows_affected(),
-            TxState::Sqlite(tx) => bind_sqlite(sqlx::query(AssertSqlSafe(sql)), params).execute(&mut **tx).await?.rows_affected(),
+            TxState::Postgres(tx) => bind_pg(sqlx::query(AssertSqlSafe(sql)), params)?
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            TxState::Sqlite(tx) => bind_sqlite(sqlx::query(AssertSqlSafe(sql)), params)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
         };
         Ok(done)
     }
@@ -144,10 +157,22 @@ impl Transaction {
         let mut guard = self.open().await?;
         match guard.as_mut().expect("checked open") {
             TxState::Postgres(tx) => {
-                crate::store::OutboxConnection::insert_outbox(&mut **tx, &self.store, messages, &partitions).await?
+                crate::store::OutboxConnection::insert_outbox(
+                    &mut **tx,
+                    &self.store,
+                    messages,
+                    &partitions,
+                )
+                .await?
             }
             TxState::Sqlite(tx) => {
-                crate::store::OutboxConnection::insert_outbox(&mut **tx, &self.store, messages, &partitions).await?
+                crate::store::OutboxConnection::insert_outbox(
+                    &mut **tx,
+                    &self.store,
+                    messages,
+                    &partitions,
+                )
+                .await?
             }
         }
         Ok(messages.iter().map(|m| m.id).collect())
@@ -158,10 +183,10 @@ impl Transaction {
         let mut guard = self.open().await?;
         match (guard.as_mut().expect("checked open"), self.store.pool()?) {
             (TxState::Postgres(tx), Pool::Postgres(_, sql)) => {
-                crate::store::pg_inbox_insert(&mut **tx, sql, group, message_id).await
+                crate::store::pg_inbox_insert(tx, sql, group, message_id).await
             }
             (TxState::Sqlite(tx), Pool::Sqlite(_, sql)) => {
-                crate::store::sqlite_inbox_insert(&mut **tx, sql, group, message_id).await
+                crate::store::sqlite_inbox_insert(tx, sql, group, message_id).await
             }
             _ => Err(Error::internal("transaction of another dialect")),
         }
@@ -169,7 +194,9 @@ impl Transaction {
 
     /// Commits. Relays in this process wake at once.
     pub async fn commit(&self) -> Result<()> {
-        let state = self.state.lock().await.take().ok_or(Error::Closed { what: "transaction" })?;
+        let state = self.state.lock().await.take().ok_or(Error::Closed {
+            what: "transaction",
+        })?;
         match state {
             TxState::Postgres(tx) => tx.commit().await?,
             TxState::Sqlite(tx) => tx.commit().await?,
@@ -180,7 +207,9 @@ impl Transaction {
 
     /// Rolls back: nothing written in this transaction remains, enqueued messages included.
     pub async fn rollback(&self) -> Result<()> {
-        let state = self.state.lock().await.take().ok_or(Error::Closed { what: "transaction" })?;
+        let state = self.state.lock().await.take().ok_or(Error::Closed {
+            what: "transaction",
+        })?;
         match state {
             TxState::Postgres(tx) => tx.rollback().await?,
             TxState::Sqlite(tx) => tx.rollback().await?,
@@ -204,7 +233,10 @@ impl sqlx::Type<Postgres> for UntypedNull {
 }
 
 impl sqlx::Encode<'_, Postgres> for UntypedNull {
-    fn encode_by_ref(&self, _: &mut sqlx::postgres::PgArgumentBuffer) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+    fn encode_by_ref(
+        &self,
+        _: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
         Ok(sqlx::encode::IsNull::Yes)
     }
 }

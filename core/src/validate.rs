@@ -162,7 +162,9 @@ mod tests {
 
     #[test]
     fn payload_limit() {
-        let limits = Limits { max_payload_bytes: 4 };
+        let limits = Limits {
+            max_payload_bytes: 4,
+        };
         let m = Message::new("t", vec![0; 5]);
         assert!(matches!(
             limits.check(&m),

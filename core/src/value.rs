@@ -43,7 +43,9 @@ impl Value {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => (*b).into(),
             Value::Int(i) => (*i).into(),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+            }
             Value::Text(s) => s.clone().into(),
             Value::Bytes(b) => b.clone().into(),
             Value::Json(j) => j.clone(),
@@ -121,11 +123,18 @@ pub struct Row {
 impl Row {
     /// The value of column `name`, if present.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.columns.iter().position(|c| c == name).map(|i| &self.values[i])
+        self.columns
+            .iter()
+            .position(|c| c == name)
+            .map(|i| &self.values[i])
     }
 
     /// The row as a map from column name to value.
     pub fn to_map(&self) -> BTreeMap<String, Value> {
-        self.columns.iter().cloned().zip(self.values.iter().cloned()).collect()
+        self.columns
+            .iter()
+            .cloned()
+            .zip(self.values.iter().cloned())
+            .collect()
     }
 }

@@ -46,7 +46,12 @@ impl Wake {
 
     /// Starts, once per store, the task that turns NOTIFYs into wake-ups.
     /// Must be called inside a tokio runtime.
-    pub(crate) fn ensure_listener(&self, pool: &PgPool, prefix: &str, shutdown: &CancellationToken) {
+    pub(crate) fn ensure_listener(
+        &self,
+        pool: &PgPool,
+        prefix: &str,
+        shutdown: &CancellationToken,
+    ) {
         self.listener.call_once(|| {
             let (outbox, log) = (self.outbox.clone(), self.log.clone());
             let pool = pool.clone();
@@ -62,7 +67,12 @@ impl Wake {
     }
 }
 
-async fn listen(pool: PgPool, channels: [String; 2], outbox: watch::Sender<u64>, log: watch::Sender<u64>) {
+async fn listen(
+    pool: PgPool,
+    channels: [String; 2],
+    outbox: watch::Sender<u64>,
+    log: watch::Sender<u64>,
+) {
     let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -75,7 +85,10 @@ async fn listen(pool: PgPool, channels: [String; 2], outbox: watch::Sender<u64>,
                 continue;
             }
         };
-        if let Err(e) = listener.listen_all(channels.iter().map(String::as_str)).await {
+        if let Err(e) = listener
+            .listen_all(channels.iter().map(String::as_str))
+            .await
+        {
             tracing::warn!(error = %crate::Error::from(e), "relaybox LISTEN failed; relying on polling");
             tokio::time::sleep(backoff).await;
             continue;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{PgConnection, SqliteConnection};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +70,10 @@ impl StoreOptions {
             return Err(Error::config("partitions", "must be between 1 and 4096"));
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > 256 * 1024 * 1024 {
-            return Err(Error::config("max_payload_bytes", "must be between 1 byte and 256 MiB"));
+            return Err(Error::config(
+                "max_payload_bytes",
+                "must be between 1 byte and 256 MiB",
+            ));
         }
         if self.max_connections == Some(0) {
             return Err(Error::config("max_connections", "must be at least 1"));
@@ -81,8 +86,8 @@ impl StoreOptions {
 
     /// Options from a JSON object (as bindings pass them); unknown keys are an error.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let options: StoreOptions =
-            serde_json::from_value(value).map_err(|e| Error::config("store options", e.to_string()))?;
+        let options: StoreOptions = serde_json::from_value(value)
+            .map_err(|e| Error::config("store options", e.to_string()))?;
         options.validate()?;
         Ok(options)
     }
@@ -107,7 +112,10 @@ impl FromStr for Placeholders {
             "dollar" | "$" => Ok(Placeholders::Dollar),
             "percent" | "%s" | "format" => Ok(Placeholders::Percent),
             "question" | "?" | "qmark" => Ok(Placeholders::Question),
-            other => Err(Error::config("placeholders", format!("unknown style {other:?}; use dollar, percent or question"))),
+            other => Err(Error::config(
+                "placeholders",
+                format!("unknown style {other:?}; use dollar, percent or question"),
+            )),
         }
     }
 }
@@ -296,8 +304,9 @@ impl Store {
         let dialect = dialect_of(&url)?;
         let pool = match dialect {
             Dialect::Postgres => {
-                let connect = PgConnectOptions::from_str(url.expose())
-                    .map_err(|_| Error::config("url", format!("cannot parse PostgreSQL URL {url}")))?;
+                let connect = PgConnectOptions::from_str(url.expose()).map_err(|_| {
+                    Error::config("url", format!("cannot parse PostgreSQL URL {url}"))
+                })?;
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections.unwrap_or(10))
                     .acquire_timeout(options.connect_timeout)
@@ -392,9 +401,11 @@ impl Store {
 
     fn start_listener(&self) {
         if let Pool::Postgres(pool, _) = &self.inner.pool {
-            self.inner
-                .wake
-                .ensure_listener(pool, &self.inner.options.table_prefix, &self.inner.shutdown);
+            self.inner.wake.ensure_listener(
+                pool,
+                &self.inner.options.table_prefix,
+                &self.inner.shutdown,
+            );
         }
     }
 
@@ -432,8 +443,12 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         let options = &self.inner.options;
         match self.pool()? {
-            Pool::Postgres(pool, _) => postgres::migrate(pool, &options.table_prefix, options.partitions).await,
-            Pool::Sqlite(pool, _) => sqlite::migrate(pool, &options.table_prefix, options.partitions).await,
+            Pool::Postgres(pool, _) => {
+                postgres::migrate(pool, &options.table_prefix, options.partitions).await
+            }
+            Pool::Sqlite(pool, _) => {
+                sqlite::migrate(pool, &options.table_prefix, options.partitions).await
+            }
         }
     }
 
@@ -475,12 +490,17 @@ impl Store {
     /// The message is validated first; an invalid one writes nothing.
     pub async fn enqueue<C: OutboxConnection>(&self, conn: C, message: Message) -> Result<Uuid> {
         let id = message.id;
-        self.enqueue_batch(conn, std::slice::from_ref(&message)).await?;
+        self.enqueue_batch(conn, std::slice::from_ref(&message))
+            .await?;
         Ok(id)
     }
 
     /// Writes many messages in one statement; all are validated before any is written.
-    pub async fn enqueue_batch<C: OutboxConnection>(&self, conn: C, messages: &[Message]) -> Result<Vec<Uuid>> {
+    pub async fn enqueue_batch<C: OutboxConnection>(
+        &self,
+        conn: C,
+        messages: &[Message],
+    ) -> Result<Vec<Uuid>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -492,7 +512,11 @@ impl Store {
 
     /// The INSERT statement and parameters that write `message` to the outbox,
     /// for host-language drivers (psycopg, node-postgres, Ecto). Validates first.
-    pub async fn insert_statement(&self, message: &Message, style: Placeholders) -> Result<InsertStatement> {
+    pub async fn insert_statement(
+        &self,
+        message: &Message,
+        style: Placeholders,
+    ) -> Result<InsertStatement> {
         let partition = self.prepare(std::slice::from_ref(message)).await?[0];
         let (sql, params) = match self.pool()? {
             Pool::Postgres(_, sql) => sql.insert_statement(message, partition, style),
@@ -575,8 +599,12 @@ impl Store {
     /// Stores the position of a consumer group on a source (also to rewind it).
     pub async fn set_position(&self, group: &str, source: &str, position: i64) -> Result<()> {
         match self.pool()? {
-            Pool::Postgres(pool, sql) => postgres::set_position(pool, sql, group, source, position).await,
-            Pool::Sqlite(pool, sql) => sqlite::set_position(pool, sql, group, source, position).await,
+            Pool::Postgres(pool, sql) => {
+                postgres::set_position(pool, sql, group, source, position).await
+            }
+            Pool::Sqlite(pool, sql) => {
+                sqlite::set_position(pool, sql, group, source, position).await
+            }
         }
     }
 
@@ -627,7 +655,12 @@ impl Store {
         }
     }
 
-    pub(crate) async fn acquire_leases(&self, owner: &str, ttl: Duration, max: u32) -> Result<Vec<u32>> {
+    pub(crate) async fn acquire_leases(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        max: u32,
+    ) -> Result<Vec<u32>> {
         match self.pool()? {
             Pool::Postgres(pool, sql) => postgres::acquire_leases(pool, sql, owner, ttl, max).await,
             Pool::Sqlite(pool, sql) => sqlite::acquire_leases(pool, sql, owner, ttl, max).await,
@@ -635,9 +668,15 @@ impl Store {
     }
 
     /// Releases `partitions` (or every lease of `owner` when None) so others can take them at once.
-    pub(crate) async fn release_leases(&self, owner: &str, partitions: Option<&[u32]>) -> Result<()> {
+    pub(crate) async fn release_leases(
+        &self,
+        owner: &str,
+        partitions: Option<&[u32]>,
+    ) -> Result<()> {
         match self.pool()? {
-            Pool::Postgres(pool, sql) => postgres::release_leases(pool, sql, owner, partitions).await,
+            Pool::Postgres(pool, sql) => {
+                postgres::release_leases(pool, sql, owner, partitions).await
+            }
             Pool::Sqlite(pool, sql) => sqlite::release_leases(pool, sql, owner, partitions).await,
         }
     }
@@ -677,16 +716,26 @@ impl Store {
 
     // ---- consumer side ----
 
-    pub(crate) async fn dead_letter_consumed(&self, group: &str, message: &Message, attempts: u32, error: &str) -> Result<()> {
+    pub(crate) async fn dead_letter_consumed(
+        &self,
+        group: &str,
+        message: &Message,
+        attempts: u32,
+        error: &str,
+    ) -> Result<()> {
         let n = self.partitions().await?;
         let partition = partition::partition_for(message.key.as_deref(), &message.id, n);
         let origin = format!("consumer:{group}");
         match self.pool()? {
             Pool::Postgres(pool, sql) => {
-                postgres::insert_dead_letter(pool, sql, message, partition, &origin, attempts, error).await
+                postgres::insert_dead_letter(
+                    pool, sql, message, partition, &origin, attempts, error,
+                )
+                .await
             }
             Pool::Sqlite(pool, sql) => {
-                sqlite::insert_dead_letter(pool, sql, message, partition, &origin, attempts, error).await
+                sqlite::insert_dead_letter(pool, sql, message, partition, &origin, attempts, error)
+                    .await
             }
         }
     }
@@ -699,25 +748,48 @@ impl Store {
 pub trait OutboxConnection: Send {
     /// Inserts validated messages with their partitions in one statement.
     #[doc(hidden)]
-    async fn insert_outbox(self, store: &Store, messages: &[Message], partitions: &[u32]) -> Result<()>;
+    async fn insert_outbox(
+        self,
+        store: &Store,
+        messages: &[Message],
+        partitions: &[u32],
+    ) -> Result<()>;
 }
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut PgConnection {
-    async fn insert_outbox(self, store: &Store, messages: &[Message], partitions: &[u32]) -> Result<()> {
+    async fn insert_outbox(
+        self,
+        store: &Store,
+        messages: &[Message],
+        partitions: &[u32],
+    ) -> Result<()> {
         match store.pool()? {
-            Pool::Postgres(_, sql) => postgres::insert_outbox(self, sql, messages, partitions).await,
-            Pool::Sqlite(..) => Err(Error::config("connection", "a PostgreSQL connection was given to a SQLite store")),
+            Pool::Postgres(_, sql) => {
+                postgres::insert_outbox(self, sql, messages, partitions).await
+            }
+            Pool::Sqlite(..) => Err(Error::config(
+                "connection",
+                "a PostgreSQL connection was given to a SQLite store",
+            )),
         }
     }
 }
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut SqliteConnection {
-    async fn insert_outbox(self, store: &Store, messages: &[Message], partitions: &[u32]) -> Result<()> {
+    async fn insert_outbox(
+        self,
+        store: &Store,
+        messages: &[Message],
+        partitions: &[u32],
+    ) -> Result<()> {
         match store.pool()? {
             Pool::Sqlite(_, sql) => sqlite::insert_outbox(self, sql, messages, partitions).await,
-            Pool::Postgres(..) => Err(Error::config("connection", "a SQLite connection was given to a PostgreSQL store")),
+            Pool::Postgres(..) => Err(Error::config(
+                "connection",
+                "a SQLite connection was given to a PostgreSQL store",
+            )),
         }
     }
 }
@@ -741,7 +813,10 @@ fn sqlite_options(url: &DatabaseUrl) -> Result<SqliteConnectOptions> {
     let in_memory = raw == "sqlite::memory:" || raw == "sqlite://:memory:";
     let options = if in_memory {
         // One shared in-memory database for every pooled connection of this store.
-        SqliteConnectOptions::from_str(&format!("sqlite:file:relaybox-{}?mode=memory&cache=shared", Uuid::now_v7().simple()))
+        SqliteConnectOptions::from_str(&format!(
+            "sqlite:file:relaybox-{}?mode=memory&cache=shared",
+            Uuid::now_v7().simple()
+        ))
     } else {
         SqliteConnectOptions::from_str(raw)
     }
@@ -753,13 +828,19 @@ fn sqlite_options(url: &DatabaseUrl) -> Result<SqliteConnectOptions> {
     Ok(if in_memory {
         options
     } else {
-        options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
+        options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
     })
 }
 
 fn connect_error(err: sqlx::Error, url: &DatabaseUrl) -> Error {
     match Error::from(err) {
-        Error::Database { message, sql_code, retryable } => Error::Database {
+        Error::Database {
+            message,
+            sql_code,
+            retryable,
+        } => Error::Database {
             message: format!("cannot connect to {url}: {message}"),
             sql_code,
             retryable,

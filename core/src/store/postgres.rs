@@ -9,8 +9,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
-    headers_json, parse_headers, secs, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter, LeaseOwner, LogEntry,
-    OutboxRow, Placeholders, Status, TopicBacklog,
+    headers_json, parse_headers, secs, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter,
+    LeaseOwner, LogEntry, OutboxRow, Placeholders, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message};
@@ -56,7 +56,8 @@ pub(crate) struct PgSql {
     pending: Sql,
 }
 
-const COLUMNS: &str = "id, topic, key, partition, type, payload, content_type, headers, created_at, available_at";
+const COLUMNS: &str =
+    "id, topic, key, partition, type, payload, content_type, headers, created_at, available_at";
 const MESSAGE_COLUMNS: &str =
     "id, topic, key, partition, type, payload, content_type, headers::text AS headers, created_at, available_at";
 
@@ -174,7 +175,12 @@ impl PgSql {
     }
 
     /// SQL and parameters for a host driver to insert one outbox row.
-    pub(crate) fn insert_statement(&self, m: &Message, partition: u32, style: Placeholders) -> (String, Vec<Value>) {
+    pub(crate) fn insert_statement(
+        &self,
+        m: &Message,
+        partition: u32,
+        style: Placeholders,
+    ) -> (String, Vec<Value>) {
         let sql = placeholders(&self.insert, style);
         let params = vec![
             Value::Text(m.id.to_string()),
@@ -201,7 +207,11 @@ fn placeholders(sql: &str, style: Placeholders) -> String {
     match style {
         Placeholders::Dollar => sql.to_string(),
         Placeholders::Percent | Placeholders::Question => {
-            let mark = if style == Placeholders::Percent { "%s" } else { "?" };
+            let mark = if style == Placeholders::Percent {
+                "%s"
+            } else {
+                "?"
+            };
             let mut out = String::with_capacity(sql.len());
             let mut chars = sql.chars().peekable();
             while let Some(c) = chars.next() {
@@ -227,18 +237,27 @@ pub(super) async fn migrate(pool: &PgPool, prefix: &str, partitions: u32) -> Res
     let mut tx = pool.begin().await?;
     // Serialise concurrent migrators; the lock ends with the transaction.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(i64::from(crate::partition::key_hash(&format!("{prefix}migrate"))))
+        .bind(i64::from(crate::partition::key_hash(&format!(
+            "{prefix}migrate"
+        ))))
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(AssertSqlSafe(schema::migrations_table_sql(Dialect::Postgres, prefix)))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(schema::migrations_table_sql(
+        Dialect::Postgres,
+        prefix,
+    )))
+    .execute(&mut *tx)
+    .await?;
     let applied: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT version FROM {prefix}schema_migrations ORDER BY version"
     )))
     .fetch_all(&mut *tx)
     .await?;
-    if let Some(newest) = applied.iter().max().filter(|v| **v > schema::latest_version()) {
+    if let Some(newest) = applied
+        .iter()
+        .max()
+        .filter(|v| **v > schema::latest_version())
+    {
         return Err(Error::Schema {
             reason: format!(
                 "the database has schema version {newest}, newer than this relaybox ({})",
@@ -254,11 +273,19 @@ pub(super) async fn migrate(pool: &PgPool, prefix: &str, partitions: u32) -> Res
         sqlx::raw_sql(AssertSqlSafe(schema::record_sql(prefix, m)))
             .execute(&mut *tx)
             .await?;
-        tracing::info!(version = m.version, name = m.name, "relaybox migration applied");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "relaybox migration applied"
+        );
     }
-    sqlx::raw_sql(AssertSqlSafe(schema::seed_leases_sql(Dialect::Postgres, prefix, partitions)))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(schema::seed_leases_sql(
+        Dialect::Postgres,
+        prefix,
+        partitions,
+    )))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -280,8 +307,12 @@ pub(super) async fn partition_count(pool: &PgPool, sql: &PgSql) -> Result<u32> {
 /// A missing table means the schema was never migrated: say so.
 fn schema_missing(e: sqlx::Error) -> Error {
     match Error::from(e) {
-        Error::Database { sql_code: Some(code), .. } if code == "42P01" => Error::Schema {
-            reason: "relaybox tables are missing; run `relaybox migrate` (Store::migrate) first".into(),
+        Error::Database {
+            sql_code: Some(code),
+            ..
+        } if code == "42P01" => Error::Schema {
+            reason: "relaybox tables are missing; run `relaybox migrate` (Store::migrate) first"
+                .into(),
         },
         other => other,
     }
@@ -306,7 +337,11 @@ impl Columns {
             ids: messages.iter().map(|m| m.id).collect(),
             topics: messages.iter().map(|m| m.topic.clone()).collect(),
             keys: messages.iter().map(|m| m.key.clone()).collect(),
-            partitions: messages.iter().enumerate().map(|(i, m)| partitions(i, m) as i32).collect(),
+            partitions: messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| partitions(i, m) as i32)
+                .collect(),
             types: messages.iter().map(|m| m.event_type.clone()).collect(),
             payloads: messages.iter().map(|m| m.payload.clone()).collect(),
             content_types: messages.iter().map(|m| m.content_type.clone()).collect(),
@@ -418,29 +453,61 @@ pub(super) async fn complete(
     keep_sent: bool,
 ) -> Result<()> {
     if !done.delivered.is_empty() {
-        let stmt = if keep_sent { &sql.mark_sent } else { &sql.delete_ids };
+        let stmt = if keep_sent {
+            &sql.mark_sent
+        } else {
+            &sql.delete_ids
+        };
         q(stmt).bind(&done.delivered).execute(&mut *tx).await?;
     }
     if !done.retry.is_empty() {
-        let (ids, rest): (Vec<Uuid>, Vec<(String, DateTime<Utc>)>) =
-            done.retry.into_iter().map(|(id, e, at)| (id, (e, at))).unzip();
+        let (ids, rest): (Vec<Uuid>, Vec<(String, DateTime<Utc>)>) = done
+            .retry
+            .into_iter()
+            .map(|(id, e, at)| (id, (e, at)))
+            .unzip();
         let (errors, ats): (Vec<String>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
-        q(&sql.retry).bind(ids).bind(errors).bind(ats).execute(&mut *tx).await?;
+        q(&sql.retry)
+            .bind(ids)
+            .bind(errors)
+            .bind(ats)
+            .execute(&mut *tx)
+            .await?;
     }
     if !done.dead.is_empty() {
         let (ids, errors): (Vec<Uuid>, Vec<String>) = done.dead.into_iter().unzip();
-        q(&sql.dead).bind(ids).bind(errors).execute(&mut *tx).await?;
+        q(&sql.dead)
+            .bind(ids)
+            .bind(errors)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-pub(super) async fn heartbeat(pool: &PgPool, sql: &PgSql, owner: &str, ttl: Duration) -> Result<i64> {
-    q(&sql.heartbeat).bind(owner).bind(secs(ttl)).execute(pool).await?;
-    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live.clone())).fetch_one(pool).await?)
+pub(super) async fn heartbeat(
+    pool: &PgPool,
+    sql: &PgSql,
+    owner: &str,
+    ttl: Duration,
+) -> Result<i64> {
+    q(&sql.heartbeat)
+        .bind(owner)
+        .bind(secs(ttl))
+        .execute(pool)
+        .await?;
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
+        .fetch_one(pool)
+        .await?)
 }
 
-pub(super) async fn renew_leases(pool: &PgPool, sql: &PgSql, owner: &str, ttl: Duration) -> Result<Vec<u32>> {
+pub(super) async fn renew_leases(
+    pool: &PgPool,
+    sql: &PgSql,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Vec<u32>> {
     let rows: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.renew.clone()))
         .bind(owner)
         .bind(secs(ttl))
@@ -449,7 +516,13 @@ pub(super) async fn renew_leases(pool: &PgPool, sql: &PgSql, owner: &str, ttl: D
     Ok(rows.into_iter().map(|p| p as u32).collect())
 }
 
-pub(super) async fn acquire_leases(pool: &PgPool, sql: &PgSql, owner: &str, ttl: Duration, max: u32) -> Result<Vec<u32>> {
+pub(super) async fn acquire_leases(
+    pool: &PgPool,
+    sql: &PgSql,
+    owner: &str,
+    ttl: Duration,
+    max: u32,
+) -> Result<Vec<u32>> {
     let rows: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.acquire.clone()))
         .bind(owner)
         .bind(secs(ttl))
@@ -459,11 +532,20 @@ pub(super) async fn acquire_leases(pool: &PgPool, sql: &PgSql, owner: &str, ttl:
     Ok(rows.into_iter().map(|p| p as u32).collect())
 }
 
-pub(super) async fn release_leases(pool: &PgPool, sql: &PgSql, owner: &str, partitions: Option<&[u32]>) -> Result<()> {
+pub(super) async fn release_leases(
+    pool: &PgPool,
+    sql: &PgSql,
+    owner: &str,
+    partitions: Option<&[u32]>,
+) -> Result<()> {
     match partitions {
         Some(parts) => {
             let parts: Vec<i32> = parts.iter().map(|p| *p as i32).collect();
-            q(&sql.release_some).bind(owner).bind(parts).execute(pool).await?;
+            q(&sql.release_some)
+                .bind(owner)
+                .bind(parts)
+                .execute(pool)
+                .await?;
         }
         None => {
             q(&sql.release_all).bind(owner).execute(pool).await?;
@@ -484,8 +566,16 @@ fn filter_ids(filter: &DeadLetterFilter) -> Option<Vec<Uuid>> {
     }
 }
 
-pub(super) async fn dead_letters(pool: &PgPool, sql: &PgSql, limit: u32) -> Result<Vec<DeadLetter>> {
-    let rows = q(&sql.dl_list).bind(i64::from(limit)).fetch_all(pool).await.map_err(schema_missing)?;
+pub(super) async fn dead_letters(
+    pool: &PgPool,
+    sql: &PgSql,
+    limit: u32,
+) -> Result<Vec<DeadLetter>> {
+    let rows = q(&sql.dl_list)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(schema_missing)?;
     rows.iter()
         .map(|row| {
             Ok(DeadLetter {
@@ -499,12 +589,28 @@ pub(super) async fn dead_letters(pool: &PgPool, sql: &PgSql, limit: u32) -> Resu
         .collect()
 }
 
-pub(super) async fn retry_dead_letters(pool: &PgPool, sql: &PgSql, filter: &DeadLetterFilter) -> Result<u64> {
-    Ok(q(&sql.dl_retry).bind(filter_ids(filter)).execute(pool).await?.rows_affected())
+pub(super) async fn retry_dead_letters(
+    pool: &PgPool,
+    sql: &PgSql,
+    filter: &DeadLetterFilter,
+) -> Result<u64> {
+    Ok(q(&sql.dl_retry)
+        .bind(filter_ids(filter))
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
-pub(super) async fn purge_dead_letters(pool: &PgPool, sql: &PgSql, filter: &DeadLetterFilter) -> Result<u64> {
-    Ok(q(&sql.dl_purge).bind(filter_ids(filter)).execute(pool).await?.rows_affected())
+pub(super) async fn purge_dead_letters(
+    pool: &PgPool,
+    sql: &PgSql,
+    filter: &DeadLetterFilter,
+) -> Result<u64> {
+    Ok(q(&sql.dl_purge)
+        .bind(filter_ids(filter))
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 pub(super) async fn insert_dead_letter(
@@ -535,20 +641,42 @@ pub(super) async fn insert_dead_letter(
 }
 
 /// Records `message_id` for `group`; false when it was already there.
-pub(crate) async fn inbox_insert(conn: &mut PgConnection, sql: &PgSql, group: &str, message_id: Uuid) -> Result<bool> {
-    let done = q(&sql.inbox_insert).bind(group).bind(message_id).execute(conn).await?;
+pub(crate) async fn inbox_insert(
+    conn: &mut PgConnection,
+    sql: &PgSql,
+    group: &str,
+    message_id: Uuid,
+) -> Result<bool> {
+    let done = q(&sql.inbox_insert)
+        .bind(group)
+        .bind(message_id)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
 pub(super) async fn purge_inbox(pool: &PgPool, sql: &PgSql, older_than: Duration) -> Result<u64> {
-    Ok(q(&sql.inbox_purge).bind(secs(older_than)).execute(pool).await?.rows_affected())
+    Ok(q(&sql.inbox_purge)
+        .bind(secs(older_than))
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 pub(super) async fn purge_sent(pool: &PgPool, sql: &PgSql, older_than: Duration) -> Result<u64> {
-    Ok(q(&sql.purge_sent).bind(secs(older_than)).execute(pool).await?.rows_affected())
+    Ok(q(&sql.purge_sent)
+        .bind(secs(older_than))
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
-pub(super) async fn position(pool: &PgPool, sql: &PgSql, group: &str, source: &str) -> Result<Option<i64>> {
+pub(super) async fn position(
+    pool: &PgPool,
+    sql: &PgSql,
+    group: &str,
+    source: &str,
+) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(AssertSqlSafe(sql.pos_get.clone()))
         .bind(group)
         .bind(source)
@@ -556,26 +684,53 @@ pub(super) async fn position(pool: &PgPool, sql: &PgSql, group: &str, source: &s
         .await?)
 }
 
-pub(super) async fn set_position(pool: &PgPool, sql: &PgSql, group: &str, source: &str, position: i64) -> Result<()> {
-    q(&sql.pos_set).bind(group).bind(source).bind(position).execute(pool).await?;
+pub(super) async fn set_position(
+    pool: &PgPool,
+    sql: &PgSql,
+    group: &str,
+    source: &str,
+    position: i64,
+) -> Result<()> {
+    q(&sql.pos_set)
+        .bind(group)
+        .bind(source)
+        .bind(position)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
-pub(super) async fn append_log(pool: &PgPool, sql: &PgSql, messages: &[Message], partitions: u32) -> Result<()> {
+pub(super) async fn append_log(
+    pool: &PgPool,
+    sql: &PgSql,
+    messages: &[Message],
+    partitions: u32,
+) -> Result<()> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     // Appenders take turns, so identity values are assigned in commit order and
     // a reader that saw position N never later finds a new row below N.
-    q(&sql.log_lock).bind(sql.log_lock_key()).execute(&mut *tx).await?;
-    Columns::of(messages, |_, m| crate::partition::partition_for(m.key.as_deref(), &m.id, partitions))
-        .bind(q(&sql.log_append))
+    q(&sql.log_lock)
+        .bind(sql.log_lock_key())
         .execute(&mut *tx)
         .await?;
+    Columns::of(messages, |_, m| {
+        crate::partition::partition_for(m.key.as_deref(), &m.id, partitions)
+    })
+    .bind(q(&sql.log_append))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
-pub(super) async fn read_log(pool: &PgPool, sql: &PgSql, topic: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+pub(super) async fn read_log(
+    pool: &PgPool,
+    sql: &PgSql,
+    topic: &str,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<LogEntry>> {
     let rows = q(&sql.log_read)
         .bind(topic)
         .bind(after)
@@ -608,7 +763,9 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone())).fetch_one(pool).await?;
+    let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone()))
+        .fetch_one(pool)
+        .await?;
     let lease_owners = q(&sql.owners)
         .fetch_all(pool)
         .await?
@@ -621,7 +778,9 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone())).fetch_one(pool).await?;
+    let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
+        .fetch_one(pool)
+        .await?;
     Ok(Status {
         topics,
         dead_letters,
@@ -632,10 +791,10 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
 }
 
 pub(super) async fn pending_count(pool: &PgPool, sql: &PgSql) -> Result<i64> {
-    Ok(sqlx::query_scalar(AssertSqlSafe(sql.pending.clone()))
+    sqlx::query_scalar(AssertSqlSafe(sql.pending.clone()))
         .fetch_one(pool)
         .await
-        .map_err(schema_missing)?)
+        .map_err(schema_missing)
 }
 
 #[cfg(test)]
@@ -644,7 +803,13 @@ mod tests {
 
     #[test]
     fn placeholder_styles() {
-        assert_eq!(placeholders("VALUES ($1, $2::uuid, $10)", Placeholders::Percent), "VALUES (%s, %s::uuid, %s)");
-        assert_eq!(placeholders("VALUES ($1, $2)", Placeholders::Question), "VALUES (?, ?)");
+        assert_eq!(
+            placeholders("VALUES ($1, $2::uuid, $10)", Placeholders::Percent),
+            "VALUES (%s, %s::uuid, %s)"
+        );
+        assert_eq!(
+            placeholders("VALUES ($1, $2)", Placeholders::Question),
+            "VALUES (?, ?)"
+        );
     }
 }

@@ -11,8 +11,8 @@ use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    headers_json, parse_headers, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter, LeaseOwner, LogEntry,
-    OutboxRow, Placeholders, Status, TopicBacklog,
+    headers_json, parse_headers, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter,
+    LeaseOwner, LogEntry, OutboxRow, Placeholders, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{from_unix_micros, to_unix_micros, Message};
@@ -60,7 +60,8 @@ pub(crate) struct SqliteSql {
     pending: Sql,
 }
 
-const COLUMNS: &str = "id, topic, key, partition, type, payload, content_type, headers, created_at, available_at";
+const COLUMNS: &str =
+    "id, topic, key, partition, type, payload, content_type, headers, created_at, available_at";
 const VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 impl SqliteSql {
@@ -161,7 +162,12 @@ impl SqliteSql {
     }
 
     /// SQL and parameters for a host driver to insert one outbox row.
-    pub(crate) fn insert_statement(&self, m: &Message, partition: u32, style: Placeholders) -> (String, Vec<Value>) {
+    pub(crate) fn insert_statement(
+        &self,
+        m: &Message,
+        partition: u32,
+        style: Placeholders,
+    ) -> (String, Vec<Value>) {
         let marks: Vec<String> = (1..=10)
             .map(|i| match style {
                 Placeholders::Dollar => format!("${i}"),
@@ -169,7 +175,11 @@ impl SqliteSql {
                 Placeholders::Question => "?".to_string(),
             })
             .collect();
-        let sql = format!("INSERT INTO {}outbox ({COLUMNS}) VALUES ({})", self.prefix, marks.join(", "));
+        let sql = format!(
+            "INSERT INTO {}outbox ({COLUMNS}) VALUES ({})",
+            self.prefix,
+            marks.join(", ")
+        );
         let params = vec![
             Value::Text(m.id.to_string()),
             Value::Text(m.topic.clone()),
@@ -191,11 +201,24 @@ impl SqliteSql {
                 let b = r * 10;
                 format!(
                     "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10
                 )
             })
             .collect();
-        format!("INSERT INTO {}outbox ({COLUMNS}) VALUES {}", self.prefix, values.join(", "))
+        format!(
+            "INSERT INTO {}outbox ({COLUMNS}) VALUES {}",
+            self.prefix,
+            values.join(", ")
+        )
     }
 }
 
@@ -219,15 +242,22 @@ pub(super) async fn migrate(pool: &SqlitePool, prefix: &str, partitions: u32) ->
     let mut conn = pool.acquire().await?;
     // BEGIN IMMEDIATE takes the write lock first, serialising concurrent migrators.
     let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-    sqlx::raw_sql(AssertSqlSafe(schema::migrations_table_sql(Dialect::Sqlite, prefix)))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(schema::migrations_table_sql(
+        Dialect::Sqlite,
+        prefix,
+    )))
+    .execute(&mut *tx)
+    .await?;
     let applied: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT version FROM {prefix}schema_migrations ORDER BY version"
     )))
     .fetch_all(&mut *tx)
     .await?;
-    if let Some(newest) = applied.iter().max().filter(|v| **v > schema::latest_version()) {
+    if let Some(newest) = applied
+        .iter()
+        .max()
+        .filter(|v| **v > schema::latest_version())
+    {
         return Err(Error::Schema {
             reason: format!(
                 "the database has schema version {newest}, newer than this relaybox ({})",
@@ -245,11 +275,19 @@ pub(super) async fn migrate(pool: &SqlitePool, prefix: &str, partitions: u32) ->
         sqlx::raw_sql(AssertSqlSafe(schema::record_sql(prefix, m)))
             .execute(&mut *tx)
             .await?;
-        tracing::info!(version = m.version, name = m.name, "relaybox migration applied");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "relaybox migration applied"
+        );
     }
-    sqlx::raw_sql(AssertSqlSafe(schema::seed_leases_sql(Dialect::Sqlite, prefix, partitions)))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(schema::seed_leases_sql(
+        Dialect::Sqlite,
+        prefix,
+        partitions,
+    )))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -258,7 +296,8 @@ fn schema_missing(e: sqlx::Error) -> Error {
     let missing = matches!(&e, sqlx::Error::Database(db) if db.message().contains("no such table"));
     if missing {
         Error::Schema {
-            reason: "relaybox tables are missing; run `relaybox migrate` (Store::migrate) first".into(),
+            reason: "relaybox tables are missing; run `relaybox migrate` (Store::migrate) first"
+                .into(),
         }
     } else {
         Error::from(e)
@@ -286,7 +325,10 @@ pub(super) async fn insert_outbox(
             .map_err(schema_missing)?;
         return Ok(());
     }
-    for (chunk, parts) in messages.chunks(INSERT_CHUNK).zip(partitions.chunks(INSERT_CHUNK)) {
+    for (chunk, parts) in messages
+        .chunks(INSERT_CHUNK)
+        .zip(partitions.chunks(INSERT_CHUNK))
+    {
         let mut query = sqlx::query(AssertSqlSafe(sql.insert_many(chunk.len())));
         for (m, p) in chunk.iter().zip(parts) {
             query = bind_row(query, m, *p);
@@ -334,7 +376,12 @@ fn message_from_row(row: &SqliteRow) -> Result<Message> {
     })
 }
 
-pub(super) async fn claim(pool: &SqlitePool, sql: &SqliteSql, owner: &str, limit: u32) -> Result<Claim> {
+pub(super) async fn claim(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+    limit: u32,
+) -> Result<Claim> {
     let rows = q(&sql.claim_rows)
         .bind(owner)
         .bind(now_us())
@@ -389,9 +436,16 @@ pub(super) async fn complete(
         .collect();
     if !delivered.is_empty() {
         if keep_sent {
-            q(&sql.mark_sent).bind(json_list(&delivered)).bind(now).execute(&mut *tx).await?;
+            q(&sql.mark_sent)
+                .bind(json_list(&delivered))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         } else {
-            q(&sql.delete_ids).bind(json_list(&delivered)).execute(&mut *tx).await?;
+            q(&sql.delete_ids)
+                .bind(json_list(&delivered))
+                .execute(&mut *tx)
+                .await?;
         }
     }
     for (id, err, at) in done.retry.iter().filter(|(id, ..)| still_ours.contains(id)) {
@@ -403,22 +457,45 @@ pub(super) async fn complete(
             .await?;
     }
     for (id, err) in done.dead.iter().filter(|(id, _)| still_ours.contains(id)) {
-        q(&sql.dead_copy).bind(id.to_string()).bind(err).bind(now).execute(&mut *tx).await?;
-        q(&sql.delete_one).bind(id.to_string()).execute(&mut *tx).await?;
+        q(&sql.dead_copy)
+            .bind(id.to_string())
+            .bind(err)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        q(&sql.delete_one)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-pub(super) async fn heartbeat(pool: &SqlitePool, sql: &SqliteSql, owner: &str, ttl: Duration) -> Result<i64> {
-    q(&sql.heartbeat).bind(owner).bind(now_us()).bind(later_us(ttl)).execute(pool).await?;
+pub(super) async fn heartbeat(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+    ttl: Duration,
+) -> Result<i64> {
+    q(&sql.heartbeat)
+        .bind(owner)
+        .bind(now_us())
+        .bind(later_us(ttl))
+        .execute(pool)
+        .await?;
     Ok(sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
         .bind(now_us())
         .fetch_one(pool)
         .await?)
 }
 
-pub(super) async fn renew_leases(pool: &SqlitePool, sql: &SqliteSql, owner: &str, ttl: Duration) -> Result<Vec<u32>> {
+pub(super) async fn renew_leases(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Vec<u32>> {
     let rows: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.renew.clone()))
         .bind(owner)
         .bind(later_us(ttl))
@@ -452,10 +529,19 @@ pub(super) async fn release_leases(
 ) -> Result<()> {
     match partitions {
         Some(parts) => {
-            q(&sql.release_some).bind(owner).bind(now_us()).bind(json_list(parts)).execute(pool).await?;
+            q(&sql.release_some)
+                .bind(owner)
+                .bind(now_us())
+                .bind(json_list(parts))
+                .execute(pool)
+                .await?;
         }
         None => {
-            q(&sql.release_all).bind(owner).bind(now_us()).execute(pool).await?;
+            q(&sql.release_all)
+                .bind(owner)
+                .bind(now_us())
+                .execute(pool)
+                .await?;
         }
     }
     Ok(())
@@ -463,19 +549,33 @@ pub(super) async fn release_leases(
 
 pub(super) async fn remove_instance(pool: &SqlitePool, sql: &SqliteSql, owner: &str) -> Result<()> {
     let day_ago = now_us() - 86_400_000_000;
-    q(&sql.remove_instance).bind(owner).bind(day_ago).execute(pool).await?;
+    q(&sql.remove_instance)
+        .bind(owner)
+        .bind(day_ago)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 fn filter_json(filter: &DeadLetterFilter) -> Option<String> {
     match filter {
         DeadLetterFilter::All => None,
-        DeadLetterFilter::Ids(ids) => Some(json_list(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())),
+        DeadLetterFilter::Ids(ids) => Some(json_list(
+            &ids.iter().map(Uuid::to_string).collect::<Vec<_>>(),
+        )),
     }
 }
 
-pub(super) async fn dead_letters(pool: &SqlitePool, sql: &SqliteSql, limit: u32) -> Result<Vec<DeadLetter>> {
-    let rows = q(&sql.dl_list).bind(i64::from(limit)).fetch_all(pool).await.map_err(schema_missing)?;
+pub(super) async fn dead_letters(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    limit: u32,
+) -> Result<Vec<DeadLetter>> {
+    let rows = q(&sql.dl_list)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(schema_missing)?;
     rows.iter()
         .map(|row| {
             Ok(DeadLetter {
@@ -489,18 +589,34 @@ pub(super) async fn dead_letters(pool: &SqlitePool, sql: &SqliteSql, limit: u32)
         .collect()
 }
 
-pub(super) async fn retry_dead_letters(pool: &SqlitePool, sql: &SqliteSql, filter: &DeadLetterFilter) -> Result<u64> {
+pub(super) async fn retry_dead_letters(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    filter: &DeadLetterFilter,
+) -> Result<u64> {
     let mut conn = pool.acquire().await?;
     let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
     let ids = filter_json(filter);
-    let moved = q(&sql.dl_retry).bind(ids.clone()).bind(now_us()).execute(&mut *tx).await?;
+    let moved = q(&sql.dl_retry)
+        .bind(ids.clone())
+        .bind(now_us())
+        .execute(&mut *tx)
+        .await?;
     q(&sql.dl_purge).bind(ids).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(moved.rows_affected())
 }
 
-pub(super) async fn purge_dead_letters(pool: &SqlitePool, sql: &SqliteSql, filter: &DeadLetterFilter) -> Result<u64> {
-    Ok(q(&sql.dl_purge).bind(filter_json(filter)).execute(pool).await?.rows_affected())
+pub(super) async fn purge_dead_letters(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    filter: &DeadLetterFilter,
+) -> Result<u64> {
+    Ok(q(&sql.dl_purge)
+        .bind(filter_json(filter))
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 pub(super) async fn insert_dead_letter(
@@ -532,7 +648,12 @@ pub(super) async fn insert_dead_letter(
 }
 
 /// Records `message_id` for `group`; false when it was already there.
-pub(crate) async fn inbox_insert(conn: &mut SqliteConnection, sql: &SqliteSql, group: &str, message_id: Uuid) -> Result<bool> {
+pub(crate) async fn inbox_insert(
+    conn: &mut SqliteConnection,
+    sql: &SqliteSql,
+    group: &str,
+    message_id: Uuid,
+) -> Result<bool> {
     let done = q(&sql.inbox_insert)
         .bind(group)
         .bind(message_id.to_string())
@@ -542,17 +663,38 @@ pub(crate) async fn inbox_insert(conn: &mut SqliteConnection, sql: &SqliteSql, g
     Ok(done.rows_affected() == 1)
 }
 
-pub(super) async fn purge_inbox(pool: &SqlitePool, sql: &SqliteSql, older_than: Duration) -> Result<u64> {
+pub(super) async fn purge_inbox(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    older_than: Duration,
+) -> Result<u64> {
     let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
-    Ok(q(&sql.inbox_purge).bind(cutoff).execute(pool).await?.rows_affected())
+    Ok(q(&sql.inbox_purge)
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
-pub(super) async fn purge_sent(pool: &SqlitePool, sql: &SqliteSql, older_than: Duration) -> Result<u64> {
+pub(super) async fn purge_sent(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    older_than: Duration,
+) -> Result<u64> {
     let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
-    Ok(q(&sql.purge_sent).bind(cutoff).execute(pool).await?.rows_affected())
+    Ok(q(&sql.purge_sent)
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
-pub(super) async fn position(pool: &SqlitePool, sql: &SqliteSql, group: &str, source: &str) -> Result<Option<i64>> {
+pub(super) async fn position(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    group: &str,
+    source: &str,
+) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(AssertSqlSafe(sql.pos_get.clone()))
         .bind(group)
         .bind(source)
@@ -560,7 +702,13 @@ pub(super) async fn position(pool: &SqlitePool, sql: &SqliteSql, group: &str, so
         .await?)
 }
 
-pub(super) async fn set_position(pool: &SqlitePool, sql: &SqliteSql, group: &str, source: &str, position: i64) -> Result<()> {
+pub(super) async fn set_position(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    group: &str,
+    source: &str,
+    position: i64,
+) -> Result<()> {
     q(&sql.pos_set)
         .bind(group)
         .bind(source)
@@ -571,7 +719,12 @@ pub(super) async fn set_position(pool: &SqlitePool, sql: &SqliteSql, group: &str
     Ok(())
 }
 
-pub(super) async fn append_log(pool: &SqlitePool, sql: &SqliteSql, messages: &[Message], partitions: u32) -> Result<()> {
+pub(super) async fn append_log(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    messages: &[Message],
+    partitions: u32,
+) -> Result<()> {
     let mut conn = pool.acquire().await?;
     // SQLite has one writer at a time: positions follow commit order by construction.
     let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
@@ -587,7 +740,13 @@ pub(super) async fn append_log(pool: &SqlitePool, sql: &SqliteSql, messages: &[M
     Ok(())
 }
 
-pub(super) async fn read_log(pool: &SqlitePool, sql: &SqliteSql, topic: &str, after: i64, limit: u32) -> Result<Vec<LogEntry>> {
+pub(super) async fn read_log(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    topic: &str,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<LogEntry>> {
     let rows = q(&sql.log_read)
         .bind(topic)
         .bind(after)
@@ -622,7 +781,9 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone())).fetch_one(pool).await?;
+    let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone()))
+        .fetch_one(pool)
+        .await?;
     let lease_owners = q(&sql.owners)
         .bind(now)
         .fetch_all(pool)
@@ -650,8 +811,8 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
 }
 
 pub(super) async fn pending_count(pool: &SqlitePool, sql: &SqliteSql) -> Result<i64> {
-    Ok(sqlx::query_scalar(AssertSqlSafe(sql.pending.clone()))
+    sqlx::query_scalar(AssertSqlSafe(sql.pending.clone()))
         .fetch_one(pool)
         .await
-        .map_err(schema_missing)?)
+        .map_err(schema_missing)
 }

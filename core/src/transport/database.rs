@@ -109,7 +109,10 @@ impl DatabaseSourceConfig {
         if self.size == 0 || self.member >= self.size {
             return Err(Error::config(
                 "group_member",
-                format!("member {} is not within a group of size {}", self.member, self.size),
+                format!(
+                    "member {} is not within a group of size {}",
+                    self.member, self.size
+                ),
             ));
         }
         Ok(())
@@ -137,7 +140,9 @@ pub struct DatabaseSource {
 
 impl std::fmt::Debug for DatabaseSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseSource").field("config", &self.config).finish()
+        f.debug_struct("DatabaseSource")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -157,7 +162,9 @@ impl DatabaseSource {
 
     /// The position stored for this member (None before its first acknowledgement).
     pub async fn stored_position(&self) -> Result<Option<i64>> {
-        self.store.position(&self.config.group, &self.position_source).await
+        self.store
+            .position(&self.config.group, &self.position_source)
+            .await
     }
 
     async fn start_position(&self) -> Result<i64> {
@@ -169,7 +176,10 @@ impl DatabaseSource {
             StartFrom::End => {
                 let mut last = 0;
                 loop {
-                    let page = self.store.read_log(&self.config.topic, last, 10_000).await?;
+                    let page = self
+                        .store
+                        .read_log(&self.config.topic, last, 10_000)
+                        .await?;
                     match page.last() {
                         Some(e) => last = e.position,
                         None => break last,
@@ -196,15 +206,26 @@ impl Source for DatabaseSource {
         let mut wake = self.wake.lock().await;
         loop {
             wake.borrow_and_update();
-            let entries = self.store.read_log(&self.config.topic, after, max.max(1) as u32).await?;
+            let entries = self
+                .store
+                .read_log(&self.config.topic, after, max.max(1) as u32)
+                .await?;
             let scanned_to = entries.last().map(|e| e.position);
             let mut out: Vec<Delivery> = entries
                 .into_iter()
                 .filter(|e| {
-                    partition::member_owns(e.message.key.as_deref(), &e.message.id, self.config.member, self.config.size)
+                    partition::member_owns(
+                        e.message.key.as_deref(),
+                        &e.message.id,
+                        self.config.member,
+                        self.config.size,
+                    )
                 })
                 .map(|e| Delivery {
-                    lane: u64::from(partition::routing_hash(e.message.key.as_deref(), &e.message.id)),
+                    lane: u64::from(partition::routing_hash(
+                        e.message.key.as_deref(),
+                        &e.message.id,
+                    )),
                     ack: AckToken {
                         partition: 0,
                         offset: e.position,
@@ -222,7 +243,9 @@ impl Source for DatabaseSource {
                         return Ok(out);
                     }
                     None => {
-                        self.store.set_position(&self.config.group, &self.position_source, to).await?;
+                        self.store
+                            .set_position(&self.config.group, &self.position_source, to)
+                            .await?;
                         continue;
                     }
                 }
@@ -237,7 +260,9 @@ impl Source for DatabaseSource {
 
     async fn ack(&self, acks: &[AckToken]) -> Result<()> {
         if let Some(max) = acks.iter().map(|a| a.offset).max() {
-            self.store.set_position(&self.config.group, &self.position_source, max).await?;
+            self.store
+                .set_position(&self.config.group, &self.position_source, max)
+                .await?;
         }
         Ok(())
     }
