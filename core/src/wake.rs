@@ -36,6 +36,11 @@ impl Wake {
         self.log.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// A sender for wake-ups raised outside this type (SQLite commit hooks).
+    pub(crate) fn outbox_sender(&self) -> watch::Sender<u64> {
+        self.outbox.clone()
+    }
+
     pub(crate) fn outbox(&self) -> watch::Receiver<u64> {
         self.outbox.subscribe()
     }

@@ -302,6 +302,7 @@ impl Store {
         options.validate()?;
         let url = DatabaseUrl::new(url);
         let dialect = dialect_of(&url)?;
+        let wake = Wake::default();
         let pool = match dialect {
             Dialect::Postgres => {
                 let connect = PgConnectOptions::from_str(url.expose()).map_err(|_| {
@@ -318,6 +319,7 @@ impl Store {
             Dialect::Sqlite => {
                 let connect = sqlite_options(&url)?;
                 let pool = SqlitePoolOptions::new()
+                    .after_connect(wake_on_sqlite_commit(&wake, &options.table_prefix))
                     .max_connections(options.max_connections.unwrap_or(4))
                     .acquire_timeout(options.connect_timeout)
                     .connect_with(connect)
@@ -336,7 +338,7 @@ impl Store {
                 },
                 options,
                 partitions: OnceCell::new(),
-                wake: Wake::default(),
+                wake,
                 closed: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
             }),
@@ -792,6 +794,52 @@ impl OutboxConnection for &mut SqliteConnection {
             )),
         }
     }
+}
+
+type AfterConnect = Box<
+    dyn for<'c> Fn(
+            &'c mut SqliteConnection,
+            sqlx::pool::PoolConnectionMetadata,
+        ) -> futures::future::BoxFuture<'c, std::result::Result<(), sqlx::Error>>
+        + Send
+        + Sync,
+>;
+
+/// Installs SQLite hooks on every pooled connection so that a commit that
+/// inserted outbox rows wakes this process's relays, whichever code ran the
+/// transaction (relaybox's, or the caller's own through `Store::enqueue`).
+fn wake_on_sqlite_commit(wake: &Wake, prefix: &str) -> AfterConnect {
+    let sender = wake.outbox_sender();
+    let table = format!("{prefix}outbox");
+    Box::new(move |conn, _| {
+        let sender = sender.clone();
+        let table = table.clone();
+        Box::pin(async move {
+            let runtime = tokio::runtime::Handle::current();
+            let inserted = Arc::new(AtomicBool::new(false));
+            let mut handle = conn.lock_handle().await?;
+            let flag = inserted.clone();
+            handle.set_update_hook(move |change| {
+                if change.table == table && matches!(change.operation, sqlx::sqlite::SqliteOperation::Insert) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+            let flag = inserted.clone();
+            handle.set_rollback_hook(move || flag.store(false, Ordering::Relaxed));
+            handle.set_commit_hook(move || {
+                if inserted.swap(false, Ordering::Relaxed) {
+                    // The hook runs just before the commit completes; wake a moment later.
+                    let sender = sender.clone();
+                    runtime.spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        sender.send_modify(|n| *n = n.wrapping_add(1));
+                    });
+                }
+                true
+            });
+            Ok(())
+        })
+    })
 }
 
 fn dialect_of(url: &DatabaseUrl) -> Result<Dialect> {
