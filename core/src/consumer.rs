@@ -191,7 +191,7 @@ impl Consumer {
             cancel: cancel.clone(),
             counters: counters.clone(),
         });
-        let task = tokio::spawn(worker.run());
+        let task = crate::runtime::current()?.spawn(worker.run());
         Ok(Consumer {
             cancel,
             task: Mutex::new(Some(task)),

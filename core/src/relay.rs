@@ -180,7 +180,7 @@ impl Relay {
             counters: counters.clone(),
             held: Vec::new(),
         };
-        let task = tokio::spawn(worker.run());
+        let task = crate::runtime::current()?.spawn(worker.run());
         tracing::info!(owner = %owner, "relaybox relay started");
         Ok(Relay {
             owner,

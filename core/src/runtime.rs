@@ -44,6 +44,15 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     runtime().block_on(future)
 }
 
+/// The runtime the caller is running on, or a clear error when there is none.
+pub fn current() -> crate::Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current().map_err(|_| {
+        crate::Error::internal(
+            "must be called from within a tokio runtime (or through relaybox::runtime::block_on)",
+        )
+    })
+}
+
 /// Spawns `future` on the process runtime.
 pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
 where

@@ -820,7 +820,9 @@ fn wake_on_sqlite_commit(wake: &Wake, prefix: &str) -> AfterConnect {
             let mut handle = conn.lock_handle().await?;
             let flag = inserted.clone();
             handle.set_update_hook(move |change| {
-                if change.table == table && matches!(change.operation, sqlx::sqlite::SqliteOperation::Insert) {
+                if change.table == table
+                    && matches!(change.operation, sqlx::sqlite::SqliteOperation::Insert)
+                {
                     flag.store(true, Ordering::Relaxed);
                 }
             });
