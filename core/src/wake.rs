@@ -50,19 +50,22 @@ impl Wake {
     }
 
     /// Starts, once per store, the task that turns NOTIFYs into wake-ups.
-    /// Must be called inside a tokio runtime.
     pub(crate) fn ensure_listener(
         &self,
         pool: &PgPool,
         prefix: &str,
         shutdown: &CancellationToken,
     ) {
+        // Outside a runtime there is nothing to run it on; a later call from inside one starts it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         self.listener.call_once(|| {
             let (outbox, log) = (self.outbox.clone(), self.log.clone());
             let pool = pool.clone();
             let channels = [format!("{prefix}outbox"), format!("{prefix}log")];
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = listen(pool, channels, outbox, log) => {}
