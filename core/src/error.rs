@@ -110,12 +110,12 @@ pub enum Error {
         message: String,
     },
     /// An operation did not finish in time.
-    #[error("{what} timed out after {after:?}")]
+    #[error("{what} timed out{}", .after.map(|d| format!(" after {d:?}")).unwrap_or_default())]
     Timeout {
         /// What timed out.
         what: String,
-        /// The limit that was exceeded.
-        after: Duration,
+        /// The limit that was exceeded, when known.
+        after: Option<Duration>,
     },
     /// Something that should exist does not (a dead letter, a topic).
     #[error("not found: {what}")]
@@ -215,8 +215,8 @@ impl From<sqlx::Error> for Error {
         match err {
             E::PoolClosed => Error::Closed { what: "store" },
             E::PoolTimedOut => Error::Timeout {
-                what: "acquiring a database connection".into(),
-                after: Duration::ZERO,
+                what: "waiting for a database connection (connect_timeout)".into(),
+                after: None,
             },
             E::Database(db) => {
                 let code = db.code().map(|c| c.into_owned());

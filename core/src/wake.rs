@@ -67,6 +67,7 @@ impl Wake {
             let shutdown = shutdown.clone();
             runtime.spawn(async move {
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => {}
                     _ = listen(pool, channels, outbox, log) => {}
                 }
@@ -86,6 +87,7 @@ async fn listen(
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
+            Err(sqlx::Error::PoolClosed) => return,
             Err(e) => {
                 tracing::warn!(error = %crate::Error::from(e), "relaybox LISTEN connection failed; relying on polling");
                 tokio::time::sleep(backoff).await;

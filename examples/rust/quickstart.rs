@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relaybox::{
-    handler_fn, BoxError, Consumer, ConsumerConfig, DatabaseSink, DatabaseSource, DatabaseSourceConfig, Message,
-    Relay, RelayConfig, Store, Value,
+    handler_fn, BoxError, Consumer, ConsumerConfig, DatabaseSink, DatabaseSource,
+    DatabaseSourceConfig, Message, Relay, RelayConfig, Store, Value,
 };
 
 #[tokio::main]
@@ -25,21 +25,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("1. opened {url} and created the relaybox tables");
 
     let tx = store.begin().await?;
-    tx.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, total INTEGER NOT NULL)", &[])
-        .await?;
-    tx.execute("INSERT INTO orders (id, total) VALUES (?1, ?2)", &["order-1".into(), 4200.into()])
-        .await?;
-    let event = Message::json("orders", &serde_json::json!({"order": "order-1", "total": 4200}))?
-        .with_key("order-1")
-        .with_type("OrderPlaced");
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, total INTEGER NOT NULL)",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO orders (id, total) VALUES (?1, ?2)",
+        &["order-1".into(), 4200.into()],
+    )
+    .await?;
+    let event = Message::json(
+        "orders",
+        &serde_json::json!({"order": "order-1", "total": 4200}),
+    )?
+    .with_key("order-1")
+    .with_type("OrderPlaced");
     let placed = tx.enqueue(event).await?;
     tx.commit().await?;
     println!("2. committed order-1 and its OrderPlaced event {placed} in one transaction");
 
     let tx = store.begin().await?;
-    tx.execute("INSERT INTO orders (id, total) VALUES (?1, ?2)", &["order-2".into(), 99.into()])
+    tx.execute(
+        "INSERT INTO orders (id, total) VALUES (?1, ?2)",
+        &["order-2".into(), 99.into()],
+    )
+    .await?;
+    tx.enqueue(Message::new("orders", b"never sent".to_vec()).with_key("order-2"))
         .await?;
-    tx.enqueue(Message::new("orders", b"never sent".to_vec()).with_key("order-2")).await?;
     tx.rollback().await?;
     let orders = count(&store, "SELECT count(*) FROM orders").await?;
     println!(
@@ -47,25 +60,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.pending_count().await?
     );
 
-    let relay = Relay::start(store.clone(), Arc::new(DatabaseSink::new(store.clone())), RelayConfig::default())?;
+    let relay = Relay::start(
+        store.clone(),
+        Arc::new(DatabaseSink::new(store.clone())),
+        RelayConfig::default(),
+    )?;
     let consume = || -> Result<Consumer, relaybox::Error> {
-        let source = DatabaseSource::new(store.clone(), DatabaseSourceConfig::new("orders", "shipping"))?;
+        let source = DatabaseSource::new(
+            store.clone(),
+            DatabaseSourceConfig::new("orders", "shipping"),
+        )?;
         let handler = handler_fn(|message: Message, tx: relaybox::Transaction| async move {
             tx.execute(
                 "CREATE TABLE IF NOT EXISTS shipments (order_event TEXT PRIMARY KEY)",
                 &[],
             )
             .await?;
-            tx.execute("INSERT INTO shipments (order_event) VALUES (?1)", &[Value::Uuid(message.id)])
-                .await?;
-            println!("   handler: shipping for {} ({})", message.key.as_deref().unwrap_or("-"), message.event_type);
+            tx.execute(
+                "INSERT INTO shipments (order_event) VALUES (?1)",
+                &[Value::Uuid(message.id)],
+            )
+            .await?;
+            println!(
+                "   handler: shipping for {} ({})",
+                message.key.as_deref().unwrap_or("-"),
+                message.event_type
+            );
             Ok::<(), BoxError>(())
         });
-        Consumer::start(store.clone(), source, Arc::new(handler), ConsumerConfig::new("shipping"))
+        Consumer::start(
+            store.clone(),
+            source,
+            Arc::new(handler),
+            ConsumerConfig::new("shipping"),
+        )
     };
     let consumer = consume()?;
     wait_for(|| async { Ok(consumer.stats().processed == 1) }).await?;
-    println!("4. relayed and consumed: {} delivered by the relay, {} handled", relay.stats().delivered, consumer.stats().processed);
+    println!(
+        "4. relayed and consumed: {} delivered by the relay, {} handled",
+        relay.stats().delivered,
+        consumer.stats().processed
+    );
     consumer.shutdown().await?;
 
     // Simulate a redelivery: rewind the group's position to the start of the log.

@@ -128,7 +128,7 @@ impl PgSql {
                 "WITH moved AS (DELETE FROM {p}dead_letters WHERE $1::uuid[] IS NULL OR id = ANY($1) RETURNING *) \
                  INSERT INTO {p}outbox ({COLUMNS}) \
                  SELECT DISTINCT ON (id) id, topic, key, partition, type, payload, content_type, headers, created_at, now() FROM moved \
-                 ON CONFLICT (id) DO NOTHING"
+                 ON CONFLICT (id) DO UPDATE SET sent_at = NULL, attempts = 0, last_error = NULL, available_at = EXCLUDED.available_at"
             )),
             dl_purge: s(format!("DELETE FROM {p}dead_letters WHERE $1::uuid[] IS NULL OR id = ANY($1)")),
             dl_insert: s(format!(

@@ -120,7 +120,7 @@ impl SqliteSql {
                 "INSERT INTO {p}outbox ({COLUMNS}) \
                  SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, ?2 FROM {p}dead_letters \
                  WHERE ?1 IS NULL OR id IN (SELECT value FROM json_each(?1)) GROUP BY id \
-                 ON CONFLICT (id) DO NOTHING"
+                 ON CONFLICT (id) DO UPDATE SET sent_at = NULL, attempts = 0, last_error = NULL, available_at = excluded.available_at"
             )),
             dl_purge: s(format!(
                 "DELETE FROM {p}dead_letters WHERE ?1 IS NULL OR id IN (SELECT value FROM json_each(?1))"

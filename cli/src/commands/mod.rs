@@ -1,0 +1,9 @@
+//! One module per `relaybox` subcommand, each with its clap arguments and a
+//! `run` function.
+
+pub mod dead_letters;
+pub mod migrate;
+pub mod relay;
+pub mod schema;
+pub mod status;
+pub mod tail;

@@ -1,0 +1,109 @@
+//! `relaybox status`: backlog per topic, dead letters, partitions and relays.
+
+use std::io::Write as _;
+
+use chrono::Utc;
+use relaybox::{Status, Store};
+
+use crate::context::Context;
+use crate::output::{key_values, short_duration, table, Align};
+
+/// Arguments of `relaybox status`.
+#[derive(Debug, clap::Args)]
+#[command(
+    long_about = "Show the undelivered backlog per topic (pending messages, how many of \
+                  them are being retried, age of the oldest), the dead-letter count, the \
+                  partition count, the live relays and which relay holds how many \
+                  partition leases."
+)]
+pub struct Args {
+    /// Print the status as JSON instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the store's status.
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let store = ctx.connect().await?;
+    let status = store.status().await;
+    store.close().await;
+    let status = status?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&status)? + "\n"
+    } else {
+        render(&store, &status)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn render(store: &Store, status: &Status) -> String {
+    let leased: i64 = status.lease_owners.iter().map(|o| o.partitions).sum();
+    let mut out = key_values(&[
+        ("database", store.url().to_string()),
+        ("table prefix", store.options().table_prefix.clone()),
+        (
+            "partitions",
+            format!("{} ({leased} leased)", status.partitions),
+        ),
+        ("live relays", status.live_relays.to_string()),
+        ("dead letters", status.dead_letters.to_string()),
+    ]);
+
+    out.push('\n');
+    if status.topics.is_empty() {
+        out.push_str("backlog: no undelivered messages\n");
+    } else {
+        let rows: Vec<Vec<String>> = status
+            .topics
+            .iter()
+            .map(|t| {
+                vec![
+                    t.topic.clone(),
+                    t.pending.to_string(),
+                    t.retrying.to_string(),
+                    short_duration(t.oldest_age_seconds),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                ("TOPIC", Align::Left),
+                ("PENDING", Align::Right),
+                ("RETRYING", Align::Right),
+                ("OLDEST", Align::Right),
+            ],
+            &rows,
+        ));
+    }
+
+    out.push('\n');
+    if status.lease_owners.is_empty() {
+        out.push_str("leases: no partition is leased (no relay running)\n");
+    } else {
+        let now = Utc::now();
+        let rows: Vec<Vec<String>> = status
+            .lease_owners
+            .iter()
+            .map(|o| {
+                let left = (o.expires_at - now).num_milliseconds().max(0) as f64 / 1000.0;
+                vec![
+                    o.owner.clone(),
+                    o.partitions.to_string(),
+                    format!("in {}", short_duration(left)),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                ("LEASE OWNER", Align::Left),
+                ("PARTITIONS", Align::Right),
+                ("EXPIRES", Align::Left),
+            ],
+            &rows,
+        ));
+    }
+    out
+}
