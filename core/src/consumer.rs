@@ -253,6 +253,13 @@ struct Interrupted;
 
 impl Worker {
     async fn run(self: Arc<Self>) {
+        self.consume().await;
+        if let Err(e) = self.source.close().await {
+            tracing::warn!(source = self.source.name(), error = %e, "relaybox source did not close cleanly");
+        }
+    }
+
+    async fn consume(&self) {
         let mut next_purge = Instant::now();
         let mut error_streak = 0u32;
         while !self.cancel.is_cancelled() {
@@ -314,10 +321,7 @@ impl Worker {
 
     /// Processes lanes concurrently, each lane in order. Stops early only on shutdown
     /// during a retry wait, in which case nothing of the batch is acknowledged.
-    async fn process_batch(
-        self: &Arc<Self>,
-        batch: &[Delivery],
-    ) -> std::result::Result<(), Interrupted> {
+    async fn process_batch(&self, batch: &[Delivery]) -> std::result::Result<(), Interrupted> {
         let lanes = u64::from(self.config.concurrency);
         let mut by_lane: BTreeMap<u64, Vec<&Delivery>> = BTreeMap::new();
         for d in batch {
@@ -325,7 +329,7 @@ impl Worker {
         }
         let lane_runs = by_lane.into_values().map(|deliveries| async move {
             for d in deliveries {
-                self.process(&d.message).await?;
+                self.process(d).await?;
             }
             Ok::<(), Interrupted>(())
         });
@@ -335,7 +339,8 @@ impl Worker {
             .collect()
     }
 
-    async fn process(&self, message: &Message) -> std::result::Result<(), Interrupted> {
+    async fn process(&self, delivery: &Delivery) -> std::result::Result<(), Interrupted> {
+        let message = &delivery.message;
         let group = &self.config.group;
         let mut failures = 0u32;
         let mut infra_streak = 0u32;
@@ -353,7 +358,7 @@ impl Worker {
                     failures += 1;
                     if failures > self.config.max_retries {
                         tracing::warn!(id = %message.id, group = %group, attempts = failures, error = %error, "relaybox message dead-lettered by consumer");
-                        self.dead_letter(message, failures, &error).await?;
+                        self.dead_letter(delivery, failures, &error).await?;
                         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
                     }
@@ -418,19 +423,26 @@ impl Worker {
         }
     }
 
+    /// To the source's dead-letter destination when it has one, else the table.
     async fn dead_letter(
         &self,
-        message: &Message,
+        delivery: &Delivery,
         attempts: u32,
         error: &str,
     ) -> std::result::Result<(), Interrupted> {
+        let message = &delivery.message;
         let mut streak = 0;
         loop {
-            match self
-                .store
-                .dead_letter_consumed(&self.config.group, message, attempts, error)
-                .await
-            {
+            let written = match self.source.dead_letter(delivery, error).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    self.store
+                        .dead_letter_consumed(&self.config.group, message, attempts, error)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     streak += 1;

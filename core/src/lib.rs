@@ -44,6 +44,7 @@ pub use store::{
 };
 pub use transaction::Transaction;
 pub use transport::database::{DatabaseSink, DatabaseSource, DatabaseSourceConfig, StartFrom};
+pub use transport::TransportConfig;
 pub use validate::Limits;
 pub use value::{Row, Value};
 

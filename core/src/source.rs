@@ -44,4 +44,17 @@ pub trait Source: Send + Sync + 'static {
 
     /// Records that the given deliveries are processed.
     async fn ack(&self, acks: &[AckToken]) -> Result<()>;
+
+    /// Sends a message that exhausted its retries to the source's own
+    /// dead-letter destination (a DLQ topic). Returns `false` when the source
+    /// has none; the consumer then writes it to the `dead_letters` table.
+    async fn dead_letter(&self, delivery: &Delivery, error: &str) -> Result<bool> {
+        let _ = (delivery, error);
+        Ok(false)
+    }
+
+    /// Called once when the consumer stops, after its last acknowledgement.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -2,21 +2,25 @@
 //!
 //! 1. writes a business row and its event in one transaction;
 //! 2. shows that a rolled-back transaction leaves no event;
-//! 3. relays the outbox to the database log;
-//! 4. consumes each message once, also after a simulated redelivery.
+//! 3. relays the outbox (to the database log by default);
+//! 4. consumes each message once, also when the transport delivers it again.
 //!
 //! Run from the repository root: `cargo run --example quickstart`.
+//! One setting switches the transport to Kafka:
+//! `RELAYBOX_TRANSPORT=kafka cargo run --example quickstart`
+//! (broker at `RELAYBOX_KAFKA_BOOTSTRAP`, default 127.0.0.1:9092).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relaybox::{
-    handler_fn, BoxError, Consumer, ConsumerConfig, DatabaseSink, DatabaseSource,
-    DatabaseSourceConfig, Message, Relay, RelayConfig, Store, Value,
+    handler_fn, BoxError, Consumer, ConsumerConfig, Message, Relay, RelayConfig, Store,
+    TransportConfig, Value,
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let transport = TransportConfig::from_env()?;
     let dir = std::env::temp_dir().join(format!("relaybox-quickstart-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let url = format!("sqlite://{}", dir.join("shop.db").display());
@@ -41,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?
     .with_key("order-1")
     .with_type("OrderPlaced");
-    let placed = tx.enqueue(event).await?;
+    let placed = tx.enqueue(event.clone()).await?;
     tx.commit().await?;
     println!("2. committed order-1 and its OrderPlaced event {placed} in one transaction");
 
@@ -60,17 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.pending_count().await?
     );
 
-    let relay = Relay::start(
-        store.clone(),
-        Arc::new(DatabaseSink::new(store.clone())),
-        RelayConfig::default(),
-    )?;
-    let consume = || -> Result<Consumer, relaybox::Error> {
-        let source = DatabaseSource::new(
-            store.clone(),
-            DatabaseSourceConfig::new("orders", "shipping"),
-        )?;
-        let handler = handler_fn(|message: Message, tx: relaybox::Transaction| async move {
+    let sink = transport.sink(&store)?;
+    let relay = Relay::start(store.clone(), sink.clone(), RelayConfig::default())?;
+    let handler = Arc::new(handler_fn(
+        |message: Message, tx: relaybox::Transaction| async move {
             tx.execute(
                 "CREATE TABLE IF NOT EXISTS shipments (order_event TEXT PRIMARY KEY)",
                 &[],
@@ -87,31 +84,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 message.event_type
             );
             Ok::<(), BoxError>(())
-        });
-        Consumer::start(
-            store.clone(),
-            source,
-            Arc::new(handler),
-            ConsumerConfig::new("shipping"),
-        )
-    };
-    let consumer = consume()?;
-    wait_for(|| async { Ok(consumer.stats().processed == 1) }).await?;
+        },
+    ));
+    let source = transport.source(&store, "orders", "shipping")?;
+    let consumer = Consumer::start(
+        store.clone(),
+        source,
+        handler,
+        ConsumerConfig::new("shipping"),
+    )?;
+    wait_for(|| consumer.stats().processed == 1).await?;
     println!(
-        "4. relayed and consumed: {} delivered by the relay, {} handled",
+        "4. relayed over the {} transport and consumed: {} delivered, {} handled",
+        transport.name(),
         relay.stats().delivered,
         consumer.stats().processed
     );
-    consumer.shutdown().await?;
 
-    // Simulate a redelivery: rewind the group's position to the start of the log.
-    let source = DatabaseSourceConfig::new("orders", "shipping").position_source();
-    store.set_position("shipping", &source, 0).await?;
-    let consumer = consume()?;
-    wait_for(|| async { Ok(consumer.stats().duplicates == 1) }).await?;
+    // The transport delivers the same event again, as brokers do after a crash or rebalance.
+    for result in sink.publish(&[event]).await {
+        result?;
+    }
+    wait_for(|| consumer.stats().duplicates == 1).await?;
     let shipments = count(&store, "SELECT count(*) FROM shipments").await?;
     println!(
-        "5. after a redelivery: {} duplicate skipped by the inbox, {shipments} shipment in total",
+        "5. delivered again: {} duplicate skipped by the inbox, {shipments} shipment in total",
         consumer.stats().duplicates
     );
 
@@ -119,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     relay.shutdown().await?;
     store.close().await;
     std::fs::remove_dir_all(&dir)?;
-    println!("done: every event delivered once, nothing from the rolled-back transaction.");
+    println!("done: every event handled once, nothing from the rolled-back transaction.");
     Ok(())
 }
 
@@ -135,15 +132,11 @@ async fn count(store: &Store, sql: &str) -> Result<i64, relaybox::Error> {
     }
 }
 
-async fn wait_for<F, Fut>(mut done: F) -> Result<(), Box<dyn std::error::Error>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, relaybox::Error>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done().await? {
+async fn wait_for(mut done: impl FnMut() -> bool) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
         if Instant::now() > deadline {
-            return Err("timed out after 10 s".into());
+            return Err("timed out after 15 s".into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -3,3 +3,8 @@
 //! [`Sink`](crate::Sink) and [`Source`](crate::Source) traits.
 
 pub mod database;
+mod select;
+
+pub use select::TransportConfig;
+#[cfg(feature = "kafka")]
+pub mod kafka;

@@ -1,0 +1,186 @@
+//! Kafka connection settings, shared by the sink and the source, with
+//! secret-bearing properties redacted wherever they are shown.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Settings of a Kafka client.
+///
+/// `properties` are librdkafka properties passed through to both the producer
+/// and the consumer (`security.protocol`, `sasl.mechanism`, `sasl.username`,
+/// `sasl.password`, `ssl.ca.location`, `compression.type`, ...);
+/// `producer_properties` / `consumer_properties` apply to one side only and
+/// win over `properties`. Values of properties whose name mentions a
+/// password, secret, token, key or JAAS config never appear in `Debug`, logs
+/// or errors.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]` (default `127.0.0.1:9092`).
+    pub bootstrap_servers: String,
+    /// librdkafka properties for producer and consumer.
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    pub producer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Create missing topics through the admin API instead of failing (default false).
+    pub create_topics: bool,
+    /// Partitions of topics created by relaybox (default 3).
+    pub topic_partitions: i32,
+    /// Replication factor of topics created by relaybox (default 1).
+    pub topic_replication: i32,
+    /// How long the producer tries to deliver a message before reporting failure
+    /// (librdkafka `message.timeout.ms`, default 5 s; keep it below the relay's
+    /// `publish_timeout`).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub delivery_timeout: Duration,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            create_topics: false,
+            topic_partitions: 3,
+            topic_replication: 1,
+            delivery_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &redacted(&self.properties))
+            .field("producer_properties", &redacted(&self.producer_properties))
+            .field("consumer_properties", &redacted(&self.consumer_properties))
+            .field("create_topics", &self.create_topics)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication", &self.topic_replication)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish()
+    }
+}
+
+/// Whether a property's value is a secret.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "token", "key", "jaas"]
+        .iter()
+        .any(|s| n.contains(s))
+        && !n.ends_with(".location")
+}
+
+fn redacted(props: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    props
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                },
+            )
+        })
+        .collect()
+}
+
+impl KafkaConfig {
+    /// Connects to `bootstrap_servers` with default settings.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// Settings from a JSON object (as bindings pass them); unknown keys are an error.
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let config: KafkaConfig =
+            serde_json::from_value(value).map_err(|e| Error::config("kafka", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(Error::config("bootstrap_servers", "must not be empty"));
+        }
+        if self.topic_partitions < 1 {
+            return Err(Error::config("topic_partitions", "must be at least 1"));
+        }
+        if self.topic_replication < 1 {
+            return Err(Error::config("topic_replication", "must be at least 1"));
+        }
+        if self.delivery_timeout < Duration::from_millis(100) {
+            return Err(Error::config("delivery_timeout", "must be at least 100 ms"));
+        }
+        Ok(())
+    }
+
+    /// The librdkafka configuration for one side: relaybox's defaults, then
+    /// `properties`, then the side's own properties.
+    pub(crate) fn client_config(
+        &self,
+        defaults: &[(&str, String)],
+        side: &BTreeMap<String, String>,
+    ) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in defaults {
+            c.set(*k, v);
+        }
+        for (k, v) in self.properties.iter().chain(side) {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// A librdkafka configuration error, with secret values left out.
+pub(crate) fn config_error(err: rdkafka::error::KafkaError) -> Error {
+    Error::config("kafka properties", err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = KafkaConfig::new("b:9092");
+        c.properties
+            .insert("sasl.password".into(), "hunter2".into());
+        c.producer_properties
+            .insert("sasl.jaas.config".into(), "user pass=hunter3".into());
+        c.properties
+            .insert("ssl.ca.location".into(), "/etc/ca.pem".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("/etc/ca.pem"));
+    }
+
+    #[test]
+    fn from_json() {
+        let c = KafkaConfig::from_json(
+            serde_json::json!({"bootstrap_servers": "x:1", "delivery_timeout": "2s"}),
+        )
+        .unwrap();
+        assert_eq!(c.delivery_timeout, Duration::from_secs(2));
+        assert!(KafkaConfig::from_json(serde_json::json!({"bootstrap": "x"})).is_err());
+    }
+}

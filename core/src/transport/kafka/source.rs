@@ -1,0 +1,236 @@
+//! [`KafkaSource`]: a consumer-group member whose offsets are stored only
+//! after the handler's transaction committed, with a dead-letter topic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::codec::{headers_of, message_from_record, HEADER_ERROR};
+use super::config::{config_error, KafkaConfig};
+use super::kafka_error;
+use super::sink::create_topic;
+use crate::error::{Error, Result};
+use crate::source::{AckToken, Delivery, Source};
+use crate::validate::check_topic;
+
+/// Settings of a [`KafkaSource`].
+#[derive(Clone, Debug)]
+pub struct KafkaSourceConfig {
+    /// Connection settings.
+    pub kafka: KafkaConfig,
+    /// Topic to consume.
+    pub topic: String,
+    /// Kafka consumer group (`group.id`).
+    pub group: String,
+    /// Where messages go after `max_retries` (default `<topic>.dlq`).
+    pub dead_letter_topic: Option<String>,
+    /// Where a group without committed offsets starts: the earliest record
+    /// (default) or only new ones.
+    pub start_from_beginning: bool,
+}
+
+impl KafkaSourceConfig {
+    /// Consumes `topic` as group `group`.
+    pub fn new(kafka: KafkaConfig, topic: impl Into<String>, group: impl Into<String>) -> Self {
+        KafkaSourceConfig {
+            kafka,
+            topic: topic.into(),
+            group: group.into(),
+            dead_letter_topic: None,
+            start_from_beginning: true,
+        }
+    }
+
+    /// The dead-letter topic in force.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+}
+
+/// A [`Source`] reading one Kafka topic as a member of a consumer group.
+///
+/// Deliveries carry their partition as ordering lane, so partitions are
+/// processed concurrently and each in order. Acknowledged offsets are stored
+/// and committed by librdkafka (also when partitions are revoked in a
+/// rebalance, and on close); nothing is committed before the consumer's
+/// transaction for it committed. A message that exhausts its retries is
+/// produced to the dead-letter topic with the error in the `relaybox-error`
+/// header, and the partition moves on.
+pub struct KafkaSource {
+    config: KafkaSourceConfig,
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl KafkaSource {
+    /// Joins the group and subscribes to the topic. Call inside a tokio runtime.
+    pub fn new(config: KafkaSourceConfig) -> Result<Arc<Self>> {
+        config.kafka.validate()?;
+        check_topic(&config.topic)?;
+        if config.group.is_empty() {
+            return Err(Error::config("group", "must not be empty"));
+        }
+        let reset = if config.start_from_beginning {
+            "earliest"
+        } else {
+            "latest"
+        };
+        let consumer_defaults = [
+            ("group.id", config.group.clone()),
+            ("enable.auto.commit", "true".to_string()),
+            ("enable.auto.offset.store", "false".to_string()),
+            ("auto.commit.interval.ms", "1000".to_string()),
+            ("auto.offset.reset", reset.to_string()),
+            ("allow.auto.create.topics", "false".to_string()),
+        ];
+        let consumer: StreamConsumer = config
+            .kafka
+            .client_config(&consumer_defaults, &config.kafka.consumer_properties)
+            .create()
+            .map_err(config_error)?;
+        consumer
+            .subscribe(&[&config.topic])
+            .map_err(|e| kafka_error(e, None))?;
+        let producer_defaults = [
+            ("enable.idempotence", "true".to_string()),
+            ("acks", "all".to_string()),
+            (
+                "message.timeout.ms",
+                config.kafka.delivery_timeout.as_millis().to_string(),
+            ),
+        ];
+        let producer: FutureProducer = config
+            .kafka
+            .client_config(&producer_defaults, &config.kafka.producer_properties)
+            .create()
+            .map_err(config_error)?;
+        Ok(Arc::new(KafkaSource {
+            config,
+            consumer,
+            producer,
+        }))
+    }
+
+    /// The settings this source was created with.
+    pub fn config(&self) -> &KafkaSourceConfig {
+        &self.config
+    }
+
+    fn delivery(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
+        use rdkafka::message::Message as _;
+        Delivery {
+            message: message_from_record(record),
+            lane: record.partition() as u64,
+            ack: AckToken {
+                partition: record.partition(),
+                offset: record.offset(),
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    fn name(&self) -> &str {
+        "kafka"
+    }
+
+    async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(Err(e)) => return Err(kafka_error(e, None)),
+            Ok(Ok(record)) => out.push(self.delivery(&record)),
+        }
+        // Take what is already buffered, without waiting for more.
+        while out.len() < max {
+            match tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
+                Ok(Ok(record)) => out.push(self.delivery(&record)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %kafka_error(e, None), "relaybox Kafka consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, acks: &[AckToken]) -> Result<()> {
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for a in acks {
+            let n = next.entry(a.partition).or_insert(a.offset + 1);
+            *n = (*n).max(a.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in next {
+            tpl.add_partition_offset(&self.config.topic, partition, Offset::Offset(offset))
+                .map_err(|e| kafka_error(e, None))?;
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // A partition revoked meanwhile: its new owner gets the messages again
+            // and the inbox skips them.
+            tracing::debug!(error = %e, "relaybox could not store Kafka offsets");
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, error: &str) -> Result<bool> {
+        let topic = self.config.dead_letter_topic();
+        create_topic(&self.config.kafka, &topic).await?;
+        let m = &delivery.message;
+        let partition = delivery.ack.partition.to_string();
+        let offset = delivery.ack.offset.to_string();
+        let mut headers: OwnedHeaders = headers_of(m);
+        for (key, value) in [
+            (HEADER_ERROR, error),
+            ("relaybox-original-topic", m.topic.as_str()),
+            ("relaybox-original-partition", partition.as_str()),
+            ("relaybox-original-offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record = FutureRecord::<str, [u8]>::to(&topic)
+            .payload(&m.payload)
+            .headers(headers);
+        if let Some(key) = &m.key {
+            record = record.key(key.as_str());
+        }
+        self.producer
+            .send(record, self.config.kafka.delivery_timeout)
+            .await
+            .map_err(|(e, _)| kafka_error(e, Some(m.id)))?;
+        Ok(true)
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Commit what was acknowledged before leaving the group.
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::NoOffset) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(kafka_error(e, None)),
+        }
+    }
+}
