@@ -411,6 +411,11 @@ impl Worker {
                         "the handler committed or rolled back the consumer's transaction itself"
                             .into(),
                     )),
+                    // Deterministic failures at COMMIT (deferred constraints, an
+                    // aborted transaction) are the handler's: count them.
+                    Err(e) if !e.retryable() => {
+                        Ok(Attempt::HandlerFailed(format!("commit failed: {e}")))
+                    }
                     Err(e) => Err(e),
                 };
             }

@@ -34,6 +34,8 @@ pub(crate) enum TxState {
 pub struct Transaction {
     store: Store,
     state: Arc<Mutex<Option<TxState>>>,
+    /// A statement failed on PostgreSQL: the server aborted the transaction.
+    aborted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -79,6 +81,7 @@ impl Transaction {
         Ok(Transaction {
             store,
             state: Arc::new(Mutex::new(Some(state))),
+            aborted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -109,10 +112,14 @@ impl Transaction {
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
         let mut guard = self.open().await?;
         let done = match guard.as_mut().expect("checked open") {
-            TxState::Postgres(tx) => bind_pg(sqlx::query(AssertSqlSafe(sql)), params)?
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
+            TxState::Postgres(tx) => {
+                let r = bind_pg(sqlx::query(AssertSqlSafe(sql)), params)?
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(Error::from);
+                self.note(&r);
+                r?.rows_affected()
+            }
             TxState::Sqlite(tx) => bind_sqlite(sqlx::query(AssertSqlSafe(sql)), params)
                 .execute(&mut **tx)
                 .await?
@@ -121,16 +128,26 @@ impl Transaction {
         Ok(done)
     }
 
+    /// Remembers a database error: on PostgreSQL it aborts the transaction.
+    fn note<T>(&self, r: &Result<T>) {
+        if let Err(Error::Database { .. }) = r {
+            self.aborted
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// Runs a query with parameters and returns all rows.
     pub async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<ValueRow>> {
         let mut guard = self.open().await?;
         match guard.as_mut().expect("checked open") {
-            TxState::Postgres(tx) => bind_pg(sqlx::query(AssertSqlSafe(sql)), params)?
-                .fetch_all(&mut **tx)
-                .await?
-                .iter()
-                .map(pg_row)
-                .collect(),
+            TxState::Postgres(tx) => {
+                let r = bind_pg(sqlx::query(AssertSqlSafe(sql)), params)?
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(Error::from);
+                self.note(&r);
+                r?.iter().map(pg_row).collect()
+            }
             TxState::Sqlite(tx) => bind_sqlite(sqlx::query(AssertSqlSafe(sql)), params)
                 .fetch_all(&mut **tx)
                 .await?
@@ -153,28 +170,20 @@ impl Transaction {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let partitions = self.store.prepare(messages).await?;
+        self.store.validate_messages(messages)?;
         let mut guard = self.open().await?;
-        match guard.as_mut().expect("checked open") {
+        let result = match guard.as_mut().expect("checked open") {
             TxState::Postgres(tx) => {
-                crate::store::OutboxConnection::insert_outbox(
-                    &mut **tx,
-                    &self.store,
-                    messages,
-                    &partitions,
-                )
-                .await?
+                crate::store::OutboxConnection::insert_outbox(&mut **tx, &self.store, messages)
+                    .await
             }
             TxState::Sqlite(tx) => {
-                crate::store::OutboxConnection::insert_outbox(
-                    &mut **tx,
-                    &self.store,
-                    messages,
-                    &partitions,
-                )
-                .await?
+                crate::store::OutboxConnection::insert_outbox(&mut **tx, &self.store, messages)
+                    .await
             }
-        }
+        };
+        self.note(&result);
+        result?;
         Ok(messages.iter().map(|m| m.id).collect())
     }
 
@@ -198,7 +207,18 @@ impl Transaction {
             what: "transaction",
         })?;
         match state {
-            TxState::Postgres(tx) => tx.commit().await?,
+            TxState::Postgres(tx) => {
+                if self.aborted.load(std::sync::atomic::Ordering::Acquire) {
+                    // COMMIT would silently roll back: say so.
+                    let _ = tx.rollback().await;
+                    return Err(Error::Database {
+                        message: "a statement of this transaction failed, so PostgreSQL aborted it; it was rolled back".into(),
+                        sql_code: Some("25P02".into()),
+                        retryable: false,
+                    });
+                }
+                tx.commit().await?
+            }
             TxState::Sqlite(tx) => tx.commit().await?,
         }
         self.store.outbox_changed();

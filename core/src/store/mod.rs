@@ -474,6 +474,37 @@ impl Store {
             .copied()
     }
 
+    /// Checks the store is open and every message is valid; nothing is written.
+    pub(crate) fn validate_messages(&self, messages: &[Message]) -> Result<()> {
+        self.check_open()?;
+        for m in messages {
+            self.inner.limits.check(m)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn cached_partitions(&self) -> Option<u32> {
+        self.inner.partitions.get().copied()
+    }
+
+    pub(crate) fn cache_partitions(&self, n: u32) -> Result<u32> {
+        if n == 0 {
+            return Err(Error::Schema {
+                reason: "the lease table is empty; run `relaybox migrate` (Store::migrate) first"
+                    .into(),
+            });
+        }
+        let _ = self.inner.partitions.set(n);
+        Ok(n)
+    }
+
+    pub(crate) fn place(messages: &[Message], n: u32) -> Vec<u32> {
+        messages
+            .iter()
+            .map(|m| partition::partition_for(m.key.as_deref(), &m.id, n))
+            .collect()
+    }
+
     /// Validates messages and computes their partitions; nothing is written.
     pub(crate) async fn prepare(&self, messages: &[Message]) -> Result<Vec<u32>> {
         self.check_open()?;
@@ -506,8 +537,8 @@ impl Store {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let partitions = self.prepare(messages).await?;
-        conn.insert_outbox(self, messages, &partitions).await?;
+        self.validate_messages(messages)?;
+        conn.insert_outbox(self, messages).await?;
         self.inner.wake.outbox_changed();
         Ok(messages.iter().map(|m| m.id).collect())
     }
@@ -750,25 +781,22 @@ impl Store {
 pub trait OutboxConnection: Send {
     /// Inserts validated messages with their partitions in one statement.
     #[doc(hidden)]
-    async fn insert_outbox(
-        self,
-        store: &Store,
-        messages: &[Message],
-        partitions: &[u32],
-    ) -> Result<()>;
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<()>;
 }
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut PgConnection {
-    async fn insert_outbox(
-        self,
-        store: &Store,
-        messages: &[Message],
-        partitions: &[u32],
-    ) -> Result<()> {
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<()> {
         match store.pool()? {
             Pool::Postgres(_, sql) => {
-                postgres::insert_outbox(self, sql, messages, partitions).await
+                let n = match store.cached_partitions() {
+                    Some(n) => n,
+                    None => {
+                        store.cache_partitions(postgres::partition_count(&mut *self, sql).await?)?
+                    }
+                };
+                let partitions = Store::place(messages, n);
+                postgres::insert_outbox(self, sql, messages, &partitions).await
             }
             Pool::Sqlite(..) => Err(Error::config(
                 "connection",
@@ -780,14 +808,18 @@ impl OutboxConnection for &mut PgConnection {
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut SqliteConnection {
-    async fn insert_outbox(
-        self,
-        store: &Store,
-        messages: &[Message],
-        partitions: &[u32],
-    ) -> Result<()> {
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<()> {
         match store.pool()? {
-            Pool::Sqlite(_, sql) => sqlite::insert_outbox(self, sql, messages, partitions).await,
+            Pool::Sqlite(_, sql) => {
+                let n = match store.cached_partitions() {
+                    Some(n) => n,
+                    None => {
+                        store.cache_partitions(sqlite::partition_count(&mut *self, sql).await?)?
+                    }
+                };
+                let partitions = Store::place(messages, n);
+                sqlite::insert_outbox(self, sql, messages, &partitions).await
+            }
             Pool::Postgres(..) => Err(Error::config(
                 "connection",
                 "a SQLite connection was given to a PostgreSQL store",

@@ -296,7 +296,10 @@ fn migration_error(version: i64, e: sqlx::Error) -> Error {
     }
 }
 
-pub(super) async fn partition_count(pool: &PgPool, sql: &PgSql) -> Result<u32> {
+pub(super) async fn partition_count<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
+    sql: &PgSql,
+) -> Result<u32> {
     let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql.partition_count.clone()))
         .fetch_one(pool)
         .await

@@ -304,7 +304,10 @@ fn schema_missing(e: sqlx::Error) -> Error {
     }
 }
 
-pub(super) async fn partition_count(pool: &SqlitePool, sql: &SqliteSql) -> Result<u32> {
+pub(super) async fn partition_count<'e>(
+    pool: impl sqlx::SqliteExecutor<'e>,
+    sql: &SqliteSql,
+) -> Result<u32> {
     let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql.partition_count.clone()))
         .fetch_one(pool)
         .await

@@ -1,0 +1,743 @@
+//! The relay: several instances sharing partitions, order per key, poison
+//! messages and dead letters, rows written by host drivers (insert_statement).
+
+#[macro_use]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use relaybox::sqlx::{self, AssertSqlSafe};
+use relaybox::{
+    DatabaseSink, DeadLetterFilter, Error, Message, Placeholders, Relay, RelayConfig, Sink, Value,
+};
+use uuid::Uuid;
+
+dialect_tests!(
+    order_per_key_with_one_relay,
+    poison_message_is_retried_then_dead_lettered_without_blocking_other_keys,
+    insert_statement_rows_are_relayed,
+    delayed_message_waits_and_holds_back_its_key,
+    retention_keeps_delivered_rows_until_purged,
+);
+
+// ---------------------------------------------------------------------------
+// Three relays, 10,000 messages (PostgreSQL).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_deliver_10000_messages_in_order_per_key() {
+    const N: usize = 10_000;
+    const KEYS: usize = 100;
+    let db = TestDb::new(Backend::Postgres).await;
+    let topic = "load";
+    let config = RelayConfig {
+        batch_size: 500,
+        ..relay_config()
+    };
+    let mut relays: Vec<Relay> = Vec::new();
+    for i in 0..3 {
+        let store = db.open_store().await;
+        relays.push(start_db_relay(
+            &store,
+            RelayConfig {
+                instance_id: Some(format!("{}relay-{i}", db.prefix)),
+                ..config.clone()
+            },
+        ));
+    }
+    let owners = wait_for("3 relays sharing all 16 partitions", WAIT, async || {
+        let status = db.store.status().await.map_err(|e| e.to_string())?;
+        let held: i64 = status.lease_owners.iter().map(|o| o.partitions).sum();
+        if status.lease_owners.len() == 3 && held == 16 {
+            Ok(status.lease_owners)
+        } else {
+            Err(format!("{:?}", status.lease_owners))
+        }
+    })
+    .await;
+    let names: HashSet<&str> = owners.iter().map(|o| o.owner.as_str()).collect();
+    for r in &relays {
+        assert!(
+            names.contains(r.owner()),
+            "{} holds no lease: {owners:?}",
+            r.owner()
+        );
+    }
+
+    let all = messages(topic, N, KEYS);
+    for chunk in all.chunks(500) {
+        db.own_tx(None, chunk, true).await.expect("enqueue chunk");
+    }
+    let distinct_sql = format!("SELECT count(DISTINCT id) FROM {}", db.t("log"));
+    wait_for(
+        "10,000 distinct messages in the log",
+        Duration::from_secs(90),
+        async || {
+            let n = db.scalar(&distinct_sql).await;
+            if n as usize >= N {
+                Ok(())
+            } else {
+                let stats: Vec<_> = relays.iter().map(|r| r.stats()).collect();
+                Err(format!("{n} distinct ids in the log; relays: {stats:?}"))
+            }
+        },
+    )
+    .await;
+    let log = read_all_log(&db.store, topic).await;
+    assert!(log.len() >= N, "log has {} entries", log.len());
+    let expected: HashSet<Uuid> = all.iter().map(|m| m.id).collect();
+    let in_log: HashSet<Uuid> = log.iter().map(|e| e.message.id).collect();
+    assert_eq!(in_log, expected, "the log holds exactly the enqueued ids");
+    assert_order_per_key(&log, &all);
+    for r in &relays {
+        let stats = r.stats();
+        assert!(
+            stats.delivered > 0,
+            "{} delivered nothing: {stats:?}",
+            r.owner()
+        );
+        assert!(
+            stats.partitions_held > 0,
+            "{} held no partitions: {stats:?}",
+            r.owner()
+        );
+        assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    }
+    let delivered: u64 = relays.iter().map(|r| r.stats().delivered).sum();
+    assert!(delivered >= N as u64, "delivered {delivered}");
+    for r in &relays {
+        r.shutdown().await.expect("relay shutdown");
+    }
+    assert_eq!(db.store.pending_count().await.unwrap(), 0);
+    assert!(
+        db.store.status().await.unwrap().lease_owners.is_empty(),
+        "shutdown releases every lease"
+    );
+
+    let recorder = Recorder::new(&db).arc();
+    let source = relaybox::DatabaseSource::new(
+        db.store.clone(),
+        relaybox::DatabaseSourceConfig::new(topic, "load-check"),
+    )
+    .unwrap();
+    let consumer = relaybox::Consumer::start(
+        db.store.clone(),
+        source,
+        recorder.clone(),
+        relaybox::ConsumerConfig {
+            batch_size: 500,
+            concurrency: 8,
+            ..consumer_config("load-check")
+        },
+    )
+    .unwrap();
+    wait_for(
+        "10,000 messages handled",
+        Duration::from_secs(90),
+        async || {
+            let stats = consumer.stats();
+            if stats.processed + stats.duplicates >= log.len() as u64 {
+                Ok(())
+            } else {
+                Err(format!("{stats:?}"))
+            }
+        },
+    )
+    .await;
+    consumer.shutdown().await.unwrap();
+    let ids: Vec<Uuid> = all.iter().map(|m| m.id).collect();
+    assert_handled_once(&db, &[&recorder], &ids).await;
+    assert_eq!(consumer.stats().processed, N as u64);
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// Order per key, one relay, messages enqueued while it runs.
+
+async fn order_per_key_with_one_relay(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let topic = "ordered";
+    let relay = start_db_relay(
+        &db.store,
+        RelayConfig {
+            batch_size: 64,
+            ..relay_config()
+        },
+    );
+    let all = messages(topic, 500, 10);
+    for (i, chunk) in all.chunks(100).enumerate() {
+        if i % 2 == 0 {
+            db.enqueue_committed(chunk).await;
+        } else {
+            db.own_tx(None, chunk, true).await.unwrap();
+        }
+    }
+    let log = wait_in_log(&db.store, topic, &all, WAIT).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(log.len(), all.len(), "each message exactly once in the log");
+    assert_order_per_key(&log, &all);
+    assert_eq!(db.store.pending_count().await.unwrap(), 0);
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// Poison messages.
+
+/// A sink that rejects every message whose payload is `poison` (and, per the
+/// Sink contract, every later message of the same key in the batch) until
+/// `accept_poison` is set; it appends the rest to the log table. It records
+/// what it did, in order.
+struct PoisonSink {
+    inner: DatabaseSink,
+    accept_poison: AtomicBool,
+    events: Mutex<Vec<SinkEvent>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SinkEvent {
+    Delivered(Uuid),
+    Rejected(Uuid),
+    HeldBehind(Uuid),
+}
+
+impl PoisonSink {
+    fn events(&self) -> Vec<SinkEvent> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for PoisonSink {
+    fn name(&self) -> &str {
+        "poison-test"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        let accept = self.accept_poison.load(Ordering::SeqCst);
+        let mut failed_keys: HashSet<Option<String>> = HashSet::new();
+        let mut results: Vec<Option<relaybox::Result<()>>> = Vec::new();
+        let mut events = Vec::new();
+        let mut passed = Vec::new();
+        let fail = |m: &Message, why: &str| Error::Transport {
+            transport: "poison-test".into(),
+            message: why.into(),
+            retryable: false,
+            message_id: Some(m.id),
+        };
+        for m in batch {
+            if m.key.is_some() && failed_keys.contains(&m.key) {
+                events.push(SinkEvent::HeldBehind(m.id));
+                results.push(Some(Err(fail(
+                    m,
+                    "held behind an earlier failure of its key",
+                ))));
+            } else if m.payload == b"poison" && !accept {
+                failed_keys.insert(m.key.clone());
+                events.push(SinkEvent::Rejected(m.id));
+                results.push(Some(Err(fail(
+                    m,
+                    "poison message rejected by the test sink",
+                ))));
+            } else {
+                passed.push(m.clone());
+                results.push(None);
+            }
+        }
+        let mut inner = self.inner.publish(&passed).await.into_iter();
+        for (r, m) in results.iter_mut().zip(batch) {
+            if r.is_none() {
+                let outcome = inner.next().expect("one result per message");
+                if outcome.is_ok() {
+                    events.push(SinkEvent::Delivered(m.id));
+                }
+                *r = Some(outcome);
+            }
+        }
+        self.events.lock().unwrap().extend(events);
+        results.into_iter().map(Option::unwrap).collect()
+    }
+}
+
+async fn poison_message_is_retried_then_dead_lettered_without_blocking_other_keys(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let topic = "payments";
+    let key_msg = |payload: &str| Message::new(topic, payload.as_bytes().to_vec()).with_key("p");
+    let before = key_msg("before");
+    let poison = key_msg("poison");
+    let after = [key_msg("after-1"), key_msg("after-2")];
+    let others = messages(topic, 30, 6);
+    // Enqueue order: before, poison, others[..15], after-1, others[15..], after-2.
+    let mut enqueued = vec![before.clone(), poison.clone()];
+    enqueued.extend_from_slice(&others[..15]);
+    enqueued.push(after[0].clone());
+    enqueued.extend_from_slice(&others[15..]);
+    enqueued.push(after[1].clone());
+    db.enqueue_committed(&enqueued).await;
+
+    let sink = Arc::new(PoisonSink {
+        inner: DatabaseSink::new(db.store.clone()),
+        accept_poison: AtomicBool::new(false),
+        events: Mutex::new(Vec::new()),
+    });
+    // Backoff of 0.5-1 s then 1-2 s: the poison message stays in the outbox,
+    // retrying, for at least 1.5 s before it is dead-lettered.
+    let config = RelayConfig {
+        max_attempts: 3,
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(2),
+        ..relay_config()
+    };
+    let relay = Relay::start(db.store.clone(), sink.clone(), config.clone()).unwrap();
+
+    // Other keys flow while the poison message is retrying.
+    let mut flowing = vec![before.clone()];
+    flowing.extend_from_slice(&others);
+    wait_in_log(&db.store, topic, &flowing, WAIT).await;
+    // The batch is complete once only the poison message and the two behind
+    // it are left (its completion commits just after the sink's append).
+    wait_for(
+        "the others recorded as delivered",
+        WAIT,
+        async || match db.store.pending_count().await {
+            Ok(3) => Ok(()),
+            other => Err(format!("pending_count = {other:?}")),
+        },
+    )
+    .await;
+    let dead_now = db.store.dead_letters(10).await.unwrap();
+    let in_log = log_ids(&db.store, topic).await;
+    assert!(
+        dead_now.is_empty(),
+        "poison dead-lettered before the other keys were observed delivered: {dead_now:?}"
+    );
+    assert!(!in_log.contains(&poison.id));
+    for m in &after {
+        assert!(
+            !in_log.contains(&m.id),
+            "{} of the poisoned key overtook the poison message",
+            String::from_utf8_lossy(&m.payload)
+        );
+    }
+    let status = db.store.status().await.unwrap();
+    let backlog = status.topics.iter().find(|t| t.topic == topic).unwrap();
+    assert_eq!(backlog.pending, 3, "{backlog:?}");
+    assert_eq!(
+        backlog.retrying, 1,
+        "the poison message is retrying: {backlog:?}"
+    );
+
+    // Then it is dead-lettered after 3 attempts, and its key moves on.
+    let dead = wait_for("the poison message in dead letters", WAIT, async || {
+        let dl = db.store.dead_letters(10).await.map_err(|e| e.to_string())?;
+        if dl.is_empty() {
+            Err(format!("no dead letters; relay {:?}", relay.stats()))
+        } else {
+            Ok(dl)
+        }
+    })
+    .await;
+    let log = wait_in_log(&db.store, topic, &after, WAIT).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let dl = &dead[0];
+    assert_eq!(dl.message.id, poison.id);
+    assert_eq!(dl.message.payload, b"poison");
+    assert_eq!(dl.message.key.as_deref(), Some("p"));
+    assert_eq!(dl.origin, "relay");
+    assert_eq!(dl.attempts, 3);
+    assert!(
+        dl.last_error.contains("poison message rejected"),
+        "last_error: {}",
+        dl.last_error
+    );
+    let stats = relay.stats();
+    assert!(stats.retried >= 2, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    let status = db.store.status().await.unwrap();
+    assert_eq!(status.dead_letters, 1);
+
+    // The sink's own record: every other-key message was delivered before the
+    // third (final) rejection; the poisoned key's later messages after it.
+    let events = sink.events();
+    let rejections: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| **e == SinkEvent::Rejected(poison.id))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(rejections.len(), 3, "three attempts: {events:?}");
+    let final_rejection = rejections[2];
+    let delivered_at = |id: Uuid| {
+        events
+            .iter()
+            .position(|e| *e == SinkEvent::Delivered(id))
+            .unwrap_or_else(|| panic!("{id} never delivered"))
+    };
+    for m in &flowing {
+        assert!(delivered_at(m.id) < final_rejection);
+    }
+    for m in &after {
+        assert!(delivered_at(m.id) > final_rejection);
+    }
+    let mut keyed: Vec<Message> = enqueued.clone();
+    keyed.retain(|m| m.id != poison.id);
+    assert_order_per_key(&log, &keyed);
+    relay.shutdown().await.unwrap();
+
+    // An operator retries it: back in the outbox; a sink that accepts it delivers it.
+    let moved = db
+        .store
+        .retry_dead_letters(&DeadLetterFilter::All)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    assert_eq!(db.store.pending_count().await.unwrap(), 1);
+    assert!(db.store.dead_letters(10).await.unwrap().is_empty());
+    sink.accept_poison.store(true, Ordering::SeqCst);
+    let relay = Relay::start(db.store.clone(), sink.clone(), config).unwrap();
+    let log = wait_in_log(&db.store, topic, std::slice::from_ref(&poison), WAIT).await;
+    wait_for("an empty outbox", WAIT, async || {
+        match db.store.pending_count().await {
+            Ok(0) => Ok(()),
+            other => Err(format!("pending_count = {other:?}")),
+        }
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let copies: Vec<_> = log.iter().filter(|e| e.message.id == poison.id).collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].message.payload, b"poison");
+    assert_eq!(log.len(), enqueued.len(), "every message exactly once");
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// insert_statement: a host driver writes the outbox row itself.
+
+fn bind_pg<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    params: &[Value],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for p in params {
+        q = match p.clone() {
+            Value::Null => q.bind(Option::<String>::None),
+            Value::Bool(v) => q.bind(v),
+            Value::Int(v) => q.bind(v),
+            Value::Float(v) => q.bind(v),
+            Value::Text(v) => q.bind(v),
+            Value::Bytes(v) => q.bind(v),
+            Value::Json(v) => q.bind(sqlx::types::Json(v)),
+            Value::Uuid(v) => q.bind(v),
+            Value::Timestamp(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn bind_sqlite<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    params: &[Value],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for p in params {
+        q = match p.clone() {
+            Value::Null => q.bind(Option::<String>::None),
+            Value::Bool(v) => q.bind(v),
+            Value::Int(v) => q.bind(v),
+            Value::Float(v) => q.bind(v),
+            Value::Text(v) => q.bind(v),
+            Value::Bytes(v) => q.bind(v),
+            Value::Json(v) => q.bind(v.to_string()),
+            Value::Uuid(v) => q.bind(v.to_string()),
+            Value::Timestamp(v) => q.bind(v.to_rfc3339()),
+        };
+    }
+    q
+}
+
+async fn insert_statement_rows_are_relayed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let topic = "driver";
+    let keyed = Message::json(topic, &serde_json::json!({"via": "host driver"}))
+        .unwrap()
+        .with_key("acct-9")
+        .with_type("AccountOpened")
+        .with_header("source", "billing");
+    let keyless = Message::new(topic, vec![0u8, 1, 2, 255]);
+    let rolled_back = Message::new(topic, b"never".to_vec()).with_key("acct-9");
+
+    // Other placeholder styles render as documented.
+    let percent = db
+        .store
+        .insert_statement(&keyed, Placeholders::Percent)
+        .await
+        .unwrap();
+    assert!(
+        percent.sql.contains("%s") && !percent.sql.contains("$1"),
+        "{}",
+        percent.sql
+    );
+    let question = db
+        .store
+        .insert_statement(&keyed, Placeholders::Question)
+        .await
+        .unwrap();
+    assert!(
+        question.sql.contains('?') && !question.sql.contains("%s"),
+        "{}",
+        question.sql
+    );
+    // Validation happens first.
+    let err = db
+        .store
+        .insert_statement(
+            &Message::new("bad topic", b"x".to_vec()),
+            Placeholders::Dollar,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_topic");
+
+    let style = match backend {
+        Backend::Postgres => Placeholders::Dollar,
+        Backend::Sqlite => Placeholders::Question,
+    };
+    let insert_order = format!(
+        "INSERT INTO {} (id, note) VALUES ({}, 'via driver')",
+        db.t("orders"),
+        db.ph(1)
+    );
+    for (m, commit) in [(&keyed, true), (&keyless, true), (&rolled_back, false)] {
+        let stmt = db.store.insert_statement(m, style).await.unwrap();
+        assert_eq!(stmt.message_id, m.id);
+        assert_eq!(stmt.params.len(), 10);
+        if backend == Backend::Postgres {
+            assert!(stmt.sql.contains("$10"), "{}", stmt.sql);
+        }
+        match backend {
+            Backend::Postgres => {
+                let mut tx = db.store.pg_pool().unwrap().begin().await.unwrap();
+                sqlx::query(AssertSqlSafe(insert_order.clone()))
+                    .bind(m.id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                bind_pg(sqlx::query(AssertSqlSafe(stmt.sql.clone())), &stmt.params)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap_or_else(|e| panic!("executing {}: {e}", stmt.sql));
+                if commit {
+                    tx.commit().await.unwrap()
+                } else {
+                    tx.rollback().await.unwrap()
+                }
+            }
+            Backend::Sqlite => {
+                let mut tx = db.store.sqlite_pool().unwrap().begin().await.unwrap();
+                sqlx::query(AssertSqlSafe(insert_order.clone()))
+                    .bind(m.id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                bind_sqlite(sqlx::query(AssertSqlSafe(stmt.sql.clone())), &stmt.params)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap_or_else(|e| panic!("executing {}: {e}", stmt.sql));
+                if commit {
+                    tx.commit().await.unwrap()
+                } else {
+                    tx.rollback().await.unwrap()
+                }
+            }
+        }
+    }
+    assert_eq!(db.store.pending_count().await.unwrap(), 2);
+    assert_eq!(db.count("orders").await, 2);
+
+    let relay = start_db_relay(&db.store, relay_config());
+    let expected = [keyed.clone(), keyless.clone()];
+    let log = wait_in_log(&db.store, topic, &expected, WAIT).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    let by_id: HashMap<Uuid, &Message> = log.iter().map(|e| (e.message.id, &e.message)).collect();
+    assert_eq!(by_id[&keyed.id], &keyed);
+    assert_eq!(by_id[&keyless.id], &keyless);
+    assert!(!by_id.contains_key(&rolled_back.id));
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// Delayed delivery and retention.
+
+/// Appends to the log like `DatabaseSink` and records when each message was
+/// handed to it.
+struct TimingSink {
+    inner: DatabaseSink,
+    published: Mutex<HashMap<Uuid, chrono::DateTime<chrono::Utc>>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for TimingSink {
+    fn name(&self) -> &str {
+        "timing"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        let now = chrono::Utc::now();
+        {
+            let mut published = self.published.lock().unwrap();
+            for m in batch {
+                published.entry(m.id).or_insert(now);
+            }
+        }
+        self.inner.publish(batch).await
+    }
+}
+
+async fn delayed_message_waits_and_holds_back_its_key(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let topic = "reminders";
+    let delayed = Message::new(topic, b"later".to_vec())
+        .with_key("k")
+        .delayed_by(Duration::from_millis(1500));
+    let behind = Message::new(topic, b"behind".to_vec()).with_key("k");
+    let other = Message::new(topic, b"other".to_vec()).with_key("j");
+    assert!(delayed.available_at > delayed.created_at);
+    db.enqueue_committed(&[delayed.clone(), behind.clone(), other.clone()])
+        .await;
+    let sink = Arc::new(TimingSink {
+        inner: DatabaseSink::new(db.store.clone()),
+        published: Mutex::new(HashMap::new()),
+    });
+    let relay = Relay::start(db.store.clone(), sink.clone(), relay_config()).unwrap();
+    wait_in_log(&db.store, topic, std::slice::from_ref(&other), WAIT).await;
+    let observed_at = chrono::Utc::now();
+    let in_log = log_ids(&db.store, topic).await;
+    if observed_at < delayed.available_at {
+        assert!(!in_log.contains(&delayed.id), "delivered before its time");
+        assert!(
+            !in_log.contains(&behind.id),
+            "a later message of the key overtook the delayed one"
+        );
+    }
+    let log = wait_in_log(&db.store, topic, &[delayed.clone(), behind.clone()], WAIT).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(log.len(), 3);
+    assert_order_per_key(&log, &[delayed.clone(), behind.clone(), other.clone()]);
+    let published = sink.published.lock().unwrap().clone();
+    assert!(
+        published[&delayed.id] >= delayed.available_at,
+        "published at {} before available_at {}",
+        published[&delayed.id],
+        delayed.available_at
+    );
+    assert!(published[&behind.id] >= delayed.available_at);
+    let entry = log.iter().find(|e| e.message.id == delayed.id).unwrap();
+    assert_eq!(entry.message, delayed, "available_at survives the trip");
+    db.cleanup().await;
+}
+
+async fn retention_keeps_delivered_rows_until_purged(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let topic = "kept";
+    let msgs = messages(topic, 10, 3);
+    db.enqueue_committed(&msgs).await;
+    let relay = start_db_relay(
+        &db.store,
+        RelayConfig {
+            retention: Some(Duration::from_secs(3600)),
+            ..relay_config()
+        },
+    );
+    wait_in_log(&db.store, topic, &msgs, WAIT).await;
+    wait_for("an empty backlog", WAIT, async || {
+        match db.store.pending_count().await {
+            Ok(0) => Ok(()),
+            other => Err(format!("pending_count = {other:?}")),
+        }
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(db.count("outbox").await, 10, "delivered rows are kept");
+    assert!(db.store.status().await.unwrap().topics.is_empty());
+    assert_eq!(
+        db.store
+            .purge_sent(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(db.store.purge_sent(Duration::ZERO).await.unwrap(), 10);
+    assert_eq!(db.count("outbox").await, 0);
+    assert_eq!(
+        read_all_log(&db.store, topic).await.len(),
+        10,
+        "delivered once"
+    );
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// Sinks that panic, hang or answer short.
+
+/// Misbehaves on its first calls: panics, then returns too few results, then
+/// hangs past the publish timeout; afterwards appends to the log.
+struct UnrulySink {
+    inner: DatabaseSink,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Sink for UnrulySink {
+    fn name(&self) -> &str {
+        "unruly"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        match self.calls.fetch_add(1, Ordering::SeqCst) {
+            0 => panic!("the sink panics"),
+            1 => Vec::new(),
+            2 => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Vec::new()
+            }
+            _ => self.inner.publish(batch).await,
+        }
+    }
+}
+
+dialect_tests!(relay_survives_a_panicking_short_answering_and_hanging_sink);
+
+async fn relay_survives_a_panicking_short_answering_and_hanging_sink(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let topic = "unruly";
+    let msgs = messages(topic, 30, 5);
+    db.enqueue_committed(&msgs).await;
+    let sink = Arc::new(UnrulySink {
+        inner: DatabaseSink::new(db.store.clone()),
+        calls: std::sync::atomic::AtomicU32::new(0),
+    });
+    let relay = Relay::start(
+        db.store.clone(),
+        sink.clone(),
+        RelayConfig {
+            lease_ttl: Duration::from_secs(1),
+            publish_timeout: Some(Duration::from_millis(300)),
+            ..relay_config()
+        },
+    )
+    .unwrap();
+    let log = wait_in_log(&db.store, topic, &msgs, WAIT).await;
+    assert!(relay.is_running());
+    let stats = relay.stats();
+    relay.shutdown().await.unwrap();
+    assert!(sink.calls.load(Ordering::SeqCst) >= 4);
+    assert!(stats.retried >= 3, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(log.len(), msgs.len(), "nothing delivered twice");
+    assert_order_per_key(&log, &msgs);
+    db.cleanup().await;
+}
