@@ -267,6 +267,10 @@ impl Worker {
         let mut next_lease = Instant::now();
         let mut next_purge = Instant::now();
         let mut error_streak = 0u32;
+        // After a wake-up that found nothing (rows enqueued in a transaction
+        // that had not committed yet), look again shortly, then rest.
+        let mut rechecks = RECHECKS.iter();
+        let mut recheck_at: Option<Instant> = None;
         while !self.cancel.is_cancelled() {
             let now = Instant::now();
             if now >= next_lease {
@@ -292,6 +296,8 @@ impl Worker {
                 match self.relay_batch().await {
                     Ok(BatchOutcome::Worked) => {
                         error_streak = 0;
+                        rechecks = RECHECKS.iter();
+                        recheck_at = None;
                         continue;
                     }
                     Ok(BatchOutcome::Idle { retry_at }) => {
@@ -311,12 +317,18 @@ impl Worker {
                 }
             }
             let mut deadline = next_lease.min(Instant::now() + self.config.poll_interval);
-            if let Some(at) = next_retry {
+            if recheck_at.is_some_and(|at| at <= Instant::now()) {
+                recheck_at = rechecks.next().map(|d| Instant::now() + *d);
+            }
+            for at in [next_retry, recheck_at].into_iter().flatten() {
                 deadline = deadline.min(at);
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                _ = wake.changed() => {}
+                _ = wake.changed() => {
+                    rechecks = RECHECKS.iter();
+                    recheck_at = rechecks.next().map(|d| Instant::now() + *d);
+                }
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
@@ -352,6 +364,22 @@ impl Worker {
     }
 
     async fn relay_batch(&mut self) -> Result<BatchOutcome> {
+        if self
+            .sink
+            .log_store()
+            .is_some_and(|s| s.same_store(&self.store))
+        {
+            let keep = self.config.retention.is_some();
+            let batch = self.config.batch_size;
+            if let Some(moved) = self.store.move_to_log(&self.owner, batch, keep).await? {
+                if moved == 0 {
+                    return Ok(BatchOutcome::Idle { retry_at: None });
+                }
+                self.counters.delivered.fetch_add(moved, Ordering::Relaxed);
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                return Ok(BatchOutcome::Worked);
+            }
+        }
         let claim = self
             .store
             .claim(&self.owner, self.config.batch_size)
@@ -447,6 +475,14 @@ impl Worker {
         }
     }
 }
+
+/// Delays of the extra looks after a wake-up that found nothing to claim.
+const RECHECKS: [Duration; 4] = [
+    Duration::from_millis(2),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+];
 
 enum BatchOutcome {
     /// Rows were delivered or dead-lettered: look for more at once.

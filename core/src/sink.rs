@@ -21,4 +21,12 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Publishes `batch`; see the trait documentation for the contract.
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>>;
+
+    /// The store whose log table this sink appends to, if that is what it
+    /// does. When it is the relay's own store, the relay moves claimed rows
+    /// into the log inside its claim transaction instead of calling
+    /// `publish`: one statement, and each row lands in the log exactly once.
+    fn log_store(&self) -> Option<&crate::store::Store> {
+        None
+    }
 }

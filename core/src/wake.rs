@@ -1,12 +1,20 @@
-//! Wake-ups on commit: an in-process signal bumped by same-process writers,
-//! fed on PostgreSQL by LISTEN/NOTIFY so writes of other processes (and of
-//! host-language drivers) wake the relay and the log readers too.
+//! Wake-ups on commit, without polling when idle.
+//!
+//! In-process: change counters that relays and log readers follow, bumped
+//! after relaybox's own commits (and, on SQLite, by a commit hook on every
+//! pooled connection). Across processes on PostgreSQL: a listener turns
+//! `NOTIFY <prefix>outbox` / `<prefix>log` into the same bumps, and an
+//! announcer sends those NOTIFYs after commits, coalesced and from its own
+//! short transaction: notifying inside the writer's transaction would make
+//! every writer's commit queue on PostgreSQL's cluster-wide notify lock.
 
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::watch;
+use sqlx::AssertSqlSafe;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Change counters that waiters follow with [`watch::Receiver::changed`]:
@@ -14,7 +22,25 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Wake {
     outbox: watch::Sender<u64>,
     log: watch::Sender<u64>,
+    postgres: OnceLock<PgWake>,
+}
+
+/// The cross-process half, on PostgreSQL.
+struct PgWake {
+    pool: PgPool,
+    channels: [String; 2],
+    shutdown: CancellationToken,
     listener: Once,
+    announcer: Arc<Announcer>,
+    announcer_started: Once,
+}
+
+/// What is waiting to be announced; at most one announcement runs at a time.
+#[derive(Default)]
+struct Announcer {
+    outbox: AtomicBool,
+    log: AtomicBool,
+    signal: Notify,
 }
 
 impl Default for Wake {
@@ -22,18 +48,43 @@ impl Default for Wake {
         Wake {
             outbox: watch::channel(0).0,
             log: watch::channel(0).0,
-            listener: Once::new(),
+            postgres: OnceLock::new(),
         }
     }
 }
 
+fn bump(tx: &watch::Sender<u64>) {
+    tx.send_modify(|n| *n = n.wrapping_add(1));
+}
+
 impl Wake {
-    pub(crate) fn outbox_changed(&self) {
-        self.outbox.send_modify(|n| *n = n.wrapping_add(1));
+    /// Enables NOTIFY-based wake-ups across processes for a PostgreSQL store.
+    pub(crate) fn attach_postgres(
+        &self,
+        pool: &PgPool,
+        prefix: &str,
+        shutdown: &CancellationToken,
+    ) {
+        let _ = self.postgres.set(PgWake {
+            pool: pool.clone(),
+            channels: [format!("{prefix}outbox"), format!("{prefix}log")],
+            shutdown: shutdown.clone(),
+            listener: Once::new(),
+            announcer: Arc::new(Announcer::default()),
+            announcer_started: Once::new(),
+        });
     }
 
+    /// Outbox rows were committed: wake this process's relays, and others'.
+    pub(crate) fn outbox_changed(&self) {
+        bump(&self.outbox);
+        self.announce(|a| &a.outbox);
+    }
+
+    /// Log entries were committed: wake this process's readers, and others'.
     pub(crate) fn log_changed(&self) {
-        self.log.send_modify(|n| *n = n.wrapping_add(1));
+        bump(&self.log);
+        self.announce(|a| &a.log);
     }
 
     /// A sender for wake-ups raised outside this type (SQLite commit hooks).
@@ -41,38 +92,95 @@ impl Wake {
         self.outbox.clone()
     }
 
+    /// Follows outbox changes (starting the listener on PostgreSQL).
     pub(crate) fn outbox(&self) -> watch::Receiver<u64> {
+        self.ensure_listener();
         self.outbox.subscribe()
     }
 
+    /// Follows log changes (starting the listener on PostgreSQL).
     pub(crate) fn log(&self) -> watch::Receiver<u64> {
+        self.ensure_listener();
         self.log.subscribe()
     }
 
-    /// Starts, once per store, the task that turns NOTIFYs into wake-ups.
-    pub(crate) fn ensure_listener(
-        &self,
-        pool: &PgPool,
-        prefix: &str,
-        shutdown: &CancellationToken,
-    ) {
-        // Outside a runtime there is nothing to run it on; a later call from inside one starts it.
+    fn announce(&self, flag: fn(&Announcer) -> &AtomicBool) {
+        let Some(pg) = self.postgres.get() else {
+            return;
+        };
+        flag(&pg.announcer).store(true, Ordering::Release);
+        // Outside a runtime there is nothing to run it on; the next call from inside one does.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.listener.call_once(|| {
-            let (outbox, log) = (self.outbox.clone(), self.log.clone());
-            let pool = pool.clone();
-            let channels = [format!("{prefix}outbox"), format!("{prefix}log")];
-            let shutdown = shutdown.clone();
+        pg.announcer_started.call_once(|| {
+            let task = announce(pg.pool.clone(), pg.channels.clone(), pg.announcer.clone());
+            let shutdown = pg.shutdown.clone();
             runtime.spawn(async move {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {}
-                    _ = listen(pool, channels, outbox, log) => {}
+                    _ = task => {}
                 }
             });
         });
+        pg.announcer.signal.notify_one();
+    }
+
+    fn ensure_listener(&self) {
+        let Some(pg) = self.postgres.get() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        pg.listener.call_once(|| {
+            let task = listen(
+                pg.pool.clone(),
+                pg.channels.clone(),
+                self.outbox.clone(),
+                self.log.clone(),
+            );
+            let shutdown = pg.shutdown.clone();
+            runtime.spawn(async move {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {}
+                    _ = task => {}
+                }
+            });
+        });
+    }
+}
+
+/// Sends the pending NOTIFYs, one short transaction at a time, until the store closes.
+async fn announce(pool: PgPool, channels: [String; 2], announcer: Arc<Announcer>) {
+    loop {
+        announcer.signal.notified().await;
+        let outbox = announcer.outbox.swap(false, Ordering::AcqRel);
+        let log = announcer.log.swap(false, Ordering::AcqRel);
+        if !(outbox || log) {
+            continue;
+        }
+        // Channel names are the validated table prefix plus a fixed word: safe to inline.
+        let mut sql = String::from("SET LOCAL synchronous_commit = off;");
+        for (pending, channel) in [(outbox, &channels[0]), (log, &channels[1])] {
+            if pending {
+                sql.push_str(&format!(" NOTIFY {channel};"));
+            }
+        }
+        let sent = async {
+            let mut tx = pool.begin().await?;
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+            tx.commit().await
+        };
+        match sent.await {
+            Ok(()) => {}
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                tracing::debug!(error = %crate::Error::from(e), "relaybox NOTIFY failed; other processes rely on polling")
+            }
+        }
     }
 }
 
@@ -82,7 +190,6 @@ async fn listen(
     outbox: watch::Sender<u64>,
     log: watch::Sender<u64>,
 ) {
-    let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {

@@ -130,12 +130,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
     }
-    cleanup
-        .execute(
-            &format!("DROP FUNCTION IF EXISTS example_kafka_{run}_outbox_notify, example_kafka_{run}_log_notify"),
-            &[],
-        )
-        .await?;
     cleanup.commit().await?;
     store.close().await;
     Ok(())

@@ -24,17 +24,6 @@ CREATE INDEX IF NOT EXISTS {prefix}outbox_held ON {prefix}outbox (partition, key
 -- Delivered rows kept for a retention period.
 CREATE INDEX IF NOT EXISTS {prefix}outbox_sent ON {prefix}outbox (sent_at) WHERE sent_at IS NOT NULL;
 
--- Wakes relays on commit: one notification per inserting statement, delivered at commit.
-CREATE OR REPLACE FUNCTION {prefix}outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('{prefix}outbox', '');
-    RETURN NULL;
-END
-$$;
-DROP TRIGGER IF EXISTS {prefix}outbox_notify ON {prefix}outbox;
-CREATE TRIGGER {prefix}outbox_notify AFTER INSERT ON {prefix}outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION {prefix}outbox_notify();
-
 CREATE TABLE IF NOT EXISTS {prefix}dead_letters (
     id           UUID NOT NULL,
     origin       TEXT NOT NULL,
@@ -98,13 +87,3 @@ CREATE TABLE IF NOT EXISTS {prefix}log (
     appended_at  TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {prefix}log_topic_position ON {prefix}log (topic, position);
-
-CREATE OR REPLACE FUNCTION {prefix}log_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('{prefix}log', '');
-    RETURN NULL;
-END
-$$;
-DROP TRIGGER IF EXISTS {prefix}log_notify ON {prefix}log;
-CREATE TRIGGER {prefix}log_notify AFTER INSERT ON {prefix}log
-    FOR EACH STATEMENT EXECUTE FUNCTION {prefix}log_notify();

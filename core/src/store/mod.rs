@@ -303,12 +303,14 @@ impl Store {
         let url = DatabaseUrl::new(url);
         let dialect = dialect_of(&url)?;
         let wake = Wake::default();
+        let shutdown = CancellationToken::new();
         let pool = match dialect {
             Dialect::Postgres => {
                 let connect = PgConnectOptions::from_str(url.expose()).map_err(|_| {
                     Error::config("url", format!("cannot parse PostgreSQL URL {url}"))
                 })?;
                 let pool = PgPoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(options.max_connections.unwrap_or(10))
                     .acquire_timeout(options.connect_timeout)
                     .connect_with(connect)
@@ -319,6 +321,7 @@ impl Store {
             Dialect::Sqlite => {
                 let connect = sqlite_options(&url)?;
                 let pool = SqlitePoolOptions::new()
+                    .test_before_acquire(false)
                     .after_connect(wake_on_sqlite_commit(&wake, &options.table_prefix))
                     .max_connections(options.max_connections.unwrap_or(4))
                     .acquire_timeout(options.connect_timeout)
@@ -328,6 +331,9 @@ impl Store {
                 Pool::Sqlite(pool, Arc::new(SqliteSql::new(&options.table_prefix)))
             }
         };
+        if let Pool::Postgres(pg, _) = &pool {
+            wake.attach_postgres(pg, &options.table_prefix, &shutdown);
+        }
         tracing::debug!(url = %url, %dialect, "relaybox store connected");
         Ok(Store {
             inner: Arc::new(StoreInner {
@@ -340,7 +346,7 @@ impl Store {
                 partitions: OnceCell::new(),
                 wake,
                 closed: AtomicBool::new(false),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
         })
     }
@@ -391,27 +397,25 @@ impl Store {
 
     /// Wake-ups for new outbox rows (same process, or any process on PostgreSQL).
     pub(crate) fn subscribe_outbox(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.start_listener();
         self.inner.wake.outbox()
     }
 
     /// Wake-ups for new log entries (same process, or any process on PostgreSQL).
     pub(crate) fn subscribe_log(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.start_listener();
         self.inner.wake.log()
     }
 
-    fn start_listener(&self) {
-        if let Pool::Postgres(pool, _) = &self.inner.pool {
-            self.inner.wake.ensure_listener(
-                pool,
-                &self.inner.options.table_prefix,
-                &self.inner.shutdown,
-            );
-        }
+    pub(crate) fn outbox_changed(&self) {
+        self.inner.wake.outbox_changed();
     }
 
-    pub(crate) fn outbox_changed(&self) {
+    /// Tells relays that outbox rows were committed: those of this process at
+    /// once and, on PostgreSQL, those of other processes through a NOTIFY.
+    /// relaybox does this itself after its own commits; call it after
+    /// committing rows that your own driver wrote with
+    /// [`insert_statement`](Store::insert_statement). Relays that are not
+    /// told find the rows at their next `poll_interval`.
+    pub fn wake_relays(&self) {
         self.inner.wake.outbox_changed();
     }
 
@@ -726,6 +730,33 @@ impl Store {
         match self.pool()? {
             Pool::Postgres(pool, sql) => postgres::claim(pool, sql, owner, limit).await,
             Pool::Sqlite(pool, sql) => sqlite::claim(pool, sql, owner, limit).await,
+        }
+    }
+
+    /// Whether `other` is this very store (same pool), so that one
+    /// transaction can span what both do.
+    pub(crate) fn same_store(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Claims a batch and moves it into this store's own log in one
+    /// transaction (PostgreSQL), returning how many moved; `None` where the
+    /// dialect has no such path.
+    pub(crate) async fn move_to_log(
+        &self,
+        owner: &str,
+        limit: u32,
+        keep_sent: bool,
+    ) -> Result<Option<u64>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => {
+                let moved = postgres::move_to_log(pool, sql, owner, limit, keep_sent).await?;
+                if moved > 0 {
+                    self.inner.wake.log_changed();
+                }
+                Ok(Some(moved))
+            }
+            Pool::Sqlite(..) => Ok(None),
         }
     }
 

@@ -49,6 +49,8 @@ pub(crate) struct PgSql {
     pos_set: Sql,
     log_lock: Sql,
     log_append: Sql,
+    move_to_log: Sql,
+    copy_to_log: Sql,
     log_read: Sql,
     backlog: Sql,
     dl_count: Sql,
@@ -157,6 +159,11 @@ impl PgSql {
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
                  AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
             )),
+            move_to_log: s(move_to_log_sql(p, "DELETE FROM {p}outbox o USING claimed c WHERE o.id = c.id")),
+            copy_to_log: s(move_to_log_sql(
+                p,
+                "UPDATE {p}outbox o SET sent_at = now() FROM claimed c WHERE o.id = c.id",
+            )),
             log_read: s(format!(
                 "SELECT position, {MESSAGE_COLUMNS} FROM {p}log WHERE topic = $1 AND position > $2 ORDER BY position LIMIT $3"
             )),
@@ -200,6 +207,23 @@ impl PgSql {
     fn log_lock_key(&self) -> i64 {
         i64::from(crate::partition::key_hash(&format!("{}log", self.prefix)))
     }
+}
+
+/// Claims due rows of the partitions in `$1` (at most `$2`), takes them out of
+/// the outbox with `take` (delete, or mark sent) and appends them to the log
+/// in `seq` order, all in one statement: the payloads never leave the server.
+fn move_to_log_sql(p: &str, take: &str) -> String {
+    let take = take.replace("{p}", p);
+    format!(
+        "WITH claimed AS (SELECT o.id FROM {p}outbox o \
+             WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now() \
+             AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
+                 AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
+             ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED), \
+         taken AS ({take} RETURNING o.seq, o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at) \
+         INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
+         SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() FROM taken ORDER BY seq"
+    )
 }
 
 /// Rewrites `$n` placeholders into another style.
@@ -447,6 +471,41 @@ pub(super) async fn claim(pool: &PgPool, sql: &PgSql, owner: &str, limit: u32) -
         rows,
         hold: ClaimHold::Postgres(tx),
     })
+}
+
+/// Moves a batch from the outbox into the log in one transaction; returns how many.
+pub(super) async fn move_to_log(
+    pool: &PgPool,
+    sql: &PgSql,
+    owner: &str,
+    limit: u32,
+    keep_sent: bool,
+) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    let partitions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.claim_leases.clone()))
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+    if partitions.is_empty() {
+        return Ok(0);
+    }
+    q(&sql.log_lock)
+        .bind(sql.log_lock_key())
+        .execute(&mut *tx)
+        .await?;
+    let stmt = if keep_sent {
+        &sql.copy_to_log
+    } else {
+        &sql.move_to_log
+    };
+    let moved = q(stmt)
+        .bind(&partitions)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(moved)
 }
 
 pub(super) async fn complete(

@@ -35,6 +35,10 @@ impl Sink for DatabaseSink {
         "database"
     }
 
+    fn log_store(&self) -> Option<&Store> {
+        Some(&self.store)
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
         match self.store.append_log(batch).await {
             Ok(()) => batch.iter().map(|_| Ok(())).collect(),

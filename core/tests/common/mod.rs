@@ -346,9 +346,6 @@ pub async fn drop_prefixed_tables(url: &str, prefix: &str) {
             tables.join(", ")
         ));
     }
-    sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS {prefix}outbox_notify(), {prefix}log_notify();"
-    ));
     if let Err(e) = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await {
         eprintln!("cleanup of {prefix}* failed (ignored): {e}");
     }
