@@ -445,6 +445,13 @@ impl Worker {
                         .dead_letter_consumed(&self.config.group, message, attempts, error)
                         .await
                 }
+                // The source's destination refuses it for good: keep it in the table instead.
+                Err(e) if !e.retryable() => {
+                    tracing::warn!(id = %message.id, error = %e, "relaybox source cannot dead-letter; using the dead_letters table");
+                    self.store
+                        .dead_letter_consumed(&self.config.group, message, attempts, error)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             match written {

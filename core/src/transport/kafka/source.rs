@@ -82,6 +82,12 @@ impl KafkaSource {
     pub fn new(config: KafkaSourceConfig) -> Result<Arc<Self>> {
         config.kafka.validate()?;
         check_topic(&config.topic)?;
+        check_topic(&config.dead_letter_topic()).map_err(|e| {
+            Error::config(
+                "dead_letter_topic",
+                format!("{e} (a topic name of at most 245 characters leaves room for `.dlq`)"),
+            )
+        })?;
         if config.group.is_empty() {
             return Err(Error::config("group", "must not be empty"));
         }
