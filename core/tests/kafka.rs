@@ -8,6 +8,7 @@
 //! consumer groups and table prefix, so they run in parallel.
 #![cfg(feature = "kafka")]
 
+mod common;
 mod kafka_common;
 
 use std::collections::{HashMap, HashSet};

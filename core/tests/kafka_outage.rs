@@ -8,6 +8,7 @@
 //! even when the test fails.
 #![cfg(feature = "kafka")]
 
+mod common;
 mod kafka_common;
 
 use std::collections::{HashMap, HashSet};

@@ -5,6 +5,8 @@
 //! reader of what relaybox wrote to Kafka.
 #![allow(dead_code)]
 
+pub use crate::common::{drop_prefixed_tables, init_tracing, pg_url, wait_for};
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -14,11 +16,9 @@ use std::time::Duration;
 use relaybox::sqlx::{self, AssertSqlSafe};
 use relaybox::transport::kafka::KafkaConfig;
 use relaybox::{Store, StoreOptions};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// PostgreSQL test database URL.
-pub const PG_ENV: &str = "RELAYBOX_TEST_DATABASE_URL";
 /// Kafka bootstrap servers.
 pub const KAFKA_ENV: &str = "RELAYBOX_KAFKA_BOOTSTRAP";
 /// The third-party reader.
@@ -26,17 +26,6 @@ pub const KCAT: &str = "kcat";
 
 const START_HINT: &str = "start them with `dev/services start postgres kafka && \
      eval \"$(dev/services env)\"`";
-
-/// The PostgreSQL test database URL; fails the test when it is not set.
-pub fn pg_url() -> String {
-    match std::env::var(PG_ENV) {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => panic!(
-            "{PG_ENV} is not set: the Kafka integration tests run against a real PostgreSQL \
-             and a real Kafka broker and are never skipped; {START_HINT}"
-        ),
-    }
-}
 
 /// The Kafka bootstrap servers; fails the test when the variable is not set
 /// or no broker answers there.
@@ -82,14 +71,6 @@ pub fn kafka_config(bootstrap: &str) -> KafkaConfig {
         create_topics: true,
         ..KafkaConfig::new(bootstrap)
     }
-}
-
-/// Logs to the test output when `RUST_LOG` is set.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }
 
 /// A migrated PostgreSQL store whose tables carry a unique prefix
@@ -179,55 +160,6 @@ impl Drop for Db {
             }
         })
         .join();
-    }
-}
-
-/// Drops every table and trigger function whose name starts with `prefix`
-/// (best effort).
-async fn drop_prefixed_tables(url: &str, prefix: &str) {
-    use sqlx::Connection;
-    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
-        return;
-    };
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND left(tablename, length($1)) = $1",
-    )
-    .bind(prefix)
-    .fetch_all(&mut conn)
-    .await
-    .unwrap_or_default();
-    let mut sql = String::from("SET lock_timeout = '2s';");
-    if !tables.is_empty() {
-        sql.push_str(&format!(
-            "DROP TABLE IF EXISTS {} CASCADE;",
-            tables.join(", ")
-        ));
-    }
-    sql.push_str(&format!(
-        "DROP FUNCTION IF EXISTS {prefix}outbox_notify(), {prefix}log_notify();"
-    ));
-    if let Err(e) = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await {
-        eprintln!("cleanup of {prefix}* failed (ignored): {e}");
-    }
-    let _ = conn.close().await;
-}
-
-/// Polls `probe` until it returns `Ok`, at most `timeout`; then fails the
-/// test with what `probe` observed last.
-pub async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(observed) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last observed: {observed}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
     }
 }
 
