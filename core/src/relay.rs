@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use crate::backoff::backoff;
 use crate::error::{Error, Result};
 use crate::message::{now_micros, Message};
 use crate::sink::Sink;
-use crate::store::{Completion, Store};
+use crate::store::{Completion, Slice, Store};
 
 /// Relay settings. Every field has a default; [`validate`](RelayConfig::validate) rejects nonsense.
 #[derive(Clone, Debug, Deserialize)]
@@ -50,6 +51,10 @@ pub struct RelayConfig {
     pub retention: Option<Duration>,
     /// Instance id shown in leases and `relaybox status` (default: host-pid-random).
     pub instance_id: Option<String>,
+    /// Batch loops run at once, each over its share of the held partitions
+    /// (partition mod `concurrency`), so that one loop's database work
+    /// overlaps another's wait for the broker (default 2).
+    pub concurrency: u32,
 }
 
 impl Default for RelayConfig {
@@ -64,6 +69,7 @@ impl Default for RelayConfig {
             publish_timeout: None,
             retention: None,
             instance_id: None,
+            concurrency: 2,
         }
     }
 }
@@ -95,6 +101,9 @@ impl RelayConfig {
                 "publish_timeout",
                 "must be positive and shorter than lease_ttl",
             ));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err(Error::config("concurrency", "must be between 1 and 64"));
         }
         if let Some(id) = &self.instance_id {
             if id.is_empty() || id.len() > 200 {
@@ -178,7 +187,7 @@ impl Relay {
             owner: owner.clone(),
             cancel: cancel.clone(),
             counters: counters.clone(),
-            held: Vec::new(),
+            held: watch::channel(Vec::new()).0,
         };
         let task = crate::runtime::current()?.spawn(worker.run());
         tracing::info!(owner = %owner, "relaybox relay started");
@@ -257,43 +266,69 @@ struct Worker {
     owner: String,
     cancel: CancellationToken,
     counters: Arc<Counters>,
-    held: Vec<u32>,
+    /// The partitions this relay holds, as of the last lease refresh.
+    held: watch::Sender<Vec<u32>>,
 }
 
 impl Worker {
-    async fn run(mut self) {
-        let mut wake = self.store.subscribe_outbox();
+    /// Keeps the leases and runs `concurrency` batch loops until shutdown,
+    /// then hands the partitions over.
+    async fn run(self) {
+        let loops = (0..self.config.concurrency).map(|i| {
+            self.batch_loop(Slice {
+                index: i,
+                count: self.config.concurrency,
+            })
+        });
+        tokio::join!(self.lease_loop(), futures::future::join_all(loops));
+        if let Err(e) = self.store.leave(&self.owner).await {
+            tracing::warn!(owner = %self.owner, error = %e, "relaybox relay could not release its leases");
+        }
+        tracing::info!(owner = %self.owner, "relaybox relay stopped");
+    }
+
+    /// Refreshes the leases every `lease_ttl / 3` and purges retained rows.
+    async fn lease_loop(&self) {
         let lease_every = self.config.lease_ttl / 3;
-        let mut next_lease = Instant::now();
         let mut next_purge = Instant::now();
+        while !self.cancel.is_cancelled() {
+            let next_lease = match self.refresh_leases().await {
+                Ok(()) => Instant::now() + lease_every,
+                Err(e) => {
+                    tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
+                    Instant::now() + lease_every.min(Duration::from_secs(1))
+                }
+            };
+            if let Some(retention) = self.config.retention {
+                if Instant::now() >= next_purge {
+                    if let Err(e) = self.store.purge_sent(retention).await {
+                        tracing::warn!(error = %e, "relaybox purge of sent rows failed");
+                    }
+                    next_purge = Instant::now() + Duration::from_secs(60);
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(next_lease) => {}
+            }
+        }
+    }
+
+    /// Claims, publishes and completes batches of the held partitions in `slice`.
+    async fn batch_loop(&self, slice: Slice) {
+        let mut wake = self.store.subscribe_outbox();
+        let mut held = self.held.subscribe();
         let mut error_streak = 0u32;
         // After a wake-up that found nothing (rows enqueued in a transaction
         // that had not committed yet), look again shortly, then rest.
         let mut rechecks = RECHECKS.iter();
         let mut recheck_at: Option<Instant> = None;
         while !self.cancel.is_cancelled() {
-            let now = Instant::now();
-            if now >= next_lease {
-                match self.refresh_leases().await {
-                    Ok(()) => next_lease = now + lease_every,
-                    Err(e) => {
-                        tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
-                        next_lease = now + lease_every.min(Duration::from_secs(1));
-                    }
-                }
-            }
-            if let Some(retention) = self.config.retention {
-                if now >= next_purge {
-                    if let Err(e) = self.store.purge_sent(retention).await {
-                        tracing::warn!(error = %e, "relaybox purge of sent rows failed");
-                    }
-                    next_purge = now + Duration::from_secs(60);
-                }
-            }
             let mut next_retry = None;
-            if !self.held.is_empty() {
+            let mine = held.borrow_and_update().iter().any(|p| slice.contains(*p));
+            if mine {
                 wake.borrow_and_update();
-                match self.relay_batch().await {
+                match self.relay_batch(slice).await {
                     Ok(BatchOutcome::Worked) => {
                         error_streak = 0;
                         rechecks = RECHECKS.iter();
@@ -316,7 +351,7 @@ impl Worker {
                     }
                 }
             }
-            let mut deadline = next_lease.min(Instant::now() + self.config.poll_interval);
+            let mut deadline = Instant::now() + self.config.poll_interval;
             if recheck_at.is_some_and(|at| at <= Instant::now()) {
                 recheck_at = rechecks.next().map(|d| Instant::now() + *d);
             }
@@ -325,6 +360,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
+                _ = held.changed() => {}
                 _ = wake.changed() => {
                     rechecks = RECHECKS.iter();
                     recheck_at = rechecks.next().map(|d| Instant::now() + *d);
@@ -332,14 +368,10 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
-        if let Err(e) = self.store.leave(&self.owner).await {
-            tracing::warn!(owner = %self.owner, error = %e, "relaybox relay could not release its leases");
-        }
-        tracing::info!(owner = %self.owner, "relaybox relay stopped");
     }
 
     /// Heartbeat, renew, then take or give partitions towards a fair share.
-    async fn refresh_leases(&mut self) -> Result<()> {
+    async fn refresh_leases(&self) -> Result<()> {
         let ttl = self.config.lease_ttl;
         let live = self.store.heartbeat(&self.owner, ttl).await?.max(1) as u32;
         let total = self.store.partitions().await?;
@@ -359,11 +391,15 @@ impl Worker {
         self.counters
             .partitions_held
             .store(held.len() as u64, Ordering::Relaxed);
-        self.held = held;
+        self.held.send_if_modified(|current| {
+            let changed = *current != held;
+            *current = held;
+            changed
+        });
         Ok(())
     }
 
-    async fn relay_batch(&mut self) -> Result<BatchOutcome> {
+    async fn relay_batch(&self, slice: Slice) -> Result<BatchOutcome> {
         if self
             .sink
             .log_store()
@@ -371,7 +407,11 @@ impl Worker {
         {
             let keep = self.config.retention.is_some();
             let batch = self.config.batch_size;
-            if let Some(moved) = self.store.move_to_log(&self.owner, batch, keep).await? {
+            if let Some(moved) = self
+                .store
+                .move_to_log(&self.owner, slice, batch, keep)
+                .await?
+            {
                 if moved == 0 {
                     return Ok(BatchOutcome::Idle { retry_at: None });
                 }
@@ -382,7 +422,7 @@ impl Worker {
         }
         let claim = self
             .store
-            .claim(&self.owner, self.config.batch_size)
+            .claim(&self.owner, slice, self.config.batch_size)
             .await?;
         if claim.rows.is_empty() {
             return Ok(BatchOutcome::Idle { retry_at: None });

@@ -25,9 +25,11 @@ dialect_tests!(
 /// table prefix to relay.
 const CHILD_ENV: &str = "RELAYBOX_CHILD_RELAY";
 
+/// One batch loop, so exactly one batch is in flight when the relay dies.
 fn crash_config(instance: String) -> RelayConfig {
     RelayConfig {
         batch_size: 50,
+        concurrency: 1,
         lease_ttl: Duration::from_secs(1),
         publish_timeout: Some(Duration::from_millis(900)),
         instance_id: Some(instance),

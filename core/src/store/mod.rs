@@ -224,6 +224,20 @@ pub struct LogEntry {
     pub message: Message,
 }
 
+/// The share of a relay's partitions one of its batch loops works on:
+/// those with `partition % count == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slice {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Slice {
+    pub fn contains(&self, partition: u32) -> bool {
+        partition % self.count.max(1) == self.index
+    }
+}
+
 /// A batch claimed by a relay, holding what keeps other relays off it.
 pub(crate) struct Claim {
     pub rows: Vec<OutboxRow>,
@@ -726,10 +740,10 @@ impl Store {
         }
     }
 
-    pub(crate) async fn claim(&self, owner: &str, limit: u32) -> Result<Claim> {
+    pub(crate) async fn claim(&self, owner: &str, slice: Slice, limit: u32) -> Result<Claim> {
         match self.pool()? {
-            Pool::Postgres(pool, sql) => postgres::claim(pool, sql, owner, limit).await,
-            Pool::Sqlite(pool, sql) => sqlite::claim(pool, sql, owner, limit).await,
+            Pool::Postgres(pool, sql) => postgres::claim(pool, sql, owner, slice, limit).await,
+            Pool::Sqlite(pool, sql) => sqlite::claim(pool, sql, owner, slice, limit).await,
         }
     }
 
@@ -745,12 +759,14 @@ impl Store {
     pub(crate) async fn move_to_log(
         &self,
         owner: &str,
+        slice: Slice,
         limit: u32,
         keep_sent: bool,
     ) -> Result<Option<u64>> {
         match self.pool()? {
             Pool::Postgres(pool, sql) => {
-                let moved = postgres::move_to_log(pool, sql, owner, limit, keep_sent).await?;
+                let moved =
+                    postgres::move_to_log(pool, sql, owner, slice, limit, keep_sent).await?;
                 if moved > 0 {
                     self.inner.wake.log_changed();
                 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     headers_json, parse_headers, secs, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter,
-    LeaseOwner, LogEntry, OutboxRow, Placeholders, Status, TopicBacklog,
+    LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message};
@@ -78,7 +78,8 @@ impl PgSql {
             )),
             partition_count: s(format!("SELECT count(*) FROM {p}leases")),
             claim_leases: s(format!(
-                "SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() ORDER BY partition FOR SHARE"
+                "SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 \
+                 ORDER BY partition FOR SHARE"
             )),
             claim_rows: s(format!(
                 "SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
@@ -159,10 +160,15 @@ impl PgSql {
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
                  AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
             )),
-            move_to_log: s(move_to_log_sql(p, "DELETE FROM {p}outbox o USING claimed c WHERE o.id = c.id")),
+            // `id = ANY(ARRAY(...))` keeps an index lookup per claimed id; a join
+            // with the CTE turns into a scan of the whole outbox for large batches.
+            move_to_log: s(move_to_log_sql(
+                p,
+                "DELETE FROM {p}outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM claimed))",
+            )),
             copy_to_log: s(move_to_log_sql(
                 p,
-                "UPDATE {p}outbox o SET sent_at = now() FROM claimed c WHERE o.id = c.id",
+                "UPDATE {p}outbox o SET sent_at = now() WHERE o.id = ANY(ARRAY(SELECT id FROM claimed))",
             )),
             log_read: s(format!(
                 "SELECT position, {MESSAGE_COLUMNS} FROM {p}log WHERE topic = $1 AND position > $2 ORDER BY position LIMIT $3"
@@ -441,10 +447,18 @@ fn message_from_row(row: &PgRow) -> Result<Message> {
     })
 }
 
-pub(super) async fn claim(pool: &PgPool, sql: &PgSql, owner: &str, limit: u32) -> Result<Claim> {
+pub(super) async fn claim(
+    pool: &PgPool,
+    sql: &PgSql,
+    owner: &str,
+    slice: Slice,
+    limit: u32,
+) -> Result<Claim> {
     let mut tx = pool.begin().await?;
     let partitions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.claim_leases.clone()))
         .bind(owner)
+        .bind(slice.count as i32)
+        .bind(slice.index as i32)
         .fetch_all(&mut *tx)
         .await?;
     let rows = if partitions.is_empty() {
@@ -478,12 +492,15 @@ pub(super) async fn move_to_log(
     pool: &PgPool,
     sql: &PgSql,
     owner: &str,
+    slice: Slice,
     limit: u32,
     keep_sent: bool,
 ) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let partitions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.claim_leases.clone()))
         .bind(owner)
+        .bind(slice.count as i32)
+        .bind(slice.index as i32)
         .fetch_all(&mut *tx)
         .await?;
     if partitions.is_empty() {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     headers_json, parse_headers, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter,
-    LeaseOwner, LogEntry, OutboxRow, Placeholders, Status, TopicBacklog,
+    LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{from_unix_micros, to_unix_micros, Message};
@@ -74,7 +74,7 @@ impl SqliteSql {
             claim_rows: s(format!(
                 "SELECT o.seq, o.partition, o.attempts, {cols} FROM {p}outbox o \
                  WHERE o.sent_at IS NULL AND o.available_at <= ?2 \
-                 AND o.partition IN (SELECT partition FROM {p}leases WHERE owner = ?1 AND expires_at > ?2) \
+                 AND o.partition IN (SELECT partition FROM {p}leases WHERE owner = ?1 AND expires_at > ?2 AND partition % ?4 = ?5) \
                  AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
                      AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > ?2) \
                  ORDER BY o.seq LIMIT ?3",
@@ -383,12 +383,15 @@ pub(super) async fn claim(
     pool: &SqlitePool,
     sql: &SqliteSql,
     owner: &str,
+    slice: Slice,
     limit: u32,
 ) -> Result<Claim> {
     let rows = q(&sql.claim_rows)
         .bind(owner)
         .bind(now_us())
         .bind(i64::from(limit))
+        .bind(i64::from(slice.count))
+        .bind(i64::from(slice.index))
         .fetch_all(pool)
         .await?;
     let rows = rows

@@ -51,7 +51,8 @@ impl KafkaSink {
         let defaults = [
             ("enable.idempotence", "true".to_string()),
             ("acks", "all".to_string()),
-            ("linger.ms", "5".to_string()),
+            // The relay hands over a whole batch at once; lingering would only add latency.
+            ("linger.ms", "0".to_string()),
             ("batch.num.messages", "10000".to_string()),
             (
                 "message.timeout.ms",

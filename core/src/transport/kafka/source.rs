@@ -56,8 +56,8 @@ impl KafkaSourceConfig {
 
 /// A [`Source`] reading one Kafka topic as a member of a consumer group.
 ///
-/// Deliveries carry their partition as ordering lane, so partitions are
-/// processed concurrently and each in order. Acknowledged offsets are stored
+/// Deliveries are laned by key, so different keys (of one partition or of
+/// several) are processed concurrently and each key in order. Acknowledged offsets are stored
 /// and committed by librdkafka (also when partitions are revoked in a
 /// rebalance, and on close); nothing is committed before the consumer's
 /// transaction for it committed. A message that exhausts its retries is
@@ -139,9 +139,15 @@ impl KafkaSource {
 
     fn delivery(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
         use rdkafka::message::Message as _;
+        let message = message_from_record(record);
         Delivery {
-            message: message_from_record(record),
-            lane: record.partition() as u64,
+            // A key's records sit in one partition, in order; laning by key lets
+            // the keys of one partition run concurrently and still in order.
+            lane: u64::from(crate::partition::routing_hash(
+                message.key.as_deref(),
+                &message.id,
+            )),
+            message,
             ack: AckToken {
                 partition: record.partition(),
                 offset: record.offset(),
