@@ -36,6 +36,8 @@ pub struct Transaction {
     state: Arc<Mutex<Option<TxState>>>,
     /// A statement failed on PostgreSQL: the server aborted the transaction.
     aborted: Arc<std::sync::atomic::AtomicBool>,
+    /// Outbox rows were written: relays are woken after the commit.
+    enqueued: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -82,6 +84,7 @@ impl Transaction {
             store,
             state: Arc::new(Mutex::new(Some(state))),
             aborted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            enqueued: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -184,6 +187,8 @@ impl Transaction {
         };
         self.note(&result);
         result?;
+        self.enqueued
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(messages.iter().map(|m| m.id).collect())
     }
 
@@ -201,7 +206,7 @@ impl Transaction {
         }
     }
 
-    /// Commits. Relays in this process wake at once.
+    /// Commits. If messages were enqueued, relays wake at once.
     pub async fn commit(&self) -> Result<()> {
         let state = self.state.lock().await.take().ok_or(Error::Closed {
             what: "transaction",
@@ -221,7 +226,9 @@ impl Transaction {
             }
             TxState::Sqlite(tx) => tx.commit().await?,
         }
-        self.store.outbox_changed();
+        if self.enqueued.load(std::sync::atomic::Ordering::Acquire) {
+            self.store.outbox_changed();
+        }
         Ok(())
     }
 

@@ -8,12 +8,12 @@
 //! short transaction: notifying inside the writer's transaction would make
 //! every writer's commit queue on PostgreSQL's cluster-wide notify lock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,9 @@ struct Announcer {
     outbox: AtomicBool,
     log: AtomicBool,
     signal: Notify,
+    /// Backend pid of the announcing connection: the listener ignores these
+    /// notifications, since this process already woke its own waiters.
+    backend_pid: AtomicU32,
 }
 
 impl Default for Wake {
@@ -140,6 +143,7 @@ impl Wake {
                 pg.channels.clone(),
                 self.outbox.clone(),
                 self.log.clone(),
+                pg.announcer.clone(),
             );
             let shutdown = pg.shutdown.clone();
             runtime.spawn(async move {
@@ -153,8 +157,10 @@ impl Wake {
     }
 }
 
-/// Sends the pending NOTIFYs, one short transaction at a time, until the store closes.
+/// Sends the pending NOTIFYs, one short transaction at a time on a
+/// connection of its own, until the store closes.
 async fn announce(pool: PgPool, channels: [String; 2], announcer: Arc<Announcer>) {
+    let mut conn: Option<PgConnection> = None;
     loop {
         announcer.signal.notified().await;
         let outbox = announcer.outbox.swap(false, Ordering::AcqRel);
@@ -170,16 +176,22 @@ async fn announce(pool: PgPool, channels: [String; 2], announcer: Arc<Announcer>
             }
         }
         let sent = async {
-            let mut tx = pool.begin().await?;
+            if conn.is_none() {
+                let mut c = PgConnection::connect_with(&pool.connect_options()).await?;
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut c)
+                    .await?;
+                announcer.backend_pid.store(pid as u32, Ordering::Release);
+                conn = Some(c);
+            }
+            let c = conn.as_mut().expect("connected above");
+            let mut tx = c.begin().await?;
             sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
             tx.commit().await
         };
-        match sent.await {
-            Ok(()) => {}
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(e) => {
-                tracing::debug!(error = %crate::Error::from(e), "relaybox NOTIFY failed; other processes rely on polling")
-            }
+        if let Err(e) = sent.await {
+            tracing::debug!(error = %crate::Error::from(e), "relaybox NOTIFY failed; other processes rely on polling");
+            conn = None;
         }
     }
 }
@@ -189,6 +201,7 @@ async fn listen(
     channels: [String; 2],
     outbox: watch::Sender<u64>,
     log: watch::Sender<u64>,
+    announcer: Arc<Announcer>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -216,6 +229,7 @@ async fn listen(
         bump(&log);
         loop {
             match listener.recv().await {
+                Ok(n) if n.process_id() == announcer.backend_pid.load(Ordering::Acquire) => {}
                 Ok(n) if n.channel() == channels[0] => bump(&outbox),
                 Ok(_) => bump(&log),
                 Err(e) => {
