@@ -71,7 +71,7 @@
 //!    (no broker), (b) rdkafka alone producing the same 200,000 records (same
 //!    keys, payloads, headers and timestamps as `KafkaSink` sends; a
 //!    `FutureProducer` with `KafkaSink`'s settings: idempotence, acks=all,
-//!    linger.ms=5, batch.num.messages=10000) to a fresh topic, all sent, then
+//!    linger.ms=0, batch.num.messages=10000) to a fresh topic, all sent, then
 //!    all awaited, no database, and the relay with a `KafkaSink`
 //!    (`create_topics = true`, a fresh 3-partition topic, created and its
 //!    leaders known before the clock starts) from `Relay::start` until
@@ -1821,7 +1821,7 @@ mod kafka {
         c.set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", "0")
             .set("batch.num.messages", "10000")
             .set(
                 "message.timeout.ms",
@@ -2621,7 +2621,7 @@ mod kafka {
         ));
         let broker = Broker::connect(&bootstrap)?;
         println!("  broker:    {bootstrap}, {}", broker.describe().await?);
-        println!("  producer:  KafkaSink's settings: enable.idempotence=true acks=all linger.ms=5");
+        println!("  producer:  KafkaSink's settings: enable.idempotence=true acks=all linger.ms=0");
         println!(
             "             batch.num.messages=10000 message.timeout.ms=5000 (librdkafka {})",
             rdkafka::util::get_rdkafka_version().1
