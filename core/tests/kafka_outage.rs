@@ -12,6 +12,7 @@ mod common;
 mod kafka_common;
 
 use std::collections::{HashMap, HashSet};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -59,12 +60,24 @@ struct BrokerGuard {
 }
 
 impl BrokerGuard {
-    async fn stop(&mut self) {
+    async fn stop(&mut self, bootstrap: &str) {
         self.stopped = true;
         let (ok, out) = tokio::task::spawn_blocking(|| services("stop"))
             .await
             .unwrap();
         assert!(ok, "dev/services stop kafka failed: {out}");
+        let addr = bootstrap
+            .split(',')
+            .next()
+            .and_then(|a| a.to_socket_addrs().ok()?.next())
+            .unwrap_or_else(|| panic!("cannot resolve the broker address {bootstrap}"));
+        let down = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err();
+        assert!(
+            down,
+            "the broker at {bootstrap} still answers after `dev/services stop kafka`: it was \
+             started by another checkout's dev/services, whose broker this checkout does not \
+             stop; stop it there (`dev/services stop kafka`) and run the test again"
+        );
     }
 
     async fn start(&mut self) {
@@ -158,7 +171,7 @@ async fn relay_survives_a_broker_outage_without_losing_messages() {
     );
 
     // The broker goes away; the application keeps writing for ~5 s.
-    broker.stop().await;
+    broker.stop(&bootstrap).await;
     let outage_started = Instant::now();
     let mut enqueued_during = 0;
     while outage_started.elapsed() < Duration::from_secs(5) {
