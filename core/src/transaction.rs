@@ -227,7 +227,7 @@ impl Transaction {
             TxState::Sqlite(tx) => tx.commit().await?,
         }
         if self.enqueued.load(std::sync::atomic::Ordering::Acquire) {
-            self.store.outbox_changed();
+            self.store.wake_relays();
         }
         Ok(())
     }

@@ -118,14 +118,7 @@ impl Wake {
         };
         pg.announcer_started.call_once(|| {
             let task = announce(pg.pool.clone(), pg.channels.clone(), pg.announcer.clone());
-            let shutdown = pg.shutdown.clone();
-            runtime.spawn(async move {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => {}
-                    _ = task => {}
-                }
-            });
+            spawn_until(&runtime, &pg.shutdown, task);
         });
         pg.announcer.signal.notify_one();
     }
@@ -145,16 +138,25 @@ impl Wake {
                 self.log.clone(),
                 pg.announcer.clone(),
             );
-            let shutdown = pg.shutdown.clone();
-            runtime.spawn(async move {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => {}
-                    _ = task => {}
-                }
-            });
+            spawn_until(&runtime, &pg.shutdown, task);
         });
     }
+}
+
+/// Runs `task` on `runtime` until it ends or the store shuts down.
+fn spawn_until(
+    runtime: &tokio::runtime::Handle,
+    shutdown: &CancellationToken,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.clone();
+    runtime.spawn(async move {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {}
+            _ = task => {}
+        }
+    });
 }
 
 /// Sends the pending NOTIFYs, one short transaction at a time on a

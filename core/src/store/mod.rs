@@ -419,10 +419,6 @@ impl Store {
         self.inner.wake.log()
     }
 
-    pub(crate) fn outbox_changed(&self) {
-        self.inner.wake.outbox_changed();
-    }
-
     /// Tells relays that outbox rows were committed: those of this process at
     /// once and, on PostgreSQL, those of other processes through a NOTIFY.
     /// relaybox does this itself after its own commits; call it after
@@ -474,22 +470,14 @@ impl Store {
 
     /// The partition count, read once from the lease table.
     pub async fn partitions(&self) -> Result<u32> {
-        self.inner
-            .partitions
-            .get_or_try_init(|| async {
-                let n = match self.pool()? {
-                    Pool::Postgres(pool, sql) => postgres::partition_count(pool, sql).await,
-                    Pool::Sqlite(pool, sql) => sqlite::partition_count(pool, sql).await,
-                }?;
-                if n == 0 {
-                    return Err(Error::Schema {
-                        reason: "the lease table is empty; run `relaybox migrate` (Store::migrate) first".into(),
-                    });
-                }
-                Ok(n)
-            })
-            .await
-            .copied()
+        if let Some(n) = self.cached_partitions() {
+            return Ok(n);
+        }
+        let n = match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::partition_count(pool, sql).await,
+            Pool::Sqlite(pool, sql) => sqlite::partition_count(pool, sql).await,
+        }?;
+        self.cache_partitions(n)
     }
 
     /// Checks the store is open and every message is valid; nothing is written.
@@ -525,15 +513,8 @@ impl Store {
 
     /// Validates messages and computes their partitions; nothing is written.
     pub(crate) async fn prepare(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        self.check_open()?;
-        for m in messages {
-            self.inner.limits.check(m)?;
-        }
-        let n = self.partitions().await?;
-        Ok(messages
-            .iter()
-            .map(|m| partition::partition_for(m.key.as_deref(), &m.id, n))
-            .collect())
+        self.validate_messages(messages)?;
+        Ok(Store::place(messages, self.partitions().await?))
     }
 
     /// Writes `message` to the outbox through `conn`: your own sqlx transaction
@@ -803,8 +784,7 @@ impl Store {
         attempts: u32,
         error: &str,
     ) -> Result<()> {
-        let n = self.partitions().await?;
-        let partition = partition::partition_for(message.key.as_deref(), &message.id, n);
+        let partition = Store::place(std::slice::from_ref(message), self.partitions().await?)[0];
         let origin = format!("consumer:{group}");
         match self.pool()? {
             Pool::Postgres(pool, sql) => {
