@@ -288,9 +288,13 @@ async fn as_many_transactions_as_pooled_connections_can_enqueue(backend: Backend
         .await;
     let first = store.begin().await.expect("first transaction");
     let other = store.clone();
+    // The second transaction holds its connection until the first has
+    // enqueued and committed, so the first enqueues with the pool fully used.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
     let second = tokio::spawn(async move {
         // On SQLite this waits for the first transaction's write lock.
         let tx = other.begin().await?;
+        let _ = released.await;
         tx.enqueue(Message::new("orders", b"second".to_vec()).with_key("b"))
             .await?;
         tx.commit().await
@@ -307,6 +311,7 @@ async fn as_many_transactions_as_pooled_connections_can_enqueue(backend: Backend
         .await
         .expect("enqueue in the first transaction while the pool is fully used");
     first.commit().await.expect("commit the first transaction");
+    release.send(()).expect("the second transaction is waiting");
     second
         .await
         .unwrap()
