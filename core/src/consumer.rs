@@ -26,11 +26,32 @@ use crate::transaction::Transaction;
 /// through it and your writes commit atomically with "processed".
 ///
 /// Return `Err` to retry (with backoff, up to `max_retries`), after which the
-/// message goes to dead letters. A panic counts as an error.
+/// message goes to dead letters; return a boxed [`Rejected`] to dead-letter it
+/// at once. A panic counts as an error.
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message.
     async fn handle(&self, message: Message, tx: Transaction) -> std::result::Result<(), BoxError>;
+}
+
+/// A handler error that sends the message to dead letters at once, without
+/// retries: return it (boxed) when the message itself can never be handled,
+/// e.g. it fails schema validation. `reason` is recorded as the dead letter's
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Rejected {
+    /// Why the message cannot be handled.
+    pub reason: String,
+}
+
+impl Rejected {
+    /// A rejection for `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Rejected {
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A [`Handler`] made from an async closure.
@@ -354,6 +375,13 @@ impl Worker {
                     self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
+                Ok(Attempt::Rejected(error)) => {
+                    failures += 1;
+                    tracing::warn!(id = %message.id, group = %group, error = %error, "relaybox message rejected by its handler; dead-lettered");
+                    self.dead_letter(delivery, failures, &error).await?;
+                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Ok(Attempt::HandlerFailed(error)) => {
                     failures += 1;
                     if failures > self.config.max_retries {
@@ -419,12 +447,16 @@ impl Worker {
                     Err(e) => Err(e),
                 };
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(panic) => Error::from_panic(panic).to_string(),
+            Ok(Err(e)) => match e.downcast::<Rejected>() {
+                Ok(rejected) => Err(rejected.reason),
+                Err(e) => Ok(e.to_string()),
+            },
+            Err(panic) => Ok(Error::from_panic(panic).to_string()),
         };
-        match tx.rollback().await {
-            Ok(()) | Err(Error::Closed { .. }) => Ok(Attempt::HandlerFailed(error)),
-            Err(e) => Err(e),
+        match (tx.rollback().await, error) {
+            (Ok(()) | Err(Error::Closed { .. }), Ok(failed)) => Ok(Attempt::HandlerFailed(failed)),
+            (Ok(()) | Err(Error::Closed { .. }), Err(rejected)) => Ok(Attempt::Rejected(rejected)),
+            (Err(e), _) => Err(e),
         }
     }
 
@@ -475,6 +507,7 @@ enum Attempt {
     Done,
     Duplicate,
     HandlerFailed(String),
+    Rejected(String),
 }
 
 #[cfg(test)]

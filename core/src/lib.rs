@@ -31,7 +31,7 @@ pub mod validate;
 pub mod value;
 mod wake;
 
-pub use consumer::{handler_fn, Consumer, ConsumerConfig, ConsumerStats, Handler};
+pub use consumer::{handler_fn, Consumer, ConsumerConfig, ConsumerStats, Handler, Rejected};
 pub use error::{BoxError, Error, Result};
 pub use message::Message;
 pub use redact::DatabaseUrl;

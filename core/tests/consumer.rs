@@ -533,3 +533,64 @@ async fn handler_enqueues_follow_up_events_in_its_transaction(backend: Backend) 
     );
     db.cleanup().await;
 }
+
+dialect_tests!(rejected_message_is_dead_lettered_without_retries);
+
+/// A handler returning [`relaybox::Rejected`] sends the message to dead
+/// letters at once, with the rejection's reason, and the consumer moves on.
+async fn rejected_message_is_dead_lettered_without_retries(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (topic, group) = ("events", "validator");
+    let bad = Message::new(topic, b"not json".to_vec()).with_key("k");
+    let good = Message::new(topic, b"{}".to_vec()).with_key("k");
+    db.store
+        .append_log(&[bad.clone(), good.clone()])
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let handler = handler_fn(move |m: Message, _tx: Transaction| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            if m.payload == b"not json" {
+                return Err(Box::new(relaybox::Rejected::new("payload is not JSON")) as BoxError);
+            }
+            Ok(())
+        }
+    });
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, group)).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        Arc::new(handler),
+        ConsumerConfig {
+            max_retries: 5,
+            ..consumer_config(group)
+        },
+    )
+    .unwrap();
+    wait_for("both messages settled", WAIT, async || {
+        let s = consumer.stats();
+        if s.processed == 1 && s.dead_lettered == 1 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    assert_eq!(consumer.stats().retried, 0);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the rejected one is called once"
+    );
+    let dead = db.store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, bad.id);
+    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(dead[0].last_error, "payload is not JSON");
+    db.cleanup().await;
+}
