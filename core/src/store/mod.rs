@@ -429,6 +429,18 @@ impl Store {
         self.inner.wake.outbox_changed();
     }
 
+    /// A statement to run inside your own transaction after writing outbox
+    /// rows with [`insert_statement`](Store::insert_statement): when that
+    /// transaction commits, relays of every process wake (PostgreSQL
+    /// `NOTIFY`, delivered only on commit). `None` on SQLite, where relays of
+    /// other processes find rows at their next `poll_interval`.
+    pub fn wake_statement(&self) -> Option<String> {
+        match self.dialect() {
+            Dialect::Postgres => Some(format!("NOTIFY {}outbox", self.options().table_prefix)),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// Fails with [`Error::Closed`] once [`close`](Store::close) was called.
     pub fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {

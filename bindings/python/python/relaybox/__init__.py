@@ -1,0 +1,68 @@
+"""relaybox: reliable event delivery from your database to a message broker.
+
+- :class:`Outbox` writes events in the same database transaction as your rows
+  (``with outbox.transaction() as tx``), or inside your own psycopg
+  transaction (:mod:`relaybox.psycopg`).
+- :class:`Relay` moves committed events to the broker, in order per key.
+- :class:`Consumer` handles each message once in effect, atomically with
+  your own writes.
+- :mod:`relaybox.messaging` offers the ``@event`` / ``@message_handler``
+  decorator API.
+
+All delivery logic runs in relaybox's Rust core; blocking calls release the
+GIL and every blocking call has an awaitable twin.
+"""
+
+from __future__ import annotations
+
+from . import _native
+from .consumer import Consumer, Handler, Message
+from .errors import (
+    ClosedError,
+    ConfigError,
+    HandlerError,
+    InternalError,
+    NotFoundError,
+    Reject,
+    RelayboxError,
+    SchemaError,
+    StoreError,
+    TimeoutError,
+    TransportError,
+    ValidationError,
+)
+from .outbox import AsyncTransaction, Outbox, Transaction, TransactionScope, current_transaction
+from .relay import Relay
+from .transport import Kafka, Transport
+
+__version__: str = _native.__version__
+
+schema_sql = _native.schema_sql
+"""``schema_sql(dialect, table_prefix="relaybox_", partitions=16)``: the schema as plain SQL."""
+
+__all__ = [
+    "AsyncTransaction",
+    "ClosedError",
+    "ConfigError",
+    "Consumer",
+    "Handler",
+    "HandlerError",
+    "InternalError",
+    "Kafka",
+    "Message",
+    "NotFoundError",
+    "Outbox",
+    "Reject",
+    "Relay",
+    "RelayboxError",
+    "SchemaError",
+    "StoreError",
+    "TimeoutError",
+    "Transaction",
+    "TransactionScope",
+    "Transport",
+    "TransportError",
+    "ValidationError",
+    "current_transaction",
+    "schema_sql",
+]

@@ -1,0 +1,102 @@
+"""The relay: moves committed outbox rows to the broker, in order per key."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from . import _native, _settings
+from .outbox import Outbox
+from .transport import Transport, transport_json
+
+__all__ = ["Relay"]
+
+
+class Relay:
+    """A relay running on relaybox's own threads (it never holds the GIL while it waits).
+
+    ``Relay(outbox, transport=...)`` is created stopped; :meth:`start` it, or
+    use it as a context manager (``with`` or ``async with``), which stops it
+    on exit. Several relays (threads, processes, hosts) share the work through
+    partition leases. Durations are in seconds.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        transport: Transport = None,
+        *,
+        batch_size: Optional[int] = None,
+        poll_interval: Optional[float] = None,
+        lease_ttl: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        backoff_initial: Optional[float] = None,
+        backoff_max: Optional[float] = None,
+        publish_timeout: Optional[float] = None,
+        retention: Optional[float] = None,
+        instance_id: Optional[str] = None,
+        concurrency: Optional[int] = None,
+    ) -> None:
+        self._outbox = outbox
+        self._transport = transport_json(transport)
+        self._config = _settings.to_json(
+            {
+                "batch_size": batch_size,
+                "poll_interval": poll_interval,
+                "lease_ttl": lease_ttl,
+                "max_attempts": max_attempts,
+                "backoff_initial": backoff_initial,
+                "backoff_max": backoff_max,
+                "publish_timeout": publish_timeout,
+                "retention": retention,
+                "instance_id": instance_id,
+                "concurrency": concurrency,
+            }
+        )
+        self._native: Optional[_native.Relay] = None
+
+    def start(self) -> Relay:
+        """Start relaying (settings are validated here); return ``self``."""
+        if self._native is None or not self._native.running:
+            self._native = _native.Relay.start(self._outbox._store, self._transport, self._config)
+        return self
+
+    def stop(self) -> None:
+        """Finish the batch in flight, hand the partitions over, and stop."""
+        if self._native is not None:
+            self._native.stop()
+
+    async def stop_async(self) -> None:
+        """:meth:`stop` without blocking the event loop."""
+        if self._native is not None:
+            await self._native.stop_async()
+
+    @property
+    def running(self) -> bool:
+        """Whether the relay is running."""
+        return self._native is not None and self._native.running
+
+    @property
+    def owner(self) -> Optional[str]:
+        """This relay's instance id, once started."""
+        return None if self._native is None else self._native.owner
+
+    def stats(self) -> dict[str, int]:
+        """Counters: delivered, retried, dead_lettered, batches, partitions_held."""
+        if self._native is None:
+            return dict.fromkeys(
+                ("delivered", "retried", "dead_lettered", "batches", "partitions_held"), 0
+            )
+        stats: dict[str, int] = self._native.stats()
+        return stats
+
+    def __enter__(self) -> Relay:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Relay:
+        return self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_async()

@@ -1,0 +1,103 @@
+//! `relaybox._native.Consumer`: the idempotent consumer calling a Python
+//! callable for each message, on a blocking thread of the core's runtime so
+//! the runtime's workers never wait on the GIL.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use relaybox::{
+    BoxError, Consumer, ConsumerConfig, Handler, Message, Transaction, TransportConfig,
+};
+
+use crate::bridge::{awaitable, blocking, none};
+use crate::error::{handler_error, IntoPyResult};
+use crate::message::PyMessage;
+use crate::relay::parse_json;
+use crate::store::PyStore;
+use crate::transaction::PyTransaction;
+
+/// Calls `callable(message, transaction)`; an exception fails the attempt.
+struct PyHandler {
+    callable: Arc<Py<PyAny>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for PyHandler {
+    async fn handle(&self, message: Message, tx: Transaction) -> Result<(), BoxError> {
+        let callable = self.callable.clone();
+        tokio::task::spawn_blocking(move || {
+            Python::attach(|py| {
+                let message = Py::new(py, PyMessage(message)).map_err(|e| handler_error(py, e))?;
+                let tx = Py::new(py, PyTransaction(tx)).map_err(|e| handler_error(py, e))?;
+                callable
+                    .call1(py, (message, tx))
+                    .map(drop)
+                    .map_err(|e| handler_error(py, e))
+            })
+        })
+        .await
+        .map_err(|e| -> BoxError { format!("the Python handler did not finish: {e}").into() })?
+    }
+}
+
+/// A running consumer.
+#[pyclass(frozen, module = "relaybox._native", name = "Consumer")]
+pub struct PyConsumer(Arc<Consumer>);
+
+#[pymethods]
+impl PyConsumer {
+    /// Starts consuming `topic` from the transport (JSON) with the consumer
+    /// settings (a JSON object with at least `group`), calling
+    /// `handler(message, transaction)` for each message.
+    #[staticmethod]
+    fn start(
+        store: &PyStore,
+        transport_json: &str,
+        topic: &str,
+        config_json: &str,
+        handler: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let transport =
+            TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
+        let config = ConsumerConfig::from_json(parse_json("consumer config", config_json)?).py()?;
+        let runtime = relaybox::runtime::runtime();
+        let _entered = runtime.enter();
+        let source = transport.source(&store.0, topic, &config.group).py()?;
+        let handler = Arc::new(PyHandler {
+            callable: Arc::new(handler),
+        });
+        Consumer::start(store.0.clone(), source, handler, config)
+            .map(|consumer| PyConsumer(Arc::new(consumer)))
+            .py()
+    }
+
+    /// Whether it is still running.
+    #[getter]
+    fn running(&self) -> bool {
+        self.0.is_running()
+    }
+
+    /// Counters: processed, duplicates, retried, dead_lettered.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.0.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("processed", s.processed)?;
+        dict.set_item("duplicates", s.duplicates)?;
+        dict.set_item("retried", s.retried)?;
+        dict.set_item("dead_lettered", s.dead_lettered)?;
+        Ok(dict)
+    }
+
+    /// Finishes and acknowledges the messages in flight, then stops.
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        let consumer = self.0.clone();
+        blocking(py, async move { consumer.shutdown().await })
+    }
+
+    /// `stop`, as an awaitable.
+    fn stop_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let consumer = self.0.clone();
+        awaitable(py, async move { consumer.shutdown().await }, none)
+    }
+}

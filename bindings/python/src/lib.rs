@@ -1,0 +1,57 @@
+//! `relaybox._native`: the thin pyo3 layer under the `relaybox` Python
+//! package. It converts values, maps errors to `relaybox.errors` and bridges
+//! the core's async calls to blocking (GIL released) and awaitable forms; all
+//! delivery logic is in the `relaybox` crate.
+
+mod bridge;
+mod consumer;
+mod convert;
+mod error;
+mod message;
+mod relay;
+mod store;
+mod transaction;
+
+use pyo3::prelude::*;
+
+use crate::error::IntoPyResult;
+
+/// The schema of `dialect` (`"postgres"` or `"sqlite"`) as plain SQL, for
+/// users who apply migrations with their own tool.
+#[pyfunction]
+#[pyo3(signature = (dialect, table_prefix="relaybox_", partitions=16))]
+fn schema_sql(dialect: &str, table_prefix: &str, partitions: u32) -> PyResult<String> {
+    let dialect: relaybox::Dialect = dialect.parse().py()?;
+    relaybox::schema::schema_sql(dialect, table_prefix, partitions).py()
+}
+
+/// Parses a message from its canonical JSON form.
+#[pyfunction]
+fn message_from_canonical_json(text: &str) -> PyResult<message::PyMessage> {
+    relaybox::Message::from_canonical_json(text)
+        .map(message::PyMessage)
+        .py()
+}
+
+/// The message a spec dict describes, validated against the default limits,
+/// in canonical JSON (what `enqueue` would store).
+#[pyfunction]
+fn canonical_json_of(spec: &Bound<'_, pyo3::types::PyDict>) -> PyResult<String> {
+    let message = convert::message_from_spec(spec)?;
+    message.validate(&relaybox::Limits::default()).py()?;
+    Ok(message.to_canonical_json())
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<store::PyStore>()?;
+    m.add_class::<transaction::PyTransaction>()?;
+    m.add_class::<relay::PyRelay>()?;
+    m.add_class::<consumer::PyConsumer>()?;
+    m.add_class::<message::PyMessage>()?;
+    m.add_function(wrap_pyfunction!(schema_sql, m)?)?;
+    m.add_function(wrap_pyfunction!(message_from_canonical_json, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_json_of, m)?)?;
+    Ok(())
+}
