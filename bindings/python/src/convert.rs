@@ -143,8 +143,8 @@ pub fn params_to_py<'py>(py: Python<'py>, params: &[Value]) -> PyResult<Bound<'p
 
 /// A message from the keyword form the Python package builds:
 /// `topic`, `payload` (bytes), and optional `key`, `type`, `content_type`,
-/// `headers` (str → str), `delay` (seconds), `available_at` (aware datetime),
-/// `id` (a UUID string).
+/// `headers` (str → str), `delay` (seconds), `created_at` and `available_at`
+/// (aware datetimes), `id` (a UUID string).
 pub fn message_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Message> {
     let topic: String = required(spec, "topic")?;
     let payload: Vec<u8> = match spec.get_item("payload")? {
@@ -180,6 +180,12 @@ pub fn message_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Message> {
             }));
         }
         message = message.delayed_by(std::time::Duration::from_secs_f64(delay));
+    }
+    if let Some(at) = spec.get_item("created_at")?.filter(|v| !v.is_none()) {
+        let at = aware_datetime(&at)?;
+        let delay = message.available_at - message.created_at;
+        message.created_at = at;
+        message.available_at = at + delay;
     }
     if let Some(at) = spec.get_item("available_at")?.filter(|v| !v.is_none()) {
         message = message.available_at(aware_datetime(&at)?);

@@ -42,6 +42,44 @@ fn canonical_json_of(spec: &Bound<'_, pyo3::types::PyDict>) -> PyResult<String> 
     Ok(message.to_canonical_json())
 }
 
+/// The outbox partition of a message key among `partitions` (CRC-32 of the
+/// key, modulo the count), as every relaybox language computes it.
+#[pyfunction]
+fn partition_for_key(key: &str, partitions: u32) -> PyResult<u32> {
+    if partitions == 0 {
+        return Err(error::to_py(relaybox::Error::InvalidValue {
+            reason: "partitions must be at least 1".into(),
+        }));
+    }
+    Ok(relaybox::partition::partition_for(
+        Some(key),
+        &uuid::Uuid::nil(),
+        partitions,
+    ))
+}
+
+/// Panics inside the core's runtime, for tests that check a panic reaches
+/// Python as `relaybox.InternalError`; `awaitable` selects the async path.
+#[pyfunction]
+#[pyo3(signature = (message, awaitable=false))]
+fn _panic_for_tests<'py>(
+    py: Python<'py>,
+    message: String,
+    awaitable: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let fail = async move {
+        if !message.is_empty() {
+            panic!("{message}");
+        }
+        Ok(())
+    };
+    if awaitable {
+        bridge::awaitable(py, fail, bridge::none)
+    } else {
+        bridge::blocking(py, fail).map(|()| py.None().into_bound(py))
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -53,5 +91,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(schema_sql, m)?)?;
     m.add_function(wrap_pyfunction!(message_from_canonical_json, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_json_of, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_for_key, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     Ok(())
 }

@@ -15,7 +15,7 @@ GIL and every blocking call has an awaitable twin.
 
 from __future__ import annotations
 
-from . import _native
+from . import _native, psycopg
 from .consumer import Consumer, Handler, Message
 from .errors import (
     ClosedError,
@@ -64,5 +64,6 @@ __all__ = [
     "TransportError",
     "ValidationError",
     "current_transaction",
+    "psycopg",
     "schema_sql",
 ]

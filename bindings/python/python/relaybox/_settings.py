@@ -29,8 +29,10 @@ def to_json(settings: dict[str, Any]) -> str:
             continue
         if isinstance(value, _dt.timedelta):
             value = value.total_seconds()
-        if name in DURATION_FIELDS and isinstance(value, (int, float)) and not isinstance(
-            value, bool
+        if (
+            name in DURATION_FIELDS
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
         ):
             value = f"{round(value * 1000)}ms"
         out[name] = value

@@ -120,9 +120,7 @@ class Consumer:
         if not self._is_async:
             result = self._handler(message, Transaction(tx))  # type: ignore[arg-type]
             if inspect.isawaitable(result):
-                raise TypeError(
-                    "the handler returned an awaitable; declare it with `async def`"
-                )
+                raise TypeError("the handler returned an awaitable; declare it with `async def`")
             return
         assert self._loop is not None
         coroutine = self._handler(message, AsyncTransaction(tx))  # type: ignore[arg-type]

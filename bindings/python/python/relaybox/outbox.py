@@ -127,7 +127,8 @@ class Outbox:
         """A transaction for ``with`` (yields :class:`Transaction`) or ``async with``.
 
         ``async with`` yields an :class:`AsyncTransaction`. The block commits
-        when it exits normally and rolls back when it raises.
+        when it exits normally and rolls back when it raises, unless the
+        transaction was already committed or rolled back inside it.
         """
         return TransactionScope(self)
 
@@ -390,9 +391,7 @@ class AsyncTransaction:
 
     async def enqueue_batch(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
         """Write many messages in one statement (all or none); return their ids."""
-        ids: list[str] = await self._tx.enqueue_batch_async(
-            [message_spec(**m) for m in messages]
-        )
+        ids: list[str] = await self._tx.enqueue_batch_async([message_spec(**m) for m in messages])
         return ids
 
     async def commit(self) -> None:
@@ -426,6 +425,8 @@ class TransactionScope:
     ) -> None:
         assert self._sync is not None and self._token is not None
         _current.reset(self._token)
+        if self._sync._tx.is_finished():
+            return
         if exc_type is None:
             self._sync.commit()
         else:
@@ -444,6 +445,8 @@ class TransactionScope:
     ) -> None:
         assert self._async is not None and self._token is not None
         _current.reset(self._token)
+        if self._async._tx.is_finished():
+            return
         if exc_type is None:
             await self._async.commit()
         else:

@@ -1,0 +1,147 @@
+"""The outbox from Python: commit vs. rollback, sync and async, payload forms."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+import psycopg
+import pydantic
+import pytest
+from conftest import count
+
+import relaybox
+
+
+def outbox_rows(pg: psycopg.Connection[Any], prefix: str) -> list[tuple[Any, ...]]:
+    return pg.execute(
+        f"SELECT topic, key, type, payload, content_type, headers FROM {prefix}outbox ORDER BY seq"
+    ).fetchall()
+
+
+def test_commit_writes_rows_and_events_together(
+    outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str
+) -> None:
+    pg.execute(f"CREATE TABLE {prefix}orders (id bigint PRIMARY KEY)")
+    with outbox.transaction() as tx:
+        assert tx.execute(f"INSERT INTO {prefix}orders (id) VALUES ($1)", [7]) == 1
+        message_id = tx.enqueue(
+            "orders", {"id": 7}, key=7, type="OrderPlaced", headers={"source": "shop"}
+        )
+    assert count(pg, f"{prefix}orders") == 1
+    rows = outbox_rows(pg, prefix)
+    assert len(rows) == 1
+    topic, key, event_type, payload, content_type, headers = rows[0]
+    assert (topic, key, event_type) == ("orders", "7", "OrderPlaced")
+    assert json.loads(bytes(payload)) == {"id": 7}
+    assert content_type == "application/json"
+    assert headers == {"source": "shop"}
+    assert len(message_id) == 36
+
+
+def test_exception_in_block_rolls_back_rows_and_events(
+    outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str
+) -> None:
+    pg.execute(f"CREATE TABLE {prefix}orders (id bigint PRIMARY KEY)")
+    with pytest.raises(RuntimeError, match="checkout failed"):
+        with outbox.transaction() as tx:
+            tx.execute(f"INSERT INTO {prefix}orders (id) VALUES ($1)", [8])
+            tx.enqueue("orders", {"id": 8})
+            raise RuntimeError("checkout failed")
+    assert count(pg, f"{prefix}orders") == 0
+    assert outbox.pending_count() == 0
+
+
+def test_async_transaction_commits_and_rolls_back(
+    outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str
+) -> None:
+    async def scenario() -> None:
+        async with outbox.transaction() as tx:
+            await tx.enqueue("orders", {"n": 1})
+            rows = await tx.query("SELECT 1 + $1::int AS two", [1])
+            assert rows == [{"two": 2}]
+        with pytest.raises(ValueError):
+            async with outbox.transaction() as tx:
+                await tx.enqueue("orders", {"n": 2})
+                raise ValueError("no")
+
+    asyncio.run(scenario())
+    assert [json.loads(bytes(r[3])) for r in outbox_rows(pg, prefix)] == [{"n": 1}]
+
+
+def test_open_async_and_enqueue_async(pg_url: str, prefix: str) -> None:
+    async def scenario() -> int:
+        box = await relaybox.Outbox.open(pg_url, migrate=True, table_prefix=prefix)
+        async with box:
+            await box.enqueue_async("orders", b"\x00\x01")
+            return box.pending_count()
+
+    assert asyncio.run(scenario()) == 1
+
+
+class Order(pydantic.BaseModel):
+    id: int
+    total: float
+
+
+@dataclasses.dataclass
+class Shipped:
+    order_id: int
+
+
+def test_payload_forms(outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str) -> None:
+    with outbox.transaction() as tx:
+        tx.enqueue("t", b"\xff\x00raw")
+        tx.enqueue("t", "héllo")
+        tx.enqueue("t", Order(id=1, total=9.5))
+        tx.enqueue("t", Shipped(order_id=3))
+        tx.enqueue("t", [1, "two", None])
+    got = [(bytes(r[3]), r[4]) for r in outbox_rows(pg, prefix)]
+    assert got == [
+        (b"\xff\x00raw", "application/octet-stream"),
+        ("héllo".encode(), "text/plain; charset=utf-8"),
+        (b'{"id":1,"total":9.5}', "application/json"),
+        (b'{"order_id":3}', "application/json"),
+        (b'[1,"two",null]', "application/json"),
+    ]
+
+
+def test_enqueue_batch_is_all_or_nothing(outbox: relaybox.Outbox) -> None:
+    with outbox.transaction() as tx:
+        ids = tx.enqueue_batch(
+            [{"topic": "t", "payload": {"i": i}, "key": f"k{i % 3}"} for i in range(500)]
+        )
+    assert len(set(ids)) == 500
+    assert outbox.pending_count() == 500
+    with pytest.raises(relaybox.ValidationError):
+        with outbox.transaction() as tx:
+            tx.enqueue_batch([{"topic": "t", "payload": 1}, {"topic": "bad topic", "payload": 2}])
+    assert outbox.pending_count() == 500
+
+
+def test_sqlite_outbox_round_trip(sqlite_outbox: relaybox.Outbox) -> None:
+    with sqlite_outbox.transaction() as tx:
+        tx.execute("CREATE TABLE IF NOT EXISTS notes (body TEXT)")
+        tx.execute("INSERT INTO notes (body) VALUES (?1)", ["hi"])
+        tx.enqueue("notes", {"body": "hi"})
+    assert sqlite_outbox.dialect == "sqlite"
+    assert sqlite_outbox.pending_count() == 1
+    with sqlite_outbox.transaction() as tx:
+        assert tx.query("SELECT body FROM notes") == [{"body": "hi"}]
+
+
+def test_delayed_message_waits(
+    outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str
+) -> None:
+    outbox.enqueue("t", b"later", delay=3600)
+    row = pg.execute(f"SELECT available_at - created_at FROM {prefix}outbox").fetchone()
+    assert row is not None and row[0].total_seconds() == pytest.approx(3600, abs=1)
+
+
+def test_url_is_redacted(pg_url: str, prefix: str) -> None:
+    url = pg_url.replace("postgres@", "postgres:s3cret-pw@")
+    with relaybox.Outbox(url, table_prefix=prefix) as box:
+        assert "s3cret-pw" not in box.url
+        assert "s3cret-pw" not in repr(box)
