@@ -58,6 +58,57 @@ fn partition_for_key(key: &str, partitions: u32) -> PyResult<u32> {
     ))
 }
 
+/// Benchmark baseline: the same enqueue workload as the Python benchmark,
+/// run by the Rust core alone (`tasks` concurrent tasks, `per_tx` messages of
+/// `payload_bytes` per transaction, `total` in all). Returns the seconds taken.
+#[pyfunction]
+fn _bench_enqueue_rust(
+    py: Python<'_>,
+    store: &store::PyStore,
+    total: usize,
+    per_tx: usize,
+    tasks: usize,
+    payload_bytes: usize,
+) -> PyResult<f64> {
+    let store = store.0.clone();
+    bridge::blocking(py, async move {
+        let started = std::time::Instant::now();
+        let per_task = total / tasks.max(1);
+        let runs = (0..tasks.max(1)).map(|task| {
+            let store = store.clone();
+            relaybox::runtime::spawn(async move {
+                let payload = vec![b'x'; payload_bytes];
+                let mut written = 0;
+                while written < per_task {
+                    let n = per_tx.min(per_task - written);
+                    let batch: Vec<relaybox::Message> = (0..n)
+                        .map(|i| {
+                            relaybox::Message::new("bench", payload.clone())
+                                .with_key(format!("k{}", (task * per_task + written + i) % 64))
+                        })
+                        .collect();
+                    let tx = store.begin().await?;
+                    if n == 1 {
+                        tx.enqueue(batch.into_iter().next().expect("one message"))
+                            .await?;
+                    } else {
+                        tx.enqueue_batch(&batch).await?;
+                    }
+                    tx.commit().await?;
+                    written += n;
+                }
+                Ok::<(), relaybox::Error>(())
+            })
+        });
+        for run in futures::future::join_all(runs).await {
+            run.map_err(|e| relaybox::Error::Internal {
+                message: e.to_string(),
+            })??;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    })
+}
+
 /// Panics inside the core's runtime, for tests that check a panic reaches
 /// Python as `relaybox.InternalError`; `awaitable` selects the async path.
 #[pyfunction]
@@ -93,5 +144,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(canonical_json_of, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for_key, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_enqueue_rust, m)?)?;
     Ok(())
 }
