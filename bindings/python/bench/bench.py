@@ -1,5 +1,6 @@
-"""Python binding benchmark: enqueue rate from Python next to the same workload
-run by the Rust core alone, and consumer handler throughput.
+"""Python binding benchmark: enqueue from Python next to the same in Rust.
+
+Also measures consumer handler throughput.
 
 Run with ``dev/bench python`` (release build). Prints figures; asserts nothing.
 """
@@ -23,6 +24,7 @@ TASKS = 4
 
 
 def python_enqueue(box: relaybox.Outbox, total: int, per_tx: int) -> float:
+    """Enqueue ``total`` messages from Python threads; return the seconds taken."""
     per_thread = total // TASKS
 
     def work(thread: int) -> None:
@@ -55,12 +57,14 @@ def python_enqueue(box: relaybox.Outbox, total: int, per_tx: int) -> float:
 
 
 def reset(url: str, prefix: str) -> None:
+    """Empty the outbox between runs."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {prefix}outbox")
         conn.execute("CHECKPOINT")
 
 
 def drop(url: str, prefix: str) -> None:
+    """Drop the benchmark's tables."""
     with psycopg.connect(url, autocommit=True) as conn:
         for (table,) in conn.execute(
             "SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (prefix + "%",)
@@ -69,6 +73,7 @@ def drop(url: str, prefix: str) -> None:
 
 
 def consumer_throughput(box: relaybox.Outbox, n: int, asynchronous: bool) -> float:
+    """Relay ``n`` messages, then time a Python consumer handling them; return msg/s."""
     topic = f"bench-{uuid.uuid4().hex[:6]}"
     with box.transaction() as tx:
         for start in range(0, n, 1000):
@@ -107,6 +112,7 @@ def consumer_throughput(box: relaybox.Outbox, n: int, asynchronous: bool) -> flo
 
 
 def main() -> int:
+    """Run every section and print the figures."""
     url = os.environ.get("RELAYBOX_TEST_DATABASE_URL")
     if not url:
         print("RELAYBOX_TEST_DATABASE_URL is not set (dev/bench python sets it)", file=sys.stderr)
