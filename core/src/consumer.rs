@@ -1,6 +1,8 @@
-//! The idempotent consumer: for each delivery, one database transaction holds
-//! the inbox row and the handler's own writes; duplicates are acknowledged
-//! and skipped; failures retry with backoff, then go to dead letters.
+//! The idempotent consumer: for each delivery, one database transaction (or
+//! one savepoint of a transaction shared by consecutive deliveries of a lane)
+//! holds the inbox row and the handler's own writes; duplicates are
+//! acknowledged and skipped; failures retry with backoff, then go to dead
+//! letters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -25,7 +27,13 @@ use crate::store::Store;
 use crate::transaction::Transaction;
 
 /// User code run once per message. The transaction holds the inbox row: write
-/// through it and your writes commit atomically with "processed".
+/// through it and your writes commit atomically with "processed". Do not
+/// commit or roll it back yourself.
+///
+/// Consecutive messages of a lane may share one transaction, each inside a
+/// savepoint of its own: a failing message is rolled back to its savepoint
+/// alone, and the row locks a handler takes are held until the shared
+/// transaction commits.
 ///
 /// Return `Err` to retry (with backoff, up to `max_retries`), after which the
 /// message goes to dead letters; return a boxed [`Rejected`] to dead-letter it
@@ -542,26 +550,66 @@ impl Worker {
         }
     }
 
-    /// Processes consecutive deliveries of one lane, reporting each as it settles.
+    /// Processes consecutive deliveries of one lane, reporting each as it
+    /// settles: several at a time in one transaction, one savepoint each;
+    /// a message whose handler fails goes on alone (retries, dead letters),
+    /// and when the shared transaction itself fails, its messages are
+    /// processed again one at a time.
     async fn process_run(
         &self,
         run: &[Delivery],
         settled: &mpsc::UnboundedSender<AckToken>,
     ) -> std::result::Result<(), Interrupted> {
-        for d in run {
-            self.process(d).await?;
-            let _ = settled.send(d.ack);
+        let mut rest = run;
+        while let Some(first) = rest.first() {
+            if rest.len() == 1 {
+                self.process(first, None).await?;
+                let _ = settled.send(first.ack);
+                return Ok(());
+            }
+            let shared = self.attempt_shared(rest).await;
+            for d in &rest[..shared.committed] {
+                let _ = settled.send(d.ack);
+            }
+            rest = &rest[shared.committed..];
+            match shared.then {
+                Then::Continue => {}
+                Then::Retry(failed) => {
+                    self.process(&rest[0], Some(failed)).await?;
+                    let _ = settled.send(rest[0].ack);
+                    rest = &rest[1..];
+                }
+                Then::OneByOne(n, error) => {
+                    tracing::debug!(messages = n, error = %error, "relaybox consumer transaction failed; processing its messages one at a time");
+                    for d in &rest[..n] {
+                        self.process(d, None).await?;
+                        let _ = settled.send(d.ack);
+                    }
+                    rest = &rest[n..];
+                }
+            }
         }
         Ok(())
     }
 
-    async fn process(&self, delivery: &Delivery) -> std::result::Result<(), Interrupted> {
+    /// Processes one message in transactions of its own until it is
+    /// committed, skipped or dead-lettered. `first` is the outcome of an
+    /// attempt already made.
+    async fn process(
+        &self,
+        delivery: &Delivery,
+        mut first: Option<Attempt>,
+    ) -> std::result::Result<(), Interrupted> {
         let message = &delivery.message;
         let group = &self.config.group;
         let mut failures = 0u32;
         let mut infra_streak = 0u32;
         loop {
-            match self.attempt(message).await {
+            let attempt = match first.take() {
+                Some(attempt) => Ok(attempt),
+                None => self.attempt(message).await,
+            };
+            match attempt {
                 Ok(Attempt::Done) => {
                     self.counters.processed.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
@@ -609,6 +657,95 @@ impl Worker {
         }
     }
 
+    /// Handles the messages of `run` in order in one transaction, each inside
+    /// its own savepoint (inbox row + handler writes), and commits. Stops at
+    /// the first message whose handler fails, after rolling back to its
+    /// savepoint; the messages before it are committed.
+    async fn attempt_shared(&self, run: &[Delivery]) -> Shared {
+        let one_by_one = |n: usize, error: Error| Shared {
+            committed: 0,
+            then: Then::OneByOne(n.max(1), error),
+        };
+        let tx = match self.store.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return one_by_one(1, e),
+        };
+        let (mut done, mut duplicates) = (0usize, 0u64);
+        let mut failed = None;
+        for (i, delivery) in run.iter().enumerate() {
+            let message = &delivery.message;
+            if let Err(e) = tx.message_savepoint(i > 0).await {
+                return one_by_one(i, e);
+            }
+            match tx.inbox_insert(&self.config.group, message.id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    duplicates += 1;
+                    done += 1;
+                    continue;
+                }
+                Err(e) => return one_by_one(i + 1, e),
+            }
+            let outcome = self.run_handler(message, &tx).await;
+            if tx.is_finished().await {
+                // The handler committed or rolled back the shared transaction:
+                // which of the messages before it took effect is unknown.
+                return one_by_one(
+                    i + 1,
+                    Error::internal(
+                        "the handler committed or rolled back the consumer's transaction itself",
+                    ),
+                );
+            }
+            let failure = match outcome {
+                // The handler ignored a failed statement: PostgreSQL aborted the
+                // transaction, so its writes cannot commit.
+                None if tx.is_aborted() => Some(Attempt::HandlerFailed(
+                    "commit failed: a statement of the handler failed, so PostgreSQL aborted its transaction".into(),
+                )),
+                other => other,
+            };
+            if let Some(failure) = failure {
+                if let Err(e) = tx.rollback_to_message_savepoint().await {
+                    return one_by_one(i + 1, e);
+                }
+                failed = Some(failure);
+                break;
+            }
+            done += 1;
+        }
+        if let Err(e) = tx.commit().await {
+            // Deferred constraints fail only here, for no message in particular.
+            return one_by_one(done + usize::from(failed.is_some()), e);
+        }
+        self.counters
+            .processed
+            .fetch_add(done as u64 - duplicates, Ordering::Relaxed);
+        self.counters
+            .duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
+        Shared {
+            committed: done,
+            then: failed.map_or(Then::Continue, Then::Retry),
+        }
+    }
+
+    /// Runs the handler: None when it succeeded, else the failed attempt (a
+    /// panic is a failure).
+    async fn run_handler(&self, message: &Message, tx: &Transaction) -> Option<Attempt> {
+        let outcome = AssertUnwindSafe(self.handler.handle(message.clone(), tx.clone()))
+            .catch_unwind()
+            .await;
+        match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(match e.downcast::<Rejected>() {
+                Ok(rejected) => Attempt::Rejected(rejected.reason),
+                Err(e) => Attempt::HandlerFailed(e.to_string()),
+            }),
+            Err(panic) => Some(Attempt::HandlerFailed(Error::from_panic(panic).to_string())),
+        }
+    }
+
     async fn pause(&self, delay: Duration) -> std::result::Result<(), Interrupted> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(Interrupted),
@@ -622,36 +759,24 @@ impl Worker {
             tx.rollback().await?;
             return Ok(Attempt::Duplicate);
         }
-        let outcome = AssertUnwindSafe(self.handler.handle(message.clone(), tx.clone()))
-            .catch_unwind()
-            .await;
-        let error = match outcome {
-            Ok(Ok(())) => {
-                return match tx.commit().await {
-                    Ok(()) => Ok(Attempt::Done),
-                    // The handler finished the transaction itself: it committed or rolled back.
-                    Err(Error::Closed { .. }) => Ok(Attempt::HandlerFailed(
-                        "the handler committed or rolled back the consumer's transaction itself"
-                            .into(),
-                    )),
-                    // Deterministic failures at COMMIT (deferred constraints, an
-                    // aborted transaction) are the handler's: count them.
-                    Err(e) if !e.retryable() => {
-                        Ok(Attempt::HandlerFailed(format!("commit failed: {e}")))
-                    }
-                    Err(e) => Err(e),
-                };
-            }
-            Ok(Err(e)) => match e.downcast::<Rejected>() {
-                Ok(rejected) => Err(rejected.reason),
-                Err(e) => Ok(e.to_string()),
-            },
-            Err(panic) => Ok(Error::from_panic(panic).to_string()),
+        let Some(failure) = self.run_handler(message, &tx).await else {
+            return match tx.commit().await {
+                Ok(()) => Ok(Attempt::Done),
+                // The handler finished the transaction itself: it committed or rolled back.
+                Err(Error::Closed { .. }) => Ok(Attempt::HandlerFailed(
+                    "the handler committed or rolled back the consumer's transaction itself".into(),
+                )),
+                // Deterministic failures at COMMIT (deferred constraints, an
+                // aborted transaction) are the handler's: count them.
+                Err(e) if !e.retryable() => {
+                    Ok(Attempt::HandlerFailed(format!("commit failed: {e}")))
+                }
+                Err(e) => Err(e),
+            };
         };
-        match (tx.rollback().await, error) {
-            (Ok(()) | Err(Error::Closed { .. }), Ok(failed)) => Ok(Attempt::HandlerFailed(failed)),
-            (Ok(()) | Err(Error::Closed { .. }), Err(rejected)) => Ok(Attempt::Rejected(rejected)),
-            (Err(e), _) => Err(e),
+        match tx.rollback().await {
+            Ok(()) | Err(Error::Closed { .. }) => Ok(failure),
+            Err(e) => Err(e),
         }
     }
 
@@ -703,6 +828,24 @@ enum Attempt {
     Duplicate,
     HandlerFailed(String),
     Rejected(String),
+}
+
+/// What a shared transaction achieved for the first messages of a run.
+struct Shared {
+    /// How many messages from the start of the run are settled (committed or duplicates).
+    committed: usize,
+    then: Then,
+}
+
+/// What follows a shared transaction.
+enum Then {
+    /// Go on with the rest of the run.
+    Continue,
+    /// The next message failed this first attempt (rolled back to its savepoint).
+    Retry(Attempt),
+    /// The transaction failed, so none of it took effect for sure: process
+    /// this many messages one at a time.
+    OneByOne(usize, Error),
 }
 
 #[cfg(test)]

@@ -976,3 +976,195 @@ async fn restart_redelivers_only_unacknowledged_messages_and_the_inbox_skips_pro
     );
     db.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------
+// Consecutive messages of a lane share a transaction, one savepoint each.
+
+/// `n` messages of one key (so one lane, in order), payload `v<i>`.
+fn one_lane(topic: &str, n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| Message::new(topic, format!("v{i}").into_bytes()).with_key("one-lane"))
+        .collect()
+}
+
+/// A handler that inserts the message's payload as the key of `table`
+/// (whose key is unique) and counts its calls per message; for the message
+/// with payload `swallow` it also runs a failing statement and ignores the error.
+fn inserting_handler(
+    db: &TestDb,
+    table: &str,
+    calls: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
+) -> Arc<dyn relaybox::Handler> {
+    let insert = format!("INSERT INTO {table} (id) VALUES ({})", db.ph(1));
+    let failing = format!("INSERT INTO {table} (id) VALUES ('v0')");
+    Arc::new(handler_fn(move |m: Message, tx: Transaction| {
+        let (insert, failing, calls) = (insert.clone(), failing.clone(), calls.clone());
+        async move {
+            *calls.lock().unwrap().entry(m.id).or_default() += 1;
+            let value = String::from_utf8(m.payload.clone())?;
+            if value == "swallow" {
+                let _ = tx.execute(&failing, &[]).await;
+                return Ok(());
+            }
+            tx.execute(&insert, &[Value::from(value)]).await?;
+            Ok::<(), BoxError>(())
+        }
+    }))
+}
+
+async fn wait_settled(consumer: &Consumer, n: u64) {
+    wait_for("every message settled", WAIT, async || {
+        let s = consumer.stats();
+        if s.processed + s.duplicates + s.dead_lettered >= n {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+}
+
+dialect_tests!(failing_statement_in_a_shared_transaction_undoes_only_its_own_message);
+
+/// Ten messages of one lane are handled in a shared transaction; the fifth
+/// one's INSERT violates a unique key (on PostgreSQL this aborts the
+/// transaction). Only that message is rolled back, retried and
+/// dead-lettered; every other message is handled once and its write kept.
+async fn failing_statement_in_a_shared_transaction_undoes_only_its_own_message(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.t("uniq");
+    db.exec(&format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"))
+        .await;
+    db.exec(&format!("INSERT INTO {table} (id) VALUES ('taken')"))
+        .await;
+    let topic = "shared";
+    let mut msgs = one_lane(topic, 10);
+    msgs[4] = Message::new(topic, b"taken".to_vec()).with_key("one-lane");
+    db.store.append_log(&msgs).await.unwrap();
+    let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "s")).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        inserting_handler(&db, &table, calls.clone()),
+        ConsumerConfig {
+            max_retries: 1,
+            ..consumer_config("s")
+        },
+    )
+    .unwrap();
+    wait_settled(&consumer, msgs.len() as u64).await;
+    consumer.shutdown().await.unwrap();
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.processed, stats.dead_lettered, stats.retried),
+        (9, 1, 1),
+        "{stats:?}"
+    );
+    let calls = calls.lock().unwrap().clone();
+    for (i, m) in msgs.iter().enumerate() {
+        let expected = if i == 4 { 2 } else { 1 };
+        assert_eq!(calls.get(&m.id), Some(&expected), "calls of message {i}");
+    }
+    assert_eq!(db.count("uniq").await, 10, "'taken' and v0..v9 without v4");
+    let dead = db.store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].message.id, dead[0].attempts), (msgs[4].id, 2));
+    db.cleanup().await;
+}
+
+/// PostgreSQL aborts a transaction whose statement failed. A handler that
+/// ignores such a failure and returns Ok, in the middle of a shared
+/// transaction, must not be counted processed (its writes cannot commit),
+/// and must not cost the other messages their writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swallowed_database_error_in_a_shared_transaction_spares_the_other_messages() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let table = db.t("uniq");
+    db.exec(&format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"))
+        .await;
+    let topic = "shared-swallow";
+    let mut msgs = one_lane(topic, 6);
+    msgs[2] = Message::new(topic, b"swallow".to_vec()).with_key("one-lane");
+    db.store.append_log(&msgs).await.unwrap();
+    let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "sw")).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        inserting_handler(&db, &table, calls.clone()),
+        ConsumerConfig {
+            max_retries: 1,
+            ..consumer_config("sw")
+        },
+    )
+    .unwrap();
+    wait_settled(&consumer, msgs.len() as u64).await;
+    consumer.shutdown().await.unwrap();
+    let stats = consumer.stats();
+    assert_eq!((stats.processed, stats.dead_lettered), (5, 1), "{stats:?}");
+    let calls = calls.lock().unwrap().clone();
+    for (i, m) in msgs.iter().enumerate() {
+        let expected = if i == 2 { 2 } else { 1 };
+        assert_eq!(calls.get(&m.id), Some(&expected), "calls of message {i}");
+    }
+    assert_eq!(db.count("uniq").await, 5);
+    let dead = db.store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, msgs[2].id);
+    let inbox = db
+        .scalar(&format!(
+            "SELECT count(*) FROM {} WHERE message_id = '{}'",
+            db.t("inbox"),
+            msgs[2].id
+        ))
+        .await;
+    assert_eq!(inbox, 0, "the swallowing message is not in the inbox");
+    db.cleanup().await;
+}
+
+dialect_tests!(handler_committing_the_shared_transaction_itself_loses_nothing);
+
+/// A handler that commits the consumer's transaction itself, in the middle
+/// of a shared transaction, commits the messages before it too. Every
+/// message still takes effect exactly once and none is dead-lettered.
+async fn handler_committing_the_shared_transaction_itself_loses_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.t("uniq");
+    db.exec(&format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"))
+        .await;
+    let topic = "shared-commit";
+    let msgs = one_lane(topic, 6);
+    let committer = msgs[2].id;
+    db.store.append_log(&msgs).await.unwrap();
+    let insert = format!("INSERT INTO {table} (id) VALUES ({})", db.ph(1));
+    let handler = handler_fn(move |m: Message, tx: Transaction| {
+        let insert = insert.clone();
+        async move {
+            let value = String::from_utf8(m.payload.clone())?;
+            tx.execute(&insert, &[Value::from(value)]).await?;
+            if m.id == committer {
+                tx.commit().await?;
+            }
+            Ok::<(), BoxError>(())
+        }
+    });
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "c")).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        Arc::new(handler),
+        consumer_config("c"),
+    )
+    .unwrap();
+    wait_settled(&consumer, msgs.len() as u64).await;
+    consumer.shutdown().await.unwrap();
+    let stats = consumer.stats();
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(db.count("uniq").await, 6, "each message's write once");
+    assert_eq!(db.count("inbox").await, 6);
+    db.cleanup().await;
+}
