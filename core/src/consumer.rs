@@ -293,8 +293,14 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// between are acknowledged together (shutdown acknowledges at once).
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Consecutive deliveries a lane takes from its queue at a time.
+/// Consecutive deliveries a lane takes from its queue at a time; they share
+/// transactions.
 const MAX_RUN: usize = 100;
+
+/// A shared transaction takes no more messages after this long, so that the
+/// locks its handlers took (on SQLite: the database's write lock) are not
+/// held for long.
+const SHARED_FOR: Duration = Duration::from_millis(100);
 
 type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -657,10 +663,11 @@ impl Worker {
         }
     }
 
-    /// Handles the messages of `run` in order in one transaction, each inside
-    /// its own savepoint (inbox row + handler writes), and commits. Stops at
-    /// the first message whose handler fails, after rolling back to its
-    /// savepoint; the messages before it are committed.
+    /// Handles the first messages of `run` in order in one transaction, each
+    /// after the first inside its own savepoint (inbox row + handler writes),
+    /// and commits. Stops at the first message whose handler fails, after
+    /// rolling back to its savepoint (the messages before it are committed),
+    /// and takes no more messages after `SHARED_FOR`.
     async fn attempt_shared(&self, run: &[Delivery]) -> Shared {
         let one_by_one = |n: usize, error: Error| Shared {
             committed: 0,
@@ -670,12 +677,19 @@ impl Worker {
             Ok(tx) => tx,
             Err(e) => return one_by_one(1, e),
         };
+        let started = Instant::now();
         let (mut done, mut duplicates) = (0usize, 0u64);
         let mut failed = None;
         for (i, delivery) in run.iter().enumerate() {
             let message = &delivery.message;
-            if let Err(e) = tx.message_savepoint(i > 0).await {
-                return one_by_one(i, e);
+            // The first message needs no savepoint: the whole transaction is its own.
+            if i > 0 {
+                if started.elapsed() >= SHARED_FOR {
+                    break;
+                }
+                if let Err(e) = tx.message_savepoint(i > 1).await {
+                    return one_by_one(i, e);
+                }
             }
             match tx.inbox_insert(&self.config.group, message.id).await {
                 Ok(true) => {}
@@ -706,6 +720,14 @@ impl Worker {
                 other => other,
             };
             if let Some(failure) = failure {
+                if i == 0 {
+                    // Nothing else is in the transaction yet.
+                    let _ = tx.rollback().await;
+                    return Shared {
+                        committed: 0,
+                        then: Then::Retry(failure),
+                    };
+                }
                 if let Err(e) = tx.rollback_to_message_savepoint().await {
                     return one_by_one(i + 1, e);
                 }
