@@ -54,7 +54,10 @@
 //!    histogram. A producer ticks every 1 ms (`MissedTickBehavior::Burst`)
 //!    and issues one transaction per tick (at most 32 in flight). Target: p99
 //!    < 25 ms. Also printed: the producer's commit time, and where the time
-//!    goes (log `appended_at` and inbox `processed_at` against `created_at`).
+//!    goes (log `appended_at`, `DatabaseSource::fetch` handing the message out
+//!    (a forwarding `Source` clocks it) and inbox `processed_at`, each against
+//!    `created_at`). Full runs also measure the consumer's capacity: 20,000
+//!    messages waiting in the log, a handler that does nothing.
 //! 6. `idle`: with a relay and a consumer running and no traffic, the CPU
 //!    time of this process (`/proc/self/stat`) and of PostgreSQL (all
 //!    processes named `postgres`, and this run's backends alone, found by
@@ -87,12 +90,10 @@
 //!    with the relay/naive ratio, and commit-to-handler latency at 1,000
 //!    msg/s for 10 s through Kafka (relay with `KafkaSink`, `Consumer` with
 //!    `KafkaSource`; target p99 < 25 ms) with where the time goes (publish
-//!    called / returned). Diagnostics (full runs): the same latency run with
-//!    `linger.ms=0` and the `KafkaSource` behind a forwarding `Source` that
-//!    sets lanes by key hash, and the consumer's capacity on 5,000 waiting
-//!    records (3 and 12 partitions, lanes by key, and `DatabaseSource` for
-//!    comparison). The topics and consumer groups it created are deleted at
-//!    the end (best effort).
+//!    called / returned, `KafkaSource::fetch` handing the record out). Full
+//!    runs also measure the consumer's capacity on 20,000 waiting records (3
+//!    and 12 partitions, and `DatabaseSource` for comparison). The topics and
+//!    consumer groups it created are deleted at the end (best effort).
 //!
 //! Every run uses its own tables (prefix `bench_<pid>_`) and drops them at
 //! the end, also after an error or Ctrl-C. Other work on the machine (builds,
@@ -136,6 +137,8 @@ const IDLE_TARGET: f64 = 1.0;
 const ENQUEUE_TASKS: usize = 8;
 /// Producer transactions in flight at most in the latency section.
 const LATENCY_IN_FLIGHT: usize = 32;
+/// Messages waiting for the consumer capacity runs.
+const CAPACITY_MESSAGES: usize = 20_000;
 /// Longest a relay drain may take before the run is abandoned.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -1165,23 +1168,86 @@ fn recording_handler(latencies: SharedHistogram) -> Arc<dyn relaybox::Handler> {
     Arc::new(handler_fn(move |m: Message, _tx| {
         let latencies = latencies.clone();
         async move {
-            let micros = (Utc::now() - m.created_at).num_microseconds().unwrap_or(0);
+            let micros = age(Utc::now(), &m);
             latencies
                 .lock()
                 .expect("histogram lock")
-                .saturating_record(micros.max(0) as u64);
+                .saturating_record(micros);
             Ok::<(), BoxError>(())
         }
     }))
 }
 
+/// `now - created_at` of `m`, in µs.
+fn age(now: chrono::DateTime<Utc>, m: &Message) -> u64 {
+    (now - m.created_at).num_microseconds().unwrap_or(0).max(0) as u64
+}
+
+/// Forwards to a `Source` and records, per delivery, `now - created_at` when
+/// `fetch` hands it to the consumer.
+struct HandOut {
+    inner: Arc<dyn relaybox::Source>,
+    ages: SharedHistogram,
+}
+
+#[async_trait::async_trait]
+impl relaybox::Source for HandOut {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn fetch(&self, max: usize, wait: Duration) -> relaybox::Result<Vec<relaybox::Delivery>> {
+        let batch = self.inner.fetch(max, wait).await?;
+        let now = Utc::now();
+        let mut ages = self.ages.lock().expect("histogram lock");
+        for d in &batch {
+            ages.saturating_record(age(now, &d.message));
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&self, acks: &[relaybox::AckToken]) -> relaybox::Result<()> {
+        self.inner.ack(acks).await
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &relaybox::Delivery,
+        error: &str,
+    ) -> relaybox::Result<bool> {
+        self.inner.dead_letter(delivery, error).await
+    }
+
+    async fn close(&self) -> relaybox::Result<()> {
+        self.inner.close().await
+    }
+}
+
+/// Where the latency runs record: the handler's start, and the source
+/// handing each message out (both `now - created_at`, µs).
+#[derive(Clone)]
+struct Clocks {
+    handler: SharedHistogram,
+    handed: SharedHistogram,
+}
+
+impl Clocks {
+    fn new() -> Clocks {
+        Clocks {
+            handler: Arc::new(Mutex::new(histogram())),
+            handed: Arc::new(Mutex::new(histogram())),
+        }
+    }
+
+    fn reset(&self) {
+        self.handler.lock().expect("histogram lock").reset();
+        self.handed.lock().expect("histogram lock").reset();
+    }
+}
+
 /// A relay (DatabaseSink) and a consumer (DatabaseSource) whose handler
-/// records `now - created_at` in `latencies`; waits until the relay holds every partition.
-async fn start_pipeline(
-    b: &Bench,
-    name: &str,
-    latencies: SharedHistogram,
-) -> Result<(Relay, Consumer)> {
+/// records `now - created_at` in `clocks`; waits until the relay holds every partition.
+async fn start_pipeline(b: &Bench, name: &str, clocks: &Clocks) -> Result<(Relay, Consumer)> {
     let store = b.store.clone();
     let group = format!("bench-{name}");
     let source = DatabaseSource::new(
@@ -1194,21 +1260,21 @@ async fn start_pipeline(
         Arc::new(DatabaseSink::new(store)),
         source,
         &group,
-        latencies,
+        clocks,
     )
     .await
 }
 
 /// A relay (default settings) on `sink` and a consumer of group `group` on
-/// `source` whose handler records `now - created_at` in `latencies`; waits
-/// until the relay holds every partition.
+/// `source` whose handler records `now - created_at` in `clocks` (and the
+/// source's hand-out too); waits until the relay holds every partition.
 async fn start_pipeline_with(
     b: &Bench,
     name: &str,
     sink: Arc<dyn Sink>,
     source: Arc<dyn relaybox::Source>,
     group: &str,
-    latencies: SharedHistogram,
+    clocks: &Clocks,
 ) -> Result<(Relay, Consumer)> {
     let store = b.store.clone();
     let relay = Relay::start(
@@ -1219,10 +1285,14 @@ async fn start_pipeline_with(
             ..RelayConfig::default()
         },
     )?;
+    let source = Arc::new(HandOut {
+        inner: source,
+        ages: clocks.handed.clone(),
+    });
     let consumer = Consumer::start(
         store.clone(),
         source,
-        recording_handler(latencies),
+        recording_handler(clocks.handler.clone()),
         ConsumerConfig::new(group),
     )?;
     let partitions = u64::from(store.partitions().await?);
@@ -1308,6 +1378,7 @@ async fn produce_steady(
 struct LatencyRun {
     steady: Steady,
     latency: Histogram<u64>,
+    /// (leg, p50 ms, p99 ms), cumulative since `created_at`.
     legs: Vec<(&'static str, f64, f64)>,
     relay_batches: u64,
 }
@@ -1365,8 +1436,9 @@ async fn section_latency(b: &mut Bench) -> Result<()> {
         main.relay_batches,
     )]);
     println!(
-        "  where the time goes (from the log and inbox tables; now() = start of each transaction):"
+        "  where the time goes (per message, since created_at; cumulative; the log's appended_at"
     );
+    println!("  and the inbox's processed_at are now() = the start of the relay's and consumer's transactions):");
     for (leg, p50, p99) in &main.legs {
         println!("  {leg:<50} p50 {p50:>8.2} ms  p99 {p99:>8.2} ms");
     }
@@ -1383,6 +1455,24 @@ async fn section_latency(b: &mut Bench) -> Result<()> {
         "p99 < 25 ms",
         Some(p99_met(h)),
     );
+    if b.sizes.diagnostics_batch.is_some() {
+        let n = CAPACITY_MESSAGES;
+        let r = database_consumer_capacity(b, n, message).await?;
+        println!(
+            "  consumer capacity: Consumer + DatabaseSource (default ConsumerConfig), {} messages waiting",
+            thousands(n as u64)
+        );
+        println!(
+            "  in the log, a handler that does nothing: {} msg/s from the first handled to the last",
+            thousands(r as u64)
+        );
+        b.figure(
+            "consumer capacity (DatabaseSource)",
+            format!("{} msg/s", thousands(r as u64)),
+            "(info)",
+            None,
+        );
+    }
     Ok(())
 }
 
@@ -1393,8 +1483,8 @@ fn p99_met(h: &Histogram<u64>) -> bool {
 async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
     let run_for = b.sizes.latency_for;
     b.reset().await?;
-    let latencies: SharedHistogram = Arc::new(Mutex::new(histogram()));
-    let (relay, consumer) = start_pipeline(b, name, latencies.clone()).await?;
+    let clocks = Clocks::new();
+    let (relay, consumer) = start_pipeline(b, name, &clocks).await?;
     let steady = produce_steady(b, run_for, Arc::new(|i| message(LATENCY_TOPIC, i))).await;
     let result = match &steady {
         Ok(s) => wait_processed(&consumer, s.produced as u64, Duration::from_secs(30)).await,
@@ -1405,14 +1495,29 @@ async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
     relay.shutdown().await?;
     let steady = steady?;
     result?;
-    let latency = latencies.lock().expect("histogram lock").clone();
+    let latency = clocks.handler.lock().expect("histogram lock").clone();
     ensure!(
         latency.len() == steady.produced as u64,
         "recorded {} latencies for {} messages",
         latency.len(),
         steady.produced
     );
-    let legs = latency_legs(b, &format!("bench-{name}")).await?;
+    let [relay_leg, inbox_leg] = latency_legs(b, &format!("bench-{name}")).await?;
+    let handed = clocks.handed.lock().expect("histogram lock").clone();
+    let quantiles = |h: &Histogram<u64>| {
+        (
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+        )
+    };
+    let (handed50, handed99) = quantiles(&handed);
+    let (handler50, handler99) = quantiles(&latency);
+    let legs = vec![
+        ("-> relay's log append tx starts", relay_leg.0, relay_leg.1),
+        ("-> DatabaseSource::fetch returns it", handed50, handed99),
+        ("-> consumer's inbox tx starts", inbox_leg.0, inbox_leg.1),
+        ("-> handler starts", handler50, handler99),
+    ];
     b.reset().await?;
     Ok(LatencyRun {
         steady,
@@ -1422,13 +1527,13 @@ async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
     })
 }
 
-/// p50 and p99, in ms, of the legs of a message's trip, from the log's
-/// `created_at` and `appended_at` and the inbox's `processed_at`.
-async fn latency_legs(b: &Bench, group: &str) -> Result<Vec<(&'static str, f64, f64)>> {
+/// (p50, p99) in ms since `created_at` of the log's `appended_at` and of the
+/// inbox's `processed_at`.
+async fn latency_legs(b: &Bench, group: &str) -> Result<[(f64, f64); 2]> {
     let (log, inbox) = (b.table("log"), b.table("inbox"));
     let sql = format!(
         "WITH t AS (SELECT extract(epoch FROM l.appended_at - l.created_at) * 1000 AS relay, \
-                           extract(epoch FROM i.processed_at - l.appended_at) * 1000 AS consumer \
+                           extract(epoch FROM i.processed_at - l.created_at) * 1000 AS consumer \
                     FROM {log} l JOIN {inbox} i ON i.message_id = l.id AND i.consumer_group = $1) \
          SELECT percentile_disc(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY relay)::float8[], \
                 percentile_disc(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY consumer)::float8[] FROM t"
@@ -1440,14 +1545,56 @@ async fn latency_legs(b: &Bench, group: &str) -> Result<Vec<(&'static str, f64, 
     let relay: Vec<f64> = row.try_get(0)?;
     let consumer: Vec<f64> = row.try_get(1)?;
     ensure!(relay.len() == 2 && consumer.len() == 2, "no latency legs");
-    Ok(vec![
-        ("Message::new -> relay's log append tx", relay[0], relay[1]),
-        (
-            "log append tx -> consumer's inbox tx",
-            consumer[0],
-            consumer[1],
-        ),
-    ])
+    Ok([(relay[0], relay[1]), (consumer[0], consumer[1])])
+}
+
+/// How fast a `Consumer` (default `ConsumerConfig`) with a `DatabaseSource`
+/// handles `n` messages `make(topic, i)` already in the log.
+async fn database_consumer_capacity(b: &Bench, n: usize, make: MakeMessage) -> Result<f64> {
+    b.reset().await?;
+    let topic = "bench.capacity";
+    let messages: Vec<Message> = (0..n).map(|i| make(topic, i)).collect();
+    for chunk in messages.chunks(1000) {
+        b.store.append_log(chunk).await?;
+    }
+    let group = "bench-capacity";
+    let source = DatabaseSource::new(b.store.clone(), DatabaseSourceConfig::new(topic, group))?;
+    let r = measure_consumer(b, source, group, n).await?;
+    b.reset().await?;
+    Ok(r)
+}
+
+/// Starts a consumer (default `ConsumerConfig`) on `source` with `n`
+/// messages waiting and a handler that does nothing; its rate from the first
+/// handled message to the last.
+async fn measure_consumer(
+    b: &Bench,
+    source: Arc<dyn relaybox::Source>,
+    group: &str,
+    n: usize,
+) -> Result<f64> {
+    let consumer = Consumer::start(
+        b.store.clone(),
+        source,
+        recording_handler(Arc::new(Mutex::new(histogram()))),
+        ConsumerConfig::new(group),
+    )?;
+    let outcome = async {
+        let since = Instant::now();
+        while consumer.stats().processed == 0 {
+            ensure!(
+                since.elapsed() < Duration::from_secs(60),
+                "the consumer handled nothing in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (t0, p0) = (Instant::now(), consumer.stats().processed);
+        wait_processed(&consumer, n as u64, Duration::from_secs(180)).await?;
+        Ok(rate((n as u64 - p0) as usize, t0.elapsed()))
+    }
+    .await;
+    consumer.shutdown().await?;
+    outcome
 }
 
 // ---------------------------------------------------------------------------
@@ -1516,8 +1663,7 @@ async fn section_idle(b: &mut Bench) -> Result<()> {
         window.as_secs()
     ));
     b.reset().await?;
-    let latencies: SharedHistogram = Arc::new(Mutex::new(histogram()));
-    let (relay, consumer) = start_pipeline(b, "idle", latencies).await?;
+    let (relay, consumer) = start_pipeline(b, "idle", &Clocks::new()).await?;
     // Some traffic first, so that everything is warm and then drained.
     let warm = 100;
     for i in 0..warm {
@@ -2059,60 +2205,6 @@ mod kafka {
         }
     }
 
-    /// Forwards to a `KafkaSource` but gives each delivery the lane of its
-    /// key's hash (as `DatabaseSource` does) instead of its Kafka partition:
-    /// a fetched batch usually comes from one partition, which would
-    /// otherwise be handled one message at a time. Order per key is kept.
-    struct LanesByKey(Arc<KafkaSource>);
-
-    #[async_trait::async_trait]
-    impl relaybox::Source for LanesByKey {
-        fn name(&self) -> &str {
-            self.0.name()
-        }
-
-        async fn fetch(
-            &self,
-            max: usize,
-            wait: Duration,
-        ) -> relaybox::Result<Vec<relaybox::Delivery>> {
-            let mut batch = self.0.fetch(max, wait).await?;
-            for d in &mut batch {
-                d.lane = u64::from(relaybox::partition::routing_hash(
-                    d.message.key.as_deref(),
-                    &d.message.id,
-                ));
-            }
-            Ok(batch)
-        }
-
-        async fn ack(&self, acks: &[relaybox::AckToken]) -> relaybox::Result<()> {
-            self.0.ack(acks).await
-        }
-
-        async fn dead_letter(
-            &self,
-            delivery: &relaybox::Delivery,
-            error: &str,
-        ) -> relaybox::Result<bool> {
-            self.0.dead_letter(delivery, error).await
-        }
-
-        async fn close(&self) -> relaybox::Result<()> {
-            self.0.close().await
-        }
-    }
-
-    /// A `KafkaSource`, behind [`LanesByKey`] if `by_key`.
-    fn kafka_source(config: KafkaSourceConfig, by_key: bool) -> Result<Arc<dyn relaybox::Source>> {
-        let source = KafkaSource::new(config)?;
-        Ok(if by_key {
-            Arc::new(LanesByKey(source))
-        } else {
-            source
-        })
-    }
-
     /// A fresh topic name of this run (deleted at the end).
     fn new_topic(b: &mut Bench, what: &str) -> String {
         let random = Uuid::now_v7().simple().to_string();
@@ -2309,39 +2401,28 @@ mod kafka {
         latency: Histogram<u64>,
         called: Histogram<u64>,
         acked: Histogram<u64>,
+        handed: Histogram<u64>,
         batches: u64,
     }
 
-    /// Relay (KafkaSink; `linger.ms` overridden if `linger` is set) +
-    /// Consumer (KafkaSource) at 1,000 msg/s.
-    async fn kafka_latency(
-        b: &mut Bench,
-        broker: &Broker,
-        linger: Option<u32>,
-        by_key: bool,
-    ) -> Result<KafkaLatency> {
+    /// Relay (KafkaSink) + Consumer (KafkaSource) at 1,000 msg/s.
+    async fn kafka_latency(b: &mut Bench, broker: &Broker) -> Result<KafkaLatency> {
         let run_for = b.sizes.latency_for;
         let topic = new_topic(b, "latency");
         let group = format!("{topic}-group");
         b.kafka_groups.push(group.clone());
         let b: &Bench = b;
         b.reset().await?;
-        let config = kafka_config_linger(&broker.bootstrap, linger);
+        let config = kafka_config(&broker.bootstrap);
         let sink = KafkaSink::new(config.clone())?;
         sink.ensure_topic(&topic).await?;
         broker.wait_ready(&topic, PARTITIONS).await?;
         let clocked = Clocked::new(Arc::new(sink));
-        let source = kafka_source(KafkaSourceConfig::new(config, &topic, &group), by_key)?;
-        let latencies: SharedHistogram = Arc::new(Mutex::new(histogram()));
-        let (relay, consumer) = start_pipeline_with(
-            b,
-            "kafka-latency",
-            clocked.clone(),
-            source,
-            &group,
-            latencies.clone(),
-        )
-        .await?;
+        let source = KafkaSource::new(KafkaSourceConfig::new(config, &topic, &group))?;
+        let clocks = Clocks::new();
+        let (relay, consumer) =
+            start_pipeline_with(b, "kafka-latency", clocked.clone(), source, &group, &clocks)
+                .await?;
         let outcome = async {
             // Warm-up: the consumer joins its group and handles messages end to end.
             for i in 0..WARM_UP {
@@ -2352,7 +2433,7 @@ mod kafka {
             }
             wait_processed(&consumer, WARM_UP as u64, Duration::from_secs(60)).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            latencies.lock().expect("histogram lock").reset();
+            clocks.reset();
             clocked.reset();
             let batches = relay.stats().batches;
             let t = topic.clone();
@@ -2370,7 +2451,7 @@ mod kafka {
         consumer.shutdown().await?;
         relay.shutdown().await?;
         let (steady, batches) = outcome?;
-        let latency = latencies.lock().expect("histogram lock").clone();
+        let latency = clocks.handler.lock().expect("histogram lock").clone();
         ensure!(
             latency.len() == steady.produced as u64,
             "recorded {} latencies for {} messages",
@@ -2379,12 +2460,14 @@ mod kafka {
         );
         let called = clocked.called.lock().expect("histogram lock").clone();
         let acked = clocked.acked.lock().expect("histogram lock").clone();
+        let handed = clocks.handed.lock().expect("histogram lock").clone();
         b.reset().await?;
         Ok(KafkaLatency {
             steady,
             latency,
             called,
             acked,
+            handed,
             batches,
         })
     }
@@ -2513,7 +2596,6 @@ mod kafka {
         broker: &Broker,
         partitions: i32,
         n: usize,
-        by_key: bool,
     ) -> Result<f64> {
         let topic = new_topic(b, &format!("consume-{partitions}p"));
         let group = format!("{topic}-group");
@@ -2535,60 +2617,14 @@ mod kafka {
         for d in pending {
             delivered(d).await?;
         }
-        let source = kafka_source(
-            KafkaSourceConfig::new(kafka_config(&broker.bootstrap), &topic, &group),
-            by_key,
-        )?;
+        let source = KafkaSource::new(KafkaSourceConfig::new(
+            kafka_config(&broker.bootstrap),
+            &topic,
+            &group,
+        ))?;
         let r = measure_consumer(b, source, &group, n).await?;
         b.reset().await?;
         Ok(r)
-    }
-
-    /// The same with a `DatabaseSource`: `n` messages already in the log.
-    async fn database_consumer_capacity(b: &Bench, n: usize) -> Result<f64> {
-        b.reset().await?;
-        let topic = "bench.capacity";
-        let messages: Vec<Message> = (0..n).map(|i| kafka_message(topic, i)).collect();
-        for chunk in messages.chunks(1000) {
-            b.store.append_log(chunk).await?;
-        }
-        let group = "bench-capacity";
-        let source = DatabaseSource::new(b.store.clone(), DatabaseSourceConfig::new(topic, group))?;
-        let r = measure_consumer(b, source, group, n).await?;
-        b.reset().await?;
-        Ok(r)
-    }
-
-    /// Starts a consumer (default `ConsumerConfig`) on `source` with `n`
-    /// messages waiting; its rate from the first handled message to the last.
-    async fn measure_consumer(
-        b: &Bench,
-        source: Arc<dyn relaybox::Source>,
-        group: &str,
-        n: usize,
-    ) -> Result<f64> {
-        let consumer = Consumer::start(
-            b.store.clone(),
-            source,
-            recording_handler(Arc::new(Mutex::new(histogram()))),
-            ConsumerConfig::new(group),
-        )?;
-        let outcome = async {
-            let since = Instant::now();
-            while consumer.stats().processed == 0 {
-                ensure!(
-                    since.elapsed() < Duration::from_secs(60),
-                    "the consumer handled nothing in 60 s"
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let (t0, p0) = (Instant::now(), consumer.stats().processed);
-            wait_processed(&consumer, n as u64, Duration::from_secs(180)).await?;
-            Ok(rate((n as u64 - p0) as usize, t0.elapsed()))
-        }
-        .await;
-        consumer.shutdown().await?;
-        outcome
     }
 
     /// Where a Kafka drain's time went: inside `publish`, and outside it,
@@ -2799,41 +2835,27 @@ mod kafka {
             b.sizes.latency_for.as_secs()
         );
         println!("  Consumer + KafkaSource; default RelayConfig and ConsumerConfig; {WARM_UP} warm-up messages first):");
-        let lat = kafka_latency(b, &broker, None, false).await?;
-        let mut runs = vec![("relay -> Kafka -> consumer", &lat)];
-        let tuned = if b.sizes.diagnostics_batch.is_some() {
-            Some(kafka_latency(b, &broker, Some(0), true).await?)
-        } else {
-            None
-        };
-        if let Some(l) = &tuned {
-            runs.push(("diag: linger 0, lanes by key", l));
-        }
-        print_latency_rows(
-            &runs
-                .iter()
-                .map(|(name, l)| (*name, &l.steady, &l.latency, l.batches))
-                .collect::<Vec<_>>(),
-        );
-        println!("  where the time goes (per message, since created_at; cumulative):");
-        for (name, l) in &runs {
-            for (leg, h) in [
-                ("-> relay calls KafkaSink::publish", &l.called),
-                ("-> publish returns (all acks=all reports)", &l.acked),
-                ("-> consumer's handler starts", &l.latency),
-            ] {
-                println!(
-                    "    {name:<28} {leg:<42} p50 {:>9}  p99 {:>9}  max {:>9}",
-                    ms(h.value_at_quantile(0.5)),
-                    ms(h.value_at_quantile(0.99)),
-                    ms(h.max())
-                );
-            }
-        }
-        if tuned.is_some() {
-            println!("  (diag, not judged: KafkaSink with linger.ms=0, and the KafkaSource behind a forwarding");
-            println!("   Source that sets each delivery's lane to its key's hash, as DatabaseSource does, instead");
-            println!("   of its Kafka partition; publish times come from a forwarding Sink around KafkaSink)");
+        let lat = kafka_latency(b, &broker).await?;
+        print_latency_rows(&[(
+            "relay -> Kafka -> consumer",
+            &lat.steady,
+            &lat.latency,
+            lat.batches,
+        )]);
+        println!("  where the time goes (per message, since created_at; cumulative; publish times come from");
+        println!("  a forwarding Sink around KafkaSink, hand-out times from a forwarding Source):");
+        for (leg, h) in [
+            ("-> relay calls KafkaSink::publish", &lat.called),
+            ("-> publish returns (all acks=all reports)", &lat.acked),
+            ("-> KafkaSource::fetch returns it", &lat.handed),
+            ("-> consumer's handler starts", &lat.latency),
+        ] {
+            println!(
+                "    {leg:<42} p50 {:>9}  p99 {:>9}  max {:>9}",
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max())
+            );
         }
         let h = &lat.latency;
         b.figure(
@@ -2849,34 +2871,31 @@ mod kafka {
             Some(p99_met(h)),
         );
         if b.sizes.diagnostics_batch.is_some() {
-            // Diagnostic: the consumer's capacity, which bounds the latency run.
-            let records = 5_000;
+            // The consumer's capacity, which bounds the latency run.
+            let records = CAPACITY_MESSAGES;
             let mut rates = Vec::new();
-            for (partitions, by_key) in [(PARTITIONS, false), (12, false), (PARTITIONS, true)] {
+            for partitions in [PARTITIONS, 12] {
                 rates.push((
-                    format!(
-                        "KafkaSource, {partitions:>2} partitions{}",
-                        if by_key { ", lanes by key" } else { "" }
-                    ),
-                    consumer_capacity(b, &broker, partitions, records, by_key).await?,
+                    format!("KafkaSource, {partitions:>2} partitions"),
+                    consumer_capacity(b, &broker, partitions, records).await?,
                 ));
             }
-            rates.push((
-                "DatabaseSource (16 partitions), for comparison".to_string(),
-                database_consumer_capacity(b, records).await?,
-            ));
+            let database = database_consumer_capacity(b, records, kafka_message).await?;
+            rates.push(("DatabaseSource, for comparison".to_string(), database));
             println!(
-                "  diag: consumer capacity (Consumer + KafkaSource, default ConsumerConfig: concurrency 8,"
-            );
-            println!(
-                "  batch 100; {} records already waiting; rate from the first handled to the last):",
+                "  consumer capacity (Consumer, default ConsumerConfig: concurrency 8, batch 100; {} records",
                 thousands(records as u64)
             );
-            for (name, r) in rates {
-                println!("    {name:<48} {:>7} msg/s", thousands(r as u64));
+            println!("  already waiting; a handler that does nothing; rate from the first handled to the last):");
+            for (name, r) in &rates {
+                println!("    {name:<48} {:>7} msg/s", thousands(*r as u64));
             }
-            println!("  (a fetched batch of up to 100 records usually comes from one Kafka partition, i.e. one");
-            println!("   lane, handled one transaction at a time; lanes by key = the forwarding Source above)");
+            b.figure(
+                "kafka: consumer capacity (KafkaSource, 3 partitions)",
+                format!("{} msg/s", thousands(rates[0].1 as u64)),
+                "(info)",
+                None,
+            );
         }
         Ok(())
     }

@@ -1,29 +1,39 @@
-//! The idempotent consumer: for each delivery, one database transaction holds
-//! the inbox row and the handler's own writes; duplicates are acknowledged
-//! and skipped; failures retry with backoff, then go to dead letters.
+//! The idempotent consumer: for each delivery, one database transaction (or
+//! one savepoint of a transaction shared by consecutive deliveries of a lane)
+//! holds the inbox row and the handler's own writes; duplicates are
+//! acknowledged and skipped; failures retry with backoff, then go to dead
+//! letters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
 use serde::Deserialize;
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::backoff;
 use crate::error::{BoxError, Error, Result};
 use crate::message::Message;
-use crate::source::{Delivery, Source};
+use crate::source::{AckToken, Delivery, Source};
 use crate::store::Store;
 use crate::transaction::Transaction;
 
 /// User code run once per message. The transaction holds the inbox row: write
-/// through it and your writes commit atomically with "processed".
+/// through it and your writes commit atomically with "processed". Do not
+/// commit or roll it back yourself.
+///
+/// Consecutive messages of a lane may share one transaction, each inside a
+/// savepoint of its own: a failing message is rolled back to its savepoint
+/// alone, and the row locks a handler takes are held until the shared
+/// transaction commits.
 ///
 /// Return `Err` to retry (with backoff, up to `max_retries`), after which the
 /// message goes to dead letters; return a boxed [`Rejected`] to dead-letter it
@@ -83,7 +93,8 @@ where
 pub struct ConsumerConfig {
     /// Consumer group: the inbox deduplicates per group.
     pub group: String,
-    /// Deliveries fetched per batch (default 100).
+    /// Deliveries fetched at a time (default 100). The next batch is fetched
+    /// while lanes work, so up to twice this many are in flight.
     pub batch_size: u32,
     /// Lanes processed concurrently; each lane is in order (default 8).
     pub concurrency: u32,
@@ -183,9 +194,11 @@ struct Counters {
     dead_lettered: AtomicU64,
 }
 
-/// A running consumer. [`shutdown`](Consumer::shutdown) finishes the batch in
-/// flight and acknowledges it; dropping stops abruptly (unacknowledged
-/// deliveries come again and the inbox skips what was already processed).
+/// A running consumer. [`shutdown`](Consumer::shutdown) stops fetching,
+/// finishes the deliveries in flight (a message waiting to be retried stays
+/// unprocessed) and acknowledges what is done; dropping stops abruptly
+/// (unacknowledged deliveries come again and the inbox skips what was
+/// already processed).
 pub struct Consumer {
     cancel: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -231,7 +244,7 @@ impl Consumer {
         }
     }
 
-    /// Finishes and acknowledges the batch in flight, then stops. Idempotent.
+    /// Finishes and acknowledges the deliveries in flight, then stops. Idempotent.
     pub async fn shutdown(&self) -> Result<()> {
         self.cancel.cancel();
         let task = self.task.lock().expect("consumer task lock").take();
@@ -269,104 +282,340 @@ struct Worker {
     counters: Arc<Counters>,
 }
 
-/// Why processing of a batch stopped before it was complete.
+/// Why a lane stopped before its deliveries were done: shutdown during a wait.
 struct Interrupted;
+
+/// Batches fetched but not yet settled: the next batch is fetched while the
+/// lanes work on the one before.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Shortest time between two acknowledgements while running; completions in
+/// between are acknowledged together (shutdown acknowledges at once).
+const ACK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Consecutive deliveries a lane takes from its queue at a time; they share
+/// transactions.
+const MAX_RUN: usize = 100;
+
+/// A shared transaction takes no more messages after this long, so that the
+/// locks its handlers took (on SQLite: the database's write lock) are not
+/// held for long.
+const SHARED_FOR: Duration = Duration::from_millis(100);
+
+type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Polls an optional future; pending forever when there is none.
+async fn poll_some<T>(f: &mut Option<Pending<T>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which deliveries are settled (processed, skipped or dead-lettered), per
+/// partition, and so which offsets may be acknowledged: an offset only when
+/// every delivery of its partition at or before it is settled.
+#[derive(Default)]
+struct AckTracker {
+    partitions: HashMap<i32, PartitionTrack>,
+}
+
+#[derive(Default)]
+struct PartitionTrack {
+    /// Offsets handed to lanes and not yet passed by the settled prefix, with
+    /// how many of their deliveries are unsettled (a redelivery after a
+    /// rebalance can bring an offset twice).
+    open: BTreeMap<i64, u32>,
+    /// Highest offset whose partition is settled up to it.
+    settled_to: Option<i64>,
+    /// Highest offset acknowledged to the source.
+    acked_to: Option<i64>,
+}
+
+impl AckTracker {
+    fn add(&mut self, ack: AckToken) {
+        let track = self.partitions.entry(ack.partition).or_default();
+        *track.open.entry(ack.offset).or_default() += 1;
+    }
+
+    fn settle(&mut self, ack: AckToken) {
+        let Some(track) = self.partitions.get_mut(&ack.partition) else {
+            return;
+        };
+        if let Some(n) = track.open.get_mut(&ack.offset) {
+            *n = n.saturating_sub(1);
+        }
+        while let Some(entry) = track.open.first_entry() {
+            if *entry.get() > 0 {
+                break;
+            }
+            let offset = *entry.key();
+            entry.remove();
+            track.settled_to = Some(track.settled_to.map_or(offset, |s| s.max(offset)));
+        }
+    }
+
+    /// The tokens that would acknowledge more than is acknowledged already.
+    fn ackable(&self) -> Vec<AckToken> {
+        self.partitions
+            .iter()
+            .filter_map(|(&partition, t)| match (t.settled_to, t.acked_to) {
+                (Some(s), Some(a)) if s <= a => None,
+                (Some(offset), _) => Some(AckToken { partition, offset }),
+                (None, _) => None,
+            })
+            .collect()
+    }
+
+    fn acked(&mut self, tokens: &[AckToken]) {
+        for token in tokens {
+            if let Some(t) = self.partitions.get_mut(&token.partition) {
+                t.acked_to = Some(t.acked_to.map_or(token.offset, |a| a.max(token.offset)));
+            }
+        }
+    }
+}
 
 impl Worker {
     async fn run(self: Arc<Self>) {
-        self.consume().await;
+        self.clone().consume().await;
         if let Err(e) = self.source.close().await {
             tracing::warn!(source = self.source.name(), error = %e, "relaybox source did not close cleanly");
         }
     }
 
-    async fn consume(&self) {
+    /// Fetches while lanes work, hands each delivery to its lane, and
+    /// acknowledges the settled prefix of every partition. On shutdown: stops
+    /// fetching, lets the lanes finish what they hold (a lane waiting to retry
+    /// stops at once), acknowledges what is settled, and returns.
+    async fn consume(self: Arc<Self>) {
+        let batch = self.config.batch_size as usize;
+        let limit = batch * BATCHES_IN_FLIGHT;
+        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<AckToken>();
+        // Dropping the set (also when this task is aborted) aborts the lanes.
+        let mut lane_tasks: JoinSet<()> = JoinSet::new();
+        let mut lanes: HashMap<u64, mpsc::UnboundedSender<Delivery>> = HashMap::new();
+        let mut tracker = AckTracker::default();
+        let mut in_flight = 0usize;
+        let mut stopping = false;
+
+        let mut fetching: Option<Pending<Result<Vec<Delivery>>>> = None;
+        let mut fetch_errors = 0u32;
+        let mut fetch_pause = Duration::ZERO;
+
+        let mut acking: Option<Pending<Result<()>>> = None;
+        let mut acking_tokens: Vec<AckToken> = Vec::new();
+        let mut ack_errors = 0u32;
+        let mut ack_pause = Duration::ZERO;
+        let mut next_ack = Instant::now();
+
+        let mut purging: Option<Pending<Result<u64>>> = None;
         let mut next_purge = Instant::now();
-        let mut error_streak = 0u32;
-        while !self.cancel.is_cancelled() {
-            if Instant::now() >= next_purge {
-                match self.store.purge_inbox(self.config.inbox_retention).await {
-                    Ok(n) if n > 0 => tracing::debug!(rows = n, "relaybox inbox purged"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "relaybox inbox purge failed"),
-                }
-                next_purge = Instant::now() + Duration::from_secs(3600);
+
+        loop {
+            let now = Instant::now();
+            if !stopping && purging.is_none() && now >= next_purge {
+                let store = self.store.clone();
+                let retention = self.config.inbox_retention;
+                purging = Some(Box::pin(async move { store.purge_inbox(retention).await }));
+                next_purge = now + Duration::from_secs(3600);
             }
-            let batch = tokio::select! {
-                _ = self.cancel.cancelled() => break,
-                b = self.source.fetch(self.config.batch_size as usize, self.config.poll_interval) => b,
-            };
-            let batch = match batch {
-                Ok(b) => {
-                    error_streak = 0;
-                    b
-                }
-                Err(e) => {
-                    error_streak += 1;
-                    let pause = backoff(
-                        error_streak,
-                        Duration::from_millis(100),
-                        Duration::from_secs(5),
-                    );
-                    tracing::warn!(source = self.source.name(), error = %e, "relaybox fetch failed; pausing {pause:?}");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => continue,
+            if !stopping && fetching.is_none() && in_flight + batch <= limit {
+                let source = self.source.clone();
+                let wait = self.config.poll_interval;
+                let pause = std::mem::take(&mut fetch_pause);
+                fetching = Some(Box::pin(async move {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
-                }
-            };
-            if batch.is_empty() {
-                continue;
+                    source.fetch(batch, wait).await
+                }));
             }
-            if self.process_batch(&batch).await.is_err() {
+            let ackable = if acking.is_none() {
+                tracker.ackable()
+            } else {
+                Vec::new()
+            };
+            // Something to acknowledge, but not yet: wake when it is due.
+            let mut ack_wait = !ackable.is_empty();
+            if !ackable.is_empty() && (stopping || now >= next_ack) {
+                ack_wait = false;
+                let source = self.source.clone();
+                let pause = std::mem::take(&mut ack_pause);
+                let tokens = ackable.clone();
+                acking_tokens = ackable;
+                acking = Some(Box::pin(async move {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    source.ack(&tokens).await
+                }));
+            }
+            // Done when the lanes have ended and what they settled is acknowledged
+            // (a lane's settlements are received before its end: `biased` below).
+            if stopping && lane_tasks.is_empty() && acking.is_none() {
                 break;
             }
-            let acks: Vec<_> = batch.iter().map(|d| d.ack).collect();
-            // Acknowledging is retried: the batch is processed, only its record is missing.
-            let mut attempt = 0;
-            while let Err(e) = self.source.ack(&acks).await {
-                attempt += 1;
-                tracing::warn!(source = self.source.name(), error = %e, "relaybox ack failed; retrying");
-                tokio::time::sleep(backoff(
-                    attempt,
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                ))
-                .await;
-                if self.cancel.is_cancelled() && attempt > 3 {
-                    break;
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled(), if !stopping => {
+                    stopping = true;
+                    // Fetched deliveries never handed to a lane are simply not acknowledged.
+                    fetching = None;
+                    purging = None;
+                    // Lanes finish their queues, then end.
+                    lanes.clear();
+                }
+                Some(token) = settled_rx.recv() => {
+                    tracker.settle(token);
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                Some(joined) = lane_tasks.join_next(), if !lane_tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        if e.is_panic() {
+                            tracing::error!(error = %e, "relaybox consumer lane failed; stopping the consumer");
+                            self.cancel.cancel();
+                        }
+                    }
+                }
+                fetched = poll_some(&mut fetching), if fetching.is_some() => {
+                    fetching = None;
+                    match fetched {
+                        Ok(deliveries) => {
+                            fetch_errors = 0;
+                            for d in deliveries {
+                                tracker.add(d.ack);
+                                in_flight += 1;
+                                let lane = d.lane % u64::from(self.config.concurrency);
+                                let queue = lanes.entry(lane).or_insert_with(|| {
+                                    let (tx, rx) = mpsc::unbounded_channel();
+                                    lane_tasks.spawn(self.clone().lane(rx, settled_tx.clone()));
+                                    tx
+                                });
+                                // A lane only ends on shutdown, after which nothing is dispatched.
+                                let _ = queue.send(d);
+                            }
+                        }
+                        Err(e) => {
+                            fetch_errors += 1;
+                            fetch_pause = backoff(fetch_errors, Duration::from_millis(100), Duration::from_secs(5));
+                            tracing::warn!(source = self.source.name(), error = %e, "relaybox fetch failed; pausing {fetch_pause:?}");
+                        }
+                    }
+                }
+                acked = poll_some(&mut acking), if acking.is_some() => {
+                    acking = None;
+                    match acked {
+                        Ok(()) => {
+                            ack_errors = 0;
+                            tracker.acked(&acking_tokens);
+                            next_ack = Instant::now() + ACK_INTERVAL;
+                        }
+                        Err(e) => {
+                            // The deliveries are processed; only their record is missing.
+                            ack_errors += 1;
+                            tracing::warn!(source = self.source.name(), error = %e, "relaybox ack failed; retrying");
+                            if stopping && ack_errors > 3 && lane_tasks.is_empty() {
+                                break;
+                            }
+                            ack_pause = backoff(ack_errors, Duration::from_millis(100), Duration::from_secs(5));
+                        }
+                    }
+                }
+                purged = poll_some(&mut purging), if purging.is_some() => {
+                    purging = None;
+                    match purged {
+                        Ok(n) if n > 0 => tracing::debug!(rows = n, "relaybox inbox purged"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "relaybox inbox purge failed"),
+                    }
+                }
+                _ = tokio::time::sleep_until(next_ack), if ack_wait => {}
+            }
+        }
+    }
+
+    /// Processes the deliveries of one lane in order, until its queue is
+    /// closed and empty or shutdown interrupts a wait.
+    async fn lane(
+        self: Arc<Self>,
+        mut queue: mpsc::UnboundedReceiver<Delivery>,
+        settled: mpsc::UnboundedSender<AckToken>,
+    ) {
+        while let Some(first) = queue.recv().await {
+            let mut run = vec![first];
+            while run.len() < MAX_RUN {
+                match queue.try_recv() {
+                    Ok(d) => run.push(d),
+                    Err(_) => break,
+                }
+            }
+            if self.process_run(&run, &settled).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Processes consecutive deliveries of one lane, reporting each as it
+    /// settles: several at a time in one transaction, one savepoint each;
+    /// a message whose handler fails goes on alone (retries, dead letters),
+    /// and when the shared transaction itself fails, its messages are
+    /// processed again one at a time.
+    async fn process_run(
+        &self,
+        run: &[Delivery],
+        settled: &mpsc::UnboundedSender<AckToken>,
+    ) -> std::result::Result<(), Interrupted> {
+        let mut rest = run;
+        while let Some(first) = rest.first() {
+            if rest.len() == 1 {
+                self.process(first, None).await?;
+                let _ = settled.send(first.ack);
+                return Ok(());
+            }
+            let shared = self.attempt_shared(rest).await;
+            for d in &rest[..shared.committed] {
+                let _ = settled.send(d.ack);
+            }
+            rest = &rest[shared.committed..];
+            match shared.then {
+                Then::Continue => {}
+                Then::Retry(failed) => {
+                    self.process(&rest[0], Some(failed)).await?;
+                    let _ = settled.send(rest[0].ack);
+                    rest = &rest[1..];
+                }
+                Then::OneByOne(n, error) => {
+                    tracing::debug!(messages = n, error = %error, "relaybox consumer transaction failed; processing its messages one at a time");
+                    for d in &rest[..n] {
+                        self.process(d, None).await?;
+                        let _ = settled.send(d.ack);
+                    }
+                    rest = &rest[n..];
                 }
             }
         }
+        Ok(())
     }
 
-    /// Processes lanes concurrently, each lane in order. Stops early only on shutdown
-    /// during a retry wait, in which case nothing of the batch is acknowledged.
-    async fn process_batch(&self, batch: &[Delivery]) -> std::result::Result<(), Interrupted> {
-        let lanes = u64::from(self.config.concurrency);
-        let mut by_lane: BTreeMap<u64, Vec<&Delivery>> = BTreeMap::new();
-        for d in batch {
-            by_lane.entry(d.lane % lanes).or_default().push(d);
-        }
-        let lane_runs = by_lane.into_values().map(|deliveries| async move {
-            for d in deliveries {
-                self.process(d).await?;
-            }
-            Ok::<(), Interrupted>(())
-        });
-        futures::future::join_all(lane_runs)
-            .await
-            .into_iter()
-            .collect()
-    }
-
-    async fn process(&self, delivery: &Delivery) -> std::result::Result<(), Interrupted> {
+    /// Processes one message in transactions of its own until it is
+    /// committed, skipped or dead-lettered. `first` is the outcome of an
+    /// attempt already made.
+    async fn process(
+        &self,
+        delivery: &Delivery,
+        mut first: Option<Attempt>,
+    ) -> std::result::Result<(), Interrupted> {
         let message = &delivery.message;
         let group = &self.config.group;
         let mut failures = 0u32;
         let mut infra_streak = 0u32;
         loop {
-            match self.attempt(message).await {
+            let attempt = match first.take() {
+                Some(attempt) => Ok(attempt),
+                None => self.attempt(message).await,
+            };
+            match attempt {
                 Ok(Attempt::Done) => {
                     self.counters.processed.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
@@ -414,6 +663,111 @@ impl Worker {
         }
     }
 
+    /// Handles the first messages of `run` in order in one transaction, each
+    /// after the first inside its own savepoint (inbox row + handler writes),
+    /// and commits. Stops at the first message whose handler fails, after
+    /// rolling back to its savepoint (the messages before it are committed),
+    /// and takes no more messages after `SHARED_FOR`.
+    async fn attempt_shared(&self, run: &[Delivery]) -> Shared {
+        let one_by_one = |n: usize, error: Error| Shared {
+            committed: 0,
+            then: Then::OneByOne(n.max(1), error),
+        };
+        let tx = match self.store.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return one_by_one(1, e),
+        };
+        let started = Instant::now();
+        let (mut done, mut duplicates) = (0usize, 0u64);
+        let mut failed = None;
+        for (i, delivery) in run.iter().enumerate() {
+            let message = &delivery.message;
+            // The first message needs no savepoint: the whole transaction is its own.
+            if i > 0 {
+                if started.elapsed() >= SHARED_FOR {
+                    break;
+                }
+                if let Err(e) = tx.message_savepoint(i > 1).await {
+                    return one_by_one(i, e);
+                }
+            }
+            match tx.inbox_insert(&self.config.group, message.id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    duplicates += 1;
+                    done += 1;
+                    continue;
+                }
+                Err(e) => return one_by_one(i + 1, e),
+            }
+            let outcome = self.run_handler(message, &tx).await;
+            if tx.is_finished().await {
+                // The handler committed or rolled back the shared transaction:
+                // which of the messages before it took effect is unknown.
+                return one_by_one(
+                    i + 1,
+                    Error::internal(
+                        "the handler committed or rolled back the consumer's transaction itself",
+                    ),
+                );
+            }
+            let failure = match outcome {
+                // The handler ignored a failed statement: PostgreSQL aborted the
+                // transaction, so its writes cannot commit.
+                None if tx.is_aborted() => Some(Attempt::HandlerFailed(
+                    "commit failed: a statement of the handler failed, so PostgreSQL aborted its transaction".into(),
+                )),
+                other => other,
+            };
+            if let Some(failure) = failure {
+                if i == 0 {
+                    // Nothing else is in the transaction yet.
+                    let _ = tx.rollback().await;
+                    return Shared {
+                        committed: 0,
+                        then: Then::Retry(failure),
+                    };
+                }
+                if let Err(e) = tx.rollback_to_message_savepoint().await {
+                    return one_by_one(i + 1, e);
+                }
+                failed = Some(failure);
+                break;
+            }
+            done += 1;
+        }
+        if let Err(e) = tx.commit().await {
+            // Deferred constraints fail only here, for no message in particular.
+            return one_by_one(done + usize::from(failed.is_some()), e);
+        }
+        self.counters
+            .processed
+            .fetch_add(done as u64 - duplicates, Ordering::Relaxed);
+        self.counters
+            .duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
+        Shared {
+            committed: done,
+            then: failed.map_or(Then::Continue, Then::Retry),
+        }
+    }
+
+    /// Runs the handler: None when it succeeded, else the failed attempt (a
+    /// panic is a failure).
+    async fn run_handler(&self, message: &Message, tx: &Transaction) -> Option<Attempt> {
+        let outcome = AssertUnwindSafe(self.handler.handle(message.clone(), tx.clone()))
+            .catch_unwind()
+            .await;
+        match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(match e.downcast::<Rejected>() {
+                Ok(rejected) => Attempt::Rejected(rejected.reason),
+                Err(e) => Attempt::HandlerFailed(e.to_string()),
+            }),
+            Err(panic) => Some(Attempt::HandlerFailed(Error::from_panic(panic).to_string())),
+        }
+    }
+
     async fn pause(&self, delay: Duration) -> std::result::Result<(), Interrupted> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(Interrupted),
@@ -427,36 +781,24 @@ impl Worker {
             tx.rollback().await?;
             return Ok(Attempt::Duplicate);
         }
-        let outcome = AssertUnwindSafe(self.handler.handle(message.clone(), tx.clone()))
-            .catch_unwind()
-            .await;
-        let error = match outcome {
-            Ok(Ok(())) => {
-                return match tx.commit().await {
-                    Ok(()) => Ok(Attempt::Done),
-                    // The handler finished the transaction itself: it committed or rolled back.
-                    Err(Error::Closed { .. }) => Ok(Attempt::HandlerFailed(
-                        "the handler committed or rolled back the consumer's transaction itself"
-                            .into(),
-                    )),
-                    // Deterministic failures at COMMIT (deferred constraints, an
-                    // aborted transaction) are the handler's: count them.
-                    Err(e) if !e.retryable() => {
-                        Ok(Attempt::HandlerFailed(format!("commit failed: {e}")))
-                    }
-                    Err(e) => Err(e),
-                };
-            }
-            Ok(Err(e)) => match e.downcast::<Rejected>() {
-                Ok(rejected) => Err(rejected.reason),
-                Err(e) => Ok(e.to_string()),
-            },
-            Err(panic) => Ok(Error::from_panic(panic).to_string()),
+        let Some(failure) = self.run_handler(message, &tx).await else {
+            return match tx.commit().await {
+                Ok(()) => Ok(Attempt::Done),
+                // The handler finished the transaction itself: it committed or rolled back.
+                Err(Error::Closed { .. }) => Ok(Attempt::HandlerFailed(
+                    "the handler committed or rolled back the consumer's transaction itself".into(),
+                )),
+                // Deterministic failures at COMMIT (deferred constraints, an
+                // aborted transaction) are the handler's: count them.
+                Err(e) if !e.retryable() => {
+                    Ok(Attempt::HandlerFailed(format!("commit failed: {e}")))
+                }
+                Err(e) => Err(e),
+            };
         };
-        match (tx.rollback().await, error) {
-            (Ok(()) | Err(Error::Closed { .. }), Ok(failed)) => Ok(Attempt::HandlerFailed(failed)),
-            (Ok(()) | Err(Error::Closed { .. }), Err(rejected)) => Ok(Attempt::Rejected(rejected)),
-            (Err(e), _) => Err(e),
+        match tx.rollback().await {
+            Ok(()) | Err(Error::Closed { .. }) => Ok(failure),
+            Err(e) => Err(e),
         }
     }
 
@@ -508,6 +850,24 @@ enum Attempt {
     Duplicate,
     HandlerFailed(String),
     Rejected(String),
+}
+
+/// What a shared transaction achieved for the first messages of a run.
+struct Shared {
+    /// How many messages from the start of the run are settled (committed or duplicates).
+    committed: usize,
+    then: Then,
+}
+
+/// What follows a shared transaction.
+enum Then {
+    /// Go on with the rest of the run.
+    Continue,
+    /// The next message failed this first attempt (rolled back to its savepoint).
+    Retry(Attempt),
+    /// The transaction failed, so none of it took effect for sure: process
+    /// this many messages one at a time.
+    OneByOne(usize, Error),
 }
 
 #[cfg(test)]

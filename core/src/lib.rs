@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod spec;
 pub mod store;
 pub mod transaction;
 pub mod transport;
@@ -39,6 +40,7 @@ pub use relay::{Relay, RelayConfig, RelayStats};
 pub use schema::Dialect;
 pub use sink::Sink;
 pub use source::{AckToken, Delivery, Source};
+pub use spec::MessageSpec;
 pub use store::{
     DeadLetter, DeadLetterFilter, InsertStatement, Placeholders, Status, Store, StoreOptions,
 };

@@ -30,9 +30,12 @@ pub struct Delivery {
 
 /// A broker (or the database log) the consumer reads from.
 ///
-/// The consumer calls `fetch`, processes every delivery (each in its own
-/// database transaction with the inbox row), then calls `ack` with the tokens
-/// of the whole batch. Deliveries not acknowledged are delivered again after a
+/// The consumer calls `fetch` again while it still processes earlier
+/// deliveries, and `ack` whenever a partition's processed prefix grows:
+/// each token it passes is, for its partition, the highest offset up to
+/// which every delivery handed out is processed, so offsets acknowledged for
+/// a partition only grow. `fetch` and `ack` may run at the same time (never
+/// two `fetch`es). Deliveries not acknowledged are delivered again after a
 /// restart; the inbox makes that harmless.
 #[async_trait::async_trait]
 pub trait Source: Send + Sync + 'static {
@@ -42,7 +45,8 @@ pub trait Source: Send + Sync + 'static {
     /// Returns up to `max` deliveries, waiting up to `wait` when none are ready.
     async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 
-    /// Records that the given deliveries are processed.
+    /// Records that everything up to and including each token's offset on
+    /// its partition is processed.
     async fn ack(&self, acks: &[AckToken]) -> Result<()>;
 
     /// Sends a message that exhausted its retries to the source's own

@@ -248,6 +248,43 @@ impl Transaction {
     pub async fn is_finished(&self) -> bool {
         self.state.lock().await.is_none()
     }
+
+    /// Starts the savepoint that isolates one message of the consumer inside
+    /// a transaction shared by several; with `release_previous`, the previous
+    /// message's savepoint is released first, in the same round trip.
+    pub(crate) async fn message_savepoint(&self, release_previous: bool) -> Result<()> {
+        let sql = if release_previous {
+            "RELEASE SAVEPOINT relaybox_message; SAVEPOINT relaybox_message"
+        } else {
+            "SAVEPOINT relaybox_message"
+        };
+        self.raw(sql).await
+    }
+
+    /// Undoes everything since [`message_savepoint`](Self::message_savepoint);
+    /// the transaction is usable again, on PostgreSQL also after a failed statement.
+    pub(crate) async fn rollback_to_message_savepoint(&self) -> Result<()> {
+        self.raw("ROLLBACK TO SAVEPOINT relaybox_message").await?;
+        self.aborted
+            .store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a statement failed on PostgreSQL, so the transaction is aborted.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn raw(&self, sql: &'static str) -> Result<()> {
+        let mut guard = self.open().await?;
+        let r = match guard.as_mut().expect("checked open") {
+            TxState::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ()),
+            TxState::Sqlite(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await.map(|_| ()),
+        }
+        .map_err(Error::from);
+        self.note(&r);
+        r
+    }
 }
 
 /// The SQL NULL of no declared type, so PostgreSQL infers it from context.

@@ -594,3 +594,577 @@ async fn rejected_message_is_dead_lettered_without_retries(backend: Backend) {
     assert_eq!(dead[0].last_error, "payload is not JSON");
     db.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------
+// Lanes run independently: a slow lane holds back neither other lanes nor
+// later fetches, and acknowledgements never pass an unprocessed delivery.
+
+/// A key whose messages go to lane `lane` of a consumer with `lanes` lanes.
+fn key_in_lane(prefix: &str, lane: u32, lanes: u32) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|k| relaybox::partition::key_hash(k) % lanes == lane)
+        .unwrap()
+}
+
+/// Delegates to a [`Recorder`], but the call for `held` first waits for a
+/// permit of `gate` (none at first: the message is held until the test adds one).
+struct Gated {
+    inner: Arc<Recorder>,
+    held: Uuid,
+    gate: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl Gated {
+    fn new(inner: Arc<Recorder>, held: Uuid) -> Arc<Gated> {
+        Arc::new(Gated {
+            inner,
+            held,
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            waiting: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the held message's handler has started and waits.
+    fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    fn release(&self) {
+        self.gate.add_permits(1);
+    }
+}
+
+#[async_trait::async_trait]
+impl relaybox::Handler for Gated {
+    async fn handle(&self, message: Message, tx: Transaction) -> Result<(), BoxError> {
+        if message.id == self.held {
+            self.waiting.store(true, Ordering::SeqCst);
+            self.gate.acquire().await?.forget();
+            self.waiting.store(false, Ordering::SeqCst);
+        }
+        self.inner.handle(message, tx).await
+    }
+}
+
+/// One message's handler is held. Messages of the other lane, fetched in
+/// many later batches, are handled meanwhile; the stored position stays
+/// before the held message until it is done, then covers everything.
+///
+/// PostgreSQL only here and below: on SQLite a held handler holds the one
+/// write lock, so every lane waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_lane_holds_back_neither_other_lanes_nor_later_batches() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (topic, group) = ("lanes", "lanes");
+    let (slow_key, fast_key) = (key_in_lane("slow", 0, 2), key_in_lane("fast", 1, 2));
+    let held = Message::new(topic, b"held".to_vec()).with_key(slow_key.clone());
+    let fast: Vec<Message> = (0..30)
+        .map(|i| Message::new(topic, format!("f{i}").into_bytes()).with_key(fast_key.clone()))
+        .collect();
+    let after = Message::new(topic, b"after".to_vec()).with_key(slow_key);
+    let mut all = vec![held.clone()];
+    all.extend(fast.iter().cloned());
+    all.push(after.clone());
+    db.store.append_log(&all).await.unwrap();
+    let log = read_all_log(&db.store, topic).await;
+    let position_of = |id: Uuid| log.iter().find(|e| e.message.id == id).unwrap().position;
+
+    let recorder = Recorder::new(&db).arc();
+    let handler = Gated::new(recorder.clone(), held.id);
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, group)).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        handler.clone(),
+        ConsumerConfig {
+            batch_size: 4,
+            concurrency: 2,
+            ..consumer_config(group)
+        },
+    )
+    .unwrap();
+    let source_key = DatabaseSourceConfig::new(topic, group).position_source();
+    wait_for(
+        "the other lane's 30 messages handled while one message is held",
+        WAIT,
+        async || {
+            let handled = recorder.handled_count();
+            if handled >= fast.len() && handler.waiting() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{handled} handled, held message waiting: {}, {:?}",
+                    handler.waiting(),
+                    consumer.stats()
+                ))
+            }
+        },
+    )
+    .await;
+    let handled: Vec<Uuid> = recorder.handled().iter().map(|m| m.id).collect();
+    assert!(fast.iter().all(|m| handled.contains(&m.id)));
+    assert!(!handled.contains(&held.id) && !handled.contains(&after.id));
+    // Processed work after the held message is not acknowledged past it.
+    let position = db.store.position(group, &source_key).await.unwrap();
+    assert!(
+        position.unwrap_or(0) < position_of(held.id),
+        "the stored position {position:?} passed the held message at {}",
+        position_of(held.id)
+    );
+
+    handler.release();
+    wait_for("every message handled", WAIT, async || {
+        let s = consumer.stats();
+        if s.processed >= all.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    let ids: Vec<Uuid> = all.iter().map(|m| m.id).collect();
+    assert_handled_once(&db, &[&recorder], &ids).await;
+    let order: Vec<Uuid> = recorder.handled().iter().map(|m| m.id).collect();
+    let pos = |id: Uuid| order.iter().position(|x| *x == id).unwrap();
+    assert!(pos(held.id) < pos(after.id), "order within a key kept");
+    assert_eq!(
+        db.store.position(group, &source_key).await.unwrap(),
+        Some(position_of(after.id)),
+        "after shutdown the position covers every message"
+    );
+    db.cleanup().await;
+}
+
+/// A source of fixed deliveries over two partitions that records what the
+/// consumer acknowledges.
+struct ScriptedSource {
+    deliveries: std::sync::Mutex<std::collections::VecDeque<relaybox::Delivery>>,
+    acked: std::sync::Mutex<std::collections::BTreeMap<i32, i64>>,
+}
+
+impl ScriptedSource {
+    fn acked(&self, partition: i32) -> Option<i64> {
+        self.acked.lock().unwrap().get(&partition).copied()
+    }
+}
+
+#[async_trait::async_trait]
+impl relaybox::Source for ScriptedSource {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn fetch(
+        &self,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> relaybox::Result<Vec<relaybox::Delivery>> {
+        let batch: Vec<relaybox::Delivery> = {
+            let mut queue = self.deliveries.lock().unwrap();
+            let n = max.min(queue.len());
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            tokio::time::sleep(wait.min(std::time::Duration::from_millis(20))).await;
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&self, acks: &[relaybox::AckToken]) -> relaybox::Result<()> {
+        let mut acked = self.acked.lock().unwrap();
+        for a in acks {
+            let entry = acked.entry(a.partition).or_insert(a.offset);
+            assert!(
+                a.offset >= *entry,
+                "partition {} acknowledged backwards: {} after {}",
+                a.partition,
+                a.offset,
+                *entry
+            );
+            *entry = a.offset;
+        }
+        Ok(())
+    }
+}
+
+/// Partition 0's first delivery is held in one lane while its later
+/// deliveries and all of partition 1 are handled in another: partition 1 is
+/// acknowledged to its end, partition 0 not at all until the held delivery is
+/// done, then to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgement_covers_only_the_processed_prefix_of_each_partition() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let topic = "scripted";
+    let delivery = |partition: i32, offset: i64, lane: u64| relaybox::Delivery {
+        message: Message::new(topic, format!("{partition}/{offset}").into_bytes())
+            .with_key(format!("k{partition}-{offset}")),
+        lane,
+        ack: relaybox::AckToken { partition, offset },
+    };
+    let deliveries = vec![
+        delivery(0, 10, 0),
+        delivery(1, 20, 1),
+        delivery(0, 11, 1),
+        delivery(1, 21, 1),
+        delivery(0, 12, 1),
+    ];
+    let held = deliveries[0].message.id;
+    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.message.id).collect();
+    let source = Arc::new(ScriptedSource {
+        deliveries: std::sync::Mutex::new(deliveries.into()),
+        acked: Default::default(),
+    });
+    let recorder = Recorder::new(&db).arc();
+    let handler = Gated::new(recorder.clone(), held);
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source.clone(),
+        handler.clone(),
+        ConsumerConfig {
+            concurrency: 2,
+            ..consumer_config("scripted")
+        },
+    )
+    .unwrap();
+    wait_for("partition 1 acknowledged to its end", WAIT, async || {
+        if source.acked(1) == Some(21) && recorder.handled_count() == 4 && handler.waiting() {
+            Ok(())
+        } else {
+            Err(format!(
+                "acked {:?}, {} handled, {:?}",
+                source.acked.lock().unwrap(),
+                recorder.handled_count(),
+                consumer.stats()
+            ))
+        }
+    })
+    .await;
+    assert_eq!(
+        source.acked(0),
+        None,
+        "partition 0 acknowledged past its held first delivery"
+    );
+    handler.release();
+    wait_for("partition 0 acknowledged to its end", WAIT, async || {
+        if source.acked(0) == Some(12) {
+            Ok(())
+        } else {
+            Err(format!("acked {:?}", source.acked.lock().unwrap()))
+        }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    assert_handled_once(&db, &[&recorder], &ids).await;
+    db.cleanup().await;
+}
+
+dialect_tests!(restart_redelivers_only_unacknowledged_messages_and_the_inbox_skips_processed_ones);
+
+/// A message keeps failing while the other lane goes on; the consumer shuts
+/// down during a retry wait. The stored position stops before the failing
+/// message. A restarted consumer gets the failing message and everything
+/// after it again, not what came before: it handles the failing message and
+/// its lane's successors, and the inbox skips the other lane's messages that
+/// were processed already.
+async fn restart_redelivers_only_unacknowledged_messages_and_the_inbox_skips_processed_ones(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let (topic, group) = ("restart", "restart");
+    let (a, b) = (key_in_lane("a", 0, 2), key_in_lane("b", 1, 2));
+    let msg = |key: &str, i: usize| {
+        Message::new(topic, format!("{key}/{i}").into_bytes()).with_key(key.to_string())
+    };
+    // a0 b0 a1 b1 ... ; a2 fails in the first run.
+    let all: Vec<Message> = (0..6).flat_map(|i| [msg(&a, i), msg(&b, i)]).collect();
+    let failing = all[4].clone();
+    assert_eq!(failing.payload, format!("{a}/2").into_bytes());
+    db.store.append_log(&all).await.unwrap();
+    let log = read_all_log(&db.store, topic).await;
+    let position_of = |id: Uuid| log.iter().find(|e| e.message.id == id).unwrap().position;
+    let config = ConsumerConfig {
+        batch_size: 3,
+        concurrency: 2,
+        max_retries: 1_000,
+        retry_delay: std::time::Duration::from_millis(20),
+        retry_delay_max: std::time::Duration::from_millis(50),
+        ..consumer_config(group)
+    };
+    let source_key = DatabaseSourceConfig::new(topic, group).position_source();
+
+    let first = Recorder::new(&db)
+        .failing({
+            let id = failing.id;
+            move |m| m.id == id
+        })
+        .arc();
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, group)).unwrap();
+    let consumer =
+        Consumer::start(db.store.clone(), source, first.clone(), config.clone()).unwrap();
+    let lane_b: Vec<Uuid> = all
+        .iter()
+        .filter(|m| m.key.as_deref() == Some(b.as_str()))
+        .map(|m| m.id)
+        .collect();
+    wait_for("lane b done while a2 keeps failing", WAIT, async || {
+        let handled: Vec<Uuid> = first.handled().iter().map(|m| m.id).collect();
+        let s = consumer.stats();
+        if lane_b.iter().all(|id| handled.contains(id)) && s.retried >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{} handled, {s:?}", handled.len()))
+        }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    let handled_first: Vec<Uuid> = first.handled().iter().map(|m| m.id).collect();
+    let before_failing: Vec<Uuid> = all[..4].iter().map(|m| m.id).collect();
+    assert!(before_failing.iter().all(|id| handled_first.contains(id)));
+    assert_eq!(
+        db.store.position(group, &source_key).await.unwrap(),
+        Some(position_of(all[3].id)),
+        "the position covers exactly what precedes the failing message"
+    );
+
+    // Restart with a handler that works.
+    let second = Recorder::new(&db).arc();
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, group)).unwrap();
+    let consumer = Consumer::start(db.store.clone(), source, second.clone(), config).unwrap();
+    let redelivered = all.len() - 4;
+    wait_for("the redelivered messages settled", WAIT, async || {
+        let s = consumer.stats();
+        if s.processed + s.duplicates >= redelivered as u64 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    let stats = consumer.stats();
+    let handled_second: std::collections::HashSet<Uuid> = second.calls().keys().copied().collect();
+    let expected_second: std::collections::HashSet<Uuid> = all[4..]
+        .iter()
+        .filter(|m| !handled_first.contains(&m.id))
+        .map(|m| m.id)
+        .collect();
+    assert!(expected_second.contains(&failing.id));
+    assert_eq!(
+        handled_second, expected_second,
+        "only unprocessed messages are handled after the restart"
+    );
+    assert_eq!(
+        (stats.processed, stats.duplicates),
+        (
+            expected_second.len() as u64,
+            (redelivered - expected_second.len()) as u64
+        ),
+        "{stats:?}"
+    );
+    let ids: Vec<Uuid> = all.iter().map(|m| m.id).collect();
+    let rows = db.handled_rows().await;
+    assert!(ids.iter().all(|id| rows.get(id) == Some(&1)), "{rows:?}");
+    assert_eq!(
+        db.store.position(group, &source_key).await.unwrap(),
+        Some(position_of(all.last().unwrap().id))
+    );
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// Consecutive messages of a lane share a transaction, one savepoint each.
+
+/// `n` messages of one key (so one lane, in order), payload `v<i>`.
+fn one_lane(topic: &str, n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| Message::new(topic, format!("v{i}").into_bytes()).with_key("one-lane"))
+        .collect()
+}
+
+/// A handler that inserts the message's payload as the key of `table`
+/// (whose key is unique) and counts its calls per message; for the message
+/// with payload `swallow` it also runs a failing statement and ignores the error.
+fn inserting_handler(
+    db: &TestDb,
+    table: &str,
+    calls: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
+) -> Arc<dyn relaybox::Handler> {
+    let insert = format!("INSERT INTO {table} (id) VALUES ({})", db.ph(1));
+    let failing = format!("INSERT INTO {table} (id) VALUES ('v0')");
+    Arc::new(handler_fn(move |m: Message, tx: Transaction| {
+        let (insert, failing, calls) = (insert.clone(), failing.clone(), calls.clone());
+        async move {
+            *calls.lock().unwrap().entry(m.id).or_default() += 1;
+            let value = String::from_utf8(m.payload.clone())?;
+            if value == "swallow" {
+                let _ = tx.execute(&failing, &[]).await;
+                return Ok(());
+            }
+            tx.execute(&insert, &[Value::from(value)]).await?;
+            Ok::<(), BoxError>(())
+        }
+    }))
+}
+
+async fn wait_settled(consumer: &Consumer, n: u64) {
+    wait_for("every message settled", WAIT, async || {
+        let s = consumer.stats();
+        if s.processed + s.duplicates + s.dead_lettered >= n {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+}
+
+dialect_tests!(failing_statement_in_a_shared_transaction_undoes_only_its_own_message);
+
+/// Ten messages of one lane are handled in a shared transaction; the fifth
+/// one's INSERT violates a unique key (on PostgreSQL this aborts the
+/// transaction). Only that message is rolled back, retried and
+/// dead-lettered; every other message is handled once and its write kept.
+async fn failing_statement_in_a_shared_transaction_undoes_only_its_own_message(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.t("uniq");
+    db.exec(&format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"))
+        .await;
+    db.exec(&format!("INSERT INTO {table} (id) VALUES ('taken')"))
+        .await;
+    let topic = "shared";
+    let mut msgs = one_lane(topic, 10);
+    msgs[4] = Message::new(topic, b"taken".to_vec()).with_key("one-lane");
+    db.store.append_log(&msgs).await.unwrap();
+    let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "s")).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        inserting_handler(&db, &table, calls.clone()),
+        ConsumerConfig {
+            max_retries: 1,
+            ..consumer_config("s")
+        },
+    )
+    .unwrap();
+    wait_settled(&consumer, msgs.len() as u64).await;
+    consumer.shutdown().await.unwrap();
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.processed, stats.dead_lettered, stats.retried),
+        (9, 1, 1),
+        "{stats:?}"
+    );
+    let calls = calls.lock().unwrap().clone();
+    for (i, m) in msgs.iter().enumerate() {
+        let expected = if i == 4 { 2 } else { 1 };
+        assert_eq!(calls.get(&m.id), Some(&expected), "calls of message {i}");
+    }
+    assert_eq!(db.count("uniq").await, 10, "'taken' and v0..v9 without v4");
+    let dead = db.store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].message.id, dead[0].attempts), (msgs[4].id, 2));
+    db.cleanup().await;
+}
+
+/// PostgreSQL aborts a transaction whose statement failed. A handler that
+/// ignores such a failure and returns Ok, in the middle of a shared
+/// transaction, must not be counted processed (its writes cannot commit),
+/// and must not cost the other messages their writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swallowed_database_error_in_a_shared_transaction_spares_the_other_messages() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let table = db.t("uniq");
+    db.exec(&format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"))
+        .await;
+    let topic = "shared-swallow";
+    let mut msgs = one_lane(topic, 6);
+    msgs[2] = Message::new(topic, b"swallow".to_vec()).with_key("one-lane");
+    db.store.append_log(&msgs).await.unwrap();
+    let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "sw")).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        inserting_handler(&db, &table, calls.clone()),
+        ConsumerConfig {
+            max_retries: 1,
+            ..consumer_config("sw")
+        },
+    )
+    .unwrap();
+    wait_settled(&consumer, msgs.len() as u64).await;
+    consumer.shutdown().await.unwrap();
+    let stats = consumer.stats();
+    assert_eq!((stats.processed, stats.dead_lettered), (5, 1), "{stats:?}");
+    let calls = calls.lock().unwrap().clone();
+    for (i, m) in msgs.iter().enumerate() {
+        let expected = if i == 2 { 2 } else { 1 };
+        assert_eq!(calls.get(&m.id), Some(&expected), "calls of message {i}");
+    }
+    assert_eq!(db.count("uniq").await, 5);
+    let dead = db.store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, msgs[2].id);
+    let inbox = db
+        .scalar(&format!(
+            "SELECT count(*) FROM {} WHERE message_id = '{}'",
+            db.t("inbox"),
+            msgs[2].id
+        ))
+        .await;
+    assert_eq!(inbox, 0, "the swallowing message is not in the inbox");
+    db.cleanup().await;
+}
+
+dialect_tests!(handler_committing_the_shared_transaction_itself_loses_nothing);
+
+/// A handler that commits the consumer's transaction itself, in the middle
+/// of a shared transaction, commits the messages before it too. Every
+/// message still takes effect exactly once and none is dead-lettered.
+async fn handler_committing_the_shared_transaction_itself_loses_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let table = db.t("uniq");
+    db.exec(&format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"))
+        .await;
+    let topic = "shared-commit";
+    let msgs = one_lane(topic, 6);
+    let committer = msgs[2].id;
+    db.store.append_log(&msgs).await.unwrap();
+    let insert = format!("INSERT INTO {table} (id) VALUES ({})", db.ph(1));
+    let handler = handler_fn(move |m: Message, tx: Transaction| {
+        let insert = insert.clone();
+        async move {
+            let value = String::from_utf8(m.payload.clone())?;
+            tx.execute(&insert, &[Value::from(value)]).await?;
+            if m.id == committer {
+                tx.commit().await?;
+            }
+            Ok::<(), BoxError>(())
+        }
+    });
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "c")).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        Arc::new(handler),
+        consumer_config("c"),
+    )
+    .unwrap();
+    wait_settled(&consumer, msgs.len() as u64).await;
+    consumer.shutdown().await.unwrap();
+    let stats = consumer.stats();
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(db.count("uniq").await, 6, "each message's write once");
+    assert_eq!(db.count("inbox").await, 6);
+    db.cleanup().await;
+}

@@ -138,8 +138,36 @@ pub struct DatabaseSource {
     store: Store,
     config: DatabaseSourceConfig,
     position_source: String,
+    /// Where reading goes on (None until the stored position is read).
     cursor: Mutex<Option<i64>>,
     wake: Mutex<tokio::sync::watch::Receiver<u64>>,
+    progress: std::sync::Mutex<Progress>,
+    /// The position last stored by this source; writes take turns and only go forward.
+    stored: Mutex<Option<i64>>,
+}
+
+/// What was handed out and acknowledged, to store positions that never pass
+/// an unprocessed delivery.
+#[derive(Default)]
+struct Progress {
+    /// Ack offset of the last delivery handed out.
+    handed_out: i64,
+    /// Highest offset acknowledged.
+    acked: i64,
+    /// End of a scan after `handed_out` that found only other members' entries.
+    skipped_to: i64,
+}
+
+impl Progress {
+    /// The position to store: past the skipped entries once everything
+    /// handed out is acknowledged.
+    fn storable(&self) -> i64 {
+        if self.acked >= self.handed_out {
+            self.acked.max(self.skipped_to)
+        } else {
+            self.acked
+        }
+    }
 }
 
 impl std::fmt::Debug for DatabaseSource {
@@ -161,6 +189,8 @@ impl DatabaseSource {
             config,
             cursor: Mutex::new(None),
             wake,
+            progress: std::sync::Mutex::new(Progress::default()),
+            stored: Mutex::new(None),
         }))
     }
 
@@ -173,6 +203,7 @@ impl DatabaseSource {
 
     async fn start_position(&self) -> Result<i64> {
         if let Some(p) = self.stored_position().await? {
+            *self.stored.lock().await = Some(p);
             return Ok(p);
         }
         Ok(match self.config.start_from {
@@ -192,6 +223,23 @@ impl DatabaseSource {
             }
         })
     }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores the position `progress` allows, unless a later one is stored.
+    async fn store_progress(&self) -> Result<()> {
+        let mut stored = self.stored.lock().await;
+        let position = self.progress().storable();
+        if stored.is_none_or(|s| position > s) {
+            self.store
+                .set_position(&self.config.group, &self.position_source, position)
+                .await?;
+            *stored = Some(position);
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -205,7 +253,13 @@ impl Source for DatabaseSource {
         let mut cursor = self.cursor.lock().await;
         let mut after = match *cursor {
             Some(p) => p,
-            None => self.start_position().await?,
+            None => {
+                let start = self.start_position().await?;
+                let mut progress = self.progress();
+                progress.handed_out = start;
+                progress.acked = start;
+                start
+            }
         };
         let mut wake = self.wake.lock().await;
         loop {
@@ -241,15 +295,16 @@ impl Source for DatabaseSource {
                 after = to;
                 *cursor = Some(to);
                 match out.last_mut() {
-                    // Acknowledging the batch also passes the other members' entries scanned after it.
+                    // Acknowledging the last delivery also passes the other members' entries scanned after it.
                     Some(last) => {
                         last.ack.offset = to;
+                        self.progress().handed_out = to;
                         return Ok(out);
                     }
+                    // Only other members' entries: pass them once everything handed out is processed.
                     None => {
-                        self.store
-                            .set_position(&self.config.group, &self.position_source, to)
-                            .await?;
+                        self.progress().skipped_to = to;
+                        self.store_progress().await?;
                         continue;
                     }
                 }
@@ -264,9 +319,11 @@ impl Source for DatabaseSource {
 
     async fn ack(&self, acks: &[AckToken]) -> Result<()> {
         if let Some(max) = acks.iter().map(|a| a.offset).max() {
-            self.store
-                .set_position(&self.config.group, &self.position_source, max)
-                .await?;
+            {
+                let mut progress = self.progress();
+                progress.acked = progress.acked.max(max);
+            }
+            self.store_progress().await?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -169,15 +170,16 @@ impl Source for KafkaSource {
             Ok(Err(e)) => return Err(kafka_error(e, None)),
             Ok(Ok(record)) => out.push(self.delivery(&record)),
         }
-        // Take what is already buffered, without waiting for more.
+        // Take what is already buffered, without waiting for more (`recv` is
+        // cancellation safe: a record it has not returned stays queued).
         while out.len() < max {
-            match tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
-                Ok(Ok(record)) => out.push(self.delivery(&record)),
-                Ok(Err(e)) => {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(record)) => out.push(self.delivery(&record)),
+                Some(Err(e)) => {
                     tracing::warn!(error = %kafka_error(e, None), "relaybox Kafka consumer error");
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         Ok(out)
