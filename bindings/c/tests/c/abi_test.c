@@ -1,0 +1,338 @@
+/*
+ * Checks of the C ABI as a C caller sees it: status codes and messages for
+ * bad arguments (NULL, invalid UTF-8, malformed JSON), nothing written on
+ * invalid input, the thread-local last error, panics returned as
+ * RELAYBOX_INTERNAL, and the consumer handler contract (acknowledge, retry,
+ * reject with a reason; the handler's transaction cannot be committed or
+ * freed). Runs against RELAYBOX_TEST_DATABASE_URL with the database
+ * transport; removes its tables at the end.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "relaybox.h"
+
+/* Not in the header: a guarded call that panics, for this test only. */
+relaybox_status relaybox__panic_for_tests(void);
+
+static int failures = 0;
+
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      fprintf(stderr, "abi_test.c:%d: failed: %s (last error: %s)\n",   \
+              __LINE__, #cond, relaybox_last_error());                  \
+      failures++;                                                       \
+    }                                                                   \
+  } while (0)
+
+#define OK(call)                                                        \
+  do {                                                                  \
+    relaybox_status ok_status_ = (call);                                \
+    if (ok_status_ != RELAYBOX_OK) {                                    \
+      fprintf(stderr, "abi_test.c:%d: %s returned %s: %s\n", __LINE__,  \
+              #call, relaybox_status_name(ok_status_),                  \
+              relaybox_last_error());                                   \
+      exit(1);                                                          \
+    }                                                                   \
+  } while (0)
+
+static int contains(const char *haystack, const char *needle) {
+  return haystack != NULL && strstr(haystack, needle) != NULL;
+}
+
+static char prefix[64];
+static char topic[64];
+
+static long long count(relaybox_outbox *outbox, const char *sql) {
+  relaybox_tx *tx = NULL;
+  char *rows = NULL;
+  OK(relaybox_outbox_begin(outbox, &tx));
+  OK(relaybox_tx_query(tx, sql, NULL, &rows));
+  OK(relaybox_tx_free(tx));
+  const char *colon = strchr(rows, ':');
+  long long n = colon ? strtoll(colon + 1, NULL, 10) : -1;
+  relaybox_string_free(rows);
+  return n;
+}
+
+static void *fail_on_other_thread(void *unused) {
+  (void)unused;
+  relaybox_outbox *out = NULL;
+  relaybox_status status = relaybox_outbox_open(NULL, NULL, false, &out);
+  return (void *)(size_t)(status == RELAYBOX_NULL_POINTER &&
+                          contains(relaybox_last_error(), "url"));
+}
+
+static void arguments(const char *url) {
+  relaybox_outbox *outbox = (relaybox_outbox *)&failures; /* must be reset */
+  CHECK(relaybox_outbox_open(NULL, NULL, false, &outbox) == RELAYBOX_NULL_POINTER);
+  CHECK(outbox == NULL);
+  CHECK(contains(relaybox_last_error(), "`url` must not be NULL"));
+  CHECK(relaybox_outbox_open(url, NULL, false, NULL) == RELAYBOX_NULL_POINTER);
+  CHECK(contains(relaybox_last_error(), "out_outbox"));
+  CHECK(relaybox_outbox_open("postgres://\xff\xfe", NULL, false, &outbox) ==
+        RELAYBOX_INVALID_UTF8);
+  CHECK(contains(relaybox_last_error(), "UTF-8"));
+  CHECK(relaybox_outbox_open(url, "{\"table_prefx\": \"x_\"}", false, &outbox) ==
+        RELAYBOX_INVALID_CONFIG);
+  CHECK(contains(relaybox_last_error(), "table_prefx"));
+  CHECK(relaybox_outbox_open(url, "not json", false, &outbox) == RELAYBOX_INVALID_CONFIG);
+  /* The last error may be an argument of the next call (valgrind checks the
+   * memory stays valid while the call replaces it). */
+  CHECK(relaybox_outbox_open(url, relaybox_last_error(), false, &outbox) ==
+        RELAYBOX_INVALID_CONFIG);
+  CHECK(contains(relaybox_last_error(), "store options"));
+
+  /* A success clears the last error; each thread has its own. */
+  char *sql = NULL;
+  OK(relaybox_schema_sql("postgres", "abi_", 4, &sql));
+  CHECK(strcmp(relaybox_last_error(), "") == 0);
+  CHECK(contains(sql, "abi_outbox"));
+  relaybox_string_free(sql);
+  CHECK(relaybox_schema_sql("oracle", "abi_", 4, &sql) == RELAYBOX_INVALID_CONFIG);
+  CHECK(sql == NULL);
+  pthread_t thread;
+  void *thread_ok = NULL;
+  CHECK(pthread_create(&thread, NULL, fail_on_other_thread, NULL) == 0);
+  CHECK(pthread_join(thread, &thread_ok) == 0);
+  CHECK(thread_ok != NULL);
+  CHECK(contains(relaybox_last_error(), "oracle"));
+
+  CHECK(relaybox__panic_for_tests() == RELAYBOX_INTERNAL);
+  CHECK(contains(relaybox_last_error(), "panic"));
+  CHECK(strcmp(relaybox_status_name(RELAYBOX_DATABASE), "database") == 0);
+  CHECK(strcmp(relaybox_status_name(RELAYBOX_OK), "ok") == 0);
+
+  /* Freeing NULL is allowed. */
+  CHECK(relaybox_outbox_free(NULL) == RELAYBOX_OK);
+  CHECK(relaybox_tx_free(NULL) == RELAYBOX_OK);
+  CHECK(relaybox_relay_free(NULL) == RELAYBOX_OK);
+  CHECK(relaybox_consumer_free(NULL) == RELAYBOX_OK);
+  relaybox_string_free(NULL);
+}
+
+static void transactions(relaybox_outbox *outbox) {
+  char spec[256], sql[256];
+  relaybox_tx *tx = NULL;
+  OK(relaybox_outbox_begin(outbox, &tx));
+
+  /* Invalid messages are refused with their own status; nothing is written. */
+  char *id = (char *)"untouched";
+  CHECK(relaybox_tx_enqueue(tx, "{\"topic\": \"t\", \"payload\": 1, \"kee\": 1}", &id) ==
+        RELAYBOX_INVALID_MESSAGE);
+  CHECK(id == NULL);
+  CHECK(contains(relaybox_last_error(), "kee"));
+  CHECK(relaybox_tx_enqueue(tx, "{\"topic\": \"no spaces\", \"payload\": 1}", NULL) ==
+        RELAYBOX_INVALID_TOPIC);
+  CHECK(relaybox_tx_enqueue(tx, "{\"topic\": \"t\"}", NULL) == RELAYBOX_INVALID_MESSAGE);
+  CHECK(relaybox_tx_enqueue(tx, "[", NULL) == RELAYBOX_INVALID_MESSAGE);
+  CHECK(relaybox_tx_enqueue(tx, NULL, NULL) == RELAYBOX_NULL_POINTER);
+  CHECK(relaybox_tx_enqueue(tx, "{\"topic\": \"\xc3\x28\"}", NULL) == RELAYBOX_INVALID_UTF8);
+  CHECK(relaybox_tx_enqueue_batch(
+            tx, "[{\"topic\": \"t\", \"payload\": 1}, {\"topic\": \"t\"}]", NULL) ==
+        RELAYBOX_INVALID_MESSAGE);
+  CHECK(relaybox_tx_execute(tx, "SELECT $1::int", "{\"a\": 1}", NULL) ==
+        RELAYBOX_INVALID_VALUE);
+  CHECK(relaybox_tx_execute(NULL, "SELECT 1", NULL, NULL) == RELAYBOX_NULL_POINTER);
+
+  /* Values round-trip through JSON parameters and rows. */
+  char *rows = NULL;
+  OK(relaybox_tx_query(tx,
+                       "SELECT $1::int8 AS i, $2::text AS s, $3::jsonb AS j, $4::bool AS b, "
+                       "$5::text IS NULL AS n, $6::uuid AS u",
+                       "[42, \"h\\u00e9\", {\"k\": [1]}, true, null, "
+                       "\"01a20312-5cc1-76c3-9703-b83e696f9d1a\"]",
+                       &rows));
+  CHECK(contains(rows, "\"i\":42"));
+  CHECK(contains(rows, "\"s\":\"h\xc3\xa9\""));
+  CHECK(contains(rows, "\"j\":{\"k\":[1]}"));
+  CHECK(contains(rows, "\"b\":true"));
+  CHECK(contains(rows, "\"n\":true"));
+  CHECK(contains(rows, "\"u\":\"01a20312-5cc1-76c3-9703-b83e696f9d1a\""));
+  relaybox_string_free(rows);
+
+  char *ids = NULL;
+  snprintf(spec, sizeof spec,
+           "[{\"topic\": \"%s\", \"key\": \"a\", \"payload_text\": \"one\"},"
+           " {\"topic\": \"%s\", \"key\": \"b\", \"payload_base64\": \"AAE=\"}]",
+           topic, topic);
+  OK(relaybox_tx_enqueue_batch(tx, spec, &ids));
+  CHECK(ids != NULL && ids[0] == '[' && strlen(ids) == 2 + 2 * 38 + 1);
+  relaybox_string_free(ids);
+  OK(relaybox_tx_commit(tx));
+  CHECK(relaybox_tx_commit(tx) == RELAYBOX_CLOSED);
+  CHECK(relaybox_tx_execute(tx, "SELECT 1", NULL, NULL) == RELAYBOX_CLOSED);
+  CHECK(relaybox_tx_set_failure_reason(tx, "x") == RELAYBOX_MISUSE);
+  OK(relaybox_tx_free(tx));
+
+  int64_t pending = -1;
+  OK(relaybox_outbox_pending_count(outbox, &pending));
+  CHECK(pending == 2);
+
+  /* A database error aborts the transaction; a dropped one rolls back. */
+  OK(relaybox_outbox_begin(outbox, &tx));
+  snprintf(spec, sizeof spec, "{\"topic\": \"%s\", \"payload\": null}", topic);
+  OK(relaybox_tx_enqueue(tx, spec, NULL));
+  CHECK(relaybox_tx_execute(tx, "SELECT * FROM no_such_table", NULL, NULL) ==
+        RELAYBOX_DATABASE);
+  CHECK(contains(relaybox_last_error(), "no_such_table"));
+  OK(relaybox_tx_free(tx));
+  OK(relaybox_outbox_pending_count(outbox, &pending));
+  CHECK(pending == 2);
+  snprintf(sql, sizeof sql, "SELECT count(*) AS n FROM %soutbox", prefix);
+  CHECK(count(outbox, sql) == 2);
+
+  char *status = NULL;
+  OK(relaybox_outbox_status_json(outbox, &status));
+  CHECK(contains(status, topic));
+  relaybox_string_free(status);
+}
+
+/* The handler of the consumer test: message "a" is rejected, message "b"
+ * fails once and then succeeds; both try what a handler must not do. */
+struct probe {
+  atomic_int calls_a;
+  atomic_int calls_b;
+  atomic_int misuse_refused;
+  char sql[160];
+};
+
+static int handler(const char *message_json, size_t len, relaybox_tx *tx, void *user_data) {
+  struct probe *probe = user_data;
+  if (strlen(message_json) != len) {
+    return RELAYBOX_HANDLER_REJECT;
+  }
+  if (relaybox_tx_commit(tx) == RELAYBOX_MISUSE && relaybox_tx_rollback(tx) == RELAYBOX_MISUSE &&
+      relaybox_tx_free(tx) == RELAYBOX_MISUSE) {
+    atomic_fetch_add(&probe->misuse_refused, 1);
+  }
+  char params[1024];
+  snprintf(params, sizeof params, "[%s]", message_json);
+  if (relaybox_tx_execute(tx, probe->sql, params, NULL) != RELAYBOX_OK) {
+    relaybox_tx_set_failure_reason(tx, relaybox_last_error());
+    return RELAYBOX_HANDLER_RETRY;
+  }
+  if (contains(message_json, "\"key\":\"a\"")) {
+    atomic_fetch_add(&probe->calls_a, 1);
+    relaybox_tx_set_failure_reason(tx, "message a is not wanted");
+    return RELAYBOX_HANDLER_REJECT;
+  }
+  if (atomic_fetch_add(&probe->calls_b, 1) == 0) {
+    return 7; /* any other value retries */
+  }
+  return RELAYBOX_HANDLER_ACK;
+}
+
+static void consumer(relaybox_outbox *outbox) {
+  relaybox_relay *relay = NULL;
+  CHECK(relaybox_relay_start(outbox, "\"carrier-pigeon\"", NULL, &relay) ==
+        RELAYBOX_INVALID_CONFIG);
+  CHECK(relay == NULL);
+  OK(relaybox_relay_start(outbox, "\"database\"", "{\"poll_interval\": \"100ms\"}", &relay));
+
+  struct probe probe;
+  atomic_init(&probe.calls_a, 0);
+  atomic_init(&probe.calls_b, 0);
+  atomic_init(&probe.misuse_refused, 0);
+  snprintf(probe.sql, sizeof probe.sql, "INSERT INTO %sseen (k) VALUES ($1->>'key')", prefix);
+  relaybox_consumer *c = NULL;
+  const char *config = "{\"group\": \"abi\", \"retry_delay\": \"50ms\", \"poll_interval\": \"50ms\"}";
+  CHECK(relaybox_consumer_start(outbox, "\"database\"", topic, config, NULL, NULL, &c) ==
+        RELAYBOX_NULL_POINTER);
+  CHECK(relaybox_consumer_start(outbox, "\"database\"", topic, "{}", handler, &probe, &c) ==
+        RELAYBOX_INVALID_CONFIG);
+  OK(relaybox_consumer_start(outbox, "\"database\"", topic, config, handler, &probe, &c));
+
+  relaybox_consumer_stats stats = {0};
+  for (int i = 0; i < 600 && stats.processed + stats.dead_lettered < 2; i++) {
+    usleep(50 * 1000);
+    OK(relaybox_consumer_get_stats(c, &stats));
+  }
+  bool running = false;
+  OK(relaybox_consumer_running(c, &running));
+  CHECK(running);
+  OK(relaybox_consumer_stop(c));
+  OK(relaybox_consumer_running(c, &running));
+  CHECK(!running);
+  OK(relaybox_relay_stop(relay));
+
+  CHECK(stats.processed == 1);
+  CHECK(stats.dead_lettered == 1);
+  CHECK(stats.retried == 1);
+  CHECK(atomic_load(&probe.calls_a) == 1);
+  CHECK(atomic_load(&probe.calls_b) == 2);
+  CHECK(atomic_load(&probe.misuse_refused) == 3);
+
+  /* Only the acknowledged attempt's write remains. */
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) AS n FROM %sseen WHERE k = 'b'", prefix);
+  CHECK(count(outbox, sql) == 1);
+  snprintf(sql, sizeof sql, "SELECT count(*) AS n FROM %sseen WHERE k = 'a'", prefix);
+  CHECK(count(outbox, sql) == 0);
+
+  char *letters = NULL;
+  OK(relaybox_outbox_dead_letters_json(outbox, 10, &letters));
+  CHECK(contains(letters, "message a is not wanted"));
+  relaybox_string_free(letters);
+  uint64_t purged = 0;
+  CHECK(relaybox_outbox_purge_dead_letters(outbox, "[\"nope\"]", &purged) ==
+        RELAYBOX_INVALID_VALUE);
+  OK(relaybox_outbox_purge_dead_letters(outbox, NULL, &purged));
+  CHECK(purged == 1);
+
+  OK(relaybox_consumer_free(c));
+  OK(relaybox_relay_free(relay));
+}
+
+int main(void) {
+  const char *url = getenv("RELAYBOX_TEST_DATABASE_URL");
+  if (url == NULL || *url == '\0') {
+    fprintf(stderr, "abi_test: set RELAYBOX_TEST_DATABASE_URL\n");
+    return 1;
+  }
+  unsigned long run_id = (unsigned long)getpid() ^ (unsigned long)time(NULL);
+  snprintf(prefix, sizeof prefix, "cabi_%lx_", run_id);
+  snprintf(topic, sizeof topic, "cabi-%lx", run_id);
+
+  arguments(url);
+
+  char options[128], sql[512];
+  snprintf(options, sizeof options, "{\"table_prefix\": \"%s\", \"partitions\": 4}", prefix);
+  relaybox_outbox *outbox = NULL;
+  OK(relaybox_outbox_open(url, options, true, &outbox));
+  relaybox_tx *tx = NULL;
+  OK(relaybox_outbox_begin(outbox, &tx));
+  snprintf(sql, sizeof sql, "CREATE TABLE %sseen (k text NOT NULL)", prefix);
+  OK(relaybox_tx_execute(tx, sql, NULL, NULL));
+  OK(relaybox_tx_commit(tx));
+  OK(relaybox_tx_free(tx));
+
+  transactions(outbox);
+  consumer(outbox);
+
+  snprintf(sql, sizeof sql,
+           "DO $$ DECLARE t text; BEGIN FOR t IN SELECT tablename FROM pg_tables "
+           "WHERE schemaname = current_schema() AND left(tablename, %zu) = '%s' "
+           "LOOP EXECUTE format('DROP TABLE %%I CASCADE', t); END LOOP; END $$",
+           strlen(prefix), prefix);
+  OK(relaybox_outbox_begin(outbox, &tx));
+  OK(relaybox_tx_execute(tx, sql, NULL, NULL));
+  OK(relaybox_tx_commit(tx));
+  OK(relaybox_tx_free(tx));
+  OK(relaybox_outbox_close(outbox));
+  CHECK(relaybox_outbox_begin(outbox, &tx) == RELAYBOX_CLOSED);
+  OK(relaybox_outbox_free(outbox));
+
+  if (failures > 0) {
+    fprintf(stderr, "abi_test: %d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("abi_test: all checks passed\n");
+  return 0;
+}

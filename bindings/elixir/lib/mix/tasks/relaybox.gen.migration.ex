@@ -1,0 +1,53 @@
+defmodule Mix.Tasks.Relaybox.Gen.Migration do
+  @shortdoc "Generates an Ecto migration that creates the relaybox tables"
+  @moduledoc """
+  Writes `priv/repo/migrations/<timestamp>_add_relaybox_tables.exs` (or into
+  `--migrations-path`), an Ecto migration that applies `Relaybox.Migration`.
+
+      mix relaybox.gen.migration [--repo MyApp.Repo] [--migrations-path DIR] [--prefix relaybox_]
+
+  Then run `mix ecto.migrate`.
+  """
+  use Mix.Task
+
+  @impl Mix.Task
+  def run(args) do
+    {opts, _, _} =
+      OptionParser.parse(args, strict: [repo: :string, migrations_path: :string, prefix: :string])
+
+    repo = opts[:repo] || default_repo()
+    dir = opts[:migrations_path] || Path.join(["priv", "repo", "migrations"])
+    prefix = opts[:prefix] || "relaybox_"
+    File.mkdir_p!(dir)
+    path = Path.join(dir, "#{timestamp()}_add_relaybox_tables.exs")
+
+    prefix_opt = if prefix == "relaybox_", do: "", else: ", prefix: #{inspect(prefix)}"
+
+    File.write!(path, """
+    defmodule #{repo}.Migrations.AddRelayboxTables do
+      use Ecto.Migration
+
+      def up do
+        execute(Relaybox.Migration.up(version: 1#{prefix_opt}))
+      end
+
+      def down do
+        execute(Relaybox.Migration.down(version: 1#{prefix_opt}))
+      end
+    end
+    """)
+
+    Mix.shell().info("* creating #{path}")
+    path
+  end
+
+  defp default_repo do
+    app = Mix.Project.config()[:app] |> to_string() |> Macro.camelize()
+    "#{app}.Repo"
+  end
+
+  defp timestamp do
+    {{y, m, d}, {hh, mm, ss}} = :calendar.universal_time()
+    :io_lib.format("~4..0B~2..0B~2..0B~2..0B~2..0B~2..0B", [y, m, d, hh, mm, ss]) |> to_string()
+  end
+end

@@ -1,0 +1,25 @@
+defmodule Relaybox do
+  @moduledoc """
+  Reliable event delivery for Elixir: a transactional outbox, a relay and an
+  idempotent consumer, run by the relaybox Rust core through a NIF.
+
+    * `Relaybox.Outbox` opens a store; `Relaybox.Outbox.transaction/2` runs your
+      writes (`Relaybox.Tx.query/3`) and enqueues (`Relaybox.Tx.enqueue/2`) in one
+      database transaction.
+    * `Relaybox.Relay` is a supervised child that moves committed outbox rows
+      to a broker (Kafka, or the database's own log).
+    * `use Relaybox.Consumer` handles each message once, in the same transaction
+      as the inbox row that deduplicates it.
+    * `use Relaybox.Producer`, `use Relaybox.EventDispatcher` and
+      `Relaybox.Migration` keep the APIs of WokAsyncMessageHandler and EventodbKit.
+
+  Every call that touches the database or a broker runs on the core's own
+  threads, never on a BEAM scheduler; results come back as
+  `{:ok, value} | {:error, %Relaybox.Error{}}`, and every function has a `!`
+  variant that raises instead.
+  """
+
+  @doc "The version of the relaybox core this package was built with."
+  @spec version() :: String.t()
+  def version, do: Relaybox.Native.version()
+end

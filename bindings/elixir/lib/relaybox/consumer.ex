@@ -1,0 +1,251 @@
+defmodule Relaybox.Consumer do
+  @moduledoc """
+  An idempotent consumer as a GenServer (EventodbKit's `use EventodbKit.Consumer`).
+
+      defmodule MyApp.PartnershipConsumer do
+        use Relaybox.Consumer
+
+        @impl Relaybox.Consumer
+        def init(opts) do
+          {:ok,
+           %{
+             outbox: MyApp.Outbox,
+             category: "partnership",
+             consumer_id: "member-\#{Keyword.fetch!(opts, :group_member)}",
+             group_member: Keyword.fetch!(opts, :group_member),
+             group_size: 3,
+             poll_interval: 1_000,
+             batch_size: 100
+           }}
+        end
+
+        @impl Relaybox.Consumer
+        def handle_message(%{"type" => "LeadCreated"} = message, _state) do
+          Relaybox.Tx.query!(message["tx"], "INSERT INTO leads (email) VALUES ($1)",
+                             [message["data"]["email"]])
+          :ok
+        end
+
+        def handle_message(_message, _state), do: :ok
+      end
+
+      children = for m <- 0..2, do: Supervisor.child_spec({MyApp.PartnershipConsumer, group_member: m}, id: m)
+
+  `init/1` receives the child's options and returns `{:ok, state}`, where the
+  state (a map or keyword list) holds the settings below; the whole state is
+  passed to `handle_message/2`.
+
+  Settings: `:outbox` (handle or registered name, required), `:category` (or
+  `:topic`, required), `:consumer_id` (the consumer group: positions and the
+  inbox are kept per id; required), `:group_member` and `:group_size` (split a
+  topic of the database transport between members, by key hash, with no
+  overlap and no gap), `:poll_interval` (ms), `:batch_size`, `:transport`
+  (`:database`, the default, or `{:kafka, opts}`, where Kafka splits
+  partitions among consumers sharing a `consumer_id`), `:max_retries`,
+  `:retry_delay`, `:retry_delay_max`, `:concurrency` (default 1),
+  `:inbox_retention`. Other keys are left to you.
+
+  ## Messages
+
+  `handle_message/2` receives a map with string keys: `"id"`, `"topic"`,
+  `"key"`, `"type"`, `"payload"` (the raw bytes), `"content_type"`,
+  `"headers"`, `"created_at"`, `"available_at"`, `"data"` (the decoded payload
+  when it is JSON, else `nil`) and `"tx"`: the `Relaybox.Tx` holding the inbox
+  row. Write through `"tx"` (or `Relaybox.Consumer.tx/0`) and your writes commit
+  atomically with "processed": a redelivered message is skipped.
+
+  Return `:ok` (or `{:ok, new_state}`) to acknowledge; `{:error, reason}` or a
+  raise retries with backoff up to `max_retries`, then the message goes to
+  dead letters (`Relaybox.Outbox.dead_letters/2`); `{:reject, reason}`
+  dead-letters it at once.
+
+  Messages are handled one at a time in this process. The core waits for the
+  reply on its own threads, never on a BEAM scheduler. When this process
+  stops it finishes the messages in flight first; if it is killed, the
+  handler calls waiting for it fail and the core consumer shuts down in the
+  background; unacknowledged messages come again (the inbox skips those
+  already processed).
+  """
+
+  use GenServer
+
+  alias Relaybox.{Native, Outbox, Spec, Tx}
+
+  @doc "Returns the consumer's settings and state from the child's options."
+  @callback init(opts :: keyword()) :: {:ok, map() | keyword()} | {:stop, term()}
+
+  @doc "Handles one message; see the module documentation for the return values."
+  @callback handle_message(message :: map(), state :: term()) ::
+              :ok | {:ok, term()} | {:error, term()} | {:reject, term()}
+
+  @settings [
+    :batch_size,
+    :poll_interval,
+    :max_retries,
+    :retry_delay,
+    :retry_delay_max,
+    :concurrency,
+    :inbox_retention
+  ]
+
+  @doc false
+  defmacro __using__(_opts) do
+    quote do
+      @behaviour Relaybox.Consumer
+
+      @doc "Starts this consumer linked to the caller."
+      def start_link(opts \\ []), do: Relaybox.Consumer.start_link(__MODULE__, opts)
+
+      @doc "A child specification for `{#{inspect(__MODULE__)}, opts}`."
+      def child_spec(opts) do
+        %{
+          id: __MODULE__,
+          start: {__MODULE__, :start_link, [opts]},
+          shutdown: 30_000
+        }
+      end
+
+      defoverridable start_link: 1, child_spec: 1
+    end
+  end
+
+  @doc """
+  Starts a consumer process for `module` (which `use`s `Relaybox.Consumer`).
+  `opts` go to `module.init/1`; `:name` registers the process.
+  """
+  @spec start_link(module(), keyword()) :: GenServer.on_start()
+  def start_link(module, opts \\ []) do
+    case Keyword.fetch(opts, :name) do
+      {:ok, name} -> GenServer.start_link(__MODULE__, {module, opts}, name: name)
+      :error -> GenServer.start_link(__MODULE__, {module, opts})
+    end
+  end
+
+  @doc "Starts a consumer process for `module` without a link (see `start_link/2`)."
+  @spec start(module(), keyword()) :: GenServer.on_start()
+  def start(module, opts \\ []), do: GenServer.start(__MODULE__, {module, opts})
+
+  @doc "Counters: `processed`, `duplicates`, `retried`, `dead_lettered`, `running`."
+  @spec stats(GenServer.server()) :: {:ok, map()} | {:error, Relaybox.Error.t()}
+  def stats(consumer), do: GenServer.call(consumer, :stats)
+
+  @doc "Stops the consumer gracefully: messages in flight are finished first."
+  @spec stop(GenServer.server()) :: :ok
+  def stop(consumer), do: GenServer.stop(consumer, :normal, 30_000)
+
+  @doc "The transaction of the message being handled in this process, or `nil`."
+  @spec tx() :: Tx.t() | nil
+  def tx, do: Process.get(:relaybox_consumer_tx)
+
+  @impl GenServer
+  def init({module, opts}) do
+    Process.flag(:trap_exit, true)
+
+    case module.init(opts) do
+      {:ok, state} -> start_core(module, state)
+      {:stop, reason} -> {:stop, reason}
+      other -> {:stop, {:bad_init_return, other}}
+    end
+  end
+
+  defp start_core(module, state) do
+    settings = Map.new(state)
+    topic = settings[:category] || settings[:topic]
+    member = Map.get(settings, :group_member, 0)
+    size = Map.get(settings, :group_size, 1)
+
+    config =
+      settings
+      |> Map.take(@settings)
+      |> Map.put_new(:concurrency, 1)
+      |> Map.put(:group, settings[:consumer_id])
+
+    with {:ok, %Outbox{ref: outbox}} <- Outbox.resolve(settings[:outbox]),
+         :ok <- check(is_binary(topic), "category (or topic) must be a string"),
+         :ok <- check(is_binary(settings[:consumer_id]), "consumer_id must be a string"),
+         :ok <- check(is_integer(member) and member >= 0, "group_member must be an integer >= 0"),
+         :ok <- check(is_integer(size) and size >= 1, "group_size must be an integer >= 1"),
+         {:ok, consumer} <-
+           Native.consumer_start(
+             outbox,
+             Spec.transport(settings[:transport]),
+             topic,
+             Spec.normalize(config),
+             member,
+             size
+           ) do
+      {:ok, %{module: module, state: state, consumer: consumer}}
+    else
+      {:error, error} -> {:stop, error}
+    end
+  end
+
+  defp check(true, _message), do: :ok
+  defp check(false, message), do: {:error, Relaybox.Error.new(:invalid_config, message)}
+
+  @impl GenServer
+  def handle_info({:relaybox_message, call_id, message}, s) do
+    {:noreply, handle(s, call_id, message)}
+  end
+
+  def handle_info({:EXIT, _pid, :normal}, s), do: {:noreply, s}
+  def handle_info({:EXIT, _pid, reason}, s), do: {:stop, reason, s}
+  def handle_info(_other, s), do: {:noreply, s}
+
+  @impl GenServer
+  def handle_call(:stats, _from, s), do: {:reply, Native.consumer_stats(s.consumer), s}
+
+  defp handle(s, call_id, message) do
+    case Native.consumer_tx(s.consumer, call_id) do
+      {:ok, tx_ref} -> run_handler(s, call_id, message, %Tx{ref: tx_ref})
+      {:error, _} -> s
+    end
+  end
+
+  defp run_handler(s, call_id, message, tx) do
+    Process.put(:relaybox_consumer_tx, tx)
+
+    {status, reason, state} =
+      try do
+        s.module.handle_message(Map.put(message, "tx", tx), s.state)
+      rescue
+        e -> {:error, Exception.format(:error, e, __STACKTRACE__), s.state}
+      catch
+        kind, value -> {:error, Exception.format(kind, value, __STACKTRACE__), s.state}
+      else
+        :ok -> {:ok, "", s.state}
+        {:ok, new_state} -> {:ok, "", new_state}
+        {:error, reason} -> {:error, render(reason), s.state}
+        {:reject, reason} -> {:reject, render(reason), s.state}
+        other -> {:error, "handle_message/2 returned #{inspect(other)}", s.state}
+      end
+
+    Process.delete(:relaybox_consumer_tx)
+    Native.consumer_reply(s.consumer, call_id, status, reason)
+    %{s | state: state}
+  end
+
+  defp render(reason) when is_binary(reason), do: reason
+  defp render(%{__exception__: true} = e), do: Exception.message(e)
+  defp render(reason), do: inspect(reason)
+
+  @impl GenServer
+  def terminate(_reason, s) do
+    ref = make_ref()
+
+    case Native.consumer_stop(s.consumer, ref) do
+      :ok -> drain(s, ref)
+      {:error, _} -> :ok
+    end
+  end
+
+  defp drain(s, ref) do
+    receive do
+      {^ref, _result} ->
+        :ok
+
+      {:relaybox_message, call_id, message} ->
+        s |> handle(call_id, message) |> drain(ref)
+    end
+  end
+end

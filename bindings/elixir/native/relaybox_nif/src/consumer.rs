@@ -1,0 +1,295 @@
+//! `Relaybox.Consumer`: the core's idempotent consumer calling back into a
+//! GenServer. For each message the core's handler sends
+//! `{:relaybox_message, call_id, message}` to the owning process, which
+//! takes the handler's transaction with `consumer_tx/2`, and waits, on the
+//! runtime (never on a scheduler), for `consumer_reply/4`. The
+//! resource monitors the owner: if it dies, waiting handlers fail and the
+//! consumer shuts down; unacknowledged messages come again and the inbox
+//! skips what was already processed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use relaybox::{
+    BoxError, Consumer, ConsumerConfig, DatabaseSource, DatabaseSourceConfig, Handler, Message,
+    Rejected, Transaction, TransportConfig,
+};
+use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, ResourceArc, Term};
+use tokio::sync::oneshot;
+
+use crate::bridge::{guard, spawn_reply};
+use crate::convert::{message_to_term, options_json};
+use crate::error::invalid_config;
+use crate::outbox::OutboxResource;
+use crate::relay::transport;
+use crate::tx::TxResource;
+
+rustler::atoms! {
+    reject,
+}
+
+/// What the Elixir handler answered.
+enum Reply {
+    Ok,
+    Error(String),
+    Reject(String),
+}
+
+/// A handler call waiting for its reply, with the transaction it runs in.
+struct Call {
+    reply: oneshot::Sender<Reply>,
+    tx: Transaction,
+}
+
+/// Handler calls waiting for their reply.
+#[derive(Default)]
+struct Calls {
+    pending: Mutex<HashMap<u64, Call>>,
+    next: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Call>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails every waiting call and refuses new ones.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let calls: Vec<Call> = self.lock().drain().map(|(_, call)| call).collect();
+        relaybox::runtime::spawn(async move { drop(calls) });
+    }
+}
+
+/// Sends each message to the owning process and waits for its reply.
+struct ElixirHandler {
+    pid: LocalPid,
+    calls: Arc<Calls>,
+}
+
+#[async_trait::async_trait]
+impl Handler for ElixirHandler {
+    async fn handle(&self, message: Message, tx: Transaction) -> Result<(), BoxError> {
+        let id = self.calls.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut pending = self.calls.lock();
+            if self.calls.closed.load(Ordering::Acquire) {
+                return Err("the consumer process has stopped".into());
+            }
+            pending.insert(id, Call { reply: sender, tx });
+        }
+        let sent = OwnedEnv::new().send_and_clear(&self.pid, |env| {
+            (
+                crate::relaybox_message(),
+                id,
+                message_to_term(env, &message),
+            )
+                .encode(env)
+        });
+        if sent.is_err() {
+            self.calls.lock().remove(&id);
+            return Err("the consumer process is not alive".into());
+        }
+        match receiver.await {
+            Ok(Reply::Ok) => Ok(()),
+            Ok(Reply::Error(reason)) => Err(reason.into()),
+            Ok(Reply::Reject(reason)) => Err(Box::new(Rejected::new(reason))),
+            Err(_) => Err("the consumer process stopped before the handler replied".into()),
+        }
+    }
+}
+
+/// A running consumer.
+pub struct ConsumerResource {
+    consumer: Mutex<Option<Arc<Consumer>>>,
+    calls: Arc<Calls>,
+}
+
+impl ConsumerResource {
+    fn take(&self) -> Option<Arc<Consumer>> {
+        self.consumer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn current(&self) -> Option<Arc<Consumer>> {
+        self.consumer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Fails the waiting handler calls and shuts the consumer down in the background.
+    fn abandon(&self) {
+        self.calls.close();
+        if let Some(consumer) = self.take() {
+            relaybox::runtime::spawn(async move {
+                let _ = consumer.shutdown().await;
+            });
+        }
+    }
+}
+
+impl Drop for ConsumerResource {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for ConsumerResource {
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
+        self.abandon();
+    }
+}
+
+/// Starts consuming `topic` as member `member` of a group of `size`, owned by
+/// (and calling back into) the calling process; `{:ok, consumer}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn consumer_start<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    transport_term: Term<'a>,
+    topic: String,
+    config: Term<'a>,
+    member: u32,
+    size: u32,
+) -> Term<'a> {
+    guard(env, move |env| {
+        let transport = transport(transport_term)?;
+        let config = ConsumerConfig::from_json(options_json(config, "consumer options")?)?;
+        let runtime = relaybox::runtime::runtime();
+        let _entered = runtime.enter();
+        let store = outbox.store()?;
+        let source: Arc<dyn relaybox::Source> = match &transport {
+            TransportConfig::Database => DatabaseSource::new(
+                store.clone(),
+                DatabaseSourceConfig::new(topic, config.group.clone()).member(member, size),
+            )?,
+            _ if size > 1 => {
+                return Err(invalid_config(
+                    "group_size",
+                    format!(
+                        "group_member/group_size split a topic of the database transport; with {} the broker splits partitions among consumers sharing a consumer_id",
+                        transport.name()
+                    ),
+                ))
+            }
+            _ => transport.source(&store, &topic, &config.group)?,
+        };
+        let calls = Arc::new(Calls::default());
+        let handler = Arc::new(ElixirHandler {
+            pid: env.pid(),
+            calls: calls.clone(),
+        });
+        let consumer = Consumer::start(store, source, handler, config)?;
+        let resource = ResourceArc::new(ConsumerResource {
+            consumer: Mutex::new(Some(Arc::new(consumer))),
+            calls,
+        });
+        resource.monitor(Some(env), &env.pid());
+        Ok(resource.encode(env))
+    })
+}
+
+/// The handler's answer for call `call_id`: `:ok`, `:error` or `:reject`
+/// with a reason.
+#[rustler::nif]
+fn consumer_reply(
+    consumer: ResourceArc<ConsumerResource>,
+    call_id: u64,
+    status: Atom,
+    reason: String,
+) -> Atom {
+    let reply = if status == crate::ok() {
+        Reply::Ok
+    } else if status == reject() {
+        Reply::Reject(reason)
+    } else {
+        Reply::Error(reason)
+    };
+    let call = consumer.calls.lock().remove(&call_id);
+    if let Some(call) = call {
+        let _ = call.reply.send(reply);
+        relaybox::runtime::spawn(async move { drop(call.tx) });
+    }
+    crate::ok()
+}
+
+/// `{:ok, tx}`: the transaction of handler call `call_id`, for the handler's
+/// writes (created in the calling process).
+#[rustler::nif]
+fn consumer_tx<'a>(
+    env: Env<'a>,
+    consumer: ResourceArc<ConsumerResource>,
+    call_id: u64,
+) -> Term<'a> {
+    guard(env, move |env| {
+        let tx = consumer
+            .calls
+            .lock()
+            .get(&call_id)
+            .map(|call| call.tx.clone())
+            .ok_or(relaybox::Error::Closed {
+                what: "handler call",
+            })?;
+        Ok(ResourceArc::new(TxResource::borrowed(tx)).encode(env))
+    })
+}
+
+/// Finishes and acknowledges the messages in flight, then stops. The owner
+/// keeps answering handler calls until the reply arrives.
+#[rustler::nif]
+fn consumer_stop<'a>(
+    env: Env<'a>,
+    consumer: ResourceArc<ConsumerResource>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let running = consumer.take();
+    let calls = consumer.calls.clone();
+    spawn_reply(
+        env,
+        reference,
+        async move {
+            let result = match running {
+                Some(c) => c.shutdown().await,
+                None => Ok(()),
+            };
+            calls.close();
+            result
+        },
+        |env, ()| crate::ok().encode(env),
+    )
+}
+
+/// `{:ok, stats}`: processed, duplicates, retried, dead_lettered, running.
+#[rustler::nif]
+fn consumer_stats<'a>(env: Env<'a>, consumer: ResourceArc<ConsumerResource>) -> Term<'a> {
+    guard(env, move |env| {
+        let Some(consumer) = consumer.current() else {
+            return Err(relaybox::Error::Closed { what: "consumer" });
+        };
+        let s = consumer.stats();
+        let atom = |k: &str| rustler::Atom::from_str(env, k).expect("atom").encode(env);
+        let keys = [
+            atom("processed"),
+            atom("duplicates"),
+            atom("retried"),
+            atom("dead_lettered"),
+            atom("running"),
+        ];
+        let values = [
+            s.processed.encode(env),
+            s.duplicates.encode(env),
+            s.retried.encode(env),
+            s.dead_lettered.encode(env),
+            consumer.is_running().encode(env),
+        ];
+        Term::map_from_term_arrays(env, &keys, &values)
+            .map_err(|_| crate::error::invalid_value("could not build the stats map"))
+    })
+}

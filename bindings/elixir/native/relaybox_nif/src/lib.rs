@@ -1,0 +1,76 @@
+//! `relaybox_nif`: the rustler NIF under the `relaybox` Elixir package
+//! (module `Relaybox.Native`). It converts terms, maps errors to
+//! `%Relaybox.Error{}` and runs every call that touches the database or a
+//! broker on the core's tokio runtime, sending the result to the calling
+//! process; all delivery logic is in the `relaybox` crate.
+
+mod bridge;
+mod consumer;
+mod convert;
+mod error;
+mod outbox;
+mod relay;
+mod tx;
+
+use rustler::{Env, NifResult, Term};
+
+use crate::bridge::{guard, spawn_reply};
+
+rustler::atoms! {
+    ok,
+    error,
+    nil,
+    relaybox_message,
+}
+
+/// The schema of `dialect` (`"postgres"` or `"sqlite"`) as plain SQL.
+#[rustler::nif]
+fn schema_sql<'a>(env: Env<'a>, dialect: String, prefix: String, partitions: u32) -> Term<'a> {
+    guard(env, move |env| {
+        let dialect: relaybox::Dialect = dialect.parse()?;
+        let sql = relaybox::schema::schema_sql(dialect, &prefix, partitions)?;
+        Ok(convert::string(env, &sql))
+    })
+}
+
+/// The message a spec describes, validated against the default limits, as
+/// the map a consumer's handler would receive (without `"tx"`).
+#[rustler::nif]
+fn build_message<'a>(env: Env<'a>, spec: Term<'a>) -> Term<'a> {
+    guard(env, move |env| {
+        let message = convert::message_from_spec(spec)?;
+        message.validate(&relaybox::Limits::default())?;
+        Ok(convert::message_to_term(env, &message))
+    })
+}
+
+/// The library version.
+#[rustler::nif]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// Panics for tests that check a panic reaches Elixir as an internal error:
+/// `"sync"` panics in the NIF itself, `"async"` on the core's runtime (the
+/// result is then sent to the caller as `{ref, result}`).
+#[rustler::nif]
+fn panic_for_tests<'a>(env: Env<'a>, mode: String, reference: Term<'a>) -> NifResult<Term<'a>> {
+    if mode == "async" {
+        return spawn_reply(
+            env,
+            reference,
+            async move {
+                if !mode.is_empty() {
+                    panic!("requested by the test");
+                }
+                Ok(())
+            },
+            |env, ()| ok().to_term(env),
+        );
+    }
+    Ok(guard(env, |_env| -> relaybox::Result<Term<'a>> {
+        panic!("requested by the test")
+    }))
+}
+
+rustler::init!("Elixir.Relaybox.Native");

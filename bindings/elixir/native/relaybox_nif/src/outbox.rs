@@ -1,0 +1,385 @@
+//! `Relaybox.Outbox` handles: an open store (PostgreSQL or SQLite) as a
+//! resource, with the calls that touch the database run on the core's runtime.
+
+use relaybox::{DeadLetterFilter, Placeholders, Store, StoreOptions};
+use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
+
+use std::sync::OnceLock;
+
+use crate::bridge::{fail, guard, spawn_reply};
+use crate::convert::{
+    bytes_term, datetime_term, json_to_term, message_from_spec, options_json, string, value_to_term,
+};
+use crate::error::invalid_value;
+use crate::tx::TxResource;
+
+/// An open store, created in the calling process and filled once connected;
+/// its pool is dropped when the handle is garbage collected.
+pub struct OutboxResource(OnceLock<Store>);
+
+impl OutboxResource {
+    /// The store, once connected.
+    pub fn store(&self) -> relaybox::Result<Store> {
+        self.0
+            .get()
+            .cloned()
+            .ok_or(relaybox::Error::Closed { what: "store" })
+    }
+}
+
+impl Drop for OutboxResource {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take() {
+            relaybox::runtime::spawn(async move { drop(store) });
+        }
+    }
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for OutboxResource {}
+
+fn report<'b, T: serde::Serialize>(env: Env<'b>, value: T) -> Term<'b> {
+    match serde_json::to_value(value) {
+        Ok(json) => json_to_term(env, &json),
+        Err(_) => crate::nil().encode(env),
+    }
+}
+
+/// Connects (and migrates when asked): returns `{:ok, outbox}` at once and
+/// replies `{ref, {:ok, :ok}}` once connected (the handle is usable from then on).
+#[rustler::nif]
+fn outbox_open<'a>(
+    env: Env<'a>,
+    url: String,
+    options: Term<'a>,
+    migrate: bool,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let options = match options_json(options, "outbox options").and_then(StoreOptions::from_json) {
+        Ok(o) => o,
+        Err(e) => return fail(env, e),
+    };
+    let outbox = ResourceArc::new(OutboxResource(OnceLock::new()));
+    let filled = outbox.clone();
+    spawn_reply(
+        env,
+        reference,
+        async move {
+            let store = Store::connect_with(&url, options).await?;
+            if migrate {
+                store.migrate().await?;
+            }
+            let _ = filled.0.set(store);
+            Ok(())
+        },
+        |env, ()| crate::ok().encode(env),
+    )?;
+    Ok((crate::ok(), outbox).encode(env))
+}
+
+/// Applies pending migrations.
+#[rustler::nif]
+fn outbox_migrate<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    spawn_reply(
+        env,
+        reference,
+        async move { store.migrate().await },
+        |env, ()| crate::ok().encode(env),
+    )
+}
+
+/// Closes the pool.
+#[rustler::nif]
+fn outbox_close<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    spawn_reply(
+        env,
+        reference,
+        async move {
+            store.close().await;
+            Ok(())
+        },
+        |env, ()| crate::ok().encode(env),
+    )
+}
+
+/// Begins an owned transaction: returns `{:ok, tx}` at once and replies
+/// `{ref, {:ok, :ok}}` once it has begun (the handle is usable from then on).
+#[rustler::nif]
+fn outbox_begin<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    let tx = ResourceArc::new(TxResource::pending());
+    let filled = tx.clone();
+    spawn_reply(
+        env,
+        reference,
+        async move {
+            filled.set(store.begin().await?);
+            Ok(())
+        },
+        |env, ()| crate::ok().encode(env),
+    )?;
+    Ok((crate::ok(), tx).encode(env))
+}
+
+/// The outbox INSERT of one message for a host driver: replies
+/// `{:ok, {sql, params, message_id}}`. With `postgrex`, the parameters are
+/// the Elixir types Postgrex binds to the statement's casts: the id as a
+/// 16-byte binary, the headers as a map, the timestamps as `DateTime`s;
+/// otherwise they are the core's (text, integers and bytes).
+#[rustler::nif]
+fn outbox_insert_sql<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    spec: Term<'a>,
+    placeholders: String,
+    postgrex: bool,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let prepared = placeholders
+        .parse::<Placeholders>()
+        .and_then(|style| Ok((style, message_from_spec(spec)?)));
+    let (style, message) = match prepared {
+        Ok(p) => p,
+        Err(e) => return fail(env, e),
+    };
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    let postgrex = postgrex && store.dialect() == relaybox::Dialect::Postgres;
+    spawn_reply(
+        env,
+        reference,
+        async move {
+            let statement = store.insert_statement(&message, style).await?;
+            Ok((statement, message, postgrex))
+        },
+        |env, (statement, message, postgrex)| {
+            let params: Vec<Term<'_>> = if postgrex {
+                postgrex_params(env, &statement.params, &message)
+            } else {
+                statement
+                    .params
+                    .iter()
+                    .map(|v| value_to_term(env, v))
+                    .collect()
+            };
+            (
+                string(env, &statement.sql),
+                params,
+                statement.message_id.to_string(),
+            )
+                .encode(env)
+        },
+    )
+}
+
+/// The INSERT parameters typed for Postgrex (see `InsertStatement` for the order).
+fn postgrex_params<'b>(
+    env: Env<'b>,
+    params: &[relaybox::Value],
+    message: &relaybox::Message,
+) -> Vec<Term<'b>> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, value)| match i {
+            0 => bytes_term(env, message.id.as_bytes()),
+            7 => {
+                let keys: Vec<Term<'b>> = message.headers.keys().map(|k| k.encode(env)).collect();
+                let values: Vec<Term<'b>> =
+                    message.headers.values().map(|v| v.encode(env)).collect();
+                Term::map_from_term_arrays(env, &keys, &values)
+                    .unwrap_or_else(|_| value_to_term(env, value))
+            }
+            8 => datetime_term(env, &message.created_at),
+            9 => datetime_term(env, &message.available_at),
+            _ => value_to_term(env, value),
+        })
+        .collect()
+}
+
+/// `{:ok, info}`: the redacted URL, dialect, table prefix and wake statement.
+#[rustler::nif]
+fn outbox_info<'a>(env: Env<'a>, outbox: ResourceArc<OutboxResource>) -> Term<'a> {
+    guard(env, move |env| {
+        let store = outbox.store()?;
+        let wake = store
+            .wake_statement()
+            .map_or(crate::nil().encode(env), |s| s.encode(env));
+        let keys = ["url", "dialect", "table_prefix", "wake_statement", "closed"]
+            .map(|k| rustler::Atom::from_str(env, k).expect("atom").encode(env));
+        let values = [
+            store.url().to_string().encode(env),
+            rustler::Atom::from_str(env, &store.dialect().to_string())
+                .expect("atom")
+                .encode(env),
+            store.options().table_prefix.encode(env),
+            wake,
+            store.is_closed().encode(env),
+        ];
+        Term::map_from_term_arrays(env, &keys, &values)
+            .map_err(|_| invalid_value("could not build the info map"))
+    })
+}
+
+/// Wakes this process's relays on this outbox.
+#[rustler::nif]
+fn outbox_wake_relays(outbox: ResourceArc<OutboxResource>) -> rustler::Atom {
+    if let Ok(store) = outbox.store() {
+        store.wake_relays();
+    }
+    crate::ok()
+}
+
+/// Undelivered outbox rows.
+#[rustler::nif]
+fn outbox_pending_count<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    spawn_reply(
+        env,
+        reference,
+        async move { store.pending_count().await },
+        |env, n| n.encode(env),
+    )
+}
+
+/// Backlog, dead letters and lease owners, as a map with string keys.
+#[rustler::nif]
+fn outbox_status<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    spawn_reply(env, reference, async move { store.status().await }, report)
+}
+
+/// Up to `limit` dead letters, oldest first.
+#[rustler::nif]
+fn outbox_dead_letters<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    limit: u32,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    spawn_reply(
+        env,
+        reference,
+        async move { store.dead_letters(limit).await },
+        |env, letters| {
+            letters
+                .iter()
+                .map(|l| {
+                    let mut map = report(env, l);
+                    if let Ok(m) =
+                        map.map_put("message", crate::convert::message_to_term(env, &l.message))
+                    {
+                        map = m;
+                    }
+                    map
+                })
+                .collect::<Vec<_>>()
+                .encode(env)
+        },
+    )
+}
+
+fn filter(ids: Option<Vec<String>>) -> relaybox::Result<DeadLetterFilter> {
+    match ids {
+        None => Ok(DeadLetterFilter::All),
+        Some(ids) => ids
+            .iter()
+            .map(|id| {
+                uuid::Uuid::parse_str(id)
+                    .map_err(|e| invalid_value(format!("{id:?} is not a message id: {e}")))
+            })
+            .collect::<relaybox::Result<Vec<_>>>()
+            .map(DeadLetterFilter::Ids),
+    }
+}
+
+/// Puts dead letters (all, or those of `ids`) back into the outbox.
+#[rustler::nif]
+fn outbox_retry_dead_letters<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    ids: Option<Vec<String>>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let filter = match filter(ids) {
+        Ok(f) => f,
+        Err(e) => return fail(env, e),
+    };
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    spawn_reply(
+        env,
+        reference,
+        async move { store.retry_dead_letters(&filter).await },
+        |env, n| n.encode(env),
+    )
+}
+
+/// Deletes dead letters (all, or those of `ids`).
+#[rustler::nif]
+fn outbox_purge_dead_letters<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    ids: Option<Vec<String>>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let filter = match filter(ids) {
+        Ok(f) => f,
+        Err(e) => return fail(env, e),
+    };
+    let store = match outbox.store() {
+        Ok(store) => store,
+        Err(e) => return fail(env, e),
+    };
+    spawn_reply(
+        env,
+        reference,
+        async move { store.purge_dead_letters(&filter).await },
+        |env, n| n.encode(env),
+    )
+}

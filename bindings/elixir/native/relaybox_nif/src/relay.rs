@@ -1,0 +1,134 @@
+//! `Relaybox.Relay`: a core relay owned by a GenServer. The resource
+//! monitors that process: if it dies without stopping the relay (or the
+//! handle is garbage collected), the relay is shut down on the core's
+//! runtime, handing its partitions over.
+
+use std::sync::{Arc, Mutex};
+
+use relaybox::{Relay, RelayConfig, TransportConfig};
+use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
+
+use crate::bridge::{guard, spawn_reply};
+use crate::convert::options_json;
+use crate::outbox::OutboxResource;
+
+/// A running relay.
+pub struct RelayResource {
+    relay: Mutex<Option<Arc<Relay>>>,
+}
+
+impl RelayResource {
+    fn take(&self) -> Option<Arc<Relay>> {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn current(&self) -> Option<Arc<Relay>> {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Shuts the relay down in the background, if it still runs.
+    fn shutdown_in_background(&self) {
+        if let Some(relay) = self.take() {
+            relaybox::runtime::spawn(async move {
+                let _ = relay.shutdown().await;
+            });
+        }
+    }
+}
+
+impl Drop for RelayResource {
+    fn drop(&mut self) {
+        self.shutdown_in_background();
+    }
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for RelayResource {
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
+        self.shutdown_in_background();
+    }
+}
+
+/// Parses a transport setting: `"database"` or `%{"kafka" => %{...}}`.
+pub fn transport(term: Term<'_>) -> relaybox::Result<TransportConfig> {
+    TransportConfig::from_json(options_json(term, "transport")?)
+}
+
+/// Starts relaying `outbox` to `transport` with `config` (a map of relay
+/// settings), owned by the calling process; `{:ok, relay}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn relay_start<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    transport_term: Term<'a>,
+    config: Term<'a>,
+) -> Term<'a> {
+    guard(env, move |env| {
+        let transport = transport(transport_term)?;
+        let config = RelayConfig::from_json(options_json(config, "relay options")?)?;
+        let runtime = relaybox::runtime::runtime();
+        let _entered = runtime.enter();
+        let store = outbox.store()?;
+        let sink = transport.sink(&store)?;
+        let relay = Relay::start(store, sink, config)?;
+        let resource = ResourceArc::new(RelayResource {
+            relay: Mutex::new(Some(Arc::new(relay))),
+        });
+        resource.monitor(Some(env), &env.pid());
+        Ok(resource.encode(env))
+    })
+}
+
+/// Finishes the batch in flight, hands the partitions over and stops.
+#[rustler::nif]
+fn relay_stop<'a>(
+    env: Env<'a>,
+    relay: ResourceArc<RelayResource>,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let relay = relay.take();
+    spawn_reply(
+        env,
+        reference,
+        async move {
+            if let Some(relay) = relay {
+                relay.shutdown().await?;
+            }
+            Ok(())
+        },
+        |env, ()| crate::ok().encode(env),
+    )
+}
+
+/// `{:ok, stats}`: delivered, retried, dead_lettered, batches,
+/// partitions_held, running and owner.
+#[rustler::nif]
+fn relay_stats<'a>(env: Env<'a>, relay: ResourceArc<RelayResource>) -> Term<'a> {
+    guard(env, move |env| {
+        let Some(relay) = relay.current() else {
+            return Err(relaybox::Error::Closed { what: "relay" });
+        };
+        let s = relay.stats();
+        let atom = |k: &str| rustler::Atom::from_str(env, k).expect("atom").encode(env);
+        let keys = [
+            atom("delivered"),
+            atom("retried"),
+            atom("dead_lettered"),
+            atom("batches"),
+            atom("partitions_held"),
+            atom("running"),
+            atom("owner"),
+        ];
+        let values = [
+            s.delivered.encode(env),
+            s.retried.encode(env),
+            s.dead_lettered.encode(env),
+            s.batches.encode(env),
+            s.partitions_held.encode(env),
+            relay.is_running().encode(env),
+            relay.owner().encode(env),
+        ];
+        Term::map_from_term_arrays(env, &keys, &values)
+            .map_err(|_| crate::error::invalid_value("could not build the stats map"))
+    })
+}

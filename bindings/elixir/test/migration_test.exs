@@ -1,0 +1,77 @@
+defmodule Relaybox.MigrationTest do
+  use Relaybox.Case, async: true
+
+  @moduletag :tmp_dir
+
+  test "up/down give the schema SQL that a migration tool can apply and revert", %{outbox: outbox} do
+    prefix = "ex_#{unique()}_m_"
+
+    on_exit(fn -> run_script(Outbox.open!(db_url!()), Relaybox.Migration.down(prefix: prefix)) end)
+
+    up = Relaybox.Migration.up(version: 1, prefix: prefix, partitions: 4)
+    assert up =~ "CREATE TABLE IF NOT EXISTS #{prefix}outbox"
+    run_script(outbox, up)
+
+    # The schema applied by a host tool is recognised: no migration needed to enqueue.
+    other = Outbox.open!(db_url!(), table_prefix: prefix)
+    assert :ok = Outbox.migrate(other)
+    assert {:ok, _} = Outbox.enqueue(other, %{topic: "t", payload: 1})
+    assert [%{"n" => 4}] = sql!(outbox, "SELECT count(*) AS n FROM #{prefix}leases")
+
+    run_script(outbox, Relaybox.Migration.down(version: 1, prefix: prefix))
+
+    assert [] =
+             sql!(outbox, "SELECT tablename FROM pg_tables WHERE tablename LIKE $1", [
+               prefix <> "%"
+             ])
+
+    assert_raise ArgumentError, ~r/version/, fn -> Relaybox.Migration.up(version: 2) end
+    assert_raise Relaybox.Error, ~r/prefix/, fn -> Relaybox.Migration.up(prefix: "x;drop") end
+  end
+
+  defp run_script(outbox, sql) do
+    Outbox.transaction!(outbox, fn tx ->
+      sql
+      |> String.split(";\n", trim: true)
+      |> Enum.reject(&(String.trim(&1) == ""))
+      |> Enum.each(&Tx.execute!(tx, &1))
+    end)
+  end
+
+  test "mix relaybox.gen.migration writes an Ecto migration", %{tmp_dir: dir} do
+    Mix.shell(Mix.Shell.Process)
+
+    path =
+      Mix.Tasks.Relaybox.Gen.Migration.run(["--repo", "MyApp.Repo", "--migrations-path", dir])
+
+    assert path =~ ~r/\d{14}_add_relaybox_tables\.exs$/
+    text = File.read!(path)
+    assert text =~ "defmodule MyApp.Repo.Migrations.AddRelayboxTables"
+    assert text =~ "execute(Relaybox.Migration.up(version: 1))"
+    assert text =~ "execute(Relaybox.Migration.down(version: 1))"
+    assert {:ok, _} = Code.string_to_quoted(text)
+  end
+
+  test "mix relaybox.gen.serializer writes a serializer the producer can use", %{tmp_dir: dir} do
+    Mix.shell(Mix.Shell.Process)
+    path = Path.join(dir, "account.ex")
+
+    Mix.Tasks.Relaybox.Gen.Serializer.run([
+      "Relaybox.GenTest.Serializers",
+      "Relaybox.GenTest.Account",
+      "--fields",
+      "id,name",
+      "--path",
+      path
+    ])
+
+    [{module, _}] = Code.compile_file(path)
+    assert module == Relaybox.GenTest.Serializers.Account
+    account = %{id: 5, name: "acme"}
+    assert module.message_versions() == [1]
+    assert module.created(account, 1) == %{id: 5, name: "acme"}
+    assert module.destroyed(account, 1) == %{id: 5}
+    assert module.partition_key(account) == "5"
+    assert module.message_route(:created) == "account/created"
+  end
+end

@@ -1,0 +1,128 @@
+'use strict'
+/**
+ * The idempotent consumer: each message is handled once in effect.
+ * @module relaybox/consumer
+ */
+
+const { native, settle, sync } = require('./native')
+const { coreOptions, stringify, transportJson } = require('./values')
+const { Reject } = require('./errors')
+const { Message } = require('./message')
+const { Transaction } = require('./outbox')
+const { ConfigError } = require('./errors')
+
+/**
+ * One line describing a handler failure, for retries and the dead-letter record.
+ * @param {unknown} err
+ * @returns {string}
+ */
+function describe (err) {
+  if (err instanceof Error) {
+    const name = err.name || err.constructor?.name || 'Error'
+    return err.message ? `${name}: ${err.message}` : name
+  }
+  try {
+    return `non-Error rejection: ${typeof err === 'string' ? err : JSON.stringify(err)}`
+  } catch {
+    return `non-Error rejection: ${String(err)}`
+  }
+}
+
+/**
+ * The function the addon calls for each message: runs the handler and
+ * resolves with `null` or a JSON failure, never rejecting.
+ * @param {Function} handler
+ * @returns {(messageJson: string, tx: object) => Promise<string | null>}
+ */
+function bridge (handler) {
+  return async (messageJson, nativeTx) => {
+    try {
+      await handler(new Message(messageJson), new Transaction(nativeTx))
+      return null
+    } catch (err) {
+      if (err instanceof Reject) return JSON.stringify({ error: err.message || 'rejected', reject: true })
+      return JSON.stringify({ error: describe(err), reject: false })
+    }
+  }
+}
+
+/**
+ * Reads `topic` as consumer group `group` and calls
+ * `await handler(message, tx)` for each message; the message is
+ * acknowledged only after the returned promise resolves. `tx` holds the
+ * inbox row marking the message processed: write through it and your writes
+ * commit atomically with that mark. A duplicate delivery is skipped. A
+ * rejection retries the message (`maxRetries` times, from `retryDelay` ms
+ * doubling up to `retryDelayMax`), then dead-letters it; rejecting with
+ * {@link Reject} dead-letters it at once. Messages of one key are handled in
+ * order; up to `concurrency` lanes run at once.
+ */
+class Consumer {
+  #outbox
+  #topic
+  #handler
+  #transport
+  #config
+  #native = null
+
+  /**
+   * @param {import('./outbox').Outbox} outbox
+   * @param {string} topic
+   * @param {(message: Message, tx: Transaction) => Promise<void> | void} handler
+   * @param {import('./relaybox').ConsumerOptions} options at least `group`
+   */
+  constructor (outbox, topic, handler, options) {
+    if (typeof handler !== 'function') throw new TypeError('handler must be a function')
+    const { transport, ...settings } = options ?? {}
+    if (typeof topic !== 'string') {
+      throw new ConfigError('topic must be a string', { code: 'invalid_config' })
+    }
+    this.#outbox = outbox
+    this.#topic = topic
+    this.#handler = bridge(handler)
+    this.#transport = transportJson(transport)
+    this.#config = stringify(coreOptions(settings, 'Consumer options'), 'invalid_config')
+    /** The consumer group. */
+    this.group = settings.group
+    /** The topic consumed. */
+    this.topic = topic
+  }
+
+  /**
+   * Starts consuming (settings are validated here).
+   * @returns {this}
+   */
+  start () {
+    if (this.#native !== null && this.#native.running) return this
+    this.#native = sync(() =>
+      native.NativeConsumer.start(this.#outbox._native, this.#transport, this.#topic, this.#config, this.#handler)
+    )
+    return this
+  }
+
+  /** Whether it is running. */
+  get running () {
+    return this.#native !== null && this.#native.running
+  }
+
+  /**
+   * Counters: processed, duplicates, retried, deadLettered.
+   * @returns {import('./relaybox').ConsumerStats}
+   */
+  stats () {
+    if (this.#native === null) return { processed: 0, duplicates: 0, retried: 0, deadLettered: 0 }
+    return this.#native.stats()
+  }
+
+  /**
+   * Finishes and acknowledges the messages in flight, then stops; nothing of
+   * this consumer keeps the process alive afterwards.
+   */
+  async close () {
+    if (this.#native === null) return
+    const consumer = this.#native
+    await settle(() => consumer.shutdown())
+  }
+}
+
+module.exports = { Consumer, describe }

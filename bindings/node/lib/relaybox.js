@@ -1,0 +1,71 @@
+'use strict'
+/**
+ * relaybox for Node.js: reliable event delivery from your database to a
+ * message broker. The transactional outbox, the relay and the idempotent
+ * consumer run in relaybox's Rust core; this package is a thin layer over it.
+ *
+ * ```js
+ * const { Outbox, Relay, Consumer } = require('relaybox')
+ * const outbox = await Outbox.open(process.env.DATABASE_URL, { migrate: true })
+ * await outbox.transaction(async (tx) => {
+ *   await tx.execute('INSERT INTO orders (id) VALUES ($1)', [42])
+ *   await tx.enqueue({ topic: 'orders', key: '42', type: 'OrderPlaced', payload: { id: 42 } })
+ * })
+ * ```
+ * @module relaybox
+ */
+
+const { errorFor, fromNative, ...errors } = require('./errors')
+const { native, sync } = require('./native')
+const { Outbox, Transaction } = require('./outbox')
+const { Relay } = require('./relay')
+const { Consumer } = require('./consumer')
+const { Message } = require('./message')
+const { specJson } = require('./values')
+const messaging = require('./messaging')
+
+/**
+ * Kafka transport settings in the form `Relay` and `Consumer` take.
+ * @param {import('./relaybox').KafkaOptions} [options]
+ * @returns {{kafka: object}}
+ */
+function kafka (options = {}) {
+  return { kafka: { bootstrapServers: '127.0.0.1:9092', ...options } }
+}
+
+/**
+ * The message a spec describes, validated against the default limits, as
+ * it would be stored (canonical JSON).
+ * @param {import('./relaybox').MessageInput} message
+ * @returns {Message}
+ */
+function buildMessage (message) {
+  const json = specJson(message)
+  return new Message(sync(() => native.canonicalJsonOf(json)))
+}
+
+/**
+ * The outbox partition of a key among `partitions`, as every relaybox language computes it.
+ * @param {string} key
+ * @param {number} partitions
+ * @returns {number}
+ */
+function partitionForKey (key, partitions) {
+  return sync(() => native.partitionForKey(key, partitions))
+}
+
+module.exports = {
+  Outbox,
+  Transaction,
+  Relay,
+  Consumer,
+  Message,
+  kafka,
+  buildMessage,
+  partitionForKey,
+  createMessaging: messaging.createMessaging,
+  Messaging: messaging.Messaging,
+  Event: messaging.Event,
+  ...errors,
+  version: native.nativeVersion()
+}

@@ -1,0 +1,201 @@
+'use strict'
+/**
+ * Conversions between JavaScript values and what the native addon takes:
+ * message objects to `MessageSpec` JSON, SQL parameters to tagged pairs and
+ * tagged result values back, option objects (camelCase) to the core's
+ * snake_case JSON.
+ * @module relaybox/values
+ */
+
+const { ValidationError, ConfigError } = require('./errors')
+
+/** Message fields in JavaScript spelling → `MessageSpec` field. */
+const SPEC_FIELDS = {
+  topic: 'topic',
+  key: 'key',
+  type: 'type',
+  payload: 'payload',
+  payloadBase64: 'payload_base64',
+  payload_base64: 'payload_base64',
+  payloadText: 'payload_text',
+  payload_text: 'payload_text',
+  headers: 'headers',
+  contentType: 'content_type',
+  content_type: 'content_type',
+  delay: 'delay',
+  availableAt: 'available_at',
+  available_at: 'available_at',
+  id: 'id'
+}
+
+function isBytes (value) {
+  return value instanceof Uint8Array || value instanceof ArrayBuffer
+}
+
+function toBuffer (value) {
+  return value instanceof ArrayBuffer ? Buffer.from(value) : Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+}
+
+/**
+ * The `MessageSpec` (plain JSON object) of a message given in JavaScript
+ * form: a `Buffer`/`Uint8Array` payload becomes `payload_base64`, a `Date`
+ * `availableAt` RFC 3339 text; unknown fields are passed on so that the core
+ * rejects them.
+ * @param {object} message
+ * @returns {object}
+ */
+function toSpec (message) {
+  if (message === null || typeof message !== 'object' || Array.isArray(message)) {
+    throw new ValidationError('a message must be an object such as {topic, payload}', { code: 'invalid_message' })
+  }
+  const spec = {}
+  for (const [name, value] of Object.entries(message)) {
+    if (value === undefined) continue
+    const field = SPEC_FIELDS[name] ?? name
+    if (field === 'payload' && isBytes(value)) {
+      spec.payload_base64 = toBuffer(value).toString('base64')
+    } else if (field === 'available_at' && value instanceof Date) {
+      if (Number.isNaN(value.getTime())) {
+        throw new ValidationError('availableAt is an invalid Date', { code: 'invalid_message' })
+      }
+      spec.available_at = value.toISOString()
+    } else {
+      spec[field] = value
+    }
+  }
+  return spec
+}
+
+/**
+ * `MessageSpec` JSON text of a message.
+ * @param {object} message
+ * @returns {string}
+ */
+function specJson (message) {
+  return stringify(toSpec(message), 'invalid_message')
+}
+
+function stringify (value, code) {
+  try {
+    return JSON.stringify(value, (_key, v) => {
+      if (typeof v === 'bigint') return v.toString()
+      if (typeof v === 'number' && !Number.isFinite(v)) throw new TypeError(`${v} is not valid in JSON`)
+      return v
+    })
+  } catch (err) {
+    throw new ValidationError(`not JSON-serialisable: ${err.message}`, { code })
+  }
+}
+
+/**
+ * One SQL parameter as a tagged pair.
+ * @param {unknown} value
+ * @returns {Array<unknown>}
+ */
+function tag (value) {
+  if (value === null || value === undefined) return ['n']
+  switch (typeof value) {
+    case 'boolean': return ['b', value]
+    case 'bigint': return ['i', value.toString()]
+    case 'string': return ['s', value]
+    case 'number':
+      if (Number.isSafeInteger(value)) return ['i', value]
+      if (!Number.isFinite(value)) {
+        throw new ValidationError(`SQL parameter ${value} is not a finite number`, { code: 'invalid_value' })
+      }
+      return ['f', value]
+    case 'object':
+      if (isBytes(value)) return ['x', toBuffer(value).toString('base64')]
+      if (value instanceof Date) {
+        if (Number.isNaN(value.getTime())) {
+          throw new ValidationError('SQL parameter is an invalid Date', { code: 'invalid_value' })
+        }
+        return ['t', value.toISOString()]
+      }
+      return ['j', JSON.parse(stringify(value, 'invalid_value'))]
+    default:
+      throw new ValidationError(`unsupported SQL parameter type ${typeof value}`, { code: 'invalid_value' })
+  }
+}
+
+/**
+ * Tagged-pair JSON of SQL parameters (an array, or nothing).
+ * @param {unknown[] | undefined} params
+ * @returns {string}
+ */
+function paramsJson (params) {
+  if (params === undefined || params === null) return '[]'
+  if (!Array.isArray(params)) {
+    throw new ValidationError('params must be an array of positional parameters', { code: 'invalid_value' })
+  }
+  return JSON.stringify(params.map(tag))
+}
+
+/**
+ * A tagged value as JavaScript: integers beyond 2^53 as `BigInt`, bytes as
+ * `Buffer`, timestamps as `Date`, UUIDs as text, JSON as parsed values.
+ * @param {Array<unknown>} pair
+ * @returns {unknown}
+ */
+function untag ([kind, value]) {
+  switch (kind) {
+    case 'n': return null
+    case 'i': return typeof value === 'string' ? BigInt(value) : value
+    case 'x': return Buffer.from(value, 'base64')
+    case 't': return new Date(value)
+    default: return value
+  }
+}
+
+/**
+ * Rows from the native JSON text (rows of `[column, tagged value]` pairs).
+ * @param {string} text
+ * @returns {Array<Record<string, unknown>>}
+ */
+function rows (text) {
+  return JSON.parse(text).map((row) => {
+    const out = {}
+    for (const [column, pair] of row) out[column] = untag(pair)
+    return out
+  })
+}
+
+function snake (name) {
+  return name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+}
+
+/**
+ * An options object in the core's JSON form: camelCase keys become
+ * snake_case, `undefined` values are dropped; unknown keys are passed on so
+ * that the core rejects them (`ConfigError`).
+ * @param {object | undefined} options
+ * @param {string} what
+ * @returns {object}
+ */
+function coreOptions (options, what) {
+  if (options === undefined || options === null) return {}
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw new ConfigError(`${what} must be an object`, { code: 'invalid_config' })
+  }
+  const out = {}
+  for (const [name, value] of Object.entries(options)) {
+    if (value !== undefined) out[snake(name)] = value
+  }
+  return out
+}
+
+/**
+ * A transport in the core's JSON form: `"database"` (or nothing), or
+ * `{kafka: {bootstrapServers, createTopics, properties, ...}}`.
+ * @param {unknown} transport
+ * @returns {string}
+ */
+function transportJson (transport) {
+  if (transport === undefined || transport === null || transport === 'database') return '"database"'
+  if (typeof transport === 'object' && transport.kafka !== undefined) {
+    return stringify({ kafka: coreOptions(transport.kafka, 'kafka settings') }, 'invalid_config')
+  }
+  return stringify(transport, 'invalid_config')
+}
+
+module.exports = { toSpec, specJson, paramsJson, untag, rows, coreOptions, transportJson, stringify }

@@ -1,0 +1,148 @@
+//! `relaybox-node`: the thin napi-rs layer under the `relaybox` npm package.
+//! It converts values, maps errors for `lib/errors.js` and runs the core's
+//! async calls on the core runtime behind Promises; all delivery logic is in
+//! the `relaybox` crate. Every export catches panics (`catch_unwind`), so a
+//! bug surfaces as an `InternalError` instead of aborting Node.
+
+mod bridge;
+mod consumer;
+mod convert;
+mod error;
+mod relay;
+mod store;
+mod transaction;
+
+use napi::Result;
+use napi_derive::napi;
+
+use crate::bridge::{guard, run};
+
+pub use consumer::{ConsumerStats, NativeConsumer};
+pub use relay::{NativeRelay, RelayStats};
+pub use store::NativeStore;
+pub use transaction::NativeTransaction;
+
+/// The version of the native addon (the crate version).
+#[napi(catch_unwind)]
+pub fn native_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// The schema of `dialect` (`"postgres"` or `"sqlite"`) as plain SQL, for
+/// users who apply migrations with their own tool (knex, Prisma, ...).
+#[napi(catch_unwind)]
+pub fn schema_sql(dialect: String, table_prefix: String, partitions: u32) -> Result<String> {
+    guard(|| {
+        let dialect: relaybox::Dialect = dialect.parse()?;
+        relaybox::schema::schema_sql(dialect, &table_prefix, partitions)
+    })
+}
+
+/// The message a spec (JSON) describes, validated against the default
+/// limits, in canonical JSON (what `enqueue` would store).
+#[napi(catch_unwind)]
+pub fn canonical_json_of(spec_json: String) -> Result<String> {
+    guard(|| {
+        let message = convert::message(&spec_json)?;
+        message.validate(&relaybox::Limits::default())?;
+        Ok(message.to_canonical_json())
+    })
+}
+
+/// The outbox partition of a message key among `partitions` (CRC-32 of the
+/// key, modulo the count), as every relaybox language computes it.
+#[napi(catch_unwind)]
+pub fn partition_for_key(key: String, partitions: u32) -> Result<u32> {
+    guard(|| {
+        if partitions == 0 {
+            return Err(relaybox::Error::InvalidValue {
+                reason: "partitions must be at least 1".into(),
+            });
+        }
+        Ok(relaybox::partition::partition_for(
+            Some(&key),
+            &uuid::Uuid::nil(),
+            partitions,
+        ))
+    })
+}
+
+/// Benchmark baseline: the Node benchmark's enqueue workload run by the Rust
+/// core alone (`tasks` concurrent tasks, `perTx` messages of `payloadBytes`
+/// per transaction, `total` in all). Resolves with the seconds taken.
+#[napi(catch_unwind)]
+pub async fn bench_enqueue_rust(
+    store: &NativeStore,
+    total: u32,
+    per_tx: u32,
+    tasks: u32,
+    payload_bytes: u32,
+) -> Result<f64> {
+    let store = store.0.clone();
+    let (total, per_tx, tasks) = (
+        total as usize,
+        per_tx.max(1) as usize,
+        tasks.max(1) as usize,
+    );
+    let payload_bytes = payload_bytes as usize;
+    run(async move {
+        let started = std::time::Instant::now();
+        let per_task = total / tasks;
+        let runs = (0..tasks).map(|task| {
+            let store = store.clone();
+            relaybox::runtime::spawn(async move {
+                let payload = vec![b'x'; payload_bytes];
+                let mut written = 0;
+                while written < per_task {
+                    let n = per_tx.min(per_task - written);
+                    let batch: Vec<relaybox::Message> = (0..n)
+                        .map(|i| {
+                            relaybox::Message::new("bench", payload.clone())
+                                .with_key(format!("k{}", (task * per_task + written + i) % 64))
+                        })
+                        .collect();
+                    let tx = store.begin().await?;
+                    if n == 1 {
+                        tx.enqueue(batch.into_iter().next().expect("one message"))
+                            .await?;
+                    } else {
+                        tx.enqueue_batch(&batch).await?;
+                    }
+                    tx.commit().await?;
+                    written += n;
+                }
+                Ok::<(), relaybox::Error>(())
+            })
+        });
+        for result in futures::future::join_all(runs).await {
+            result.map_err(|e| relaybox::Error::Internal {
+                message: e.to_string(),
+            })??;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    })
+    .await
+}
+
+/// Panics inside the binding, for tests that check a panic reaches Node as
+/// `InternalError`: in the synchronous body, or in a Promise's work when
+/// `asynchronous`.
+#[napi(catch_unwind)]
+pub async fn panic_for_tests(message: String, asynchronous: bool) -> Result<()> {
+    if asynchronous {
+        run(async move {
+            if !message.is_empty() {
+                panic!("{message}");
+            }
+            Ok(())
+        })
+        .await
+    } else {
+        guard(|| {
+            if !message.is_empty() {
+                panic!("{message}");
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,72 @@
+'use strict'
+/** The cross-language fixtures of tests/fixtures: the same files every binding reads. */
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+
+const { relaybox, openOutbox, waitFor } = require('./helpers')
+
+const FIXTURES = path.join(__dirname, '../../../tests/fixtures')
+const read = (name) => fs.readFileSync(path.join(FIXTURES, name), 'utf8')
+
+/** The spec of a canonical message (everything a spec can carry; created_at is set at enqueue). */
+function specOf (fields) {
+  return {
+    id: fields.id,
+    topic: fields.topic,
+    key: fields.key,
+    type: fields.type,
+    payloadBase64: fields.payload,
+    contentType: fields.content_type,
+    headers: fields.headers
+  }
+}
+
+test('partitionForKey matches partitions.json', () => {
+  const cases = JSON.parse(read('partitions.json'))
+  assert.ok(cases.length > 10)
+  for (const { key, partitions, partition } of cases) {
+    assert.equal(relaybox.partitionForKey(key, partitions), partition, `${JSON.stringify(key)} among ${partitions}`)
+  }
+})
+
+test('every invalid message of invalid_messages.json rejects with its code and writes nothing', async (t) => {
+  const { outbox } = await openOutbox(t)
+  const { outbox: limited } = await openOutbox(t, { maxPayloadBytes: 16 })
+  // MessageSpec has no created_at (enqueue stamps it), so a message whose
+  // fault is available_at before created_at cannot be written as a spec.
+  const all = JSON.parse(read('invalid_messages.json'))
+  const cases = all.filter(({ message }) => message.available_at >= message.created_at)
+  assert.deepEqual(all.filter((c) => !cases.includes(c)).map((c) => c.name), ['available_at before created_at'])
+  for (const { name, message, error_code: code, max_payload_bytes: limit } of cases) {
+    assert.ok(limit === undefined || limit === 16, `${name}: a limit this test does not open (${limit})`)
+    await assert.rejects((limit === undefined ? outbox : limited).enqueue(specOf(message)),
+      (err) => err instanceof relaybox.ValidationError && err.code === code, name)
+  }
+  assert.equal(await outbox.pendingCount(), 0)
+  assert.equal(await limited.pendingCount(), 0)
+})
+
+test('the envelopes survive the database transport', async (t) => {
+  const { outbox } = await openOutbox(t)
+  const dir = path.join(FIXTURES, 'envelopes')
+  const expected = fs.readdirSync(dir).filter((f) => f.endsWith('.json'))
+    .map((f) => JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')))
+  assert.ok(expected.length >= 4)
+  for (const fields of expected) await outbox.enqueue(specOf(fields))
+  const got = new Map()
+  const relay = new relaybox.Relay(outbox).start()
+  t.after(() => relay.close())
+  const topics = [...new Set(expected.map((f) => f.topic))]
+  const consumers = topics.map((topic) => new relaybox.Consumer(outbox, topic, (message) => {
+    got.set(message.id, JSON.parse(message.toCanonicalJSON()))
+  }, { group: 'fixtures' }).start())
+  t.after(() => Promise.all(consumers.map((c) => c.close())))
+  await waitFor('every envelope consumed', () => got.size === expected.length)
+  for (const fields of expected) {
+    const { created_at: _c, available_at: _a, ...rest } = got.get(fields.id)
+    const { created_at: _c2, available_at: _a2, ...want } = fields
+    assert.deepEqual(rest, want)
+  }
+})

@@ -1,0 +1,3 @@
+module relaybox.example/messages-api
+
+go 1.22
