@@ -13,6 +13,8 @@
 //! on SQLite or PostgreSQL alone. See `docs/architecture.md`.
 
 mod backoff;
+#[doc(hidden)]
+pub mod bench;
 pub mod consumer;
 pub mod duration;
 pub mod error;

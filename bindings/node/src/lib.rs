@@ -79,47 +79,16 @@ pub async fn bench_enqueue_rust(
     payload_bytes: u32,
 ) -> Result<f64> {
     let store = store.0.clone();
-    let (total, per_tx, tasks) = (
-        total as usize,
-        per_tx.max(1) as usize,
-        tasks.max(1) as usize,
-    );
-    let payload_bytes = payload_bytes as usize;
     run(async move {
-        let started = std::time::Instant::now();
-        let per_task = total / tasks;
-        let runs = (0..tasks).map(|task| {
-            let store = store.clone();
-            relaybox::runtime::spawn(async move {
-                let payload = vec![b'x'; payload_bytes];
-                let mut written = 0;
-                while written < per_task {
-                    let n = per_tx.min(per_task - written);
-                    let batch: Vec<relaybox::Message> = (0..n)
-                        .map(|i| {
-                            relaybox::Message::new("bench", payload.clone())
-                                .with_key(format!("k{}", (task * per_task + written + i) % 64))
-                        })
-                        .collect();
-                    let tx = store.begin().await?;
-                    if n == 1 {
-                        tx.enqueue(batch.into_iter().next().expect("one message"))
-                            .await?;
-                    } else {
-                        tx.enqueue_batch(&batch).await?;
-                    }
-                    tx.commit().await?;
-                    written += n;
-                }
-                Ok::<(), relaybox::Error>(())
-            })
-        });
-        for result in futures::future::join_all(runs).await {
-            result.map_err(|e| relaybox::Error::Internal {
-                message: e.to_string(),
-            })??;
-        }
-        Ok(started.elapsed().as_secs_f64())
+        relaybox::bench::enqueue_workload(
+            &store,
+            total as usize,
+            per_tx as usize,
+            tasks as usize,
+            payload_bytes as usize,
+        )
+        .await
+        .map(|took| took.as_secs_f64())
     })
     .await
 }

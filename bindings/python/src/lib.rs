@@ -72,40 +72,9 @@ fn _bench_enqueue_rust(
 ) -> PyResult<f64> {
     let store = store.0.clone();
     bridge::blocking(py, async move {
-        let started = std::time::Instant::now();
-        let per_task = total / tasks.max(1);
-        let runs = (0..tasks.max(1)).map(|task| {
-            let store = store.clone();
-            relaybox::runtime::spawn(async move {
-                let payload = vec![b'x'; payload_bytes];
-                let mut written = 0;
-                while written < per_task {
-                    let n = per_tx.min(per_task - written);
-                    let batch: Vec<relaybox::Message> = (0..n)
-                        .map(|i| {
-                            relaybox::Message::new("bench", payload.clone())
-                                .with_key(format!("k{}", (task * per_task + written + i) % 64))
-                        })
-                        .collect();
-                    let tx = store.begin().await?;
-                    if n == 1 {
-                        tx.enqueue(batch.into_iter().next().expect("one message"))
-                            .await?;
-                    } else {
-                        tx.enqueue_batch(&batch).await?;
-                    }
-                    tx.commit().await?;
-                    written += n;
-                }
-                Ok::<(), relaybox::Error>(())
-            })
-        });
-        for run in futures::future::join_all(runs).await {
-            run.map_err(|e| relaybox::Error::Internal {
-                message: e.to_string(),
-            })??;
-        }
-        Ok(started.elapsed().as_secs_f64())
+        relaybox::bench::enqueue_workload(&store, total, per_tx, tasks, payload_bytes)
+            .await
+            .map(|took| took.as_secs_f64())
     })
 }
 
