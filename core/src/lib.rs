@@ -40,7 +40,7 @@ pub use message::Message;
 pub use redact::DatabaseUrl;
 pub use relay::{Relay, RelayConfig, RelayStats};
 pub use schema::Dialect;
-pub use sink::Sink;
+pub use sink::{Acks, Sink};
 pub use source::{AckToken, Delivery, Source};
 pub use spec::MessageSpec;
 pub use store::{

@@ -2,7 +2,7 @@
 //! sharing partitions with other relays through leases, retrying failures with
 //! backoff and dead-lettering what keeps failing.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::backoff;
 use crate::error::{Error, Result};
 use crate::message::{now_micros, Message};
-use crate::sink::Sink;
-use crate::store::{Completion, Slice, Store};
+use crate::sink::{Acks, Sink};
+use crate::store::{Claim, Completion, Slice, Store};
 
 /// Relay settings. Every field has a default; [`validate`](RelayConfig::validate) rejects nonsense.
 #[derive(Clone, Debug, Deserialize)]
@@ -55,6 +55,12 @@ pub struct RelayConfig {
     /// (partition mod `concurrency`), so that one loop's database work
     /// overlaps another's wait for the broker (default 2).
     pub concurrency: u32,
+    /// Batches each batch loop may have handed to the sink and still be
+    /// waiting for the acknowledgements of (default 2): the next batch is
+    /// claimed and handed over while earlier ones are acknowledged. Takes
+    /// effect with sinks that hand over before acknowledging (Kafka) and on
+    /// PostgreSQL; each batch in flight holds a pooled connection.
+    pub batches_in_flight: u32,
 }
 
 impl Default for RelayConfig {
@@ -70,6 +76,7 @@ impl Default for RelayConfig {
             retention: None,
             instance_id: None,
             concurrency: 2,
+            batches_in_flight: 2,
         }
     }
 }
@@ -104,6 +111,12 @@ impl RelayConfig {
         }
         if !(1..=64).contains(&self.concurrency) {
             return Err(Error::config("concurrency", "must be between 1 and 64"));
+        }
+        if !(1..=16).contains(&self.batches_in_flight) {
+            return Err(Error::config(
+                "batches_in_flight",
+                "must be between 1 and 16",
+            ));
         }
         if let Some(id) = &self.instance_id {
             if id.is_empty() || id.len() > 200 {
@@ -153,7 +166,7 @@ struct Counters {
 }
 
 /// A running relay. Stop it with [`shutdown`](Relay::shutdown), which finishes
-/// the batch in flight and hands its partitions over at once. Dropping it
+/// the batches in flight and hands its partitions over at once. Dropping it
 /// instead stops it abruptly, as a crash would: its leases expire after
 /// `lease_ttl` and another relay takes over; nothing is lost.
 pub struct Relay {
@@ -188,6 +201,7 @@ impl Relay {
             cancel: cancel.clone(),
             counters: counters.clone(),
             held: watch::channel(Vec::new()).0,
+            gate: Arc::new(RwLock::new(())),
         };
         let task = crate::runtime::current()?.spawn(worker.run());
         tracing::info!(owner = %owner, "relaybox relay started");
@@ -216,7 +230,7 @@ impl Relay {
         }
     }
 
-    /// Finishes the batch in flight, releases the leases and stops. Idempotent.
+    /// Finishes the batches in flight, releases the leases and stops. Idempotent.
     pub async fn shutdown(&self) -> Result<()> {
         self.cancel.cancel();
         let task = self.task.lock().expect("relay task lock").take();
@@ -268,6 +282,30 @@ struct Worker {
     counters: Arc<Counters>,
     /// The partitions this relay holds, as of the last lease refresh.
     held: watch::Sender<Vec<u32>>,
+    /// Held (shared) by every claimed batch until it is completed, taken
+    /// (exclusively) by the lease refresh. A claim share-locks its lease rows
+    /// until completion, and PostgreSQL lets new share lockers past a waiting
+    /// update, so with batches in flight back to back the renewal could wait
+    /// for ever; this gate lets the batches in flight finish first.
+    gate: Arc<RwLock<()>>,
+}
+
+/// A batch handed to the sink, waiting for its acknowledgements.
+struct InFlight {
+    claim: Claim,
+    acks: Acks,
+    /// Keys that failed in batches completed after this one was claimed:
+    /// this batch's messages of those keys are not recorded as delivered.
+    held_keys: HashSet<String>,
+    _gate: OwnedRwLockReadGuard<()>,
+}
+
+/// What became of a completed batch.
+struct Completed {
+    failed_keys: HashSet<String>,
+    delivered: usize,
+    dead: usize,
+    soonest_retry: Option<Duration>,
 }
 
 impl Worker {
@@ -292,7 +330,11 @@ impl Worker {
         let lease_every = self.config.lease_ttl / 3;
         let mut next_purge = Instant::now();
         while !self.cancel.is_cancelled() {
-            let next_lease = match self.refresh_leases().await {
+            let refreshed = {
+                let _gate = self.gate.write().await;
+                self.refresh_leases().await
+            };
+            let next_lease = match refreshed {
                 Ok(()) => Instant::now() + lease_every,
                 Err(e) => {
                     tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
@@ -314,31 +356,53 @@ impl Worker {
         }
     }
 
-    /// Claims, publishes and completes batches of the held partitions in `slice`.
+    /// How many batches a loop may have in flight: pipelining needs a claim
+    /// that keeps its rows locked (PostgreSQL); SQLite claims lock nothing.
+    fn depth(&self) -> usize {
+        match self.store.dialect() {
+            crate::schema::Dialect::Postgres => self.config.batches_in_flight as usize,
+            crate::schema::Dialect::Sqlite => 1,
+        }
+    }
+
+    /// Claims, publishes and completes batches of the held partitions in
+    /// `slice`, with up to `batches_in_flight` batches handed to the sink
+    /// and awaiting acknowledgement; batches are completed in claim order.
     async fn batch_loop(&self, slice: Slice) {
+        let depth = self.depth();
         let mut wake = self.store.subscribe_outbox();
         let mut held = self.held.subscribe();
         let mut error_streak = 0u32;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        // Whether to try a claim now.
+        let mut look = true;
+        // A retry or error pause: look again then, unless woken before.
+        let mut timer: Option<Instant> = None;
         // After a wake-up that found nothing (rows enqueued in a transaction
         // that had not committed yet), look again shortly, then rest.
         let mut rechecks = RECHECKS.iter();
         let mut recheck_at: Option<Instant> = None;
-        while !self.cancel.is_cancelled() {
-            let mut next_retry = None;
+        loop {
+            let cancelled = self.cancel.is_cancelled();
+            if cancelled && in_flight.is_empty() {
+                break;
+            }
             let mine = held.borrow_and_update().iter().any(|p| slice.contains(*p));
-            if mine {
+            if look && !cancelled && mine && in_flight.len() < depth {
                 wake.borrow_and_update();
-                match self.relay_batch(slice).await {
-                    Ok(BatchOutcome::Worked) => {
+                match self.start_batch(slice, &mut in_flight).await {
+                    Ok(Started::Worked) => {
                         error_streak = 0;
                         rechecks = RECHECKS.iter();
                         recheck_at = None;
+                        timer = None;
                         continue;
                     }
-                    Ok(BatchOutcome::Idle { retry_at }) => {
+                    Ok(Started::Nothing) => {
                         error_streak = 0;
-                        next_retry = retry_at;
+                        look = false;
                     }
+                    Ok(Started::Busy) => look = false,
                     Err(e) => {
                         error_streak += 1;
                         let pause = backoff(
@@ -347,25 +411,77 @@ impl Worker {
                             Duration::from_secs(5),
                         );
                         tracing::warn!(owner = %self.owner, error = %e, "relaybox relay batch failed; pausing {pause:?}");
-                        next_retry = Some(Instant::now() + pause);
+                        look = false;
+                        timer = Some(Instant::now() + pause);
                     }
                 }
             }
-            let mut deadline = Instant::now() + self.config.poll_interval;
-            if recheck_at.is_some_and(|at| at <= Instant::now()) {
-                recheck_at = rechecks.next().map(|d| Instant::now() + *d);
+            let now = Instant::now();
+            let mut deadline = now + self.config.poll_interval;
+            if recheck_at.is_some_and(|at| at <= now) {
+                recheck_at = rechecks.next().map(|d| now + *d);
             }
-            for at in [next_retry, recheck_at].into_iter().flatten() {
+            if timer.is_some_and(|at| at <= now) {
+                timer = None;
+                look = true;
+                continue;
+            }
+            for at in [timer, recheck_at].into_iter().flatten() {
                 deadline = deadline.min(at);
             }
+            let front = in_flight.front_mut().map(|b| &mut b.acks);
+            let has_front = front.is_some();
+            let acks = async move {
+                match front {
+                    Some(acks) => acks.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = self.cancel.cancelled() => break,
-                _ = held.changed() => {}
+                biased;
+                results = acks, if has_front => {
+                    let batch = in_flight.pop_front().expect("a batch in flight");
+                    match self.complete_batch(batch, results).await {
+                        Ok(done) => {
+                            error_streak = 0;
+                            for b in in_flight.iter_mut() {
+                                b.held_keys.extend(done.failed_keys.iter().cloned());
+                            }
+                            if done.delivered == 0 && done.dead == 0 {
+                                // Everything failed: look again at the earliest retry (or a wake-up).
+                                if let Some(d) = done.soonest_retry {
+                                    let at = Instant::now() + d;
+                                    timer = Some(timer.map_or(at, |t| t.min(at)));
+                                }
+                            } else {
+                                look = true;
+                            }
+                        }
+                        Err(e) => {
+                            // Whatever is still in flight may hold later messages of the
+                            // keys of the batch that could not be recorded: give it all up
+                            // (its rows are published again).
+                            in_flight.clear();
+                            error_streak += 1;
+                            let pause = backoff(
+                                error_streak,
+                                Duration::from_millis(100),
+                                Duration::from_secs(5),
+                            );
+                            tracing::warn!(owner = %self.owner, error = %e, "relaybox relay batch failed; pausing {pause:?}");
+                            look = false;
+                            timer = Some(Instant::now() + pause);
+                        }
+                    }
+                }
+                _ = self.cancel.cancelled(), if !cancelled => {}
+                _ = held.changed() => look = true,
                 _ = wake.changed() => {
+                    look = true;
                     rechecks = RECHECKS.iter();
                     recheck_at = rechecks.next().map(|d| Instant::now() + *d);
                 }
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(deadline) => look = true,
             }
         }
     }
@@ -399,7 +515,13 @@ impl Worker {
         Ok(())
     }
 
-    async fn relay_batch(&self, slice: Slice) -> Result<BatchOutcome> {
+    /// Claims a batch and hands it to the sink, adding it to `in_flight`
+    /// (or, for the relay's own database log, moves it there outright).
+    async fn start_batch(
+        &self,
+        slice: Slice,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<Started> {
         if self
             .sink
             .log_store()
@@ -413,32 +535,63 @@ impl Worker {
                 .await?
             {
                 if moved == 0 {
-                    return Ok(BatchOutcome::Idle { retry_at: None });
+                    return Ok(Started::Nothing);
                 }
                 self.counters.delivered.fetch_add(moved, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                return Ok(BatchOutcome::Worked);
+                return Ok(Started::Worked);
             }
         }
+        // With nothing in flight, wait for a lease refresh to finish; with
+        // batches in flight, let it go first (it waits for them).
+        let gate = if in_flight.is_empty() {
+            self.gate.clone().read_owned().await
+        } else {
+            match self.gate.clone().try_read_owned() {
+                Ok(gate) => gate,
+                Err(_) => return Ok(Started::Busy),
+            }
+        };
         let claim = self
             .store
             .claim(&self.owner, slice, self.config.batch_size)
             .await?;
         if claim.rows.is_empty() {
-            return Ok(BatchOutcome::Idle { retry_at: None });
+            return Ok(Started::Nothing);
         }
         let messages: Vec<Message> = claim.rows.iter().map(|r| r.message.clone()).collect();
-        let results = self.publish(&messages).await;
+        let acks = self.send(messages).await;
+        in_flight.push_back(InFlight {
+            claim,
+            acks,
+            held_keys: HashSet::new(),
+            _gate: gate,
+        });
+        Ok(Started::Worked)
+    }
+
+    /// Records what became of a batch: deletes (or marks) the delivered rows,
+    /// schedules retries, dead-letters what failed too often.
+    async fn complete_batch(&self, batch: InFlight, results: Vec<Result<()>>) -> Result<Completed> {
+        let InFlight {
+            claim,
+            held_keys,
+            _gate,
+            ..
+        } = batch;
         let now = now_micros();
         let mut done = Completion::default();
         let mut failed_keys: HashSet<String> = HashSet::new();
         let mut soonest_retry: Option<Duration> = None;
         for (row, result) in claim.rows.iter().zip(results) {
             let key = row.message.key.as_deref();
+            let behind = key.is_some_and(|k| failed_keys.contains(k) || held_keys.contains(k));
             match result {
+                // Held behind an earlier failure of its key (in this batch or an
+                // earlier one): not delivered even if the sink took it, and not an
+                // attempt of its own; it waits in the outbox behind that message.
+                _ if behind => {}
                 Ok(()) => done.delivered.push(row.message.id),
-                // Held behind an earlier failure of its key: not an attempt of its own.
-                Err(_) if key.is_some_and(|k| failed_keys.contains(k)) => {}
                 Err(e) => {
                     if let Some(k) = key {
                         failed_keys.insert(k.to_string());
@@ -464,7 +617,6 @@ impl Worker {
             }
         }
         let (delivered, retried, dead) = (done.delivered.len(), done.retry.len(), done.dead.len());
-        let all_failed = delivered == 0;
         self.store
             .complete(&self.owner, claim, done, self.config.retention.is_some())
             .await?;
@@ -473,46 +625,63 @@ impl Worker {
         c.retried.fetch_add(retried as u64, Ordering::Relaxed);
         c.dead_lettered.fetch_add(dead as u64, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
-        if all_failed && dead == 0 {
-            // Everything claimable failed: wait for the earliest retry (or a wake-up).
-            return Ok(BatchOutcome::Idle {
-                retry_at: soonest_retry.map(|d| Instant::now() + d),
-            });
-        }
-        Ok(BatchOutcome::Worked)
+        // A key failed in this batch holds back its later messages in batches
+        // still in flight; a key held here was already failed by an earlier batch.
+        failed_keys.extend(held_keys);
+        Ok(Completed {
+            failed_keys,
+            delivered,
+            dead,
+            soonest_retry,
+        })
     }
 
-    /// Publishes with a timeout; a panicking or short-answering sink counts as failed.
-    async fn publish(&self, messages: &[Message]) -> Vec<Result<()>> {
+    /// Hands `messages` to the sink; the acknowledgements resolve within the
+    /// publish timeout (counted from now). A panicking or short-answering
+    /// sink counts as failed.
+    async fn send(&self, messages: Vec<Message>) -> Acks {
         let sink = self.sink.name().to_string();
-        let failed = |message: String, retryable: bool| {
-            messages
-                .iter()
-                .map(|m| {
+        let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id).collect();
+        let failed = move |message: String| {
+            ids.iter()
+                .map(|id| {
                     Err(Error::Transport {
                         transport: sink.clone(),
                         message: message.clone(),
-                        retryable,
-                        message_id: Some(m.id),
+                        retryable: true,
+                        message_id: Some(*id),
                     })
                 })
                 .collect::<Vec<_>>()
         };
-        let publish = AssertUnwindSafe(self.sink.publish(messages)).catch_unwind();
         let timeout = self.config.effective_publish_timeout();
-        match tokio::time::timeout(timeout, publish).await {
-            Err(_) => failed(format!("no acknowledgement within {timeout:?}"), true),
-            Ok(Err(panic)) => failed(Error::from_panic(panic).to_string(), true),
-            Ok(Ok(results)) if results.len() != messages.len() => failed(
-                format!(
-                    "sink returned {} results for {} messages",
+        let deadline = Instant::now() + timeout;
+        let n = messages.len();
+        let sent = AssertUnwindSafe(self.sink.send(&messages)).catch_unwind();
+        let acks = match tokio::time::timeout_at(deadline, sent).await {
+            Err(_) => {
+                return Box::pin(std::future::ready(failed(format!(
+                    "no acknowledgement within {timeout:?}"
+                ))))
+            }
+            Ok(Err(panic)) => {
+                return Box::pin(std::future::ready(failed(
+                    Error::from_panic(panic).to_string(),
+                )))
+            }
+            Ok(Ok(acks)) => acks,
+        };
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, AssertUnwindSafe(acks).catch_unwind()).await {
+                Err(_) => failed(format!("no acknowledgement within {timeout:?}")),
+                Ok(Err(panic)) => failed(Error::from_panic(panic).to_string()),
+                Ok(Ok(results)) if results.len() != n => failed(format!(
+                    "sink returned {} results for {n} messages",
                     results.len(),
-                    messages.len()
-                ),
-                true,
-            ),
-            Ok(Ok(results)) => results,
-        }
+                )),
+                Ok(Ok(results)) => results,
+            }
+        })
     }
 }
 
@@ -524,11 +693,13 @@ const RECHECKS: [Duration; 4] = [
     Duration::from_millis(250),
 ];
 
-enum BatchOutcome {
-    /// Rows were delivered or dead-lettered: look for more at once.
+enum Started {
+    /// A batch was moved, or handed to the sink: look for more at once.
     Worked,
-    /// Nothing to do until a wake-up, the poll interval, or `retry_at`.
-    Idle { retry_at: Option<Instant> },
+    /// Nothing to claim until a wake-up, the poll interval or a retry.
+    Nothing,
+    /// A lease refresh is waiting for the batches in flight: claim after them.
+    Busy,
 }
 
 #[cfg(test)]

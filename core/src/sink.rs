@@ -1,8 +1,16 @@
 //! The seam between the relay and a broker: a [`Sink`] publishes a batch and
 //! reports a result per message.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::error::Result;
 use crate::message::Message;
+
+/// The outcome of a batch handed over with [`Sink::send`]: resolves to one
+/// result per message, in batch order, once every message is acknowledged
+/// or has failed.
+pub type Acks = Pin<Box<dyn Future<Output = Vec<Result<()>>> + Send + 'static>>;
 
 /// Where the relay delivers messages: a broker, or the database log.
 ///
@@ -14,6 +22,19 @@ use crate::message::Message;
 /// with the same key in the same batch failed (report it failed too), so that
 /// order per key survives retries. Implementations must be cancel-safe: the
 /// relay abandons a publish that exceeds its `publish_timeout` and retries it.
+///
+/// # Pipelining
+///
+/// The relay calls [`send`](Sink::send), which by default is `publish`
+/// returning its results at once. A sink that overrides `send` to return as
+/// soon as the batch is handed over (to a producer's queue, say), with the
+/// acknowledgements still to come, lets the relay claim and hand over the
+/// next batches while it waits (up to `batches_in_flight`). Such a sink must
+/// keep, for each key, the messages of a batch handed over later behind those
+/// of the batches handed over before (as a producer's per-partition queue
+/// does). The relay still records deliveries batch by batch in claim order,
+/// and never records a message as delivered while an earlier message of its
+/// key failed: that message is sent again after the earlier one.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// A short name for logs and errors, e.g. `"database"` or `"kafka"`.
@@ -21,6 +42,14 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Publishes `batch`; see the trait documentation for the contract.
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>>;
+
+    /// Hands `batch` over and returns its acknowledgements, which may still
+    /// be on their way (see "Pipelining" above). The default publishes the
+    /// whole batch and returns the results ready.
+    async fn send(&self, batch: &[Message]) -> Acks {
+        let results = self.publish(batch).await;
+        Box::pin(std::future::ready(results))
+    }
 
     /// The store whose log table this sink appends to, if that is what it
     /// does. When it is the relay's own store, the relay moves claimed rows

@@ -741,3 +741,139 @@ async fn relay_survives_a_panicking_short_answering_and_hanging_sink(backend: Ba
     assert_order_per_key(&log, &msgs);
     db.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------
+// Batches in flight: a failed report holds back the later messages of its key.
+
+/// Hands batches over at once and reports later: the first attempt of the
+/// message with payload `fail-once` fails after `delay`; everything else is
+/// acknowledged at once. Records each hand-over, and checks what is still
+/// pending when `fail-once` is handed over again.
+struct SlowFailSink {
+    store: relaybox::Store,
+    delay: Duration,
+    handed: Mutex<Vec<Uuid>>,
+    failed_once: AtomicBool,
+    /// Set when the failing report is out.
+    reported: Arc<AtomicBool>,
+    /// (message handed over, whether the failing report was out by then)
+    handed_while: Mutex<Vec<(Uuid, bool)>>,
+    /// pending_count() when `fail-once` was handed over the second time.
+    pending_at_resend: Mutex<Option<i64>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for SlowFailSink {
+    fn name(&self) -> &str {
+        "slow-fail-test"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        self.send(batch).await.await
+    }
+
+    async fn send(&self, batch: &[Message]) -> relaybox::Acks {
+        let mut plan = Vec::new();
+        for m in batch {
+            self.handed.lock().unwrap().push(m.id);
+            let reported = self.reported.load(Ordering::SeqCst);
+            self.handed_while.lock().unwrap().push((m.id, reported));
+            let fail = m.payload == b"fail-once" && !self.failed_once.swap(true, Ordering::SeqCst);
+            if m.payload == b"fail-once" && !fail {
+                let pending = self.store.pending_count().await.unwrap();
+                *self.pending_at_resend.lock().unwrap() = Some(pending);
+            }
+            plan.push((m.id, fail));
+        }
+        let delay = self.delay;
+        let reported = self.reported.clone();
+        Box::pin(async move {
+            let mut results = Vec::new();
+            for (id, fail) in plan {
+                if fail {
+                    tokio::time::sleep(delay).await;
+                    reported.store(true, Ordering::SeqCst);
+                    results.push(Err(Error::Transport {
+                        transport: "slow-fail-test".into(),
+                        message: "the broker timed out".into(),
+                        retryable: true,
+                        message_id: Some(id),
+                    }));
+                } else {
+                    results.push(Ok(()));
+                }
+            }
+            results
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_report_in_flight_holds_back_later_messages_of_its_key() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let topic = "pipelined";
+    let first = Message::new(topic, b"fail-once".to_vec()).with_key("k");
+    let second = Message::new(topic, b"second".to_vec()).with_key("k");
+    db.enqueue_committed(&[first.clone(), second.clone()]).await;
+    let sink = Arc::new(SlowFailSink {
+        store: db.store.clone(),
+        delay: Duration::from_millis(400),
+        handed: Mutex::new(Vec::new()),
+        failed_once: AtomicBool::new(false),
+        reported: Arc::new(AtomicBool::new(false)),
+        handed_while: Mutex::new(Vec::new()),
+        pending_at_resend: Mutex::new(None),
+    });
+    // One message per batch, one batch loop, two batches in flight: the
+    // second message is claimed and handed over (and acknowledged at once)
+    // while the first one's report is still on its way.
+    let relay = Relay::start(
+        db.store.clone(),
+        sink.clone(),
+        RelayConfig {
+            batch_size: 1,
+            concurrency: 1,
+            batches_in_flight: 2,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_millis(400),
+            ..relay_config()
+        },
+    )
+    .unwrap();
+    wait_for("both messages delivered", WAIT, async || {
+        match db.store.pending_count().await {
+            Ok(0) => Ok(()),
+            other => Err(format!("pending_count = {other:?}")),
+        }
+    })
+    .await;
+    let stats = relay.stats();
+    relay.shutdown().await.unwrap();
+
+    let handed = sink.handed.lock().unwrap().clone();
+    let handed_while = sink.handed_while.lock().unwrap().clone();
+    // Pipelined: the second message went out before the first one's report came back.
+    assert_eq!(
+        handed_while.first().map(|h| h.0),
+        Some(first.id),
+        "{handed_while:?}"
+    );
+    assert_eq!(
+        handed_while.get(1),
+        Some(&(second.id, false)),
+        "{handed_while:?}"
+    );
+    // The second message was acknowledged, but not recorded as delivered while
+    // the first one waited for its retry: both were pending at the resend.
+    assert_eq!(*sink.pending_at_resend.lock().unwrap(), Some(2));
+    // So it went out again after the first one's successful retry.
+    let last = |id: Uuid| handed.iter().rposition(|h| *h == id).unwrap();
+    assert!(last(first.id) < last(second.id), "{handed:?}");
+    assert_eq!(handed.iter().filter(|h| **h == first.id).count(), 2);
+    assert_eq!(handed.iter().filter(|h| **h == second.id).count(), 2);
+    // Only the failed report counts as an attempt.
+    assert_eq!(stats.retried, 1, "{stats:?}");
+    assert_eq!(stats.delivered, 2, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    db.cleanup().await;
+}

@@ -506,10 +506,20 @@ pub(super) async fn move_to_log(
     if partitions.is_empty() {
         return Ok(0);
     }
-    q(&sql.log_lock)
-        .bind(sql.log_lock_key())
-        .execute(&mut *tx)
-        .await?;
+    // Appenders take turns on the log (positions in commit order). This
+    // transaction commits without waiting for its WAL flush, so the turn
+    // lasts the statement, not a disk flush: the move is atomic (the rows
+    // leave the outbox and enter the log together, or neither), and whoever
+    // records having processed an entry commits synchronously after it, which
+    // flushes the WAL up to and past this commit. A crash can only undo a
+    // move nobody has acted on yet: its rows are back in the outbox and are
+    // relayed again (at least once).
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({})",
+        sql.log_lock_key()
+    )))
+    .execute(&mut *tx)
+    .await?;
     let stmt = if keep_sent {
         &sql.copy_to_log
     } else {
@@ -531,6 +541,13 @@ pub(super) async fn complete(
     done: Completion,
     keep_sent: bool,
 ) -> Result<()> {
+    // Recording deliveries need not wait for a WAL flush: if a crash undoes
+    // it, the rows are still in the outbox and are published again (at least
+    // once), retries are simply tried sooner. The relay's loop then does not
+    // wait for the disk between batches.
+    sqlx::raw_sql("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     if !done.delivered.is_empty() {
         let stmt = if keep_sent {
             &sql.mark_sent

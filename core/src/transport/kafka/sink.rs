@@ -15,7 +15,7 @@ use super::config::{config_error, KafkaConfig};
 use super::kafka_error;
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::sink::Sink;
+use crate::sink::{Acks, Sink};
 
 /// A [`Sink`] that produces to Kafka.
 ///
@@ -180,6 +180,15 @@ impl Sink for KafkaSink {
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
+        self.send(batch).await.await
+    }
+
+    /// Hands every record to librdkafka in batch order and returns at once;
+    /// the acknowledgements are the delivery reports, awaited by the relay
+    /// while it claims and hands over the next batches. librdkafka keeps the
+    /// records of a partition in the order they were handed over, so a key's
+    /// records stay in order across batches.
+    async fn send(&self, batch: &[Message]) -> Acks {
         let mut topic_errors: Vec<(String, Error)> = Vec::new();
         let topics: HashSet<&str> = batch.iter().map(|m| m.topic.as_str()).collect();
         for topic in topics {
@@ -187,11 +196,10 @@ impl Sink for KafkaSink {
                 topic_errors.push((topic.to_string(), e));
             }
         }
-        // Hand every record to librdkafka first, in batch order, then await the reports.
         let mut pending = Vec::with_capacity(batch.len());
         for m in batch {
             if let Some((_, e)) = topic_errors.iter().find(|(t, _)| *t == m.topic) {
-                pending.push(Err(with_id(e, m)));
+                pending.push((m.id, Err(with_id(e, m))));
                 continue;
             }
             let mut record = FutureRecord::<str, [u8]>::to(&m.topic)
@@ -204,7 +212,7 @@ impl Sink for KafkaSink {
             loop {
                 match self.inner.producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push(Ok(delivery));
+                        pending.push((m.id, Ok(delivery)));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -212,29 +220,31 @@ impl Sink for KafkaSink {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => {
-                        pending.push(Err(kafka_error(e, Some(m.id))));
+                        pending.push((m.id, Err(kafka_error(e, Some(m.id)))));
                         break;
                     }
                 }
             }
         }
-        let mut results = Vec::with_capacity(batch.len());
-        for (m, p) in batch.iter().zip(pending) {
-            results.push(match p {
-                Err(e) => Err(e),
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(kafka_error(e, Some(m.id))),
-                    Err(_) => Err(Error::Transport {
-                        transport: "kafka".into(),
-                        message: "the producer dropped the delivery report".into(),
-                        retryable: true,
-                        message_id: Some(m.id),
-                    }),
-                },
-            });
-        }
-        results
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(pending.len());
+            for (id, p) in pending {
+                results.push(match p {
+                    Err(e) => Err(e),
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(kafka_error(e, Some(id))),
+                        Err(_) => Err(Error::Transport {
+                            transport: "kafka".into(),
+                            message: "the producer dropped the delivery report".into(),
+                            retryable: true,
+                            message_id: Some(id),
+                        }),
+                    },
+                });
+            }
+            results
+        })
     }
 }
 
