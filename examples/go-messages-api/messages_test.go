@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -56,8 +57,12 @@ func startApp(t *testing.T) (*App, *httptest.Server) {
 	server := httptest.NewServer(app.Routes())
 	t.Cleanup(func() {
 		server.Close()
+		// The relay and consumer use the tables until they stop: drop them after.
+		if err := errors.Join(app.consumer.Stop(), app.relay.Stop()); err != nil {
+			t.Errorf("stop: %v", err)
+		}
 		dropTables(t, app)
-		if err := app.Close(); err != nil {
+		if err := app.outbox.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
 	})
