@@ -15,14 +15,16 @@
 //! - `payload_base64`: raw bytes, standard base64 (`application/octet-stream`);
 //! - `payload_text`: UTF-8 text, stated explicitly.
 //!
-//! `content_type` overrides the detected type. Unknown fields are rejected so
+//! `content_type` overrides the detected type; `created_at` (RFC 3339, now by
+//! default) is when the message was created, and `delay` counts from it.
+//! Unknown fields are rejected so
 //! a misspelt option fails loudly instead of being ignored.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -65,6 +67,10 @@ pub struct MessageSpec {
     /// Deliver no earlier than this instant (RFC 3339).
     #[serde(default)]
     pub available_at: Option<DateTime<Utc>>,
+    /// When the message was created (RFC 3339); now when absent. A `delay`
+    /// counts from it.
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
     /// The message id; a new UUID v7 when absent.
     #[serde(default)]
     pub id: Option<Uuid>,
@@ -104,6 +110,11 @@ impl MessageSpec {
             message.event_type = event_type;
         }
         message.headers = self.headers;
+        if let Some(at) = self.created_at {
+            let at = at.trunc_subsecs(6);
+            message.created_at = at;
+            message.available_at = at;
+        }
         if let Some(delay) = self.delay {
             message = message.delayed_by(delay);
         }
@@ -219,6 +230,16 @@ mod tests {
             "invalid_message"
         );
         assert!(message(json!({"topic": "t", "payload": 1, "payload_text": "x"})).is_err());
+    }
+
+    #[test]
+    fn created_at_is_kept_and_delay_counts_from_it() {
+        let m = message(json!({
+            "topic": "t", "payload": 1, "created_at": "2025-01-01T00:00:00.000000Z", "delay": 1000
+        }))
+        .unwrap();
+        assert_eq!(m.created_at.to_rfc3339(), "2025-01-01T00:00:00+00:00");
+        assert_eq!(m.available_at - m.created_at, chrono::Duration::seconds(1));
     }
 
     #[test]

@@ -29,6 +29,8 @@ export interface MessageInput {
   delay?: number | string
   /** Deliver no earlier than this instant. */
   availableAt?: Date | string
+  /** When the message was created; now when absent. `delay` counts from it. */
+  createdAt?: Date | string
   /** The message id (a UUID); a new UUID v7 when absent. */
   id?: string
 }

@@ -25,6 +25,8 @@ const SPEC_FIELDS = {
   delay: 'delay',
   availableAt: 'available_at',
   available_at: 'available_at',
+  createdAt: 'created_at',
+  created_at: 'created_at',
   id: 'id'
 }
 
@@ -39,7 +41,7 @@ function toBuffer (value) {
 /**
  * The `MessageSpec` (plain JSON object) of a message given in JavaScript
  * form: a `Buffer`/`Uint8Array` payload becomes `payload_base64`, a `Date`
- * `availableAt` RFC 3339 text; unknown fields are passed on so that the core
+ * `availableAt` or `createdAt` RFC 3339 text; unknown fields are passed on so that the core
  * rejects them.
  * @param {object} message
  * @returns {object}
@@ -54,11 +56,11 @@ function toSpec (message) {
     const field = SPEC_FIELDS[name] ?? name
     if (field === 'payload' && isBytes(value)) {
       spec.payload_base64 = toBuffer(value).toString('base64')
-    } else if (field === 'available_at' && value instanceof Date) {
+    } else if ((field === 'available_at' || field === 'created_at') && value instanceof Date) {
       if (Number.isNaN(value.getTime())) {
-        throw new ValidationError('availableAt is an invalid Date', { code: 'invalid_message' })
+        throw new ValidationError(`${name} is an invalid Date`, { code: 'invalid_message' })
       }
-      spec.available_at = value.toISOString()
+      spec[field] = value.toISOString()
     } else {
       spec[field] = value
     }

@@ -10,7 +10,7 @@ const { relaybox, openOutbox, waitFor } = require('./helpers')
 const FIXTURES = path.join(__dirname, '../../../tests/fixtures')
 const read = (name) => fs.readFileSync(path.join(FIXTURES, name), 'utf8')
 
-/** The spec of a canonical message (everything a spec can carry; created_at is set at enqueue). */
+/** The spec of a canonical message (without its timestamps, which enqueue sets). */
 function specOf (fields) {
   return {
     id: fields.id,
@@ -21,6 +21,11 @@ function specOf (fields) {
     contentType: fields.content_type,
     headers: fields.headers
   }
+}
+
+/** The spec of a canonical message with its timestamps. */
+function fullSpecOf (fields) {
+  return { ...specOf(fields), createdAt: fields.created_at, availableAt: fields.available_at }
 }
 
 test('partitionForKey matches partitions.json', () => {
@@ -34,14 +39,11 @@ test('partitionForKey matches partitions.json', () => {
 test('every invalid message of invalid_messages.json rejects with its code and writes nothing', async (t) => {
   const { outbox } = await openOutbox(t)
   const { outbox: limited } = await openOutbox(t, { maxPayloadBytes: 16 })
-  // MessageSpec has no created_at (enqueue stamps it), so a message whose
-  // fault is available_at before created_at cannot be written as a spec.
-  const all = JSON.parse(read('invalid_messages.json'))
-  const cases = all.filter(({ message }) => message.available_at >= message.created_at)
-  assert.deepEqual(all.filter((c) => !cases.includes(c)).map((c) => c.name), ['available_at before created_at'])
+  const cases = JSON.parse(read('invalid_messages.json'))
+  assert.ok(cases.some(({ name }) => name === 'available_at before created_at'))
   for (const { name, message, error_code: code, max_payload_bytes: limit } of cases) {
     assert.ok(limit === undefined || limit === 16, `${name}: a limit this test does not open (${limit})`)
-    await assert.rejects((limit === undefined ? outbox : limited).enqueue(specOf(message)),
+    await assert.rejects((limit === undefined ? outbox : limited).enqueue(fullSpecOf(message)),
       (err) => err instanceof relaybox.ValidationError && err.code === code, name)
   }
   assert.equal(await outbox.pendingCount(), 0)

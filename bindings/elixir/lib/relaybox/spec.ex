@@ -7,8 +7,9 @@ defmodule Relaybox.Spec do
   `:payload` (a map, list, number, boolean or `nil` is sent as JSON; a string
   as UTF-8 text), `:payload_base64` or `:payload_text`, and optionally
   `:content_type`, `:headers` (string values), `:delay` (milliseconds or
-  `"5s"`), `:available_at` (RFC 3339 or a `DateTime`) and `:id` (a UUID).
-  Unknown fields are rejected.
+  `"5s"`, counted from `:created_at`), `:available_at` and `:created_at`
+  (RFC 3339 or a `DateTime`; `:created_at` is now by default) and `:id` (a
+  UUID). Unknown fields are rejected.
 
   Before crossing into the NIF, structs are turned into plain maps
   (`DateTime`, `NaiveDateTime`, `Date` and `Time` into ISO 8601 strings) so
