@@ -81,9 +81,15 @@ defmodule Shop.Welcome do
   end
 end
 
+# Without RELAYBOX_EXAMPLE_URL: a new SQLite file, removed first in case an
+# earlier run left one under the same name.
 url =
   System.get_env("RELAYBOX_EXAMPLE_URL") ||
-    "sqlite://#{Path.join(System.tmp_dir!(), "relaybox-shop-#{System.unique_integer([:positive])}.db")}?mode=rwc"
+    (
+      path = Path.join(System.tmp_dir!(), "relaybox-shop-#{System.pid()}.db")
+      File.rm(path)
+      "sqlite://#{path}?mode=rwc"
+    )
 
 {:ok, _} =
   Supervisor.start_link(

@@ -178,15 +178,11 @@ pub unsafe extern "C" fn relaybox_outbox_retry_dead_letters(
     ids_json: *const c_char,
     out_count: *mut u64,
 ) -> relaybox_status {
-    guard(|| {
-        let outbox = unsafe { handle(outbox, "outbox") }?;
-        let filter = dead_letter_filter(unsafe { optional_text(ids_json, "ids_json") }?)?;
-        let count = block_on(outbox.store.retry_dead_letters(&filter))?;
-        if let Some(slot) = unsafe { out_count.as_mut() } {
-            *slot = count;
-        }
-        Ok(())
-    })
+    unsafe {
+        on_dead_letters(outbox, ids_json, out_count, |store, filter| async move {
+            store.retry_dead_letters(&filter).await
+        })
+    }
 }
 
 /// Deletes dead letters: all of them when `ids_json` is NULL, else those of
@@ -201,10 +197,32 @@ pub unsafe extern "C" fn relaybox_outbox_purge_dead_letters(
     ids_json: *const c_char,
     out_count: *mut u64,
 ) -> relaybox_status {
+    unsafe {
+        on_dead_letters(outbox, ids_json, out_count, |store, filter| async move {
+            store.purge_dead_letters(&filter).await
+        })
+    }
+}
+
+/// Runs `op` (retry or purge) on the dead letters `ids_json` names (all when
+/// NULL) and stores how many it touched in `*out_count` (may be NULL).
+///
+/// # Safety
+/// As for `relaybox_outbox_retry_dead_letters`.
+unsafe fn on_dead_letters<F, Fut>(
+    outbox: *const relaybox_outbox,
+    ids_json: *const c_char,
+    out_count: *mut u64,
+    op: F,
+) -> relaybox_status
+where
+    F: FnOnce(Store, DeadLetterFilter) -> Fut,
+    Fut: std::future::Future<Output = relaybox::Result<u64>>,
+{
     guard(|| {
         let outbox = unsafe { handle(outbox, "outbox") }?;
         let filter = dead_letter_filter(unsafe { optional_text(ids_json, "ids_json") }?)?;
-        let count = block_on(outbox.store.purge_dead_letters(&filter))?;
+        let count = block_on(op(outbox.store.clone(), filter))?;
         if let Some(slot) = unsafe { out_count.as_mut() } {
             *slot = count;
         }

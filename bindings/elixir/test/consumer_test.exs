@@ -177,6 +177,13 @@ defmodule Relaybox.ConsumerTest do
     end)
 
     refute_receive {:handled, _, _}, 300
+
+    {:ok, [%{"message" => %{"id" => id}}]} = Outbox.dead_letters(outbox)
+    assert {:error, %Relaybox.Error{}} = Outbox.purge_dead_letters(outbox, ["not-an-id"])
+    assert {:ok, 0} = Outbox.purge_dead_letters(outbox, ["00000000-0000-7000-8000-000000000000"])
+    assert {:ok, 1} = Outbox.purge_dead_letters(outbox, [id])
+    assert {:ok, []} = Outbox.dead_letters(outbox)
+    assert {:ok, 0} = Outbox.retry_dead_letters(outbox)
   end
 
   test "a group of 3 splits a topic without overlap or gap and resumes from stored positions", %{

@@ -344,20 +344,9 @@ fn outbox_retry_dead_letters<'a>(
     ids: Option<Vec<String>>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let filter = match filter(ids) {
-        Ok(f) => f,
-        Err(e) => return fail(env, e),
-    };
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
-    spawn_reply(
-        env,
-        reference,
-        async move { store.retry_dead_letters(&filter).await },
-        |env, n| n.encode(env),
-    )
+    on_dead_letters(env, &outbox, ids, reference, |store, filter| async move {
+        store.retry_dead_letters(&filter).await
+    })
 }
 
 /// Deletes dead letters (all, or those of `ids`).
@@ -368,6 +357,24 @@ fn outbox_purge_dead_letters<'a>(
     ids: Option<Vec<String>>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    on_dead_letters(env, &outbox, ids, reference, |store, filter| async move {
+        store.purge_dead_letters(&filter).await
+    })
+}
+
+/// Runs `op` (retry or purge) on the dead letters `ids` names (all when
+/// `nil`) on the core's runtime; replies `{:ok, count}` to the caller.
+fn on_dead_letters<'a, F, Fut>(
+    env: Env<'a>,
+    outbox: &OutboxResource,
+    ids: Option<Vec<String>>,
+    reference: Term<'a>,
+    op: F,
+) -> NifResult<Term<'a>>
+where
+    F: FnOnce(Store, DeadLetterFilter) -> Fut,
+    Fut: std::future::Future<Output = relaybox::Result<u64>> + Send + 'static,
+{
     let filter = match filter(ids) {
         Ok(f) => f,
         Err(e) => return fail(env, e),
@@ -376,10 +383,5 @@ fn outbox_purge_dead_letters<'a>(
         Ok(store) => store,
         Err(e) => return fail(env, e),
     };
-    spawn_reply(
-        env,
-        reference,
-        async move { store.purge_dead_letters(&filter).await },
-        |env, n| n.encode(env),
-    )
+    spawn_reply(env, reference, op(store, filter), |env, n| n.encode(env))
 }
