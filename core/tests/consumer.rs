@@ -1012,6 +1012,39 @@ fn inserting_handler(
     }))
 }
 
+/// Appends `msgs` to the log and runs a consumer of group `group` with
+/// [`inserting_handler`] on `table` (one retry) until every message settled;
+/// returns its stats and the handler's calls per message id.
+async fn run_inserting(
+    db: &TestDb,
+    table: &str,
+    topic: &str,
+    group: &str,
+    msgs: &[Message],
+) -> (
+    relaybox::ConsumerStats,
+    std::collections::HashMap<Uuid, u32>,
+) {
+    db.store.append_log(msgs).await.unwrap();
+    let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, group)).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        inserting_handler(db, table, calls.clone()),
+        ConsumerConfig {
+            max_retries: 1,
+            ..consumer_config(group)
+        },
+    )
+    .unwrap();
+    wait_settled(&consumer, msgs.len() as u64).await;
+    consumer.shutdown().await.unwrap();
+    let calls = calls.lock().unwrap().clone();
+    (consumer.stats(), calls)
+}
+
 async fn wait_settled(consumer: &Consumer, n: u64) {
     wait_for("every message settled", WAIT, async || {
         let s = consumer.stats();
@@ -1040,29 +1073,12 @@ async fn failing_statement_in_a_shared_transaction_undoes_only_its_own_message(b
     let topic = "shared";
     let mut msgs = one_lane(topic, 10);
     msgs[4] = Message::new(topic, b"taken".to_vec()).with_key("one-lane");
-    db.store.append_log(&msgs).await.unwrap();
-    let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let source =
-        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "s")).unwrap();
-    let consumer = Consumer::start(
-        db.store.clone(),
-        source,
-        inserting_handler(&db, &table, calls.clone()),
-        ConsumerConfig {
-            max_retries: 1,
-            ..consumer_config("s")
-        },
-    )
-    .unwrap();
-    wait_settled(&consumer, msgs.len() as u64).await;
-    consumer.shutdown().await.unwrap();
-    let stats = consumer.stats();
+    let (stats, calls) = run_inserting(&db, &table, topic, "s", &msgs).await;
     assert_eq!(
         (stats.processed, stats.dead_lettered, stats.retried),
         (9, 1, 1),
         "{stats:?}"
     );
-    let calls = calls.lock().unwrap().clone();
     for (i, m) in msgs.iter().enumerate() {
         let expected = if i == 4 { 2 } else { 1 };
         assert_eq!(calls.get(&m.id), Some(&expected), "calls of message {i}");
@@ -1087,25 +1103,8 @@ async fn swallowed_database_error_in_a_shared_transaction_spares_the_other_messa
     let topic = "shared-swallow";
     let mut msgs = one_lane(topic, 6);
     msgs[2] = Message::new(topic, b"swallow".to_vec()).with_key("one-lane");
-    db.store.append_log(&msgs).await.unwrap();
-    let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let source =
-        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, "sw")).unwrap();
-    let consumer = Consumer::start(
-        db.store.clone(),
-        source,
-        inserting_handler(&db, &table, calls.clone()),
-        ConsumerConfig {
-            max_retries: 1,
-            ..consumer_config("sw")
-        },
-    )
-    .unwrap();
-    wait_settled(&consumer, msgs.len() as u64).await;
-    consumer.shutdown().await.unwrap();
-    let stats = consumer.stats();
+    let (stats, calls) = run_inserting(&db, &table, topic, "sw", &msgs).await;
     assert_eq!((stats.processed, stats.dead_lettered), (5, 1), "{stats:?}");
-    let calls = calls.lock().unwrap().clone();
     for (i, m) in msgs.iter().enumerate() {
         let expected = if i == 2 { 2 } else { 1 };
         assert_eq!(calls.get(&m.id), Some(&expected), "calls of message {i}");
