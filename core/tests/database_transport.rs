@@ -47,9 +47,15 @@ fn start_members(
         .collect()
 }
 
-fn recorders(db: &TestDb, delay: Duration) -> Vec<Arc<Recorder>> {
+fn recorders(db: &TestDb) -> Vec<Arc<Recorder>> {
     (0..MEMBERS)
-        .map(|m| Recorder::new(db).member(m.into()).delay(delay).arc())
+        .map(|m| Recorder::new(db).member(m.into()).arc())
+        .collect()
+}
+
+fn gated_recorders(db: &TestDb, gate: &Arc<Gate>) -> Vec<Arc<Recorder>> {
+    (0..MEMBERS)
+        .map(|m| Recorder::new(db).member(m.into()).gate(gate.clone()).arc())
         .collect()
 }
 
@@ -93,19 +99,30 @@ async fn consumer_group_members_split_the_topic_and_keep_positions(backend: Back
     let log_index: HashMap<Uuid, usize> = all.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
     let ids: Vec<Uuid> = all.iter().map(|m| m.id).collect();
 
-    // Round 1: stop the group (gracefully) about half way.
-    let round1 = recorders(&db, Duration::from_millis(20));
+    // Round 1: stop the group (gracefully) half way. The gate holds every
+    // handler call after the 150th, so the group cannot finish before the
+    // stop; it opens once every member has been told to stop, and the
+    // deliveries in flight then finish.
+    let gate = Gate::new(150);
+    let round1 = gated_recorders(&db, &gate);
     let consumers = start_members(&db, topic, group, &round1);
-    wait_for("about half of the messages handled", WAIT, async || {
-        let n = handled_total(&round1);
-        if n >= 150 {
+    wait_for("150 handler calls let through", WAIT, async || {
+        if gate.is_holding() {
             Ok(())
         } else {
-            Err(format!("{n} handled"))
+            Err(format!("{} handled", handled_total(&round1)))
         }
     })
     .await;
-    shutdown_all(&consumers).await;
+    let stopping = futures::future::join_all(consumers.iter().map(|c| c.shutdown()));
+    let opening = async {
+        tokio::task::yield_now().await;
+        gate.open();
+    };
+    let (stopped, ()) = futures::join!(stopping, opening);
+    for s in stopped {
+        s.expect("graceful consumer shutdown");
+    }
     let first_half = handled_total(&round1);
     assert!(
         first_half < all.len(),
@@ -123,7 +140,7 @@ async fn consumer_group_members_split_the_topic_and_keep_positions(backend: Back
     assert_eq!(db.count("handled").await as usize, first_half);
 
     // Round 2: restarted members resume from their positions.
-    let round2 = recorders(&db, Duration::ZERO);
+    let round2 = recorders(&db);
     let consumers = start_members(&db, topic, group, &round2);
     wait_for("all 300 messages handled", WAIT, async || {
         let n = db.count("handled").await;
@@ -158,7 +175,7 @@ async fn consumer_group_members_split_the_topic_and_keep_positions(backend: Back
         db.store.set_position(group, &source, 0).await.unwrap();
         assert_eq!(db.store.position(group, &source).await.unwrap(), Some(0));
     }
-    let round3 = recorders(&db, Duration::ZERO);
+    let round3 = recorders(&db);
     let consumers = start_members(&db, topic, group, &round3);
     wait_for("all 300 redelivered as duplicates", WAIT, async || {
         let stats: Vec<_> = consumers.iter().map(|c| c.stats()).collect();

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -513,6 +513,43 @@ pub fn messages(topic: &str, n: usize, keys: usize) -> Vec<Message> {
 
 type MessagePredicate = Box<dyn Fn(&Message) -> bool + Send + Sync>;
 
+/// Lets a fixed number of handler calls through, then holds every further
+/// call until [`Gate::open`]: a test can stop consumers midway through a
+/// backlog however fast the machine runs.
+pub struct Gate {
+    limit: usize,
+    admitted: AtomicUsize,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gate {
+    pub fn new(limit: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            limit,
+            admitted: AtomicUsize::new(0),
+            open: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Whether a call beyond the limit is being held.
+    pub fn is_holding(&self) -> bool {
+        self.admitted.load(Ordering::SeqCst) > self.limit && !*self.open.borrow()
+    }
+
+    /// Releases the held calls and every later one.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    async fn pass(&self) {
+        if self.admitted.fetch_add(1, Ordering::SeqCst) >= self.limit {
+            let mut open = self.open.subscribe();
+            // The sender lives as long as the gate, so this cannot fail.
+            let _ = open.wait_for(|o| *o).await;
+        }
+    }
+}
+
 /// A handler that counts its calls per message id and, unless told to fail,
 /// writes one row per message to `<prefix>handled` through the consumer's
 /// transaction (so the row commits atomically with the inbox row).
@@ -521,6 +558,7 @@ pub struct Recorder {
     backend: Backend,
     member: i64,
     delay: Duration,
+    gate: Option<Arc<Gate>>,
     fail_when: Option<MessagePredicate>,
     calls: Mutex<HashMap<Uuid, u32>>,
     handled: Mutex<Vec<Message>>,
@@ -533,6 +571,7 @@ impl Recorder {
             backend: db.backend,
             member: 0,
             delay: Duration::ZERO,
+            gate: None,
             fail_when: None,
             calls: Mutex::new(HashMap::new()),
             handled: Mutex::new(Vec::new()),
@@ -548,6 +587,12 @@ impl Recorder {
     /// Sleeps this long in every call.
     pub fn delay(mut self, delay: Duration) -> Recorder {
         self.delay = delay;
+        self
+    }
+
+    /// Passes every call through `gate` before handling it.
+    pub fn gate(mut self, gate: Arc<Gate>) -> Recorder {
+        self.gate = Some(gate);
         self
     }
 
@@ -589,6 +634,9 @@ impl Recorder {
 #[async_trait::async_trait]
 impl Handler for Recorder {
     async fn handle(&self, message: Message, tx: Transaction) -> Result<(), BoxError> {
+        if let Some(gate) = &self.gate {
+            gate.pass().await;
+        }
         *self.calls.lock().unwrap().entry(message.id).or_default() += 1;
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
