@@ -79,9 +79,12 @@ impl Drop for Cleanup {
     }
 }
 
+/// An entry's fields in wire order.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// Every entry of `stream` as (entry id, fields in wire order).
-fn xrange(url: &str, stream: &str) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
-    let reply: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+fn xrange(url: &str, stream: &str) -> Vec<(String, Fields)> {
+    let reply: Vec<(String, Fields)> = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
         .arg("+")
