@@ -524,3 +524,146 @@ async fn passwords_never_show_in_debug_or_errors() {
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(shown.contains(":***@"), "{shown}");
 }
+
+/// A redis-server of this test's own on a free loopback port, with an
+/// append-only file in a temporary directory, so that stopping it disturbs
+/// no other test.
+struct PrivateServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateServer {
+    fn start() -> PrivateServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut s = PrivateServer {
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}); {START_HINT}"));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(self.url().as_str())
+            .and_then(|c| c.get_connection())
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server as an orderly shutdown does (SIGTERM).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_and_source_carry_on_after_the_server_was_down_for_seconds() {
+    let mut server = PrivateServer::start();
+    let url = server.url();
+    let topic = unique("outage");
+    let group = unique("group");
+    let cfg = RedisConfig {
+        command_timeout: Duration::from_millis(500),
+        ..config(&url)
+    };
+    let sink = RedisSink::new(cfg.clone()).unwrap();
+    let source = RedisSource::new(RedisSourceConfig::new(cfg, &topic, &group)).unwrap();
+    let before = messages(&topic, 3, 1);
+    assert!(sink.publish(&before).await.iter().all(Result::is_ok));
+    let got = source.fetch(10, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(got.len(), 3);
+
+    server.stop();
+    let during = messages(&topic, 2, 1);
+    let stopped_at = std::time::Instant::now();
+    while stopped_at.elapsed() < Duration::from_secs(4) {
+        for r in sink.publish(&during).await {
+            let e = r.expect_err("publishing while the server is down");
+            assert!(e.retryable(), "{e:?}");
+        }
+        let e = source
+            .fetch(10, Duration::from_millis(100))
+            .await
+            .expect_err("fetch while down");
+        assert!(e.retryable(), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    server.restart();
+
+    // No manual step: the next attempts succeed once the server is back.
+    common::wait_for("a publish after the restart", WAIT, async || {
+        let results = sink.publish(&during).await;
+        match results.iter().find(|r| r.is_err()) {
+            None => Ok(()),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(())) => unreachable!(),
+        }
+    })
+    .await;
+    source.ack(&[got[2].ack]).await.unwrap();
+    let mut after = Vec::new();
+    common::wait_for("the new entries from the source", WAIT, async || {
+        match source.fetch(10, Duration::from_millis(200)).await {
+            Ok(d) => after.extend(d),
+            Err(e) => return Err(e.to_string()),
+        }
+        if after.len() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{} fetched", after.len()))
+        }
+    })
+    .await;
+    let ids: Vec<Uuid> = after.iter().map(|d| d.message.id).collect();
+    assert_eq!(ids, during.iter().map(|m| m.id).collect::<Vec<_>>());
+    // The append-only file kept what was written before the stop.
+    assert_eq!(xlen(&url, &topic), 5);
+    assert_eq!(pending(&url, &topic, &group), 2);
+}

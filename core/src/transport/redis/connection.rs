@@ -55,11 +55,19 @@ impl Connection {
             .cloned()
     }
 
-    /// Runs `cmd` and converts its reply.
+    /// Runs `cmd` and converts its reply. A connection found dropped (the
+    /// server restarted while it was idle) is opened again and the command
+    /// sent once more; the source's commands tolerate that (acknowledging
+    /// twice is harmless, and an entry read twice is deduplicated).
     pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
         let mut conn = self.get().await?;
-        cmd.query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error(&e, self.secret(), None))
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.is_connection_dropped() || e.is_unrecoverable_error() => {
+                tracing::debug!(error = %redis_error(&e, self.secret(), None), "relaybox Redis connection dropped; sending again");
+                cmd.query_async(&mut conn).await
+            }
+            other => other,
+        }
+        .map_err(|e| redis_error(&e, self.secret(), None))
     }
 }
