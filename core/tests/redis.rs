@@ -291,6 +291,16 @@ async fn consumer_handles_each_entry_once_and_acknowledges_it() {
     })
     .await;
     consumer.shutdown().await.unwrap();
+    let consumers: Vec<Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&topic)
+        .arg(&group)
+        .query(&mut raw_conn(&url))
+        .expect("XINFO CONSUMERS");
+    assert!(
+        consumers.is_empty(),
+        "a closed consumer with nothing pending leaves the group: {consumers:?}"
+    );
     let ids: Vec<Uuid> = batch.iter().map(|m| m.id).collect();
     assert_handled_once(&db, &[&recorder], &ids).await;
     // Per key, handled in stream order.

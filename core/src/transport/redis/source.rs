@@ -394,9 +394,32 @@ impl Source for RedisSource {
         Ok(true)
     }
 
+    /// Sends acknowledgements still owed, then leaves the group when this
+    /// consumer has nothing pending (a consumer with pending entries stays,
+    /// so that they are delivered again).
     async fn close(&self) -> Result<()> {
         let retry = std::mem::take(&mut self.state().ack_retry);
-        self.xack(retry).await
+        self.xack(retry).await?;
+        if !self.state().group_ready {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&self.stream)
+            .arg(&self.config.group)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .arg(&self.consumer);
+        let pending: Vec<Value> = self.writer.query(&cmd).await?;
+        if pending.is_empty() {
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("DELCONSUMER")
+                .arg(&self.stream)
+                .arg(&self.config.group)
+                .arg(&self.consumer);
+            self.writer.query::<Value>(&cmd).await?;
+        }
+        Ok(())
     }
 }
 
