@@ -21,6 +21,9 @@ pub enum TransportConfig {
     /// Apache Kafka.
     #[cfg(feature = "kafka")]
     Kafka(crate::transport::kafka::KafkaConfig),
+    /// RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
 }
 
 impl TransportConfig {
@@ -32,11 +35,17 @@ impl TransportConfig {
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
         }
+        #[cfg(feature = "rabbitmq")]
+        if let TransportConfig::Rabbitmq(r) = &config {
+            r.validate()?;
+        }
         Ok(config)
     }
 
     /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
-    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`).
+    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), or
+    /// `rabbitmq`, with `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
+    /// `amqp://127.0.0.1:5672/%2f`).
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -51,9 +60,13 @@ impl TransportConfig {
                 kafka.validate()?;
                 Ok(TransportConfig::Kafka(kafka))
             }
+            #[cfg(feature = "rabbitmq")]
+            "rabbitmq" => Ok(TransportConfig::Rabbitmq(
+                crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
+            )),
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
-                format!("unknown transport {other:?}; use database or kafka"),
+                format!("unknown transport {other:?}; use database, kafka or rabbitmq"),
             )),
         }
     }
@@ -64,6 +77,8 @@ impl TransportConfig {
             TransportConfig::Database => "database",
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(_) => "kafka",
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(_) => "rabbitmq",
         }
     }
 
@@ -74,6 +89,10 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => {
                 Arc::new(crate::transport::kafka::KafkaSink::new(k.clone())?)
+            }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => {
+                Arc::new(crate::transport::rabbitmq::RabbitMqSink::new(r.clone())?)
             }
         })
     }
@@ -87,6 +106,10 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => crate::transport::kafka::KafkaSource::new(
                 crate::transport::kafka::KafkaSourceConfig::new(k.clone(), topic, group),
+            )?,
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
+                crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
             )?,
         })
     }
@@ -109,6 +132,17 @@ mod tests {
             )
             .unwrap();
             assert_eq!(t.name(), "kafka");
+        }
+        #[cfg(feature = "rabbitmq")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"rabbitmq": {
+                "url": "amqp://u:secret@127.0.0.1:5672/%2f", "exchange": "relaybox", "codec": "envelope"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "rabbitmq");
+            assert!(!format!("{t:?}").contains("secret"));
+            let bad = TransportConfig::from_json(serde_json::json!({"rabbitmq": {"prefetch": 0}}));
+            assert!(matches!(bad, Err(Error::InvalidConfig { field, .. }) if field == "prefetch"));
         }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
     }
