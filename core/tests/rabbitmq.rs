@@ -752,3 +752,143 @@ async fn passwords_never_show_in_debug_or_errors() {
         assert!(!text.contains("Wr0ngPa55word"), "{text}");
     }
 }
+
+// ---- a broker restart ----------------------------------------------------------
+
+/// A RabbitMQ node of this test's own (another port), started and stopped
+/// with `dev/services`, so restarting it disturbs no other test.
+struct OwnNode {
+    port: u16,
+}
+
+impl OwnNode {
+    fn services(&self, action: &str) {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new(repo.join("dev/services"))
+            .args([action, "rabbitmq"])
+            .env("RELAYBOX_RABBITMQ_PORT", self.port.to_string())
+            .output()
+            .expect("run dev/services");
+        assert!(
+            out.status.success(),
+            "dev/services {action} rabbitmq on port {} failed: {}{}",
+            self.port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        self.services("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_consumer_carry_on_after_a_broker_restart_with_nothing_lost() {
+    let _ = url();
+    let db = TestDb::new(Backend::Postgres).await;
+    let node = OwnNode {
+        port: 5700 + (rand::random::<u16>() % 200),
+    };
+    node.services("start");
+    let config = RabbitMqConfig {
+        exchange: format!("relaybox-it-{}", suffix()),
+        connect_timeout: Duration::from_secs(2),
+        confirm_timeout: Duration::from_secs(3),
+        ..RabbitMqConfig::new(node.url())
+    };
+    let transport = TransportConfig::Rabbitmq(config.clone());
+    let topic = format!("outage-{}", suffix());
+    let group = format!("g-{}", suffix());
+    let relay_cfg = relaybox::RelayConfig {
+        max_attempts: 1000,
+        backoff_max: Duration::from_millis(500),
+        publish_timeout: Some(Duration::from_secs(5)),
+        ..relay_config()
+    };
+    let relay = Relay::start(
+        db.store.clone(),
+        transport.sink(&db.store).unwrap(),
+        relay_cfg,
+    )
+    .expect("relay");
+    let recorder = Recorder::new(&db).delay(Duration::from_millis(5)).arc();
+    let consumer = start_consumer(
+        &db,
+        &transport,
+        &topic,
+        consumer_config(&group),
+        recorder.clone(),
+    );
+    // The consumer declares its queue: wait for it, so nothing is unroutable.
+    let queue = format!("{group}.{topic}");
+    wait_for("the group's queue declared", WAIT, async || {
+        let conn = Connection::connect(&node.url(), ConnectionProperties::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let r = ch
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await;
+        let _ = conn.close(200, "done".into()).await;
+        r.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+
+    let all = messages(&topic, 300, 6);
+    enqueue_all(&db.store, &all[..150], 10).await;
+    wait_for("a first part handled", WAIT, async || {
+        let n = recorder.handled_count();
+        if n >= 50 {
+            Ok(())
+        } else {
+            Err(format!("{n} handled"))
+        }
+    })
+    .await;
+    node.services("stop");
+    // Written while the broker is down: they wait in the outbox.
+    enqueue_all(&db.store, &all[150..], 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        db.store.pending_count().await.unwrap() > 0,
+        "nothing can be delivered meanwhile"
+    );
+    node.services("start");
+
+    wait_drained(&db.store).await;
+    wait_for(
+        "every message handled",
+        Duration::from_secs(90),
+        async || {
+            let n = recorder.handled_count();
+            if n >= 300 {
+                Ok(())
+            } else {
+                Err(format!("{n} handled, {:?}", consumer.stats()))
+            }
+        },
+    )
+    .await;
+    relay.shutdown().await.expect("relay shutdown");
+    consumer.shutdown().await.expect("consumer shutdown");
+    assert_eq!(relay.stats().dead_lettered, 0, "{:?}", relay.stats());
+    let ids: Vec<Uuid> = all.iter().map(|m| m.id).collect();
+    assert_handled_once(&db, &[&recorder], &ids).await;
+    assert_eq!(
+        per_key(recorder.handled().iter().map(|m| (m.key.clone(), m.id))),
+        per_key(all.iter().map(|m| (m.key.clone(), m.id))),
+        "order per key"
+    );
+    db.cleanup().await;
+}
