@@ -742,6 +742,16 @@ async fn passwords_never_show_in_debug_or_errors() {
         assert_eq!(e.message_id(), Some(m.id));
         let text = format!("{e} {e:?}");
         assert!(!text.contains("Wr0ngPa55word"), "{text}");
+        assert!(
+            text.contains("connecting to amqp://"),
+            "names the broker: {text}"
+        );
+        assert!(text.contains(":***@"), "{text}");
+        assert_eq!(
+            text.matches("transport rabbitmq failed").count(),
+            1,
+            "{text}"
+        );
         let source =
             RabbitMqSource::new(RabbitMqSourceConfig::new(config, "t", "g")).expect("source");
         let e = relaybox::Source::fetch(&*source, 10, Duration::from_millis(100))

@@ -158,6 +158,14 @@ impl RabbitMqSink {
     }
 }
 
+/// The text of a transport error without its `transport rabbitmq failed` prefix.
+fn detail(e: &Error) -> String {
+    match e {
+        Error::Transport { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn failed(config: &RabbitMqConfig, message: &str, id: Uuid) -> Error {
     transport_error(config, message.to_string(), true, Some(id))
 }
@@ -220,7 +228,7 @@ impl Sink for RabbitMqSink {
             let channel = match self.channel(&mut link).await {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    broken = Some(e.to_string());
+                    broken = Some(detail(&e));
                     None
                 }
             };
@@ -254,7 +262,7 @@ impl Sink for RabbitMqSink {
                     Ok(confirm) => pending.push(Ok(confirm)),
                     Err(e) => {
                         let err = amqp_error(&config, "publishing", &e, Some(m.id));
-                        broken = Some(err.to_string());
+                        broken = Some(detail(&err));
                         pending.push(Err(err));
                         *link = None;
                     }
