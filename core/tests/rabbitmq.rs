@@ -558,6 +558,13 @@ async fn consumer_handles_each_message_once_in_key_order_across_a_restart() {
     })
     .await;
     consumer.shutdown().await.expect("second consumer shutdown");
+    // The first consumer acknowledged all it processed before it stopped.
+    let s = consumer.stats();
+    assert_eq!(
+        (s.processed, s.duplicates),
+        (200 - first.handled_count() as u64, 0),
+        "{s:?}"
+    );
     let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
     assert_handled_once(&db, &[&first, &second], &ids).await;
     // Per key, handling order is publishing order.
@@ -631,9 +638,9 @@ async fn poison_message_goes_to_the_dead_letter_queue_and_the_rest_continue() {
     consumer.shutdown().await.expect("consumer shutdown");
     let s = consumer.stats();
     assert_eq!(
-        (s.processed, s.dead_lettered, s.retried),
-        (29, 1, 2),
-        "{s:?}"
+        (s.processed, s.dead_lettered, s.retried, s.duplicates),
+        (29, 1, 2, 0),
+        "nothing delivered twice: every acknowledgement was taken {s:?}"
     );
     assert_eq!(
         recorder.calls().get(&poison.id),
