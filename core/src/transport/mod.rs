@@ -10,3 +10,5 @@ pub use select::TransportConfig;
 pub mod kafka;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
