@@ -8,5 +8,7 @@ mod select;
 pub use select::TransportConfig;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -21,6 +21,9 @@ pub enum TransportConfig {
     /// Apache Kafka.
     #[cfg(feature = "kafka")]
     Kafka(crate::transport::kafka::KafkaConfig),
+    /// RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
     /// Redis Streams.
     #[cfg(feature = "redis")]
     Redis(crate::transport::redis::RedisConfig),
@@ -35,6 +38,10 @@ impl TransportConfig {
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
         }
+        #[cfg(feature = "rabbitmq")]
+        if let TransportConfig::Rabbitmq(r) = &config {
+            r.validate()?;
+        }
         #[cfg(feature = "redis")]
         if let TransportConfig::Redis(r) = &config {
             r.validate()?;
@@ -43,7 +50,10 @@ impl TransportConfig {
     }
 
     /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
-    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`).
+    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), or
+    /// `rabbitmq`, with `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
+    /// `amqp://127.0.0.1:5672/%2f`), or `redis`, with `RELAYBOX_REDIS_URL`,
+    /// else `REDIS_URL` (default `redis://127.0.0.1:6379`).
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -58,6 +68,10 @@ impl TransportConfig {
                 kafka.validate()?;
                 Ok(TransportConfig::Kafka(kafka))
             }
+            #[cfg(feature = "rabbitmq")]
+            "rabbitmq" => Ok(TransportConfig::Rabbitmq(
+                crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
+            )),
             #[cfg(feature = "redis")]
             "redis" => {
                 // `RELAYBOX_REDIS_URL`, else `REDIS_URL`, else the local default.
@@ -73,7 +87,7 @@ impl TransportConfig {
             }
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
-                format!("unknown transport {other:?}; use database or kafka"),
+                format!("unknown transport {other:?}; use database, kafka, rabbitmq or redis"),
             )),
         }
     }
@@ -84,6 +98,8 @@ impl TransportConfig {
             TransportConfig::Database => "database",
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(_) => "kafka",
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(_) => "rabbitmq",
             #[cfg(feature = "redis")]
             TransportConfig::Redis(_) => "redis",
         }
@@ -96,6 +112,10 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => {
                 Arc::new(crate::transport::kafka::KafkaSink::new(k.clone())?)
+            }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => {
+                Arc::new(crate::transport::rabbitmq::RabbitMqSink::new(r.clone())?)
             }
             #[cfg(feature = "redis")]
             TransportConfig::Redis(r) => {
@@ -113,6 +133,10 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => crate::transport::kafka::KafkaSource::new(
                 crate::transport::kafka::KafkaSourceConfig::new(k.clone(), topic, group),
+            )?,
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
+                crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
             )?,
             #[cfg(feature = "redis")]
             TransportConfig::Redis(r) => crate::transport::redis::RedisSource::new(
@@ -139,6 +163,17 @@ mod tests {
             )
             .unwrap();
             assert_eq!(t.name(), "kafka");
+        }
+        #[cfg(feature = "rabbitmq")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"rabbitmq": {
+                "url": "amqp://u:secret@127.0.0.1:5672/%2f", "exchange": "relaybox", "codec": "envelope"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "rabbitmq");
+            assert!(!format!("{t:?}").contains("secret"));
+            let bad = TransportConfig::from_json(serde_json::json!({"rabbitmq": {"prefetch": 0}}));
+            assert!(matches!(bad, Err(Error::InvalidConfig { field, .. }) if field == "prefetch"));
         }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
     }
