@@ -112,7 +112,7 @@ const BROKERS = {
     }
   }),
   rabbitmq: (settings) => ({
-    rabbitmq: { url: settings.rabbitmqUrl, exchange: settings.exchange }
+    rabbitmq: { url: settings.rabbitmqUrl, exchange: settings.exchange, codec: 'envelope' }
   }),
   redis: (settings) => ({ redis: { url: settings.redisUrl } })
 }
