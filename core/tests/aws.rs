@@ -648,6 +648,76 @@ async fn sns_consumer_handles_once_and_the_inbox_skips_visibility_timeout_redeli
     db.cleanup().await;
 }
 
+// ---- 4b. order per key through FIFO ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_topic_keeps_the_order_of_each_key_with_concurrent_lanes() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let topic = format!("ordered-{}.fifo", suffix());
+    let group = "shipping";
+    let config = SnsConfig {
+        visibility_timeout: Duration::from_secs(5),
+        ..sns_config()
+    };
+    let source = SqsSource::new(SqsSourceConfig::Sns {
+        config: config.clone(),
+        topic: topic.clone(),
+        group: group.into(),
+    })
+    .expect("source");
+    source.prepare().await.expect("FIFO queue and subscription");
+    assert_eq!(
+        source.queue_name(),
+        format!("shipping-ordered-{}", &topic[8..])
+    );
+    let recorder = Recorder::new(&db).arc();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        recorder.clone(),
+        relaybox::ConsumerConfig {
+            concurrency: 4,
+            ..consumer_config(group)
+        },
+    )
+    .expect("consumer");
+    let relay = Relay::start(
+        db.store.clone(),
+        Arc::new(SnsSink::new(config).unwrap()),
+        aws_relay_config(),
+    )
+    .unwrap();
+    let messages: Vec<Message> = (0..60)
+        .map(|i| Message::new(&topic, format!("{{\"n\":{i}}}")).with_key(format!("key-{}", i % 6)))
+        .collect();
+    for chunk in messages.chunks(15) {
+        db.enqueue_committed(chunk).await;
+    }
+    wait_for("every message handled", WAIT, async || {
+        let n = recorder.handled_count();
+        if n >= messages.len() {
+            Ok(())
+        } else {
+            Err(format!("{n} handled"))
+        }
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    consumer.shutdown().await.unwrap();
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    assert_handled_once(&db, &[&recorder], &ids).await;
+    let mut want: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for m in &messages {
+        want.entry(m.key.clone().unwrap()).or_default().push(m.id);
+    }
+    let mut got: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for m in recorder.handled() {
+        got.entry(m.key.clone().unwrap()).or_default().push(m.id);
+    }
+    assert_eq!(got, want, "each key handled in enqueue order");
+    db.cleanup().await;
+}
+
 // ---- 5. dead letters ---------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

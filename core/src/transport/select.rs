@@ -1,6 +1,6 @@
 //! Choosing a transport with one setting: `"database"` (the default),
-//! `{"kafka": {...}}`, `{"sns": {...}}` or `{"sqs": {...}}`, from JSON or from
-//! the environment.
+//! `{"kafka": {...}}`, `{"rabbitmq": {...}}`, `{"redis": {...}}`,
+//! `{"sns": {...}}` or `{"sqs": {...}}`, from JSON or from the environment.
 
 use std::sync::Arc;
 
@@ -22,6 +22,12 @@ pub enum TransportConfig {
     /// Apache Kafka.
     #[cfg(feature = "kafka")]
     Kafka(crate::transport::kafka::KafkaConfig),
+    /// RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
+    /// Redis Streams.
+    #[cfg(feature = "redis")]
+    Redis(crate::transport::redis::RedisConfig),
     /// AWS SNS (publish), read through an SQS queue per consumer group.
     #[cfg(feature = "aws")]
     Sns(crate::transport::aws::SnsConfig),
@@ -33,11 +39,19 @@ pub enum TransportConfig {
 impl TransportConfig {
     /// From JSON: `"database"` or `{"kafka": {"bootstrap_servers": "..."}}`.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let config: TransportConfig =
-            serde_json::from_value(value).map_err(|e| Error::config("transport", e.to_string()))?;
+        let config: TransportConfig = serde_json::from_value(value)
+            .map_err(|e| Error::config("transport", crate::redact::redact_url(&e.to_string())))?;
         #[cfg(feature = "kafka")]
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
+        }
+        #[cfg(feature = "rabbitmq")]
+        if let TransportConfig::Rabbitmq(r) = &config {
+            r.validate()?;
+        }
+        #[cfg(feature = "redis")]
+        if let TransportConfig::Redis(r) = &config {
+            r.validate()?;
         }
         #[cfg(feature = "aws")]
         let config = match config {
@@ -56,10 +70,13 @@ impl TransportConfig {
         Ok(config)
     }
 
-    /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default),
+    /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
     /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), or
-    /// `sns` / `sqs`, with `RELAYBOX_AWS_ENDPOINT_URL` (else `AWS_ENDPOINT_URL`)
-    /// and `AWS_REGION` (else `AWS_DEFAULT_REGION`), creating topics and queues.
+    /// `rabbitmq`, with `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
+    /// `amqp://127.0.0.1:5672/%2f`), or `redis`, with `RELAYBOX_REDIS_URL`,
+    /// else `REDIS_URL` (default `redis://127.0.0.1:6379`), or `sns` / `sqs`,
+    /// with `RELAYBOX_AWS_ENDPOINT_URL` (else `AWS_ENDPOINT_URL`) and
+    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`), creating topics and queues.
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -74,6 +91,23 @@ impl TransportConfig {
                 kafka.validate()?;
                 Ok(TransportConfig::Kafka(kafka))
             }
+            #[cfg(feature = "rabbitmq")]
+            "rabbitmq" => Ok(TransportConfig::Rabbitmq(
+                crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
+            )),
+            #[cfg(feature = "redis")]
+            "redis" => {
+                // `RELAYBOX_REDIS_URL`, else `REDIS_URL`, else the local default.
+                let mut redis = crate::transport::redis::RedisConfig::default();
+                if let Some(url) = ["RELAYBOX_REDIS_URL", "REDIS_URL"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+                {
+                    redis.url = url;
+                }
+                redis.validate()?;
+                Ok(TransportConfig::Redis(redis))
+            }
             #[cfg(feature = "aws")]
             "sns" => Ok(TransportConfig::Sns(
                 crate::transport::aws::SnsConfig::from_env()?,
@@ -84,17 +118,23 @@ impl TransportConfig {
             )),
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
-                format!("unknown transport {other:?}; use database, kafka, sns or sqs"),
+                format!(
+                    "unknown transport {other:?}; use database, kafka, rabbitmq, redis, sns or sqs"
+                ),
             )),
         }
     }
 
-    /// A short name: `database` or `kafka`.
+    /// A short name: `database`, `kafka`, `rabbitmq`, `redis`, `sns` or `sqs`.
     pub fn name(&self) -> &'static str {
         match self {
             TransportConfig::Database => "database",
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(_) => "kafka",
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(_) => "rabbitmq",
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(_) => "redis",
             #[cfg(feature = "aws")]
             TransportConfig::Sns(_) => "sns",
             #[cfg(feature = "aws")]
@@ -109,6 +149,14 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => {
                 Arc::new(crate::transport::kafka::KafkaSink::new(k.clone())?)
+            }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => {
+                Arc::new(crate::transport::rabbitmq::RabbitMqSink::new(r.clone())?)
+            }
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => {
+                Arc::new(crate::transport::redis::RedisSink::new(r.clone())?)
             }
             #[cfg(feature = "aws")]
             TransportConfig::Sns(c) => Arc::new(crate::transport::aws::SnsSink::new(c.clone())?),
@@ -126,6 +174,14 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => crate::transport::kafka::KafkaSource::new(
                 crate::transport::kafka::KafkaSourceConfig::new(k.clone(), topic, group),
+            )?,
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
+                crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
+            )?,
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => crate::transport::redis::RedisSource::new(
+                crate::transport::redis::RedisSourceConfig::new(r.clone(), topic, group),
             )?,
             #[cfg(feature = "aws")]
             TransportConfig::Sns(c) => crate::transport::aws::SqsSource::new(
@@ -164,6 +220,17 @@ mod tests {
             .unwrap();
             assert_eq!(t.name(), "kafka");
         }
+        #[cfg(feature = "rabbitmq")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"rabbitmq": {
+                "url": "amqp://u:secret@127.0.0.1:5672/%2f", "exchange": "relaybox", "codec": "envelope"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "rabbitmq");
+            assert!(!format!("{t:?}").contains("secret"));
+            let bad = TransportConfig::from_json(serde_json::json!({"rabbitmq": {"prefetch": 0}}));
+            assert!(matches!(bad, Err(Error::InvalidConfig { field, .. }) if field == "prefetch"));
+        }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
         #[cfg(feature = "aws")]
         {
@@ -186,5 +253,29 @@ mod tests {
                 TransportConfig::from_json(serde_json::json!({"sqs": {"queue": "x"}})).is_err()
             );
         }
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_from_json() {
+        let t = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r:6379", "maxlen": 500}}),
+        )
+        .unwrap();
+        assert_eq!(t.name(), "redis");
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("maxlen: Some(500)") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        match TransportConfig::from_json(serde_json::json!({"redis": {"maxlen": 0}})) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "maxlen"),
+            other => panic!("{other:?}"),
+        }
+        let err = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r", "bogus": 1}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

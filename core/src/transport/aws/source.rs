@@ -232,6 +232,14 @@ impl SqsSource {
         Ok(source)
     }
 
+    /// Sets the queues up now (creating them, their dead-letter queue and
+    /// the subscription with `create_queues`, else looking them up) instead
+    /// of on the first fetch: do it before publishing, since SNS delivers a
+    /// message only to the subscriptions its topic has when it is published.
+    pub async fn prepare(&self) -> Result<()> {
+        self.queues().await.map(|_| ())
+    }
+
     /// The SQS queue this source reads.
     pub fn queue_name(&self) -> &str {
         &self.queue
@@ -484,16 +492,25 @@ impl SqsSource {
                 .queue_url(url)
                 .set_entries(Some(entries))
                 .send()
-                .await
-                .map_err(|e| {
-                    aws_failure(
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    let f = aws_failure(
                         self.transport(),
                         &format!("deleting from queue {:?}", self.queue),
                         e,
                         None,
-                    )
-                    .error
-                })?;
+                    );
+                    if f.missing {
+                        // The queue is gone, and its messages with it: nothing
+                        // is left to delete.
+                        settled.extend(chunk.iter().map(|(seq, _)| *seq));
+                        continue;
+                    }
+                    return Err(f.error);
+                }
+            };
             for f in &out.failed {
                 tracing::debug!(queue = %self.queue, code = %f.code, "relaybox could not delete an SQS message; it will be delivered again");
             }
