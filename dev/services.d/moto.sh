@@ -104,7 +104,7 @@ start_moto() {
     venv="$(moto_venv)"
     log "starting moto on $MOTO_URL (log $MOTO_LOG)"
     (
-      cd "$MOTO_STATE"
+      cd "$MOTO_STATE" || exit 1
       # shellcheck disable=SC2016 # expanded by the inner bash
       setsid bash -c 'echo $$ >"$0"; exec nohup "$@"' "$MOTO_PIDFILE" \
         "$venv/bin/python" "$venv/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" \
