@@ -6,5 +6,9 @@ pub mod database;
 mod select;
 
 pub use select::TransportConfig;
+#[cfg(feature = "eventodb")]
+pub mod eventodb;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "message-db")]
+pub mod message_db;
