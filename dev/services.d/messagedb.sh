@@ -10,8 +10,12 @@
 # ${RELAYBOX_CACHE_DIR:-~/.cache/relaybox}/message-db-<version>) into the
 # database RELAYBOX_MESSAGE_DB_NAME (default `message_store`) by running the
 # package's own install script with psql. It is idempotent: a database whose
-# functions are present is left alone. `stop` leaves postgres and the data
-# untouched; `status` checks that the functions are present; `env` prints
+# functions are present is left alone. `stop` takes Message DB offline
+# without touching postgres or the data (nor the relaybox databases beside
+# it): the database stops accepting connections (ALLOW_CONNECTIONS false)
+# and its open sessions are terminated, which clients see as an outage;
+# `start` allows connections again. `status` checks that connections are
+# allowed and the functions are present; `env` prints
 # RELAYBOX_MESSAGE_DB_URL. The port is postgres's (RELAYBOX_PG_PORT).
 
 OPTIONAL_SERVICES+=(messagedb)
@@ -58,9 +62,20 @@ messagedb_psql() {
   "$(pg_tool psql)" -X -q -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$MESSAGEDB_NAME" "$@"
 }
 
+# True when the database accepts connections (not stopped).
+messagedb_online() {
+  [[ "$(pg_psql -tAc "SELECT datallowconn FROM pg_database WHERE datname = '$MESSAGEDB_NAME'" 2>/dev/null)" == t ]]
+}
+
+# Allows (true) or refuses (false) connections to the database.
+messagedb_allow_connections() {
+  pg_psql -c "ALTER DATABASE \"$MESSAGEDB_NAME\" ALLOW_CONNECTIONS $1" >/dev/null
+}
+
 # True when write_message and get_category_messages exist in the database.
 messagedb_installed() {
   pg_db_exists "$MESSAGEDB_NAME" 2>/dev/null || return 1
+  messagedb_online || return 1
   [[ "$(messagedb_psql -tAc "SELECT count(DISTINCT p.proname) FROM pg_proc p
         JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = 'message_store'
@@ -90,6 +105,10 @@ messagedb_install() {
 
 start_messagedb() {
   start_postgres >/dev/null
+  if pg_db_exists "$MESSAGEDB_NAME" && ! messagedb_online; then
+    log "allowing connections to $MESSAGEDB_NAME again"
+    messagedb_allow_connections true
+  fi
   if ! messagedb_installed; then
     messagedb_fetch
     messagedb_install
@@ -99,8 +118,12 @@ start_messagedb() {
 }
 
 stop_messagedb() {
-  # Message DB lives in postgres; there is no process of its own to stop.
-  return 0
+  pg_ready >/dev/null 2>&1 || return 0
+  pg_db_exists "$MESSAGEDB_NAME" || return 0
+  messagedb_allow_connections false
+  pg_psql -tAc "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    WHERE datname = '$MESSAGEDB_NAME' AND pid <> pg_backend_pid()" >/dev/null
+  echo "messagedb: stopped (database $MESSAGEDB_NAME refuses connections until started)"
 }
 
 status_messagedb() {
@@ -108,7 +131,11 @@ status_messagedb() {
     echo "messagedb: up at $MESSAGEDB_URL (Message DB $MESSAGEDB_VERSION functions present)"
     return 0
   fi
-  echo "messagedb: down (no Message DB functions in $MESSAGEDB_URL)"
+  if pg_db_exists "$MESSAGEDB_NAME" 2>/dev/null && ! messagedb_online; then
+    echo "messagedb: down (stopped: $MESSAGEDB_URL refuses connections)"
+  else
+    echo "messagedb: down (no Message DB functions in $MESSAGEDB_URL)"
+  fi
   return 1
 }
 

@@ -106,7 +106,19 @@ impl Sink for MessageDbSink {
         let mut conn = match self.pool.acquire().await {
             Ok(c) => c,
             Err(e) => {
-                let e = transport_error(e.into(), None);
+                // No connection to Message DB (down, starting, refusing
+                // connections): worth trying again, whatever the cause.
+                let e = match transport_error(e.into(), None) {
+                    Error::Transport {
+                        transport, message, ..
+                    } => Error::Transport {
+                        transport,
+                        message,
+                        retryable: true,
+                        message_id: None,
+                    },
+                    other => other,
+                };
                 return batch
                     .iter()
                     .map(|m| Err(transport_error_for(&e, m)))
