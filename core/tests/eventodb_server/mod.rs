@@ -14,12 +14,13 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use md5::{Digest, Md5};
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
 /// One stored message.
@@ -48,10 +49,13 @@ pub struct EventoDbServer {
     pub token: String,
     state: Arc<Mutex<State>>,
     tasks: Mutex<Option<JoinSet<()>>>,
+    /// The runtime the server's tasks run on.
+    handle: Handle,
 }
 
 impl EventoDbServer {
-    /// Starts on a free loopback port with a fresh namespace token.
+    /// Starts on a free loopback port with a fresh namespace token, on the
+    /// current runtime (it lives as long as the test's runtime).
     pub async fn start_new() -> Arc<EventoDbServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().unwrap().port();
@@ -60,9 +64,34 @@ impl EventoDbServer {
             token: format!("ns_dGVzdA_{:016x}", rand::random::<u64>()),
             state: Arc::new(Mutex::new(State::default())),
             tasks: Mutex::new(None),
+            handle: Handle::current(),
         });
         server.serve(listener);
         server
+    }
+
+    /// One server for the whole test binary, on a runtime of its own, so
+    /// that it outlives each test's runtime.
+    pub fn shared() -> Arc<EventoDbServer> {
+        static SHARED: OnceLock<Arc<EventoDbServer>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()
+                        .expect("server runtime");
+                    runtime.block_on(async move {
+                        tx.send(EventoDbServer::start_new().await)
+                            .expect("hand over");
+                        std::future::pending::<()>().await
+                    });
+                });
+                rx.recv().expect("the in-test EventoDB server started")
+            })
+            .clone()
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -79,12 +108,19 @@ impl EventoDbServer {
 
     /// Listens again on the same port, with the messages it had.
     pub async fn start(&self) {
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            }
-        };
+        let port = self.port;
+        let listener = self
+            .handle
+            .spawn(async move {
+                loop {
+                    match TcpListener::bind(("127.0.0.1", port)).await {
+                        Ok(l) => break l,
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    }
+                }
+            })
+            .await
+            .expect("bind task");
         self.serve(listener);
     }
 
@@ -104,19 +140,22 @@ impl EventoDbServer {
         let token = self.token.clone();
         let conns = Arc::new(Mutex::new(JoinSet::new()));
         let conns_for_accept = conns.clone();
-        tasks.spawn(async move {
-            let _keep = ConnsGuard(conns_for_accept.clone());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = state.clone();
-                let token = token.clone();
-                conns_for_accept.lock().unwrap().spawn(async move {
-                    let _ = serve_connection(socket, state, token).await;
-                });
-            }
-        });
+        tasks.spawn_on(
+            async move {
+                let _keep = ConnsGuard(conns_for_accept.clone());
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    let token = token.clone();
+                    conns_for_accept.lock().unwrap().spawn(async move {
+                        let _ = serve_connection(socket, state, token).await;
+                    });
+                }
+            },
+            &self.handle,
+        );
         *self.tasks.lock().unwrap() = Some(tasks);
     }
 }
