@@ -19,4 +19,5 @@ mod source;
 pub use config::MessageDbConfig;
 pub use sink::MessageDbSink;
 pub use source::MessageDbSource;
+#[cfg(feature = "eventodb")]
 pub(crate) use source::Positions;
