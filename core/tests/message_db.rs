@@ -477,3 +477,29 @@ async fn source_reads_messages_written_by_other_message_db_clients() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_url_the_store_database_is_used_and_must_be_postgres() {
+    let sqlite = TestDb::new(Backend::Sqlite).await;
+    let e = MessageDbSink::new(MessageDbConfig::default(), &sqlite.store).unwrap_err();
+    assert_eq!(e.code(), "invalid_config");
+    assert!(e.to_string().contains("message_db.url"), "{e}");
+    let e = TransportConfig::from_json(
+        serde_json::json!({"message_db": {"url": "mysql://u:s3cret@h/d"}}),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("message_db.url") && !e.to_string().contains("s3cret"),
+        "{e}"
+    );
+
+    // A PostgreSQL store without Message DB installed: writes fail, naming
+    // the missing `message_store` schema.
+    let pg = TestDb::new(Backend::Postgres).await;
+    let sink = MessageDbSink::new(MessageDbConfig::default(), &pg.store).unwrap();
+    let m = Message::json(&category("nomdb"), &1).unwrap();
+    let results = sink.publish(std::slice::from_ref(&m)).await;
+    let e = results[0].as_ref().unwrap_err();
+    assert!(e.to_string().contains("message_store"), "{e}");
+    assert_eq!(e.message_id(), Some(m.id));
+}
