@@ -497,7 +497,7 @@ async fn without_a_url_the_store_database_is_used_and_must_be_postgres() {
     // the missing `message_store` schema.
     let pg = TestDb::new(Backend::Postgres).await;
     let sink = MessageDbSink::new(MessageDbConfig::default(), &pg.store).unwrap();
-    let m = Message::json(&category("nomdb"), &1).unwrap();
+    let m = Message::json(category("nomdb"), &1).unwrap();
     let results = sink.publish(std::slice::from_ref(&m)).await;
     let e = results[0].as_ref().unwrap_err();
     assert!(e.to_string().contains("message_store"), "{e}");
