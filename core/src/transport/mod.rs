@@ -12,3 +12,7 @@ pub mod eventodb;
 pub mod kafka;
 #[cfg(feature = "message-db")]
 pub mod message_db;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;

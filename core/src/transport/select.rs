@@ -1,6 +1,7 @@
 //! Choosing a transport with one setting: `"database"` (the default),
-//! `{"kafka": {...}}`, `{"message_db": {...}}` or `{"eventodb": {...}}`,
-//! from JSON or from the environment.
+//! `{"kafka": {...}}`, `{"rabbitmq": {...}}`, `{"redis": {...}}`,
+//! `{"message_db": {...}}` or `{"eventodb": {...}}`, from JSON or from the
+//! environment.
 
 use std::sync::Arc;
 
@@ -29,13 +30,19 @@ pub enum TransportConfig {
     #[cfg(feature = "eventodb")]
     #[serde(rename = "eventodb")]
     EventoDb(crate::transport::eventodb::EventoDbConfig),
+    /// RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
+    /// Redis Streams.
+    #[cfg(feature = "redis")]
+    Redis(crate::transport::redis::RedisConfig),
 }
 
 impl TransportConfig {
     /// From JSON: `"database"` or `{"kafka": {"bootstrap_servers": "..."}}`.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let config: TransportConfig =
-            serde_json::from_value(value).map_err(|e| Error::config("transport", e.to_string()))?;
+        let config: TransportConfig = serde_json::from_value(value)
+            .map_err(|e| Error::config("transport", crate::redact::redact_url(&e.to_string())))?;
         #[cfg(feature = "kafka")]
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
@@ -48,14 +55,24 @@ impl TransportConfig {
         if let TransportConfig::EventoDb(e) = &config {
             e.validate()?;
         }
+        #[cfg(feature = "rabbitmq")]
+        if let TransportConfig::Rabbitmq(r) = &config {
+            r.validate()?;
+        }
+        #[cfg(feature = "redis")]
+        if let TransportConfig::Redis(r) = &config {
+            r.validate()?;
+        }
         Ok(config)
     }
 
-    /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default),
-    /// `kafka` (with `RELAYBOX_KAFKA_BOOTSTRAP`, default `127.0.0.1:9092`),
-    /// `message_db` (with `RELAYBOX_MESSAGE_DB_URL`, default the store's
-    /// database) or `eventodb` (with `RELAYBOX_EVENTODB_URL` and
-    /// `RELAYBOX_EVENTODB_TOKEN`).
+    /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
+    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), or
+    /// `rabbitmq`, with `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
+    /// `amqp://127.0.0.1:5672/%2f`), or `redis`, with `RELAYBOX_REDIS_URL`,
+    /// else `REDIS_URL` (default `redis://127.0.0.1:6379`), or `message_db`,
+    /// with `RELAYBOX_MESSAGE_DB_URL` (default the store's database), or
+    /// `eventodb`, with `RELAYBOX_EVENTODB_URL` and `RELAYBOX_EVENTODB_TOKEN`.
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -95,14 +112,31 @@ impl TransportConfig {
                 config.validate()?;
                 Ok(TransportConfig::EventoDb(config))
             }
+            #[cfg(feature = "rabbitmq")]
+            "rabbitmq" => Ok(TransportConfig::Rabbitmq(
+                crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
+            )),
+            #[cfg(feature = "redis")]
+            "redis" => {
+                // `RELAYBOX_REDIS_URL`, else `REDIS_URL`, else the local default.
+                let mut redis = crate::transport::redis::RedisConfig::default();
+                if let Some(url) = ["RELAYBOX_REDIS_URL", "REDIS_URL"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+                {
+                    redis.url = url;
+                }
+                redis.validate()?;
+                Ok(TransportConfig::Redis(redis))
+            }
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
-                format!("unknown transport {other:?}; use database, kafka, message_db or eventodb"),
+                format!("unknown transport {other:?}; use database, kafka, rabbitmq, redis, message_db or eventodb"),
             )),
         }
     }
 
-    /// A short name: `database`, `kafka`, `message_db` or `eventodb`.
+    /// A short name: `database`, `kafka`, `rabbitmq`, `redis`, `message_db` or `eventodb`.
     pub fn name(&self) -> &'static str {
         match self {
             TransportConfig::Database => "database",
@@ -112,6 +146,10 @@ impl TransportConfig {
             TransportConfig::MessageDb(_) => "message_db",
             #[cfg(feature = "eventodb")]
             TransportConfig::EventoDb(_) => "eventodb",
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(_) => "rabbitmq",
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(_) => "redis",
         }
     }
 
@@ -130,6 +168,14 @@ impl TransportConfig {
             #[cfg(feature = "eventodb")]
             TransportConfig::EventoDb(e) => {
                 Arc::new(crate::transport::eventodb::EventoDbSink::new(e.clone())?)
+            }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => {
+                Arc::new(crate::transport::rabbitmq::RabbitMqSink::new(r.clone())?)
+            }
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => {
+                Arc::new(crate::transport::redis::RedisSink::new(r.clone())?)
             }
         })
     }
@@ -152,6 +198,14 @@ impl TransportConfig {
             TransportConfig::EventoDb(e) => {
                 crate::transport::eventodb::EventoDbSource::new(e.clone(), store, topic, group)?
             }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
+                crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
+            )?,
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => crate::transport::redis::RedisSource::new(
+                crate::transport::redis::RedisSourceConfig::new(r.clone(), topic, group),
+            )?,
         })
     }
 }
@@ -173,6 +227,17 @@ mod tests {
             )
             .unwrap();
             assert_eq!(t.name(), "kafka");
+        }
+        #[cfg(feature = "rabbitmq")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"rabbitmq": {
+                "url": "amqp://u:secret@127.0.0.1:5672/%2f", "exchange": "relaybox", "codec": "envelope"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "rabbitmq");
+            assert!(!format!("{t:?}").contains("secret"));
+            let bad = TransportConfig::from_json(serde_json::json!({"rabbitmq": {"prefetch": 0}}));
+            assert!(matches!(bad, Err(Error::InvalidConfig { field, .. }) if field == "prefetch"));
         }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
     }
@@ -206,5 +271,29 @@ mod tests {
             TransportConfig::from_json(serde_json::json!({"eventodb": {"url": "ftp://x"}}))
                 .is_err()
         );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_from_json() {
+        let t = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r:6379", "maxlen": 500}}),
+        )
+        .unwrap();
+        assert_eq!(t.name(), "redis");
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("maxlen: Some(500)") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        match TransportConfig::from_json(serde_json::json!({"redis": {"maxlen": 0}})) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "maxlen"),
+            other => panic!("{other:?}"),
+        }
+        let err = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r", "bogus": 1}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

@@ -530,6 +530,27 @@ impl<B: Broker> Drop for Restart<'_, B> {
     }
 }
 
+/// Fails the test when the server still takes a message after `stop`
+/// (another checkout's server on the same port, say): the outage scenario
+/// would prove nothing.
+async fn assert_down<B: Broker>(scene: &Scene<'_, B>) {
+    let probe = scene.messages(1, 1);
+    let accepted = match scene.transport.sink(&scene.db.store) {
+        Err(_) => false,
+        Ok(sink) => matches!(
+            tokio::time::timeout(Duration::from_secs(10), sink.publish(&probe)).await,
+            Ok(results) if results.iter().all(|r| r.is_ok())
+        ),
+    };
+    assert!(
+        !accepted,
+        "the {} server still accepts messages after `dev/services stop {}`: it was not \
+         started by this checkout; stop it where it was started and run the test again",
+        scene.transport.name(),
+        scene.broker.service()
+    );
+}
+
 /// The server goes away while the application keeps enqueuing and a
 /// consumer keeps running; once it is back, everything is delivered and
 /// handled once, with no manual step.
@@ -552,6 +573,7 @@ pub async fn survives_a_broker_outage<B: Broker>(broker: &B) {
 
     let mut restart = Restart { broker, down: true };
     broker.stop().await;
+    assert_down(&scene).await;
     let outage = Instant::now();
     let mut n = sent.len();
     while outage.elapsed() < Duration::from_secs(3) {
