@@ -1,6 +1,7 @@
 //! Choosing a transport with one setting: `"database"` (the default),
 //! `{"kafka": {...}}`, `{"rabbitmq": {...}}`, `{"redis": {...}}`,
-//! `{"sns": {...}}` or `{"sqs": {...}}`, from JSON or from the environment.
+//! `{"sns": {...}}`, `{"sqs": {...}}`, `{"message_db": {...}}` or
+//! `{"eventodb": {...}}`, from JSON or from the environment.
 
 use std::sync::Arc;
 
@@ -22,6 +23,13 @@ pub enum TransportConfig {
     /// Apache Kafka.
     #[cfg(feature = "kafka")]
     Kafka(crate::transport::kafka::KafkaConfig),
+    /// Message DB in PostgreSQL.
+    #[cfg(feature = "message-db")]
+    MessageDb(crate::transport::message_db::MessageDbConfig),
+    /// EventoDB over its HTTP RPC API.
+    #[cfg(feature = "eventodb")]
+    #[serde(rename = "eventodb")]
+    EventoDb(crate::transport::eventodb::EventoDbConfig),
     /// RabbitMQ.
     #[cfg(feature = "rabbitmq")]
     Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
@@ -44,6 +52,14 @@ impl TransportConfig {
         #[cfg(feature = "kafka")]
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
+        }
+        #[cfg(feature = "message-db")]
+        if let TransportConfig::MessageDb(m) = &config {
+            m.validate()?;
+        }
+        #[cfg(feature = "eventodb")]
+        if let TransportConfig::EventoDb(e) = &config {
+            e.validate()?;
         }
         #[cfg(feature = "rabbitmq")]
         if let TransportConfig::Rabbitmq(r) = &config {
@@ -76,7 +92,10 @@ impl TransportConfig {
     /// `amqp://127.0.0.1:5672/%2f`), or `redis`, with `RELAYBOX_REDIS_URL`,
     /// else `REDIS_URL` (default `redis://127.0.0.1:6379`), or `sns` / `sqs`,
     /// with `RELAYBOX_AWS_ENDPOINT_URL` (else `AWS_ENDPOINT_URL`) and
-    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`), creating topics and queues.
+    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`), creating topics and queues,
+    /// or `message_db`, with `RELAYBOX_MESSAGE_DB_URL` (default the store's
+    /// database), or `eventodb`, with `RELAYBOX_EVENTODB_URL` and
+    /// `RELAYBOX_EVENTODB_TOKEN`.
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -90,6 +109,31 @@ impl TransportConfig {
                 kafka.create_topics = true;
                 kafka.validate()?;
                 Ok(TransportConfig::Kafka(kafka))
+            }
+            #[cfg(feature = "message-db")]
+            "message_db" => {
+                let mut config = crate::transport::message_db::MessageDbConfig::default();
+                if let Ok(url) = std::env::var("RELAYBOX_MESSAGE_DB_URL") {
+                    if !url.trim().is_empty() {
+                        config.url = Some(crate::redact::DatabaseUrl::new(url));
+                    }
+                }
+                config.validate()?;
+                Ok(TransportConfig::MessageDb(config))
+            }
+            #[cfg(feature = "eventodb")]
+            "eventodb" => {
+                let mut config = crate::transport::eventodb::EventoDbConfig::default();
+                if let Ok(url) = std::env::var("RELAYBOX_EVENTODB_URL") {
+                    config.url = url;
+                }
+                if let Ok(token) = std::env::var("RELAYBOX_EVENTODB_TOKEN") {
+                    if !token.is_empty() {
+                        config.token = Some(crate::transport::eventodb::Token::new(token));
+                    }
+                }
+                config.validate()?;
+                Ok(TransportConfig::EventoDb(config))
             }
             #[cfg(feature = "rabbitmq")]
             "rabbitmq" => Ok(TransportConfig::Rabbitmq(
@@ -119,18 +163,24 @@ impl TransportConfig {
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
                 format!(
-                    "unknown transport {other:?}; use database, kafka, rabbitmq, redis, sns or sqs"
+                    "unknown transport {other:?}; use database, kafka, rabbitmq, redis, sns, \
+                     sqs, message_db or eventodb"
                 ),
             )),
         }
     }
 
-    /// A short name: `database`, `kafka`, `rabbitmq`, `redis`, `sns` or `sqs`.
+    /// A short name: `database`, `kafka`, `rabbitmq`, `redis`, `sns`, `sqs`,
+    /// `message_db` or `eventodb`.
     pub fn name(&self) -> &'static str {
         match self {
             TransportConfig::Database => "database",
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(_) => "kafka",
+            #[cfg(feature = "message-db")]
+            TransportConfig::MessageDb(_) => "message_db",
+            #[cfg(feature = "eventodb")]
+            TransportConfig::EventoDb(_) => "eventodb",
             #[cfg(feature = "rabbitmq")]
             TransportConfig::Rabbitmq(_) => "rabbitmq",
             #[cfg(feature = "redis")]
@@ -149,6 +199,14 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => {
                 Arc::new(crate::transport::kafka::KafkaSink::new(k.clone())?)
+            }
+            #[cfg(feature = "message-db")]
+            TransportConfig::MessageDb(m) => Arc::new(
+                crate::transport::message_db::MessageDbSink::new(m.clone(), store)?,
+            ),
+            #[cfg(feature = "eventodb")]
+            TransportConfig::EventoDb(e) => {
+                Arc::new(crate::transport::eventodb::EventoDbSink::new(e.clone())?)
             }
             #[cfg(feature = "rabbitmq")]
             TransportConfig::Rabbitmq(r) => {
@@ -175,6 +233,14 @@ impl TransportConfig {
             TransportConfig::Kafka(k) => crate::transport::kafka::KafkaSource::new(
                 crate::transport::kafka::KafkaSourceConfig::new(k.clone(), topic, group),
             )?,
+            #[cfg(feature = "message-db")]
+            TransportConfig::MessageDb(m) => {
+                crate::transport::message_db::MessageDbSource::new(m.clone(), store, topic, group)?
+            }
+            #[cfg(feature = "eventodb")]
+            TransportConfig::EventoDb(e) => {
+                crate::transport::eventodb::EventoDbSource::new(e.clone(), store, topic, group)?
+            }
             #[cfg(feature = "rabbitmq")]
             TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
                 crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
@@ -253,6 +319,37 @@ mod tests {
                 TransportConfig::from_json(serde_json::json!({"sqs": {"queue": "x"}})).is_err()
             );
         }
+    }
+
+    #[test]
+    #[cfg(feature = "message-db")]
+    fn message_db_from_json() {
+        let t = TransportConfig::from_json(serde_json::json!({"message_db": {
+            "url": "postgres://u:hunter2@h/message_store", "consumer_group_size": 2
+        }}))
+        .unwrap();
+        assert_eq!(t.name(), "message_db");
+        assert!(!format!("{t:?}").contains("hunter2"));
+        let e = TransportConfig::from_json(serde_json::json!({"message_db": {
+            "consumer_group_member": 3, "consumer_group_size": 2
+        }}))
+        .unwrap_err();
+        assert!(e.to_string().contains("consumer_group_member"), "{e}");
+    }
+
+    #[test]
+    #[cfg(feature = "eventodb")]
+    fn eventodb_from_json() {
+        let t = TransportConfig::from_json(serde_json::json!({"eventodb": {
+            "url": "http://127.0.0.1:8080", "token": "ns_c2VjcmV0_hunter2"
+        }}))
+        .unwrap();
+        assert_eq!(t.name(), "eventodb");
+        assert!(!format!("{t:?}").contains("hunter2"));
+        assert!(
+            TransportConfig::from_json(serde_json::json!({"eventodb": {"url": "ftp://x"}}))
+                .is_err()
+        );
     }
 
     #[cfg(feature = "redis")]
