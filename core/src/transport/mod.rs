@@ -8,3 +8,5 @@ mod select;
 pub use select::TransportConfig;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "redis")]
+pub mod redis;

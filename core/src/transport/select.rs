@@ -21,16 +21,23 @@ pub enum TransportConfig {
     /// Apache Kafka.
     #[cfg(feature = "kafka")]
     Kafka(crate::transport::kafka::KafkaConfig),
+    /// Redis Streams.
+    #[cfg(feature = "redis")]
+    Redis(crate::transport::redis::RedisConfig),
 }
 
 impl TransportConfig {
     /// From JSON: `"database"` or `{"kafka": {"bootstrap_servers": "..."}}`.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let config: TransportConfig =
-            serde_json::from_value(value).map_err(|e| Error::config("transport", e.to_string()))?;
+        let config: TransportConfig = serde_json::from_value(value)
+            .map_err(|e| Error::config("transport", crate::redact::redact_url(&e.to_string())))?;
         #[cfg(feature = "kafka")]
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
+        }
+        #[cfg(feature = "redis")]
+        if let TransportConfig::Redis(r) = &config {
+            r.validate()?;
         }
         Ok(config)
     }
@@ -51,6 +58,19 @@ impl TransportConfig {
                 kafka.validate()?;
                 Ok(TransportConfig::Kafka(kafka))
             }
+            #[cfg(feature = "redis")]
+            "redis" => {
+                // `RELAYBOX_REDIS_URL`, else `REDIS_URL`, else the local default.
+                let mut redis = crate::transport::redis::RedisConfig::default();
+                if let Some(url) = ["RELAYBOX_REDIS_URL", "REDIS_URL"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+                {
+                    redis.url = url;
+                }
+                redis.validate()?;
+                Ok(TransportConfig::Redis(redis))
+            }
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
                 format!("unknown transport {other:?}; use database or kafka"),
@@ -64,6 +84,8 @@ impl TransportConfig {
             TransportConfig::Database => "database",
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(_) => "kafka",
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(_) => "redis",
         }
     }
 
@@ -74,6 +96,10 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => {
                 Arc::new(crate::transport::kafka::KafkaSink::new(k.clone())?)
+            }
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => {
+                Arc::new(crate::transport::redis::RedisSink::new(r.clone())?)
             }
         })
     }
@@ -87,6 +113,10 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => crate::transport::kafka::KafkaSource::new(
                 crate::transport::kafka::KafkaSourceConfig::new(k.clone(), topic, group),
+            )?,
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => crate::transport::redis::RedisSource::new(
+                crate::transport::redis::RedisSourceConfig::new(r.clone(), topic, group),
             )?,
         })
     }
@@ -111,5 +141,29 @@ mod tests {
             assert_eq!(t.name(), "kafka");
         }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_from_json() {
+        let t = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r:6379", "maxlen": 500}}),
+        )
+        .unwrap();
+        assert_eq!(t.name(), "redis");
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("maxlen: Some(500)") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        match TransportConfig::from_json(serde_json::json!({"redis": {"maxlen": 0}})) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "maxlen"),
+            other => panic!("{other:?}"),
+        }
+        let err = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r", "bogus": 1}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }
