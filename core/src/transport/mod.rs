@@ -10,3 +10,5 @@ pub use select::TransportConfig;
 pub mod kafka;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;

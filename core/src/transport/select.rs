@@ -24,6 +24,9 @@ pub enum TransportConfig {
     /// Redis Streams.
     #[cfg(feature = "redis")]
     Redis(crate::transport::redis::RedisConfig),
+    /// RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
 }
 
 impl TransportConfig {
@@ -39,11 +42,17 @@ impl TransportConfig {
         if let TransportConfig::Redis(r) = &config {
             r.validate()?;
         }
+        #[cfg(feature = "rabbitmq")]
+        if let TransportConfig::Rabbitmq(r) = &config {
+            r.validate()?;
+        }
         Ok(config)
     }
 
     /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
-    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`).
+    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), or
+    /// `rabbitmq`, with `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
+    /// `amqp://127.0.0.1:5672/%2f`).
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -71,9 +80,13 @@ impl TransportConfig {
                 redis.validate()?;
                 Ok(TransportConfig::Redis(redis))
             }
+            #[cfg(feature = "rabbitmq")]
+            "rabbitmq" => Ok(TransportConfig::Rabbitmq(
+                crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
+            )),
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
-                format!("unknown transport {other:?}; use database or kafka"),
+                format!("unknown transport {other:?}; use database, kafka, redis or rabbitmq"),
             )),
         }
     }
@@ -86,6 +99,8 @@ impl TransportConfig {
             TransportConfig::Kafka(_) => "kafka",
             #[cfg(feature = "redis")]
             TransportConfig::Redis(_) => "redis",
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(_) => "rabbitmq",
         }
     }
 
@@ -100,6 +115,10 @@ impl TransportConfig {
             #[cfg(feature = "redis")]
             TransportConfig::Redis(r) => {
                 Arc::new(crate::transport::redis::RedisSink::new(r.clone())?)
+            }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => {
+                Arc::new(crate::transport::rabbitmq::RabbitMqSink::new(r.clone())?)
             }
         })
     }
@@ -117,6 +136,10 @@ impl TransportConfig {
             #[cfg(feature = "redis")]
             TransportConfig::Redis(r) => crate::transport::redis::RedisSource::new(
                 crate::transport::redis::RedisSourceConfig::new(r.clone(), topic, group),
+            )?,
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
+                crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
             )?,
         })
     }
@@ -139,6 +162,17 @@ mod tests {
             )
             .unwrap();
             assert_eq!(t.name(), "kafka");
+        }
+        #[cfg(feature = "rabbitmq")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"rabbitmq": {
+                "url": "amqp://u:secret@127.0.0.1:5672/%2f", "exchange": "relaybox", "codec": "envelope"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "rabbitmq");
+            assert!(!format!("{t:?}").contains("secret"));
+            let bad = TransportConfig::from_json(serde_json::json!({"rabbitmq": {"prefetch": 0}}));
+            assert!(matches!(bad, Err(Error::InvalidConfig { field, .. }) if field == "prefetch"));
         }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
     }
