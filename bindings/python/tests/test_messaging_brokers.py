@@ -47,7 +47,7 @@ def test_broker_names_map_to_the_core_transports(no_broker_env: pytest.MonkeyPat
         "rabbitmq": {
             "url": "amqp://u:pw@127.0.0.1:5672/%2f",
             "exchange": "core_events",
-            "codec": "relaybox",
+            "codec": "envelope",
         }
     }
     assert "pw@" not in repr(rabbit)

@@ -9,8 +9,8 @@
                created unless ``create_topics=False``
 ``rabbitmq``   relaybox's RabbitMQ transport on ``rabbitmq_url``: the
                topic exchange ``core_events``, routing key = topic,
-               persistent messages with the envelope as JSON body,
-               ``correlation_id`` = key
+               persistent messages with the envelope as JSON body
+               (the ``envelope`` codec), ``correlation_id`` = key
 ``redis``      relaybox's Redis Streams transport on ``redis_url``: one
                stream per topic, ``XADD ... MAXLEN ~ 10000``
 =============  ==========================================================
@@ -71,7 +71,7 @@ def _url(name: str, url: Optional[str], variable: str) -> str:
 
 def _rabbitmq(settings: MessagingSettings) -> Transport:
     url = _url("rabbitmq", settings.rabbitmq_url, "RABBITMQ_URL")
-    config: dict[str, Any] = {"url": url, "exchange": RABBITMQ_EXCHANGE, "codec": "relaybox"}
+    config: dict[str, Any] = {"url": url, "exchange": RABBITMQ_EXCHANGE, "codec": "envelope"}
     return {"rabbitmq": config}
 
 
