@@ -6,6 +6,8 @@ pub mod database;
 mod select;
 
 pub use select::TransportConfig;
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "redis")]

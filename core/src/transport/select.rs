@@ -1,5 +1,6 @@
-//! Choosing a transport with one setting: `"database"` (the default) or
-//! `{"kafka": {...}}`, from JSON or from the environment.
+//! Choosing a transport with one setting: `"database"` (the default),
+//! `{"kafka": {...}}`, `{"sns": {...}}` or `{"sqs": {...}}`, from JSON or from
+//! the environment.
 
 use std::sync::Arc;
 
@@ -27,6 +28,12 @@ pub enum TransportConfig {
     /// RabbitMQ.
     #[cfg(feature = "rabbitmq")]
     Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
+    /// AWS SNS (publish), read through an SQS queue per consumer group.
+    #[cfg(feature = "aws")]
+    Sns(crate::transport::aws::SnsConfig),
+    /// AWS SQS (send to and read the queue named by the topic).
+    #[cfg(feature = "aws")]
+    Sqs(crate::transport::aws::SqsConfig),
 }
 
 impl TransportConfig {
@@ -46,13 +53,30 @@ impl TransportConfig {
         if let TransportConfig::Rabbitmq(r) = &config {
             r.validate()?;
         }
+        #[cfg(feature = "aws")]
+        let config = match config {
+            TransportConfig::Sns(mut c) => {
+                c.fill_defaults();
+                c.validate()?;
+                TransportConfig::Sns(c)
+            }
+            TransportConfig::Sqs(mut c) => {
+                c.fill_defaults();
+                c.validate()?;
+                TransportConfig::Sqs(c)
+            }
+            other => other,
+        };
         Ok(config)
     }
 
-    /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
-    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), or
-    /// `rabbitmq`, with `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
-    /// `amqp://127.0.0.1:5672/%2f`).
+    /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default),
+    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`),
+    /// `redis`, with `RELAYBOX_REDIS_URL`, else `REDIS_URL`, `rabbitmq`, with
+    /// `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
+    /// `amqp://127.0.0.1:5672/%2f`), or `sns` / `sqs`, with
+    /// `RELAYBOX_AWS_ENDPOINT_URL` (else `AWS_ENDPOINT_URL`) and `AWS_REGION`
+    /// (else `AWS_DEFAULT_REGION`), creating topics and queues.
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -84,9 +108,19 @@ impl TransportConfig {
             "rabbitmq" => Ok(TransportConfig::Rabbitmq(
                 crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
             )),
+            #[cfg(feature = "aws")]
+            "sns" => Ok(TransportConfig::Sns(
+                crate::transport::aws::SnsConfig::from_env()?,
+            )),
+            #[cfg(feature = "aws")]
+            "sqs" => Ok(TransportConfig::Sqs(
+                crate::transport::aws::SqsConfig::from_env()?,
+            )),
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
-                format!("unknown transport {other:?}; use database, kafka, redis or rabbitmq"),
+                format!(
+                    "unknown transport {other:?}; use database, kafka, redis, rabbitmq, sns or sqs"
+                ),
             )),
         }
     }
@@ -101,6 +135,10 @@ impl TransportConfig {
             TransportConfig::Redis(_) => "redis",
             #[cfg(feature = "rabbitmq")]
             TransportConfig::Rabbitmq(_) => "rabbitmq",
+            #[cfg(feature = "aws")]
+            TransportConfig::Sns(_) => "sns",
+            #[cfg(feature = "aws")]
+            TransportConfig::Sqs(_) => "sqs",
         }
     }
 
@@ -120,6 +158,10 @@ impl TransportConfig {
             TransportConfig::Rabbitmq(r) => {
                 Arc::new(crate::transport::rabbitmq::RabbitMqSink::new(r.clone())?)
             }
+            #[cfg(feature = "aws")]
+            TransportConfig::Sns(c) => Arc::new(crate::transport::aws::SnsSink::new(c.clone())?),
+            #[cfg(feature = "aws")]
+            TransportConfig::Sqs(c) => Arc::new(crate::transport::aws::SqsSink::new(c.clone())?),
         })
     }
 
@@ -140,6 +182,21 @@ impl TransportConfig {
             #[cfg(feature = "rabbitmq")]
             TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
                 crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
+            )?,
+            #[cfg(feature = "aws")]
+            TransportConfig::Sns(c) => crate::transport::aws::SqsSource::new(
+                crate::transport::aws::SqsSourceConfig::Sns {
+                    config: c.clone(),
+                    topic: topic.into(),
+                    group: group.into(),
+                },
+            )?,
+            #[cfg(feature = "aws")]
+            TransportConfig::Sqs(c) => crate::transport::aws::SqsSource::new(
+                crate::transport::aws::SqsSourceConfig::Sqs {
+                    config: c.clone(),
+                    topic: topic.into(),
+                },
             )?,
         })
     }
@@ -175,6 +232,27 @@ mod tests {
             assert!(matches!(bad, Err(Error::InvalidConfig { field, .. }) if field == "prefetch"));
         }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
+        #[cfg(feature = "aws")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"sns": {
+                "region": "eu-west-1", "endpoint_url": "http://127.0.0.1:5000",
+                "topic_arn": "arn:aws:sns:eu-west-1:123456789012:events",
+                "secret_access_key": "s3cret", "access_key_id": "AKIA1"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "sns");
+            assert!(!format!("{t:?}").contains("s3cret"));
+            let t = TransportConfig::from_json(serde_json::json!({"sqs": {"create_queues": true}}))
+                .unwrap();
+            assert_eq!(t.name(), "sqs");
+            match TransportConfig::from_json(serde_json::json!({"sns": {"topic_arn": "events"}})) {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "topic_arn"),
+                other => panic!("expected a topic_arn error, got {other:?}"),
+            }
+            assert!(
+                TransportConfig::from_json(serde_json::json!({"sqs": {"queue": "x"}})).is_err()
+            );
+        }
     }
 
     #[cfg(feature = "redis")]
