@@ -10,7 +10,7 @@ pub use select::TransportConfig;
 pub mod aws;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-#[cfg(feature = "redis")]
-pub mod redis;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
