@@ -5,7 +5,7 @@ Each setting comes from its argument, then the environment:
 =====================  =============================================================
 setting                environment
 =====================  =============================================================
-``region``             ``AWS_REGION``, ``AWS_DEFAULT_REGION`` (or the topic ARN's)
+``region``             the topic ARN's, then ``AWS_REGION``, ``AWS_DEFAULT_REGION``
 ``endpoint_url``       ``RELAYBOX_AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL``
 ``profile``            ``AWS_PROFILE``
 credentials            the AWS SDK's default chain (environment, profile, role)
@@ -77,6 +77,8 @@ class AwsSettings:
     ) -> AwsSettings:
         """Read ``region``, ``endpoint_url``, ``profile`` and the credentials from ``config``.
 
+        ``default_region`` (the topic ARN's region) comes before the environment.
+
         A ``connection_url`` of the form ``sqs://KEY:SECRET@`` gives the
         credentials too. Missing values come from the environment.
         """
@@ -95,8 +97,8 @@ class AwsSettings:
             raise config_error("aws_access_key_id and aws_secret_access_key must be given together")
         return cls(
             region=config.get("region")
-            or _env("AWS_REGION", "AWS_DEFAULT_REGION")
-            or default_region,
+            or default_region
+            or _env("AWS_REGION", "AWS_DEFAULT_REGION"),
             endpoint_url=config.get("endpoint_url")
             or _env("RELAYBOX_AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
             profile=config.get("profile") or _env("AWS_PROFILE"),
