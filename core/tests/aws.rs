@@ -729,9 +729,16 @@ async fn dead_letter_lands_in_the_dlq_with_the_error_and_the_rest_continue() {
     let messages: Vec<Message> = (0..12).map(|i| event(&topic, i)).collect();
     let poison = messages[4].id;
     let recorder = Recorder::new(&db).failing(move |m| m.id == poison).arc();
-    let source = TransportConfig::Sns(sns_config())
-        .source(&db.store, &topic, group)
-        .expect("source");
+    let source = SqsSource::new(SqsSourceConfig::Sns {
+        config: sns_config(),
+        topic: topic.clone(),
+        group: group.into(),
+    })
+    .expect("source");
+    // SNS drops what is published before a subscription exists: the queue
+    // and its subscription are set up before the relay starts.
+    source.prepare().await.expect("queue and subscription");
+    let queue = source.queue_name().to_string();
     let consumer = Consumer::start(
         db.store.clone(),
         source,
@@ -742,17 +749,6 @@ async fn dead_letter_lands_in_the_dlq_with_the_error_and_the_rest_continue() {
         },
     )
     .expect("consumer");
-    // The queue and its subscription exist once the consumer's first fetch ran.
-    let queue = format!("{group}-{topic}");
-    wait_for("the consumer's queue", WAIT, async || {
-        sqs.get_queue_url()
-            .queue_name(&queue)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("{e:?}"))
-    })
-    .await;
     let sink = SnsSink::new(sns_config()).unwrap();
     let relay = Relay::start(db.store.clone(), Arc::new(sink), aws_relay_config()).unwrap();
     db.enqueue_committed(&messages).await;
