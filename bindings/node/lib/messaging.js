@@ -111,14 +111,10 @@ const BROKERS = {
       properties: settings.kafkaProperties
     }
   }),
-  rabbitmq: unavailable('rabbitmq'),
-  redis: unavailable('redis')
-}
-
-function unavailable (name) {
-  return () => {
-    throw new ConfigError(`broker ${JSON.stringify(name)} is not available yet; use "database" or "kafka"`, { code: 'invalid_config' })
-  }
+  rabbitmq: (settings) => ({
+    rabbitmq: { url: settings.rabbitmqUrl, exchange: settings.exchange, codec: 'envelope' }
+  }),
+  redis: (settings) => ({ redis: { url: settings.redisUrl } })
 }
 
 function env (...names) {
@@ -141,6 +137,9 @@ function settingsFrom (options) {
   const settings = {
     broker,
     bootstrapServers: bootstrapServers ?? 'localhost:9092',
+    rabbitmqUrl: options.rabbitmqUrl ?? env('RABBITMQ_URL', 'RELAYBOX_RABBITMQ_URL') ?? 'amqp://127.0.0.1:5672/%2f',
+    exchange: options.exchange ?? env('RABBITMQ_EXCHANGE') ?? 'core_events',
+    redisUrl: options.redisUrl ?? env('REDIS_URL', 'RELAYBOX_REDIS_URL') ?? 'redis://127.0.0.1:6379',
     databaseUrl: options.databaseUrl ?? env('RELAYBOX_DATABASE_URL', 'DATABASE_URL'),
     source,
     defaultTopic: options.defaultTopic ?? env('MESSAGING_DEFAULT_TOPIC') ?? 'events',
@@ -380,9 +379,14 @@ class Messaging {
 /**
  * A messaging façade. Each option left out comes from the environment, then
  * the default: `broker` (`MESSAGE_BROKER`; else `kafka` when
- * `bootstrapServers`/`KAFKA_BOOTSTRAP_SERVERS` is set, else `database`),
+ * `bootstrapServers`/`KAFKA_BOOTSTRAP_SERVERS` is set, else `rabbitmq` when
+ * `RABBITMQ_URL` is, else `redis` when `REDIS_URL` is, else `database`),
  * `databaseUrl` (`RELAYBOX_DATABASE_URL`, `DATABASE_URL`), `bootstrapServers`
  * (`KAFKA_BOOTSTRAP_SERVERS`, `RELAYBOX_KAFKA_BOOTSTRAP`, `localhost:9092`),
+ * `rabbitmqUrl` (`RABBITMQ_URL`, `RELAYBOX_RABBITMQ_URL`,
+ * `amqp://127.0.0.1:5672/%2f`), `exchange` (the RabbitMQ topic exchange,
+ * `RABBITMQ_EXCHANGE`, `core_events`), `redisUrl` (`REDIS_URL`,
+ * `RELAYBOX_REDIS_URL`, `redis://127.0.0.1:6379`),
  * `source` (`MESSAGING_EVENT_SOURCE`, `""`), `defaultTopic`
  * (`MESSAGING_DEFAULT_TOPIC`, `events`), `tablePrefix`
  * (`RELAYBOX_TABLE_PREFIX`), `group` (consumer group prefix, default the

@@ -77,8 +77,40 @@ export interface KafkaOptions {
   deliveryTimeout?: number | string
 }
 
-/** Where messages go: the database's own log table, or Kafka. */
-export type Transport = 'database' | { kafka: KafkaOptions } | null | undefined
+/** RabbitMQ transport settings (see docs/rabbitmq.md). */
+export interface RabbitMqOptions {
+  /** `amqp://` URL (default `amqp://127.0.0.1:5672/%2f`). */
+  url?: string
+  /** The durable topic exchange (default `relaybox`). */
+  exchange?: string
+  /** `relaybox` (payload bytes as the body) or `envelope` (the JSON event envelope). */
+  codec?: 'relaybox' | 'envelope'
+  /** Deliveries handed to a consumer before it acknowledges (default 100). */
+  prefetch?: number
+  [setting: string]: unknown
+}
+
+/** Redis Streams transport settings (see docs/redis.md). */
+export interface RedisOptions {
+  /** `redis://` URL (default `redis://127.0.0.1:6379`). */
+  url?: string
+  [setting: string]: unknown
+}
+
+/**
+ * Where messages go: the database's own log table (`'database'`), or one
+ * broker named by the only key of an object, with its settings in camelCase:
+ * `{kafka: {...}}`, `{rabbitmq: {...}}`, `{redis: {...}}`, `{sns: {...}}`,
+ * `{sqs: {...}}`, `{messageDb: {...}}`, `{eventodb: {...}}`.
+ */
+export type Transport =
+  | 'database'
+  | { kafka: KafkaOptions }
+  | { rabbitmq: RabbitMqOptions }
+  | { redis: RedisOptions }
+  | { [transport: string]: Record<string, unknown> }
+  | null
+  | undefined
 
 /** Durations are milliseconds or text such as `"250ms"`, `"2s"`, `"5m"`. */
 export type Duration = number | string
@@ -283,6 +315,10 @@ export declare const CODES: readonly ErrorCode[]
 
 /** Kafka transport settings (`bootstrapServers` defaults to `127.0.0.1:9092`). */
 export declare function kafka(options?: KafkaOptions): { kafka: KafkaOptions }
+/** RabbitMQ transport settings (`url` defaults to `amqp://127.0.0.1:5672/%2f`). */
+export declare function rabbitmq(options?: RabbitMqOptions): { rabbitmq: RabbitMqOptions }
+/** Redis Streams transport settings (`url` defaults to `redis://127.0.0.1:6379`). */
+export declare function redis(options?: RedisOptions): { redis: RedisOptions }
 /** The message a spec describes, validated, as it would be stored. */
 export declare function buildMessage(message: MessageInput): Message
 /** The outbox partition of a key. */
@@ -336,6 +372,9 @@ export interface MessagingOptions {
   broker?: 'database' | 'kafka' | 'rabbitmq' | 'redis'
   databaseUrl?: string
   bootstrapServers?: string
+  rabbitmqUrl?: string
+  exchange?: string
+  redisUrl?: string
   source?: string
   defaultTopic?: string
   tablePrefix?: string

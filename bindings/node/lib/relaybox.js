@@ -34,6 +34,24 @@ function kafka (options = {}) {
 }
 
 /**
+ * RabbitMQ transport settings in the form `Relay` and `Consumer` take.
+ * @param {import('./relaybox').RabbitMqOptions} [options]
+ * @returns {{rabbitmq: object}}
+ */
+function rabbitmq (options = {}) {
+  return { rabbitmq: { url: 'amqp://127.0.0.1:5672/%2f', ...options } }
+}
+
+/**
+ * Redis Streams transport settings in the form `Relay` and `Consumer` take.
+ * @param {import('./relaybox').RedisOptions} [options]
+ * @returns {{redis: object}}
+ */
+function redis (options = {}) {
+  return { redis: { url: 'redis://127.0.0.1:6379', ...options } }
+}
+
+/**
  * The message a spec describes, validated against the default limits, as
  * it would be stored (canonical JSON).
  * @param {import('./relaybox').MessageInput} message
@@ -61,6 +79,8 @@ module.exports = {
   Consumer,
   Message,
   kafka,
+  rabbitmq,
+  redis,
   buildMessage,
   partitionForKey,
   createMessaging: messaging.createMessaging,

@@ -187,15 +187,23 @@ function coreOptions (options, what) {
 }
 
 /**
- * A transport in the core's JSON form: `"database"` (or nothing), or
- * `{kafka: {bootstrapServers, createTopics, properties, ...}}`.
+ * A transport in the core's JSON form: `"database"` (or nothing), or an
+ * object with one key naming the transport and its settings in camelCase,
+ * e.g. `{kafka: {bootstrapServers, createTopics, properties}}`,
+ * `{rabbitmq: {url, exchange}}` or `{redis: {url}}`; the settings' keys
+ * become snake_case (nested values such as Kafka `properties` are passed on
+ * as they are).
  * @param {unknown} transport
  * @returns {string}
  */
 function transportJson (transport) {
   if (transport === undefined || transport === null || transport === 'database') return '"database"'
-  if (typeof transport === 'object' && transport.kafka !== undefined) {
-    return stringify({ kafka: coreOptions(transport.kafka, 'kafka settings') }, 'invalid_config')
+  if (typeof transport === 'object' && !Array.isArray(transport)) {
+    const entries = Object.entries(transport)
+    if (entries.length === 1) {
+      const [name, settings] = entries[0]
+      return stringify({ [name]: coreOptions(settings, `${name} settings`) }, 'invalid_config')
+    }
   }
   return stringify(transport, 'invalid_config')
 }

@@ -98,4 +98,4 @@ function sleep (ms) {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
-module.exports = { relaybox, pgUrl, kafkaBootstrap, unique, withPg, count, openOutbox, waitFor, sleep }
+module.exports = { relaybox, requiredEnv, pgUrl, kafkaBootstrap, unique, withPg, count, openOutbox, waitFor, sleep }

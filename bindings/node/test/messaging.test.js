@@ -82,11 +82,9 @@ test('publishEvent joins the transaction it is given: a rollback leaves no event
   assert.equal(await outbox.pendingCount(), 1)
 })
 
-test('settings: unknown or unavailable brokers and bad handler options are ConfigErrors', async () => {
-  for (const broker of ['carrier-pigeon', 'rabbitmq']) {
-    assert.throws(() => relaybox.createMessaging({ broker }),
-      (err) => err instanceof relaybox.ConfigError && err.code === 'invalid_config')
-  }
+test('settings: unknown brokers and bad handler options are ConfigErrors', async () => {
+  assert.throws(() => relaybox.createMessaging({ broker: 'carrier-pigeon' }),
+    (err) => err instanceof relaybox.ConfigError && err.code === 'invalid_config' && /rabbitmq, redis/.test(err.message))
   const messaging = relaybox.createMessaging({ broker: 'database', databaseUrl: pgUrl() })
   assert.throws(() => messaging.onEvent('x', () => {}, { maxRetries: -1 }), relaybox.ConfigError)
   assert.throws(() => messaging.onEvent('x', () => {}, { retryDelay: 0 }), relaybox.ConfigError)

@@ -6,5 +6,15 @@ pub mod database;
 mod select;
 
 pub use select::TransportConfig;
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "eventodb")]
+pub mod eventodb;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "message-db")]
+pub mod message_db;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;

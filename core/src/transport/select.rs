@@ -1,5 +1,7 @@
-//! Choosing a transport with one setting: `"database"` (the default) or
-//! `{"kafka": {...}}`, from JSON or from the environment.
+//! Choosing a transport with one setting: `"database"` (the default),
+//! `{"kafka": {...}}`, `{"rabbitmq": {...}}`, `{"redis": {...}}`,
+//! `{"sns": {...}}`, `{"sqs": {...}}`, `{"message_db": {...}}` or
+//! `{"eventodb": {...}}`, from JSON or from the environment.
 
 use std::sync::Arc;
 
@@ -21,22 +23,79 @@ pub enum TransportConfig {
     /// Apache Kafka.
     #[cfg(feature = "kafka")]
     Kafka(crate::transport::kafka::KafkaConfig),
+    /// Message DB in PostgreSQL.
+    #[cfg(feature = "message-db")]
+    MessageDb(crate::transport::message_db::MessageDbConfig),
+    /// EventoDB over its HTTP RPC API.
+    #[cfg(feature = "eventodb")]
+    #[serde(rename = "eventodb")]
+    EventoDb(crate::transport::eventodb::EventoDbConfig),
+    /// RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(crate::transport::rabbitmq::RabbitMqConfig),
+    /// Redis Streams.
+    #[cfg(feature = "redis")]
+    Redis(crate::transport::redis::RedisConfig),
+    /// AWS SNS (publish), read through an SQS queue per consumer group.
+    #[cfg(feature = "aws")]
+    Sns(crate::transport::aws::SnsConfig),
+    /// AWS SQS (send to and read the queue named by the topic).
+    #[cfg(feature = "aws")]
+    Sqs(crate::transport::aws::SqsConfig),
 }
 
 impl TransportConfig {
     /// From JSON: `"database"` or `{"kafka": {"bootstrap_servers": "..."}}`.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let config: TransportConfig =
-            serde_json::from_value(value).map_err(|e| Error::config("transport", e.to_string()))?;
+        let config: TransportConfig = serde_json::from_value(value)
+            .map_err(|e| Error::config("transport", crate::redact::redact_url(&e.to_string())))?;
         #[cfg(feature = "kafka")]
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
         }
+        #[cfg(feature = "message-db")]
+        if let TransportConfig::MessageDb(m) = &config {
+            m.validate()?;
+        }
+        #[cfg(feature = "eventodb")]
+        if let TransportConfig::EventoDb(e) = &config {
+            e.validate()?;
+        }
+        #[cfg(feature = "rabbitmq")]
+        if let TransportConfig::Rabbitmq(r) = &config {
+            r.validate()?;
+        }
+        #[cfg(feature = "redis")]
+        if let TransportConfig::Redis(r) = &config {
+            r.validate()?;
+        }
+        #[cfg(feature = "aws")]
+        let config = match config {
+            TransportConfig::Sns(mut c) => {
+                c.fill_defaults();
+                c.validate()?;
+                TransportConfig::Sns(c)
+            }
+            TransportConfig::Sqs(mut c) => {
+                c.fill_defaults();
+                c.validate()?;
+                TransportConfig::Sqs(c)
+            }
+            other => other,
+        };
         Ok(config)
     }
 
     /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
-    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`).
+    /// `kafka`, with `RELAYBOX_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), or
+    /// `rabbitmq`, with `RELAYBOX_RABBITMQ_URL`, else `RABBITMQ_URL` (default
+    /// `amqp://127.0.0.1:5672/%2f`), or `redis`, with `RELAYBOX_REDIS_URL`,
+    /// else `REDIS_URL` (default `redis://127.0.0.1:6379`), or `sns` / `sqs`,
+    /// with `RELAYBOX_AWS_ENDPOINT_URL` (else `AWS_ENDPOINT_URL`) and
+    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`), creating topics and queues,
+    /// or `message_db`, with `RELAYBOX_MESSAGE_DB_URL` (default the store's
+    /// database), or `eventodb`, with `RELAYBOX_EVENTODB_URL` and
+    /// `RELAYBOX_EVENTODB_TOKEN`.
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -51,19 +110,85 @@ impl TransportConfig {
                 kafka.validate()?;
                 Ok(TransportConfig::Kafka(kafka))
             }
+            #[cfg(feature = "message-db")]
+            "message_db" => {
+                let mut config = crate::transport::message_db::MessageDbConfig::default();
+                if let Ok(url) = std::env::var("RELAYBOX_MESSAGE_DB_URL") {
+                    if !url.trim().is_empty() {
+                        config.url = Some(crate::redact::DatabaseUrl::new(url));
+                    }
+                }
+                config.validate()?;
+                Ok(TransportConfig::MessageDb(config))
+            }
+            #[cfg(feature = "eventodb")]
+            "eventodb" => {
+                let mut config = crate::transport::eventodb::EventoDbConfig::default();
+                if let Ok(url) = std::env::var("RELAYBOX_EVENTODB_URL") {
+                    config.url = url;
+                }
+                if let Ok(token) = std::env::var("RELAYBOX_EVENTODB_TOKEN") {
+                    if !token.is_empty() {
+                        config.token = Some(crate::transport::eventodb::Token::new(token));
+                    }
+                }
+                config.validate()?;
+                Ok(TransportConfig::EventoDb(config))
+            }
+            #[cfg(feature = "rabbitmq")]
+            "rabbitmq" => Ok(TransportConfig::Rabbitmq(
+                crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
+            )),
+            #[cfg(feature = "redis")]
+            "redis" => {
+                // `RELAYBOX_REDIS_URL`, else `REDIS_URL`, else the local default.
+                let mut redis = crate::transport::redis::RedisConfig::default();
+                if let Some(url) = ["RELAYBOX_REDIS_URL", "REDIS_URL"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+                {
+                    redis.url = url;
+                }
+                redis.validate()?;
+                Ok(TransportConfig::Redis(redis))
+            }
+            #[cfg(feature = "aws")]
+            "sns" => Ok(TransportConfig::Sns(
+                crate::transport::aws::SnsConfig::from_env()?,
+            )),
+            #[cfg(feature = "aws")]
+            "sqs" => Ok(TransportConfig::Sqs(
+                crate::transport::aws::SqsConfig::from_env()?,
+            )),
             other => Err(Error::config(
                 "RELAYBOX_TRANSPORT",
-                format!("unknown transport {other:?}; use database or kafka"),
+                format!(
+                    "unknown transport {other:?}; use database, kafka, rabbitmq, redis, sns, \
+                     sqs, message_db or eventodb"
+                ),
             )),
         }
     }
 
-    /// A short name: `database` or `kafka`.
+    /// A short name: `database`, `kafka`, `rabbitmq`, `redis`, `sns`, `sqs`,
+    /// `message_db` or `eventodb`.
     pub fn name(&self) -> &'static str {
         match self {
             TransportConfig::Database => "database",
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(_) => "kafka",
+            #[cfg(feature = "message-db")]
+            TransportConfig::MessageDb(_) => "message_db",
+            #[cfg(feature = "eventodb")]
+            TransportConfig::EventoDb(_) => "eventodb",
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(_) => "rabbitmq",
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(_) => "redis",
+            #[cfg(feature = "aws")]
+            TransportConfig::Sns(_) => "sns",
+            #[cfg(feature = "aws")]
+            TransportConfig::Sqs(_) => "sqs",
         }
     }
 
@@ -75,6 +200,26 @@ impl TransportConfig {
             TransportConfig::Kafka(k) => {
                 Arc::new(crate::transport::kafka::KafkaSink::new(k.clone())?)
             }
+            #[cfg(feature = "message-db")]
+            TransportConfig::MessageDb(m) => Arc::new(
+                crate::transport::message_db::MessageDbSink::new(m.clone(), store)?,
+            ),
+            #[cfg(feature = "eventodb")]
+            TransportConfig::EventoDb(e) => {
+                Arc::new(crate::transport::eventodb::EventoDbSink::new(e.clone())?)
+            }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => {
+                Arc::new(crate::transport::rabbitmq::RabbitMqSink::new(r.clone())?)
+            }
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => {
+                Arc::new(crate::transport::redis::RedisSink::new(r.clone())?)
+            }
+            #[cfg(feature = "aws")]
+            TransportConfig::Sns(c) => Arc::new(crate::transport::aws::SnsSink::new(c.clone())?),
+            #[cfg(feature = "aws")]
+            TransportConfig::Sqs(c) => Arc::new(crate::transport::aws::SqsSink::new(c.clone())?),
         })
     }
 
@@ -87,6 +232,37 @@ impl TransportConfig {
             #[cfg(feature = "kafka")]
             TransportConfig::Kafka(k) => crate::transport::kafka::KafkaSource::new(
                 crate::transport::kafka::KafkaSourceConfig::new(k.clone(), topic, group),
+            )?,
+            #[cfg(feature = "message-db")]
+            TransportConfig::MessageDb(m) => {
+                crate::transport::message_db::MessageDbSource::new(m.clone(), store, topic, group)?
+            }
+            #[cfg(feature = "eventodb")]
+            TransportConfig::EventoDb(e) => {
+                crate::transport::eventodb::EventoDbSource::new(e.clone(), store, topic, group)?
+            }
+            #[cfg(feature = "rabbitmq")]
+            TransportConfig::Rabbitmq(r) => crate::transport::rabbitmq::RabbitMqSource::new(
+                crate::transport::rabbitmq::RabbitMqSourceConfig::new(r.clone(), topic, group),
+            )?,
+            #[cfg(feature = "redis")]
+            TransportConfig::Redis(r) => crate::transport::redis::RedisSource::new(
+                crate::transport::redis::RedisSourceConfig::new(r.clone(), topic, group),
+            )?,
+            #[cfg(feature = "aws")]
+            TransportConfig::Sns(c) => crate::transport::aws::SqsSource::new(
+                crate::transport::aws::SqsSourceConfig::Sns {
+                    config: c.clone(),
+                    topic: topic.into(),
+                    group: group.into(),
+                },
+            )?,
+            #[cfg(feature = "aws")]
+            TransportConfig::Sqs(c) => crate::transport::aws::SqsSource::new(
+                crate::transport::aws::SqsSourceConfig::Sqs {
+                    config: c.clone(),
+                    topic: topic.into(),
+                },
             )?,
         })
     }
@@ -110,6 +286,93 @@ mod tests {
             .unwrap();
             assert_eq!(t.name(), "kafka");
         }
+        #[cfg(feature = "rabbitmq")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"rabbitmq": {
+                "url": "amqp://u:secret@127.0.0.1:5672/%2f", "exchange": "relaybox", "codec": "envelope"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "rabbitmq");
+            assert!(!format!("{t:?}").contains("secret"));
+            let bad = TransportConfig::from_json(serde_json::json!({"rabbitmq": {"prefetch": 0}}));
+            assert!(matches!(bad, Err(Error::InvalidConfig { field, .. }) if field == "prefetch"));
+        }
         assert!(TransportConfig::from_json(serde_json::json!("carrier-pigeon")).is_err());
+        #[cfg(feature = "aws")]
+        {
+            let t = TransportConfig::from_json(serde_json::json!({"sns": {
+                "region": "eu-west-1", "endpoint_url": "http://127.0.0.1:5000",
+                "topic_arn": "arn:aws:sns:eu-west-1:123456789012:events",
+                "secret_access_key": "s3cret", "access_key_id": "AKIA1"
+            }}))
+            .unwrap();
+            assert_eq!(t.name(), "sns");
+            assert!(!format!("{t:?}").contains("s3cret"));
+            let t = TransportConfig::from_json(serde_json::json!({"sqs": {"create_queues": true}}))
+                .unwrap();
+            assert_eq!(t.name(), "sqs");
+            match TransportConfig::from_json(serde_json::json!({"sns": {"topic_arn": "events"}})) {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "topic_arn"),
+                other => panic!("expected a topic_arn error, got {other:?}"),
+            }
+            assert!(
+                TransportConfig::from_json(serde_json::json!({"sqs": {"queue": "x"}})).is_err()
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "message-db")]
+    fn message_db_from_json() {
+        let t = TransportConfig::from_json(serde_json::json!({"message_db": {
+            "url": "postgres://u:hunter2@h/message_store", "consumer_group_size": 2
+        }}))
+        .unwrap();
+        assert_eq!(t.name(), "message_db");
+        assert!(!format!("{t:?}").contains("hunter2"));
+        let e = TransportConfig::from_json(serde_json::json!({"message_db": {
+            "consumer_group_member": 3, "consumer_group_size": 2
+        }}))
+        .unwrap_err();
+        assert!(e.to_string().contains("consumer_group_member"), "{e}");
+    }
+
+    #[test]
+    #[cfg(feature = "eventodb")]
+    fn eventodb_from_json() {
+        let t = TransportConfig::from_json(serde_json::json!({"eventodb": {
+            "url": "http://127.0.0.1:8080", "token": "ns_c2VjcmV0_hunter2"
+        }}))
+        .unwrap();
+        assert_eq!(t.name(), "eventodb");
+        assert!(!format!("{t:?}").contains("hunter2"));
+        assert!(
+            TransportConfig::from_json(serde_json::json!({"eventodb": {"url": "ftp://x"}}))
+                .is_err()
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_from_json() {
+        let t = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r:6379", "maxlen": 500}}),
+        )
+        .unwrap();
+        assert_eq!(t.name(), "redis");
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("maxlen: Some(500)") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        match TransportConfig::from_json(serde_json::json!({"redis": {"maxlen": 0}})) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "maxlen"),
+            other => panic!("{other:?}"),
+        }
+        let err = TransportConfig::from_json(
+            serde_json::json!({"redis": {"url": "redis://:pw@r", "bogus": 1}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

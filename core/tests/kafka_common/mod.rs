@@ -1,9 +1,10 @@
-//! Helpers of the Kafka integration tests (`kafka.rs`, `kafka_outage.rs`):
+//! Helpers of the Kafka integration tests (`kafka.rs`, `kafka_outage.rs`,
+//! `kafka_conformance.rs`):
 //! the real PostgreSQL and Kafka broker from the environment (the tests fail
 //! loudly when either is missing), unique names, a PostgreSQL store under a
 //! unique table prefix, a bounded `wait_for`, and kcat as the third-party
 //! reader of what relaybox wrote to Kafka.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub use crate::common::{drop_prefixed_tables, init_tracing, pg_url, wait_for};
 

@@ -55,15 +55,19 @@ defmodule Relaybox.Spec do
   def message(spec) when is_map(spec), do: normalize(spec)
 
   @doc """
-  A transport setting: `:database` (the default), `{:kafka, opts}` or
-  `[kafka: opts]` with `bootstrap_servers`, `create_topics`, `properties`, ...
+  A transport setting: `:database` (the default), or `{name, opts}` /
+  `[{name, opts}]` naming a transport and its settings, e.g.
+  `{:kafka, bootstrap_servers: "localhost:9092"}`,
+  `{:rabbitmq, url: "amqp://localhost"}` or `{:redis, url: "redis://localhost"}`.
   """
   @spec transport(term()) :: String.t() | map()
   def transport(nil), do: "database"
   def transport(:database), do: "database"
   def transport("database"), do: "database"
-  def transport({:kafka, opts}), do: %{"kafka" => normalize(Map.new(opts))}
-  def transport(kafka: opts), do: transport({:kafka, opts})
+  def transport({name, opts}) when is_atom(name),
+    do: %{Atom.to_string(name) => normalize(Map.new(opts))}
+
+  def transport([{name, opts}]) when is_atom(name), do: transport({name, opts})
   def transport(%{} = map), do: normalize(map)
   def transport(other), do: other
 end

@@ -57,6 +57,14 @@ defmodule Relaybox.Case do
     servers
   end
 
+  @doc "The value of a required environment variable; fails the test when unset."
+  def env!(name) do
+    case System.get_env(name, "") do
+      "" -> flunk("#{name} is not set: the tests use the real services; #{@hint}")
+      value -> value
+    end
+  end
+
   @doc "A short random lowercase id."
   def unique, do: :crypto.strong_rand_bytes(5) |> Base.encode16(case: :lower)
 

@@ -2,11 +2,12 @@
 //! after the handler's transaction committed, with a dead-letter topic.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -68,6 +69,17 @@ pub struct KafkaSource {
     config: KafkaSourceConfig,
     consumer: StreamConsumer,
     producer: FutureProducer,
+    errors: Mutex<NotedErrors>,
+}
+
+/// How often a [`KafkaSource`] logs the consumer errors it skips.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The consumer errors skipped since the last one logged.
+#[derive(Default)]
+struct NotedErrors {
+    count: u64,
+    logged: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -130,12 +142,38 @@ impl KafkaSource {
             config,
             consumer,
             producer,
+            errors: Mutex::new(NotedErrors::default()),
         }))
     }
 
     /// The settings this source was created with.
     pub fn config(&self) -> &KafkaSourceConfig {
         &self.config
+    }
+
+    /// Notes a consumer error librdkafka recovers from (logged at most every
+    /// [`ERROR_LOG_INTERVAL`], with the number seen since); a fatal one is
+    /// returned.
+    fn transient(&self, error: KafkaError) -> Result<()> {
+        if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+            return Err(kafka_error(error, None));
+        }
+        let mut noted = self.errors.lock().expect("error log state");
+        noted.count += 1;
+        if noted
+            .logged
+            .is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                topic = %self.config.topic,
+                errors = noted.count,
+                error = %kafka_error(error, None),
+                "relaybox Kafka consumer error; librdkafka retries by itself"
+            );
+            noted.count = 0;
+            noted.logged = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 
     fn delivery(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
@@ -163,22 +201,34 @@ impl Source for KafkaSource {
         "kafka"
     }
 
+    /// Waits up to `wait` for a first record, then takes what is already
+    /// buffered, up to `max`.
+    ///
+    /// librdkafka reports broker trouble (a broker down, a topic not yet
+    /// known) as consumer errors and recovers from it by itself; such errors
+    /// sit in the consumer's queue in front of the records fetched after
+    /// them. They are noted here and skipped, never returned, so that a
+    /// backlog of them (one per reconnect attempt during an outage) cannot
+    /// hold back the records behind it. Only a fatal error is returned.
     async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
-        match tokio::time::timeout(wait, self.consumer.recv()).await {
-            Err(_) => return Ok(out),
-            Ok(Err(e)) => return Err(kafka_error(e, None)),
-            Ok(Ok(record)) => out.push(self.delivery(&record)),
+        loop {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => return Ok(out),
+                Ok(Ok(record)) => {
+                    out.push(self.delivery(&record));
+                    break;
+                }
+                Ok(Err(e)) => self.transient(e)?,
+            }
         }
         // Take what is already buffered, without waiting for more (`recv` is
         // cancellation safe: a record it has not returned stays queued).
         while out.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(record)) => out.push(self.delivery(&record)),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %kafka_error(e, None), "relaybox Kafka consumer error");
-                    break;
-                }
+                Some(Err(e)) => self.transient(e)?,
                 None => break,
             }
         }

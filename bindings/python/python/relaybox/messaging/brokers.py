@@ -7,9 +7,16 @@
 ``kafka``      :class:`relaybox.Kafka` with the configured bootstrap
                servers and librdkafka properties; missing topics are
                created unless ``create_topics=False``
-``rabbitmq``   not available yet: :class:`relaybox.ConfigError`
-``redis``      not available yet: :class:`relaybox.ConfigError`
+``rabbitmq``   relaybox's RabbitMQ transport on ``rabbitmq_url``: the
+               topic exchange ``core_events``, routing key = topic,
+               persistent messages with the envelope as JSON body
+               (the ``envelope`` codec), ``correlation_id`` = key
+``redis``      relaybox's Redis Streams transport on ``redis_url``: one
+               stream per topic, ``XADD ... MAXLEN ~ 10000``
 =============  ==========================================================
+
+``rabbitmq`` and ``redis`` need their URL (argument or ``RABBITMQ_URL`` /
+``REDIS_URL``); without it :class:`relaybox.ConfigError` names the setting.
 
 A new transport plugs in by adding an entry to :data:`BROKERS`; nothing
 else in the façade names brokers.
@@ -17,7 +24,7 @@ else in the façade names brokers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import ConfigError
 from ..transport import Kafka, Transport
@@ -25,7 +32,13 @@ from ..transport import Kafka, Transport
 if TYPE_CHECKING:
     from .settings import MessagingSettings
 
-__all__ = ["BROKERS", "config_error", "transport_for"]
+__all__ = ["BROKERS", "RABBITMQ_EXCHANGE", "REDIS_MAXLEN", "config_error", "transport_for"]
+
+RABBITMQ_EXCHANGE = "core_events"
+"""The topic exchange events are published to on RabbitMQ."""
+
+REDIS_MAXLEN = 10000
+"""Approximate length each Redis stream is trimmed to (``MAXLEN ~``)."""
 
 
 def config_error(message: str) -> ConfigError:
@@ -47,21 +60,31 @@ def _kafka(settings: MessagingSettings) -> Transport:
     )
 
 
-def _unavailable(name: str) -> Callable[[MessagingSettings], Transport]:
-    def factory(settings: MessagingSettings) -> Transport:
+def _url(name: str, url: Optional[str], variable: str) -> str:
+    if not url:
         raise config_error(
-            f"broker {name!r}: the {name} transport is not available in relaybox yet; "
-            "use broker='kafka' or broker='database' (MESSAGE_BROKER)"
+            f"broker {name!r} needs {name}_url: pass configure_messaging({name}_url=...) "
+            f"or set {variable}"
         )
+    return url
 
-    return factory
+
+def _rabbitmq(settings: MessagingSettings) -> Transport:
+    url = _url("rabbitmq", settings.rabbitmq_url, "RABBITMQ_URL")
+    config: dict[str, Any] = {"url": url, "exchange": RABBITMQ_EXCHANGE, "codec": "envelope"}
+    return {"rabbitmq": config}
+
+
+def _redis(settings: MessagingSettings) -> Transport:
+    url = _url("redis", settings.redis_url, "REDIS_URL")
+    return {"redis": {"url": url, "maxlen": REDIS_MAXLEN}}
 
 
 BROKERS: dict[str, Callable[[MessagingSettings], Transport]] = {
     "database": _database,
     "kafka": _kafka,
-    "rabbitmq": _unavailable("rabbitmq"),
-    "redis": _unavailable("redis"),
+    "rabbitmq": _rabbitmq,
+    "redis": _redis,
 }
 """Broker name → function building the relaybox transport from the settings."""
 

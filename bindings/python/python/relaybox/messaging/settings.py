@@ -63,11 +63,11 @@ class MessagingSettings:
     """``"kafka"``, ``"database"``, ``"rabbitmq"`` or ``"redis"``."""
     bootstrap_servers: str = "localhost:9092"
     """Kafka bootstrap servers."""
-    rabbitmq_url: Optional[str] = None
-    """AMQP URL (for the RabbitMQ transport, not available yet)."""
-    redis_url: Optional[str] = None
-    """Redis URL (for the Redis transport, not available yet)."""
-    database_url: Optional[str] = None
+    rabbitmq_url: Optional[str] = field(default=None, repr=False)
+    """AMQP URL of the RabbitMQ broker (``amqp://user:password@host:5672/vhost``)."""
+    redis_url: Optional[str] = field(default=None, repr=False)
+    """URL of the Redis server (``redis://host:6379/0``)."""
+    database_url: Optional[str] = field(default=None, repr=False)
     """URL of the outbox database (``postgres://...`` or ``sqlite://...``)."""
     source: str = ""
     """Event source written in every envelope and in the ``event_source`` header."""
@@ -199,7 +199,7 @@ def configure_messaging(
     connects here: the outbox opens on first use.
 
     Raises :class:`relaybox.ConfigError` for an unknown broker or one whose
-    transport is not available yet (``rabbitmq``, ``redis``), and
+    URL is missing (``rabbitmq_url``, ``redis_url``), and
     :class:`relaybox.ValidationError` for an invalid ``default_topic`` or
     ``source``. Configuring again closes the outbox the façade had opened
     (stop running consumers first).

@@ -1,0 +1,911 @@
+//! The RabbitMQ transport against a real RabbitMQ node and PostgreSQL: what
+//! the relay publishes is read back with lapin's raw `basic.get` (not with
+//! relaybox's source), and the consumer is driven through `RabbitMqSource`.
+//!
+//! Needs `RELAYBOX_TEST_DATABASE_URL` and `RELAYBOX_RABBITMQ_URL`
+//! (`dev/services start postgres rabbitmq && eval "$(dev/services env)"`);
+//! the tests fail, never skip, without them. Every test uses its own
+//! exchange, queues and table prefix, so they run in parallel.
+#![cfg(feature = "rabbitmq")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use relaybox::transport::rabbitmq::{
+    Codec, RabbitMqConfig, RabbitMqSink, RabbitMqSource, RabbitMqSourceConfig,
+};
+use relaybox::{Consumer, ConsumerConfig, Error, Message, Relay, Sink, Store, TransportConfig};
+use uuid::Uuid;
+
+/// Bound of the waits for deliveries and processing.
+const WAIT: Duration = Duration::from_secs(45);
+
+/// The broker URL; fails the test loudly when it is not set.
+fn url() -> String {
+    match std::env::var("RELAYBOX_RABBITMQ_URL") {
+        Ok(u) if !u.trim().is_empty() => u,
+        _ => panic!(
+            "RELAYBOX_RABBITMQ_URL is not set: the RabbitMQ tests run against a real node and \
+             are never skipped. Start it with `dev/services start rabbitmq && eval \"$(dev/services env)\"`"
+        ),
+    }
+}
+
+fn suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Settings with an exchange of this test's own.
+fn config() -> RabbitMqConfig {
+    RabbitMqConfig {
+        exchange: format!("relaybox-it-{}", suffix()),
+        ..RabbitMqConfig::new(url())
+    }
+}
+
+/// A raw lapin channel, as a third-party client sees the broker.
+async fn raw() -> (Connection, Channel) {
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .expect("raw AMQP connection");
+    let channel = conn.create_channel().await.expect("raw channel");
+    (conn, channel)
+}
+
+/// Declares the exchange and a queue bound to it with `routing_key`.
+async fn bind_queue(
+    ch: &Channel,
+    exchange: &str,
+    queue: &str,
+    routing_key: &str,
+    args: FieldTable,
+) {
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange declare");
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .expect("queue declare");
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        routing_key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue bind");
+}
+
+/// One message taken from a queue with `basic.get` (auto-ack).
+struct Got {
+    routing_key: String,
+    exchange: String,
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<String> {
+        match self.properties.headers().as_ref()?.inner().get(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+
+    fn prop(v: &Option<lapin::types::ShortString>) -> Option<String> {
+        v.as_ref().map(|s| s.as_str().to_string())
+    }
+
+    fn message_id(&self) -> Uuid {
+        Uuid::parse_str(&Self::prop(self.properties.message_id()).expect("message_id"))
+            .expect("message_id is a UUID")
+    }
+}
+
+/// Every message in `queue`, in queue order.
+async fn drain(ch: &Channel, queue: &str) -> Vec<Got> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        let d = &m.delivery;
+        out.push(Got {
+            routing_key: d.routing_key.as_str().to_string(),
+            exchange: d.exchange.as_str().to_string(),
+            properties: d.properties.clone(),
+            body: d.data.clone(),
+        });
+    }
+    out
+}
+
+/// Messages ready in `queue` (passive declare).
+async fn queue_depth(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive queue declare")
+    .message_count()
+}
+
+async fn delete(ch: &Channel, queues: &[&str], exchanges: &[&str]) {
+    for q in queues {
+        let _ = ch
+            .queue_delete((*q).into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in exchanges {
+        let _ = ch
+            .exchange_delete((*e).into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+fn relay_config() -> relaybox::RelayConfig {
+    relaybox::RelayConfig {
+        batch_size: 200,
+        poll_interval: Duration::from_millis(100),
+        lease_ttl: Duration::from_secs(10),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(1),
+        ..relaybox::RelayConfig::default()
+    }
+}
+
+/// Enqueues `messages` in order, `per_tx` per committed transaction.
+async fn enqueue_all(store: &Store, messages: &[Message], per_tx: usize) {
+    for chunk in messages.chunks(per_tx) {
+        let tx = store.begin().await.expect("begin");
+        for m in chunk {
+            tx.enqueue(m.clone()).await.expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+    }
+}
+
+/// Waits until the outbox has no undelivered row.
+async fn wait_drained(store: &Store) {
+    wait_for("an empty outbox", WAIT, async || {
+        match store.pending_count().await {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!("{n} messages pending")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// Ids per key, in the order of `ids`.
+fn per_key(items: impl IntoIterator<Item = (Option<String>, Uuid)>) -> HashMap<String, Vec<Uuid>> {
+    let mut out: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for (k, id) in items {
+        out.entry(k.unwrap_or_default()).or_default().push(id);
+    }
+    out
+}
+
+fn start_consumer(
+    db: &TestDb,
+    transport: &TransportConfig,
+    topic: &str,
+    config: ConsumerConfig,
+    handler: Arc<Recorder>,
+) -> Consumer {
+    let source = transport
+        .source(&db.store, topic, &config.group)
+        .expect("rabbitmq source");
+    Consumer::start(db.store.clone(), source, handler, config).expect("consumer start")
+}
+
+// ---- the relay's messages as a raw AMQP client reads them --------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_rabbitmq_is_read_by_basic_get_with_body_properties_headers_and_order() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let config = config();
+    let topic = format!("orders-{}", suffix());
+    let queue = format!("it-read-{}", suffix());
+    let (_conn, ch) = raw().await;
+    bind_queue(&ch, &config.exchange, &queue, &topic, FieldTable::default()).await;
+    // A queue bound to another topic gets nothing.
+    let other = format!("it-other-{}", suffix());
+    bind_queue(
+        &ch,
+        &config.exchange,
+        &other,
+        "some.other.topic",
+        FieldTable::default(),
+    )
+    .await;
+
+    let sink = RabbitMqSink::new(config.clone()).expect("sink");
+    let relay = Relay::start(db.store.clone(), Arc::new(sink), relay_config()).expect("relay");
+    let messages: Vec<Message> = (0..300u32)
+        .map(|i| {
+            let mut payload = format!("m{i}:").into_bytes();
+            payload.extend_from_slice(&[0x00, 0xff, 0xfe, i as u8, b'"', b'\n', 0x80]);
+            Message::new(&topic, payload)
+                .with_key(format!("key-{}", i % 10))
+                .with_type("OrderPlaced")
+                .with_content_type("application/x-relaybox-test")
+                .with_source("rabbitmq-it")
+                .with_header(
+                    "traceparent",
+                    format!("00-{:032x}-{:016x}-01", i + 1, i + 1),
+                )
+        })
+        .collect();
+    enqueue_all(&db.store, &messages, 10).await;
+    wait_drained(&db.store).await;
+    relay.shutdown().await.expect("relay shutdown");
+    let stats = relay.stats();
+    assert_eq!(
+        (stats.delivered, stats.dead_lettered),
+        (300, 0),
+        "{stats:?}"
+    );
+
+    let got = drain(&ch, &queue).await;
+    assert_eq!(
+        got.len(),
+        300,
+        "every message exactly once in the bound queue"
+    );
+    assert_eq!(queue_depth(&ch, &other).await, 0, "routing key = topic");
+    let by_id: HashMap<Uuid, &Message> = messages.iter().map(|m| (m.id, m)).collect();
+    for g in &got {
+        let m = by_id[&g.message_id()];
+        assert_eq!(g.body, m.payload, "body bytes of {}", m.id);
+        assert_eq!(g.routing_key, topic);
+        assert_eq!(g.exchange, config.exchange);
+        let p = &g.properties;
+        assert_eq!(Got::prop(p.correlation_id()), m.key, "correlation_id = key");
+        assert_eq!(Got::prop(p.kind()).as_deref(), Some("OrderPlaced"), "type");
+        assert_eq!(
+            Got::prop(p.content_type()).as_deref(),
+            Some("application/x-relaybox-test")
+        );
+        assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+        assert_eq!(p.timestamp(), &Some(m.created_at.timestamp() as u64));
+        assert_eq!(g.header("relaybox-id"), Some(m.id.to_string()));
+        assert_eq!(g.header("relaybox-type").as_deref(), Some("OrderPlaced"));
+        assert_eq!(
+            g.header("relaybox-created-at")
+                .map(|t| chrono::DateTime::parse_from_rfc3339(&t).expect("RFC 3339")),
+            Some(m.created_at.into())
+        );
+        assert_eq!(g.header("source").as_deref(), Some("rabbitmq-it"));
+        assert_eq!(
+            g.header("traceparent"),
+            m.headers.get("traceparent").cloned()
+        );
+        let names = p.headers().as_ref().unwrap().inner().len();
+        assert_eq!(names, 5, "relaybox-id/type/created-at, source, traceparent");
+    }
+    let published = per_key(
+        got.iter()
+            .map(|g| (Got::prop(g.properties.correlation_id()), g.message_id())),
+    );
+    let enqueued = per_key(messages.iter().map(|m| (m.key.clone(), m.id)));
+    assert_eq!(published, enqueued, "order per key");
+
+    delete(&ch, &[&queue, &other], &[&config.exchange]).await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_codec_publishes_the_json_event_envelope() {
+    let config = RabbitMqConfig {
+        codec: Codec::Envelope,
+        ..config()
+    };
+    let topic = format!("events-{}", suffix());
+    let queue = format!("it-env-{}", suffix());
+    let (_conn, ch) = raw().await;
+    bind_queue(&ch, &config.exchange, &queue, &topic, FieldTable::default()).await;
+    let sink = RabbitMqSink::new(config.clone()).expect("sink");
+
+    let plain = Message::new(&topic, br#"{"order": 7}"#.to_vec())
+        .with_key("o-7")
+        .with_type("OrderPlaced")
+        .with_content_type("application/json")
+        .with_source("shop");
+    let ready = serde_json::json!({
+        "id": "5d0c5f7e-0000-4000-8000-000000000001", "name": "UserCreated",
+        "data": {"user": 1}, "timestamp": "2026-02-01T12:00:00.000000Z",
+        "source": "users", "metadata": {"trace": "t1"}
+    });
+    let wrapped = Message::new(&topic, serde_json::to_vec(&ready).unwrap())
+        .with_type("UserCreated")
+        .with_content_type("application/json");
+    let results = sink.publish(&[plain.clone(), wrapped.clone()]).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+
+    let got = drain(&ch, &queue).await;
+    assert_eq!(got.len(), 2);
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).expect("JSON body");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "id": plain.id.to_string(), "name": "OrderPlaced", "data": {"order": 7},
+            "timestamp": relaybox::message::micros_rfc3339::format(&plain.created_at),
+            "source": "shop", "metadata": {}
+        })
+    );
+    assert_eq!(got[0].header("event_name").as_deref(), Some("OrderPlaced"));
+    assert_eq!(got[0].header("event_id"), Some(plain.id.to_string()));
+    assert_eq!(got[0].header("event_source").as_deref(), Some("shop"));
+    assert_eq!(
+        Got::prop(got[0].properties.correlation_id()).as_deref(),
+        Some("o-7")
+    );
+    assert_eq!(
+        Got::prop(got[0].properties.content_type()).as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(got[0].properties.delivery_mode(), &Some(2));
+    // A payload that already is an envelope travels unchanged.
+    let body: serde_json::Value = serde_json::from_slice(&got[1].body).expect("JSON body");
+    assert_eq!(body, ready);
+    assert_eq!(
+        got[1].header("event_id").as_deref(),
+        Some("5d0c5f7e-0000-4000-8000-000000000001")
+    );
+    assert_eq!(got[1].header("event_source").as_deref(), Some("users"));
+    delete(&ch, &[&queue], &[&config.exchange]).await;
+}
+
+// ---- publisher confirms: unroutable and refused messages ----------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_and_nacked_messages_fail_retryably_and_keep_key_order() {
+    let config = config();
+    let topic = format!("nowhere-{}", suffix());
+    let sink = RabbitMqSink::new(config.clone()).expect("sink");
+    let (_conn, ch) = raw().await;
+
+    // No queue is bound for the topic: mandatory publishing reports it.
+    let m = Message::new(&topic, b"lost?".to_vec()).with_key("k");
+    let results = sink.publish(std::slice::from_ref(&m)).await;
+    match &results[0] {
+        Err(e @ Error::Transport { message, .. }) => {
+            assert!(e.retryable(), "{e}");
+            assert_eq!(e.message_id(), Some(m.id));
+            assert!(message.contains("unroutable"), "{message}");
+            assert!(message.contains(&topic), "{message}");
+        }
+        other => panic!("expected an unroutable transport error, got {other:?}"),
+    }
+    // Without `mandatory` the broker confirms and drops it.
+    let lenient = RabbitMqSink::new(RabbitMqConfig {
+        mandatory: false,
+        ..config.clone()
+    })
+    .expect("sink");
+    let results = lenient.publish(std::slice::from_ref(&m)).await;
+    assert!(results[0].is_ok(), "{results:?}");
+
+    // A queue that takes one message and rejects the rest: the broker nacks them.
+    let queue = format!("it-full-{}", suffix());
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from(b"reject-publish".to_vec())),
+    );
+    bind_queue(&ch, &config.exchange, &queue, &topic, args).await;
+    let batch: Vec<Message> = vec![
+        Message::new(&topic, b"a1".to_vec()).with_key("a"),
+        Message::new(&topic, b"a2".to_vec()).with_key("a"),
+        Message::new(&topic, b"b1".to_vec()).with_key("b"),
+    ];
+    let results = sink.publish(&batch).await;
+    assert!(results[0].is_ok(), "the first fits: {results:?}");
+    for r in &results[1..] {
+        let e = r.as_ref().expect_err("the queue is full");
+        assert!(e.retryable(), "{e}");
+        assert!(e.to_string().contains("nack"), "{e}");
+    }
+    let got = drain(&ch, &queue).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"a1");
+
+    // Same key: once a message failed, the later ones of its key fail too,
+    // though the broker took them; other keys are not held back.
+    let routed = format!("routed-{}", suffix());
+    let routed_queue = format!("it-routed-{}", suffix());
+    bind_queue(
+        &ch,
+        &config.exchange,
+        &routed_queue,
+        &routed,
+        FieldTable::default(),
+    )
+    .await;
+    let batch: Vec<Message> = vec![
+        Message::new(format!("nowhere-{}", suffix()), b"k1".to_vec()).with_key("k"),
+        Message::new(&routed, b"k2".to_vec()).with_key("k"),
+        Message::new(&routed, b"z1".to_vec()).with_key("z"),
+    ];
+    let results = sink.publish(&batch).await;
+    assert!(
+        results[0]
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("unroutable")),
+        "{results:?}"
+    );
+    let held = results[1].as_ref().expect_err("held back behind its key");
+    assert!(
+        held.retryable() && held.to_string().contains("same key"),
+        "{held}"
+    );
+    assert!(results[2].is_ok(), "{results:?}");
+    delete(&ch, &[&routed_queue], &[]).await;
+    delete(&ch, &[&queue], &[&config.exchange]).await;
+}
+
+// ---- the consumer ---------------------------------------------------------------
+
+fn consumer_config(group: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        batch_size: 50,
+        concurrency: 4,
+        max_retries: 3,
+        retry_delay: Duration::from_millis(10),
+        retry_delay_max: Duration::from_millis(100),
+        poll_interval: Duration::from_millis(100),
+        ..ConsumerConfig::new(group)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_handles_each_message_once_in_key_order_across_a_restart() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let config = RabbitMqConfig {
+        prefetch: 20,
+        ..config()
+    };
+    let transport = TransportConfig::from_json(serde_json::json!({"rabbitmq": {
+        "url": config.url, "exchange": config.exchange, "prefetch": 20
+    }}))
+    .expect("transport config");
+    let topic = format!("work-{}", suffix());
+    let group = format!("g-{}", suffix());
+    let source = RabbitMqSource::new(RabbitMqSourceConfig::new(config.clone(), &topic, &group))
+        .expect("source");
+    source.connect().await.expect("declares the group's queue");
+    let queue = source.config().queue();
+    assert_eq!(queue, format!("{group}.{topic}"));
+    drop(source);
+
+    let sink = RabbitMqSink::new(config.clone()).expect("sink");
+    let relay = Relay::start(db.store.clone(), Arc::new(sink), relay_config()).expect("relay");
+    let messages = messages(&topic, 200, 8);
+    enqueue_all(&db.store, &messages, 20).await;
+    wait_drained(&db.store).await;
+    relay.shutdown().await.expect("relay shutdown");
+
+    // The first consumer stops midway; what it did not acknowledge comes back.
+    let first = Recorder::new(&db).delay(Duration::from_millis(15)).arc();
+    let consumer = start_consumer(
+        &db,
+        &transport,
+        &topic,
+        consumer_config(&group),
+        first.clone(),
+    );
+    wait_for("some messages handled", WAIT, async || {
+        let n = first.handled_count();
+        if n >= 40 {
+            Ok(())
+        } else {
+            Err(format!("{n} handled"))
+        }
+    })
+    .await;
+    consumer.shutdown().await.expect("first consumer shutdown");
+    assert!(first.handled_count() < 200, "stopped midway");
+
+    let second = Recorder::new(&db).arc();
+    let consumer = start_consumer(
+        &db,
+        &transport,
+        &topic,
+        consumer_config(&group),
+        second.clone(),
+    );
+    wait_for("every message handled", WAIT, async || {
+        let n = first.handled_count() + second.handled_count();
+        if n >= 200 {
+            Ok(())
+        } else {
+            Err(format!("{n} handled"))
+        }
+    })
+    .await;
+    consumer.shutdown().await.expect("second consumer shutdown");
+    // The first consumer acknowledged all it processed before it stopped.
+    let s = consumer.stats();
+    assert_eq!(
+        (s.processed, s.duplicates),
+        (200 - first.handled_count() as u64, 0),
+        "{s:?}"
+    );
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    assert_handled_once(&db, &[&first, &second], &ids).await;
+    // Per key, handling order is publishing order.
+    let handled: Vec<Message> = first
+        .handled()
+        .into_iter()
+        .chain(second.handled())
+        .collect();
+    assert_eq!(
+        per_key(handled.iter().map(|m| (m.key.clone(), m.id))),
+        per_key(messages.iter().map(|m| (m.key.clone(), m.id))),
+        "order per key"
+    );
+    // Nothing left unacknowledged: the consumer's channel is closed, so any
+    // unacknowledged message would be back in the queue.
+    let (_conn, ch) = raw().await;
+    assert_eq!(queue_depth(&ch, &queue).await, 0);
+    let dlq = format!("{queue}.dlq");
+    delete(
+        &ch,
+        &[&queue, &dlq],
+        &[&config.exchange, &config.dead_letter_exchange()],
+    )
+    .await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_goes_to_the_dead_letter_queue_and_the_rest_continue() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let config = config();
+    let topic = format!("steps-{}", suffix());
+    let group = format!("g-{}", suffix());
+    let messages: Vec<Message> = (0..30u8)
+        .map(|i| {
+            Message::new(&topic, vec![b'p', i, 0xff, 0x00])
+                .with_key("one-key")
+                .with_type("Step")
+                .with_header("x-step", i.to_string())
+        })
+        .collect();
+    let poison = messages[9].clone();
+    let source = RabbitMqSource::new(RabbitMqSourceConfig::new(config.clone(), &topic, &group))
+        .expect("source");
+    source.connect().await.expect("declares queues");
+    let sink = RabbitMqSink::new(config.clone()).expect("sink");
+    let results = sink.publish(&messages).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+
+    let poison_id = poison.id;
+    let recorder = Recorder::new(&db).failing(move |m| m.id == poison_id).arc();
+    let cc = ConsumerConfig {
+        max_retries: 2,
+        ..consumer_config(&group)
+    };
+    let consumer =
+        Consumer::start(db.store.clone(), source.clone(), recorder.clone(), cc).expect("consumer");
+    wait_for(
+        "the rest processed and the poison dead-lettered",
+        WAIT,
+        async || {
+            let s = consumer.stats();
+            if s.processed >= 29 && s.dead_lettered >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    )
+    .await;
+    consumer.shutdown().await.expect("consumer shutdown");
+    let s = consumer.stats();
+    assert_eq!(
+        (s.processed, s.dead_lettered, s.retried, s.duplicates),
+        (29, 1, 2, 0),
+        "nothing delivered twice: every acknowledgement was taken {s:?}"
+    );
+    assert_eq!(
+        recorder.calls().get(&poison.id),
+        Some(&3),
+        "1 attempt + 2 retries"
+    );
+    let want: Vec<Uuid> = messages
+        .iter()
+        .map(|m| m.id)
+        .filter(|id| *id != poison.id)
+        .collect();
+    let handled: Vec<Uuid> = recorder.handled().iter().map(|m| m.id).collect();
+    assert_eq!(handled, want, "the key's order around the poison");
+
+    let (_conn, ch) = raw().await;
+    let queue = format!("{group}.{topic}");
+    let dlq = format!("{queue}.dlq");
+    assert_eq!(
+        queue_depth(&ch, &queue).await,
+        0,
+        "the original is acknowledged"
+    );
+    let got = drain(&ch, &dlq).await;
+    assert_eq!(got.len(), 1, "one dead letter");
+    let d = &got[0];
+    assert_eq!(d.message_id(), poison.id);
+    assert_eq!(d.body, poison.payload);
+    assert_eq!(d.exchange, config.dead_letter_exchange());
+    let error = d.header("relaybox-error").expect("relaybox-error header");
+    assert!(error.contains(&poison.id.to_string()), "{error}");
+    assert_eq!(d.header("relaybox-original-topic"), Some(topic.clone()));
+    assert_eq!(d.header("relaybox-original-queue"), Some(queue.clone()));
+    assert_eq!(d.header("x-step").as_deref(), Some("9"));
+    assert_eq!(
+        Got::prop(d.properties.correlation_id()).as_deref(),
+        Some("one-key")
+    );
+    assert!(
+        db.store.dead_letters(10).await.unwrap().is_empty(),
+        "not in the table"
+    );
+    delete(
+        &ch,
+        &[&queue, &dlq],
+        &[&config.exchange, &config.dead_letter_exchange()],
+    )
+    .await;
+    db.cleanup().await;
+}
+
+// ---- configuration and secrets -------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_is_a_config_error_naming_the_field() {
+    let field = |v: serde_json::Value| match TransportConfig::from_json(v) {
+        Err(Error::InvalidConfig { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    use serde_json::json;
+    assert_eq!(
+        field(json!({"rabbitmq": {"url": "redis://127.0.0.1"}})),
+        "url"
+    );
+    assert_eq!(field(json!({"rabbitmq": {"url": "amqp://[::1"}})), "url");
+    assert_eq!(field(json!({"rabbitmq": {"exchange": ""}})), "exchange");
+    assert_eq!(field(json!({"rabbitmq": {"prefetch": 0}})), "prefetch");
+    assert_eq!(
+        field(json!({"rabbitmq": {"confirm_timeout": "1ms"}})),
+        "confirm_timeout"
+    );
+    assert_eq!(field(json!({"rabbitmq": {"codec": "xml"}})), "transport");
+    assert_eq!(field(json!({"rabbitmq": {"exchagne": "x"}})), "transport");
+    let c = RabbitMqConfig::new(url());
+    let long_group = "g".repeat(300);
+    match RabbitMqSource::new(RabbitMqSourceConfig::new(c.clone(), "t", long_group)) {
+        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "queue"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    match RabbitMqSource::new(RabbitMqSourceConfig::new(c, "t", "")) {
+        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "group"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_show_in_debug_or_errors() {
+    // A refused login on the real node, and a port nobody listens on.
+    let base = url();
+    let host = base.split('@').nth(1).unwrap_or("127.0.0.1:5672/%2f");
+    for url in [
+        format!("amqp://guest:Wr0ngPa55word@{host}"),
+        "amqp://relay:Wr0ngPa55word@127.0.0.1:1/%2f".to_string(),
+    ] {
+        let config = RabbitMqConfig {
+            connect_timeout: Duration::from_secs(3),
+            ..RabbitMqConfig::new(&url)
+        };
+        let sink = RabbitMqSink::new(config.clone()).expect("sink");
+        let shown = format!("{sink:?} {config:?}");
+        assert!(!shown.contains("Wr0ngPa55word"), "{shown}");
+        assert!(shown.contains(":***@"), "{shown}");
+        let m = Message::new("t", b"x".to_vec());
+        let results = sink.publish(std::slice::from_ref(&m)).await;
+        let e = results[0].as_ref().expect_err("cannot connect");
+        assert!(e.retryable(), "{e}");
+        assert_eq!(e.message_id(), Some(m.id));
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("Wr0ngPa55word"), "{text}");
+        assert!(
+            text.contains("connecting to amqp://"),
+            "names the broker: {text}"
+        );
+        assert!(text.contains(":***@"), "{text}");
+        assert_eq!(
+            text.matches("transport rabbitmq failed").count(),
+            1,
+            "{text}"
+        );
+        let source =
+            RabbitMqSource::new(RabbitMqSourceConfig::new(config, "t", "g")).expect("source");
+        let e = relaybox::Source::fetch(&*source, 10, Duration::from_millis(100))
+            .await
+            .expect_err("cannot connect");
+        assert!(e.retryable(), "{e}");
+        let text = format!("{e} {e:?} {source:?}");
+        assert!(!text.contains("Wr0ngPa55word"), "{text}");
+    }
+}
+
+// ---- a broker restart ----------------------------------------------------------
+
+/// A RabbitMQ node of this test's own (another port), started and stopped
+/// with `dev/services`, so restarting it disturbs no other test.
+struct OwnNode {
+    port: u16,
+}
+
+impl OwnNode {
+    fn services(&self, action: &str) {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new(repo.join("dev/services"))
+            .args([action, "rabbitmq"])
+            .env("RELAYBOX_RABBITMQ_PORT", self.port.to_string())
+            .output()
+            .expect("run dev/services");
+        assert!(
+            out.status.success(),
+            "dev/services {action} rabbitmq on port {} failed: {}{}",
+            self.port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        self.services("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_consumer_carry_on_after_a_broker_restart_with_nothing_lost() {
+    let _ = url();
+    let db = TestDb::new(Backend::Postgres).await;
+    let node = OwnNode {
+        port: 5700 + (rand::random::<u16>() % 200),
+    };
+    node.services("start");
+    let config = RabbitMqConfig {
+        exchange: format!("relaybox-it-{}", suffix()),
+        connect_timeout: Duration::from_secs(2),
+        confirm_timeout: Duration::from_secs(3),
+        ..RabbitMqConfig::new(node.url())
+    };
+    let transport = TransportConfig::Rabbitmq(config.clone());
+    let topic = format!("outage-{}", suffix());
+    let group = format!("g-{}", suffix());
+    let relay_cfg = relaybox::RelayConfig {
+        max_attempts: 1000,
+        backoff_max: Duration::from_millis(500),
+        publish_timeout: Some(Duration::from_secs(5)),
+        ..relay_config()
+    };
+    let relay = Relay::start(
+        db.store.clone(),
+        transport.sink(&db.store).unwrap(),
+        relay_cfg,
+    )
+    .expect("relay");
+    let recorder = Recorder::new(&db).delay(Duration::from_millis(5)).arc();
+    let consumer = start_consumer(
+        &db,
+        &transport,
+        &topic,
+        consumer_config(&group),
+        recorder.clone(),
+    );
+    // The consumer declares its queue: wait for it, so nothing is unroutable.
+    let queue = format!("{group}.{topic}");
+    wait_for("the group's queue declared", WAIT, async || {
+        let conn = Connection::connect(&node.url(), ConnectionProperties::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let r = ch
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await;
+        let _ = conn.close(200, "done".into()).await;
+        r.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+
+    let all = messages(&topic, 300, 6);
+    enqueue_all(&db.store, &all[..150], 10).await;
+    wait_for("a first part handled", WAIT, async || {
+        let n = recorder.handled_count();
+        if n >= 50 {
+            Ok(())
+        } else {
+            Err(format!("{n} handled"))
+        }
+    })
+    .await;
+    node.services("stop");
+    // Written while the broker is down: they wait in the outbox.
+    enqueue_all(&db.store, &all[150..], 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        db.store.pending_count().await.unwrap() > 0,
+        "nothing can be delivered meanwhile"
+    );
+    node.services("start");
+
+    wait_drained(&db.store).await;
+    wait_for(
+        "every message handled",
+        Duration::from_secs(90),
+        async || {
+            let n = recorder.handled_count();
+            if n >= 300 {
+                Ok(())
+            } else {
+                Err(format!("{n} handled, {:?}", consumer.stats()))
+            }
+        },
+    )
+    .await;
+    relay.shutdown().await.expect("relay shutdown");
+    consumer.shutdown().await.expect("consumer shutdown");
+    assert_eq!(relay.stats().dead_lettered, 0, "{:?}", relay.stats());
+    let ids: Vec<Uuid> = all.iter().map(|m| m.id).collect();
+    assert_handled_once(&db, &[&recorder], &ids).await;
+    assert_eq!(
+        per_key(recorder.handled().iter().map(|m| (m.key.clone(), m.id))),
+        per_key(all.iter().map(|m| (m.key.clone(), m.id))),
+        "order per key"
+    );
+    db.cleanup().await;
+}

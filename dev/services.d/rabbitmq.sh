@@ -1,0 +1,162 @@
+# shellcheck shell=bash
+# RabbitMQ for dev/services (sourced by it; not run on its own).
+#
+# A single RabbitMQ node (Debian's `rabbitmq-server`, installed with apt when
+# missing) listening for AMQP on 127.0.0.1 only, port RELAYBOX_RABBITMQ_PORT
+# (default 5672), with the default `guest` user (loopback only) and the
+# default virtual host `/`. Everything of a node is derived from its port so
+# that two checkouts can run their own nodes side by side: node name
+# relaybox-<port>@localhost, Erlang distribution port <port> + 20000, and its
+# state under <repo>/.dev/rabbitmq-<port> (mnesia/ database, log/, pid file,
+# enabled_plugins, the Erlang cookie). The node runs as the calling user
+# (the Debian wrapper that switches to the `rabbitmq` user is bypassed).
+# epmd is shared by every Erlang node on the machine: stop leaves it running
+# while another node is registered with it.
+#
+#   dev/services start rabbitmq    install if needed, start, wait until ready
+#   dev/services env rabbitmq      RELAYBOX_RABBITMQ_URL and RABBITMQ_URL
+#   dev/services stop rabbitmq     stop the node this checkout started
+
+OPTIONAL_SERVICES+=(rabbitmq)
+
+RABBITMQ_HOST=127.0.0.1
+RABBITMQ_AMQP_PORT="${RELAYBOX_RABBITMQ_PORT:-5672}"
+RABBITMQ_STATE="$DEV_DIR/rabbitmq-$RABBITMQ_AMQP_PORT"
+RABBITMQ_NODE="relaybox-$RABBITMQ_AMQP_PORT@localhost"
+RABBITMQ_BIN=/usr/lib/rabbitmq/bin
+RABBITMQ_READY_TIMEOUT=60
+RABBITMQ_URL_VALUE="amqp://guest:guest@$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT/%2f"
+
+# Runs a RabbitMQ program with this checkout's node environment, killed
+# after SECONDS: rabbitmq_run SECONDS PROGRAM [ARG...].
+rabbitmq_run() {
+  local seconds="$1" program="$2"
+  shift 2
+  mkdir -p "$RABBITMQ_STATE"
+  HOME="$RABBITMQ_STATE" \
+    RABBITMQ_NODENAME="$RABBITMQ_NODE" \
+    RABBITMQ_NODE_IP_ADDRESS="$RABBITMQ_HOST" \
+    RABBITMQ_NODE_PORT="$RABBITMQ_AMQP_PORT" \
+    RABBITMQ_DIST_PORT="$((RABBITMQ_AMQP_PORT + 20000))" \
+    ERL_EPMD_ADDRESS="$RABBITMQ_HOST" \
+    RABBITMQ_MNESIA_BASE="$RABBITMQ_STATE/mnesia" \
+    RABBITMQ_LOG_BASE="$RABBITMQ_STATE/log" \
+    RABBITMQ_PID_FILE="$RABBITMQ_STATE/rabbitmq.pid" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$RABBITMQ_STATE/enabled_plugins" \
+    RABBITMQ_CONFIG_FILE="$RABBITMQ_STATE/rabbitmq" \
+    RABBITMQ_ADVANCED_CONFIG_FILE="$RABBITMQ_STATE/advanced.config" \
+    RABBITMQ_CONF_ENV_FILE="$RABBITMQ_STATE/rabbitmq-env.conf" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    timeout "$seconds" "$RABBITMQ_BIN/$program" "$@"
+}
+
+rabbitmq_install() {
+  [[ -x "$RABBITMQ_BIN/rabbitmq-server" ]] && return 0
+  log "installing rabbitmq-server (apt)"
+  apt_install rabbitmq-server || die "could not install rabbitmq-server with apt-get"
+  # The package may start its own node on 5672; this script manages its own nodes.
+  if command -v service >/dev/null 2>&1; then
+    service rabbitmq-server stop >/dev/null 2>&1 || true
+  fi
+}
+
+# True when the AMQP port answers an AMQP 0-9-1 protocol header with a frame.
+rabbitmq_probe() {
+  local reply
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  reply="$(timeout 5 bash -c '
+    exec 3<>"/dev/tcp/$0/$1" || exit 1
+    printf "AMQP\x00\x00\x09\x01" >&3
+    head -c 1 <&3
+  ' "$RABBITMQ_HOST" "$RABBITMQ_AMQP_PORT" 2>/dev/null | od -An -tx1 | tr -d ' \n')" || true
+  [[ "$reply" == 01 ]]
+}
+
+rabbitmq_port_open() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$RABBITMQ_HOST" "$RABBITMQ_AMQP_PORT" 2>/dev/null
+}
+
+# True when this checkout's node is running (it answers its CLI).
+rabbitmq_node_running() {
+  [[ -x "$RABBITMQ_BIN/rabbitmq-diagnostics" ]] || return 1
+  rabbitmq_run 20 rabbitmq-diagnostics -q -n "$RABBITMQ_NODE" check_running >/dev/null 2>&1
+}
+
+rabbitmq_log_tail() {
+  local f
+  for f in "$RABBITMQ_STATE"/log/*.log "$RABBITMQ_STATE/startup.log"; do
+    [[ -s "$f" ]] || continue
+    log "last lines of $f:"
+    tail -n 15 "$f" >&2
+  done
+}
+
+start_rabbitmq() {
+  if rabbitmq_probe; then
+    if ! rabbitmq_node_running; then
+      log "reusing the AMQP server already listening on $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT"
+    fi
+    echo "rabbitmq: ready at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT"
+    return 0
+  fi
+  if rabbitmq_port_open; then
+    die "$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT is taken by a server that does not answer AMQP; stop it or set RELAYBOX_RABBITMQ_PORT"
+  fi
+  rabbitmq_install
+  mkdir -p "$RABBITMQ_STATE/mnesia" "$RABBITMQ_STATE/log"
+  [[ -f "$RABBITMQ_STATE/enabled_plugins" ]] || printf '[].\n' >"$RABBITMQ_STATE/enabled_plugins"
+  : >"$RABBITMQ_STATE/rabbitmq-env.conf"
+  if ! rabbitmq_node_running; then
+    log "starting RabbitMQ node $RABBITMQ_NODE on $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT (state $RABBITMQ_STATE)"
+    (cd "$RABBITMQ_STATE" && rabbitmq_run 60 rabbitmq-server -detached >"$RABBITMQ_STATE/startup.log" 2>&1 </dev/null 9>&-) ||
+      {
+        rabbitmq_log_tail
+        die "rabbitmq-server failed to start"
+      }
+  fi
+  local deadline=$((SECONDS + RABBITMQ_READY_TIMEOUT))
+  until rabbitmq_probe && rabbitmq_node_running; do
+    if ((SECONDS >= deadline)); then
+      rabbitmq_log_tail
+      die "RabbitMQ did not answer on $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT within ${RABBITMQ_READY_TIMEOUT}s (still running: dev/services stop rabbitmq)"
+    fi
+    sleep 0.5
+  done
+  echo "rabbitmq: ready at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT"
+}
+
+stop_rabbitmq() {
+  if rabbitmq_node_running; then
+    rabbitmq_run 60 rabbitmqctl -q -n "$RABBITMQ_NODE" stop "$RABBITMQ_STATE/rabbitmq.pid" >/dev/null 2>&1 ||
+      log "rabbitmqctl stop failed for $RABBITMQ_NODE"
+    # epmd is shared: only stop it when no other node is registered.
+    if command -v epmd >/dev/null 2>&1 && ! ERL_EPMD_ADDRESS="$RABBITMQ_HOST" epmd -names 2>/dev/null | grep -q '^name '; then
+      ERL_EPMD_ADDRESS="$RABBITMQ_HOST" epmd -kill >/dev/null 2>&1 || true
+    fi
+    echo "rabbitmq: stopped"
+  elif rabbitmq_probe; then
+    echo "rabbitmq: not started by dev/services; server at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT left running"
+  else
+    echo "rabbitmq: not running"
+  fi
+}
+
+# Returns 0 when the service is up, 1 otherwise.
+status_rabbitmq() {
+  if rabbitmq_probe; then
+    if rabbitmq_node_running; then
+      echo "rabbitmq: up at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT (node $RABBITMQ_NODE)"
+    else
+      echo "rabbitmq: up at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT (not started by dev/services)"
+    fi
+    return 0
+  fi
+  echo "rabbitmq: down ($RABBITMQ_HOST:$RABBITMQ_AMQP_PORT)"
+  return 1
+}
+
+env_rabbitmq() {
+  echo "export RELAYBOX_RABBITMQ_URL=$RABBITMQ_URL_VALUE"
+  echo "export RABBITMQ_URL=$RABBITMQ_URL_VALUE"
+}
