@@ -1978,7 +1978,7 @@ mod kafka {
     const PAYLOAD_BYTES: usize = 256;
     /// Partitions of the topics this section creates.
     const PARTITIONS: i32 = 3;
-    /// `KafkaConfig::delivery_timeout`'s default, librdkafka `message.timeout.ms`.
+    /// `KafkaConfig::delivery_timeout`'s default: how long a send waits for its report.
     const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
     /// Warm-up messages of the latency run (until the consumer has joined its group).
     const WARM_UP: usize = 50;
@@ -2015,10 +2015,7 @@ mod kafka {
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("batch.num.messages", "10000")
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
+            .set("message.timeout.ms", "0")
             .set("allow.auto.create.topics", "false");
         c
     }
@@ -2736,7 +2733,7 @@ mod kafka {
         println!("  broker:    {bootstrap}, {}", broker.describe().await?);
         println!("  producer:  KafkaSink's settings: enable.idempotence=true acks=all linger.ms=0");
         println!(
-            "             batch.num.messages=10000 message.timeout.ms=5000 (librdkafka {})",
+            "             batch.num.messages=10000 message.timeout.ms=0 (librdkafka {})",
             rdkafka::util::get_rdkafka_version().1
         );
         println!("  topics:    a fresh one per run, {PARTITIONS} partitions, replication 1, created and its leaders");

@@ -36,9 +36,13 @@ pub struct KafkaConfig {
     pub topic_partitions: i32,
     /// Replication factor of topics created by relaybox (default 1).
     pub topic_replication: i32,
-    /// How long the producer tries to deliver a message before reporting failure
-    /// (librdkafka `message.timeout.ms`, default 5 s; keep it below the relay's
-    /// `publish_timeout`).
+    /// How long the sink waits for a record's delivery report before the
+    /// relay counts the attempt as failed and retries it (default 5 s; keep
+    /// it below the relay's `publish_timeout`). The record itself stays in
+    /// the producer, which keeps trying until the broker has it (the sink's
+    /// librdkafka `message.timeout.ms` is 0, no limit): a timed-out record
+    /// would leave a gap that later records of its key could pass. The
+    /// dead-letter producer of a source gives up after this long.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub delivery_timeout: Duration,
 }

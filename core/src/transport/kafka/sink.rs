@@ -1,14 +1,16 @@
 //! [`KafkaSink`]: publishes relay batches with an idempotent producer and
 //! reports each message's delivery.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use super::codec::headers_of;
 use super::config::{config_error, KafkaConfig};
@@ -21,10 +23,16 @@ use crate::sink::{Acks, Sink};
 ///
 /// The producer is idempotent (`enable.idempotence=true`, `acks=all`), so
 /// retries inside librdkafka neither duplicate nor reorder records of a
-/// partition. A whole batch is handed to librdkafka before any
-/// acknowledgement is awaited, so it travels in a few pipelined requests.
-/// A topic that does not exist is an error naming it, unless
-/// `create_topics` is set, in which case it is created through the admin API.
+/// partition, and it never gives a record up on its own
+/// (`message.timeout.ms=0`), so the records of a partition are written in
+/// the order they were handed over, without gaps. A report that takes longer
+/// than `delivery_timeout` fails the attempt; when the relay retries it while
+/// the record is still queued in the producer (the broker is down), the sink
+/// waits for that record's report instead of queueing a second copy.
+/// A whole batch is handed to librdkafka before any report is awaited, so it
+/// travels in a few pipelined requests. A topic that does not exist is an
+/// error naming it, unless `create_topics` is set, in which case it is
+/// created through the admin API.
 #[derive(Clone)]
 pub struct KafkaSink {
     inner: Arc<Inner>,
@@ -32,8 +40,52 @@ pub struct KafkaSink {
 
 struct Inner {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: ThreadedProducer<Reports>,
     known_topics: Mutex<HashSet<String>>,
+}
+
+/// A record's delivery report as the sink hands it on.
+type Report = std::result::Result<(), KafkaError>;
+
+/// The producer's context: routes each delivery report to whoever waits for
+/// the record, keyed by message id. An id is here from the moment its record
+/// is handed to librdkafka until its report arrives, which is how a retry
+/// finds a record that is still queued.
+#[derive(Default)]
+struct Reports {
+    waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Report>>>>,
+}
+
+impl Reports {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<Report>>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<Uuid>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Uuid>) {
+        let report = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        for waiter in self.waiting().remove(&id).unwrap_or_default() {
+            // A waiter that gave up has dropped its receiver.
+            let _ = waiter.send(report.clone());
+        }
+    }
+}
+
+/// What became of handing one message to librdkafka.
+enum Handed {
+    /// Queued (now or by an earlier attempt): its report comes here.
+    Queued(oneshot::Receiver<Report>),
+    /// Refused at once.
+    Failed(Error),
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -54,15 +106,16 @@ impl KafkaSink {
             // The relay hands over a whole batch at once; lingering would only add latency.
             ("linger.ms", "0".to_string()),
             ("batch.num.messages", "10000".to_string()),
-            (
-                "message.timeout.ms",
-                config.delivery_timeout.as_millis().to_string(),
-            ),
+            // No local give-up: a record that timed out in librdkafka's queue
+            // leaves a gap that later records of its partition (so of its key)
+            // fill before its retry. How long the relay waits is
+            // `delivery_timeout`, applied to the reports below.
+            ("message.timeout.ms", "0".to_string()),
             ("allow.auto.create.topics", "false".to_string()),
         ];
-        let producer: FutureProducer = config
+        let producer: ThreadedProducer<Reports> = config
             .client_config(&defaults, &config.producer_properties)
-            .create()
+            .create_with_context(Reports::default())
             .map_err(config_error)?;
         Ok(KafkaSink {
             inner: Arc::new(Inner {
@@ -198,53 +251,82 @@ impl Sink for KafkaSink {
         }
         let mut pending = Vec::with_capacity(batch.len());
         for m in batch {
-            if let Some((_, e)) = topic_errors.iter().find(|(t, _)| *t == m.topic) {
-                pending.push((m.id, Err(with_id(e, m))));
-                continue;
-            }
-            let mut record = FutureRecord::<str, [u8]>::to(&m.topic)
-                .payload(&m.payload)
-                .headers(headers_of(m))
-                .timestamp(m.created_at.timestamp_millis());
-            if let Some(key) = &m.key {
-                record = record.key(key.as_str());
-            }
-            loop {
-                match self.inner.producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push((m.id, Ok(delivery)));
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => {
-                        pending.push((m.id, Err(kafka_error(e, Some(m.id)))));
-                        break;
-                    }
-                }
-            }
+            let handed = match topic_errors.iter().find(|(t, _)| *t == m.topic) {
+                Some((_, e)) => Handed::Failed(with_id(e, m)),
+                None => self.hand_over(m).await,
+            };
+            pending.push((m.id, handed));
         }
+        let timeout = self.inner.config.delivery_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         Box::pin(async move {
             let mut results = Vec::with_capacity(pending.len());
-            for (id, p) in pending {
-                results.push(match p {
-                    Err(e) => Err(e),
-                    Ok(delivery) => match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, _))) => Err(kafka_error(e, Some(id))),
-                        Err(_) => Err(Error::Transport {
-                            transport: "kafka".into(),
-                            message: "the producer dropped the delivery report".into(),
-                            retryable: true,
-                            message_id: Some(id),
-                        }),
+            for (id, handed) in pending {
+                let unreported = |message: String| Error::Transport {
+                    transport: "kafka".into(),
+                    message,
+                    retryable: true,
+                    message_id: Some(id),
+                };
+                results.push(match handed {
+                    Handed::Failed(e) => Err(e),
+                    Handed::Queued(report) => match tokio::time::timeout_at(deadline, report).await {
+                        Ok(Ok(Ok(()))) => Ok(()),
+                        Ok(Ok(Err(e))) => Err(kafka_error(e, Some(id))),
+                        Ok(Err(_)) => Err(unreported(
+                            "the producer dropped the delivery report".into(),
+                        )),
+                        Err(_) => Err(unreported(format!(
+                            "no delivery report within {timeout:?} (the record stays queued in the producer)"
+                        ))),
                     },
                 });
             }
             results
         })
+    }
+}
+
+impl KafkaSink {
+    /// Hands `m` to librdkafka, or, when an earlier attempt's record is still
+    /// queued there, waits for that one's report instead. A full queue is
+    /// waited out.
+    async fn hand_over(&self, m: &Message) -> Handed {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        loop {
+            let refused = {
+                let mut waiting = self.inner.producer.context().waiting();
+                if let Some(waiters) = waiting.get_mut(&m.id) {
+                    waiters.push(tx.take().expect("one waiter per attempt"));
+                    return Handed::Queued(rx);
+                }
+                let mut record =
+                    BaseRecord::<str, [u8], Box<Uuid>>::with_opaque_to(&m.topic, Box::new(m.id))
+                        .payload(&m.payload)
+                        .headers(headers_of(m))
+                        .timestamp(m.created_at.timestamp_millis());
+                if let Some(key) = &m.key {
+                    record = record.key(key.as_str());
+                }
+                // Registered before the record is handed over, and under the
+                // lock the report's delivery takes, so the report finds it.
+                waiting.insert(m.id, vec![tx.take().expect("one waiter per attempt")]);
+                match self.inner.producer.send(record) {
+                    Ok(()) => return Handed::Queued(rx),
+                    Err((e, _)) => {
+                        tx = waiting.remove(&m.id).and_then(|mut w| w.pop());
+                        e
+                    }
+                }
+            };
+            match refused {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                e => return Handed::Failed(kafka_error(e, Some(m.id))),
+            }
+        }
     }
 }
 
