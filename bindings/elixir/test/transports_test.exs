@@ -49,7 +49,10 @@ defmodule Relaybox.TransportsTest do
         Outbox.transaction!(outbox, fn tx ->
           Tx.enqueue_batch!(
             tx,
-            for(n <- 1..20, do: %{topic: topic, key: "k#{rem(n, 2)}", type: "Numbered", payload: %{n: n}})
+            for(
+              n <- 1..20,
+              do: %{topic: topic, key: "k#{rem(n, 2)}", type: "Numbered", payload: %{n: n}}
+            )
           )
         end)
 

@@ -64,6 +64,7 @@ defmodule Relaybox.Spec do
   def transport(nil), do: "database"
   def transport(:database), do: "database"
   def transport("database"), do: "database"
+
   def transport({name, opts}) when is_atom(name),
     do: %{Atom.to_string(name) => normalize(Map.new(opts))}
 
