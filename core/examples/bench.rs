@@ -428,7 +428,7 @@ async fn run(b: &mut Bench, args: &Args) -> Result<()> {
 // Environment
 
 async fn print_environment(b: &Bench, args: &Args) -> Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = cores();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -956,6 +956,7 @@ async fn timed_drain(
     config: RelayConfig,
     n: usize,
 ) -> Result<(Duration, RelayStats)> {
+    let cpu = MachineCpu::start();
     let started = Instant::now();
     let relay = Relay::start(b.store.clone(), sink, config)?;
     while relay.stats().delivered < n as u64 {
@@ -970,6 +971,7 @@ async fn timed_drain(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();
+    cpu.stop();
     let stats = relay.stats();
     relay.shutdown().await?;
     let pending = b.store.pending_count().await?;
@@ -1005,6 +1007,7 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
     );
     let delete = format!("DELETE FROM {outbox} WHERE id = ANY($1)");
     let mut conn = b.pool.acquire().await?;
+    let cpu = MachineCpu::start();
     let started = Instant::now();
     let (mut done, mut batches, mut bytes) = (0usize, 0u64, 0usize);
     loop {
@@ -1042,6 +1045,7 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
         batches += 1;
     }
     let elapsed = started.elapsed();
+    cpu.stop();
     ensure!(
         done == n,
         "the ceiling loop drained {done} rows, expected {n}"
@@ -1693,6 +1697,82 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// Cores this process may run on (`nproc`).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Busy CPU time of the whole machine (every process: this one, PostgreSQL,
+/// the broker) since boot, in seconds: the `cpu` line of /proc/stat, all but
+/// idle and iowait.
+fn machine_busy_seconds() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    busy as f64 / clock_ticks_per_second()
+}
+
+/// CPU seconds this process has used (`/proc/self/stat` utime + stime).
+fn own_cpu_seconds() -> f64 {
+    proc_stat("/proc/self/stat").map_or(0.0, |s| s.1 as f64) / clock_ticks_per_second()
+}
+
+/// Busy CPU seconds over a timed interval: the whole machine's, and this
+/// process's share of it.
+#[derive(Clone, Copy, Default)]
+struct Busy {
+    machine: f64,
+    own: f64,
+}
+
+/// The busy CPU of the last timed interval that [`timed_drain`],
+/// [`ceiling_drain`] or the producer ceiling measured.
+static LAST_BUSY: std::sync::Mutex<Busy> = std::sync::Mutex::new(Busy {
+    machine: 0.0,
+    own: 0.0,
+});
+
+/// Starts clocking the machine's CPU for a timed interval.
+struct MachineCpu(Busy);
+
+impl MachineCpu {
+    fn start() -> MachineCpu {
+        MachineCpu(Busy {
+            machine: machine_busy_seconds(),
+            own: own_cpu_seconds(),
+        })
+    }
+
+    /// Ends the interval: records its busy CPU for [`last_busy`].
+    fn stop(self) {
+        *LAST_BUSY.lock().expect("cpu lock") = Busy {
+            machine: machine_busy_seconds() - self.0.machine,
+            own: own_cpu_seconds() - self.0.own,
+        };
+    }
+}
+
+/// Busy CPU of the last timed interval.
+fn last_busy() -> Busy {
+    *LAST_BUSY.lock().expect("cpu lock")
+}
+
 async fn backend_pids(b: &Bench) -> Result<Vec<i32>> {
     Ok(sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
@@ -2314,6 +2394,24 @@ mod kafka {
         );
     }
 
+    /// The machine CPU the ceilings and the relay used per message, and the
+    /// rate the machine's cores allow for doing both ceilings' work.
+    fn cpu_note(batch: u32, n: usize, [pg, kafka, relay]: [Busy; 3], relay_rate: f64) -> String {
+        let per = |busy: f64| busy * 1e6 / n as f64;
+        let both = per(pg.machine) + per(kafka.machine);
+        let bound = cores() as f64 * 1e6 / both.max(f64::MIN_POSITIVE);
+        let split = |b: Busy| format!("{:.1} ({:.1} in this process)", per(b.machine), per(b.own));
+        format!(
+            "batch {batch}: us of CPU per message: ceiling a {}, ceiling b {}, relay {}; \
+             a's and b's work together fits {} msg/s on these cores, the relay drains {:.0}% of that",
+            split(pg),
+            split(kafka),
+            split(relay),
+            thousands(bound as u64),
+            100.0 * relay_rate / bound
+        )
+    }
+
     /// rdkafka alone: produces `n` records like the relay's to a fresh
     /// topic, all handed to librdkafka first (waiting for the oldest report
     /// when its queue is full), then every delivery report awaited.
@@ -2330,6 +2428,7 @@ mod kafka {
                 .fetch_metadata(Some(&name), Duration::from_secs(10))
         })
         .await??;
+        let cpu = MachineCpu::start();
         let started = Instant::now();
         let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(n);
         for m in &messages {
@@ -2355,6 +2454,7 @@ mod kafka {
             delivered(d).await?;
         }
         let elapsed = started.elapsed();
+        cpu.stop();
         let records = broker.records(topic, PARTITIONS).await?;
         ensure!(
             records == n as i64,
@@ -2766,11 +2866,13 @@ mod kafka {
         print_kafka_header();
         let mut best_relay: Option<(u32, f64)> = None;
         let mut publish_notes = Vec::new();
+        let mut cpu_notes = Vec::new();
         for batch in b.sizes.kafka_batches.clone() {
             // (a) PostgreSQL alone: claim + delete, no broker.
             b.backlog_of(n, "bench.kafka", kafka_message).await?;
             let pg = ceiling_drain(b, n, batch, false).await?;
             let pg_rate = rate(n, pg.elapsed);
+            let pg_cpu = last_busy();
             print_kafka_row(
                 "ceiling a: PostgreSQL, no broker",
                 Some(batch),
@@ -2784,6 +2886,7 @@ mod kafka {
             let topic = new_topic(b, &format!("produce-{batch}"));
             let produced = producer_ceiling(&broker, &topic, n).await?;
             let kafka_rate = rate(n, produced);
+            let kafka_cpu = last_busy();
             print_kafka_row(
                 "ceiling b: rdkafka alone, no DB",
                 None,
@@ -2797,6 +2900,8 @@ mod kafka {
             let topic = new_topic(b, &format!("relay-{batch}"));
             let run = relay_to_kafka(b, &broker, &topic, n, batch, None).await?;
             let r = rate(n, run.elapsed);
+            let relay_cpu = last_busy();
+            cpu_notes.push(cpu_note(batch, n, [pg_cpu, kafka_cpu, relay_cpu], r));
             let lower = pg_rate.min(kafka_rate);
             let share = 100.0 * r / lower;
             let met = r >= DRAIN_TARGET && share >= CEILING_TARGET;
@@ -2875,6 +2980,13 @@ mod kafka {
         println!("  Relay clock: Relay::start until all delivered; then pending_count()==0 and the topic's");
         println!("  watermarks (records == backlog) are checked. Where the relay's time went:");
         for note in &publish_notes {
+            println!("    {note}");
+        }
+        println!(
+            "  Machine CPU (/proc/stat: every process, this one, PostgreSQL and the broker; busy"
+        );
+        println!("  time over each run's clock, {} cores):", cores());
+        for note in &cpu_notes {
             println!("    {note}");
         }
 

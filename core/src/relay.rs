@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde::Deserialize;
-use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -201,7 +201,6 @@ impl Relay {
             cancel: cancel.clone(),
             counters: counters.clone(),
             held: watch::channel(Vec::new()).0,
-            gate: Arc::new(RwLock::new(())),
         };
         let task = crate::runtime::current()?.spawn(worker.run());
         tracing::info!(owner = %owner, "relaybox relay started");
@@ -282,12 +281,6 @@ struct Worker {
     counters: Arc<Counters>,
     /// The partitions this relay holds, as of the last lease refresh.
     held: watch::Sender<Vec<u32>>,
-    /// Held (shared) by every claimed batch until it is completed, taken
-    /// (exclusively) by the lease refresh. A claim share-locks its lease rows
-    /// until completion, and PostgreSQL lets new share lockers past a waiting
-    /// update, so with batches in flight back to back the renewal could wait
-    /// for ever; this gate lets the batches in flight finish first.
-    gate: Arc<RwLock<()>>,
 }
 
 /// A batch handed to the sink, waiting for its acknowledgements.
@@ -297,7 +290,6 @@ struct InFlight {
     /// Keys that failed in batches completed after this one was claimed:
     /// this batch's messages of those keys are not recorded as delivered.
     held_keys: HashSet<String>,
-    _gate: OwnedRwLockReadGuard<()>,
 }
 
 /// What became of a completed batch.
@@ -330,11 +322,7 @@ impl Worker {
         let lease_every = self.config.lease_ttl / 3;
         let mut next_purge = Instant::now();
         while !self.cancel.is_cancelled() {
-            let refreshed = {
-                let _gate = self.gate.write().await;
-                self.refresh_leases().await
-            };
-            let next_lease = match refreshed {
+            let next_lease = match self.refresh_leases().await {
                 Ok(()) => Instant::now() + lease_every,
                 Err(e) => {
                     tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
@@ -402,7 +390,6 @@ impl Worker {
                         error_streak = 0;
                         look = false;
                     }
-                    Ok(Started::Busy) => look = false,
                     Err(e) => {
                         error_streak += 1;
                         let pause = backoff(
@@ -542,16 +529,6 @@ impl Worker {
                 return Ok(Started::Worked);
             }
         }
-        // With nothing in flight, wait for a lease refresh to finish; with
-        // batches in flight, let it go first (it waits for them).
-        let gate = if in_flight.is_empty() {
-            self.gate.clone().read_owned().await
-        } else {
-            match self.gate.clone().try_read_owned() {
-                Ok(gate) => gate,
-                Err(_) => return Ok(Started::Busy),
-            }
-        };
         let claim = self
             .store
             .claim(&self.owner, slice, self.config.batch_size)
@@ -565,7 +542,6 @@ impl Worker {
             claim,
             acks,
             held_keys: HashSet::new(),
-            _gate: gate,
         });
         Ok(Started::Worked)
     }
@@ -574,10 +550,7 @@ impl Worker {
     /// schedules retries, dead-letters what failed too often.
     async fn complete_batch(&self, batch: InFlight, results: Vec<Result<()>>) -> Result<Completed> {
         let InFlight {
-            claim,
-            held_keys,
-            _gate,
-            ..
+            claim, held_keys, ..
         } = batch;
         let now = now_micros();
         let mut done = Completion::default();
@@ -698,8 +671,6 @@ enum Started {
     Worked,
     /// Nothing to claim until a wake-up, the poll interval or a retry.
     Nothing,
-    /// A lease refresh is waiting for the batches in flight: claim after them.
-    Busy,
 }
 
 #[cfg(test)]

@@ -77,9 +77,13 @@ impl PgSql {
                  AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
             )),
             partition_count: s(format!("SELECT count(*) FROM {p}leases")),
+            // KEY SHARE: held until the batch is completed, it keeps another
+            // relay's `acquire` (FOR UPDATE SKIP LOCKED) off the partition,
+            // while this relay's renewals and releases (plain UPDATEs, which
+            // take FOR NO KEY UPDATE) never wait for a batch in flight.
             claim_leases: s(format!(
                 "SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 \
-                 ORDER BY partition FOR SHARE"
+                 ORDER BY partition FOR KEY SHARE"
             )),
             claim_rows: s(format!(
                 "SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
