@@ -370,13 +370,25 @@ impl Worker {
         // that had not committed yet), look again shortly, then rest.
         let mut rechecks = RECHECKS.iter();
         let mut recheck_at: Option<Instant> = None;
+        // Set when a completed batch held keys back: no claim until the
+        // batches in flight are completed too. A batch claimed meanwhile
+        // could hold later rows of such a key while earlier ones are still
+        // locked by a batch in flight; waiting lets the next claim see every
+        // failure recorded, so the claim keeps the key's order by itself and
+        // holding keys back does not pass from batch to batch for ever.
+        let mut settling = false;
         loop {
             let cancelled = self.cancel.is_cancelled();
             if cancelled && in_flight.is_empty() {
                 break;
             }
+            if settling && in_flight.is_empty() {
+                // Held-back rows are due at once.
+                settling = false;
+                look = true;
+            }
             let mine = held.borrow_and_update().iter().any(|p| slice.contains(*p));
-            if look && !cancelled && mine && in_flight.len() < depth {
+            if look && !cancelled && mine && !settling && in_flight.len() < depth {
                 wake.borrow_and_update();
                 match self.start_batch(slice, &mut in_flight).await {
                     Ok(Started::Worked) => {
@@ -431,6 +443,9 @@ impl Worker {
                     match self.complete_batch(batch, results).await {
                         Ok(done) => {
                             error_streak = 0;
+                            if !done.failed_keys.is_empty() {
+                                settling = true;
+                            }
                             for b in in_flight.iter_mut() {
                                 b.held_keys.extend(done.failed_keys.iter().cloned());
                             }

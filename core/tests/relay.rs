@@ -877,3 +877,102 @@ async fn a_failed_report_in_flight_holds_back_later_messages_of_its_key() {
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     db.cleanup().await;
 }
+
+/// Hands batches over at once and acknowledges each after `delay`; the first
+/// attempt of the message with payload `fail-once` fails.
+struct DelayedAckSink {
+    delay: Duration,
+    failed_once: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Sink for DelayedAckSink {
+    fn name(&self) -> &str {
+        "delayed-ack-test"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        self.send(batch).await.await
+    }
+
+    async fn send(&self, batch: &[Message]) -> relaybox::Acks {
+        let plan: Vec<(Uuid, bool)> = batch
+            .iter()
+            .map(|m| {
+                let fail =
+                    m.payload == b"fail-once" && !self.failed_once.swap(true, Ordering::SeqCst);
+                (m.id, fail)
+            })
+            .collect();
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            plan.into_iter()
+                .map(|(id, fail)| {
+                    if fail {
+                        Err(Error::Transport {
+                            transport: "delayed-ack-test".into(),
+                            message: "the broker timed out".into(),
+                            retryable: true,
+                            message_id: Some(id),
+                        })
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_held_back_in_a_busy_pipeline_are_delivered() {
+    // Batches are always in flight (two per loop, each acknowledged 30 ms
+    // after it was handed over) while a key's first message fails once:
+    // the rows held back behind it must still be delivered, in order, and
+    // not be held back again by every batch that follows.
+    let db = TestDb::new(Backend::Postgres).await;
+    let topic = "busy";
+    let mut msgs = Vec::new();
+    for i in 0..40 {
+        for k in 0..4 {
+            let payload = if i == 0 && k == 0 {
+                b"fail-once".to_vec()
+            } else {
+                format!("{k}-{i}").into_bytes()
+            };
+            msgs.push(Message::new(topic, payload).with_key(format!("key-{k}")));
+        }
+    }
+    db.enqueue_committed(&msgs).await;
+    let sink = Arc::new(DelayedAckSink {
+        delay: Duration::from_millis(30),
+        failed_once: AtomicBool::new(false),
+    });
+    let relay = Relay::start(
+        db.store.clone(),
+        sink,
+        RelayConfig {
+            batch_size: 4,
+            concurrency: 1,
+            batches_in_flight: 2,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            ..relay_config()
+        },
+    )
+    .unwrap();
+    wait_for("every message delivered", WAIT, async || {
+        match db.store.pending_count().await {
+            Ok(0) => Ok(()),
+            other => Err(format!("pending_count = {other:?}, {:?}", relay.stats())),
+        }
+    })
+    .await;
+    let stats = relay.stats();
+    relay.shutdown().await.unwrap();
+    assert_eq!(stats.delivered, msgs.len() as u64, "{stats:?}");
+    assert_eq!(stats.retried, 1, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    db.cleanup().await;
+}
