@@ -75,15 +75,17 @@
 //!    (no broker), (b) rdkafka alone producing the same 200,000 records (same
 //!    keys, payloads, headers and timestamps as `KafkaSink` sends; a
 //!    `FutureProducer` with `KafkaSink`'s settings: idempotence, acks=all,
-//!    linger.ms=0, batch.num.messages=10000) to a fresh topic, all sent, then
+//!    linger.ms=0, batch.num.messages=10000, message.timeout.ms=0) to a fresh topic, all sent, then
 //!    all awaited, no database, and the relay with a `KafkaSink`
 //!    (`create_topics = true`, a fresh 3-partition topic, created and its
 //!    leaders known before the clock starts) from `Relay::start` until
 //!    everything is delivered (then `pending_count() == 0` and the topic's
 //!    watermarks are checked). The relay is printed as % of the lower of (a)
 //!    and (b) (target >= 70%) and against 50,000 msg/s, with the time from
-//!    `KafkaSink::send` to a batch's last report (a forwarding sink times it).
-//!    Diagnostic rows (full runs, batch 1000): two relays in this process
+//!    `KafkaSink::send` to a batch's last report (a forwarding sink times it)
+//!    and the machine's CPU time per message (`/proc/stat`, every process)
+//!    in (a), (b) and the relay, with the rate two cores allow for doing
+//!    (a)'s and (b)'s work together. Diagnostic rows (full runs, batch 1000): two relays in this process
 //!    sharing one `KafkaSink`, half the partitions each (lease rows written
 //!    up front), and the relay with `linger.ms=0`. Then a naive poller
 //!    (SELECT one row, produce it and await its delivery, UPDATE ... SET
