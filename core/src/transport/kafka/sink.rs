@@ -164,6 +164,48 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Hands `m` to librdkafka, or, when an earlier attempt's record is still
+    /// queued there, waits for that one's report instead. A full queue is
+    /// waited out.
+    async fn hand_over(&self, m: &Message) -> Handed {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let mut record =
+            BaseRecord::<str, [u8], Box<Uuid>>::with_opaque_to(&m.topic, Box::new(m.id))
+                .payload(&m.payload)
+                .headers(headers_of(m))
+                .timestamp(m.created_at.timestamp_millis());
+        if let Some(key) = &m.key {
+            record = record.key(key.as_str());
+        }
+        loop {
+            let refused = {
+                let mut waiting = self.inner.producer.context().waiting();
+                if let Some(waiters) = waiting.get_mut(&m.id) {
+                    waiters.push(tx.take().expect("one waiter per attempt"));
+                    return Handed::Queued(rx);
+                }
+                // Registered before the record is handed over, and under the
+                // lock the report's delivery takes, so the report finds it.
+                waiting.insert(m.id, vec![tx.take().expect("one waiter per attempt")]);
+                match self.inner.producer.send(record) {
+                    Ok(()) => return Handed::Queued(rx),
+                    Err((e, back)) => {
+                        tx = waiting.remove(&m.id).and_then(|mut w| w.pop());
+                        record = back;
+                        e
+                    }
+                }
+            };
+            match refused {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                e => return Handed::Failed(kafka_error(e, Some(m.id))),
+            }
+        }
+    }
+
     async fn topic_exists(&self, topic: &str) -> Result<bool> {
         let inner = self.inner.clone();
         let name = topic.to_string();
@@ -284,49 +326,6 @@ impl Sink for KafkaSink {
             }
             results
         })
-    }
-}
-
-impl KafkaSink {
-    /// Hands `m` to librdkafka, or, when an earlier attempt's record is still
-    /// queued there, waits for that one's report instead. A full queue is
-    /// waited out.
-    async fn hand_over(&self, m: &Message) -> Handed {
-        let (tx, rx) = oneshot::channel();
-        let mut tx = Some(tx);
-        loop {
-            let refused = {
-                let mut waiting = self.inner.producer.context().waiting();
-                if let Some(waiters) = waiting.get_mut(&m.id) {
-                    waiters.push(tx.take().expect("one waiter per attempt"));
-                    return Handed::Queued(rx);
-                }
-                let mut record =
-                    BaseRecord::<str, [u8], Box<Uuid>>::with_opaque_to(&m.topic, Box::new(m.id))
-                        .payload(&m.payload)
-                        .headers(headers_of(m))
-                        .timestamp(m.created_at.timestamp_millis());
-                if let Some(key) = &m.key {
-                    record = record.key(key.as_str());
-                }
-                // Registered before the record is handed over, and under the
-                // lock the report's delivery takes, so the report finds it.
-                waiting.insert(m.id, vec![tx.take().expect("one waiter per attempt")]);
-                match self.inner.producer.send(record) {
-                    Ok(()) => return Handed::Queued(rx),
-                    Err((e, _)) => {
-                        tx = waiting.remove(&m.id).and_then(|mut w| w.pop());
-                        e
-                    }
-                }
-            };
-            match refused {
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                e => return Handed::Failed(kafka_error(e, Some(m.id))),
-            }
-        }
     }
 }
 
