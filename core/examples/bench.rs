@@ -787,6 +787,8 @@ enum DrainSink {
 struct DrainRun {
     elapsed: Duration,
     batches: u64,
+    /// The machine's busy CPU over `elapsed`.
+    busy: Busy,
 }
 
 async fn section_drain(b: &mut Bench, relay: bool, ceiling: bool) -> Result<()> {
@@ -935,7 +937,7 @@ async fn relay_drain(b: &Bench, batch: u32, kind: DrainSink) -> Result<DrainRun>
         instance_id: Some(format!("{}drain-{batch}-{kind:?}", b.prefix)),
         ..RelayConfig::default()
     };
-    let (elapsed, stats) = timed_drain(b, sink, config, n).await?;
+    let (elapsed, stats, busy) = timed_drain(b, sink, config, n).await?;
     if kind != DrainSink::Null {
         let logged = b.count("log", "").await?;
         ensure!(
@@ -946,6 +948,7 @@ async fn relay_drain(b: &Bench, batch: u32, kind: DrainSink) -> Result<DrainRun>
     Ok(DrainRun {
         elapsed,
         batches: stats.batches,
+        busy,
     })
 }
 
@@ -957,7 +960,7 @@ async fn timed_drain(
     sink: Arc<dyn Sink>,
     config: RelayConfig,
     n: usize,
-) -> Result<(Duration, RelayStats)> {
+) -> Result<(Duration, RelayStats, Busy)> {
     let cpu = MachineCpu::start();
     let started = Instant::now();
     let relay = Relay::start(b.store.clone(), sink, config)?;
@@ -973,7 +976,7 @@ async fn timed_drain(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();
-    cpu.stop();
+    let busy = cpu.stop();
     let stats = relay.stats();
     relay.shutdown().await?;
     let pending = b.store.pending_count().await?;
@@ -985,7 +988,7 @@ async fn timed_drain(
         stats.retried == 0 && stats.dead_lettered == 0 && stats.delivered == n as u64,
         "unexpected failures while draining: {stats:?}"
     );
-    Ok((elapsed, stats))
+    Ok((elapsed, stats, busy))
 }
 
 /// PostgreSQL alone: claim (the relay's columns) and delete, batch after batch,
@@ -1047,7 +1050,7 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
         batches += 1;
     }
     let elapsed = started.elapsed();
-    cpu.stop();
+    let busy = cpu.stop();
     ensure!(
         done == n,
         "the ceiling loop drained {done} rows, expected {n}"
@@ -1060,7 +1063,11 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
             "the log has {logged} entries, expected {n}"
         );
     }
-    Ok(DrainRun { elapsed, batches })
+    Ok(DrainRun {
+        elapsed,
+        batches,
+        busy,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1688,15 +1695,19 @@ fn postgres_ticks() -> HashMap<i32, u64> {
     out
 }
 
+/// `getconf CLK_TCK`, asked once per process.
 fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 /// Cores this process may run on (`nproc`).
@@ -1737,18 +1748,11 @@ fn own_cpu_seconds() -> f64 {
 
 /// Busy CPU seconds over a timed interval: the whole machine's, and this
 /// process's share of it.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Busy {
     machine: f64,
     own: f64,
 }
-
-/// The busy CPU of the last timed interval that [`timed_drain`],
-/// [`ceiling_drain`] or the producer ceiling measured.
-static LAST_BUSY: std::sync::Mutex<Busy> = std::sync::Mutex::new(Busy {
-    machine: 0.0,
-    own: 0.0,
-});
 
 /// Starts clocking the machine's CPU for a timed interval.
 struct MachineCpu(Busy);
@@ -1761,18 +1765,13 @@ impl MachineCpu {
         })
     }
 
-    /// Ends the interval: records its busy CPU for [`last_busy`].
-    fn stop(self) {
-        *LAST_BUSY.lock().expect("cpu lock") = Busy {
+    /// Ends the interval: its busy CPU.
+    fn stop(self) -> Busy {
+        Busy {
             machine: machine_busy_seconds() - self.0.machine,
             own: own_cpu_seconds() - self.0.own,
-        };
+        }
     }
-}
-
-/// Busy CPU of the last timed interval.
-fn last_busy() -> Busy {
-    *LAST_BUSY.lock().expect("cpu lock")
 }
 
 async fn backend_pids(b: &Bench) -> Result<Vec<i32>> {
@@ -2417,7 +2416,7 @@ mod kafka {
     /// rdkafka alone: produces `n` records like the relay's to a fresh
     /// topic, all handed to librdkafka first (waiting for the oldest report
     /// when its queue is full), then every delivery report awaited.
-    async fn producer_ceiling(broker: &Broker, topic: &str, n: usize) -> Result<Duration> {
+    async fn producer_ceiling(broker: &Broker, topic: &str, n: usize) -> Result<(Duration, Busy)> {
         let messages: Vec<Message> = (0..n).map(|i| kafka_message(topic, i)).collect();
         broker.create_topic(topic, PARTITIONS).await?;
         broker.wait_ready(topic, PARTITIONS).await?;
@@ -2456,18 +2455,20 @@ mod kafka {
             delivered(d).await?;
         }
         let elapsed = started.elapsed();
-        cpu.stop();
+        let busy = cpu.stop();
         let records = broker.records(topic, PARTITIONS).await?;
         ensure!(
             records == n as i64,
             "topic {topic} holds {records} records, expected {n}"
         );
-        Ok(elapsed)
+        Ok((elapsed, busy))
     }
 
     struct KafkaDrain {
         elapsed: Duration,
         batches: u64,
+        /// The machine's busy CPU over `elapsed`.
+        busy: Busy,
         /// Sum over batches of the time from `KafkaSink::send` to the last report.
         publishing: Duration,
     }
@@ -2493,7 +2494,7 @@ mod kafka {
             instance_id: Some(format!("{}kafka-drain-{batch}", b.prefix)),
             ..RelayConfig::default()
         };
-        let (elapsed, stats) = timed_drain(b, clocked.clone(), config, n).await?;
+        let (elapsed, stats, busy) = timed_drain(b, clocked.clone(), config, n).await?;
         let records = broker.records(topic, PARTITIONS).await?;
         ensure!(
             records == n as i64,
@@ -2502,6 +2503,7 @@ mod kafka {
         Ok(KafkaDrain {
             elapsed,
             batches: stats.batches,
+            busy,
             publishing: clocked.busy(),
         })
     }
@@ -2705,6 +2707,7 @@ mod kafka {
             );
         }
         b.exec(seed).await?;
+        let cpu = MachineCpu::start();
         let started = Instant::now();
         let mut running = Vec::new();
         for owner in &owners {
@@ -2734,14 +2737,14 @@ mod kafka {
                 );
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            Ok(started.elapsed())
+            Ok((started.elapsed(), cpu.stop()))
         }
         .await;
         let stats = total(&running);
         for r in &running {
             r.shutdown().await?;
         }
-        let elapsed = outcome?;
+        let (elapsed, busy) = outcome?;
         let pending = b.store.pending_count().await?;
         ensure!(
             pending == 0,
@@ -2759,6 +2762,7 @@ mod kafka {
         Ok(KafkaDrain {
             elapsed,
             batches: stats.batches,
+            busy,
             publishing: clocked.busy(),
         })
     }
@@ -2874,7 +2878,6 @@ mod kafka {
             b.backlog_of(n, "bench.kafka", kafka_message).await?;
             let pg = ceiling_drain(b, n, batch, false).await?;
             let pg_rate = rate(n, pg.elapsed);
-            let pg_cpu = last_busy();
             print_kafka_row(
                 "ceiling a: PostgreSQL, no broker",
                 Some(batch),
@@ -2886,9 +2889,8 @@ mod kafka {
             );
             // (b) rdkafka alone: the same records, no database.
             let topic = new_topic(b, &format!("produce-{batch}"));
-            let produced = producer_ceiling(&broker, &topic, n).await?;
+            let (produced, kafka_busy) = producer_ceiling(&broker, &topic, n).await?;
             let kafka_rate = rate(n, produced);
-            let kafka_cpu = last_busy();
             print_kafka_row(
                 "ceiling b: rdkafka alone, no DB",
                 None,
@@ -2902,8 +2904,7 @@ mod kafka {
             let topic = new_topic(b, &format!("relay-{batch}"));
             let run = relay_to_kafka(b, &broker, &topic, n, batch, None).await?;
             let r = rate(n, run.elapsed);
-            let relay_cpu = last_busy();
-            cpu_notes.push(cpu_note(batch, n, [pg_cpu, kafka_cpu, relay_cpu], r));
+            cpu_notes.push(cpu_note(batch, n, [pg.busy, kafka_busy, run.busy], r));
             let lower = pg_rate.min(kafka_rate);
             let share = 100.0 * r / lower;
             let met = r >= DRAIN_TARGET && share >= CEILING_TARGET;
