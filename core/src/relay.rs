@@ -57,9 +57,12 @@ pub struct RelayConfig {
     pub concurrency: u32,
     /// Batches each batch loop may have handed to the sink and still be
     /// waiting for the acknowledgements of (default 2): the next batch is
-    /// claimed and handed over while earlier ones are acknowledged. Takes
-    /// effect with sinks that hand over before acknowledging (Kafka) and on
-    /// PostgreSQL; each batch in flight holds a pooled connection.
+    /// claimed and handed over while earlier ones are acknowledged, as long
+    /// as the batches in flight hold fewer than 256 rows together (a claim
+    /// behind them steps over every row they keep locked, so a backlog goes
+    /// one batch at a time). Takes effect with sinks that
+    /// hand over before acknowledging (Kafka) and on PostgreSQL; each batch
+    /// in flight holds a pooled connection.
     pub batches_in_flight: u32,
 }
 
@@ -388,7 +391,11 @@ impl Worker {
                 look = true;
             }
             let mine = held.borrow_and_update().iter().any(|p| slice.contains(*p));
-            if look && !cancelled && mine && !settling && in_flight.len() < depth {
+            let room = in_flight.is_empty()
+                || (in_flight.len() < depth
+                    && in_flight.iter().map(|b| b.claim.rows.len()).sum::<usize>()
+                        < PIPELINED_ROWS);
+            if look && !cancelled && mine && !settling && room {
                 wake.borrow_and_update();
                 match self.start_batch(slice, &mut in_flight).await {
                     Ok(Started::Worked) => {
@@ -672,6 +679,14 @@ impl Worker {
         })
     }
 }
+
+/// Rows the batches in flight of a loop may hold for it to claim another
+/// batch meanwhile. A claim steps over every row those batches keep locked,
+/// which costs PostgreSQL about as much as claiming the row: a backlog is
+/// relayed one batch at a time per loop (batches in flight would double the
+/// database's work per message), while the small batches of a steady
+/// trickle are pipelined.
+const PIPELINED_ROWS: usize = 256;
 
 /// Delays of the extra looks after a wake-up that found nothing to claim.
 const RECHECKS: [Duration; 4] = [

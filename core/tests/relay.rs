@@ -976,3 +976,82 @@ async fn keys_held_back_in_a_busy_pipeline_are_delivered() {
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     db.cleanup().await;
 }
+
+/// Hands batches over at once and acknowledges each after `delay`, counting
+/// the batches handed over and not yet acknowledged.
+struct OutstandingSink {
+    delay: Duration,
+    outstanding: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Sink for OutstandingSink {
+    fn name(&self) -> &str {
+        "outstanding-test"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        self.send(batch).await.await
+    }
+
+    async fn send(&self, batch: &[Message]) -> relaybox::Acks {
+        let now = self.outstanding.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let (n, delay, outstanding) = (batch.len(), self.delay, self.outstanding.clone());
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            outstanding.fetch_sub(1, Ordering::SeqCst);
+            (0..n).map(|_| Ok(())).collect()
+        })
+    }
+}
+
+/// Relays `n` committed messages with one batch loop allowed two batches in
+/// flight; returns the most batches the sink had outstanding at once.
+async fn most_batches_in_flight(n: usize, batch_size: u32) -> usize {
+    let db = TestDb::new(Backend::Postgres).await;
+    let msgs: Vec<Message> = (0..n)
+        .map(|i| Message::new("depth", format!("{i}").into_bytes()).with_key(format!("k{}", i % 7)))
+        .collect();
+    db.enqueue_committed(&msgs).await;
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sink = Arc::new(OutstandingSink {
+        delay: Duration::from_millis(50),
+        outstanding: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        most: most.clone(),
+    });
+    let relay = Relay::start(
+        db.store.clone(),
+        sink,
+        RelayConfig {
+            batch_size,
+            concurrency: 1,
+            batches_in_flight: 2,
+            ..relay_config()
+        },
+    )
+    .unwrap();
+    wait_for("every message delivered", WAIT, async || {
+        match db.store.pending_count().await {
+            Ok(0) => Ok(()),
+            other => Err(format!("pending_count = {other:?}")),
+        }
+    })
+    .await;
+    let stats = relay.stats();
+    relay.shutdown().await.unwrap();
+    assert_eq!(stats.delivered, n as u64, "{stats:?}");
+    db.cleanup().await;
+    most.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_one_full_batch_at_a_time_and_small_batches_are_pipelined() {
+    // Batches of 300 rows: a claim behind one would step over its 300
+    // locked rows, so the loop waits for each batch's acknowledgements.
+    assert_eq!(most_batches_in_flight(1_200, 300).await, 1);
+    // Batches of 10 rows are claimed and handed over while earlier ones
+    // are acknowledged.
+    assert_eq!(most_batches_in_flight(100, 10).await, 2);
+}
