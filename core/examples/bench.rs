@@ -83,8 +83,9 @@
 //!    watermarks are checked). The relay is printed as % of the lower of (a)
 //!    and (b) (target >= 70%) and against 50,000 msg/s, with the time from
 //!    `KafkaSink::send` to a batch's last report (a forwarding sink times it)
-//!    and the machine's CPU time per message (`/proc/stat`, every process)
-//!    in (a), (b) and the relay, with the rate two cores allow for doing
+//!    and the machine's CPU time per message (`/proc/stat`, every process;
+//!    split into this process, PostgreSQL's processes and the broker's JVM
+//!    from `/proc/<pid>/stat`) in (a), (b) and the relay, with the rate two cores allow for doing
 //!    (a)'s and (b)'s work together. Diagnostic rows (full runs, batch 1000): two relays in this process
 //!    sharing one `KafkaSink`, half the partitions each (lease rows written
 //!    up front), and the relay with `linger.ms=0`. Then a naive poller
@@ -1672,8 +1673,8 @@ fn proc_stat(path: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
-/// CPU ticks of every process named `postgres`, by pid.
-fn postgres_ticks() -> HashMap<i32, u64> {
+/// (comm, CPU ticks) of every process, by pid.
+fn process_ticks() -> HashMap<i32, (String, u64)> {
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -1686,13 +1687,42 @@ fn postgres_ticks() -> HashMap<i32, u64> {
         else {
             continue;
         };
-        if let Some((comm, ticks)) = proc_stat(&format!("/proc/{pid}/stat")) {
-            if comm == "postgres" {
-                out.insert(pid, ticks);
-            }
+        if let Some(stat) = proc_stat(&format!("/proc/{pid}/stat")) {
+            out.insert(pid, stat);
         }
     }
     out
+}
+
+/// CPU ticks of every process named `postgres`, by pid.
+fn postgres_ticks() -> HashMap<i32, u64> {
+    process_ticks()
+        .into_iter()
+        .filter(|(_, (comm, _))| comm == "postgres")
+        .map(|(pid, (_, ticks))| (pid, ticks))
+        .collect()
+}
+
+/// CPU seconds that the processes named `comm` used between two
+/// [`process_ticks`] snapshots (a process that started in between counts
+/// from zero; one that exited in between is not counted).
+fn ticks_between(
+    before: &HashMap<i32, (String, u64)>,
+    after: &HashMap<i32, (String, u64)>,
+    comm: &str,
+) -> f64 {
+    let ticks: u64 = after
+        .iter()
+        .filter(|(_, (c, _))| c == comm)
+        .map(|(pid, (_, t))| {
+            let earlier = before
+                .get(pid)
+                .filter(|(c, _)| c == comm)
+                .map_or(0, |(_, t0)| *t0);
+            t.saturating_sub(earlier)
+        })
+        .sum();
+    ticks as f64 / clock_ticks_per_second()
 }
 
 /// `getconf CLK_TCK`, asked once per process.
@@ -1746,30 +1776,43 @@ fn own_cpu_seconds() -> f64 {
     proc_stat("/proc/self/stat").map_or(0.0, |s| s.1 as f64) / clock_ticks_per_second()
 }
 
-/// Busy CPU seconds over a timed interval: the whole machine's, and this
-/// process's share of it.
+/// Busy CPU seconds over a timed interval: the whole machine's, and the
+/// shares of this process, of PostgreSQL's processes and of the JVM's (the
+/// Kafka broker).
 #[derive(Clone, Copy)]
 struct Busy {
     machine: f64,
     own: f64,
+    postgres: f64,
+    java: f64,
 }
 
 /// Starts clocking the machine's CPU for a timed interval.
-struct MachineCpu(Busy);
+struct MachineCpu {
+    machine: f64,
+    own: f64,
+    processes: HashMap<i32, (String, u64)>,
+}
 
 impl MachineCpu {
     fn start() -> MachineCpu {
-        MachineCpu(Busy {
+        MachineCpu {
             machine: machine_busy_seconds(),
             own: own_cpu_seconds(),
-        })
+            processes: process_ticks(),
+        }
     }
 
     /// Ends the interval: its busy CPU.
     fn stop(self) -> Busy {
+        let machine = machine_busy_seconds() - self.machine;
+        let own = own_cpu_seconds() - self.own;
+        let processes = process_ticks();
         Busy {
-            machine: machine_busy_seconds() - self.0.machine,
-            own: own_cpu_seconds() - self.0.own,
+            machine,
+            own,
+            postgres: ticks_between(&self.processes, &processes, "postgres"),
+            java: ticks_between(&self.processes, &processes, "java"),
         }
     }
 }
@@ -2401,7 +2444,15 @@ mod kafka {
         let per = |busy: f64| busy * 1e6 / n as f64;
         let both = per(pg.machine) + per(kafka.machine);
         let bound = cores() as f64 * 1e6 / both.max(f64::MIN_POSITIVE);
-        let split = |b: Busy| format!("{:.1} ({:.1} in this process)", per(b.machine), per(b.own));
+        let split = |b: Busy| {
+            format!(
+                "{:.1} (this process {:.1}, PostgreSQL {:.1}, broker {:.1})",
+                per(b.machine),
+                per(b.own),
+                per(b.postgres),
+                per(b.java)
+            )
+        };
         format!(
             "batch {batch}: us of CPU per message: ceiling a {}, ceiling b {}, relay {}; \
              a's and b's work together fits {} msg/s on these cores, the relay drains {:.0}% of that",
@@ -2814,8 +2865,8 @@ mod kafka {
         let busy = run.elapsed.as_secs_f64() * relays as f64;
         format!(
             "{name}: per batch {:.2} ms from KafkaSink::send to its last delivery report, {:.2} ms of \
-             wall time per batch; batches in flight overlap (2 batch loops x 2 in flight), so the \
-             hand-over-to-report times add up to {:.0}% of the relay's wall time",
+             wall time per batch; the 2 batch loops' batches overlap, so the hand-over-to-report \
+             times add up to {:.0}% of the relay's wall time",
             1000.0 * publishing / batches,
             1000.0 * busy / batches,
             100.0 * publishing / busy,
@@ -2988,7 +3039,11 @@ mod kafka {
         println!(
             "  Machine CPU (/proc/stat: every process, this one, PostgreSQL and the broker; busy"
         );
-        println!("  time over each run's clock, {} cores):", cores());
+        println!(
+            "  time over each run's clock, {} cores; the split from /proc/<pid>/stat: this process,",
+            cores()
+        );
+        println!("  the processes named postgres, the JVM running the broker):");
         for note in &cpu_notes {
             println!("    {note}");
         }
