@@ -558,8 +558,7 @@ impl Worker {
         if claim.rows.is_empty() {
             return Ok(Started::Nothing);
         }
-        let messages: Vec<Message> = claim.rows.iter().map(|r| r.message.clone()).collect();
-        let acks = self.send(messages).await;
+        let acks = self.send(&claim.messages).await;
         in_flight.push_back(InFlight {
             claim,
             acks,
@@ -578,15 +577,15 @@ impl Worker {
         let mut done = Completion::default();
         let mut failed_keys: HashSet<String> = HashSet::new();
         let mut soonest_retry: Option<Duration> = None;
-        for (row, result) in claim.rows.iter().zip(results) {
-            let key = row.message.key.as_deref();
+        for ((row, message), result) in claim.rows.iter().zip(&claim.messages).zip(results) {
+            let key = message.key.as_deref();
             let behind = key.is_some_and(|k| failed_keys.contains(k) || held_keys.contains(k));
             match result {
                 // Held behind an earlier failure of its key (in this batch or an
                 // earlier one): not delivered even if the sink took it, and not an
                 // attempt of its own; it waits in the outbox behind that message.
                 _ if behind => {}
-                Ok(()) => done.delivered.push(row.message.id),
+                Ok(()) => done.delivered.push(message.id),
                 Err(e) => {
                     if let Some(k) = key {
                         failed_keys.insert(k.to_string());
@@ -594,19 +593,19 @@ impl Worker {
                     let attempts = row.attempts + 1;
                     let error = e.to_string();
                     if attempts >= self.config.max_attempts {
-                        tracing::warn!(id = %row.message.id, attempts, error = %error, "relaybox message dead-lettered");
-                        done.dead.push((row.message.id, error));
+                        tracing::warn!(id = %message.id, attempts, error = %error, "relaybox message dead-lettered");
+                        done.dead.push((message.id, error));
                     } else {
                         let delay = backoff(
                             attempts,
                             self.config.backoff_initial,
                             self.config.backoff_max,
                         );
-                        tracing::debug!(id = %row.message.id, attempts, ?delay, error = %error, "relaybox delivery failed; will retry");
+                        tracing::debug!(id = %message.id, attempts, ?delay, error = %error, "relaybox delivery failed; will retry");
                         soonest_retry = Some(soonest_retry.map_or(delay, |d| d.min(delay)));
                         let at = now
                             + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                        done.retry.push((row.message.id, error, at));
+                        done.retry.push((message.id, error, at));
                     }
                 }
             }
@@ -634,7 +633,7 @@ impl Worker {
     /// Hands `messages` to the sink; the acknowledgements resolve within the
     /// publish timeout (counted from now). A panicking or short-answering
     /// sink counts as failed.
-    async fn send(&self, messages: Vec<Message>) -> Acks {
+    async fn send(&self, messages: &[Message]) -> Acks {
         let sink = self.sink.name().to_string();
         let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id).collect();
         let failed = move |message: String| {
@@ -652,7 +651,7 @@ impl Worker {
         let timeout = self.config.effective_publish_timeout();
         let deadline = Instant::now() + timeout;
         let n = messages.len();
-        let sent = AssertUnwindSafe(self.sink.send(&messages)).catch_unwind();
+        let sent = AssertUnwindSafe(self.sink.send(messages)).catch_unwind();
         let acks = match tokio::time::timeout_at(deadline, sent).await {
             Err(_) => {
                 return Box::pin(std::future::ready(failed(format!(

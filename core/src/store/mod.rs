@@ -137,8 +137,9 @@ pub struct InsertStatement {
     pub message_id: Uuid,
 }
 
-/// An undelivered outbox row as the relay sees it.
-#[derive(Clone, Debug)]
+/// Where a claimed outbox row stands; its message travels beside it in
+/// the claim.
+#[derive(Clone, Copy, Debug)]
 pub struct OutboxRow {
     /// Insertion order, monotonic.
     pub seq: i64,
@@ -146,8 +147,6 @@ pub struct OutboxRow {
     pub partition: u32,
     /// Delivery attempts so far.
     pub attempts: u32,
-    /// The message.
-    pub message: Message,
 }
 
 /// A message that failed too often, kept with its last error.
@@ -240,8 +239,26 @@ impl Slice {
 
 /// A batch claimed by a relay, holding what keeps other relays off it.
 pub(crate) struct Claim {
+    /// The claimed rows, in claim order.
     pub rows: Vec<OutboxRow>,
+    /// Their messages, in the same order: handed to the sink as they are.
+    pub messages: Vec<Message>,
     pub(crate) hold: ClaimHold,
+}
+
+/// Decodes claimed rows into their bookkeeping and, beside it, their messages.
+pub(crate) fn split_claimed<R>(
+    rows: &[R],
+    decode: impl Fn(&R) -> Result<(OutboxRow, Message)>,
+) -> Result<(Vec<OutboxRow>, Vec<Message>)> {
+    let mut places = Vec::with_capacity(rows.len());
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (place, message) = decode(row)?;
+        places.push(place);
+        messages.push(message);
+    }
+    Ok((places, messages))
 }
 
 pub(crate) enum ClaimHold {
@@ -781,7 +798,16 @@ impl Store {
                 postgres::complete(tx, sql, done, keep_sent).await
             }
             (Pool::Sqlite(pool, sql), ClaimHold::Sqlite) => {
-                sqlite::complete(pool, sql, owner, &claim.rows, done, keep_sent).await
+                sqlite::complete(
+                    pool,
+                    sql,
+                    owner,
+                    &claim.rows,
+                    &claim.messages,
+                    done,
+                    keep_sent,
+                )
+                .await
             }
             _ => Err(Error::internal("claim of another dialect")),
         }

@@ -9,8 +9,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{
-    headers_json, parse_headers, secs, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter,
-    LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
+    headers_json, parse_headers, secs, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
+    DeadLetterFilter, LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message};
@@ -474,19 +474,17 @@ pub(super) async fn claim(
             .fetch_all(&mut *tx)
             .await?
     };
-    let rows = rows
-        .iter()
-        .map(|row| {
-            Ok(OutboxRow {
-                seq: row.try_get("seq")?,
-                partition: row.try_get::<i32, _>("partition")? as u32,
-                attempts: row.try_get::<i32, _>("attempts")? as u32,
-                message: message_from_row(row)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (rows, messages) = split_claimed(&rows, |row| {
+        let place = OutboxRow {
+            seq: row.try_get("seq")?,
+            partition: row.try_get::<i32, _>("partition")? as u32,
+            attempts: row.try_get::<i32, _>("attempts")? as u32,
+        };
+        Ok((place, message_from_row(row)?))
+    })?;
     Ok(Claim {
         rows,
+        messages,
         hold: ClaimHold::Postgres(tx),
     })
 }

@@ -11,8 +11,8 @@ use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    headers_json, parse_headers, Claim, ClaimHold, Completion, DeadLetter, DeadLetterFilter,
-    LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
+    headers_json, parse_headers, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
+    DeadLetterFilter, LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{from_unix_micros, to_unix_micros, Message};
@@ -394,19 +394,17 @@ pub(super) async fn claim(
         .bind(i64::from(slice.index))
         .fetch_all(pool)
         .await?;
-    let rows = rows
-        .iter()
-        .map(|row| {
-            Ok(OutboxRow {
-                seq: row.try_get("seq")?,
-                partition: row.try_get::<i64, _>("partition")? as u32,
-                attempts: row.try_get::<i64, _>("attempts")? as u32,
-                message: message_from_row(row)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (rows, messages) = split_claimed(&rows, |row| {
+        let place = OutboxRow {
+            seq: row.try_get("seq")?,
+            partition: row.try_get::<i64, _>("partition")? as u32,
+            attempts: row.try_get::<i64, _>("attempts")? as u32,
+        };
+        Ok((place, message_from_row(row)?))
+    })?;
     Ok(Claim {
         rows,
+        messages,
         hold: ClaimHold::Sqlite,
     })
 }
@@ -416,6 +414,7 @@ pub(super) async fn complete(
     sql: &SqliteSql,
     owner: &str,
     rows: &[OutboxRow],
+    messages: &[Message],
     done: Completion,
     keep_sent: bool,
 ) -> Result<()> {
@@ -430,8 +429,9 @@ pub(super) async fn complete(
         .collect();
     let still_ours: HashSet<Uuid> = rows
         .iter()
-        .filter(|r| owned.contains(&i64::from(r.partition)))
-        .map(|r| r.message.id)
+        .zip(messages)
+        .filter(|(r, _)| owned.contains(&i64::from(r.partition)))
+        .map(|(_, m)| m.id)
         .collect();
     let now = now_us();
     let delivered: Vec<String> = done
