@@ -302,6 +302,10 @@ impl Sink for KafkaSink {
         let timeout = self.inner.config.delivery_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         Box::pin(async move {
+            // One timer for the whole batch: once it has fired, every record
+            // not reported yet fails, while those already reported still count.
+            let expired = tokio::time::sleep_until(deadline);
+            tokio::pin!(expired);
             let mut results = Vec::with_capacity(pending.len());
             for (id, handed) in pending {
                 let unreported = |message: String| Error::Transport {
@@ -312,13 +316,17 @@ impl Sink for KafkaSink {
                 };
                 results.push(match handed {
                     Handed::Failed(e) => Err(e),
-                    Handed::Queued(report) => match tokio::time::timeout_at(deadline, report).await {
-                        Ok(Ok(Ok(()))) => Ok(()),
-                        Ok(Ok(Err(e))) => Err(kafka_error(e, Some(id))),
-                        Ok(Err(_)) => Err(unreported(
+                    Handed::Queued(mut report) => match tokio::select! {
+                        biased;
+                        report = &mut report => Some(report),
+                        _ = &mut expired => None,
+                    } {
+                        Some(Ok(Ok(()))) => Ok(()),
+                        Some(Ok(Err(e))) => Err(kafka_error(e, Some(id))),
+                        Some(Err(_)) => Err(unreported(
                             "the producer dropped the delivery report".into(),
                         )),
-                        Err(_) => Err(unreported(format!(
+                        None => Err(unreported(format!(
                             "no delivery report within {timeout:?} (the record stays queued in the producer)"
                         ))),
                     },
