@@ -27,7 +27,7 @@ pub use config::{SnsConfig, SqsConfig};
 pub use sink::{SnsSink, SqsSink};
 pub use source::{source_queue_name, SqsSource, SqsSourceConfig};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -235,15 +235,34 @@ pub(crate) async fn queue_arn(
 }
 
 /// Topic ARNs by name, resolved once and forgotten when a call finds the
-/// topic missing.
+/// topic missing; with the names of the topics found missing whose
+/// subscribers have not been set up again since.
 #[derive(Default)]
 pub(crate) struct TopicArns {
     arns: Mutex<HashMap<String, String>>,
+    lost: Mutex<HashSet<String>>,
 }
 
 impl TopicArns {
     pub fn forget(&self, name: &str) {
         self.arns.lock().unwrap().remove(name);
+    }
+
+    /// Records that the endpoint lost the topic `name` (and with it, its
+    /// subscriptions): see [`TopicArns::is_lost`].
+    pub fn mark_lost(&self, name: &str) {
+        self.lost.lock().unwrap().insert(name.to_string());
+    }
+
+    /// Whether the topic `name` was found missing and its subscribers have
+    /// not been set up again since ([`TopicArns::found_again`]).
+    pub fn is_lost(&self, name: &str) -> bool {
+        self.lost.lock().unwrap().contains(name)
+    }
+
+    /// Records that the subscribers of the topic `name` were set up again.
+    pub fn found_again(&self, name: &str) {
+        self.lost.lock().unwrap().remove(name);
     }
 
     /// The ARN of the topic `name`: CreateTopic when `create` (idempotent),

@@ -263,10 +263,16 @@ impl SnsSink {
                 Ok(a) => a,
                 Err(f) => return all_failed(&ids, &f.error),
             };
-            if attempt > 1 {
-                let name = topic_name_of_arn(&arn);
+            let name = topic_name_of_arn(&arn);
+            if self.topics.is_lost(name) {
+                // The topic was created again with no subscriptions: what is
+                // published before this process's sources subscribe again
+                // would reach nobody, so the chunk waits for them.
                 let key = registry_key("sns", self.config.endpoint_url.as_deref(), name);
-                set_up_sources_again(&key).await;
+                if let Err(e) = set_up_sources_again(&key).await {
+                    return all_failed(&ids, &e);
+                }
+                self.topics.found_again(name);
             }
             let fifo = is_fifo(&arn);
             let mut entries = Vec::with_capacity(items.len());
@@ -329,6 +335,7 @@ impl SnsSink {
                     if f.missing {
                         self.topics.forget(topic_name_of_arn(&arn));
                         self.topics.forget(&dest);
+                        self.topics.mark_lost(topic_name_of_arn(&arn));
                         if self.config.create_topics && attempt == 1 {
                             tracing::info!(topic = %arn, "relaybox SNS topic missing; creating it again");
                             continue;
@@ -437,8 +444,10 @@ impl SqsSink {
                 Err(f) => return all_failed(&ids, &f.error),
             };
             if attempt > 1 {
+                // The queue itself keeps what is sent to it, so sending need
+                // not wait for its sources; they retry their set-up themselves.
                 let key = registry_key("sqs", self.config.endpoint_url.as_deref(), &queue);
-                set_up_sources_again(&key).await;
+                let _ = set_up_sources_again(&key).await;
             }
             let mut entries = Vec::with_capacity(items.len());
             for (idx, enc) in &items {

@@ -105,8 +105,9 @@ pub(crate) fn registry_key(transport: &str, endpoint: Option<&str>, name: &str) 
 }
 
 /// Sets up again (queues, subscription) every live source of this process
-/// registered under `key`; failures are left to the sources' next fetch.
-pub(crate) async fn set_up_sources_again(key: &str) {
+/// registered under `key`. Every source is tried; the first failure is
+/// returned (and each source's next fetch tries again by itself).
+pub(crate) async fn set_up_sources_again(key: &str) -> Result<()> {
     let sources: Vec<Arc<SqsSource>> = {
         let mut all = CREATING_SOURCES.lock().unwrap();
         all.retain(|(_, w)| w.strong_count() > 0);
@@ -115,12 +116,15 @@ pub(crate) async fn set_up_sources_again(key: &str) {
             .filter_map(|(_, w)| w.upgrade())
             .collect()
     };
+    let mut first_error = None;
     for source in sources {
         source.forget_queues().await;
         if let Err(e) = source.queues().await {
             tracing::debug!(queue = %source.queue, error = %e, "relaybox could not set up an SQS queue again yet");
+            first_error.get_or_insert(e);
         }
     }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The queues in use, once set up.
