@@ -38,17 +38,6 @@ async fn enqueue(db: &TestDb, messages: &[Message]) {
     tx.commit().await.expect("commit");
 }
 
-async fn wait_drained(db: &TestDb, relay: &Relay) {
-    wait_for("an empty outbox", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(format!("{n} pending; relay {:?}", relay.stats())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
 fn stream(server: &EventoDbServer, name: &str) -> Vec<StoredMessage> {
     server
         .messages()
@@ -101,7 +90,7 @@ async fn relay_writes_streams_with_type_data_metadata_and_order() {
     for chunk in messages.chunks(4) {
         enqueue(&db, chunk).await;
     }
-    wait_drained(&db, &relay).await;
+    wait_until_drained(&db.store, WAIT, Some(&relay)).await;
     relay.shutdown().await.expect("relay shutdown");
 
     for k in 0..3 {
@@ -201,7 +190,7 @@ async fn conflicts_non_json_and_bad_tokens_are_permanent_and_the_token_never_sho
         &[open.clone(), stale.clone(), behind.clone(), raw.clone()],
     )
     .await;
-    wait_drained(&db, &relay).await;
+    wait_until_drained(&db.store, WAIT, Some(&relay)).await;
     relay.shutdown().await.expect("relay shutdown");
     let dead: HashMap<Uuid, String> = db
         .store
@@ -387,7 +376,7 @@ async fn relay_and_consumer_ride_out_a_server_outage() {
         "nothing can be delivered while the server is down"
     );
     server.start().await;
-    wait_drained(&db, &relay).await;
+    wait_until_drained(&db.store, WAIT, Some(&relay)).await;
     wait_for("everything handled", WAIT, async || {
         let n = recorder.handled_count();
         if n >= 40 {

@@ -62,18 +62,6 @@ async fn enqueue_all(store: &Store, messages: &[Message], per_tx: usize) {
     }
 }
 
-/// Waits until the outbox has no undelivered row.
-async fn wait_drained(store: &Store, timeout: Duration) {
-    wait_for("an empty outbox", timeout, async || {
-        match store.pending_count().await {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(format!("{n} messages pending")),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
 /// Ids per key in `messages` order.
 fn expected_per_key(messages: &[Message]) -> HashMap<String, Vec<Uuid>> {
     let mut out: HashMap<String, Vec<Uuid>> = HashMap::new();
@@ -199,7 +187,7 @@ async fn relay_to_kafka_is_read_by_kcat_with_payload_key_headers_and_order() {
         })
         .collect();
     enqueue_all(&db.store, &messages, 10).await;
-    wait_drained(&db.store, WAIT).await;
+    wait_until_drained(&db.store, WAIT, None).await;
     // Counters are final once the relay stopped.
     relay.shutdown().await.expect("relay shutdown");
     let stats = relay.stats();
@@ -683,7 +671,7 @@ async fn three_relays_deliver_10000_messages_without_loss_in_order_per_key() {
         tx.enqueue_batch(chunk).await.expect("enqueue_batch");
         tx.commit().await.expect("commit");
     }
-    wait_drained(&db.store, Duration::from_secs(90)).await;
+    wait_until_drained(&db.store, Duration::from_secs(90), None).await;
     for r in &relays {
         r.shutdown().await.expect("relay shutdown");
     }
@@ -827,7 +815,7 @@ async fn child_case(case: &str) {
                 .map(|i| Message::new(&topic, format!("hello {i}")).with_key("k"))
                 .collect();
             enqueue_all(&db.store, &messages, 5).await;
-            wait_drained(&db.store, WAIT).await;
+            wait_until_drained(&db.store, WAIT, None).await;
             relay.shutdown().await.unwrap();
             let source = t.source(&db.store, &topic, &group).unwrap();
             assert_eq!(source.name(), "kafka");

@@ -126,13 +126,7 @@ async fn dropped_relay_is_taken_over_after_its_leases_expire(backend: Backend) {
     let store2 = db.open_store().await;
     let successor = start_db_relay(&store2, crash_config(format!("{}successor", db.prefix)));
     wait_in_log(&db.store, topic, &all, WAIT).await;
-    wait_for("an empty outbox", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        }
-    })
-    .await;
+    wait_until_drained(&db.store, WAIT, None).await;
     let log = read_all_log(&db.store, topic).await;
     assert!(
         successor.stats().delivered >= 200,
@@ -316,13 +310,7 @@ async fn killed_relay_process_is_taken_over() {
 
     let relay = start_db_relay(&db.store, crash_config(format!("{}parent", db.prefix)));
     wait_in_log(&db.store, topic, &all, WAIT).await;
-    wait_for("an empty outbox", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        }
-    })
-    .await;
+    wait_until_drained(&db.store, WAIT, None).await;
     let owners = db.store.status().await.unwrap().lease_owners;
     assert!(
         owners.iter().all(|o| o.owner != child_owner),

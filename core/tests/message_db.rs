@@ -103,17 +103,6 @@ async fn enqueue(db: &TestDb, messages: &[Message]) {
     tx.commit().await.expect("commit");
 }
 
-async fn wait_drained(db: &TestDb, relay: &Relay) {
-    wait_for("an empty outbox", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(format!("{n} pending; relay {:?}", relay.stats())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
 // ---- relay → Message DB, read back with get_stream_messages -----------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +145,7 @@ async fn relay_writes_streams_readable_with_get_stream_messages() {
     for chunk in messages.chunks(7) {
         enqueue(&db, chunk).await;
     }
-    wait_drained(&db, &relay).await;
+    wait_until_drained(&db.store, WAIT, Some(&relay)).await;
     relay.shutdown().await.expect("relay shutdown");
 
     let mut conn = mdb().await;
@@ -285,7 +274,7 @@ async fn version_conflicts_and_non_json_payloads_are_permanent_and_dead_letter()
         &[first.clone(), stale.clone(), behind.clone(), raw.clone()],
     )
     .await;
-    wait_drained(&db, &relay).await;
+    wait_until_drained(&db.store, WAIT, Some(&relay)).await;
     relay.shutdown().await.expect("relay shutdown");
     let dead: HashMap<Uuid, String> = db
         .store

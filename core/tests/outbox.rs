@@ -179,13 +179,7 @@ async fn commit_is_relayed_and_consumed_once(backend: Backend) {
 
     let relay = start_db_relay(&db.store, relay_config());
     let log = wait_in_log(&db.store, topic, &committed, WAIT).await;
-    wait_for("an empty outbox", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        }
-    })
-    .await;
+    wait_until_drained(&db.store, WAIT, None).await;
     relay.shutdown().await.unwrap();
     assert_eq!(
         log.len(),

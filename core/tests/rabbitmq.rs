@@ -197,18 +197,6 @@ async fn enqueue_all(store: &Store, messages: &[Message], per_tx: usize) {
     }
 }
 
-/// Waits until the outbox has no undelivered row.
-async fn wait_drained(store: &Store) {
-    wait_for("an empty outbox", WAIT, async || {
-        match store.pending_count().await {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(format!("{n} messages pending")),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
 /// Ids per key, in the order of `ids`.
 fn per_key(items: impl IntoIterator<Item = (Option<String>, Uuid)>) -> HashMap<String, Vec<Uuid>> {
     let mut out: HashMap<String, Vec<Uuid>> = HashMap::new();
@@ -270,7 +258,7 @@ async fn relay_to_rabbitmq_is_read_by_basic_get_with_body_properties_headers_and
         })
         .collect();
     enqueue_all(&db.store, &messages, 10).await;
-    wait_drained(&db.store).await;
+    wait_until_drained(&db.store, WAIT, None).await;
     relay.shutdown().await.expect("relay shutdown");
     let stats = relay.stats();
     assert_eq!(
@@ -516,7 +504,7 @@ async fn consumer_handles_each_message_once_in_key_order_across_a_restart() {
     let relay = Relay::start(db.store.clone(), Arc::new(sink), relay_config()).expect("relay");
     let messages = messages(&topic, 200, 8);
     enqueue_all(&db.store, &messages, 20).await;
-    wait_drained(&db.store).await;
+    wait_until_drained(&db.store, WAIT, None).await;
     relay.shutdown().await.expect("relay shutdown");
 
     // The first consumer stops midway; what it did not acknowledge comes back.
@@ -883,7 +871,7 @@ async fn relay_and_consumer_carry_on_after_a_broker_restart_with_nothing_lost() 
     );
     node.services("start");
 
-    wait_drained(&db.store).await;
+    wait_until_drained(&db.store, WAIT, None).await;
     wait_for(
         "every message handled",
         Duration::from_secs(90),

@@ -300,15 +300,7 @@ async fn poison_message_is_retried_then_dead_lettered_without_blocking_other_key
     wait_in_log(&db.store, topic, &flowing, WAIT).await;
     // The batch is complete once only the poison message and the two behind
     // it are left (its completion commits just after the sink's append).
-    wait_for(
-        "the others recorded as delivered",
-        WAIT,
-        async || match db.store.pending_count().await {
-            Ok(3) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        },
-    )
-    .await;
+    wait_pending(&db.store, 3, "the others recorded as delivered", WAIT, None).await;
     let dead_now = db.store.dead_letters(10).await.unwrap();
     let in_log = log_ids(&db.store, topic).await;
     assert!(
@@ -400,13 +392,7 @@ async fn poison_message_is_retried_then_dead_lettered_without_blocking_other_key
     sink.accept_poison.store(true, Ordering::SeqCst);
     let relay = Relay::start(db.store.clone(), sink.clone(), config).unwrap();
     let log = wait_in_log(&db.store, topic, std::slice::from_ref(&poison), WAIT).await;
-    wait_for("an empty outbox", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        }
-    })
-    .await;
+    wait_until_drained(&db.store, WAIT, None).await;
     relay.shutdown().await.unwrap();
     let copies: Vec<_> = log.iter().filter(|e| e.message.id == poison.id).collect();
     assert_eq!(copies.len(), 1);
@@ -653,13 +639,7 @@ async fn retention_keeps_delivered_rows_until_purged(backend: Backend) {
         },
     );
     wait_in_log(&db.store, topic, &msgs, WAIT).await;
-    wait_for("an empty backlog", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        }
-    })
-    .await;
+    wait_pending(&db.store, 0, "an empty backlog", WAIT, None).await;
     relay.shutdown().await.unwrap();
     assert_eq!(db.count("outbox").await, 10, "delivered rows are kept");
     assert!(db.store.status().await.unwrap().topics.is_empty());
@@ -840,13 +820,7 @@ async fn a_failed_report_in_flight_holds_back_later_messages_of_its_key() {
         },
     )
     .unwrap();
-    wait_for("both messages delivered", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        }
-    })
-    .await;
+    wait_pending(&db.store, 0, "both messages delivered", WAIT, None).await;
     let stats = relay.stats();
     relay.shutdown().await.unwrap();
 
@@ -962,13 +936,7 @@ async fn keys_held_back_in_a_busy_pipeline_are_delivered() {
         },
     )
     .unwrap();
-    wait_for("every message delivered", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}, {:?}", relay.stats())),
-        }
-    })
-    .await;
+    wait_pending(&db.store, 0, "every message delivered", WAIT, Some(&relay)).await;
     let stats = relay.stats();
     relay.shutdown().await.unwrap();
     assert_eq!(stats.delivered, msgs.len() as u64, "{stats:?}");
@@ -1032,13 +1000,7 @@ async fn most_batches_in_flight(n: usize, batch_size: u32) -> usize {
         },
     )
     .unwrap();
-    wait_for("every message delivered", WAIT, async || {
-        match db.store.pending_count().await {
-            Ok(0) => Ok(()),
-            other => Err(format!("pending_count = {other:?}")),
-        }
-    })
-    .await;
+    wait_pending(&db.store, 0, "every message delivered", WAIT, None).await;
     let stats = relay.stats();
     relay.shutdown().await.unwrap();
     assert_eq!(stats.delivered, n as u64, "{stats:?}");

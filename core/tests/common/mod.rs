@@ -379,6 +379,33 @@ pub async fn wait_for<T>(
     }
 }
 
+/// Waits up to `timeout` until the outbox of `store` holds exactly `pending`
+/// undelivered messages; on a timeout it panics naming `what`, the last
+/// count and, when given, the relay's stats.
+pub async fn wait_pending(
+    store: &Store,
+    pending: i64,
+    what: &str,
+    timeout: Duration,
+    relay: Option<&Relay>,
+) {
+    wait_for(what, timeout, async || match store.pending_count().await {
+        Ok(n) if n == pending => Ok(()),
+        Ok(n) => Err(match relay {
+            Some(relay) => format!("{n} pending, relay stats {:?}", relay.stats()),
+            None => format!("{n} pending"),
+        }),
+        Err(e) => Err(e.to_string()),
+    })
+    .await
+}
+
+/// Waits up to `timeout` until every message in the outbox of `store` is
+/// delivered (see [`wait_pending`]).
+pub async fn wait_until_drained(store: &Store, timeout: Duration, relay: Option<&Relay>) {
+    wait_pending(store, 0, "an empty outbox", timeout, relay).await
+}
+
 /// Relay settings for tests: short lease, fast polling, small backoff.
 pub fn relay_config() -> RelayConfig {
     RelayConfig {

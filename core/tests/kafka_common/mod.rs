@@ -6,7 +6,9 @@
 //! reader of what relaybox wrote to Kafka.
 #![allow(dead_code, unused_imports)]
 
-pub use crate::common::{drop_prefixed_tables, init_tracing, pg_url, wait_for};
+pub use crate::common::{
+    drop_prefixed_tables, init_tracing, pg_url, wait_for, wait_pending, wait_until_drained,
+};
 
 use std::collections::HashMap;
 use std::io::Read;
