@@ -439,6 +439,73 @@ async fn sns_sink_limits_attributes_names_missing_topics_and_sets_fifo_ids() {
     }
 }
 
+// ---- 2b. a topic the endpoint lost -------------------------------------------------
+
+/// The endpoint loses the topic and the group's queue (moto restarted, or
+/// both deleted): the sink creates the topic again and, before publishing to
+/// it, sets up this process's source of the topic again, so the message
+/// reaches the new queue instead of a topic without subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_sink_subscribes_the_sources_again_before_publishing_to_a_recreated_topic() {
+    let (sqs, sns) = raw_clients().await;
+    let s = suffix();
+    let topic = format!("lost-{s}");
+    let group = format!("g{s}");
+    let source = SqsSource::new(SqsSourceConfig::Sns {
+        config: sns_config(),
+        topic: topic.clone(),
+        group: group.clone(),
+    })
+    .expect("sns source");
+    source.prepare().await.expect("queue and subscription");
+    let sink = SnsSink::new(sns_config()).expect("sns sink");
+    let before = event(&topic, 0);
+    let results = sink.publish(std::slice::from_ref(&before)).await;
+    assert!(results[0].is_ok(), "{results:?}");
+
+    let queue = source_queue_name(&topic, &group);
+    let url = |sqs: aws_sdk_sqs::Client, queue: String| async move {
+        sqs.get_queue_url()
+            .queue_name(&queue)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue}: {e:?}"))
+            .queue_url
+            .expect("queue url")
+    };
+    let arn = sns
+        .create_topic()
+        .name(&topic)
+        .send()
+        .await
+        .expect("the topic's ARN")
+        .topic_arn
+        .expect("topic arn");
+    sns.delete_topic()
+        .topic_arn(&arn)
+        .send()
+        .await
+        .expect("delete_topic");
+    sqs.delete_queue()
+        .queue_url(url(sqs.clone(), queue.clone()).await)
+        .send()
+        .await
+        .expect("delete_queue");
+
+    let after = event(&topic, 1);
+    let results = sink.publish(std::slice::from_ref(&after)).await;
+    assert!(results[0].is_ok(), "{results:?}");
+    let got = receive_raw(&sqs, &url(sqs.clone(), queue.clone()).await, 1).await;
+    let after_id = after.id.to_string();
+    assert_eq!(
+        got.iter()
+            .map(|r| r.attr("relaybox-id"))
+            .collect::<Vec<_>>(),
+        vec![Some(after_id.as_str())],
+        "the queue set up again holds the message published after the loss"
+    );
+}
+
 // ---- 3. SQS sink and source round trip -----------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
