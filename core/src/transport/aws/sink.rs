@@ -270,6 +270,16 @@ impl SnsSink {
                 // would reach nobody, so the chunk waits for them.
                 let key = registry_key("sns", self.config.endpoint_url.as_deref(), name);
                 if let Err(e) = set_up_sources_again(&key).await {
+                    // Retryable whatever the source's error: the messages are
+                    // fine, and the relay tries again after its backoff.
+                    let e = transport_error(
+                        "sns",
+                        format!(
+                            "topic {name:?} was created again and a source of this process                              could not subscribe to it again yet: {e}"
+                        ),
+                        true,
+                        None,
+                    );
                     return all_failed(&ids, &e);
                 }
                 self.topics.found_again(name);
