@@ -463,16 +463,7 @@ async fn sns_sink_subscribes_the_sources_again_before_publishing_to_a_recreated_
     let results = sink.publish(std::slice::from_ref(&before)).await;
     assert!(results[0].is_ok(), "{results:?}");
 
-    let queue = source_queue_name(&topic, &group);
-    let url = |sqs: aws_sdk_sqs::Client, queue: String| async move {
-        sqs.get_queue_url()
-            .queue_name(&queue)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("queue {queue}: {e:?}"))
-            .queue_url
-            .expect("queue url")
-    };
+    let queue = source.queue_name().to_string();
     let arn = sns
         .create_topic()
         .name(&topic)
@@ -487,7 +478,7 @@ async fn sns_sink_subscribes_the_sources_again_before_publishing_to_a_recreated_
         .await
         .expect("delete_topic");
     sqs.delete_queue()
-        .queue_url(url(sqs.clone(), queue.clone()).await)
+        .queue_url(queue_url(&sqs, &queue).await)
         .send()
         .await
         .expect("delete_queue");
@@ -495,7 +486,7 @@ async fn sns_sink_subscribes_the_sources_again_before_publishing_to_a_recreated_
     let after = event(&topic, 1);
     let results = sink.publish(std::slice::from_ref(&after)).await;
     assert!(results[0].is_ok(), "{results:?}");
-    let got = receive_raw(&sqs, &url(sqs.clone(), queue.clone()).await, 1).await;
+    let got = receive_raw(&sqs, &queue_url(&sqs, &queue).await, 1).await;
     let after_id = after.id.to_string();
     assert_eq!(
         got.iter()
