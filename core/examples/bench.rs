@@ -53,8 +53,12 @@
 //!    the latency is that moment minus the moment the producer's `commit`
 //!    returned, in an HDR histogram. A producer ticks every 1 ms
 //!    (`MissedTickBehavior::Burst`) and issues one transaction per tick (at
-//!    most 32 in flight). Target: p99 < 25 ms. Also printed: the producer's
-//!    commit time, and where the time
+//!    most 32 in flight). Before the window the disk is settled: `CHECKPOINT`,
+//!    then `sync`, so that the window does not share the disk with the
+//!    writeback of the sections before it (`RELAYBOX_BENCH_NO_SETTLE=1` skips
+//!    this). Target: p99 < 25 ms. Also printed: the producer's
+//!    commit time, what PostgreSQL's checkpointer and the whole machine wrote
+//!    during the window, and where the time
 //!    goes (log `appended_at`, `DatabaseSource::fetch` handing the message out
 //!    (a forwarding `Source` clocks it) and inbox `processed_at`, each against
 //!    `created_at`). Full runs also measure the consumer's capacity: 20,000
@@ -93,7 +97,7 @@
 //!    sent_at; sleeps 1 s only when the table is empty; 2,000 rows or 10 s)
 //!    with the relay/naive ratio, and commit-to-handler latency at 1,000
 //!    msg/s for 10 s through Kafka (relay with `KafkaSink`, `Consumer` with
-//!    `KafkaSource`; target p99 < 25 ms) with where the time goes (send
+//!    `KafkaSource`; settled as in section 5; target p99 < 25 ms) with where the time goes (send
 //!    called / reports in, `KafkaSource::fetch` handing the record out). Full
 //!    runs also measure the consumer's capacity on 20,000 waiting records (3
 //!    and 12 partitions, and `DatabaseSource` for comparison). The topics and
@@ -580,6 +584,20 @@ impl Bench {
         Ok(sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    /// Writes out what earlier sections left dirty: PostgreSQL's buffers
+    /// (`CHECKPOINT`), then the machine's page cache (`sync`: the broker's
+    /// log segments too), so that a latency window does not share the disk
+    /// with their writeback. `RELAYBOX_BENCH_NO_SETTLE` (any value) skips it.
+    async fn settle(&self) -> Result<()> {
+        if std::env::var("RELAYBOX_BENCH_NO_SETTLE").is_ok() {
+            return Ok(());
+        }
+        self.exec("CHECKPOINT".into()).await?;
+        let synced = tokio::process::Command::new("sync").status().await?;
+        ensure!(synced.success(), "sync failed: {synced}");
+        Ok(())
     }
 
     /// Empties every table a section writes to.
@@ -1377,6 +1395,74 @@ struct Steady {
     commits: Histogram<u64>,
     /// When each message's `commit` returned (wall clock), by message id.
     committed: HashMap<Uuid, chrono::DateTime<Utc>>,
+    /// What was written to disk while the producer ran.
+    disk: DiskWrites,
+}
+
+/// Writes to disk besides the benchmark's own: checkpoints begun and buffers
+/// written by PostgreSQL's checkpointer, and the machine's dirty page cache
+/// and disk writes (every process: the broker's log segments too). Read
+/// before a window and differenced after it.
+#[derive(Clone, Copy, Debug, Default)]
+struct DiskWrites {
+    checkpoints: i64,
+    buffers: i64,
+    /// Page cache waiting to be written back (`Dirty` + `Writeback` of
+    /// /proc/meminfo), kB; at the window's start.
+    dirty_kb: u64,
+    /// Written to disk by the whole machine (`pgpgout` of /proc/vmstat), kB.
+    written_kb: u64,
+}
+
+impl DiskWrites {
+    /// The counters now: `pg_stat_checkpointer` (PostgreSQL 17 and later),
+    /// else `pg_stat_bgwriter`; /proc for the machine's figures (0 if absent).
+    async fn read(b: &Bench) -> Result<DiskWrites> {
+        let newer = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT num_timed + num_requested, buffers_written FROM pg_stat_checkpointer",
+        )
+        .fetch_one(&b.pool)
+        .await;
+        let (checkpoints, buffers) = match newer {
+            Ok(v) => v,
+            Err(_) => {
+                sqlx::query_as(
+                    "SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter",
+                )
+                .fetch_one(&b.pool)
+                .await?
+            }
+        };
+        let field = |file: &str, names: &[&str]| -> u64 {
+            std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    let mut parts = l.split_whitespace();
+                    let name = parts.next()?.trim_end_matches(':');
+                    names
+                        .contains(&name)
+                        .then(|| parts.next()?.parse::<u64>().ok())?
+                })
+                .sum()
+        };
+        Ok(DiskWrites {
+            checkpoints,
+            buffers,
+            dirty_kb: field("/proc/meminfo", &["Dirty", "Writeback"]),
+            written_kb: field("/proc/vmstat", &["pgpgout"]),
+        })
+    }
+
+    /// What happened since `before`; the dirty page cache as it was then.
+    fn since(self, before: DiskWrites) -> DiskWrites {
+        DiskWrites {
+            checkpoints: self.checkpoints - before.checkpoints,
+            buffers: self.buffers - before.buffers,
+            dirty_kb: before.dirty_kb,
+            written_kb: self.written_kb.saturating_sub(before.written_kb),
+        }
+    }
 }
 
 /// One message per transaction, one transaction per 1 ms tick
@@ -1395,6 +1481,7 @@ async fn produce_steady(
     let mut committed = HashMap::new();
     let mut set = JoinSet::new();
     let mut produced = 0usize;
+    let disk = DiskWrites::read(b).await?;
     let started = Instant::now();
     while started.elapsed() < run_for {
         ticker.tick().await;
@@ -1426,11 +1513,13 @@ async fn produce_steady(
         commits.saturating_record(took);
         committed.insert(id, at);
     }
+    let disk = DiskWrites::read(b).await?.since(disk);
     Ok(Steady {
         produced,
         achieved: rate(produced, producing),
         commits,
         committed,
+        disk,
     })
 }
 
@@ -1476,6 +1565,18 @@ fn print_latency_rows(runs: &[(&str, &Steady, &Histogram<u64>, u64)]) {
     }
     println!("  latency (p50..max) = handler start - the producer's commit returning;");
     println!("  commit50/99 = the producer's begin+enqueue+commit; batches = relay batches");
+    for (name, s, _, _) in runs {
+        println!(
+            "  {name}: while producing, PostgreSQL's checkpointer began {} checkpoint(s) and wrote {} buffers;",
+            s.disk.checkpoints,
+            thousands(s.disk.buffers.max(0) as u64)
+        );
+        println!(
+            "    the machine had {} MB of page cache to write back at the start and wrote {} MB to disk",
+            s.disk.dirty_kb / 1024,
+            s.disk.written_kb / 1024
+        );
+    }
 }
 
 async fn section_latency(b: &mut Bench) -> Result<()> {
@@ -1542,6 +1643,7 @@ fn p99_met(h: &Histogram<u64>) -> bool {
 async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
     let run_for = b.sizes.latency_for;
     b.reset().await?;
+    b.settle().await?;
     let clocks = Clocks::new();
     let (relay, consumer) = start_pipeline(b, name, &clocks).await?;
     let steady = produce_steady(b, run_for, Arc::new(|i| message(LATENCY_TOPIC, i))).await;
@@ -2639,6 +2741,7 @@ mod kafka {
         b.kafka_groups.push(group.clone());
         let b: &Bench = b;
         b.reset().await?;
+        b.settle().await?;
         let config = kafka_config(&broker.bootstrap);
         let sink = KafkaSink::new(config.clone())?;
         sink.ensure_topic(&topic).await?;
