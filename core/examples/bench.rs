@@ -1415,24 +1415,20 @@ struct DiskWrites {
 }
 
 impl DiskWrites {
-    /// The counters now: `pg_stat_checkpointer` (PostgreSQL 17 and later),
-    /// else `pg_stat_bgwriter`; /proc for the machine's figures (0 if absent).
+    /// The counters now: `pg_stat_checkpointer` on PostgreSQL 17 and later,
+    /// `pg_stat_bgwriter` before; /proc for the machine's figures (0 if absent).
     async fn read(b: &Bench) -> Result<DiskWrites> {
-        let newer = sqlx::query_as::<_, (i64, i64)>(
-            "SELECT num_timed + num_requested, buffers_written FROM pg_stat_checkpointer",
-        )
-        .fetch_one(&b.pool)
-        .await;
-        let (checkpoints, buffers) = match newer {
-            Ok(v) => v,
-            Err(_) => {
-                sqlx::query_as(
-                    "SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter",
-                )
-                .fetch_one(&b.pool)
-                .await?
-            }
+        // PostgreSQL 17 moved the checkpointer's counters to their own view.
+        let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+            .fetch_one(&b.pool)
+            .await?;
+        let counters = if version >= 170_000 {
+            "SELECT num_timed + num_requested, buffers_written FROM pg_stat_checkpointer"
+        } else {
+            "SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter"
         };
+        let (checkpoints, buffers): (i64, i64) =
+            sqlx::query_as(counters).fetch_one(&b.pool).await?;
         let field = |file: &str, names: &[&str]| -> u64 {
             std::fs::read_to_string(file)
                 .unwrap_or_default()
