@@ -58,7 +58,8 @@
 //!    writeback of the sections before it (`RELAYBOX_BENCH_NO_SETTLE=1` skips
 //!    this). Target: p99 < 25 ms. Also printed: the producer's
 //!    commit time, what PostgreSQL's checkpointer and the whole machine wrote
-//!    during the window, and where the time
+//!    during the window, how busy the machine's cores were and its CPU time
+//!    per message (split as in section 8), and where the time
 //!    goes (log `appended_at`, `DatabaseSource::fetch` handing the message out
 //!    (a forwarding `Source` clocks it) and inbox `processed_at`, each against
 //!    `created_at`). Full runs also measure the consumer's capacity: 20,000
@@ -102,6 +103,14 @@
 //!    runs also measure the consumer's capacity on 20,000 waiting records (3
 //!    and 12 partitions, and `DatabaseSource` for comparison). The topics and
 //!    consumer groups it created are deleted at the end (best effort).
+//!
+//! Settings for experiments (environment; the defaults when unset):
+//! `RELAYBOX_BENCH_NO_SETTLE=1` skips settling the disk before latency
+//! windows; `RELAYBOX_BENCH_LATENCY_RELAY` is a `RelayConfig` JSON object
+//! for the latency runs' relays (e.g. `{"concurrency": 1}`);
+//! `RELAYBOX_BENCH_KAFKA_PROPS` (`key=value,key=value`) adds librdkafka
+//! producer properties to ceiling b's producer and every relay's `KafkaSink`
+//! in section 8 alike.
 //!
 //! Every run uses its own tables (prefix `bench_<pid>_`) and drops them at
 //! the end, also after an error or Ctrl-C. Other work on the machine (builds,
@@ -1335,6 +1344,16 @@ async fn start_pipeline(b: &Bench, name: &str, clocks: &Clocks) -> Result<(Relay
 /// A relay (default settings) on `sink` and a consumer of group `group` on
 /// `source` whose handler records `now - created_at` in `clocks` (and the
 /// source's hand-out too); waits until the relay holds every partition.
+/// The latency runs' relay settings: the defaults, or the JSON object in
+/// `RELAYBOX_BENCH_LATENCY_RELAY` (e.g. `{"batches_in_flight": 1}`; keys as
+/// in `RelayConfig::from_json`, the rest default).
+fn latency_relay_config() -> Result<RelayConfig> {
+    match std::env::var("RELAYBOX_BENCH_LATENCY_RELAY") {
+        Ok(text) => Ok(RelayConfig::from_json(serde_json::from_str(&text)?)?),
+        Err(_) => Ok(RelayConfig::default()),
+    }
+}
+
 async fn start_pipeline_with(
     b: &Bench,
     name: &str,
@@ -1349,7 +1368,7 @@ async fn start_pipeline_with(
         sink,
         RelayConfig {
             instance_id: Some(format!("{}{name}", b.prefix)),
-            ..RelayConfig::default()
+            ..latency_relay_config()?
         },
     )?;
     let source = Arc::new(HandOut {
@@ -1397,6 +1416,8 @@ struct Steady {
     committed: HashMap<Uuid, chrono::DateTime<Utc>>,
     /// What was written to disk while the producer ran.
     disk: DiskWrites,
+    /// The machine's busy CPU while the producer ran, and how long it ran.
+    cpu: (Busy, Duration),
 }
 
 /// Writes to disk besides the benchmark's own: checkpoints begun and buffers
@@ -1478,6 +1499,7 @@ async fn produce_steady(
     let mut set = JoinSet::new();
     let mut produced = 0usize;
     let disk = DiskWrites::read(b).await?;
+    let cpu = MachineCpu::start();
     let started = Instant::now();
     while started.elapsed() < run_for {
         ticker.tick().await;
@@ -1509,6 +1531,7 @@ async fn produce_steady(
         commits.saturating_record(took);
         committed.insert(id, at);
     }
+    let cpu = (cpu.stop(), started.elapsed());
     let disk = DiskWrites::read(b).await?.since(disk);
     Ok(Steady {
         produced,
@@ -1516,6 +1539,7 @@ async fn produce_steady(
         commits,
         committed,
         disk,
+        cpu,
     })
 }
 
@@ -1571,6 +1595,17 @@ fn print_latency_rows(runs: &[(&str, &Steady, &Histogram<u64>, u64)]) {
             "    the machine had {} MB of page cache to write back at the start and wrote {} MB to disk",
             s.disk.dirty_kb / 1024,
             s.disk.written_kb / 1024
+        );
+        let (busy, wall) = s.cpu;
+        let per = |seconds: f64| seconds * 1e6 / s.produced.max(1) as f64;
+        println!(
+            "    its {} cores were {:.0}% busy: {:.0} us of CPU per message (this process {:.0}, PostgreSQL {:.0}, broker {:.0})",
+            cores(),
+            100.0 * busy.machine / (wall.as_secs_f64() * cores() as f64).max(f64::MIN_POSITIVE),
+            per(busy.machine),
+            per(busy.own),
+            per(busy.postgres),
+            per(busy.java)
         );
     }
 }
@@ -2020,15 +2055,21 @@ async fn section_idle(b: &mut Bench) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Explain (opt-in): the relay's statements on a full backlog
 
-/// The relay's claim query, as in core/src/store/postgres.rs (`claim_rows`).
+/// The lease owner the `explain` section's claim runs as.
+const EXPLAIN_OWNER: &str = "bench-explain";
+
+/// The relay's claim statement, as in core/src/store/postgres.rs (`claim_sql`).
 fn claim_sql(p: &str) -> String {
     format!(
-        "SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
+        "WITH held AS MATERIALIZED (SELECT partition FROM {p}leases \
+             WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 ORDER BY partition FOR KEY SHARE) \
+         SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
          FROM {p}outbox o \
-         WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now() \
+         WHERE EXISTS (SELECT 1 FROM held) \
+         AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now() \
          AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
              AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
-         ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+         ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED"
     )
 }
 
@@ -2088,19 +2129,30 @@ async fn section_explain(b: &mut Bench) -> Result<()> {
     let p = b.prefix.clone();
     let partitions: Vec<i32> = (0..b.store.partitions().await? as i32).collect();
     let mut conn = b.pool.acquire().await?;
+    // The claim locks the leases of its owner: one that holds them all.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "UPDATE {p}leases SET owner = '{EXPLAIN_OWNER}', expires_at = now() + interval '1 hour'"
+    )))
+    .execute(&mut *conn)
+    .await?;
     for mode in ["force_custom_plan", "force_generic_plan"] {
         sqlx::raw_sql(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
             .execute(&mut *conn)
             .await?;
-        println!("  claim_rows, plan_cache_mode = {mode}:");
+        println!("  claim (one batch loop holding every partition), plan_cache_mode = {mode}:");
         explain(&mut conn, &claim_sql(&p), |q| {
-            q.bind(partitions.clone()).bind(batch)
+            q.bind(EXPLAIN_OWNER).bind(1i32).bind(0i32).bind(batch)
         })
         .await?;
     }
     sqlx::raw_sql("RESET plan_cache_mode")
         .execute(&mut *conn)
         .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "UPDATE {p}leases SET owner = NULL, expires_at = now()"
+    )))
+    .execute(&mut *conn)
+    .await?;
     for limit in [batch, 2 * batch] {
         println!("  move_to_log (the fused DatabaseSink path), LIMIT {limit}:");
         explain(&mut conn, &move_to_log_sql(&p), |q| {
@@ -2239,16 +2291,34 @@ mod kafka {
             .set("batch.num.messages", "10000")
             .set("message.timeout.ms", "0")
             .set("allow.auto.create.topics", "false");
+        for (k, v) in extra_producer_properties() {
+            c.set(k, v);
+        }
         c
+    }
+
+    /// Producer properties from `RELAYBOX_BENCH_KAFKA_PROPS` (`k=v,k=v`),
+    /// applied to the ceiling's producer and the relay's `KafkaSink` alike.
+    fn extra_producer_properties() -> Vec<(String, String)> {
+        std::env::var("RELAYBOX_BENCH_KAFKA_PROPS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
     }
 
     /// The relay's Kafka settings: `create_topics`, 3 partitions.
     fn kafka_config(bootstrap: &str) -> KafkaConfig {
-        KafkaConfig {
+        let mut config = KafkaConfig {
             create_topics: true,
             topic_partitions: PARTITIONS,
             ..KafkaConfig::new(bootstrap)
-        }
+        };
+        config
+            .producer_properties
+            .extend(extra_producer_properties());
+        config
     }
 
     /// `kafka_config`, with the producer's `linger.ms` overridden if `linger` is set.

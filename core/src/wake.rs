@@ -170,13 +170,15 @@ async fn announce(pool: PgPool, channels: [String; 2], announcer: Arc<Announcer>
         if !(outbox || log) {
             continue;
         }
+        // One round trip: the whole transaction travels as one simple query.
         // Channel names are the validated table prefix plus a fixed word: safe to inline.
-        let mut sql = String::from("SET LOCAL synchronous_commit = off;");
+        let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = off;");
         for (pending, channel) in [(outbox, &channels[0]), (log, &channels[1])] {
             if pending {
                 sql.push_str(&format!(" NOTIFY {channel};"));
             }
         }
+        sql.push_str(" COMMIT");
         let sent = async {
             if conn.is_none() {
                 let mut c = PgConnection::connect_with(&pool.connect_options()).await?;
@@ -187,10 +189,11 @@ async fn announce(pool: PgPool, channels: [String; 2], announcer: Arc<Announcer>
                 conn = Some(c);
             }
             let c = conn.as_mut().expect("connected above");
-            let mut tx = c.begin().await?;
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await?;
-            tx.commit().await
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await?;
+            Ok::<_, sqlx::Error>(())
         };
+        // A failed query may leave its transaction open: the connection is
+        // dropped and the next announcement opens a fresh one.
         if let Err(e) = sent.await {
             tracing::debug!(error = %crate::Error::from(e), "relaybox NOTIFY failed; other processes rely on polling");
             conn = None;

@@ -1017,3 +1017,43 @@ async fn a_backlog_goes_one_full_batch_at_a_time_and_small_batches_are_pipelined
     // are acknowledged.
     assert_eq!(most_batches_in_flight(100, 10).await, 2);
 }
+
+// ---------------------------------------------------------------------------
+// Wake-ups across processes (PostgreSQL).
+
+/// A relay on another store handle, as in another process, wakes on the
+/// `NOTIFY` that the enqueuing store sends after its commit: the message is
+/// delivered long before the relay's next poll (60 s away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_of_another_store_wakes_on_notify_before_its_poll() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let other = db.open_store().await;
+    let relay = start_db_relay(
+        &other,
+        RelayConfig {
+            poll_interval: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(60),
+            ..relay_config()
+        },
+    );
+    wait_for("the relay holding every partition", WAIT, async || {
+        let stats = relay.stats();
+        if stats.partitions_held == 16 {
+            Ok(())
+        } else {
+            Err(format!("{stats:?}"))
+        }
+    })
+    .await;
+    // Past the relay's first claims and their re-checks: from here on, only
+    // a wake-up or the poll makes it look again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tx = db.store.begin().await.expect("begin");
+    tx.enqueue(Message::new("wake", b"across".to_vec()))
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    wait_until_drained(&db.store, Duration::from_secs(20), Some(&relay)).await;
+    assert_eq!(relay.stats().delivered, 1);
+    relay.shutdown().await.expect("shutdown");
+}

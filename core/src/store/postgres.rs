@@ -26,7 +26,7 @@ pub(crate) struct PgSql {
     insert_many: Sql,
     partition_count: Sql,
     claim_leases: Sql,
-    claim_rows: Sql,
+    claim: Sql,
     delete_ids: Sql,
     mark_sent: Sql,
     retry: Sql,
@@ -85,14 +85,7 @@ impl PgSql {
                 "SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 \
                  ORDER BY partition FOR KEY SHARE"
             )),
-            claim_rows: s(format!(
-                "SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
-                 FROM {p}outbox o \
-                 WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now() \
-                 AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
-                     AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
-                 ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
-            )),
+            claim: s(claim_sql(p)),
             delete_ids: s(format!("DELETE FROM {p}outbox WHERE id = ANY($1)")),
             mark_sent: s(format!("UPDATE {p}outbox SET sent_at = now() WHERE id = ANY($1)")),
             retry: s(format!(
@@ -222,6 +215,27 @@ impl PgSql {
 /// Claims due rows of the partitions in `$1` (at most `$2`), takes them out of
 /// the outbox with `take` (delete, or mark sent) and appends them to the log
 /// in `seq` order, all in one statement: the payloads never leave the server.
+/// The relay's claim, in one statement: the lease rows this batch loop
+/// holds (`$1` owner, slice `partition % $2 = $3`) locked `FOR KEY SHARE`
+/// (see `claim_leases`), then up to `$4` claimable rows of their partitions
+/// in `seq` order, locked `FOR UPDATE SKIP LOCKED`. A row is claimable when
+/// no earlier row of its key is held back (retry backoff, delayed delivery).
+/// When the loop holds no lease, the one-time `EXISTS` test stops the
+/// statement before it reads the outbox.
+fn claim_sql(p: &str) -> String {
+    format!(
+        "WITH held AS MATERIALIZED (SELECT partition FROM {p}leases \
+             WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 ORDER BY partition FOR KEY SHARE) \
+         SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
+         FROM {p}outbox o \
+         WHERE EXISTS (SELECT 1 FROM held) \
+         AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now() \
+         AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
+             AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
+         ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED"
+    )
+}
+
 fn move_to_log_sql(p: &str, take: &str) -> String {
     let take = take.replace("{p}", p);
     format!(
@@ -474,21 +488,13 @@ pub(super) async fn claim(
     limit: u32,
 ) -> Result<Claim> {
     let mut tx = pool.begin_with(BATCH_BEGIN).await?;
-    let partitions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.claim_leases.clone()))
+    let rows = q(&sql.claim)
         .bind(owner)
         .bind(slice.count as i32)
         .bind(slice.index as i32)
+        .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-    let rows = if partitions.is_empty() {
-        Vec::new()
-    } else {
-        q(&sql.claim_rows)
-            .bind(&partitions)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?
-    };
     let (rows, messages) = split_claimed(&rows, |row| {
         let place = OutboxRow {
             seq: row.try_get("seq")?,
