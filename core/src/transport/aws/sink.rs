@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 
 use super::codec::{encode, Encoded};
 use super::config::{SnsConfig, SqsConfig};
-use super::source::{registry_key, set_up_sources_again};
+use super::source::{registry_key, set_up_sources_again, sources_set_up};
 use super::{
     aws_failure, is_fifo, topic_name_of_arn, transport_error, Failure, QueueUrls, TopicArns,
 };
@@ -264,24 +264,31 @@ impl SnsSink {
                 Err(f) => return all_failed(&ids, &f.error),
             };
             let name = topic_name_of_arn(&arn);
-            if self.topics.is_lost(name) {
-                // The topic was created again with no subscriptions: what is
-                // published before this process's sources subscribe again
-                // would reach nobody, so the chunk waits for them.
-                let key = registry_key("sns", self.config.endpoint_url.as_deref(), name);
-                if let Err(e) = set_up_sources_again(&key).await {
-                    // Retryable whatever the source's error: the messages are
-                    // fine, and the relay tries again after its backoff.
-                    let e = transport_error(
-                        "sns",
-                        format!(
-                            "topic {name:?} was created again and a source of this process                              could not subscribe to it again yet: {e}"
-                        ),
-                        true,
-                        None,
-                    );
-                    return all_failed(&ids, &e);
-                }
+            let key = registry_key("sns", self.config.endpoint_url.as_deref(), name);
+            // A topic created again has no subscriptions, and a source of this
+            // process that is setting itself up creates the topic before it
+            // subscribes: what is published before its sources have
+            // subscribed would reach nobody, so the chunk waits for them.
+            let lost = self.topics.is_lost(name);
+            let ready = if lost {
+                set_up_sources_again(&key).await
+            } else {
+                sources_set_up(&key).await
+            };
+            if let Err(e) = ready {
+                // Retryable whatever the source's error: the messages are
+                // fine, and the relay tries again after its backoff.
+                let e = transport_error(
+                    "sns",
+                    format!(
+                        "a source of this process could not subscribe to topic {name:?} yet: {e}"
+                    ),
+                    true,
+                    None,
+                );
+                return all_failed(&ids, &e);
+            }
+            if lost {
                 self.topics.found_again(name);
             }
             let fifo = is_fifo(&arn);

@@ -108,6 +108,20 @@ pub(crate) fn registry_key(transport: &str, endpoint: Option<&str>, name: &str) 
 /// registered under `key`. Every source is tried; the first failure is
 /// returned (and each source's next fetch tries again by itself).
 pub(crate) async fn set_up_sources_again(key: &str) -> Result<()> {
+    set_up_sources(key, true).await
+}
+
+/// Makes sure every live source of this process registered under `key` is
+/// set up, waiting for one that is setting itself up right now. A source
+/// that found its queue missing creates the topic before it subscribes to
+/// it: a message published in between would reach nobody, so an SNS sink
+/// publishes only once this returns. Costs a lock per source once they are
+/// set up.
+pub(crate) async fn sources_set_up(key: &str) -> Result<()> {
+    set_up_sources(key, false).await
+}
+
+async fn set_up_sources(key: &str, again: bool) -> Result<()> {
     let sources: Vec<Arc<SqsSource>> = {
         let mut all = CREATING_SOURCES.lock().unwrap();
         all.retain(|(_, w)| w.strong_count() > 0);
@@ -118,9 +132,11 @@ pub(crate) async fn set_up_sources_again(key: &str) -> Result<()> {
     };
     let mut first_error = None;
     for source in sources {
-        source.forget_queues().await;
+        if again {
+            source.forget_queues().await;
+        }
         if let Err(e) = source.queues().await {
-            tracing::debug!(queue = %source.queue, error = %e, "relaybox could not set up an SQS queue again yet");
+            tracing::debug!(queue = %source.queue, error = %e, "relaybox could not set up an SQS queue yet");
             first_error.get_or_insert(e);
         }
     }
@@ -651,6 +667,112 @@ impl Source for SqsSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
+    use crate::sink::Sink;
+    use crate::transport::aws::{SnsConfig, SnsSink};
+
+    /// The moto endpoint of the SNS/SQS tests; fails loudly without it.
+    fn endpoint() -> String {
+        std::env::var("RELAYBOX_AWS_ENDPOINT_URL")
+            .expect("RELAYBOX_AWS_ENDPOINT_URL (moto: eval \"$(dev/services env)\")")
+    }
+
+    /// A source that found its queue missing sets itself up again: it creates
+    /// the topic, then subscribes. An SNS sink of the same process that
+    /// publishes meanwhile waits for the subscription instead of publishing
+    /// to a topic that has none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sns_sink_waits_for_a_source_setting_itself_up() {
+        let config = SnsConfig {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(endpoint()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            create_topics: true,
+            create_queues: true,
+            visibility_timeout: Duration::from_secs(30),
+            ..SnsConfig::default()
+        };
+        let topic = format!("setting-up-{}", uuid::Uuid::now_v7().simple());
+        let source = SqsSource::new(SqsSourceConfig::Sns {
+            config: config.clone(),
+            topic: topic.clone(),
+            group: "g".into(),
+        })
+        .expect("source");
+        let queues = source.queues().await.expect("queue and subscription");
+        let sink = Arc::new(SnsSink::new(config).expect("sink"));
+        let results = sink
+            .publish(&[Message::new(&topic, b"before".to_vec())])
+            .await;
+        assert!(results[0].is_ok(), "{results:?}");
+
+        // The endpoint loses its state; the source finds its queue missing and
+        // is half-way through setting itself up: the topic exists again, with
+        // no subscription yet.
+        let (sqs, sns) = source.clients().await.expect("clients");
+        let arn = || async {
+            sns.create_topic()
+                .name(&topic)
+                .send()
+                .await
+                .expect("create_topic")
+                .topic_arn
+                .expect("topic arn")
+        };
+        sns.delete_topic()
+            .topic_arn(arn().await)
+            .send()
+            .await
+            .expect("delete_topic");
+        sqs.delete_queue()
+            .queue_url(&queues.url)
+            .send()
+            .await
+            .expect("delete_queue");
+        source.forget_queues().await;
+        let mut setting_up = source.queues.lock().await;
+        arn().await;
+
+        let after = Message::new(&topic, b"after".to_vec());
+        let after_id = after.id;
+        let publishing = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.publish(&[after]).await })
+        };
+        // Long enough for a sink that does not wait to have published.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        *setting_up = Some(
+            source
+                .set_up()
+                .await
+                .map_err(|f| f.error)
+                .expect("set up again"),
+        );
+        drop(setting_up);
+        let results = publishing.await.expect("publish task");
+        assert!(results[0].is_ok(), "{results:?}");
+
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.extend(
+                source
+                    .fetch(10, Duration::from_secs(1))
+                    .await
+                    .expect("fetch")
+                    .into_iter()
+                    .map(|d| d.message.id),
+            );
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(
+            got,
+            vec![after_id],
+            "the message published during the set-up reached the new queue"
+        );
+    }
 
     #[test]
     fn queue_names() {
