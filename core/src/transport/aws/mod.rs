@@ -244,6 +244,11 @@ pub(crate) struct TopicArns {
 }
 
 impl TopicArns {
+    /// Whether the ARN of the topic `name` is known.
+    pub fn knows(&self, name: &str) -> bool {
+        self.arns.lock().unwrap().contains_key(name)
+    }
+
     pub fn forget(&self, name: &str) {
         self.arns.lock().unwrap().remove(name);
     }

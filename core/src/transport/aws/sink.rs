@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 
 use super::codec::{encode, Encoded};
 use super::config::{SnsConfig, SqsConfig};
-use super::source::{registry_key, set_up_sources_again, sources_set_up};
+use super::source::{registry_key, set_up_sources_again, set_ups, sources_set_up};
 use super::{
     aws_failure, is_fifo, topic_name_of_arn, transport_error, Failure, QueueUrls, TopicArns,
 };
@@ -193,6 +193,11 @@ pub struct SnsSink {
     config: SnsConfig,
     client: OnceCell<aws_sdk_sns::Client>,
     topics: TopicArns,
+    /// Publishes to known topics share it; resolving or creating a topic
+    /// (again) and setting up its sources takes it alone. A topic created
+    /// again has no subscriptions until its sources are set up, and a
+    /// publish of another chunk landing in between would reach nobody.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for SnsSink {
@@ -212,6 +217,7 @@ impl SnsSink {
             config,
             client: OnceCell::new(),
             topics: TopicArns::default(),
+            gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -230,19 +236,24 @@ impl SnsSink {
     }
 
     /// The ARN a message goes to (its destination key is the topic name or
-    /// the configured ARN).
-    async fn arn(&self, client: &aws_sdk_sns::Client, dest: &str) -> Result<String, Failure> {
+    /// the configured ARN). Creates the topic (with `create_topics`) only
+    /// when `may_create`.
+    async fn arn(
+        &self,
+        client: &aws_sdk_sns::Client,
+        dest: &str,
+        may_create: bool,
+    ) -> Result<String, Failure> {
+        let create = may_create && self.config.create_topics;
         if self.config.topic_arn.as_deref() == Some(dest) {
-            if self.config.create_topics {
+            if create {
                 self.topics
                     .get(client, topic_name_of_arn(dest), true)
                     .await?;
             }
             return Ok(dest.to_string());
         }
-        self.topics
-            .get(client, dest, self.config.create_topics)
-            .await
+        self.topics.get(client, dest, create).await
     }
 
     async fn send_chunk(
@@ -259,8 +270,33 @@ impl SnsSink {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let arn = match self.arn(client, &dest).await {
+            let configured = self.config.topic_arn.as_deref() == Some(dest.as_str());
+            let named = if configured {
+                topic_name_of_arn(&dest)
+            } else {
+                dest.as_str()
+            };
+            // A configured ARN without `create_topics` needs no lookup.
+            let fixed = configured && !self.config.create_topics;
+            let settled = |t: &TopicArns| (fixed || t.knows(named)) && !t.is_lost(named);
+            // Held until this attempt is done: shared for a known topic whose
+            // sources are set up, alone otherwise.
+            let (_shared, alone) = loop {
+                if !settled(&self.topics) {
+                    break (None, Some(self.gate.write().await));
+                }
+                let shared = self.gate.read().await;
+                if settled(&self.topics) {
+                    break (Some(shared), None);
+                }
+            };
+            let arn = match self.arn(client, &dest, alone.is_some()).await {
                 Ok(a) => a,
+                // Forgotten by another chunk meanwhile: resolve it alone.
+                Err(f) if f.missing && alone.is_none() => {
+                    attempt -= 1;
+                    continue;
+                }
                 Err(f) => return all_failed(&ids, &f.error),
             };
             let name = topic_name_of_arn(&arn);
@@ -290,6 +326,18 @@ impl SnsSink {
             }
             if lost {
                 self.topics.found_again(name);
+            }
+            let (began, ended) = set_ups(&key);
+            if began != ended {
+                // A source is setting itself up right now (it began after
+                // the check above): this attempt would race its subscription.
+                let e = transport_error(
+                    "sns",
+                    format!("a source of this process is subscribing to topic {name:?} again"),
+                    true,
+                    None,
+                );
+                return all_failed(&ids, &e);
             }
             let fifo = is_fifo(&arn);
             let mut entries = Vec::with_capacity(items.len());
@@ -325,6 +373,22 @@ impl SnsSink {
                 .send()
                 .await;
             match out {
+                // A source set itself up while this was published: the
+                // messages may have reached the topic before its
+                // subscription did, so they go again (the inbox drops a
+                // second copy).
+                Ok(_) if set_ups(&key).0 != began => {
+                    let e = transport_error(
+                        "sns",
+                        format!(
+                            "a source of this process subscribed to topic {name:?} again while \
+                             the batch was published: publishing it again"
+                        ),
+                        true,
+                        None,
+                    );
+                    return all_failed(&ids, &e);
+                }
                 Ok(out) => {
                     let ok: HashSet<String> = out
                         .successful
@@ -350,9 +414,11 @@ impl SnsSink {
                 Err(e) => {
                     let f = aws_failure("sns", &format!("publishing to {arn}"), e, None);
                     if f.missing {
+                        // Lost first: a chunk that finds the ARN forgotten
+                        // must also find the topic lost.
+                        self.topics.mark_lost(topic_name_of_arn(&arn));
                         self.topics.forget(topic_name_of_arn(&arn));
                         self.topics.forget(&dest);
-                        self.topics.mark_lost(topic_name_of_arn(&arn));
                         if self.config.create_topics && attempt == 1 {
                             tracing::info!(topic = %arn, "relaybox SNS topic missing; creating it again");
                             continue;

@@ -99,6 +99,46 @@ fn check_queue_name(name: &str, field: &str) -> Result<()> {
 /// no message published after the restart.
 static CREATING_SOURCES: Mutex<Vec<(String, Weak<SqsSource>)>> = Mutex::new(Vec::new());
 
+/// Set-ups of sources (queues, subscription) by registry key: how many
+/// began and how many ended. A source that sets itself up after finding its
+/// queue missing creates the topic before it subscribes; an SNS sink of the
+/// process whose publish overlapped a set-up cannot tell whether it landed
+/// in between, so it publishes again ([`set_ups`]).
+static SET_UPS: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+/// (began, ended) set-ups of the sources registered under `key`.
+pub(crate) fn set_ups(key: &str) -> (u64, u64) {
+    SET_UPS
+        .lock()
+        .unwrap()
+        .get(key)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Counts a set-up as begun, and as ended when dropped (also on error).
+struct SettingUp<'a>(&'a str);
+
+impl<'a> SettingUp<'a> {
+    fn begin(key: &'a str) -> Self {
+        SET_UPS
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .0 += 1;
+        SettingUp(key)
+    }
+}
+
+impl Drop for SettingUp<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = SET_UPS.lock().unwrap().get_mut(self.0) {
+            n.1 += 1;
+        }
+    }
+}
+
 /// The registry key of an SNS topic or SQS queue at an endpoint.
 pub(crate) fn registry_key(transport: &str, endpoint: Option<&str>, name: &str) -> String {
     format!("{transport}|{}|{name}", endpoint.unwrap_or_default())
@@ -171,6 +211,8 @@ pub struct SqsSource {
     config: SqsSourceConfig,
     conn: Connection,
     queue: String,
+    /// Its key in the registry of sources that create their queues.
+    key: String,
     client: OnceCell<(aws_sdk_sqs::Client, aws_sdk_sns::Client)>,
     queues: tokio::sync::Mutex<Option<Queues>>,
     topics: TopicArns,
@@ -236,6 +278,7 @@ impl SqsSource {
             config,
             conn,
             queue,
+            key: key.clone(),
             client: OnceCell::new(),
             queues: tokio::sync::Mutex::new(None),
             topics: TopicArns::default(),
@@ -321,6 +364,11 @@ impl SqsSource {
     }
 
     async fn set_up(&self) -> Result<Queues, Failure> {
+        let _counted = SettingUp::begin(&self.key);
+        self.set_up_uncounted().await
+    }
+
+    async fn set_up_uncounted(&self) -> Result<Queues, Failure> {
         let t = self.transport();
         let (sqs, sns) = self.clients().await.map_err(|error| Failure {
             error,
