@@ -169,6 +169,8 @@ enum Section {
     Idle,
     Explain,
     Kafka,
+    /// Section 8's latency window alone, for experiments.
+    KafkaLatency,
 }
 
 impl Section {
@@ -191,8 +193,9 @@ impl Section {
             "idle" => Section::Idle,
             "explain" => Section::Explain,
             "kafka" => Section::Kafka,
+            "kafka-latency" => Section::KafkaLatency,
             other => bail!(
-                "unknown section {other:?}; use enqueue, drain, ceiling, naive, latency, idle, explain, kafka"
+                "unknown section {other:?}; use enqueue, drain, ceiling, naive, latency, idle, explain, kafka, kafka-latency"
             ),
         })
     }
@@ -259,7 +262,8 @@ struct Args {
 const USAGE: &str =
     "usage: bench [--quick] [--only SECTION[,SECTION..]]... [--explain] [SECTION...]
 sections: enqueue, drain, ceiling, naive, latency, idle (the default run),
-          explain, kafka (opt-in: only when named; kafka needs RELAYBOX_KAFKA_BOOTSTRAP)";
+          explain, kafka (opt-in: only when named; kafka needs RELAYBOX_KAFKA_BOOTSTRAP),
+          kafka-latency (the kafka section's latency window alone)";
 
 fn parse_args() -> Result<Args> {
     let mut quick = false;
@@ -435,7 +439,9 @@ async fn run(b: &mut Bench, args: &Args) -> Result<()> {
         section_explain(b).await?;
     }
     if s.contains(&Section::Kafka) {
-        section_kafka(b).await?;
+        section_kafka(b, false).await?;
+    } else if s.contains(&Section::KafkaLatency) {
+        section_kafka(b, true).await?;
     }
     Ok(())
 }
@@ -2216,7 +2222,7 @@ async fn section_explain(b: &mut Bench) -> Result<()> {
 // poller and commit-to-handler latency through a real broker
 
 #[cfg(not(feature = "kafka"))]
-async fn section_kafka(_b: &mut Bench) -> Result<()> {
+async fn section_kafka(_b: &mut Bench, _latency_only: bool) -> Result<()> {
     bail!("the kafka section needs relaybox's `kafka` feature (on by default)")
 }
 
@@ -3042,7 +3048,8 @@ mod kafka {
         )
     }
 
-    pub(super) async fn section_kafka(b: &mut Bench) -> Result<()> {
+    /// Section 8; with `latency_only`, its latency window alone.
+    pub(super) async fn section_kafka(b: &mut Bench, latency_only: bool) -> Result<()> {
         let n = b.sizes.kafka_backlog;
         let bootstrap = std::env::var(BOOTSTRAP_ENV).map_err(|_| {
             anyhow!(
@@ -3089,6 +3096,15 @@ mod kafka {
                 ms(h.value_at_quantile(0.99))
             );
         }
+        if !latency_only {
+            kafka_drains(b, &broker).await?;
+        }
+        kafka_latency_section(b, &broker, latency_only).await
+    }
+
+    /// Section 8's drains, ceilings and naive poller.
+    async fn kafka_drains(b: &mut Bench, broker: &Broker) -> Result<()> {
+        let n = b.sizes.kafka_backlog;
         print_kafka_header();
         let mut best_relay: Option<(u32, f64)> = None;
         let mut publish_notes = Vec::new();
@@ -3109,7 +3125,7 @@ mod kafka {
             );
             // (b) rdkafka alone: the same records, no database.
             let topic = new_topic(b, &format!("produce-{batch}"));
-            let (produced, kafka_busy) = producer_ceiling(&broker, &topic, n).await?;
+            let (produced, kafka_busy) = producer_ceiling(broker, &topic, n).await?;
             let kafka_rate = rate(n, produced);
             print_kafka_row(
                 "ceiling b: rdkafka alone, no DB",
@@ -3122,7 +3138,7 @@ mod kafka {
             );
             // The relay.
             let topic = new_topic(b, &format!("relay-{batch}"));
-            let run = relay_to_kafka(b, &broker, &topic, n, batch, None).await?;
+            let run = relay_to_kafka(b, broker, &topic, n, batch, None).await?;
             let r = rate(n, run.elapsed);
             cpu_notes.push(cpu_note(batch, n, [pg.busy, kafka_busy, run.busy], r));
             let lower = pg_rate.min(kafka_rate);
@@ -3142,7 +3158,7 @@ mod kafka {
                 // Diagnostic: two relays in this process, one KafkaSink, half the partitions each,
                 // so that one relay's PostgreSQL work overlaps the other's wait for Kafka.
                 let topic = new_topic(b, &format!("relay2-{batch}"));
-                let two = relays_to_kafka(b, &broker, &topic, n, batch, 2).await?;
+                let two = relays_to_kafka(b, broker, &topic, n, batch, 2).await?;
                 print_kafka_row(
                     "diag: 2 relays, 8 partitions each",
                     Some(batch),
@@ -3156,7 +3172,7 @@ mod kafka {
                 // Diagnostic: the relay with linger.ms=0 (a whole batch is handed to librdkafka
                 // before anything is awaited, so lingering only waits).
                 let topic = new_topic(b, &format!("relay-linger0-{batch}"));
-                let run = relay_to_kafka(b, &broker, &topic, n, batch, Some(0)).await?;
+                let run = relay_to_kafka(b, broker, &topic, n, batch, Some(0)).await?;
                 print_kafka_row(
                     "diag: relay, linger.ms=0",
                     Some(batch),
@@ -3219,7 +3235,7 @@ mod kafka {
 
         // Naive baseline.
         let topic = new_topic(b, "naive");
-        let (done, elapsed) = naive_to_kafka(b, &broker, &topic).await?;
+        let (done, elapsed) = naive_to_kafka(b, broker, &topic).await?;
         let naive = rate(done, elapsed);
         println!(
             "  naive poller: SELECT 1 row; produce it and await its delivery report; UPDATE ... SET sent_at"
@@ -3240,15 +3256,23 @@ mod kafka {
             naive_value = format!("{naive_value}; relay/naive = {:.0}x", relay / naive);
         }
         b.figure("kafka: naive 1-row poller", naive_value, "(info)", None);
-        b.reset().await?;
+        b.reset().await
+    }
 
+    /// Section 8's latency window and, in full runs unless `latency_only`,
+    /// the consumer's capacity.
+    async fn kafka_latency_section(
+        b: &mut Bench,
+        broker: &Broker,
+        latency_only: bool,
+    ) -> Result<()> {
         // Latency through Kafka.
         println!(
             "\n  Commit-to-handler latency through Kafka at 1,000 msg/s for {} s (relay + KafkaSink,",
             b.sizes.latency_for.as_secs()
         );
         println!("  Consumer + KafkaSource; default RelayConfig and ConsumerConfig; {WARM_UP} warm-up messages first):");
-        let lat = kafka_latency(b, &broker).await?;
+        let lat = kafka_latency(b, broker).await?;
         print_latency_rows(&[(
             "relay -> Kafka -> consumer",
             &lat.steady,
@@ -3283,14 +3307,14 @@ mod kafka {
             "p99 < 25 ms",
             Some(p99_met(h)),
         );
-        if b.sizes.diagnostics_batch.is_some() {
+        if b.sizes.diagnostics_batch.is_some() && !latency_only {
             // The consumer's capacity, which bounds the latency run.
             let records = CAPACITY_MESSAGES;
             let mut rates = Vec::new();
             for partitions in [PARTITIONS, 12] {
                 rates.push((
                     format!("KafkaSource, {partitions:>2} partitions"),
-                    consumer_capacity(b, &broker, partitions, records).await?,
+                    consumer_capacity(b, broker, partitions, records).await?,
                 ));
             }
             let database = database_consumer_capacity(b, records, kafka_message).await?;

@@ -155,6 +155,11 @@ pub struct RelayStats {
     pub dead_lettered: u64,
     /// Batches published.
     pub batches: u64,
+    /// Claims run against the outbox, those that found nothing included
+    /// (each is a database transaction). A steady trickle costs about one
+    /// claim per batch: a loop claims when rows of its own partitions were
+    /// committed, after a full batch, at a retry and at `poll_interval`.
+    pub claims: u64,
     /// Partitions held right now.
     pub partitions_held: u64,
 }
@@ -165,6 +170,7 @@ struct Counters {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     batches: AtomicU64,
+    claims: AtomicU64,
     partitions_held: AtomicU64,
 }
 
@@ -228,6 +234,7 @@ impl Relay {
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
+            claims: c.claims.load(Ordering::Relaxed),
             partitions_held: c.partitions_held.load(Ordering::Relaxed),
         }
     }
@@ -298,6 +305,8 @@ struct InFlight {
 /// What became of a completed batch.
 struct Completed {
     failed_keys: HashSet<String>,
+    /// The batch was as large as a claim may be: more rows may be waiting.
+    full: bool,
     delivered: usize,
     dead: usize,
     soonest_retry: Option<Duration>,
@@ -380,6 +389,14 @@ impl Worker {
         // failure recorded, so the claim keeps the key's order by itself and
         // holding keys back does not pass from batch to batch for ever.
         let mut settling = false;
+        // The stamp of this loop's partitions (`Store::outbox_stamp`) at its
+        // last claim: after a wake-up or a batch that was not full, the loop
+        // claims again only when rows of its partitions were committed since.
+        let stamp = |held: &watch::Receiver<Vec<u32>>| {
+            self.store
+                .outbox_stamp(held.borrow().iter().copied().filter(|p| slice.contains(*p)))
+        };
+        let mut seen: Option<u64> = None;
         loop {
             let cancelled = self.cancel.is_cancelled();
             if cancelled && in_flight.is_empty() {
@@ -397,12 +414,14 @@ impl Worker {
                         < PIPELINED_ROWS);
             if look && !cancelled && mine && !settling && room {
                 wake.borrow_and_update();
+                seen = Some(stamp(&held));
                 match self.start_batch(slice, &mut in_flight).await {
-                    Ok(Started::Worked) => {
+                    Ok(Started::Worked { full }) => {
                         error_streak = 0;
                         rechecks = RECHECKS.iter();
                         recheck_at = None;
                         timer = None;
+                        look = full || seen != Some(stamp(&held));
                         continue;
                     }
                     Ok(Started::Nothing) => {
@@ -456,13 +475,18 @@ impl Worker {
                             for b in in_flight.iter_mut() {
                                 b.held_keys.extend(done.failed_keys.iter().cloned());
                             }
-                            if done.delivered == 0 && done.dead == 0 {
-                                // Everything failed: look again at the earliest retry (or a wake-up).
-                                if let Some(d) = done.soonest_retry {
-                                    let at = Instant::now() + d;
-                                    timer = Some(timer.map_or(at, |t| t.min(at)));
-                                }
-                            } else {
+                            // Failed messages are due again at their retry.
+                            if let Some(d) = done.soonest_retry {
+                                let at = Instant::now() + d;
+                                timer = Some(timer.map_or(at, |t| t.min(at)));
+                            }
+                            // A full batch may have more behind it; otherwise
+                            // only rows committed since the last claim can be
+                            // waiting. When everything failed, the retry
+                            // timer (or a wake-up) says when to look.
+                            if (done.delivered > 0 || done.dead > 0)
+                                && (done.full || seen != Some(stamp(&held)))
+                            {
                                 look = true;
                             }
                         }
@@ -485,10 +509,13 @@ impl Worker {
                 }
                 _ = self.cancel.cancelled(), if !cancelled => {}
                 _ = held.changed() => look = true,
+                // A wake-up for other loops' partitions leaves the stamp as it was.
                 _ = wake.changed() => {
-                    look = true;
-                    rechecks = RECHECKS.iter();
-                    recheck_at = rechecks.next().map(|d| Instant::now() + *d);
+                    if seen != Some(stamp(&held)) {
+                        look = true;
+                        rechecks = RECHECKS.iter();
+                        recheck_at = rechecks.next().map(|d| Instant::now() + *d);
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline) => look = true,
             }
@@ -531,6 +558,7 @@ impl Worker {
         slice: Slice,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<Started> {
+        self.counters.claims.fetch_add(1, Ordering::Relaxed);
         if self
             .sink
             .log_store()
@@ -548,7 +576,9 @@ impl Worker {
                 }
                 self.counters.delivered.fetch_add(moved, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                return Ok(Started::Worked);
+                return Ok(Started::Worked {
+                    full: moved >= u64::from(batch),
+                });
             }
         }
         let claim = self
@@ -558,13 +588,14 @@ impl Worker {
         if claim.rows.is_empty() {
             return Ok(Started::Nothing);
         }
+        let full = claim.rows.len() >= self.config.batch_size as usize;
         let acks = self.send(&claim.messages).await;
         in_flight.push_back(InFlight {
             claim,
             acks,
             held_keys: HashSet::new(),
         });
-        Ok(Started::Worked)
+        Ok(Started::Worked { full })
     }
 
     /// Records what became of a batch: deletes (or marks) the delivered rows,
@@ -573,6 +604,7 @@ impl Worker {
         let InFlight {
             claim, held_keys, ..
         } = batch;
+        let full = claim.rows.len() >= self.config.batch_size as usize;
         let now = now_micros();
         let mut done = Completion::default();
         let mut failed_keys: HashSet<String> = HashSet::new();
@@ -624,6 +656,7 @@ impl Worker {
         failed_keys.extend(held_keys);
         Ok(Completed {
             failed_keys,
+            full,
             delivered,
             dead,
             soonest_retry,
@@ -696,8 +729,9 @@ const RECHECKS: [Duration; 4] = [
 ];
 
 enum Started {
-    /// A batch was moved, or handed to the sink: look for more at once.
-    Worked,
+    /// A batch was moved, or handed to the sink; when it was `full`, more
+    /// rows may be waiting behind it.
+    Worked { full: bool },
     /// Nothing to claim until a wake-up, the poll interval or a retry.
     Nothing,
 }

@@ -36,8 +36,9 @@ pub struct Transaction {
     state: Arc<Mutex<Option<TxState>>>,
     /// A statement failed on PostgreSQL: the server aborted the transaction.
     aborted: Arc<std::sync::atomic::AtomicBool>,
-    /// Outbox rows were written: relays are woken after the commit.
-    enqueued: Arc<std::sync::atomic::AtomicBool>,
+    /// The partitions of the outbox rows written: their relays are woken
+    /// after the commit.
+    enqueued: Arc<std::sync::Mutex<Vec<u32>>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -84,7 +85,7 @@ impl Transaction {
             store,
             state: Arc::new(Mutex::new(Some(state))),
             aborted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            enqueued: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            enqueued: Arc::default(),
         })
     }
 
@@ -186,9 +187,11 @@ impl Transaction {
             }
         };
         self.note(&result);
-        result?;
-        self.enqueued
-            .store(true, std::sync::atomic::Ordering::Release);
+        let partitions = result?;
+        let mut enqueued = self.enqueued.lock().expect("not poisoned");
+        enqueued.extend(partitions);
+        enqueued.sort_unstable();
+        enqueued.dedup();
         Ok(messages.iter().map(|m| m.id).collect())
     }
 
@@ -226,8 +229,9 @@ impl Transaction {
             }
             TxState::Sqlite(tx) => tx.commit().await?,
         }
-        if self.enqueued.load(std::sync::atomic::Ordering::Acquire) {
-            self.store.wake_relays();
+        let enqueued = std::mem::take(&mut *self.enqueued.lock().expect("not poisoned"));
+        if !enqueued.is_empty() {
+            self.store.outbox_changed_in(&enqueued);
         }
         Ok(())
     }

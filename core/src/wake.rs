@@ -7,9 +7,14 @@
 //! announcer sends those NOTIFYs after commits, coalesced and from its own
 //! short transaction: notifying inside the writer's transaction would make
 //! every writer's commit queue on PostgreSQL's cluster-wide notify lock.
+//!
+//! Outbox wake-ups also say which partitions received rows
+//! ([`OutboxMarks`]), so that a relay loop woken by a commit of another
+//! loop's partitions does not claim for nothing.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Once, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
@@ -21,8 +26,77 @@ use tokio_util::sync::CancellationToken;
 /// no wake-up is lost, however busy the waiter was when it happened.
 pub(crate) struct Wake {
     outbox: watch::Sender<u64>,
+    marks: Arc<OutboxMarks>,
     log: watch::Sender<u64>,
     postgres: OnceLock<PgWake>,
+}
+
+/// Which partitions received outbox rows: a change counter per partition,
+/// and one for changes whose partitions are not known (a NOTIFY without a
+/// payload, a SQLite commit hook, [`Store::wake_relays`](crate::Store::wake_relays)).
+/// A relay loop sums the counters of its partitions ([`OutboxMarks::stamp`])
+/// and claims after a wake-up only when the sum moved since its last claim.
+/// Counters only grow, so a sum that did not move means no change.
+///
+/// Marks are written before the wake-up they go with, so a loop that sees a
+/// wake-up also sees its marks.
+#[derive(Default)]
+pub(crate) struct OutboxMarks {
+    unknown: AtomicU64,
+    /// One counter per partition, once the store knows its partition count.
+    partitions: OnceLock<Box<[AtomicU64]>>,
+}
+
+impl OutboxMarks {
+    /// Sizes the per-partition counters; the count of a store never changes.
+    pub(crate) fn size(&self, partitions: u32) {
+        self.partitions
+            .get_or_init(|| (0..partitions).map(|_| AtomicU64::new(0)).collect());
+    }
+
+    fn mark(&self, partitions: &[u32]) {
+        match self.partitions.get() {
+            Some(counters) if partitions.iter().all(|p| (*p as usize) < counters.len()) => {
+                for p in partitions {
+                    counters[*p as usize].fetch_add(1, Ordering::Release);
+                }
+            }
+            _ => self.mark_unknown(),
+        }
+    }
+
+    fn mark_unknown(&self) {
+        self.unknown.fetch_add(1, Ordering::Release);
+    }
+
+    /// A sum that moves whenever rows of one of `partitions` (or of unknown
+    /// partitions) are marked.
+    pub(crate) fn stamp(&self, partitions: impl IntoIterator<Item = u32>) -> u64 {
+        let mut sum = self.unknown.load(Ordering::Acquire);
+        if let Some(counters) = self.partitions.get() {
+            for p in partitions {
+                if let Some(c) = counters.get(p as usize) {
+                    sum = sum.wrapping_add(c.load(Ordering::Acquire));
+                }
+            }
+        }
+        sum
+    }
+}
+
+/// Wakes this process's relays for outbox rows of unknown partitions, from
+/// outside [`Wake`] (SQLite commit hooks).
+#[derive(Clone)]
+pub(crate) struct OutboxWaker {
+    tx: watch::Sender<u64>,
+    marks: Arc<OutboxMarks>,
+}
+
+impl OutboxWaker {
+    pub(crate) fn wake(&self) {
+        self.marks.mark_unknown();
+        bump(&self.tx);
+    }
 }
 
 /// The cross-process half, on PostgreSQL.
@@ -39,6 +113,8 @@ struct PgWake {
 #[derive(Default)]
 struct Announcer {
     outbox: AtomicBool,
+    /// The partitions of the outbox rows behind `outbox`.
+    outbox_partitions: Mutex<PendingPartitions>,
     log: AtomicBool,
     signal: Notify,
     /// Backend pid of the announcing connection: the listener ignores these
@@ -46,10 +122,49 @@ struct Announcer {
     backend_pid: AtomicU32,
 }
 
+/// Outbox partitions waiting to be announced.
+#[derive(Default)]
+struct PendingPartitions {
+    /// Some change's partitions are not known: the NOTIFY carries none.
+    unknown: bool,
+    partitions: BTreeSet<u32>,
+}
+
+impl PendingPartitions {
+    /// The NOTIFY payload: the partitions as `3,7,12`, or empty when unknown
+    /// or too long for a payload (PostgreSQL takes up to 8000 bytes).
+    fn payload(&self) -> String {
+        if self.unknown {
+            return String::new();
+        }
+        let list = self
+            .partitions
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if list.len() > 7000 {
+            String::new()
+        } else {
+            list
+        }
+    }
+}
+
+/// Reads a NOTIFY payload back into partitions; None when it names none
+/// (empty, or not a list of partitions).
+fn parse_partitions(payload: &str) -> Option<Vec<u32>> {
+    if payload.is_empty() {
+        return None;
+    }
+    payload.split(',').map(|p| p.parse().ok()).collect()
+}
+
 impl Default for Wake {
     fn default() -> Self {
         Wake {
             outbox: watch::channel(0).0,
+            marks: Arc::default(),
             log: watch::channel(0).0,
             postgres: OnceLock::new(),
         }
@@ -78,10 +193,34 @@ impl Wake {
         });
     }
 
-    /// Outbox rows were committed: wake this process's relays, and others'.
+    /// Outbox rows of unknown partitions were committed: wake this
+    /// process's relays, and others'.
     pub(crate) fn outbox_changed(&self) {
+        self.marks.mark_unknown();
         bump(&self.outbox);
+        self.note_partitions(|p| p.unknown = true);
         self.announce(|a| &a.outbox);
+    }
+
+    /// Outbox rows of `partitions` were committed: wake the relays of this
+    /// process that work on them, and those of other processes.
+    pub(crate) fn outbox_changed_in(&self, partitions: &[u32]) {
+        self.marks.mark(partitions);
+        bump(&self.outbox);
+        self.note_partitions(|p| p.partitions.extend(partitions));
+        self.announce(|a| &a.outbox);
+    }
+
+    /// Records what the next announcement says, when there are other processes to tell.
+    fn note_partitions(&self, note: impl FnOnce(&mut PendingPartitions)) {
+        if let Some(pg) = self.postgres.get() {
+            note(&mut pg.announcer.outbox_partitions.lock().expect("not poisoned"));
+        }
+    }
+
+    /// Which partitions received outbox rows.
+    pub(crate) fn outbox_marks(&self) -> &OutboxMarks {
+        &self.marks
     }
 
     /// Log entries were committed: wake this process's readers, and others'.
@@ -90,9 +229,12 @@ impl Wake {
         self.announce(|a| &a.log);
     }
 
-    /// A sender for wake-ups raised outside this type (SQLite commit hooks).
-    pub(crate) fn outbox_sender(&self) -> watch::Sender<u64> {
-        self.outbox.clone()
+    /// A waker for wake-ups raised outside this type (SQLite commit hooks).
+    pub(crate) fn outbox_waker(&self) -> OutboxWaker {
+        OutboxWaker {
+            tx: self.outbox.clone(),
+            marks: self.marks.clone(),
+        }
     }
 
     /// Follows outbox changes (starting the listener on PostgreSQL).
@@ -135,6 +277,7 @@ impl Wake {
                 pg.pool.clone(),
                 pg.channels.clone(),
                 self.outbox.clone(),
+                self.marks.clone(),
                 self.log.clone(),
                 pg.announcer.clone(),
             );
@@ -165,18 +308,32 @@ async fn announce(pool: PgPool, channels: [String; 2], announcer: Arc<Announcer>
     let mut conn: Option<PgConnection> = None;
     loop {
         announcer.signal.notified().await;
-        let outbox = announcer.outbox.swap(false, Ordering::AcqRel);
+        // A writer notes its partitions before it raises the flag, and the
+        // partitions are taken after the flag is lowered: whatever a lowered
+        // flag stood for is in this announcement. A raised flag with nothing
+        // noted was announced by the previous one.
         let log = announcer.log.swap(false, Ordering::AcqRel);
+        let outbox = announcer.outbox.swap(false, Ordering::AcqRel);
+        let partitions =
+            std::mem::take(&mut *announcer.outbox_partitions.lock().expect("not poisoned"));
+        let outbox = outbox && (partitions.unknown || !partitions.partitions.is_empty());
         if !(outbox || log) {
             continue;
         }
         // One round trip: the whole transaction travels as one simple query.
-        // Channel names are the validated table prefix plus a fixed word: safe to inline.
+        // Channel names are the validated table prefix plus a fixed word, and
+        // the payload is digits and commas: safe to inline.
         let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = off;");
-        for (pending, channel) in [(outbox, &channels[0]), (log, &channels[1])] {
-            if pending {
-                sql.push_str(&format!(" NOTIFY {channel};"));
+        if outbox {
+            let payload = partitions.payload();
+            if payload.is_empty() {
+                sql.push_str(&format!(" NOTIFY {};", channels[0]));
+            } else {
+                sql.push_str(&format!(" NOTIFY {}, '{payload}';", channels[0]));
             }
+        }
+        if log {
+            sql.push_str(&format!(" NOTIFY {};", channels[1]));
         }
         sql.push_str(" COMMIT");
         let sent = async {
@@ -205,6 +362,7 @@ async fn listen(
     pool: PgPool,
     channels: [String; 2],
     outbox: watch::Sender<u64>,
+    marks: Arc<OutboxMarks>,
     log: watch::Sender<u64>,
     announcer: Arc<Announcer>,
 ) {
@@ -230,12 +388,19 @@ async fn listen(
         }
         backoff = Duration::from_millis(100);
         // Anything may have been missed while (re)connecting.
+        marks.mark_unknown();
         bump(&outbox);
         bump(&log);
         loop {
             match listener.recv().await {
                 Ok(n) if n.process_id() == announcer.backend_pid.load(Ordering::Acquire) => {}
-                Ok(n) if n.channel() == channels[0] => bump(&outbox),
+                Ok(n) if n.channel() == channels[0] => {
+                    match parse_partitions(n.payload()) {
+                        Some(partitions) => marks.mark(&partitions),
+                        None => marks.mark_unknown(),
+                    }
+                    bump(&outbox);
+                }
                 Ok(_) => bump(&log),
                 Err(e) => {
                     tracing::debug!(error = %crate::Error::from(e), "relaybox LISTEN connection lost; reconnecting");
@@ -243,5 +408,50 @@ async fn listen(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_moves_only_for_its_partitions_or_unknown_ones() {
+        let marks = OutboxMarks::default();
+        // Before the partition count is known, every mark is "unknown".
+        let before = marks.stamp([1, 3]);
+        marks.mark(&[2]);
+        assert_ne!(marks.stamp([1, 3]), before);
+        marks.size(4);
+        let mine = marks.stamp([1, 3]);
+        marks.mark(&[0, 2]);
+        assert_eq!(marks.stamp([1, 3]), mine, "other partitions' rows");
+        marks.mark(&[3]);
+        let moved = marks.stamp([1, 3]);
+        assert_ne!(moved, mine);
+        marks.mark_unknown();
+        assert_ne!(marks.stamp([1, 3]), moved, "rows of unknown partitions");
+        // A partition beyond the count cannot be placed: it counts as unknown.
+        let now = marks.stamp([1]);
+        marks.mark(&[9]);
+        assert_ne!(marks.stamp([1]), now);
+    }
+
+    #[test]
+    fn notify_payloads_name_the_partitions_or_none() {
+        let mut pending = PendingPartitions::default();
+        pending.partitions.extend([12, 3, 7, 3]);
+        assert_eq!(pending.payload(), "3,7,12");
+        assert_eq!(parse_partitions("3,7,12"), Some(vec![3, 7, 12]));
+        pending.unknown = true;
+        assert_eq!(pending.payload(), "");
+        let long = PendingPartitions {
+            unknown: false,
+            partitions: (0..4096).collect(),
+        };
+        assert_eq!(long.payload(), "", "longer than a NOTIFY payload may be");
+        assert_eq!(parse_partitions(""), None);
+        assert_eq!(parse_partitions("3,x"), None);
+        assert_eq!(parse_partitions("-1"), None);
     }
 }

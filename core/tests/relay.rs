@@ -1057,3 +1057,88 @@ async fn relay_of_another_store_wakes_on_notify_before_its_poll() {
     assert_eq!(relay.stats().delivered, 1);
     relay.shutdown().await.expect("shutdown");
 }
+
+// ---------------------------------------------------------------------------
+// Claims of a steady trickle (PostgreSQL).
+
+/// Commits `n` messages one transaction at a time, each once the previous
+/// one was delivered, with a relay of two batch loops started on `relay_store`
+/// (the enqueuing store itself, or another handle on the same database, as in
+/// another process) and relaying to `sink`; returns the claims the relay ran
+/// for them.
+async fn claims_of_a_trickle(
+    db: &TestDb,
+    relay_store: &relaybox::Store,
+    sink: Arc<dyn Sink>,
+    n: u64,
+) -> u64 {
+    let relay = Relay::start(
+        relay_store.clone(),
+        sink,
+        RelayConfig {
+            concurrency: 2,
+            batches_in_flight: 2,
+            poll_interval: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(60),
+            ..relay_config()
+        },
+    )
+    .expect("relay start");
+    wait_for("the relay holding every partition", WAIT, async || {
+        let stats = relay.stats();
+        if stats.partitions_held == 16 {
+            Ok(())
+        } else {
+            Err(format!("{stats:?}"))
+        }
+    })
+    .await;
+    // Past the relay's first claims and their re-checks.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = relay.stats().claims;
+    for i in 0..n {
+        let tx = db.store.begin().await.expect("begin");
+        tx.enqueue(Message::new("trickle", format!("{i}").into_bytes()).with_key(format!("k{i}")))
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        wait_for("the message delivered", WAIT, async || {
+            let stats = relay.stats();
+            if stats.delivered == i + 1 {
+                Ok(())
+            } else {
+                Err(format!("{stats:?}"))
+            }
+        })
+        .await;
+    }
+    let claims = relay.stats().claims - before;
+    relay.shutdown().await.expect("shutdown");
+    claims
+}
+
+/// Each commit wakes both batch loops of the relay, but only the loop whose
+/// partitions received the row claims: a trickle costs one claim per
+/// message, not one per loop, nor a claim after each batch to find nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_costs_one_claim_per_message() {
+    const N: u64 = 40;
+    let db = TestDb::new(Backend::Postgres).await;
+    // The relay's own database log: each batch is moved in one transaction.
+    let sink = Arc::new(DatabaseSink::new(db.store.clone()));
+    let claims = claims_of_a_trickle(&db, &db.store, sink, N).await;
+    assert!(claims <= N + 4, "{claims} claims for {N} messages");
+    // A broker: each batch is claimed, handed over, acknowledged, completed.
+    let sink = Arc::new(OutstandingSink {
+        delay: Duration::from_millis(5),
+        outstanding: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        most: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    });
+    let claims = claims_of_a_trickle(&db, &db.store, sink.clone(), N).await;
+    assert!(claims <= N + 4, "{claims} claims for {N} messages");
+    // A relay of another process learns the partitions from the NOTIFY.
+    let other = db.open_store().await;
+    let claims = claims_of_a_trickle(&db, &other, sink, N).await;
+    assert!(claims <= N + 4, "{claims} claims for {N} messages");
+    db.cleanup().await;
+}

@@ -431,6 +431,18 @@ impl Store {
         self.inner.wake.outbox()
     }
 
+    /// A sum that moves whenever outbox rows of one of `partitions` are
+    /// announced (see [`OutboxMarks`](crate::wake::OutboxMarks)): a relay
+    /// loop claims after a wake-up only when its partitions' sum moved.
+    pub(crate) fn outbox_stamp(&self, partitions: impl IntoIterator<Item = u32>) -> u64 {
+        self.inner.wake.outbox_marks().stamp(partitions)
+    }
+
+    /// Wakes the relays of every process for committed outbox rows of `partitions`.
+    pub(crate) fn outbox_changed_in(&self, partitions: &[u32]) {
+        self.inner.wake.outbox_changed_in(partitions);
+    }
+
     /// Wake-ups for new log entries (same process, or any process on PostgreSQL).
     pub(crate) fn subscribe_log(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.wake.log()
@@ -530,6 +542,7 @@ impl Store {
             });
         }
         let _ = self.inner.partitions.set(n);
+        self.inner.wake.outbox_marks().size(n);
         Ok(n)
     }
 
@@ -566,8 +579,8 @@ impl Store {
             return Ok(Vec::new());
         }
         self.validate_messages(messages)?;
-        conn.insert_outbox(self, messages).await?;
-        self.inner.wake.outbox_changed();
+        let partitions = conn.insert_outbox(self, messages).await?;
+        self.outbox_changed_in(&partitions);
         Ok(messages.iter().map(|m| m.id).collect())
     }
 
@@ -844,14 +857,15 @@ impl Store {
 /// transaction, pooled connection or plain connection.
 #[async_trait::async_trait]
 pub trait OutboxConnection: Send {
-    /// Inserts validated messages with their partitions in one statement.
+    /// Inserts validated messages with their partitions in one statement;
+    /// returns the partitions, in the order of `messages`.
     #[doc(hidden)]
-    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<()>;
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Vec<u32>>;
 }
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut PgConnection {
-    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<()> {
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Vec<u32>> {
         match store.pool()? {
             Pool::Postgres(_, sql) => {
                 let n = match store.cached_partitions() {
@@ -861,7 +875,8 @@ impl OutboxConnection for &mut PgConnection {
                     }
                 };
                 let partitions = Store::place(messages, n);
-                postgres::insert_outbox(self, sql, messages, &partitions).await
+                postgres::insert_outbox(self, sql, messages, &partitions).await?;
+                Ok(partitions)
             }
             Pool::Sqlite(..) => Err(Error::config(
                 "connection",
@@ -873,7 +888,7 @@ impl OutboxConnection for &mut PgConnection {
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut SqliteConnection {
-    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<()> {
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Vec<u32>> {
         match store.pool()? {
             Pool::Sqlite(_, sql) => {
                 let n = match store.cached_partitions() {
@@ -883,7 +898,8 @@ impl OutboxConnection for &mut SqliteConnection {
                     }
                 };
                 let partitions = Store::place(messages, n);
-                sqlite::insert_outbox(self, sql, messages, &partitions).await
+                sqlite::insert_outbox(self, sql, messages, &partitions).await?;
+                Ok(partitions)
             }
             Pool::Postgres(..) => Err(Error::config(
                 "connection",
@@ -906,10 +922,10 @@ type AfterConnect = Box<
 /// inserted outbox rows wakes this process's relays, whichever code ran the
 /// transaction (relaybox's, or the caller's own through `Store::enqueue`).
 fn wake_on_sqlite_commit(wake: &Wake, prefix: &str) -> AfterConnect {
-    let sender = wake.outbox_sender();
+    let waker = wake.outbox_waker();
     let table = format!("{prefix}outbox");
     Box::new(move |conn, _| {
-        let sender = sender.clone();
+        let waker = waker.clone();
         let table = table.clone();
         Box::pin(async move {
             let runtime = tokio::runtime::Handle::current();
@@ -928,10 +944,10 @@ fn wake_on_sqlite_commit(wake: &Wake, prefix: &str) -> AfterConnect {
             handle.set_commit_hook(move || {
                 if inserted.swap(false, Ordering::Relaxed) {
                     // The hook runs just before the commit completes; wake a moment later.
-                    let sender = sender.clone();
+                    let waker = waker.clone();
                     runtime.spawn(async move {
                         tokio::time::sleep(Duration::from_millis(1)).await;
-                        sender.send_modify(|n| *n = n.wrapping_add(1));
+                        waker.wake();
                     });
                 }
                 true
