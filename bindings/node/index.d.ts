@@ -39,7 +39,7 @@ export declare class NativeRelay {
   get owner(): string
   /** Whether it is still running. */
   get running(): boolean
-  /** Counters: delivered, retried, deadLettered, batches, partitionsHeld. */
+  /** Counters: delivered, retried, deadLettered, batches, claims, partitionsHeld. */
   stats(): RelayStats
   /** Finishes the batch in flight, hands its partitions over, and stops. */
   shutdown(): Promise<void>
@@ -176,6 +176,8 @@ export interface RelayStats {
   deadLettered: number
   /** Batches published. */
   batches: number
+  /** Claims run against the outbox, those that found nothing included. */
+  claims: number
   /** Partitions held right now. */
   partitionsHeld: number
 }

@@ -53,9 +53,10 @@
 //!    the latency is that moment minus the moment the producer's `commit`
 //!    returned, in an HDR histogram. A producer ticks every 1 ms
 //!    (`MissedTickBehavior::Burst`) and issues one transaction per tick (at
-//!    most 32 in flight). Before the window the disk is settled: `CHECKPOINT`,
-//!    then `sync`, so that the window does not share the disk with the
-//!    writeback of the sections before it (`RELAYBOX_BENCH_NO_SETTLE=1` skips
+//!    most 32 in flight). Before the window the machine is settled: `VACUUM`
+//!    (the catalogs' dead rows from the runs' own tables), `CHECKPOINT`, then
+//!    `sync`, so that the window shares neither an autovacuum worker nor the
+//!    disk with the sections before it (`RELAYBOX_BENCH_NO_SETTLE=1` skips
 //!    this). Target: p99 < 25 ms. Also printed: the producer's
 //!    commit time, what PostgreSQL's checkpointer and the whole machine wrote
 //!    during the window, how busy the machine's cores were and its CPU time
@@ -103,10 +104,12 @@
 //!    runs also measure the consumer's capacity on 20,000 waiting records (3
 //!    and 12 partitions, and `DatabaseSource` for comparison). The topics and
 //!    consumer groups it created are deleted at the end (best effort).
+//!    `kafka-latency` runs this section's latency window alone.
 //!
 //! Settings for experiments (environment; the defaults when unset):
-//! `RELAYBOX_BENCH_NO_SETTLE=1` skips settling the disk before latency
-//! windows; `RELAYBOX_BENCH_LATENCY_RELAY` is a `RelayConfig` JSON object
+//! `RELAYBOX_BENCH_NO_SETTLE=1` skips settling the machine before latency
+//! windows; `RELAYBOX_BENCH_LATENCY_DUMP=<file>` writes each window
+//! message's commit time and latency to `<file>`; `RELAYBOX_BENCH_LATENCY_RELAY` is a `RelayConfig` JSON object
 //! for the latency runs' relays (e.g. `{"concurrency": 1}`);
 //! `RELAYBOX_BENCH_KAFKA_PROPS` (`key=value,key=value`) adds librdkafka
 //! producer properties to ceiling b's producer and every relay's `KafkaSink`
@@ -601,14 +604,19 @@ impl Bench {
             .await?)
     }
 
-    /// Writes out what earlier sections left dirty: PostgreSQL's buffers
-    /// (`CHECKPOINT`), then the machine's page cache (`sync`: the broker's
-    /// log segments too), so that a latency window does not share the disk
-    /// with their writeback. `RELAYBOX_BENCH_NO_SETTLE` (any value) skips it.
+    /// Cleans up after earlier sections and runs before a latency window:
+    /// `VACUUM` (the system catalogs' dead rows, left by every run creating
+    /// and dropping its tables, which an autovacuum worker would otherwise
+    /// clean during the window), then writes out what they left dirty:
+    /// PostgreSQL's buffers (`CHECKPOINT`), then the machine's page cache
+    /// (`sync`: the broker's log segments too), so that a latency window does
+    /// not share the disk with their writeback. `RELAYBOX_BENCH_NO_SETTLE`
+    /// (any value) skips it.
     async fn settle(&self) -> Result<()> {
         if std::env::var("RELAYBOX_BENCH_NO_SETTLE").is_ok() {
             return Ok(());
         }
+        self.exec("VACUUM".into()).await?;
         self.exec("CHECKPOINT".into()).await?;
         let synced = tokio::process::Command::new("sync").status().await?;
         ensure!(synced.success(), "sync failed: {synced}");
@@ -1307,15 +1315,30 @@ impl Clocks {
 
     /// Commit-to-handler latency (µs) of every message `steady` committed:
     /// handler start minus the moment the producer's `commit` returned.
+    ///
+    /// With `RELAYBOX_BENCH_LATENCY_DUMP=<file>`, also writes one line per
+    /// message, in commit order, to `<file>` (a window's later file replaces
+    /// an earlier one's): the commit's wall-clock time (UTC, as in the
+    /// broker's GC log) and the latency in µs.
     fn since_commit(&self, steady: &Steady) -> Result<Histogram<u64>> {
         let started = self.started.lock().expect("start times lock");
         let mut h = histogram();
+        let mut lines = Vec::new();
         for (id, committed) in &steady.committed {
             let start = started
                 .get(id)
                 .with_context(|| format!("no handler start recorded for message {id}"))?;
             let micros = (*start - *committed).num_microseconds().unwrap_or(0);
             h.saturating_record(micros.max(0) as u64);
+            lines.push((*committed, micros));
+        }
+        if let Ok(path) = std::env::var("RELAYBOX_BENCH_LATENCY_DUMP") {
+            lines.sort_unstable();
+            let text: String = lines
+                .iter()
+                .map(|(at, micros)| format!("{} {micros}\n", at.format("%H:%M:%S%.6f")))
+                .collect();
+            std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
         }
         Ok(h)
     }
@@ -1673,6 +1696,10 @@ async fn section_latency(b: &mut Bench) -> Result<()> {
     Ok(())
 }
 
+/// How long the latency runs load the pipeline at their rate before the
+/// window, not counted.
+const WARM_UP_FOR: Duration = Duration::from_secs(1);
+
 fn p99_met(h: &Histogram<u64>) -> bool {
     (h.value_at_quantile(0.99) as f64 / 1000.0) < P99_TARGET_MS
 }
@@ -1683,12 +1710,34 @@ async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
     b.settle().await?;
     let clocks = Clocks::new();
     let (relay, consumer) = start_pipeline(b, name, &clocks).await?;
-    let steady = produce_steady(b, run_for, Arc::new(|i| message(LATENCY_TOPIC, i))).await;
-    let result = match &steady {
-        Ok(s) => wait_processed(&consumer, s.produced as u64, Duration::from_secs(30)).await,
-        Err(_) => Ok(()),
+    let make: Arc<dyn Fn(usize) -> Message + Send + Sync> = Arc::new(|i| message(LATENCY_TOPIC, i));
+    // The same load first, not counted: the window starts in the steady state.
+    let warmed = async {
+        let warm = produce_steady(b, WARM_UP_FOR, make.clone()).await?;
+        wait_processed(&consumer, warm.produced as u64, Duration::from_secs(30)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        clocks.reset();
+        Ok::<_, anyhow::Error>(warm.produced as u64)
+    }
+    .await;
+    let from = Utc::now();
+    let batches_before = relay.stats().batches;
+    let steady = match &warmed {
+        Ok(_) => produce_steady(b, run_for, make).await,
+        Err(e) => Err(anyhow!("warm-up: {e:#}")),
     };
-    let relay_batches = relay.stats().batches;
+    let result = match (&steady, &warmed) {
+        (Ok(s), Ok(warmed)) => {
+            wait_processed(
+                &consumer,
+                warmed + s.produced as u64,
+                Duration::from_secs(30),
+            )
+            .await
+        }
+        _ => Ok(()),
+    };
+    let relay_batches = relay.stats().batches - batches_before;
     consumer.shutdown().await?;
     relay.shutdown().await?;
     let steady = steady?;
@@ -1701,7 +1750,7 @@ async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
         steady.produced
     );
     let latency = clocks.since_commit(&steady)?;
-    let [relay_leg, inbox_leg] = latency_legs(b, &format!("bench-{name}")).await?;
+    let [relay_leg, inbox_leg] = latency_legs(b, &format!("bench-{name}"), from).await?;
     let handed = clocks.handed.lock().expect("histogram lock").clone();
     let quantiles = |h: &Histogram<u64>| {
         (
@@ -1728,17 +1777,24 @@ async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
 
 /// (p50, p99) in ms since `created_at` of the log's `appended_at` and of the
 /// inbox's `processed_at`.
-async fn latency_legs(b: &Bench, group: &str) -> Result<[(f64, f64); 2]> {
+/// The legs of the messages created from `from` on (the window, not its warm-up).
+async fn latency_legs(
+    b: &Bench,
+    group: &str,
+    from: chrono::DateTime<Utc>,
+) -> Result<[(f64, f64); 2]> {
     let (log, inbox) = (b.table("log"), b.table("inbox"));
     let sql = format!(
         "WITH t AS (SELECT extract(epoch FROM l.appended_at - l.created_at) * 1000 AS relay, \
                            extract(epoch FROM i.processed_at - l.created_at) * 1000 AS consumer \
-                    FROM {log} l JOIN {inbox} i ON i.message_id = l.id AND i.consumer_group = $1) \
+                    FROM {log} l JOIN {inbox} i ON i.message_id = l.id AND i.consumer_group = $1 \
+                    WHERE l.created_at >= $2) \
          SELECT percentile_disc(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY relay)::float8[], \
                 percentile_disc(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY consumer)::float8[] FROM t"
     );
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(group)
+        .bind(from)
         .fetch_one(&b.pool)
         .await?;
     let relay: Vec<f64> = row.try_get(0)?;
@@ -2833,16 +2889,22 @@ mod kafka {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             wait_processed(&consumer, WARM_UP as u64, Duration::from_secs(60)).await?;
+            // Then the same load as the window, so that it starts in the steady
+            // state (connection pools grown, every lane busy before).
+            let t = topic.clone();
+            let make: Arc<dyn Fn(usize) -> Message + Send + Sync> =
+                Arc::new(move |i| kafka_message(&t, i));
+            let warm = produce_steady(b, WARM_UP_FOR, make.clone()).await?;
+            let warmed = (WARM_UP + warm.produced) as u64;
+            wait_processed(&consumer, warmed, Duration::from_secs(30)).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             clocks.reset();
             clocked.reset();
             let batches = relay.stats().batches;
-            let t = topic.clone();
-            let steady =
-                produce_steady(b, run_for, Arc::new(move |i| kafka_message(&t, i))).await?;
+            let steady = produce_steady(b, run_for, make).await?;
             wait_processed(
                 &consumer,
-                (WARM_UP + steady.produced) as u64,
+                warmed + steady.produced as u64,
                 Duration::from_secs(30),
             )
             .await?;
@@ -3271,7 +3333,11 @@ mod kafka {
             "\n  Commit-to-handler latency through Kafka at 1,000 msg/s for {} s (relay + KafkaSink,",
             b.sizes.latency_for.as_secs()
         );
-        println!("  Consumer + KafkaSource; default RelayConfig and ConsumerConfig; {WARM_UP} warm-up messages first):");
+        println!("  Consumer + KafkaSource; default RelayConfig and ConsumerConfig; first {WARM_UP} warm-up messages,");
+        println!(
+            "  then {} s at the same rate, not counted):",
+            WARM_UP_FOR.as_secs()
+        );
         let lat = kafka_latency(b, broker).await?;
         print_latency_rows(&[(
             "relay -> Kafka -> consumer",

@@ -159,6 +159,8 @@ typedef struct {
   uint64_t batches;
   // Partitions held right now.
   uint64_t partitions_held;
+  // Claims run against the outbox, those that found nothing included.
+  uint64_t claims;
 } relaybox_relay_stats;
 
 #ifdef __cplusplus

@@ -29,6 +29,8 @@ pub struct relaybox_relay_stats {
     pub batches: u64,
     /// Partitions held right now.
     pub partitions_held: u64,
+    /// Claims run against the outbox, those that found nothing included.
+    pub claims: u64,
 }
 
 /// Starts relaying `outbox`'s committed messages to the transport
@@ -88,6 +90,7 @@ pub unsafe extern "C" fn relaybox_relay_get_stats(
             dead_lettered: s.dead_lettered,
             batches: s.batches,
             partitions_held: s.partitions_held,
+            claims: s.claims,
         };
         Ok(())
     })

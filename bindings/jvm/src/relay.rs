@@ -23,6 +23,8 @@ pub struct RelayStats {
     pub dead_lettered: i64,
     /// Batches published.
     pub batches: i64,
+    /// Claims run against the outbox, those that found nothing included.
+    pub claims: i64,
     /// Outbox partitions this relay holds a lease on.
     pub partitions_held: i64,
 }
@@ -105,6 +107,7 @@ impl Relay {
             retried: count(s.retried),
             dead_lettered: count(s.dead_lettered),
             batches: count(s.batches),
+            claims: count(s.claims),
             partitions_held: count(s.partitions_held),
         }
     }

@@ -60,12 +60,12 @@ class Relay {
   }
 
   /**
-   * Counters: delivered, retried, deadLettered, batches, partitionsHeld.
+   * Counters: delivered, retried, deadLettered, batches, claims, partitionsHeld.
    * @returns {import('./relaybox').RelayStats}
    */
   stats () {
     if (this.#native === null) {
-      return { delivered: 0, retried: 0, deadLettered: 0, batches: 0, partitionsHeld: 0 }
+      return { delivered: 0, retried: 0, deadLettered: 0, batches: 0, claims: 0, partitionsHeld: 0 }
     }
     return this.#native.stats()
   }

@@ -149,6 +149,8 @@ export interface RelayStats {
   retried: number
   deadLettered: number
   batches: number
+  /** Claims run against the outbox, those that found nothing included. */
+  claims: number
   partitionsHeld: number
 }
 

@@ -21,6 +21,8 @@ pub struct RelayStats {
     pub dead_lettered: i64,
     /// Batches published.
     pub batches: i64,
+    /// Claims run against the outbox, those that found nothing included.
+    pub claims: i64,
     /// Partitions held right now.
     pub partitions_held: i64,
 }
@@ -66,7 +68,7 @@ impl NativeRelay {
         self.0.is_running()
     }
 
-    /// Counters: delivered, retried, deadLettered, batches, partitionsHeld.
+    /// Counters: delivered, retried, deadLettered, batches, claims, partitionsHeld.
     #[napi(catch_unwind)]
     pub fn stats(&self) -> RelayStats {
         let s = self.0.stats();
@@ -75,6 +77,7 @@ impl NativeRelay {
             retried: n(s.retried),
             dead_lettered: n(s.dead_lettered),
             batches: n(s.batches),
+            claims: n(s.claims),
             partitions_held: n(s.partitions_held),
         }
     }

@@ -53,7 +53,7 @@ impl PyRelay {
         self.0.is_running()
     }
 
-    /// Counters: delivered, retried, dead_lettered, batches, partitions_held.
+    /// Counters: delivered, retried, dead_lettered, batches, claims, partitions_held.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.0.stats();
         let dict = PyDict::new(py);
@@ -61,6 +61,7 @@ impl PyRelay {
         dict.set_item("retried", s.retried)?;
         dict.set_item("dead_lettered", s.dead_lettered)?;
         dict.set_item("batches", s.batches)?;
+        dict.set_item("claims", s.claims)?;
         dict.set_item("partitions_held", s.partitions_held)?;
         Ok(dict)
     }

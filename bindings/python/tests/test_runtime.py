@@ -40,6 +40,9 @@ def test_relay_works_while_python_threads_run(outbox: relaybox.Outbox) -> None:
     outbox.enqueue("t", b"x")
     with relaybox.Relay(outbox) as relay:
         wait_for("delivered", lambda: relay.stats()["delivered"] == 1)
+        stats = relay.stats()
+        # The batch it delivered was claimed.
+        assert stats["claims"] >= stats["batches"] >= 1, stats
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")

@@ -54,7 +54,8 @@ defmodule Relaybox.Relay do
   end
 
   @doc """
-  Counters: `delivered`, `retried`, `dead_lettered`, `batches`,
+  Counters: `delivered`, `retried`, `dead_lettered`, `batches`, `claims`
+  (claims run against the outbox, those that found nothing included),
   `partitions_held`, plus `running` and `owner` (the lease owner id).
   """
   @spec stats(GenServer.server()) :: {:ok, map()} | {:error, Relaybox.Error.t()}

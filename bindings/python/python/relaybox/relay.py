@@ -81,10 +81,15 @@ class Relay:
         return None if self._native is None else self._native.owner
 
     def stats(self) -> dict[str, int]:
-        """Counters: delivered, retried, dead_lettered, batches, partitions_held."""
+        """Counters: delivered, retried, dead_lettered, batches, claims, partitions_held.
+
+        ``claims`` counts the claims run against the outbox, those that found
+        nothing included.
+        """
         if self._native is None:
             return dict.fromkeys(
-                ("delivered", "retried", "dead_lettered", "batches", "partitions_held"), 0
+                ("delivered", "retried", "dead_lettered", "batches", "claims", "partitions_held"),
+                0,
             )
         stats: dict[str, int] = self._native.stats()
         return stats

@@ -100,7 +100,7 @@ fn relay_stop<'a>(
     )
 }
 
-/// `{:ok, stats}`: delivered, retried, dead_lettered, batches,
+/// `{:ok, stats}`: delivered, retried, dead_lettered, batches, claims,
 /// partitions_held, running and owner.
 #[rustler::nif]
 fn relay_stats<'a>(env: Env<'a>, relay: ResourceArc<RelayResource>) -> Term<'a> {
@@ -115,6 +115,7 @@ fn relay_stats<'a>(env: Env<'a>, relay: ResourceArc<RelayResource>) -> Term<'a> 
             atom("retried"),
             atom("dead_lettered"),
             atom("batches"),
+            atom("claims"),
             atom("partitions_held"),
             atom("running"),
             atom("owner"),
@@ -124,6 +125,7 @@ fn relay_stats<'a>(env: Env<'a>, relay: ResourceArc<RelayResource>) -> Term<'a> 
             s.retried.encode(env),
             s.dead_lettered.encode(env),
             s.batches.encode(env),
+            s.claims.encode(env),
             s.partitions_held.encode(env),
             relay.is_running().encode(env),
             relay.owner().encode(env),
