@@ -1021,6 +1021,19 @@ async fn a_backlog_goes_one_full_batch_at_a_time_and_small_batches_are_pipelined
 // ---------------------------------------------------------------------------
 // Wake-ups across processes (PostgreSQL).
 
+/// Waits until `relay` holds all 16 partitions of the test schema.
+async fn wait_holding_every_partition(relay: &Relay) {
+    wait_for("the relay holding every partition", WAIT, async || {
+        let stats = relay.stats();
+        if stats.partitions_held == 16 {
+            Ok(())
+        } else {
+            Err(format!("{stats:?}"))
+        }
+    })
+    .await;
+}
+
 /// A relay on another store handle, as in another process, wakes on the
 /// `NOTIFY` that the enqueuing store sends after its commit: the message is
 /// delivered long before the relay's next poll (60 s away).
@@ -1036,15 +1049,7 @@ async fn relay_of_another_store_wakes_on_notify_before_its_poll() {
             ..relay_config()
         },
     );
-    wait_for("the relay holding every partition", WAIT, async || {
-        let stats = relay.stats();
-        if stats.partitions_held == 16 {
-            Ok(())
-        } else {
-            Err(format!("{stats:?}"))
-        }
-    })
-    .await;
+    wait_holding_every_partition(&relay).await;
     // Past the relay's first claims and their re-checks: from here on, only
     // a wake-up or the poll makes it look again.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1084,15 +1089,7 @@ async fn claims_of_a_trickle(
         },
     )
     .expect("relay start");
-    wait_for("the relay holding every partition", WAIT, async || {
-        let stats = relay.stats();
-        if stats.partitions_held == 16 {
-            Ok(())
-        } else {
-            Err(format!("{stats:?}"))
-        }
-    })
-    .await;
+    wait_holding_every_partition(&relay).await;
     // Past the relay's first claims and their re-checks.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = relay.stats().claims;
