@@ -1700,6 +1700,23 @@ async fn section_latency(b: &mut Bench) -> Result<()> {
 /// window, not counted.
 const WARM_UP_FOR: Duration = Duration::from_secs(1);
 
+/// Loads the pipeline at the window's rate for [`WARM_UP_FOR`], not counted,
+/// so that the window starts in the steady state (connection pools grown,
+/// every lane busy before), then lets it go idle for 500 ms. Returns how many
+/// messages `consumer` has processed then, `before` of them earlier.
+async fn warm_up(
+    b: &Bench,
+    consumer: &Consumer,
+    make: Arc<dyn Fn(usize) -> Message + Send + Sync>,
+    before: u64,
+) -> Result<u64> {
+    let warm = produce_steady(b, WARM_UP_FOR, make).await?;
+    let processed = before + warm.produced as u64;
+    wait_processed(consumer, processed, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(processed)
+}
+
 fn p99_met(h: &Histogram<u64>) -> bool {
     (h.value_at_quantile(0.99) as f64 / 1000.0) < P99_TARGET_MS
 }
@@ -1711,37 +1728,20 @@ async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
     let clocks = Clocks::new();
     let (relay, consumer) = start_pipeline(b, name, &clocks).await?;
     let make: Arc<dyn Fn(usize) -> Message + Send + Sync> = Arc::new(|i| message(LATENCY_TOPIC, i));
-    // The same load first, not counted: the window starts in the steady state.
-    let warmed = async {
-        let warm = produce_steady(b, WARM_UP_FOR, make.clone()).await?;
-        wait_processed(&consumer, warm.produced as u64, Duration::from_secs(30)).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcome = async {
+        let warmed = warm_up(b, &consumer, make.clone(), 0).await?;
         clocks.reset();
-        Ok::<_, anyhow::Error>(warm.produced as u64)
+        let from = Utc::now();
+        let batches_before = relay.stats().batches;
+        let steady = produce_steady(b, run_for, make).await?;
+        let processed = warmed + steady.produced as u64;
+        wait_processed(&consumer, processed, Duration::from_secs(30)).await?;
+        Ok::<_, anyhow::Error>((steady, from, relay.stats().batches - batches_before))
     }
     .await;
-    let from = Utc::now();
-    let batches_before = relay.stats().batches;
-    let steady = match &warmed {
-        Ok(_) => produce_steady(b, run_for, make).await,
-        Err(e) => Err(anyhow!("warm-up: {e:#}")),
-    };
-    let result = match (&steady, &warmed) {
-        (Ok(s), Ok(warmed)) => {
-            wait_processed(
-                &consumer,
-                warmed + s.produced as u64,
-                Duration::from_secs(30),
-            )
-            .await
-        }
-        _ => Ok(()),
-    };
-    let relay_batches = relay.stats().batches - batches_before;
     consumer.shutdown().await?;
     relay.shutdown().await?;
-    let steady = steady?;
-    result?;
+    let (steady, from, relay_batches) = outcome?;
     let since_created = clocks.handler.lock().expect("histogram lock").clone();
     ensure!(
         since_created.len() == steady.produced as u64,
@@ -2889,15 +2889,10 @@ mod kafka {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             wait_processed(&consumer, WARM_UP as u64, Duration::from_secs(60)).await?;
-            // Then the same load as the window, so that it starts in the steady
-            // state (connection pools grown, every lane busy before).
             let t = topic.clone();
             let make: Arc<dyn Fn(usize) -> Message + Send + Sync> =
                 Arc::new(move |i| kafka_message(&t, i));
-            let warm = produce_steady(b, WARM_UP_FOR, make.clone()).await?;
-            let warmed = (WARM_UP + warm.produced) as u64;
-            wait_processed(&consumer, warmed, Duration::from_secs(30)).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let warmed = warm_up(b, &consumer, make.clone(), WARM_UP as u64).await?;
             clocks.reset();
             clocked.reset();
             let batches = relay.stats().batches;

@@ -551,6 +551,12 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether a batch of `rows` is as large as a claim may be: more rows
+    /// may be waiting behind it.
+    fn fills_a_batch(&self, rows: usize) -> bool {
+        rows >= self.config.batch_size as usize
+    }
+
     /// Claims a batch and hands it to the sink, adding it to `in_flight`
     /// (or, for the relay's own database log, moves it there outright).
     async fn start_batch(
@@ -577,7 +583,7 @@ impl Worker {
                 self.counters.delivered.fetch_add(moved, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 return Ok(Started::Worked {
-                    full: moved >= u64::from(batch),
+                    full: self.fills_a_batch(moved as usize),
                 });
             }
         }
@@ -588,7 +594,7 @@ impl Worker {
         if claim.rows.is_empty() {
             return Ok(Started::Nothing);
         }
-        let full = claim.rows.len() >= self.config.batch_size as usize;
+        let full = self.fills_a_batch(claim.rows.len());
         let acks = self.send(&claim.messages).await;
         in_flight.push_back(InFlight {
             claim,
@@ -604,7 +610,7 @@ impl Worker {
         let InFlight {
             claim, held_keys, ..
         } = batch;
-        let full = claim.rows.len() >= self.config.batch_size as usize;
+        let full = self.fills_a_batch(claim.rows.len());
         let now = now_micros();
         let mut done = Completion::default();
         let mut failed_keys: HashSet<String> = HashSet::new();

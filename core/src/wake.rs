@@ -25,8 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// Change counters that waiters follow with [`watch::Receiver::changed`]:
 /// no wake-up is lost, however busy the waiter was when it happened.
 pub(crate) struct Wake {
-    outbox: watch::Sender<u64>,
-    marks: Arc<OutboxMarks>,
+    outbox: OutboxWaker,
     log: watch::Sender<u64>,
     postgres: OnceLock<PgWake>,
 }
@@ -84,17 +83,26 @@ impl OutboxMarks {
     }
 }
 
-/// Wakes this process's relays for outbox rows of unknown partitions, from
-/// outside [`Wake`] (SQLite commit hooks).
-#[derive(Clone)]
+/// Wakes this process's relays for committed outbox rows: marks their
+/// partitions, then bumps the change counter the relays follow (in this
+/// order, see [`OutboxMarks`]). Also handed to the listener and to SQLite
+/// commit hooks.
+#[derive(Clone, Default)]
 pub(crate) struct OutboxWaker {
     tx: watch::Sender<u64>,
     marks: Arc<OutboxMarks>,
 }
 
 impl OutboxWaker {
+    /// For rows of unknown partitions: every loop looks.
     pub(crate) fn wake(&self) {
         self.marks.mark_unknown();
+        bump(&self.tx);
+    }
+
+    /// For rows of `partitions`: the loops working on them look.
+    fn wake_in(&self, partitions: &[u32]) {
+        self.marks.mark(partitions);
         bump(&self.tx);
     }
 }
@@ -163,8 +171,7 @@ fn parse_partitions(payload: &str) -> Option<Vec<u32>> {
 impl Default for Wake {
     fn default() -> Self {
         Wake {
-            outbox: watch::channel(0).0,
-            marks: Arc::default(),
+            outbox: OutboxWaker::default(),
             log: watch::channel(0).0,
             postgres: OnceLock::new(),
         }
@@ -196,8 +203,7 @@ impl Wake {
     /// Outbox rows of unknown partitions were committed: wake this
     /// process's relays, and others'.
     pub(crate) fn outbox_changed(&self) {
-        self.marks.mark_unknown();
-        bump(&self.outbox);
+        self.outbox.wake();
         self.note_partitions(|p| p.unknown = true);
         self.announce(|a| &a.outbox);
     }
@@ -205,8 +211,7 @@ impl Wake {
     /// Outbox rows of `partitions` were committed: wake the relays of this
     /// process that work on them, and those of other processes.
     pub(crate) fn outbox_changed_in(&self, partitions: &[u32]) {
-        self.marks.mark(partitions);
-        bump(&self.outbox);
+        self.outbox.wake_in(partitions);
         self.note_partitions(|p| p.partitions.extend(partitions));
         self.announce(|a| &a.outbox);
     }
@@ -220,7 +225,7 @@ impl Wake {
 
     /// Which partitions received outbox rows.
     pub(crate) fn outbox_marks(&self) -> &OutboxMarks {
-        &self.marks
+        &self.outbox.marks
     }
 
     /// Log entries were committed: wake this process's readers, and others'.
@@ -231,16 +236,13 @@ impl Wake {
 
     /// A waker for wake-ups raised outside this type (SQLite commit hooks).
     pub(crate) fn outbox_waker(&self) -> OutboxWaker {
-        OutboxWaker {
-            tx: self.outbox.clone(),
-            marks: self.marks.clone(),
-        }
+        self.outbox.clone()
     }
 
     /// Follows outbox changes (starting the listener on PostgreSQL).
     pub(crate) fn outbox(&self) -> watch::Receiver<u64> {
         self.ensure_listener();
-        self.outbox.subscribe()
+        self.outbox.tx.subscribe()
     }
 
     /// Follows log changes (starting the listener on PostgreSQL).
@@ -277,7 +279,6 @@ impl Wake {
                 pg.pool.clone(),
                 pg.channels.clone(),
                 self.outbox.clone(),
-                self.marks.clone(),
                 self.log.clone(),
                 pg.announcer.clone(),
             );
@@ -361,8 +362,7 @@ async fn announce(pool: PgPool, channels: [String; 2], announcer: Arc<Announcer>
 async fn listen(
     pool: PgPool,
     channels: [String; 2],
-    outbox: watch::Sender<u64>,
-    marks: Arc<OutboxMarks>,
+    outbox: OutboxWaker,
     log: watch::Sender<u64>,
     announcer: Arc<Announcer>,
 ) {
@@ -388,19 +388,15 @@ async fn listen(
         }
         backoff = Duration::from_millis(100);
         // Anything may have been missed while (re)connecting.
-        marks.mark_unknown();
-        bump(&outbox);
+        outbox.wake();
         bump(&log);
         loop {
             match listener.recv().await {
                 Ok(n) if n.process_id() == announcer.backend_pid.load(Ordering::Acquire) => {}
-                Ok(n) if n.channel() == channels[0] => {
-                    match parse_partitions(n.payload()) {
-                        Some(partitions) => marks.mark(&partitions),
-                        None => marks.mark_unknown(),
-                    }
-                    bump(&outbox);
-                }
+                Ok(n) if n.channel() == channels[0] => match parse_partitions(n.payload()) {
+                    Some(partitions) => outbox.wake_in(&partitions),
+                    None => outbox.wake(),
+                },
                 Ok(_) => bump(&log),
                 Err(e) => {
                     tracing::debug!(error = %crate::Error::from(e), "relaybox LISTEN connection lost; reconnecting");
