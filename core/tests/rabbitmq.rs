@@ -466,6 +466,103 @@ async fn unroutable_and_nacked_messages_fail_retryably_and_keep_key_order() {
     delete(&ch, &[&queue], &[&config.exchange]).await;
 }
 
+/// The numbers in the bodies of `got`, in queue order.
+fn numbers(got: &[Got]) -> Vec<usize> {
+    got.iter()
+        .map(|g| {
+            String::from_utf8_lossy(&g.body)
+                .parse()
+                .expect("a numbered body")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_bound_while_a_batch_is_published_never_gets_a_key_without_its_first_messages() {
+    // A consumer group's first queue can appear at any moment of a batch: what
+    // reaches it must begin with the key's first message, or be nothing.
+    let config = config();
+    let sink = RabbitMqSink::new(config.clone()).expect("sink");
+    sink.connect().await.expect("connect");
+    let (_conn, ch) = raw().await;
+    for round in 0..12u64 {
+        let topic = format!("late-{}", suffix());
+        let queue = format!("it-late-{}", suffix());
+        let batch: Vec<Message> = (0..2000)
+            .map(|n| Message::new(&topic, n.to_string().into_bytes()).with_key("k"))
+            .collect();
+        let binder = {
+            let (exchange, queue, topic) = (config.exchange.clone(), queue.clone(), topic.clone());
+            tokio::spawn(async move {
+                let (_conn, ch) = raw().await;
+                tokio::time::sleep(Duration::from_millis(round)).await;
+                bind_queue(&ch, &exchange, &queue, &topic, FieldTable::default()).await;
+            })
+        };
+        let results = sink.publish(&batch).await;
+        binder.await.expect("bound");
+        let got = numbers(&drain(&ch, &queue).await);
+        let delivered = results.iter().filter(|r| r.is_ok()).count();
+        assert!(
+            got.iter().enumerate().all(|(i, n)| i == *n),
+            "round {round}: the queue holds the key from its first message on, yet got {} \
+             messages from {:?} to {:?}",
+            got.len(),
+            got.first(),
+            got.last()
+        );
+        assert_eq!(
+            delivered,
+            got.len(),
+            "round {round}: {:?}",
+            results.iter().find(|r| r.is_err())
+        );
+        delete(&ch, &[&queue], &[]).await;
+    }
+    delete(&ch, &[], &[&config.exchange]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_failed_is_not_published_again_until_its_batch_is_settled() {
+    let config = config();
+    let topic = format!("late-{}", suffix());
+    let queue = format!("it-late-{}", suffix());
+    let sink = RabbitMqSink::new(config.clone()).expect("sink");
+    let (_conn, ch) = raw().await;
+    let m: Vec<Message> = (0..3)
+        .map(|n| Message::new(&topic, n.to_string().into_bytes()).with_key("k"))
+        .collect();
+    let other = Message::new(&topic, b"100".to_vec()).with_key("other");
+
+    // No queue yet: the first batch fails, and its acknowledgements are
+    // still outstanding when the queue appears and the next batch is sent.
+    let first = sink.send(&m[..2]).await;
+    bind_queue(&ch, &config.exchange, &queue, &topic, FieldTable::default()).await;
+    let second = sink.send(&[m[2].clone(), other.clone()]).await.await;
+    let held = second[0]
+        .as_ref()
+        .expect_err("k waits behind its failed message");
+    assert!(
+        held.retryable() && held.to_string().contains("same key"),
+        "{held}"
+    );
+    assert!(second[1].is_ok(), "another key goes on: {second:?}");
+    let first = first.await;
+    assert!(
+        first[0]
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("unroutable")),
+        "{first:?}"
+    );
+    assert!(first[1].is_err(), "{first:?}");
+
+    // Once the failed batch is settled, the retry goes through in key order.
+    let retry = sink.publish(&m).await;
+    assert!(retry.iter().all(|r| r.is_ok()), "{retry:?}");
+    assert_eq!(numbers(&drain(&ch, &queue).await), vec![100, 0, 1, 2]);
+    delete(&ch, &[&queue], &[&config.exchange]).await;
+}
+
 // ---- the consumer ---------------------------------------------------------------
 
 fn consumer_config(group: &str) -> ConsumerConfig {

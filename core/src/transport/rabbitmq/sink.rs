@@ -1,8 +1,8 @@
 //! [`RabbitMqSink`]: publishes relay batches to a topic exchange with
 //! publisher confirms, many messages in flight at once.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
@@ -27,6 +27,13 @@ use crate::sink::{Acks, Sink};
 /// unroutable (with `mandatory`), a lost connection or a confirm that does
 /// not arrive within `confirm_timeout` fail it with a retryable error. After a
 /// lost connection the next batch connects again.
+///
+/// With `mandatory`, the first message to a topic on a connection is a probe:
+/// it is published alone and its confirm awaited. If it comes back
+/// unroutable, the batch's other messages of that topic fail unpublished, so
+/// a queue that appears mid-batch starts with the key's first message. A key
+/// that failed is not published again until the acknowledgements of the batch
+/// it failed in are taken (the relay then holds it behind its retry).
 #[derive(Clone)]
 pub struct RabbitMqSink {
     inner: Arc<Inner>,
@@ -35,6 +42,11 @@ pub struct RabbitMqSink {
 struct Inner {
     config: RabbitMqConfig,
     link: tokio::sync::Mutex<Option<Link>>,
+    /// Topics a message was routed for on the current connection.
+    routed: Mutex<HashSet<String>>,
+    /// Keys that failed in batches whose acknowledgements are outstanding,
+    /// with the number of such batches.
+    held: Mutex<HashMap<String, usize>>,
 }
 
 struct Link {
@@ -108,6 +120,8 @@ impl RabbitMqSink {
             inner: Arc::new(Inner {
                 config,
                 link: tokio::sync::Mutex::new(None),
+                routed: Mutex::new(HashSet::new()),
+                held: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -132,6 +146,11 @@ impl RabbitMqSink {
             let _ = old.conn.close(200, "reconnecting".into()).await;
         }
         let config = &self.inner.config;
+        self.inner
+            .routed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let conn = connect(config, "relaybox relay").await?;
         let channel = conn
             .create_channel()
@@ -170,27 +189,50 @@ fn failed(config: &RabbitMqConfig, message: &str, id: Uuid) -> Error {
     transport_error(config, message.to_string(), true, Some(id))
 }
 
+/// The error of a message not published because an earlier message of its
+/// key failed.
+fn held_back(config: &RabbitMqConfig, id: Uuid) -> Error {
+    failed(config, "an earlier message with the same key failed", id)
+}
+
+/// What a publisher confirm said about one message.
+enum Settled {
+    Delivered,
+    /// Returned with `312 NO_ROUTE`: no queue is bound for its topic.
+    Unroutable(Error),
+    Failed(Error),
+}
+
+impl Settled {
+    fn into_result(self) -> Result<()> {
+        match self {
+            Settled::Delivered => Ok(()),
+            Settled::Unroutable(e) | Settled::Failed(e) => Err(e),
+        }
+    }
+}
+
 /// Waits for one confirm and turns it into the message's result.
 async fn settle(
     config: &RabbitMqConfig,
     topic: &str,
     id: Uuid,
     confirm: PublisherConfirm,
-) -> Result<()> {
+) -> Settled {
     match tokio::time::timeout(config.confirm_timeout, confirm).await {
-        Err(_) => Err(failed(
+        Err(_) => Settled::Failed(failed(
             config,
             &format!("no publisher confirm within {:?}", config.confirm_timeout),
             id,
         )),
-        Ok(Err(e)) => Err(amqp_error(
+        Ok(Err(e)) => Settled::Failed(amqp_error(
             config,
             "waiting for the publisher confirm",
             &e,
             Some(id),
         )),
-        Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(failed(
+        Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Settled::Delivered,
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => Settled::Unroutable(failed(
             config,
             &format!(
                 "unroutable: no queue is bound to exchange {:?} for routing key {topic:?} ({} {}); \
@@ -200,7 +242,70 @@ async fn settle(
             id,
         )),
         Ok(Ok(Confirmation::Nack(_))) => {
-            Err(failed(config, "the broker refused the message (nack)", id))
+            Settled::Failed(failed(config, "the broker refused the message (nack)", id))
+        }
+    }
+}
+
+/// The keys of one batch that failed while its acknowledgements are still
+/// outstanding; dropping it (the batch settled, or the relay gave it up)
+/// lets later batches publish those keys again.
+struct HeldKeys {
+    inner: Arc<Inner>,
+    keys: HashSet<String>,
+}
+
+impl HeldKeys {
+    fn hold(&mut self, key: &str) {
+        if self.keys.insert(key.to_string()) {
+            let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+            *held.entry(key.to_string()).or_default() += 1;
+        }
+    }
+}
+
+impl Drop for HeldKeys {
+    fn drop(&mut self) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            if let Some(n) = held.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// One message of a batch being sent: failed before it was published,
+/// already settled, or waiting for its confirm.
+enum Outcome {
+    Done(Result<()>),
+    Confirm(PublisherConfirm),
+}
+
+impl Inner {
+    fn is_held(&self, key: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
+    fn is_routed(&self, topic: &str) -> bool {
+        self.routed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+    }
+
+    fn set_routed(&self, topic: &str, routed: bool) {
+        let mut set = self.routed.lock().unwrap_or_else(|p| p.into_inner());
+        if routed {
+            set.insert(topic.to_string());
+        } else {
+            set.remove(topic);
         }
     }
 }
@@ -219,11 +324,23 @@ impl Sink for RabbitMqSink {
     /// acknowledgements are the publisher confirms. Batches handed over one
     /// after the other are published in that order on the same channel, so a
     /// key's messages stay in order across batches.
+    ///
+    /// With `mandatory`, the first message of a topic not yet routed on this
+    /// connection is published alone and its confirm awaited before the
+    /// batch goes on, so a consumer group's queue appearing mid-batch never
+    /// receives a key's later messages without its earlier ones. A key whose
+    /// message failed is not published again, in this batch or a later one,
+    /// until this batch's acknowledgements are taken.
     async fn send(&self, batch: &[Message]) -> Acks {
-        let config = self.inner.config.clone();
-        let mut pending: Vec<Result<PublisherConfirm>> = Vec::with_capacity(batch.len());
+        let inner = &self.inner;
+        let config = inner.config.clone();
+        let mut held = HeldKeys {
+            inner: inner.clone(),
+            keys: HashSet::new(),
+        };
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
         {
-            let mut link = self.inner.link.lock().await;
+            let mut link = inner.link.lock().await;
             let mut broken: Option<String> = None;
             let channel = match self.channel(&mut link).await {
                 Ok(c) => Some(c),
@@ -232,41 +349,60 @@ impl Sink for RabbitMqSink {
                     None
                 }
             };
+            // Topics found without a queue in this batch, with the error.
+            let mut unroutable: HashMap<&str, String> = HashMap::new();
             for m in batch {
-                if let Some(reason) = &broken {
-                    pending.push(Err(failed(&config, reason, m.id)));
-                    continue;
-                }
-                let channel = channel.as_ref().expect("set unless broken");
-                let (body, props) = match encode(m, config.codec) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        pending.push(Err(e));
-                        continue;
+                let key = m.key.as_deref();
+                let outcome = if let Some(reason) = &broken {
+                    Outcome::Done(Err(failed(&config, reason, m.id)))
+                } else if key.is_some_and(|k| held.keys.contains(k) || inner.is_held(k)) {
+                    Outcome::Done(Err(held_back(&config, m.id)))
+                } else if let Some(reason) = unroutable.get(m.topic.as_str()) {
+                    Outcome::Done(Err(failed(&config, reason, m.id)))
+                } else {
+                    let channel = channel.as_ref().expect("set unless broken");
+                    match encode(m, config.codec) {
+                        Err(e) => Outcome::Done(Err(e)),
+                        Ok((body, props)) => match channel
+                            .basic_publish(
+                                config.exchange.as_str().into(),
+                                m.topic.as_str().into(),
+                                BasicPublishOptions {
+                                    mandatory: config.mandatory,
+                                    ..BasicPublishOptions::default()
+                                },
+                                &body,
+                                props,
+                            )
+                            .await
+                        {
+                            Err(e) => {
+                                let err = amqp_error(&config, "publishing", &e, Some(m.id));
+                                broken = Some(detail(&err));
+                                *link = None;
+                                Outcome::Done(Err(err))
+                            }
+                            Ok(confirm) if config.mandatory && !inner.is_routed(&m.topic) => {
+                                match settle(&config, &m.topic, m.id, confirm).await {
+                                    Settled::Delivered => {
+                                        inner.set_routed(&m.topic, true);
+                                        Outcome::Done(Ok(()))
+                                    }
+                                    Settled::Unroutable(e) => {
+                                        unroutable.insert(m.topic.as_str(), detail(&e));
+                                        Outcome::Done(Err(e))
+                                    }
+                                    Settled::Failed(e) => Outcome::Done(Err(e)),
+                                }
+                            }
+                            Ok(confirm) => Outcome::Confirm(confirm),
+                        },
                     }
                 };
-                let options = BasicPublishOptions {
-                    mandatory: config.mandatory,
-                    ..BasicPublishOptions::default()
-                };
-                match channel
-                    .basic_publish(
-                        config.exchange.as_str().into(),
-                        m.topic.as_str().into(),
-                        options,
-                        &body,
-                        props,
-                    )
-                    .await
-                {
-                    Ok(confirm) => pending.push(Ok(confirm)),
-                    Err(e) => {
-                        let err = amqp_error(&config, "publishing", &e, Some(m.id));
-                        broken = Some(detail(&err));
-                        pending.push(Err(err));
-                        *link = None;
-                    }
+                if let (Some(k), Outcome::Done(Err(_))) = (key, &outcome) {
+                    held.hold(k);
                 }
+                outcomes.push(outcome);
             }
         }
         let meta: Vec<(Uuid, String, Option<String>)> = batch
@@ -274,12 +410,22 @@ impl Sink for RabbitMqSink {
             .map(|m| (m.id, m.topic.clone(), m.key.clone()))
             .collect();
         Box::pin(async move {
-            let mut results = Vec::with_capacity(pending.len());
-            for ((id, topic, _), p) in meta.iter().zip(pending) {
-                results.push(match p {
-                    Err(e) => Err(e),
-                    Ok(confirm) => settle(&config, topic, *id, confirm).await,
-                });
+            let mut results = Vec::with_capacity(outcomes.len());
+            for ((id, topic, key), outcome) in meta.iter().zip(outcomes) {
+                let result = match outcome {
+                    Outcome::Done(r) => r,
+                    Outcome::Confirm(confirm) => {
+                        let settled = settle(&config, topic, *id, confirm).await;
+                        if let Settled::Unroutable(_) = settled {
+                            held.inner.set_routed(topic, false);
+                        }
+                        settled.into_result()
+                    }
+                };
+                if let (Some(k), Err(_)) = (key, &result) {
+                    held.hold(k);
+                }
+                results.push(result);
             }
             // A message must not count as delivered after an earlier message of
             // its key failed: it is sent again, after that one.
@@ -287,16 +433,13 @@ impl Sink for RabbitMqSink {
             for ((id, _, key), result) in meta.iter().zip(results.iter_mut()) {
                 let Some(key) = key.as_deref() else { continue };
                 if result.is_ok() && failed_keys.contains(key) {
-                    *result = Err(failed(
-                        &config,
-                        "an earlier message with the same key failed",
-                        *id,
-                    ));
+                    *result = Err(held_back(&config, *id));
                 }
                 if result.is_err() {
                     failed_keys.insert(key);
                 }
             }
+            drop(held);
             results
         })
     }
