@@ -30,8 +30,9 @@ pub struct GlobalArgs {
     /// TOML configuration file (database_url, [store], [relay])
     ///
     /// Keys: `database_url`; a [store] table with table_prefix, partitions,
-    /// max_payload_bytes, max_connections and connect_timeout; a [relay] table
-    /// (see `relaybox relay --help`). Unknown keys are an error.
+    /// max_payload_bytes, max_connections, min_connections and
+    /// connect_timeout; a [relay] table (see `relaybox relay --help`).
+    /// Unknown keys are an error.
     #[arg(
         long,
         env = "RELAYBOX_CONFIG",

@@ -14,6 +14,7 @@ dialect_tests!(
     commit_is_relayed_and_consumed_once,
     migrate_is_idempotent_and_concurrent_safe,
     as_many_transactions_as_pooled_connections_can_enqueue,
+    min_connections_are_open_before_the_first_transaction,
 );
 
 async fn rollback_leaves_no_outbox_row(backend: Backend) {
@@ -315,6 +316,47 @@ async fn as_many_transactions_as_pooled_connections_can_enqueue(backend: Backend
 }
 
 /// (open connections, idle connections) of a store's pool.
+/// `min_connections` are connected by the time the store is, and stay open
+/// while idle; more than the pool holds is a config error naming the field.
+async fn min_connections_are_open_before_the_first_transaction(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db
+        .open_store_with(|o| {
+            o.max_connections = Some(4);
+            o.min_connections = 3;
+        })
+        .await;
+    assert_eq!(pool_usage(&store), (3, 3), "three idle connections at once");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(pool_usage(&store), (3, 3), "still open while idle");
+    let tx = store
+        .begin()
+        .await
+        .expect("a transaction on a ready connection");
+    tx.commit().await.expect("commit");
+    wait_for(
+        "the connection back in the pool",
+        WAIT,
+        async || match pool_usage(&store) {
+            (3, 3) => Ok(()),
+            (size, idle) => Err(format!("pool size {size}, idle {idle}")),
+        },
+    )
+    .await;
+
+    let mut options = db.options.clone();
+    options.max_connections = Some(2);
+    options.min_connections = 3;
+    match relaybox::Store::connect_with(&db.url, options).await {
+        Err(Error::InvalidConfig { field, reason }) => {
+            assert_eq!(field, "min_connections");
+            assert!(reason.contains('2'), "{reason}");
+        }
+        other => panic!("expected a config error for min_connections, got {other:?}"),
+    }
+    db.cleanup().await;
+}
+
 fn pool_usage(store: &relaybox::Store) -> (u32, usize) {
     match (store.pg_pool(), store.sqlite_pool()) {
         (Some(p), _) => (p.size(), p.num_idle()),

@@ -108,6 +108,11 @@ defmodule Relaybox.OutboxTest do
 
     assert msg =~ "partitions"
 
+    assert {:error, %Relaybox.Error{code: :invalid_config, message: msg}} =
+             Outbox.open(db_url!(), max_connections: 2, min_connections: 3)
+
+    assert msg =~ "min_connections"
+
     assert_raise Relaybox.Error, ~r/invalid topic/, fn ->
       Outbox.transaction!(outbox, &Tx.enqueue!(&1, %{topic: "a b", payload: 1}))
     end

@@ -53,6 +53,8 @@ export interface OutboxOptions {
   maxPayloadBytes?: number
   /** Pooled connections (default 10 on PostgreSQL, 4 on SQLite). */
   maxConnections?: number
+  /** Connections opened at once and kept open while idle (default 0), at most `maxConnections`. */
+  minConnections?: number
   /** How long to wait for a connection, in ms or as `"10s"`. */
   connectTimeout?: number | string
 }

@@ -123,6 +123,10 @@ test('bad input rejects with the right code and writes nothing', async (t) => {
     relaybox.Outbox.open('postgres://127.0.0.1/x', { partitions: 0 }),
     (err) => err instanceof relaybox.ConfigError && err.code === 'invalid_config'
   )
+  await assert.rejects(
+    relaybox.Outbox.open(process.env.RELAYBOX_TEST_DATABASE_URL, { maxConnections: 2, minConnections: 3 }),
+    (err) => err instanceof relaybox.ConfigError && err.code === 'invalid_config' && /min_connections/.test(err.message)
+  )
   assert.throws(() => new relaybox.Relay(outbox, { batchSize: 0 }).start(),
     (err) => err instanceof relaybox.ConfigError && err.code === 'invalid_config')
   assert.throws(() => new relaybox.Consumer(outbox, 't', async () => {}, { group: 'g', retryDealy: 5 }).start(),

@@ -86,6 +86,8 @@ def test_sql_error_is_a_store_error_and_the_transaction_is_aborted(
 def test_bad_settings_raise_config_error(outbox: relaybox.Outbox, pg_url: str) -> None:
     with pytest.raises(relaybox.ConfigError):
         relaybox.Outbox(pg_url, partitions=0)
+    with pytest.raises(relaybox.ConfigError, match="min_connections"):
+        relaybox.Outbox(pg_url, max_connections=2, min_connections=3)
     with pytest.raises(relaybox.ConfigError):
         relaybox.Relay(outbox, batch_size=0).start()
     with pytest.raises(relaybox.ConfigError):

@@ -45,6 +45,11 @@ pub struct StoreOptions {
     pub max_payload_bytes: usize,
     /// Largest number of pooled connections (default 10 for PostgreSQL, 4 for SQLite).
     pub max_connections: Option<u32>,
+    /// Connections the pool opens after connecting and keeps open when idle
+    /// (default 0: they are opened on demand), so that the first burst after
+    /// a quiet spell does not wait for new connections. At most
+    /// `max_connections`.
+    pub min_connections: u32,
     /// How long to wait for a connection (default 10 s).
     #[serde(deserialize_with = "crate::duration::deserialize", skip_serializing)]
     pub connect_timeout: Duration,
@@ -57,6 +62,7 @@ impl Default for StoreOptions {
             partitions: DEFAULT_PARTITIONS,
             max_payload_bytes: crate::validate::DEFAULT_MAX_PAYLOAD_BYTES,
             max_connections: None,
+            min_connections: 0,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -91,6 +97,19 @@ impl StoreOptions {
         options.validate()?;
         Ok(options)
     }
+}
+
+/// The pool size of `options`, `default` when it sets none; a
+/// `min_connections` above it is a config error.
+fn max_connections(options: &StoreOptions, default: u32) -> Result<u32> {
+    let max = options.max_connections.unwrap_or(default);
+    if options.min_connections > max {
+        return Err(Error::config(
+            "min_connections",
+            format!("must be at most the pool size ({max})"),
+        ));
+    }
+    Ok(max)
 }
 
 /// Placeholder style of generated SQL, for host-language drivers.
@@ -342,7 +361,8 @@ impl Store {
                 })?;
                 let pool = PgPoolOptions::new()
                     .test_before_acquire(false)
-                    .max_connections(options.max_connections.unwrap_or(10))
+                    .max_connections(max_connections(&options, 10)?)
+                    .min_connections(options.min_connections)
                     .acquire_timeout(options.connect_timeout)
                     .connect_with(connect)
                     .await
@@ -354,7 +374,8 @@ impl Store {
                 let pool = SqlitePoolOptions::new()
                     .test_before_acquire(false)
                     .after_connect(wake_on_sqlite_commit(&wake, &options.table_prefix))
-                    .max_connections(options.max_connections.unwrap_or(4))
+                    .max_connections(max_connections(&options, 4)?)
+                    .min_connections(options.min_connections)
                     .acquire_timeout(options.connect_timeout)
                     .connect_with(connect)
                     .await

@@ -23,7 +23,7 @@ defmodule Relaybox.Outbox do
   Options of `open/2`: `:migrate` (apply the schema first, default false),
   `:name`, and the store options `:table_prefix` (default `"relaybox_"`),
   `:partitions` (default 16), `:max_payload_bytes`, `:max_connections`,
-  `:connect_timeout` (ms). Unknown options are an `:invalid_config` error.
+  `:min_connections` (default 0), `:connect_timeout` (ms). Unknown options are an `:invalid_config` error.
 
   The pool closes when the handle is garbage collected, or with `close/1`.
 

@@ -31,6 +31,7 @@ def _options(
     table_prefix: Optional[str],
     partitions: Optional[int],
     max_connections: Optional[int],
+    min_connections: Optional[int],
     max_payload_bytes: Optional[int],
     connect_timeout: Optional[float],
 ) -> Optional[str]:
@@ -41,6 +42,8 @@ def _options(
         options["partitions"] = partitions
     if max_connections is not None:
         options["max_connections"] = max_connections
+    if min_connections is not None:
+        options["min_connections"] = min_connections
     if max_payload_bytes is not None:
         options["max_payload_bytes"] = max_payload_bytes
     if connect_timeout is not None:
@@ -70,13 +73,19 @@ class Outbox:
         table_prefix: Optional[str] = None,
         partitions: Optional[int] = None,
         max_connections: Optional[int] = None,
+        min_connections: Optional[int] = None,
         max_payload_bytes: Optional[int] = None,
         connect_timeout: Optional[float] = None,
         _store: Optional[_native.Store] = None,
     ) -> None:
         if _store is None:
             options = _options(
-                table_prefix, partitions, max_connections, max_payload_bytes, connect_timeout
+                table_prefix,
+                partitions,
+                max_connections,
+                min_connections,
+                max_payload_bytes,
+                connect_timeout,
             )
             _store = _native.Store.open(url, options, migrate)
         self._store = _store
@@ -90,12 +99,18 @@ class Outbox:
         table_prefix: Optional[str] = None,
         partitions: Optional[int] = None,
         max_connections: Optional[int] = None,
+        min_connections: Optional[int] = None,
         max_payload_bytes: Optional[int] = None,
         connect_timeout: Optional[float] = None,
     ) -> Outbox:
         """Connect without blocking the event loop (same arguments as the constructor)."""
         options = _options(
-            table_prefix, partitions, max_connections, max_payload_bytes, connect_timeout
+            table_prefix,
+            partitions,
+            max_connections,
+            min_connections,
+            max_payload_bytes,
+            connect_timeout,
         )
         store = await _native.Store.open_async(url, options, migrate)
         return cls(url, _store=store)
