@@ -353,51 +353,58 @@ impl Sink for RabbitMqSink {
             let mut unroutable: HashMap<&str, String> = HashMap::new();
             for m in batch {
                 let key = m.key.as_deref();
-                let outcome = if let Some(reason) = &broken {
-                    Outcome::Done(Err(failed(&config, reason, m.id)))
-                } else if key.is_some_and(|k| held.keys.contains(k) || inner.is_held(k)) {
-                    Outcome::Done(Err(held_back(&config, m.id)))
-                } else if let Some(reason) = unroutable.get(m.topic.as_str()) {
-                    Outcome::Done(Err(failed(&config, reason, m.id)))
-                } else {
-                    let channel = channel.as_ref().expect("set unless broken");
-                    match encode(m, config.codec) {
-                        Err(e) => Outcome::Done(Err(e)),
-                        Ok((body, props)) => match channel
-                            .basic_publish(
-                                config.exchange.as_str().into(),
-                                m.topic.as_str().into(),
-                                BasicPublishOptions {
-                                    mandatory: config.mandatory,
-                                    ..BasicPublishOptions::default()
-                                },
-                                &body,
-                                props,
-                            )
-                            .await
-                        {
-                            Err(e) => {
-                                let err = amqp_error(&config, "publishing", &e, Some(m.id));
-                                broken = Some(detail(&err));
-                                *link = None;
-                                Outcome::Done(Err(err))
-                            }
-                            Ok(confirm) if config.mandatory && !inner.is_routed(&m.topic) => {
-                                match settle(&config, &m.topic, m.id, confirm).await {
-                                    Settled::Delivered => {
-                                        inner.set_routed(&m.topic, true);
-                                        Outcome::Done(Ok(()))
-                                    }
-                                    Settled::Unroutable(e) => {
-                                        unroutable.insert(m.topic.as_str(), detail(&e));
-                                        Outcome::Done(Err(e))
-                                    }
-                                    Settled::Failed(e) => Outcome::Done(Err(e)),
-                                }
-                            }
-                            Ok(confirm) => Outcome::Confirm(confirm),
-                        },
+                let outcome = 'outcome: {
+                    if let Some(reason) = &broken {
+                        break 'outcome Outcome::Done(Err(failed(&config, reason, m.id)));
                     }
+                    if key.is_some_and(|k| held.keys.contains(k) || inner.is_held(k)) {
+                        break 'outcome Outcome::Done(Err(held_back(&config, m.id)));
+                    }
+                    if let Some(reason) = unroutable.get(m.topic.as_str()) {
+                        break 'outcome Outcome::Done(Err(failed(&config, reason, m.id)));
+                    }
+                    let (body, props) = match encode(m, config.codec) {
+                        Ok(x) => x,
+                        Err(e) => break 'outcome Outcome::Done(Err(e)),
+                    };
+                    let channel = channel.as_ref().expect("set unless broken");
+                    let options = BasicPublishOptions {
+                        mandatory: config.mandatory,
+                        ..BasicPublishOptions::default()
+                    };
+                    let confirm = match channel
+                        .basic_publish(
+                            config.exchange.as_str().into(),
+                            m.topic.as_str().into(),
+                            options,
+                            &body,
+                            props,
+                        )
+                        .await
+                    {
+                        Ok(confirm) => confirm,
+                        Err(e) => {
+                            let err = amqp_error(&config, "publishing", &e, Some(m.id));
+                            broken = Some(detail(&err));
+                            *link = None;
+                            break 'outcome Outcome::Done(Err(err));
+                        }
+                    };
+                    if !config.mandatory || inner.is_routed(&m.topic) {
+                        break 'outcome Outcome::Confirm(confirm);
+                    }
+                    // The probe: the first message to this topic on this connection.
+                    Outcome::Done(match settle(&config, &m.topic, m.id, confirm).await {
+                        Settled::Delivered => {
+                            inner.set_routed(&m.topic, true);
+                            Ok(())
+                        }
+                        Settled::Unroutable(e) => {
+                            unroutable.insert(m.topic.as_str(), detail(&e));
+                            Err(e)
+                        }
+                        Settled::Failed(e) => Err(e),
+                    })
                 };
                 if let (Some(k), Outcome::Done(Err(_))) = (key, &outcome) {
                     held.hold(k);
@@ -411,8 +418,11 @@ impl Sink for RabbitMqSink {
             .collect();
         Box::pin(async move {
             let mut results = Vec::with_capacity(outcomes.len());
+            // A message must not count as delivered after an earlier message of
+            // its key failed: it is sent again, after that one.
+            let mut failed_keys: HashSet<&str> = HashSet::new();
             for ((id, topic, key), outcome) in meta.iter().zip(outcomes) {
-                let result = match outcome {
+                let mut result = match outcome {
                     Outcome::Done(r) => r,
                     Outcome::Confirm(confirm) => {
                         let settled = settle(&config, topic, *id, confirm).await;
@@ -422,22 +432,16 @@ impl Sink for RabbitMqSink {
                         settled.into_result()
                     }
                 };
-                if let (Some(k), Err(_)) = (key, &result) {
-                    held.hold(k);
+                if let Some(k) = key.as_deref() {
+                    if result.is_ok() && failed_keys.contains(k) {
+                        result = Err(held_back(&config, *id));
+                    }
+                    if result.is_err() {
+                        failed_keys.insert(k);
+                        held.hold(k);
+                    }
                 }
                 results.push(result);
-            }
-            // A message must not count as delivered after an earlier message of
-            // its key failed: it is sent again, after that one.
-            let mut failed_keys: HashSet<&str> = HashSet::new();
-            for ((id, _, key), result) in meta.iter().zip(results.iter_mut()) {
-                let Some(key) = key.as_deref() else { continue };
-                if result.is_ok() && failed_keys.contains(key) {
-                    *result = Err(held_back(&config, *id));
-                }
-                if result.is_err() {
-                    failed_keys.insert(key);
-                }
             }
             drop(held);
             results
