@@ -92,7 +92,8 @@
 //!    and the machine's CPU time per message (`/proc/stat`, every process;
 //!    split into this process, PostgreSQL's processes and the broker's JVM
 //!    from `/proc/<pid>/stat`) in (a), (b) and the relay, with the rate two cores allow for doing
-//!    (a)'s and (b)'s work together. Diagnostic rows (full runs, batch 1000): two relays in this process
+//!    (a)'s and (b)'s work together and the shares of that rate the relay
+//!    drained and the ratio target asks for. Diagnostic rows (full runs, batch 1000): two relays in this process
 //!    sharing one `KafkaSink`, half the partitions each (lease rows written
 //!    up front), and the relay with `linger.ms=0`. Then a naive poller
 //!    (SELECT one row, produce it and await its delivery, UPDATE ... SET
@@ -2668,9 +2669,17 @@ mod kafka {
         );
     }
 
-    /// The machine CPU the ceilings and the relay used per message, and the
-    /// rate the machine's cores allow for doing both ceilings' work.
-    fn cpu_note(batch: u32, n: usize, [pg, kafka, relay]: [Busy; 3], relay_rate: f64) -> String {
+    /// The machine's CPU per message in ceilings a and b and in the relay,
+    /// the rate at which the cores could do both ceilings' work, and what
+    /// the relay (`relay_rate`) and the ratio target (`CEILING_TARGET`% of
+    /// `lower`, the lower ceiling) are as shares of that rate.
+    fn cpu_note(
+        batch: u32,
+        n: usize,
+        [pg, kafka, relay]: [Busy; 3],
+        relay_rate: f64,
+        lower: f64,
+    ) -> String {
         let per = |busy: f64| busy * 1e6 / n as f64;
         let both = per(pg.machine) + per(kafka.machine);
         let bound = cores() as f64 * 1e6 / both.max(f64::MIN_POSITIVE);
@@ -2685,12 +2694,15 @@ mod kafka {
         };
         format!(
             "batch {batch}: us of CPU per message: ceiling a {}, ceiling b {}, relay {}; \
-             a's and b's work together fits {} msg/s on these cores, the relay drains {:.0}% of that",
+             a's and b's work together fits {} msg/s on these cores, the relay drains {:.0}% of that; \
+             the {CEILING_TARGET:.0}% target ({} msg/s) is {:.0}% of it",
             split(pg),
             split(kafka),
             split(relay),
             thousands(bound as u64),
-            100.0 * relay_rate / bound
+            100.0 * relay_rate / bound,
+            thousands((lower * CEILING_TARGET / 100.0) as u64),
+            lower * CEILING_TARGET / bound
         )
     }
 
@@ -3197,8 +3209,14 @@ mod kafka {
             let topic = new_topic(b, &format!("relay-{batch}"));
             let run = relay_to_kafka(b, broker, &topic, n, batch, None).await?;
             let r = rate(n, run.elapsed);
-            cpu_notes.push(cpu_note(batch, n, [pg.busy, kafka_busy, run.busy], r));
             let lower = pg_rate.min(kafka_rate);
+            cpu_notes.push(cpu_note(
+                batch,
+                n,
+                [pg.busy, kafka_busy, run.busy],
+                r,
+                lower,
+            ));
             let share = 100.0 * r / lower;
             let met = r >= DRAIN_TARGET && share >= CEILING_TARGET;
             print_kafka_row(
