@@ -2683,6 +2683,7 @@ mod kafka {
         let per = |busy: f64| busy * 1e6 / n as f64;
         let both = per(pg.machine) + per(kafka.machine);
         let bound = cores() as f64 * 1e6 / both.max(f64::MIN_POSITIVE);
+        let target = lower * CEILING_TARGET / 100.0;
         let split = |b: Busy| {
             format!(
                 "{:.1} (this process {:.1}, PostgreSQL {:.1}, broker {:.1})",
@@ -2701,8 +2702,8 @@ mod kafka {
             split(relay),
             thousands(bound as u64),
             100.0 * relay_rate / bound,
-            thousands((lower * CEILING_TARGET / 100.0) as u64),
-            lower * CEILING_TARGET / bound
+            thousands(target as u64),
+            100.0 * target / bound
         )
     }
 
