@@ -2,7 +2,7 @@
 //! publisher confirms, many messages in flight at once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
@@ -146,11 +146,7 @@ impl RabbitMqSink {
             let _ = old.conn.close(200, "reconnecting".into()).await;
         }
         let config = &self.inner.config;
-        self.inner
-            .routed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.inner.routed().clear();
         let conn = connect(config, "relaybox relay").await?;
         let channel = conn
             .create_channel()
@@ -258,15 +254,14 @@ struct HeldKeys {
 impl HeldKeys {
     fn hold(&mut self, key: &str) {
         if self.keys.insert(key.to_string()) {
-            let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
-            *held.entry(key.to_string()).or_default() += 1;
+            *self.inner.held().entry(key.to_string()).or_default() += 1;
         }
     }
 }
 
 impl Drop for HeldKeys {
     fn drop(&mut self) {
-        let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.inner.held();
         for key in &self.keys {
             if let Some(n) = held.get_mut(key) {
                 *n -= 1;
@@ -286,22 +281,26 @@ enum Outcome {
 }
 
 impl Inner {
+    fn held(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn routed(&self) -> MutexGuard<'_, HashSet<String>> {
+        // The set stays consistent whatever panicked while holding it.
+        self.routed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn is_held(&self, key: &str) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
+        self.held().contains_key(key)
     }
 
     fn is_routed(&self, topic: &str) -> bool {
-        self.routed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
+        self.routed().contains(topic)
     }
 
     fn set_routed(&self, topic: &str, routed: bool) {
-        let mut set = self.routed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.routed();
         if routed {
             set.insert(topic.to_string());
         } else {
