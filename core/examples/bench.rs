@@ -101,7 +101,9 @@
 //!    with the relay/naive ratio, and commit-to-handler latency at 1,000
 //!    msg/s for 10 s through Kafka (relay with `KafkaSink`, `Consumer` with
 //!    `KafkaSource`; settled as in section 5; target p99 < 25 ms) with where the time goes (send
-//!    called / reports in, `KafkaSource::fetch` handing the record out). Full
+//!    called / reports in, `KafkaSource::fetch` handing the record out), then
+//!    the same pipeline idle: this process's CPU over 5 s with no traffic
+//!    (target < 1% of a core). Full
 //!    runs also measure the consumer's capacity on 20,000 waiting records (3
 //!    and 12 partitions, and `DatabaseSource` for comparison). The topics and
 //!    consumer groups it created are deleted at the end (best effort).
@@ -1922,6 +1924,16 @@ fn ticks_between(
 }
 
 /// `getconf CLK_TCK`, asked once per process.
+/// This process's CPU time over `window` of sleeping, as % of one core.
+async fn own_cpu_over(window: Duration) -> f64 {
+    let before = proc_stat("/proc/self/stat").map_or(0, |s| s.1);
+    let wall0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let wall = wall0.elapsed().as_secs_f64();
+    let after = proc_stat("/proc/self/stat").map_or(0, |s| s.1);
+    100.0 * after.saturating_sub(before) as f64 / clock_ticks_per_second() / wall
+}
+
 fn clock_ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -2298,7 +2310,7 @@ mod kafka {
     use rdkafka::client::DefaultClientContext;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+    use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, FutureRecord, Producer};
     use rdkafka::util::Timeout;
     use rdkafka::ClientConfig;
     use relaybox::message::micros_rfc3339;
@@ -2444,8 +2456,10 @@ mod kafka {
     struct Broker {
         bootstrap: String,
         admin: AdminClient<DefaultClientContext>,
-        /// A producer used for metadata and watermarks only.
-        meta: FutureProducer,
+        /// A producer used for metadata and watermarks only. A `BaseProducer`
+        /// starts no polling thread, so it costs nothing while the idle CPU is
+        /// measured.
+        meta: Arc<BaseProducer>,
     }
 
     impl Broker {
@@ -2456,9 +2470,11 @@ mod kafka {
                     .set("bootstrap.servers", bootstrap)
                     .create()
                     .context("creating a Kafka admin client")?,
-                meta: sink_settings(bootstrap)
-                    .create()
-                    .context("creating a Kafka producer")?,
+                meta: Arc::new(
+                    sink_settings(bootstrap)
+                        .create()
+                        .context("creating a Kafka producer")?,
+                ),
             })
         }
 
@@ -2872,6 +2888,8 @@ mod kafka {
         acked: Histogram<u64>,
         handed: Histogram<u64>,
         batches: u64,
+        /// This process's CPU with the pipeline idle afterwards, % of one core.
+        idle_cpu: f64,
     }
 
     /// Relay (KafkaSink) + Consumer (KafkaSource) at 1,000 msg/s.
@@ -2916,12 +2934,16 @@ mod kafka {
                 Duration::from_secs(30),
             )
             .await?;
-            Ok::<_, anyhow::Error>((steady, relay.stats().batches - batches))
+            let batches = relay.stats().batches - batches;
+            // The same pipeline idle: everything handled, nothing new.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let idle_cpu = own_cpu_over(b.sizes.idle_for).await;
+            Ok::<_, anyhow::Error>((steady, batches, idle_cpu))
         }
         .await;
         consumer.shutdown().await?;
         relay.shutdown().await?;
-        let (steady, batches) = outcome?;
+        let (steady, batches, idle_cpu) = outcome?;
         let since_created = clocks.handler.lock().expect("histogram lock").clone();
         ensure!(
             since_created.len() == steady.produced as u64,
@@ -2942,6 +2964,7 @@ mod kafka {
             acked,
             handed,
             batches,
+            idle_cpu,
         })
     }
 
@@ -3386,6 +3409,17 @@ mod kafka {
             ),
             "p99 < 25 ms",
             Some(p99_met(h)),
+        );
+        println!(
+            "  idle afterwards ({} s, the same relay and consumer, no traffic): this process {:.2}% of a core",
+            b.sizes.idle_for.as_secs(),
+            lat.idle_cpu
+        );
+        b.figure(
+            "kafka: idle CPU, this process (relay + consumer)",
+            format!("{:.2}% of a core", lat.idle_cpu),
+            "~0% (< 1%)",
+            Some(lat.idle_cpu < IDLE_TARGET),
         );
         if b.sizes.diagnostics_batch.is_some() && !latency_only {
             // The consumer's capacity, which bounds the latency run.

@@ -10,6 +10,7 @@
 
 mod codec;
 mod config;
+mod producer;
 mod sink;
 mod source;
 

@@ -1,20 +1,19 @@
 //! [`KafkaSink`]: publishes relay batches with an idempotent producer and
 //! reports each message's delivery.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use super::codec::headers_of;
 use super::config::{config_error, KafkaConfig};
 use super::kafka_error;
+use super::producer::{Record, Report, ReportingProducer};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::sink::{Acks, Sink};
@@ -40,44 +39,8 @@ pub struct KafkaSink {
 
 struct Inner {
     config: KafkaConfig,
-    producer: ThreadedProducer<Reports>,
+    producer: ReportingProducer,
     known_topics: Mutex<HashSet<String>>,
-}
-
-/// A record's delivery report as the sink hands it on.
-type Report = std::result::Result<(), KafkaError>;
-
-/// The producer's context: routes each delivery report to whoever waits for
-/// the record, keyed by message id. An id is here from the moment its record
-/// is handed to librdkafka until its report arrives, which is how a retry
-/// finds a record that is still queued.
-#[derive(Default)]
-struct Reports {
-    waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Report>>>>,
-}
-
-impl Reports {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<Report>>>> {
-        // The map stays consistent whatever panicked while holding it.
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl ClientContext for Reports {}
-
-impl ProducerContext for Reports {
-    type DeliveryOpaque = Box<Uuid>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Uuid>) {
-        let report = match result {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(e.clone()),
-        };
-        for waiter in self.waiting().remove(&id).unwrap_or_default() {
-            // A waiter that gave up has dropped its receiver.
-            let _ = waiter.send(report.clone());
-        }
-    }
 }
 
 /// What became of handing one message to librdkafka.
@@ -113,10 +76,9 @@ impl KafkaSink {
             ("message.timeout.ms", "0".to_string()),
             ("allow.auto.create.topics", "false".to_string()),
         ];
-        let producer: ThreadedProducer<Reports> = config
-            .client_config(&defaults, &config.producer_properties)
-            .create_with_context(Reports::default())
-            .map_err(config_error)?;
+        let producer =
+            ReportingProducer::new(&config.client_config(&defaults, &config.producer_properties))
+                .map_err(config_error)?;
         Ok(KafkaSink {
             inner: Arc::new(Inner {
                 config,
@@ -168,41 +130,16 @@ impl KafkaSink {
     /// queued there, waits for that one's report instead. A full queue is
     /// waited out.
     async fn hand_over(&self, m: &Message) -> Handed {
-        let (tx, rx) = oneshot::channel();
-        let mut tx = Some(tx);
-        let mut record =
-            BaseRecord::<str, [u8], Box<Uuid>>::with_opaque_to(&m.topic, Box::new(m.id))
-                .payload(&m.payload)
-                .headers(headers_of(m))
-                .timestamp(m.created_at.timestamp_millis());
+        let mut record = Record::with_opaque_to(&m.topic, Box::new(m.id))
+            .payload(&m.payload)
+            .headers(headers_of(m))
+            .timestamp(m.created_at.timestamp_millis());
         if let Some(key) = &m.key {
             record = record.key(key.as_str());
         }
-        loop {
-            let refused = {
-                let mut waiting = self.inner.producer.context().waiting();
-                if let Some(waiters) = waiting.get_mut(&m.id) {
-                    waiters.push(tx.take().expect("one waiter per attempt"));
-                    return Handed::Queued(rx);
-                }
-                // Registered before the record is handed over, and under the
-                // lock the report's delivery takes, so the report finds it.
-                waiting.insert(m.id, vec![tx.take().expect("one waiter per attempt")]);
-                match self.inner.producer.send(record) {
-                    Ok(()) => return Handed::Queued(rx),
-                    Err((e, back)) => {
-                        tx = waiting.remove(&m.id).and_then(|mut w| w.pop());
-                        record = back;
-                        e
-                    }
-                }
-            };
-            match refused {
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                e => return Handed::Failed(kafka_error(e, Some(m.id))),
-            }
+        match self.inner.producer.hand_over(m.id, record).await {
+            Ok(report) => Handed::Queued(report),
+            Err(e) => Handed::Failed(kafka_error(e, Some(m.id))),
         }
     }
 

@@ -9,12 +9,12 @@ use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::codec::{headers_of, message_from_record, HEADER_ERROR};
 use super::config::{config_error, KafkaConfig};
 use super::kafka_error;
+use super::producer::{Record, ReportingProducer};
 use super::sink::create_topic;
 use crate::error::{Error, Result};
 use crate::source::{AckToken, Delivery, Source};
@@ -68,7 +68,8 @@ impl KafkaSourceConfig {
 pub struct KafkaSource {
     config: KafkaSourceConfig,
     consumer: StreamConsumer,
-    producer: FutureProducer,
+    /// Produces to the dead-letter topic.
+    producer: ReportingProducer,
     errors: Mutex<NotedErrors>,
 }
 
@@ -133,11 +134,12 @@ impl KafkaSource {
                 config.kafka.delivery_timeout.as_millis().to_string(),
             ),
         ];
-        let producer: FutureProducer = config
-            .kafka
-            .client_config(&producer_defaults, &config.kafka.producer_properties)
-            .create()
-            .map_err(config_error)?;
+        let producer = ReportingProducer::new(
+            &config
+                .kafka
+                .client_config(&producer_defaults, &config.kafka.producer_properties),
+        )
+        .map_err(config_error)?;
         Ok(Arc::new(KafkaSource {
             config,
             consumer,
@@ -272,16 +274,35 @@ impl Source for KafkaSource {
                 value: Some(value),
             });
         }
-        let mut record = FutureRecord::<str, [u8]>::to(&topic)
+        let mut record = Record::with_opaque_to(&topic, Box::new(m.id))
             .payload(&m.payload)
             .headers(headers);
         if let Some(key) = &m.key {
             record = record.key(key.as_str());
         }
-        self.producer
-            .send(record, self.config.kafka.delivery_timeout)
-            .await
-            .map_err(|(e, _)| kafka_error(e, Some(m.id)))?;
+        // librdkafka gives the record up after `delivery_timeout`
+        // (`message.timeout.ms`) and reports that; the timer here bounds a
+        // queue that stays full as long.
+        let timeout = self.config.kafka.delivery_timeout;
+        let reported = tokio::time::timeout(timeout, async {
+            let report = self.producer.hand_over(m.id, record).await?;
+            report.await.unwrap_or_else(|_| Err(KafkaError::Canceled))
+        })
+        .await;
+        match reported {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(kafka_error(e, Some(m.id))),
+            Err(_) => {
+                return Err(Error::Transport {
+                    transport: "kafka".into(),
+                    message: format!(
+                        "no delivery report from dead-letter topic {topic:?} within {timeout:?}"
+                    ),
+                    retryable: true,
+                    message_id: Some(m.id),
+                })
+            }
+        }
         Ok(true)
     }
 

@@ -1,0 +1,264 @@
+//! [`ReportingProducer`]: a librdkafka producer that routes each record's
+//! delivery report to whoever waits for it, keyed by message id, with a
+//! thread that serves the reports and sleeps while there are none.
+//!
+//! rdkafka's own `ThreadedProducer` (and the `FutureProducer` built on it)
+//! serves reports by polling with a 100 ms timeout that librdkafka receives
+//! rounded down to whole milliseconds, so every poll ends with a busy loop
+//! through its last millisecond: about 1% of a core per producer while
+//! nothing is produced. Here librdkafka writes a byte to a socket when its
+//! event queue goes from empty to non-empty (`rd_kafka_queue_io_event_enable`),
+//! and the thread blocks reading that socket.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::bindings as rdsys;
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// A record's delivery report as the producer hands it on.
+pub(crate) type Report = std::result::Result<(), KafkaError>;
+
+/// A record as [`ReportingProducer::hand_over`] takes it; its delivery
+/// opaque is the message id its report is routed by.
+pub(crate) type Record<'a> = BaseRecord<'a, str, [u8], Box<Uuid>>;
+
+/// How long the report thread sleeps at most without a wake-up before it
+/// looks at the event queue again (a safety net; wake-ups come by socket).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The producer's context: routes each delivery report to whoever waits for
+/// the record, keyed by message id. An id is here from the moment its record
+/// is handed to librdkafka until its report arrives, which is how a retry
+/// finds a record that is still queued.
+#[derive(Default)]
+pub(crate) struct Reports {
+    waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Report>>>>,
+}
+
+impl Reports {
+    fn waiting(&self) -> MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<Report>>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<Uuid>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Uuid>) {
+        let report = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        for waiter in self.waiting().remove(&id).unwrap_or_default() {
+            // A waiter that gave up has dropped its receiver.
+            let _ = waiter.send(report.clone());
+        }
+    }
+}
+
+/// A librdkafka producer whose delivery reports reach per-message waiters
+/// (see the module header).
+pub(crate) struct ReportingProducer {
+    producer: Arc<BaseProducer<Reports>>,
+    server: ReportServer,
+}
+
+/// The thread serving delivery reports and what wakes it.
+struct ReportServer {
+    /// A handle on librdkafka's main event queue, where the reports arrive.
+    queue: EventQueue,
+    /// The socket librdkafka writes its wake-ups to.
+    wake: UnixStream,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// librdkafka's main event queue of one client (a handle of its own, given
+/// back in [`ReportingProducer`]'s `Drop`).
+#[derive(Clone, Copy)]
+struct EventQueue(*mut rdsys::rd_kafka_queue_t);
+
+// SAFETY: librdkafka's queue functions are thread-safe, and the handle lives
+// until the producer's `Drop` has joined the thread that uses it.
+unsafe impl Send for EventQueue {}
+unsafe impl Sync for EventQueue {}
+
+impl EventQueue {
+    fn len(self) -> usize {
+        // SAFETY: a live queue handle (see the type's comment).
+        unsafe { rdsys::rd_kafka_queue_length(self.0) }
+    }
+}
+
+impl ReportingProducer {
+    /// Creates the producer from `config` and starts its report thread.
+    pub(crate) fn new(config: &ClientConfig) -> KafkaResult<Self> {
+        let producer: Arc<BaseProducer<Reports>> =
+            Arc::new(config.create_with_context(Reports::default())?);
+        let (wake, woken) = UnixStream::pair().map_err(|e| thread_error("socket pair", e))?;
+        // librdkafka writes from its own threads and must never block on it.
+        wake.set_nonblocking(true)
+            .map_err(|e| thread_error("socket mode", e))?;
+        woken
+            .set_read_timeout(Some(IDLE_CHECK))
+            .map_err(|e| thread_error("socket mode", e))?;
+        // SAFETY: the client is alive; the handle is given back in `Drop`.
+        let queue =
+            EventQueue(unsafe { rdsys::rd_kafka_queue_get_main(producer.client().native_ptr()) });
+        // SAFETY: a live queue handle; one byte is copied from a live slice.
+        // The socket outlives the registration, which `Drop` removes first.
+        unsafe {
+            rdsys::rd_kafka_queue_io_event_enable(
+                queue.0,
+                wake.as_raw_fd(),
+                b"1".as_ptr().cast(),
+                1,
+            )
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("relaybox-kafka-reports".into())
+                .spawn(move || serve_reports(&producer, queue, woken, &stop))
+        };
+        let server = ReportServer {
+            queue,
+            wake,
+            stop,
+            thread: None,
+        };
+        // From here on `Drop` gives the queue handle back, whatever happens.
+        let mut this = ReportingProducer { producer, server };
+        this.server.thread = Some(thread.map_err(|e| thread_error("report thread", e))?);
+        Ok(this)
+    }
+
+    /// The librdkafka client (metadata, flush).
+    pub(crate) fn client(&self) -> &Client<Reports> {
+        self.producer.client()
+    }
+
+    /// Waits until every record handed over is delivered or failed.
+    pub(crate) fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.flush(timeout)
+    }
+
+    /// Hands `record` (whose delivery opaque is `id`) to librdkafka, or, when
+    /// a record of the same id is still queued there, waits for that one's
+    /// report instead. A full queue is waited out; any other refusal is
+    /// returned.
+    pub(crate) async fn hand_over(
+        &self,
+        id: Uuid,
+        mut record: Record<'_>,
+    ) -> std::result::Result<oneshot::Receiver<Report>, KafkaError> {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        loop {
+            let refused = {
+                let mut waiting = self.producer.context().waiting();
+                if let Some(waiters) = waiting.get_mut(&id) {
+                    waiters.push(tx.take().expect("one waiter per call"));
+                    return Ok(rx);
+                }
+                // Registered before the record is handed over, and under the
+                // lock the report's delivery takes, so the report finds it.
+                waiting.insert(id, vec![tx.take().expect("one waiter per call")]);
+                match self.producer.send(record) {
+                    Ok(()) => return Ok(rx),
+                    Err((e, back)) => {
+                        tx = waiting.remove(&id).and_then(|mut w| w.pop());
+                        record = back;
+                        e
+                    }
+                }
+            };
+            match refused {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                e => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for ReportingProducer {
+    fn drop(&mut self) {
+        let server = &mut self.server;
+        server.stop.store(true, Ordering::Release);
+        // Wakes the thread; a full socket has a wake-up in it already.
+        let _ = (&server.wake).write(b"0");
+        if let Some(thread) = server.thread.take() {
+            let _ = thread.join();
+        }
+        // SAFETY: the handle is live and no thread uses it any more. The
+        // registration goes before the socket closes (after this body), so
+        // librdkafka never writes to a closed (or reused) descriptor.
+        unsafe {
+            rdsys::rd_kafka_queue_io_event_enable(server.queue.0, -1, std::ptr::null(), 0);
+            rdsys::rd_kafka_queue_destroy(server.queue.0);
+        }
+        // The producer itself drops next: librdkafka purges what is still
+        // queued and reports it as failed, through `flush`'s own polling.
+    }
+}
+
+/// The report thread: serves every event queued, then sleeps until
+/// librdkafka's next wake-up (or [`IDLE_CHECK`]), until told to stop.
+fn serve_reports(
+    producer: &BaseProducer<Reports>,
+    queue: EventQueue,
+    mut woken: UnixStream,
+    stop: &AtomicBool,
+) {
+    let mut wakeups = [0u8; 64];
+    let mut failed = false;
+    loop {
+        // Serving marks the queue served, so the next event to arrive in an
+        // empty queue writes a wake-up again.
+        while queue.len() > 0 {
+            producer.poll(Duration::ZERO);
+        }
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        match woken.read(&mut wakeups) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                if !failed {
+                    tracing::error!(error = %e, "relaybox Kafka report thread cannot wait for wake-ups; polling every 10 ms instead");
+                    failed = true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// An OS resource the report thread needs could not be had.
+fn thread_error(what: &str, e: std::io::Error) -> KafkaError {
+    KafkaError::ClientCreation(format!("{what}: {e}"))
+}
