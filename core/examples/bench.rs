@@ -38,7 +38,7 @@
 //!    batch into the log server-side from a hand-written loop.
 //! 3. `ceiling`: what PostgreSQL alone does on this machine: one connection
 //!    looping `BEGIN; SELECT <the relay's columns> ... ORDER BY seq LIMIT B FOR
-//!    UPDATE SKIP LOCKED; DELETE ... WHERE id = ANY($1); COMMIT` over the same
+//!    UPDATE SKIP LOCKED; DELETE ... WHERE ctid = ANY($1); COMMIT` over the same
 //!    backlog, for the same batch sizes. The relay's rate is printed as % of
 //!    this ceiling (target >= 70%).
 //! 4. `naive`: a hand-rolled outbox poller: take ONE row (`ORDER BY seq LIMIT
@@ -844,7 +844,7 @@ async fn section_drain(b: &mut Bench, relay: bool, ceiling: bool) -> Result<()> 
     ));
     println!("  ceiling = one connection looping BEGIN; SELECT <relay's columns> ... ORDER BY seq LIMIT B");
     println!(
-        "            FOR UPDATE SKIP LOCKED; DELETE ... WHERE id = ANY($1); COMMIT  (no transport)"
+        "            FOR UPDATE SKIP LOCKED; DELETE ... WHERE ctid = ANY($1); COMMIT  (no transport)"
     );
     print_drain_header();
     let batches = b.sizes.drain_batches.clone();
@@ -1045,17 +1045,18 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
     let outbox = b.table("outbox");
     let log = b.table("log");
     let move_to_log = format!(
-        "WITH moved AS (DELETE FROM {outbox} WHERE id = ANY($1) \
+        "WITH moved AS (DELETE FROM {outbox} WHERE ctid = ANY($1::text[]::tid[]) \
              RETURNING seq, id, topic, key, partition, type, payload, content_type, headers, created_at, available_at) \
          INSERT INTO {log} (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
          SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() \
          FROM moved ORDER BY seq"
     );
     let select = format!(
-        "SELECT seq, partition, attempts, id, topic, key, type, payload, content_type, headers::text AS headers, \
-         created_at, available_at FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+        "SELECT ctid::text AS row_address, seq, partition, attempts, id, topic, key, type, payload, content_type, \
+         headers::text AS headers, created_at, available_at FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT $1 \
+         FOR UPDATE SKIP LOCKED"
     );
-    let delete = format!("DELETE FROM {outbox} WHERE id = ANY($1)");
+    let delete = format!("DELETE FROM {outbox} WHERE ctid = ANY($1::text[]::tid[])");
     let mut conn = b.pool.acquire().await?;
     let cpu = MachineCpu::start();
     let started = Instant::now();
@@ -1070,9 +1071,10 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
             tx.commit().await?;
             break;
         }
-        let mut ids = Vec::with_capacity(rows.len());
+        let mut addresses = Vec::with_capacity(rows.len());
         for row in &rows {
-            ids.push(row.try_get::<Uuid, _>("id")?);
+            addresses.push(row.try_get::<String, _>("row_address")?);
+            row.try_get::<Uuid, _>("id")?;
             bytes += row.try_get::<&[u8], _>("payload")?.len();
         }
         if copy_to_log {
@@ -1081,12 +1083,12 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(AssertSqlSafe(move_to_log.as_str()))
-                .bind(&ids)
+                .bind(&addresses)
                 .execute(&mut *tx)
                 .await?;
         } else {
             sqlx::query(AssertSqlSafe(delete.as_str()))
-                .bind(&ids)
+                .bind(&addresses)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -2138,7 +2140,7 @@ fn claim_sql(p: &str) -> String {
     format!(
         "WITH held AS MATERIALIZED (SELECT partition FROM {p}leases \
              WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 ORDER BY partition FOR KEY SHARE) \
-         SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
+         SELECT o.ctid::text AS row_address, o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
          FROM {p}outbox o \
          WHERE EXISTS (SELECT 1 FROM held) \
          AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now() \
@@ -2152,12 +2154,12 @@ fn claim_sql(p: &str) -> String {
 /// core/src/store/postgres.rs (`move_to_log_sql` with the DELETE).
 fn move_to_log_sql(p: &str) -> String {
     format!(
-        "WITH claimed AS (SELECT o.id FROM {p}outbox o \
+        "WITH claimed AS (SELECT o.ctid FROM {p}outbox o \
              WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now() \
              AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
                  AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
              ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED), \
-         taken AS (DELETE FROM {p}outbox o USING claimed c WHERE o.id = c.id RETURNING o.seq, o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at) \
+         taken AS (DELETE FROM {p}outbox o WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed)) RETURNING o.seq, o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at) \
          INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
          SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() FROM taken ORDER BY seq"
     )
@@ -3312,7 +3314,7 @@ mod kafka {
         );
         println!("  ceiling a = section 3's loop (BEGIN; SELECT <relay's columns> ... LIMIT B FOR UPDATE SKIP");
         println!(
-            "  LOCKED; DELETE ... WHERE id = ANY($1); COMMIT) on the same backlog; ceiling b = one"
+            "  LOCKED; DELETE ... WHERE ctid = ANY($1); COMMIT) on the same backlog; ceiling b = one"
         );
         println!("  FutureProducer with KafkaSink's settings: all records sent, then all reports awaited.");
         println!("  Relay clock: Relay::start until all delivered; then pending_count()==0 and the topic's");

@@ -281,8 +281,12 @@ pub(crate) fn split_claimed<R>(
 }
 
 pub(crate) enum ClaimHold {
-    /// PostgreSQL: the transaction holding the row locks and the lease share locks.
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// PostgreSQL: the transaction holding the row locks and the lease share
+    /// locks, and each claimed row's address (`ctid`), in claim order.
+    Postgres {
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        addresses: Vec<String>,
+    },
     /// SQLite: nothing is locked; completion re-checks the leases.
     Sqlite,
 }
@@ -828,8 +832,8 @@ impl Store {
         keep_sent: bool,
     ) -> Result<()> {
         match (self.pool()?, claim.hold) {
-            (Pool::Postgres(_, sql), ClaimHold::Postgres(tx)) => {
-                postgres::complete(tx, sql, done, keep_sent).await
+            (Pool::Postgres(_, sql), ClaimHold::Postgres { tx, addresses }) => {
+                postgres::complete(tx, addresses, &claim.messages, sql, done, keep_sent).await
             }
             (Pool::Sqlite(pool, sql), ClaimHold::Sqlite) => {
                 sqlite::complete(

@@ -1,5 +1,6 @@
 //! The PostgreSQL dialect: SQL text and row mapping.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +28,8 @@ pub(crate) struct PgSql {
     partition_count: Sql,
     claim_leases: Sql,
     claim: Sql,
-    delete_ids: Sql,
-    mark_sent: Sql,
+    delete_rows: Sql,
+    mark_rows_sent: Sql,
     retry: Sql,
     dead: Sql,
     heartbeat: Sql,
@@ -86,8 +87,14 @@ impl PgSql {
                  ORDER BY partition FOR KEY SHARE"
             )),
             claim: s(claim_sql(p)),
-            delete_ids: s(format!("DELETE FROM {p}outbox WHERE id = ANY($1)")),
-            mark_sent: s(format!("UPDATE {p}outbox SET sent_at = now() WHERE id = ANY($1)")),
+            // By the rows' physical addresses (`ctid`, from the claim): a TID
+            // scan reads each row's page directly, where `id = ANY` walks the
+            // primary key once per row. The claim transaction locked the rows
+            // FOR UPDATE and has not changed them, so their addresses hold.
+            delete_rows: s(format!("DELETE FROM {p}outbox WHERE ctid = ANY($1::text[]::tid[])")),
+            mark_rows_sent: s(format!(
+                "UPDATE {p}outbox SET sent_at = now() WHERE ctid = ANY($1::text[]::tid[])"
+            )),
             retry: s(format!(
                 "UPDATE {p}outbox o SET attempts = o.attempts + 1, last_error = u.err, available_at = u.at \
                  FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, err, at) WHERE o.id = u.id"
@@ -157,15 +164,16 @@ impl PgSql {
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
                  AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
             )),
-            // `id = ANY(ARRAY(...))` keeps an index lookup per claimed id; a join
-            // with the CTE turns into a scan of the whole outbox for large batches.
+            // `ctid = ANY(ARRAY(...))` reads each claimed row's page directly (a
+            // TID scan); a join with the CTE turns into a scan of the whole
+            // outbox for large batches.
             move_to_log: s(move_to_log_sql(
                 p,
-                "DELETE FROM {p}outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM claimed))",
+                "DELETE FROM {p}outbox o WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))",
             )),
             copy_to_log: s(move_to_log_sql(
                 p,
-                "UPDATE {p}outbox o SET sent_at = now() WHERE o.id = ANY(ARRAY(SELECT id FROM claimed))",
+                "UPDATE {p}outbox o SET sent_at = now() WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))",
             )),
             log_read: s(format!(
                 "SELECT position, {MESSAGE_COLUMNS} FROM {p}log WHERE topic = $1 AND position > $2 ORDER BY position LIMIT $3"
@@ -226,7 +234,7 @@ fn claim_sql(p: &str) -> String {
     format!(
         "WITH held AS MATERIALIZED (SELECT partition FROM {p}leases \
              WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 ORDER BY partition FOR KEY SHARE) \
-         SELECT o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
+         SELECT o.ctid::text AS row_address, o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
          FROM {p}outbox o \
          WHERE EXISTS (SELECT 1 FROM held) \
          AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now() \
@@ -239,7 +247,7 @@ fn claim_sql(p: &str) -> String {
 fn move_to_log_sql(p: &str, take: &str) -> String {
     let take = take.replace("{p}", p);
     format!(
-        "WITH claimed AS (SELECT o.id FROM {p}outbox o \
+        "WITH claimed AS (SELECT o.ctid FROM {p}outbox o \
              WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now() \
              AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
                  AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
@@ -495,6 +503,10 @@ pub(super) async fn claim(
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
+    let addresses = rows
+        .iter()
+        .map(|row| row.try_get::<String, _>("row_address"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let (rows, messages) = split_claimed(&rows, |row| {
         let place = OutboxRow {
             seq: row.try_get("seq")?,
@@ -506,7 +518,7 @@ pub(super) async fn claim(
     Ok(Claim {
         rows,
         messages,
-        hold: ClaimHold::Postgres(tx),
+        hold: ClaimHold::Postgres { tx, addresses },
     })
 }
 
@@ -558,8 +570,14 @@ pub(super) async fn move_to_log(
     Ok(moved)
 }
 
+/// Records what became of a claimed batch in its claim transaction `tx`:
+/// the delivered rows (found by their `addresses`, one per message of
+/// `messages`, as the claim returned them) are deleted or marked sent, the
+/// others are scheduled for a retry or moved to dead letters.
 pub(super) async fn complete(
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    addresses: Vec<String>,
+    messages: &[Message],
     sql: &PgSql,
     done: Completion,
     keep_sent: bool,
@@ -567,12 +585,26 @@ pub(super) async fn complete(
     // The claim began `tx` with `BATCH_BEGIN`: its commit does not wait for
     // a WAL flush.
     if !done.delivered.is_empty() {
+        let delivered: HashSet<Uuid> = done.delivered.iter().copied().collect();
+        let rows: Vec<String> = messages
+            .iter()
+            .zip(addresses)
+            .filter(|(m, _)| delivered.contains(&m.id))
+            .map(|(_, address)| address)
+            .collect();
+        if rows.len() != delivered.len() {
+            return Err(Error::internal(format!(
+                "{} delivered ids, {} of them among the claimed rows",
+                delivered.len(),
+                rows.len()
+            )));
+        }
         let stmt = if keep_sent {
-            &sql.mark_sent
+            &sql.mark_rows_sent
         } else {
-            &sql.delete_ids
+            &sql.delete_rows
         };
-        q(stmt).bind(&done.delivered).execute(&mut *tx).await?;
+        q(stmt).bind(&rows).execute(&mut *tx).await?;
     }
     if !done.retry.is_empty() {
         let (ids, rest): (Vec<Uuid>, Vec<(String, DateTime<Utc>)>) = done
