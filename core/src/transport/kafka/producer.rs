@@ -232,9 +232,13 @@ fn serve_reports(
     let mut failed = false;
     loop {
         // Serving marks the queue served, so the next event to arrive in an
-        // empty queue writes a wake-up again.
-        while queue.len() > 0 {
+        // empty queue writes a wake-up again. Every wake-up (or timeout) polls
+        // at least once, so nothing depends on the length alone.
+        loop {
             producer.poll(Duration::ZERO);
+            if queue.len() == 0 {
+                break;
+            }
         }
         if stop.load(Ordering::Acquire) {
             return;
