@@ -1074,6 +1074,7 @@ async fn ceiling_drain(b: &Bench, n: usize, batch: u32, copy_to_log: bool) -> Re
         let mut addresses = Vec::with_capacity(rows.len());
         for row in &rows {
             addresses.push(row.try_get::<String, _>("row_address")?);
+            // Decoded as the relay decodes it, though the loop deletes by address.
             row.try_get::<Uuid, _>("id")?;
             bytes += row.try_get::<&[u8], _>("payload")?.len();
         }
@@ -1925,7 +1926,6 @@ fn ticks_between(
     ticks as f64 / clock_ticks_per_second()
 }
 
-/// `getconf CLK_TCK`, asked once per process.
 /// This process's CPU time over `window` of sleeping, as % of one core.
 async fn own_cpu_over(window: Duration) -> f64 {
     let before = proc_stat("/proc/self/stat").map_or(0, |s| s.1);
@@ -1936,6 +1936,7 @@ async fn own_cpu_over(window: Duration) -> f64 {
     100.0 * after.saturating_sub(before) as f64 / clock_ticks_per_second() / wall
 }
 
+/// `getconf CLK_TCK`, asked once per process.
 fn clock_ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {

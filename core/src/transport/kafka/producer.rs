@@ -159,15 +159,15 @@ impl ReportingProducer {
         self.producer.flush(timeout)
     }
 
-    /// Hands `record` (whose delivery opaque is `id`) to librdkafka, or, when
-    /// a record of the same id is still queued there, waits for that one's
+    /// Hands `record` to librdkafka, or, when a record with the same message
+    /// id (its delivery opaque) is still queued there, waits for that one's
     /// report instead. A full queue is waited out; any other refusal is
     /// returned.
     pub(crate) async fn hand_over(
         &self,
-        id: Uuid,
         mut record: Record<'_>,
     ) -> std::result::Result<oneshot::Receiver<Report>, KafkaError> {
+        let id = *record.delivery_opaque;
         let (tx, rx) = oneshot::channel();
         let mut tx = Some(tx);
         loop {

@@ -137,7 +137,7 @@ impl KafkaSink {
         if let Some(key) = &m.key {
             record = record.key(key.as_str());
         }
-        match self.inner.producer.hand_over(m.id, record).await {
+        match self.inner.producer.hand_over(record).await {
             Ok(report) => Handed::Queued(report),
             Err(e) => Handed::Failed(kafka_error(e, Some(m.id))),
         }

@@ -285,7 +285,7 @@ impl Source for KafkaSource {
         // queue that stays full as long.
         let timeout = self.config.kafka.delivery_timeout;
         let reported = tokio::time::timeout(timeout, async {
-            let report = self.producer.hand_over(m.id, record).await?;
+            let report = self.producer.hand_over(record).await?;
             report.await.unwrap_or_else(|_| Err(KafkaError::Canceled))
         })
         .await;
