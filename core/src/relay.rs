@@ -19,7 +19,7 @@ use crate::backoff::backoff;
 use crate::error::{Error, Result};
 use crate::message::{now_micros, Message};
 use crate::sink::{Acks, Sink};
-use crate::store::{Claim, Completion, Slice, Store};
+use crate::store::{Claim, Completion, LeaseSession, Slice, Store};
 
 /// Relay settings. Every field has a default; [`validate`](RelayConfig::validate) rejects nonsense.
 #[derive(Clone, Debug, Deserialize)]
@@ -30,13 +30,19 @@ pub struct RelayConfig {
     /// Fallback poll when no wake-up arrives (default 1 s).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub poll_interval: Duration,
-    /// How long a partition lease lasts without renewal (default 15 s); a dead
-    /// relay's partitions are taken over after at most this long.
+    /// How long a partition lease lasts without renewal (default 15 s); leases
+    /// are renewed every third of it. On SQLite a dead relay's partitions are
+    /// taken over once its leases expire, after at most this long; on
+    /// PostgreSQL as soon as its session with the database is gone.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub lease_ttl: Duration,
-    /// Attempts before a message moves to dead letters (default 10).
+    /// Attempts before a message moves to dead letters (default 10). A
+    /// message the transport refuses for good (a transport error that is not
+    /// retryable and names it) is dead-lettered at its first attempt.
     pub max_attempts: u32,
     /// First retry delay (default 500 ms); doubles per attempt, with jitter.
+    /// Rows that failed while the transport was down are retried at once
+    /// (once) when it delivers again.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub backoff_initial: Duration,
     /// Longest retry delay (default 5 min).
@@ -176,8 +182,10 @@ struct Counters {
 
 /// A running relay. Stop it with [`shutdown`](Relay::shutdown), which finishes
 /// the batches in flight and hands its partitions over at once. Dropping it
-/// instead stops it abruptly, as a crash would: its leases expire after
-/// `lease_ttl` and another relay takes over; nothing is lost.
+/// instead stops it abruptly, as a crash would: another relay takes its
+/// partitions over (on PostgreSQL once its presence connection is closed,
+/// within about a second; on SQLite once its leases expire, after
+/// `lease_ttl`); nothing is lost.
 pub struct Relay {
     owner: String,
     cancel: CancellationToken,
@@ -210,6 +218,8 @@ impl Relay {
             cancel: cancel.clone(),
             counters: counters.clone(),
             held: watch::channel(Vec::new()).0,
+            recovery: Mutex::new(Recovery::default()),
+            nudge: watch::channel(0).0,
         };
         let task = crate::runtime::current()?.spawn(worker.run());
         tracing::info!(owner = %owner, "relaybox relay started");
@@ -291,6 +301,109 @@ struct Worker {
     counters: Arc<Counters>,
     /// The partitions this relay holds, as of the last lease refresh.
     held: watch::Sender<Vec<u32>>,
+    /// The transport's failures and recovery, shared by the batch loops.
+    recovery: Mutex<Recovery>,
+    /// Bumped when rows were made due at once (the transport recovered):
+    /// every batch loop claims.
+    nudge: watch::Sender<u64>,
+}
+
+/// What the relay knows of its transport's health, to retry at once the rows
+/// that failed during an outage when the transport delivers again, instead
+/// of letting them sit out their backoff while they hold back their keys.
+#[derive(Default)]
+struct Recovery {
+    /// A batch failed with retryable transport errors and nothing of it was
+    /// delivered, and no batch was delivered whole since: the transport
+    /// looks down.
+    down: bool,
+    /// Rows scheduled for a retry after a retryable transport error, since
+    /// the last recovery.
+    waiting: HashSet<uuid::Uuid>,
+    /// Rows made due early once already. A row that fails again after that
+    /// waits out its backoff: in a partial outage (some topics or broker
+    /// partitions failing while others work), batches that go through must
+    /// not make the failing rows burn their attempts at the pace of the
+    /// traffic.
+    retried_early: HashSet<uuid::Uuid>,
+}
+
+/// Rows remembered as retried early, at most; beyond, the memory is cleared
+/// (those rows may then be retried early once more).
+const RETRIED_EARLY_KEPT: usize = 100_000;
+
+impl Recovery {
+    /// Records a completed batch: the rows it `settled` (delivered or
+    /// dead-lettered), those it scheduled for a retry after a retryable
+    /// transport error (`transport_failed`), how many it `delivered` and
+    /// whether any of its messages `failed`. Returns the rows to make due
+    /// now: when a batch is delivered whole while the transport looked
+    /// down, those that failed since the last recovery and were not retried
+    /// early before.
+    fn note(
+        &mut self,
+        settled: &[uuid::Uuid],
+        transport_failed: &[uuid::Uuid],
+        delivered: usize,
+        failed: bool,
+    ) -> Vec<uuid::Uuid> {
+        for id in settled {
+            self.waiting.remove(id);
+            self.retried_early.remove(id);
+        }
+        for id in transport_failed {
+            if !self.retried_early.contains(id) {
+                self.waiting.insert(*id);
+            }
+        }
+        if delivered == 0 && !transport_failed.is_empty() {
+            self.down = true;
+        }
+        if !(self.down && delivered > 0 && !failed) {
+            return Vec::new();
+        }
+        self.down = false;
+        if self.retried_early.len() + self.waiting.len() > RETRIED_EARLY_KEPT {
+            self.retried_early.clear();
+        }
+        let due: Vec<uuid::Uuid> = self.waiting.drain().collect();
+        self.retried_early.extend(due.iter().copied());
+        due
+    }
+}
+
+/// Whether `e` says the transport can never take message `id`: a transport
+/// error that is not retryable and names that message (larger than the
+/// producer may send, more attributes than the service accepts, a stream
+/// version conflict). Retrying cannot help, so it is dead-lettered at once.
+fn refused_for_good(e: &Error, id: uuid::Uuid) -> bool {
+    matches!(e, Error::Transport { retryable: false, message_id: Some(m), .. } if *m == id)
+}
+
+/// The number of partitions relay `me` should hold: `total` shared among
+/// the `live` relays (sorted, the same list for every relay), the first
+/// `total % live` of them holding one more than the others, so that the
+/// shares add up to `total` exactly.
+fn fair_share(total: u32, live: &[String], me: &str) -> usize {
+    let n = live.len().max(1) as u32;
+    let rank = live.iter().position(|o| o == me).unwrap_or(live.len()) as u32;
+    (total / n + u32::from(rank < total % n)) as usize
+}
+
+/// How often the lease loop looks at the leases (at most; never less often
+/// than `lease_ttl / 3`): one read-only statement, after which it refreshes
+/// (heartbeat, renew, give or take) only if the live relays changed, it is
+/// not at its fair share while it could be, or it is time to renew.
+const LEASE_LOOK: Duration = Duration::from_millis(500);
+
+/// The lease loop's memory between looks.
+struct LeaseTending {
+    /// The live relays at the last refresh.
+    live: Vec<String>,
+    /// When the leases are due for renewal.
+    renew_at: Instant,
+    /// Looks in a row at which the presence lock was refused.
+    refused: u32,
 }
 
 /// A batch handed to the sink, waiting for its acknowledgements.
@@ -316,29 +429,43 @@ impl Worker {
     /// Keeps the leases and runs `concurrency` batch loops until shutdown,
     /// then hands the partitions over.
     async fn run(self) {
+        let mut session = self.store.lease_session(&self.owner);
         let loops = (0..self.config.concurrency).map(|i| {
             self.batch_loop(Slice {
                 index: i,
                 count: self.config.concurrency,
             })
         });
-        tokio::join!(self.lease_loop(), futures::future::join_all(loops));
+        tokio::join!(
+            self.lease_loop(&mut session),
+            futures::future::join_all(loops)
+        );
         if let Err(e) = self.store.leave(&self.owner).await {
             tracing::warn!(owner = %self.owner, error = %e, "relaybox relay could not release its leases");
         }
+        // Only now: with the presence lock let go earlier, another relay
+        // could free this one's leases while its last batches complete.
+        session.close().await;
         tracing::info!(owner = %self.owner, "relaybox relay stopped");
     }
 
-    /// Refreshes the leases every `lease_ttl / 3` and purges retained rows.
-    async fn lease_loop(&self) {
-        let lease_every = self.config.lease_ttl / 3;
+    /// Looks at the leases every [`LEASE_LOOK`] (or `lease_ttl / 3` if
+    /// shorter), refreshes them when needed, and purges retained rows.
+    async fn lease_loop(&self, session: &mut LeaseSession) {
+        let renew_every = self.config.lease_ttl / 3;
+        let look_every = renew_every.min(LEASE_LOOK);
+        let mut tending = LeaseTending {
+            live: Vec::new(),
+            renew_at: Instant::now(),
+            refused: 0,
+        };
         let mut next_purge = Instant::now();
         while !self.cancel.is_cancelled() {
-            let next_lease = match self.refresh_leases().await {
-                Ok(()) => Instant::now() + lease_every,
+            let next_look = match self.tend_leases(session, &mut tending).await {
+                Ok(()) => Instant::now() + look_every,
                 Err(e) => {
                     tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
-                    Instant::now() + lease_every.min(Duration::from_secs(1))
+                    Instant::now() + renew_every.min(Duration::from_secs(1))
                 }
             };
             if let Some(retention) = self.config.retention {
@@ -351,9 +478,52 @@ impl Worker {
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(next_lease) => {}
+                _ = tokio::time::sleep_until(next_look) => {}
             }
         }
+    }
+
+    /// One lease tick: makes sure the presence lock is held (PostgreSQL),
+    /// looks at the leases (freeing those of relays found gone), and
+    /// refreshes them if the look calls for it.
+    async fn tend_leases(
+        &self,
+        session: &mut LeaseSession,
+        tending: &mut LeaseTending,
+    ) -> Result<()> {
+        if !self.store.hold_presence(session).await? {
+            // Without its presence lock the relay looks gone to the others,
+            // who may free its leases at any look: it renews and takes none
+            // until it holds the lock again. Its claims stay fenced by the
+            // leases either way.
+            // Refused once, it may be a relay that took this one for gone
+            // and is freeing its leases; still refused a second later,
+            // another session holds it for good.
+            tending.refused += 1;
+            if tending.refused == 3 {
+                tracing::warn!(owner = %self.owner, "relaybox relay cannot take its presence lock: another session holds it (another relay with the same instance_id?); it renews and takes no leases until it can");
+            }
+            return Ok(());
+        }
+        tending.refused = 0;
+        let view = self.store.lease_view(session).await?;
+        if !view.gone.is_empty() {
+            tracing::info!(owner = %self.owner, gone = ?view.gone, "relaybox relay instances gone (their database sessions ended): their partitions are free");
+        }
+        let total = self.store.partitions().await?;
+        let held = self.held.borrow().clone();
+        let target = fair_share(total, &view.live, &self.owner);
+        let refresh = Instant::now() >= tending.renew_at
+            || !view.gone.is_empty()
+            || view.live != tending.live
+            || view.mine != held
+            || held.len() > target
+            || (held.len() < target && view.free > 0);
+        if refresh {
+            tending.live = self.refresh_leases(session).await?;
+            tending.renew_at = Instant::now() + self.config.lease_ttl / 3;
+        }
+        Ok(())
     }
 
     /// How many batches a loop may have in flight: pipelining needs a claim
@@ -372,6 +542,7 @@ impl Worker {
         let depth = self.depth();
         let mut wake = self.store.subscribe_outbox();
         let mut held = self.held.subscribe();
+        let mut nudged = self.nudge.subscribe();
         let mut error_streak = 0u32;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         // Whether to try a claim now.
@@ -509,6 +680,8 @@ impl Worker {
                 }
                 _ = self.cancel.cancelled(), if !cancelled => {}
                 _ = held.changed() => look = true,
+                // Rows were made due at once: the transport recovered.
+                _ = nudged.changed() => look = true,
                 // A wake-up for other loops' partitions leaves the stamp as it was.
                 _ = wake.changed() => {
                     if seen != Some(stamp(&held)) {
@@ -522,23 +695,25 @@ impl Worker {
         }
     }
 
-    /// Heartbeat, renew, then take or give partitions towards a fair share.
-    async fn refresh_leases(&self) -> Result<()> {
+    /// Heartbeat, renew, then take or give partitions towards the fair
+    /// share; returns the live relays.
+    async fn refresh_leases(&self, session: &mut LeaseSession) -> Result<Vec<String>> {
         let ttl = self.config.lease_ttl;
-        let live = self.store.heartbeat(&self.owner, ttl).await?.max(1) as u32;
+        let live = self.store.heartbeat(session, ttl).await?;
         let total = self.store.partitions().await?;
-        let target = total.div_ceil(live) as usize;
-        let mut held = self.store.renew_leases(&self.owner, ttl).await?;
+        let target = fair_share(total, &live, &self.owner);
+        let mut held = self.store.renew_leases(session, ttl).await?;
         held.sort_unstable();
         if held.len() > target {
             let give: Vec<u32> = held.split_off(target);
-            self.store.release_leases(&self.owner, Some(&give)).await?;
+            self.store.release_leases(session, &give).await?;
         } else if held.len() < target {
             let got = self
                 .store
-                .acquire_leases(&self.owner, ttl, (target - held.len()) as u32)
+                .acquire_leases(session, ttl, (target - held.len()) as u32)
                 .await?;
             held.extend(got);
+            held.sort_unstable();
         }
         self.counters
             .partitions_held
@@ -548,7 +723,7 @@ impl Worker {
             *current = held;
             changed
         });
-        Ok(())
+        Ok(live)
     }
 
     /// Whether a batch of `rows` is as large as a claim may be: more rows
@@ -615,6 +790,9 @@ impl Worker {
         let mut done = Completion::default();
         let mut failed_keys: HashSet<String> = HashSet::new();
         let mut soonest_retry: Option<Duration> = None;
+        // Rows scheduled for a retry after a retryable transport error.
+        let mut transport_failed: Vec<uuid::Uuid> = Vec::new();
+        let mut any_failed = false;
         for ((row, message), result) in claim.rows.iter().zip(&claim.messages).zip(results) {
             let key = message.key.as_deref();
             let behind = key.is_some_and(|k| failed_keys.contains(k) || held_keys.contains(k));
@@ -625,12 +803,16 @@ impl Worker {
                 _ if behind => {}
                 Ok(()) => done.delivered.push(message.id),
                 Err(e) => {
+                    any_failed = true;
                     if let Some(k) = key {
                         failed_keys.insert(k.to_string());
                     }
                     let attempts = row.attempts + 1;
                     let error = e.to_string();
-                    if attempts >= self.config.max_attempts {
+                    if refused_for_good(&e, message.id) {
+                        tracing::warn!(id = %message.id, attempts, error = %error, "relaybox message dead-lettered without retries: the transport refused it permanently");
+                        done.dead.push((message.id, error));
+                    } else if attempts >= self.config.max_attempts {
                         tracing::warn!(id = %message.id, attempts, error = %error, "relaybox message dead-lettered");
                         done.dead.push((message.id, error));
                     } else {
@@ -643,20 +825,36 @@ impl Worker {
                         soonest_retry = Some(soonest_retry.map_or(delay, |d| d.min(delay)));
                         let at = now
                             + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                        if matches!(e, Error::Transport { .. }) && e.retryable() {
+                            transport_failed.push(message.id);
+                        }
                         done.retry.push((message.id, error, at));
                     }
                 }
             }
         }
         let (delivered, retried, dead) = (done.delivered.len(), done.retry.len(), done.dead.len());
+        let settled: Vec<uuid::Uuid> = done
+            .delivered
+            .iter()
+            .copied()
+            .chain(done.dead.iter().map(|(id, _)| *id))
+            .collect();
         self.store
             .complete(&self.owner, claim, done, self.config.retention.is_some())
             .await?;
+        let due_now = self.recovery.lock().expect("recovery lock").note(
+            &settled,
+            &transport_failed,
+            delivered,
+            any_failed,
+        );
         let c = &self.counters;
         c.delivered.fetch_add(delivered as u64, Ordering::Relaxed);
         c.retried.fetch_add(retried as u64, Ordering::Relaxed);
         c.dead_lettered.fetch_add(dead as u64, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
+        self.retry_now(&due_now).await;
         // A key failed in this batch holds back its later messages in batches
         // still in flight; a key held here was already failed by an earlier batch.
         failed_keys.extend(held_keys);
@@ -667,6 +865,24 @@ impl Worker {
             dead,
             soonest_retry,
         })
+    }
+
+    /// Makes the rows `ids`, which failed while the transport was down, due
+    /// now, and has every batch loop claim: the transport delivers again.
+    /// If this fails, they wait out their backoff.
+    async fn retry_now(&self, ids: &[uuid::Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        match self.store.retry_now(&self.owner, ids).await {
+            Ok(rows) => {
+                tracing::info!(owner = %self.owner, rows, "relaybox transport delivers again: rows that failed during the outage are retried now");
+                self.nudge.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Err(e) => {
+                tracing::warn!(owner = %self.owner, error = %e, "relaybox could not retry the rows that failed during the outage now; they wait for their retry")
+            }
+        }
     }
 
     /// Hands `messages` to the sink; the acknowledgements resolve within the
@@ -763,6 +979,56 @@ mod tests {
             matches!(bad(|c| c.publish_timeout = Some(c.lease_ttl)), Error::InvalidConfig { field, .. } if field == "publish_timeout")
         );
         assert!(RelayConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn fair_shares_add_up_to_every_partition() {
+        let live: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let shares: Vec<usize> = live.iter().map(|o| fair_share(16, &live, o)).collect();
+        assert_eq!(shares, [6, 5, 5]);
+        assert_eq!(fair_share(16, &live[..1], "a"), 16);
+        assert_eq!(fair_share(2, &live, "c"), 0);
+        // Not yet among the live relays: the smaller share.
+        assert_eq!(fair_share(16, &live, "d"), 5);
+    }
+
+    #[test]
+    fn recovery_retries_the_rows_of_an_outage_once() {
+        let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::now_v7()).collect();
+        let mut r = Recovery::default();
+        // A batch that failed whole: the transport looks down.
+        assert!(r.note(&[], &ids[..2], 0, true).is_empty());
+        // A batch with failures does not end the outage.
+        assert!(r.note(&[ids[3]], &ids[2..3], 1, true).is_empty());
+        // A batch delivered whole does: the rows that failed are due now.
+        let mut due = r.note(&[], &[], 1, false);
+        due.sort();
+        assert_eq!(due, ids[..3].to_vec());
+        // They fail again in a new outage: not retried early a second time.
+        assert!(r.note(&[], &ids[..1], 0, true).is_empty());
+        assert!(r.note(&[], &[], 1, false).is_empty());
+        // A delivered row is forgotten.
+        r.note(&ids[..1], &[], 1, false);
+        assert!(r.retried_early.len() == 2 && r.waiting.is_empty());
+    }
+
+    #[test]
+    fn only_a_permanent_error_naming_the_message_refuses_it_for_good() {
+        let id = uuid::Uuid::now_v7();
+        let transport = |retryable, message_id| Error::Transport {
+            transport: "t".into(),
+            message: "m".into(),
+            retryable,
+            message_id,
+        };
+        assert!(refused_for_good(&transport(false, Some(id)), id));
+        assert!(!refused_for_good(&transport(true, Some(id)), id));
+        assert!(!refused_for_good(&transport(false, None), id));
+        assert!(!refused_for_good(
+            &transport(false, Some(uuid::Uuid::now_v7())),
+            id
+        ));
+        assert!(!refused_for_good(&Error::internal("x"), id));
     }
 
     #[test]

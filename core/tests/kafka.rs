@@ -610,6 +610,121 @@ async fn poison_message_goes_to_the_dlq_topic_and_the_partition_moves_on() {
     db.cleanup().await;
 }
 
+// ---- 4b. poison messages on the relay side -------------------------------------
+
+/// Creates `topic` (3 partitions) with the topic-level `max.message.bytes`.
+async fn create_topic_with_limit(bootstrap: &str, topic: &str, max_message_bytes: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let limit = max_message_bytes.to_string();
+    let new = NewTopic::new(topic, 3, TopicReplication::Fixed(1)).set("max.message.bytes", &limit);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin
+        .create_topics([&new], &options)
+        .await
+        .expect("create topic")
+    {
+        result.unwrap_or_else(|(name, code)| panic!("creating {name} failed: {code}"));
+    }
+}
+
+/// Relays a key's stream with a poison message (`poison_bytes` of payload)
+/// third in it, between other keys' messages, and checks what a third party
+/// reads: the poison in dead letters after one attempt with `refusal` in its
+/// error, every other message in Kafka once, in order per key.
+async fn relay_a_poison(topic: &str, poison_bytes: usize, refusal: &str) {
+    let bootstrap = bootstrap();
+    let db = Db::new().await;
+    let sink = KafkaSink::new(kafka_config(&bootstrap)).expect("kafka sink");
+    let mut messages: Vec<Message> = Vec::new();
+    for i in 0..12 {
+        messages
+            .push(Message::new(topic, format!("other {i}")).with_key(format!("other-{}", i % 3)));
+        let payload = if i == 2 {
+            vec![b'x'; poison_bytes]
+        } else {
+            format!("victim {i}").into_bytes()
+        };
+        messages.push(Message::new(topic, payload).with_key("victim"));
+    }
+    let poison = messages[5].clone();
+    assert_eq!(poison.payload.len(), poison_bytes);
+    let relay = Relay::start(
+        db.store.clone(),
+        Arc::new(sink),
+        RelayConfig {
+            max_attempts: 5,
+            ..relay_config()
+        },
+    )
+    .expect("relay");
+    // One transaction: the whole stream in one claim, so the messages after
+    // the poison are in its batch.
+    enqueue_all(&db.store, &messages, messages.len()).await;
+    wait_until_drained(&db.store, WAIT, Some(&relay)).await;
+    relay.shutdown().await.expect("relay shutdown");
+    let stats = relay.stats();
+
+    let dead = db.store.dead_letters(10).await.expect("dead letters");
+    let dead_ids: Vec<Uuid> = dead.iter().map(|d| d.message.id).collect();
+    assert_eq!(dead_ids, [poison.id], "only the poison is dead-lettered");
+    let dead = &dead[0];
+    assert_eq!(
+        dead.attempts, 1,
+        "a record that can never be sent is dead-lettered at once, not retried: {}",
+        dead.last_error
+    );
+    assert!(
+        dead.last_error.contains(refusal),
+        "the error says who refused it ({refusal:?}): {}",
+        dead.last_error
+    );
+    let records = read_records(&bootstrap, topic).await;
+    let delivered: Vec<Message> = messages
+        .iter()
+        .filter(|m| m.id != poison.id)
+        .cloned()
+        .collect();
+    let duplicates = assert_order_per_key(&ids_per_key(&records), &expected_per_key(&delivered));
+    assert_eq!(
+        duplicates, 0,
+        "no message of the poison's key reached Kafka before it was refused, so none is sent \
+         twice; relay stats {stats:?}"
+    );
+    assert_eq!(records.len(), delivered.len());
+    delete_topics(&bootstrap, &[topic]).await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_over_the_clients_limit_is_dead_lettered_at_once_and_holds_back_its_key() {
+    // Under relaybox's 1 MiB payload limit, over librdkafka's default
+    // message.max.bytes (1,000,000): refused at hand-over.
+    relay_a_poison(
+        &topic("client-poison"),
+        1_000_100,
+        "the Kafka client refused the record before sending it",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_over_the_brokers_limit_is_dead_lettered_at_once_and_holds_back_its_key() {
+    let bootstrap = bootstrap();
+    let topic = topic("broker-poison");
+    create_topic_with_limit(&bootstrap, &topic, 200_000).await;
+    relay_a_poison(
+        &topic,
+        300_000,
+        "the broker refuses records over the topic's max.message.bytes (200000 bytes)",
+    )
+    .await;
+}
+
 // ---- 5. three relays, 10,000 messages ----------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

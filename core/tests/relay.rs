@@ -22,6 +22,8 @@ dialect_tests!(
     insert_statement_rows_are_relayed,
     delayed_message_waits_and_holds_back_its_key,
     retention_keeps_delivered_rows_until_purged,
+    message_refused_for_good_is_dead_lettered_at_once,
+    rows_failed_in_an_outage_go_out_when_the_transport_recovers,
 );
 
 // ---------------------------------------------------------------------------
@@ -187,13 +189,26 @@ async fn order_per_key_with_one_relay(backend: Backend) {
 // Poison messages.
 
 /// A sink that rejects every message whose payload is `poison` (and, per the
-/// Sink contract, every later message of the same key in the batch) until
-/// `accept_poison` is set; it appends the rest to the log table. It records
-/// what it did, in order.
+/// Sink contract, every later message of the same key in the batch, with a
+/// retryable error) until `accept_poison` is set; it appends the rest to the
+/// log table. The rejection is `retryable` (a refusal that may pass later) or
+/// not (the message can never be sent). It records what it did, in order.
 struct PoisonSink {
     inner: DatabaseSink,
+    retryable: bool,
     accept_poison: AtomicBool,
     events: Mutex<Vec<SinkEvent>>,
+}
+
+impl PoisonSink {
+    fn new(store: &relaybox::Store, retryable: bool) -> Arc<PoisonSink> {
+        Arc::new(PoisonSink {
+            inner: DatabaseSink::new(store.clone()),
+            retryable,
+            accept_poison: AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,10 +236,10 @@ impl Sink for PoisonSink {
         let mut results: Vec<Option<relaybox::Result<()>>> = Vec::new();
         let mut events = Vec::new();
         let mut passed = Vec::new();
-        let fail = |m: &Message, why: &str| Error::Transport {
+        let fail = |m: &Message, why: &str, retryable: bool| Error::Transport {
             transport: "poison-test".into(),
             message: why.into(),
-            retryable: false,
+            retryable,
             message_id: Some(m.id),
         };
         for m in batch {
@@ -233,6 +248,7 @@ impl Sink for PoisonSink {
                 results.push(Some(Err(fail(
                     m,
                     "held behind an earlier failure of its key",
+                    true,
                 ))));
             } else if m.payload == b"poison" && !accept {
                 failed_keys.insert(m.key.clone());
@@ -240,6 +256,7 @@ impl Sink for PoisonSink {
                 results.push(Some(Err(fail(
                     m,
                     "poison message rejected by the test sink",
+                    self.retryable,
                 ))));
             } else {
                 passed.push(m.clone());
@@ -279,11 +296,8 @@ async fn poison_message_is_retried_then_dead_lettered_without_blocking_other_key
     enqueued.push(after[1].clone());
     db.enqueue_committed(&enqueued).await;
 
-    let sink = Arc::new(PoisonSink {
-        inner: DatabaseSink::new(db.store.clone()),
-        accept_poison: AtomicBool::new(false),
-        events: Mutex::new(Vec::new()),
-    });
+    // A refusal that may pass later: retried with backoff.
+    let sink = PoisonSink::new(&db.store, true);
     // Backoff of 0.5-1 s then 1-2 s: the poison message stays in the outbox,
     // retrying, for at least 1.5 s before it is dead-lettered.
     let config = RelayConfig {
@@ -398,6 +412,187 @@ async fn poison_message_is_retried_then_dead_lettered_without_blocking_other_key
     assert_eq!(copies.len(), 1);
     assert_eq!(copies[0].message.payload, b"poison");
     assert_eq!(log.len(), enqueued.len(), "every message exactly once");
+    db.cleanup().await;
+}
+
+/// A message the transport refuses for good (a non-retryable error naming
+/// it: too large for the producer, too many attributes, a stream version
+/// conflict) is dead-lettered at its first attempt, with that error; the
+/// later messages of its key follow it as after any dead letter.
+async fn message_refused_for_good_is_dead_lettered_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let topic = "refused";
+    let key_msg = |payload: &str| Message::new(topic, payload.as_bytes().to_vec()).with_key("p");
+    let before = key_msg("before");
+    let poison = key_msg("poison");
+    let after = key_msg("after");
+    let others = messages(topic, 10, 5);
+    let mut enqueued = vec![before.clone(), poison.clone(), after.clone()];
+    enqueued.extend_from_slice(&others);
+    db.enqueue_committed(&enqueued).await;
+
+    let sink = PoisonSink::new(&db.store, false);
+    // Retries, if any, would come seconds apart and 5 of them.
+    let relay = Relay::start(
+        db.store.clone(),
+        sink.clone(),
+        RelayConfig {
+            max_attempts: 5,
+            backoff_initial: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(4),
+            ..relay_config()
+        },
+    )
+    .unwrap();
+    let dead = wait_for("the refused message in dead letters", WAIT, async || {
+        let dl = db.store.dead_letters(10).await.map_err(|e| e.to_string())?;
+        if dl.is_empty() {
+            Err(format!("no dead letters; relay {:?}", relay.stats()))
+        } else {
+            Ok(dl)
+        }
+    })
+    .await;
+    let mut delivered = vec![before.clone(), after.clone()];
+    delivered.extend_from_slice(&others);
+    let log = wait_in_log(&db.store, topic, &delivered, WAIT).await;
+    wait_until_drained(&db.store, WAIT, Some(&relay)).await;
+    let stats = relay.stats();
+    relay.shutdown().await.unwrap();
+
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let dl = &dead[0];
+    assert_eq!(dl.message.id, poison.id);
+    assert_eq!(dl.origin, "relay");
+    assert_eq!(dl.attempts, 1, "dead-lettered at its first attempt");
+    assert!(
+        dl.last_error.contains("poison message rejected"),
+        "last_error: {}",
+        dl.last_error
+    );
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    assert_eq!(stats.retried, 0, "nothing was retried: {stats:?}");
+    let events = sink.events();
+    let rejections = events
+        .iter()
+        .filter(|e| **e == SinkEvent::Rejected(poison.id))
+        .count();
+    assert_eq!(rejections, 1, "one attempt: {events:?}");
+    // The key's later message went out after the refused one, once.
+    let rejected_at = events
+        .iter()
+        .position(|e| *e == SinkEvent::Rejected(poison.id))
+        .unwrap();
+    let after_delivered = events
+        .iter()
+        .position(|e| *e == SinkEvent::Delivered(after.id))
+        .expect("the later message of the key delivered");
+    assert!(rejected_at < after_delivered, "{events:?}");
+    assert_eq!(log.len(), delivered.len(), "each message once");
+    assert!(!log.iter().any(|e| e.message.id == poison.id));
+    assert_order_per_key(&log, &delivered);
+    db.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------
+// A transport outage: rows that failed during it go out once it recovers.
+
+/// Fails every message with a retryable transport error while `down` is
+/// set (as a broker that cannot be reached), appends to the log otherwise.
+struct OutageSink {
+    inner: DatabaseSink,
+    down: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Sink for OutageSink {
+    fn name(&self) -> &str {
+        "outage-test"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        if self.down.load(Ordering::SeqCst) {
+            return batch
+                .iter()
+                .map(|m| {
+                    Err(Error::Transport {
+                        transport: "outage-test".into(),
+                        message: "the broker cannot be reached".into(),
+                        retryable: true,
+                        message_id: Some(m.id),
+                    })
+                })
+                .collect();
+        }
+        self.inner.publish(batch).await
+    }
+}
+
+/// Rows whose attempts failed during an outage are due again at once when
+/// the transport delivers again, instead of sitting out their backoff
+/// (here 15 to 30 s) while holding back their keys. A message its producer
+/// delayed keeps its time.
+async fn rows_failed_in_an_outage_go_out_when_the_transport_recovers(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let topic = "outage";
+    const KEYS: usize = 8;
+    let during = messages(topic, 40, KEYS);
+    db.enqueue_committed(&during).await;
+    let later = Message::new(topic, b"later".to_vec())
+        .with_key("later")
+        .delayed_by(Duration::from_secs(120));
+    db.enqueue_committed(std::slice::from_ref(&later)).await;
+    let sink = Arc::new(OutageSink {
+        inner: DatabaseSink::new(db.store.clone()),
+        down: AtomicBool::new(true),
+    });
+    let relay = Relay::start(
+        db.store.clone(),
+        sink.clone(),
+        RelayConfig {
+            backoff_initial: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(60),
+            ..relay_config()
+        },
+    )
+    .unwrap();
+    // The first message of each key failed; the others wait behind it.
+    wait_for("the first message of every key failed", WAIT, async || {
+        let status = db.store.status().await.map_err(|e| e.to_string())?;
+        let retrying: i64 = status.topics.iter().map(|t| t.retrying).sum();
+        if retrying == KEYS as i64 {
+            Ok(())
+        } else {
+            Err(format!("{retrying} retrying; relay {:?}", relay.stats()))
+        }
+    })
+    .await;
+
+    // The broker is back; the application goes on writing.
+    sink.down.store(false, Ordering::SeqCst);
+    let fresh = Message::new(topic, b"fresh".to_vec()).with_key("fresh");
+    db.enqueue_committed(std::slice::from_ref(&fresh)).await;
+    let mut all = during.clone();
+    all.push(fresh);
+    let log = wait_in_log(&db.store, topic, &all, Duration::from_secs(5)).await;
+    wait_pending(
+        &db.store,
+        1,
+        "only the delayed message left",
+        WAIT,
+        Some(&relay),
+    )
+    .await;
+    let stats = relay.stats();
+    relay.shutdown().await.unwrap();
+    assert!(
+        !log.iter().any(|e| e.message.id == later.id),
+        "the delayed message went out before its time"
+    );
+    assert_eq!(log.len(), all.len(), "each message once");
+    assert_order_per_key(&log, &during);
+    assert_eq!(stats.retried, KEYS as u64, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     db.cleanup().await;
 }
 

@@ -52,12 +52,14 @@ impl PyConsumer {
     /// `handler(message, transaction)` for each message.
     #[staticmethod]
     fn start(
+        py: Python<'_>,
         store: &PyStore,
         transport_json: &str,
         topic: &str,
         config_json: &str,
         handler: Py<PyAny>,
     ) -> PyResult<Self> {
+        crate::logging::refresh(py);
         let transport =
             TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
         let config = ConsumerConfig::from_json(parse_json("consumer config", config_json)?).py()?;

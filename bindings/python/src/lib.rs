@@ -1,12 +1,14 @@
 //! `relaybox._native`: the thin pyo3 layer under the `relaybox` Python
 //! package. It converts values, maps errors to `relaybox.errors` and bridges
 //! the core's async calls to blocking (GIL released) and awaitable forms; all
-//! delivery logic is in the `relaybox` crate.
+//! delivery logic is in the `relaybox` crate. Importing it routes the core's
+//! logs into Python's `logging` (see [`logging`]).
 
 mod bridge;
 mod consumer;
 mod convert;
 mod error;
+mod logging;
 mod message;
 mod relay;
 mod store;
@@ -114,5 +116,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(partition_for_key, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_enqueue_rust, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::_logging_shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::_logging_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::_log_for_tests, m)?)?;
+    if let Err(err) = logging::install(m) {
+        // Logging must not stand between the user and relaybox: warn and go on.
+        let text = format!("relaybox could not forward its logs to Python logging: {err}");
+        let category = m.py().get_type::<pyo3::exceptions::PyRuntimeWarning>();
+        PyErr::warn(m.py(), &category, &std::ffi::CString::new(text)?, 1)?;
+    }
     Ok(())
 }

@@ -29,7 +29,13 @@ impl PyRelay {
     /// Starts relaying `store`'s outbox to the transport (`"database"` or
     /// `{"kafka": {...}}` as JSON) with the relay settings (a JSON object).
     #[staticmethod]
-    fn start(store: &PyStore, transport_json: &str, config_json: &str) -> PyResult<Self> {
+    fn start(
+        py: Python<'_>,
+        store: &PyStore,
+        transport_json: &str,
+        config_json: &str,
+    ) -> PyResult<Self> {
+        crate::logging::refresh(py);
         let transport =
             TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
         let config = RelayConfig::from_json(parse_json("relay config", config_json)?).py()?;

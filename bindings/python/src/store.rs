@@ -68,6 +68,7 @@ impl PyStore {
         migrate: bool,
     ) -> PyResult<Self> {
         let options = options(options_json)?;
+        crate::logging::refresh(py);
         blocking(py, async move {
             let store = Store::connect_with(&url, options).await?;
             if migrate {
@@ -87,6 +88,7 @@ impl PyStore {
         migrate: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = options(options_json)?;
+        crate::logging::refresh(py);
         awaitable(
             py,
             async move {

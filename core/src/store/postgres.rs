@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::{
     headers_json, parse_headers, secs, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
-    DeadLetterFilter, LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
+    DeadLetterFilter, LeaseOwner, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
+    TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message};
@@ -34,11 +35,17 @@ pub(crate) struct PgSql {
     dead: Sql,
     heartbeat: Sql,
     live: Sql,
+    live_owners: Sql,
+    take_presence: Sql,
+    lease_view: Sql,
+    free_gone: Sql,
+    let_go_presence: Sql,
     renew: Sql,
     acquire: Sql,
     release_some: Sql,
     release_all: Sql,
     remove_instance: Sql,
+    retry_now: Sql,
     dl_list: Sql,
     dl_retry: Sql,
     dl_purge: Sql,
@@ -112,6 +119,21 @@ impl PgSql {
                  ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at"
             )),
             live: s(format!("SELECT count(*) FROM {p}relay_instances WHERE expires_at > now()")),
+            live_owners: s(format!("SELECT owner FROM {p}relay_instances WHERE expires_at > now()")),
+            take_presence: s(format!("SELECT pg_try_advisory_lock({})", presence_keys(p, "$1"))),
+            lease_view: s(lease_view_sql(p)),
+            // The gone instances' leases are free at once (a batch of theirs
+            // still in flight keeps its lease rows locked FOR KEY SHARE, so
+            // nobody acquires them before it ends), and they stop counting
+            // as live relays.
+            free_gone: s(format!(
+                "WITH freed AS (UPDATE {p}leases SET owner = NULL, expires_at = now() WHERE owner = ANY($1) RETURNING partition) \
+                 UPDATE {p}relay_instances SET expires_at = now() WHERE owner = ANY($1) AND expires_at > now()"
+            )),
+            let_go_presence: s(format!(
+                "SELECT pg_advisory_unlock({}) FROM unnest($1::text[]) AS u(owner)",
+                presence_keys(p, "u.owner")
+            )),
             renew: s(format!(
                 "UPDATE {p}leases SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 RETURNING partition"
             )),
@@ -126,6 +148,11 @@ impl PgSql {
             release_all: s(format!("UPDATE {p}leases SET owner = NULL, expires_at = now() WHERE owner = $1")),
             remove_instance: s(format!(
                 "DELETE FROM {p}relay_instances WHERE owner = $1 OR expires_at < now() - interval '1 day'"
+            )),
+            retry_now: s(format!(
+                "UPDATE {p}outbox SET available_at = now() \
+                 WHERE id = ANY($2) AND sent_at IS NULL AND attempts > 0 AND available_at > now() \
+                 AND partition IN (SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now())"
             )),
             dl_list: s(format!(
                 "SELECT id, topic, key, type, payload, content_type, headers::text AS headers, created_at, created_at AS available_at, \
@@ -241,6 +268,33 @@ fn claim_sql(p: &str) -> String {
          AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
              AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
          ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED"
+    )
+}
+
+/// The two `int4` keys of the presence lock of the relay instance named by
+/// the SQL text expression `owner`: a 64-bit hash of the table prefix and the
+/// instance id, computed by the server (`hashtextextended`), so every relay
+/// on it derives the same keys. relaybox's other advisory locks use the
+/// single `bigint` key, a space of its own.
+fn presence_keys(p: &str, owner: &str) -> String {
+    let hash = format!("hashtextextended('{p}relay:' || {owner}, 0)");
+    format!("({hash} >> 32)::int4, (({hash} & 4294967295) - 2147483648)::int4")
+}
+
+/// One look at the leases for relay `$1` (see `Store::lease_view`). Every
+/// other live instance's presence lock is tried once (the `MATERIALIZED`
+/// CTE runs each row once, and both arrays read all of it, so each lock
+/// taken is reported in `gone` and let go by the caller).
+fn lease_view_sql(p: &str) -> String {
+    format!(
+        "WITH inst AS MATERIALIZED (SELECT owner, \
+             CASE WHEN owner = $1 THEN false ELSE pg_try_advisory_lock({keys}) END AS gone \
+             FROM {p}relay_instances WHERE expires_at > now()) \
+         SELECT ARRAY(SELECT owner FROM inst WHERE NOT gone) AS live, \
+             ARRAY(SELECT owner FROM inst WHERE gone) AS gone, \
+             ARRAY(SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() ORDER BY partition) AS mine, \
+             (SELECT count(*) FROM {p}leases WHERE owner IS NULL OR expires_at <= now()) AS free",
+        keys = presence_keys(p, "owner"),
     )
 }
 
@@ -632,24 +686,102 @@ pub(super) async fn complete(
     Ok(())
 }
 
-pub(super) async fn heartbeat(
+/// A connection of its own (outside the pool) for the presence lock of
+/// relay `owner`, named `relaybox <owner>` in `pg_stat_activity`.
+pub(super) async fn presence_connection(
     pool: &PgPool,
+    owner: &str,
+    timeout: Duration,
+) -> Result<PgConnection> {
+    use sqlx::ConnectOptions;
+    let mut name = format!("relaybox {owner}");
+    // PostgreSQL keeps 63 bytes of an application name.
+    if name.len() > 63 {
+        let mut end = 63;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    let options = (*pool.connect_options()).clone().application_name(&name);
+    match tokio::time::timeout(timeout, options.connect()).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(Error::Database {
+            message: format!("no connection for the relay's presence lock within {timeout:?}"),
+            sql_code: None,
+            retryable: true,
+        }),
+    }
+}
+
+/// Takes relay `owner`'s presence lock on `conn`; false when another session
+/// holds it.
+pub(super) async fn take_presence(
+    conn: &mut PgConnection,
+    sql: &PgSql,
+    owner: &str,
+) -> Result<bool> {
+    sqlx::query_scalar(AssertSqlSafe(sql.take_presence.clone()))
+        .bind(owner)
+        .fetch_one(conn)
+        .await
+        .map_err(Error::from)
+}
+
+/// One look at the leases for `owner` on its presence connection; the
+/// leases and heartbeats of instances found gone are freed, then their
+/// presence locks let go.
+pub(super) async fn lease_view(
+    conn: &mut PgConnection,
+    sql: &PgSql,
+    owner: &str,
+) -> Result<LeaseView> {
+    let row = q(&sql.lease_view)
+        .bind(owner)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(schema_missing)?;
+    let mut live: Vec<String> = row.try_get("live")?;
+    let gone: Vec<String> = row.try_get("gone")?;
+    let mine: Vec<i32> = row.try_get("mine")?;
+    let free: i64 = row.try_get("free")?;
+    if !gone.is_empty() {
+        // Locks taken by the look stay until let go; if this fails, the
+        // caller drops the connection, which lets them go too.
+        q(&sql.free_gone).bind(&gone).execute(&mut *conn).await?;
+        q(&sql.let_go_presence)
+            .bind(&gone)
+            .fetch_all(&mut *conn)
+            .await?;
+    }
+    live.sort_unstable();
+    Ok(LeaseView {
+        live,
+        gone,
+        mine: mine.into_iter().map(|p| p as u32).collect(),
+        free: free as u32,
+    })
+}
+
+/// Records `owner` as live until `ttl` from now; returns the live instances.
+pub(super) async fn heartbeat(
+    conn: &mut PgConnection,
     sql: &PgSql,
     owner: &str,
     ttl: Duration,
-) -> Result<i64> {
+) -> Result<Vec<String>> {
     q(&sql.heartbeat)
         .bind(owner)
         .bind(secs(ttl))
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
-    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
-        .fetch_one(pool)
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live_owners.clone()))
+        .fetch_all(&mut *conn)
         .await?)
 }
 
 pub(super) async fn renew_leases(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     sql: &PgSql,
     owner: &str,
     ttl: Duration,
@@ -657,13 +789,13 @@ pub(super) async fn renew_leases(
     let rows: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.renew.clone()))
         .bind(owner)
         .bind(secs(ttl))
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().map(|p| p as u32).collect())
 }
 
 pub(super) async fn acquire_leases(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     sql: &PgSql,
     owner: &str,
     ttl: Duration,
@@ -673,13 +805,13 @@ pub(super) async fn acquire_leases(
         .bind(owner)
         .bind(secs(ttl))
         .bind(i64::from(max))
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().map(|p| p as u32).collect())
 }
 
 pub(super) async fn release_leases(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     sql: &PgSql,
     owner: &str,
     partitions: Option<&[u32]>,
@@ -690,19 +822,37 @@ pub(super) async fn release_leases(
             q(&sql.release_some)
                 .bind(owner)
                 .bind(parts)
-                .execute(pool)
+                .execute(conn)
                 .await?;
         }
         None => {
-            q(&sql.release_all).bind(owner).execute(pool).await?;
+            q(&sql.release_all).bind(owner).execute(conn).await?;
         }
     }
     Ok(())
 }
 
-pub(super) async fn remove_instance(pool: &PgPool, sql: &PgSql, owner: &str) -> Result<()> {
-    q(&sql.remove_instance).bind(owner).execute(pool).await?;
+pub(super) async fn remove_instance(
+    conn: &mut PgConnection,
+    sql: &PgSql,
+    owner: &str,
+) -> Result<()> {
+    q(&sql.remove_instance).bind(owner).execute(conn).await?;
     Ok(())
+}
+
+pub(super) async fn retry_now(
+    pool: &PgPool,
+    sql: &PgSql,
+    owner: &str,
+    ids: &[Uuid],
+) -> Result<u64> {
+    Ok(q(&sql.retry_now)
+        .bind(owner)
+        .bind(ids)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 fn filter_ids(filter: &DeadLetterFilter) -> Option<Vec<Uuid>> {

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use super::{
     headers_json, parse_headers, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
-    DeadLetterFilter, LeaseOwner, LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
+    DeadLetterFilter, LeaseOwner, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
+    TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{from_unix_micros, to_unix_micros, Message};
@@ -38,11 +39,14 @@ pub(crate) struct SqliteSql {
     delete_one: Sql,
     heartbeat: Sql,
     live: Sql,
+    live_owners: Sql,
+    lease_view: Sql,
     renew: Sql,
     acquire: Sql,
     release_some: Sql,
     release_all: Sql,
     remove_instance: Sql,
+    retry_now: Sql,
     dl_list: Sql,
     dl_retry: Sql,
     dl_purge: Sql,
@@ -99,6 +103,14 @@ impl SqliteSql {
                  ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at"
             )),
             live: s(format!("SELECT count(*) FROM {p}relay_instances WHERE expires_at > ?1")),
+            live_owners: s(format!("SELECT owner FROM {p}relay_instances WHERE expires_at > ?1")),
+            // One look at the leases for relay ?1 at time ?2 (no presence
+            // locks on SQLite: a dead relay's leases expire).
+            lease_view: s(format!(
+                "SELECT (SELECT json_group_array(owner) FROM {p}relay_instances WHERE expires_at > ?2) AS live, \
+                 (SELECT json_group_array(partition) FROM {p}leases WHERE owner = ?1 AND expires_at > ?2) AS mine, \
+                 (SELECT count(*) FROM {p}leases WHERE owner IS NULL OR expires_at <= ?2) AS free"
+            )),
             renew: s(format!("UPDATE {p}leases SET expires_at = ?2 WHERE owner = ?1 RETURNING partition")),
             acquire: s(format!(
                 "UPDATE {p}leases SET owner = ?1, epoch = epoch + 1, expires_at = ?3 \
@@ -111,6 +123,11 @@ impl SqliteSql {
             release_all: s(format!("UPDATE {p}leases SET owner = NULL, expires_at = ?2 WHERE owner = ?1")),
             remove_instance: s(format!(
                 "DELETE FROM {p}relay_instances WHERE owner = ?1 OR expires_at < ?2"
+            )),
+            retry_now: s(format!(
+                "UPDATE {p}outbox SET available_at = ?3 \
+                 WHERE id IN (SELECT value FROM json_each(?2)) AND sent_at IS NULL AND attempts > 0 AND available_at > ?3 \
+                 AND partition IN (SELECT partition FROM {p}leases WHERE owner = ?1 AND expires_at > ?3)"
             )),
             dl_list: s(format!(
                 "SELECT id, topic, key, type, payload, content_type, headers, created_at, created_at AS available_at, \
@@ -478,21 +495,53 @@ pub(super) async fn complete(
     Ok(())
 }
 
+/// A JSON array column (`json_group_array`) as a list.
+fn json_column<T: serde::de::DeserializeOwned>(row: &SqliteRow, column: &str) -> Result<Vec<T>> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| Error::InvalidValue {
+        reason: format!("column {column} is not a JSON list: {e}"),
+    })
+}
+
+/// One look at the leases for `owner` (`gone` is always empty on SQLite).
+pub(super) async fn lease_view(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+) -> Result<LeaseView> {
+    let row = q(&sql.lease_view)
+        .bind(owner)
+        .bind(now_us())
+        .fetch_one(pool)
+        .await?;
+    let mut live: Vec<String> = json_column(&row, "live")?;
+    let mut mine: Vec<u32> = json_column(&row, "mine")?;
+    live.sort_unstable();
+    mine.sort_unstable();
+    Ok(LeaseView {
+        live,
+        gone: Vec::new(),
+        mine,
+        free: row.try_get::<i64, _>("free")? as u32,
+    })
+}
+
+/// Records `owner` as live until `ttl` from now; returns the live instances.
 pub(super) async fn heartbeat(
     pool: &SqlitePool,
     sql: &SqliteSql,
     owner: &str,
     ttl: Duration,
-) -> Result<i64> {
+) -> Result<Vec<String>> {
     q(&sql.heartbeat)
         .bind(owner)
         .bind(now_us())
         .bind(later_us(ttl))
         .execute(pool)
         .await?;
-    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql.live_owners.clone()))
         .bind(now_us())
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?)
 }
 
@@ -561,6 +610,22 @@ pub(super) async fn remove_instance(pool: &SqlitePool, sql: &SqliteSql, owner: &
         .execute(pool)
         .await?;
     Ok(())
+}
+
+pub(super) async fn retry_now(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    owner: &str,
+    ids: &[Uuid],
+) -> Result<u64> {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    Ok(q(&sql.retry_now)
+        .bind(owner)
+        .bind(json_list(&ids))
+        .bind(now_us())
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 fn filter_json(filter: &DeadLetterFilter) -> Option<String> {

@@ -19,7 +19,9 @@ pub const HEADER_CREATED_AT: &str = "relaybox-created-at";
 /// Header set on dead-letter records: the last handler error.
 pub const HEADER_ERROR: &str = "relaybox-error";
 
-const ENVELOPE: [&str; 4] = [
+/// The envelope headers, written from the message's own fields; a user header
+/// of one of these names is not written a second time.
+pub(crate) const ENVELOPE: [&str; 4] = [
     HEADER_ID,
     HEADER_TYPE,
     HEADER_CONTENT_TYPE,

@@ -25,6 +25,11 @@ pub use source::{KafkaSource, KafkaSourceConfig};
 use crate::error::Error;
 
 /// A Kafka error as a relaybox transport error (no configuration values in it).
+///
+/// Only errors about the record itself are permanent (not retryable): too
+/// large, or invalid as a record. Authorization and configuration errors are
+/// retryable: they are not the message's fault, and an operator can fix them
+/// while the relay retries with backoff.
 pub(crate) fn kafka_error(
     err: rdkafka::error::KafkaError,
     message_id: Option<uuid::Uuid>,
@@ -32,14 +37,7 @@ pub(crate) fn kafka_error(
     use rdkafka::error::RDKafkaErrorCode as C;
     let retryable = !matches!(
         err.rdkafka_error_code(),
-        Some(
-            C::MessageSizeTooLarge
-                | C::InvalidMessage
-                | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
-                | C::InvalidConfig
-                | C::UnsupportedVersion
-        )
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord)
     );
     Error::Transport {
         transport: "kafka".into(),

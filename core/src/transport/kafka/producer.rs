@@ -9,15 +9,21 @@
 //! nothing is produced. Here librdkafka writes a byte to a socket when its
 //! event queue goes from empty to non-empty (`rd_kafka_queue_io_event_enable`),
 //! and the thread blocks reading that socket.
+//!
+//! A report can arrive after the relay stopped waiting for it (the broker was
+//! down longer than `delivery_timeout`, and the record stayed queued). A
+//! successful one that nobody received is remembered for a while, so that
+//! the relay's retry of that message learns it is in Kafka already instead
+//! of producing it a second time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
 use rdkafka::client::{Client, ClientContext};
@@ -38,6 +44,15 @@ pub(crate) type Record<'a> = BaseRecord<'a, str, [u8], Box<Uuid>>;
 /// looks at the event queue again (a safety net; wake-ups come by socket).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// How long a delivery that no waiter received is remembered for a retry of
+/// its message: longer than any retry backoff the relay allows by default
+/// (5 min), so the retry finds it.
+const UNCLAIMED_FOR: Duration = Duration::from_secs(3600);
+
+/// At most this many unreceived deliveries are remembered (about 32 MB); the
+/// oldest are forgotten first.
+const UNCLAIMED_MAX: usize = 1_000_000;
+
 /// The producer's context: routes each delivery report to whoever waits for
 /// the record, keyed by message id. An id is here from the moment its record
 /// is handed to librdkafka until its report arrives, which is how a retry
@@ -45,12 +60,66 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub(crate) struct Reports {
     waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Report>>>>,
+    unclaimed: Mutex<Unclaimed>,
 }
 
 impl Reports {
     fn waiting(&self) -> MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<Report>>>> {
         // The map stays consistent whatever panicked while holding it.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unclaimed(&self) -> MutexGuard<'_, Unclaimed> {
+        self.unclaimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Messages whose record was delivered after every waiter had given up on
+/// its report: a later attempt of the message takes the delivery instead of
+/// producing the record again.
+struct Unclaimed {
+    delivered: HashMap<Uuid, Instant>,
+    /// Insertion order, for forgetting the oldest.
+    order: VecDeque<(Instant, Uuid)>,
+    keep_for: Duration,
+    max: usize,
+}
+
+impl Default for Unclaimed {
+    fn default() -> Self {
+        Unclaimed::new(UNCLAIMED_FOR, UNCLAIMED_MAX)
+    }
+}
+
+impl Unclaimed {
+    fn new(keep_for: Duration, max: usize) -> Self {
+        Unclaimed {
+            delivered: HashMap::new(),
+            order: VecDeque::new(),
+            keep_for,
+            max,
+        }
+    }
+
+    fn insert(&mut self, id: Uuid, now: Instant) {
+        while let Some(&(at, old)) = self.order.front() {
+            if now.duration_since(at) < self.keep_for && self.order.len() < self.max {
+                break;
+            }
+            self.order.pop_front();
+            if self.delivered.get(&old) == Some(&at) {
+                self.delivered.remove(&old);
+            }
+        }
+        self.delivered.insert(id, now);
+        self.order.push_back((now, id));
+    }
+
+    /// Whether `id` was delivered unreceived (forgetting it: one retry takes it).
+    fn take(&mut self, id: &Uuid) -> bool {
+        self.delivered
+            .remove(id)
+            .is_some_and(|at| at.elapsed() < self.keep_for)
     }
 }
 
@@ -64,9 +133,16 @@ impl ProducerContext for Reports {
             Ok(_) => Ok(()),
             Err((e, _)) => Err(e.clone()),
         };
-        for waiter in self.waiting().remove(&id).unwrap_or_default() {
+        // Under the `waiting` lock throughout, so that a retry handing the
+        // message over meanwhile finds either its waiters or its delivery.
+        let mut waiting = self.waiting();
+        let mut received = false;
+        for waiter in waiting.remove(&id).unwrap_or_default() {
             // A waiter that gave up has dropped its receiver.
-            let _ = waiter.send(report.clone());
+            received |= waiter.send(report.clone()).is_ok();
+        }
+        if !received && report.is_ok() {
+            self.unclaimed().insert(*id, Instant::now());
         }
     }
 }
@@ -161,8 +237,9 @@ impl ReportingProducer {
 
     /// Hands `record` to librdkafka, or, when a record with the same message
     /// id (its delivery opaque) is still queued there, waits for that one's
-    /// report instead. A full queue is waited out; any other refusal is
-    /// returned.
+    /// report instead; when such a record was delivered after its waiters had
+    /// given up, the report is that success. A full queue is waited out; any
+    /// other refusal is returned.
     pub(crate) async fn hand_over(
         &self,
         mut record: Record<'_>,
@@ -173,6 +250,13 @@ impl ReportingProducer {
         loop {
             let refused = {
                 let mut waiting = self.producer.context().waiting();
+                // Under the `waiting` lock, which `delivery` holds while it
+                // decides that nobody received a report.
+                if self.producer.context().unclaimed().take(&id) {
+                    tracing::debug!(%id, "relaybox Kafka record delivered after its attempt timed out; not producing it again");
+                    let _ = tx.take().expect("one waiter per call").send(Ok(()));
+                    return Ok(rx);
+                }
                 if let Some(waiters) = waiting.get_mut(&id) {
                     waiters.push(tx.take().expect("one waiter per call"));
                     return Ok(rx);
@@ -265,4 +349,43 @@ fn serve_reports(
 /// An OS resource the report thread needs could not be had.
 fn thread_error(what: &str, e: std::io::Error) -> KafkaError {
     KafkaError::ClientCreation(format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreceived_delivery_is_taken_by_one_retry() {
+        let mut unclaimed = Unclaimed::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        unclaimed.insert(a, Instant::now());
+        assert!(!unclaimed.take(&b));
+        assert!(unclaimed.take(&a));
+        assert!(!unclaimed.take(&a), "a second retry produces the record");
+    }
+
+    #[test]
+    fn old_unreceived_deliveries_are_forgotten() {
+        let mut unclaimed = Unclaimed::new(Duration::from_millis(20), 100);
+        let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+        unclaimed.insert(old, Instant::now());
+        std::thread::sleep(Duration::from_millis(40));
+        unclaimed.insert(new, Instant::now());
+        assert_eq!(unclaimed.delivered.len(), 1);
+        assert!(!unclaimed.take(&old));
+        assert!(unclaimed.take(&new));
+    }
+
+    #[test]
+    fn the_oldest_unreceived_deliveries_go_first_when_full() {
+        let mut unclaimed = Unclaimed::new(UNCLAIMED_FOR, 2);
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            unclaimed.insert(*id, Instant::now());
+        }
+        assert!(!unclaimed.take(&ids[0]));
+        assert!(unclaimed.take(&ids[1]));
+        assert!(unclaimed.take(&ids[2]));
+    }
 }

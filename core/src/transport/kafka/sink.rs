@@ -1,16 +1,18 @@
 //! [`KafkaSink`]: publishes relay batches with an idempotent producer and
 //! reports each message's delivery.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::oneshot;
 
-use super::codec::headers_of;
+use super::codec::{
+    headers_of, ENVELOPE, HEADER_CONTENT_TYPE, HEADER_CREATED_AT, HEADER_ID, HEADER_TYPE,
+};
 use super::config::{config_error, KafkaConfig};
 use super::kafka_error;
 use super::producer::{Record, Report, ReportingProducer};
@@ -32,6 +34,18 @@ use crate::sink::{Acks, Sink};
 /// travels in a few pipelined requests. A topic that does not exist is an
 /// error naming it, unless `create_topics` is set, in which case it is
 /// created through the admin API.
+///
+/// A message that librdkafka refuses at hand-over (larger than the
+/// producer's `message.max.bytes`, say) holds back its key as one the broker
+/// refuses does: the key's later messages, in its batch and in the batches
+/// handed over while its batch is in flight, are not handed over but fail
+/// as held back, so none of them reaches Kafka before it. A refusal that no
+/// retry can change (the size) is not retryable, and the relay dead-letters
+/// the message at once. A record larger than its topic's
+/// `max.message.bytes` (read from the broker when the sink first meets the
+/// topic) is refused the same way before it is handed over: the broker
+/// would refuse the whole record batch it travels in, the innocent records
+/// beside it included.
 #[derive(Clone)]
 pub struct KafkaSink {
     inner: Arc<Inner>,
@@ -41,6 +55,54 @@ struct Inner {
     config: KafkaConfig,
     producer: ReportingProducer,
     known_topics: Mutex<HashSet<String>>,
+    /// Each known topic's `max.message.bytes`, when the broker told it and
+    /// the producer does not compress (a compressed batch may be smaller
+    /// than its records).
+    topic_limits: Mutex<HashMap<String, usize>>,
+    /// Keys whose message was refused at hand-over, with the number of
+    /// batches in flight that refused one: their later messages are held back.
+    held_keys: Mutex<HashMap<String, usize>>,
+}
+
+impl Inner {
+    fn held_keys(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.held_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The keys a batch holds back until its acknowledgements are in (or given up).
+struct KeyHold {
+    inner: Arc<Inner>,
+    keys: Vec<String>,
+}
+
+impl KeyHold {
+    fn new(inner: &Arc<Inner>, keys: HashSet<String>) -> KeyHold {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut held = inner.held_keys();
+        for k in &keys {
+            *held.entry(k.clone()).or_insert(0) += 1;
+        }
+        KeyHold {
+            inner: inner.clone(),
+            keys,
+        }
+    }
+}
+
+impl Drop for KeyHold {
+    fn drop(&mut self) {
+        let mut held = self.inner.held_keys();
+        for k in &self.keys {
+            if let Some(n) = held.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(k);
+                }
+            }
+        }
+    }
 }
 
 /// What became of handing one message to librdkafka.
@@ -84,6 +146,8 @@ impl KafkaSink {
                 config,
                 producer,
                 known_topics: Mutex::new(HashSet::new()),
+                topic_limits: Mutex::new(HashMap::new()),
+                held_keys: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -118,6 +182,15 @@ impl KafkaSink {
             }
             create_topic(&self.inner.config, topic).await?;
         }
+        if !compresses(&self.inner.config) {
+            if let Some(limit) = topic_record_limit(&self.inner.config, topic).await {
+                self.inner
+                    .topic_limits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(topic.to_string(), limit);
+            }
+        }
         self.inner
             .known_topics
             .lock()
@@ -139,7 +212,7 @@ impl KafkaSink {
         }
         match self.inner.producer.hand_over(record).await {
             Ok(report) => Handed::Queued(report),
-            Err(e) => Handed::Failed(kafka_error(e, Some(m.id))),
+            Err(e) => Handed::Failed(refused_by_client(e, m, &self.inner.config)),
         }
     }
 
@@ -192,12 +265,14 @@ pub(crate) async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
+                // Retryable: the settings or the broker can be fixed while
+                // the relay retries; it is not the messages' fault.
                 return Err(Error::Transport {
                     transport: "kafka".into(),
                     message: format!("could not create topic {name:?}: {code}"),
-                    retryable: false,
+                    retryable: true,
                     message_id: None,
-                })
+                });
             }
         }
     }
@@ -228,14 +303,35 @@ impl Sink for KafkaSink {
                 topic_errors.push((topic.to_string(), e));
             }
         }
+        // Keys held back by batches in flight, and those this batch holds.
+        let held: HashSet<String> = self.inner.held_keys().keys().cloned().collect();
+        let limits = self
+            .inner
+            .topic_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut refused: HashSet<String> = HashSet::new();
         let mut pending = Vec::with_capacity(batch.len());
         for m in batch {
-            let handed = match topic_errors.iter().find(|(t, _)| *t == m.topic) {
-                Some((_, e)) => Handed::Failed(with_id(e, m)),
-                None => self.hand_over(m).await,
+            let handed = match (topic_errors.iter().find(|(t, _)| *t == m.topic), &m.key) {
+                (_, Some(k)) if refused.contains(k) || held.contains(k) => {
+                    Handed::Failed(held_back(m, k))
+                }
+                (Some((_, e)), _) => Handed::Failed(with_id(e, m)),
+                (None, _) => match limits.get(&m.topic) {
+                    Some(&limit) if least_batch_size(m) > limit => {
+                        Handed::Failed(over_topic_limit(m, limit))
+                    }
+                    _ => self.hand_over(m).await,
+                },
             };
+            if let (Handed::Failed(_), Some(k)) = (&handed, &m.key) {
+                refused.insert(k.clone());
+            }
             pending.push((m.id, handed));
         }
+        let hold = (!refused.is_empty()).then(|| KeyHold::new(&self.inner, refused));
         let timeout = self.inner.config.delivery_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         Box::pin(async move {
@@ -259,7 +355,7 @@ impl Sink for KafkaSink {
                         _ = &mut expired => None,
                     } {
                         Some(Ok(Ok(()))) => Ok(()),
-                        Some(Ok(Err(e))) => Err(kafka_error(e, Some(id))),
+                        Some(Ok(Err(e))) => Err(refused_by_broker(e, id)),
                         Some(Err(_)) => Err(unreported(
                             "the producer dropped the delivery report".into(),
                         )),
@@ -269,8 +365,184 @@ impl Sink for KafkaSink {
                     },
                 });
             }
+            drop(hold);
             results
         })
+    }
+}
+
+/// The error of a message not handed over because an earlier message of its
+/// key was refused (in its batch or one still in flight).
+fn held_back(m: &Message, key: &str) -> Error {
+    Error::Transport {
+        transport: "kafka".into(),
+        message: format!(
+            "held back behind an earlier message of key {key:?} that was not handed over; \
+             sent after it"
+        ),
+        retryable: true,
+        message_id: Some(m.id),
+    }
+}
+
+/// librdkafka's refusal of `m` at hand-over, saying that the client refused
+/// it, not the broker. A record larger than the producer may send can never
+/// be sent with these settings: not retryable.
+fn refused_by_client(e: KafkaError, m: &Message, config: &KafkaConfig) -> Error {
+    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+        let limit = config
+            .producer_properties
+            .get("message.max.bytes")
+            .or_else(|| config.properties.get("message.max.bytes"))
+            .map_or("1000000", String::as_str);
+        return Error::Transport {
+            transport: "kafka".into(),
+            message: format!(
+                "the Kafka client refused the record before sending it: with its key and \
+                 headers, the payload of {} bytes exceeds the producer's message.max.bytes \
+                 ({limit} bytes), so it can never be sent with these settings (raise \
+                 message.max.bytes in producer_properties, and the broker's and topic's \
+                 limits, to send records this large)",
+                m.payload.len()
+            ),
+            retryable: false,
+            message_id: Some(m.id),
+        };
+    }
+    prefixed(
+        kafka_error(e, Some(m.id)),
+        "the Kafka client refused the record before sending it",
+    )
+}
+
+/// A failed delivery report: the broker (or the client after handing the
+/// record over) refused the record. The broker's size refusal concerns the
+/// record batch the record travelled in, not necessarily the record: it is
+/// retryable (a record that alone is over the topic's known limit is
+/// refused before hand-over instead).
+fn refused_by_broker(e: KafkaError, id: uuid::Uuid) -> Error {
+    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+        return Error::Transport {
+            transport: "kafka".into(),
+            message: format!(
+                "the broker refused the record batch this record travelled in as larger than \
+                 the topic's max.message.bytes (or the broker's message.max.bytes); it is retried \
+                 (keep the producer's batch.size and message.max.bytes at most the topic's \
+                 limit): {e}"
+            ),
+            retryable: true,
+            message_id: Some(id),
+        };
+    }
+    prefixed(kafka_error(e, Some(id)), "the delivery report failed")
+}
+
+/// The error of a record larger than its topic's `max.message.bytes`.
+fn over_topic_limit(m: &Message, limit: usize) -> Error {
+    Error::Transport {
+        transport: "kafka".into(),
+        message: format!(
+            "the broker refuses records over the topic's max.message.bytes ({limit} bytes), and \
+             this one is at least {} bytes with its key and headers (payload {} bytes), so it can \
+             never be sent to topic {:?}; it was not handed over (raise the topic's \
+             max.message.bytes to send records this large)",
+            least_batch_size(m),
+            m.payload.len(),
+            m.topic
+        ),
+        retryable: false,
+        message_id: Some(m.id),
+    }
+}
+
+/// The least size of a Kafka record batch (format v2, uncompressed) that
+/// holds `m` alone: the batch header, the record's key, value and headers,
+/// and one byte for each of its length fields (varints take at least one).
+fn least_batch_size(m: &Message) -> usize {
+    const BATCH_HEADER: usize = 61;
+    // Length, attributes, timestamp delta, offset delta, key length, value
+    // length and header count.
+    const RECORD_FIELDS: usize = 7;
+    // The envelope headers' names and values (the id a UUID, the timestamp
+    // at least "YYYY-MM-DDTHH:MM:SSZ"), each with two length bytes.
+    let envelope = HEADER_ID.len()
+        + 36
+        + HEADER_TYPE.len()
+        + m.event_type.len()
+        + HEADER_CONTENT_TYPE.len()
+        + m.content_type.len()
+        + HEADER_CREATED_AT.len()
+        + 20
+        + 4 * 2;
+    let user: usize = m
+        .headers
+        .iter()
+        .filter(|(k, _)| !ENVELOPE.contains(&k.as_str()))
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum();
+    BATCH_HEADER
+        + RECORD_FIELDS
+        + m.key.as_ref().map_or(0, String::len)
+        + m.payload.len()
+        + envelope
+        + user
+}
+
+/// Whether the producer compresses record batches (`compression.type` or
+/// its alias `compression.codec` set to anything but `none`).
+fn compresses(config: &KafkaConfig) -> bool {
+    ["compression.type", "compression.codec"]
+        .iter()
+        .any(|name| {
+            config
+                .producer_properties
+                .get(*name)
+                .or_else(|| config.properties.get(*name))
+                .is_some_and(|v| v != "none")
+        })
+}
+
+/// The topic's `max.message.bytes` as the broker reports it (the topic's
+/// own setting or the broker's default), or `None` when it cannot be read
+/// (no permission to describe the topic, say): then the broker's refusal
+/// is the only check.
+async fn topic_record_limit(config: &KafkaConfig, topic: &str) -> Option<usize> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config(&[], &config.producer_properties)
+        .create()
+        .ok()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let results = match admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await
+    {
+        Ok(results) => results,
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "relaybox cannot read the Kafka topic's max.message.bytes");
+            return None;
+        }
+    };
+    results
+        .into_iter()
+        .flatten()
+        .find_map(|r| r.get("max.message.bytes")?.value.as_deref()?.parse().ok())
+}
+
+/// `e` with `context` before its message.
+fn prefixed(e: Error, context: &str) -> Error {
+    match e {
+        Error::Transport {
+            transport,
+            message,
+            retryable,
+            message_id,
+        } => Error::Transport {
+            transport,
+            message: format!("{context}: {message}"),
+            retryable,
+            message_id,
+        },
+        other => other,
     }
 }
 

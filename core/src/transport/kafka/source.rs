@@ -76,6 +76,18 @@ pub struct KafkaSource {
 /// How often a [`KafkaSource`] logs the consumer errors it skips.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The consumer's default `session.timeout.ms`: how long the group waits for
+/// a member that stopped heartbeating before giving its partitions to others.
+/// `consumer_properties` may set it (within the broker's
+/// `group.min.session.timeout.ms`, 6 s by default, and
+/// `group.max.session.timeout.ms`), or set `group.instance.id` for static
+/// membership, with which a member restarted under the same id takes its
+/// partitions back at once.
+const SESSION_TIMEOUT_MS: u32 = 10_000;
+
+/// The consumer's default `heartbeat.interval.ms`: a third of the session timeout.
+const HEARTBEAT_INTERVAL_MS: u32 = 3_000;
+
 /// The consumer errors skipped since the last one logged.
 #[derive(Default)]
 struct NotedErrors {
@@ -117,6 +129,14 @@ impl KafkaSource {
             ("auto.commit.interval.ms", "1000".to_string()),
             ("auto.offset.reset", reset.to_string()),
             ("allow.auto.create.topics", "false".to_string()),
+            // A consumer that died without leaving the group (SIGKILL, a lost
+            // host) holds its partitions until the broker misses its
+            // heartbeats for this long: 10 s instead of Kafka's 45 s, so a
+            // restarted or surviving member takes them over sooner. Heartbeats
+            // come from librdkafka's own thread, not from the handler, so a
+            // slow handler does not count against it.
+            ("session.timeout.ms", SESSION_TIMEOUT_MS.to_string()),
+            ("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string()),
         ];
         let consumer: StreamConsumer = config
             .kafka
