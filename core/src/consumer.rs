@@ -2,7 +2,8 @@
 //! one savepoint of a transaction shared by consecutive deliveries of a lane)
 //! holds the inbox row and the handler's own writes; duplicates are
 //! acknowledged and skipped; failures retry with backoff, then go to dead
-//! letters.
+//! letters. In host mode ([`crate::consumer_host`]) the transaction is the
+//! host application's instead; everything else is the same.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -213,6 +214,16 @@ impl Consumer {
         handler: Arc<dyn Handler>,
         config: ConsumerConfig,
     ) -> Result<Consumer> {
+        Consumer::spawn(store, source, Handling::Owned(handler), config)
+    }
+
+    /// Starts the worker shared by both modes (see [`Handling`]).
+    pub(crate) fn spawn(
+        store: Store,
+        source: Arc<dyn Source>,
+        handling: Handling,
+        config: ConsumerConfig,
+    ) -> Result<Consumer> {
         config.validate()?;
         store.check_open()?;
         let cancel = CancellationToken::new();
@@ -220,7 +231,7 @@ impl Consumer {
         let worker = Arc::new(Worker {
             store,
             source,
-            handler,
+            handling,
             config,
             cancel: cancel.clone(),
             counters: counters.clone(),
@@ -273,10 +284,22 @@ impl Drop for Consumer {
     }
 }
 
+/// Whose transaction holds a message's inbox row and handler writes: the
+/// one seam between the two consumer modes; fetching, lanes, retries, dead
+/// letters and acknowledgements are the same.
+#[derive(Clone)]
+pub(crate) enum Handling {
+    /// relaybox's own transaction, handed to a [`Handler`].
+    Owned(Arc<dyn Handler>),
+    /// The host's transaction: see [`crate::consumer_host`]. One message at a
+    /// time per lane.
+    Host(crate::consumer_host::HostMode),
+}
+
 struct Worker {
     store: Store,
     source: Arc<dyn Source>,
-    handler: Arc<dyn Handler>,
+    handling: Handling,
     config: ConsumerConfig,
     cancel: CancellationToken,
     counters: Arc<Counters>,
@@ -568,10 +591,12 @@ impl Worker {
     ) -> std::result::Result<(), Interrupted> {
         let mut rest = run;
         while let Some(first) = rest.first() {
-            if rest.len() == 1 {
+            // In host mode the binding owns every transaction: one message each.
+            if rest.len() == 1 || matches!(self.handling, Handling::Host(_)) {
                 self.process(first, None).await?;
                 let _ = settled.send(first.ack);
-                return Ok(());
+                rest = &rest[1..];
+                continue;
             }
             let shared = self.attempt_shared(rest).await;
             for d in &rest[..shared.committed] {
@@ -673,6 +698,12 @@ impl Worker {
             committed: 0,
             then: Then::OneByOne(n.max(1), error),
         };
+        let Handling::Owned(handler) = &self.handling else {
+            return one_by_one(
+                run.len(),
+                Error::internal("host mode shares no transaction"),
+            );
+        };
         let tx = match self.store.begin().await {
             Ok(tx) => tx,
             Err(e) => return one_by_one(1, e),
@@ -700,7 +731,7 @@ impl Worker {
                 }
                 Err(e) => return one_by_one(i + 1, e),
             }
-            let outcome = self.run_handler(message, &tx).await;
+            let outcome = Self::run_handler(handler.as_ref(), message, &tx).await;
             if tx.is_finished().await {
                 // The handler committed or rolled back the shared transaction:
                 // which of the messages before it took effect is unknown.
@@ -754,8 +785,12 @@ impl Worker {
 
     /// Runs the handler: None when it succeeded, else the failed attempt (a
     /// panic is a failure).
-    async fn run_handler(&self, message: &Message, tx: &Transaction) -> Option<Attempt> {
-        let outcome = AssertUnwindSafe(self.handler.handle(message.clone(), tx.clone()))
+    async fn run_handler(
+        handler: &dyn Handler,
+        message: &Message,
+        tx: &Transaction,
+    ) -> Option<Attempt> {
+        let outcome = AssertUnwindSafe(handler.handle(message.clone(), tx.clone()))
             .catch_unwind()
             .await;
         match outcome {
@@ -776,12 +811,18 @@ impl Worker {
     }
 
     async fn attempt(&self, message: &Message) -> Result<Attempt> {
+        let handler = match &self.handling {
+            Handling::Owned(handler) => handler.as_ref(),
+            Handling::Host(host) => {
+                return host.attempt(&self.store, &self.config.group, message).await
+            }
+        };
         let tx = self.store.begin().await?;
         if !tx.inbox_insert(&self.config.group, message.id).await? {
             tx.rollback().await?;
             return Ok(Attempt::Duplicate);
         }
-        let Some(failure) = self.run_handler(message, &tx).await else {
+        let Some(failure) = Self::run_handler(handler, message, &tx).await else {
             return match tx.commit().await {
                 Ok(()) => Ok(Attempt::Done),
                 // The handler finished the transaction itself: it committed or rolled back.
@@ -845,10 +886,15 @@ impl Worker {
     }
 }
 
-enum Attempt {
+/// How one attempt at a message ended.
+pub(crate) enum Attempt {
+    /// Committed with its inbox row.
     Done,
+    /// The inbox had it: skipped.
     Duplicate,
+    /// Retry (or dead-letter when out of retries), with the error.
     HandlerFailed(String),
+    /// Dead-letter at once, with the reason.
     Rejected(String),
 }
 

@@ -16,6 +16,7 @@ mod backoff;
 #[doc(hidden)]
 pub mod bench;
 pub mod consumer;
+pub mod consumer_host;
 pub mod duration;
 pub mod error;
 pub mod message;
@@ -35,6 +36,7 @@ pub mod value;
 mod wake;
 
 pub use consumer::{handler_fn, Consumer, ConsumerConfig, ConsumerStats, Handler, Rejected};
+pub use consumer_host::{host_handler_fn, HostDelivery, HostHandler, HostOutcome};
 pub use error::{BoxError, Error, Result};
 pub use message::Message;
 pub use redact::DatabaseUrl;
@@ -44,7 +46,8 @@ pub use sink::{Acks, Sink};
 pub use source::{AckToken, Delivery, Source};
 pub use spec::MessageSpec;
 pub use store::{
-    DeadLetter, DeadLetterFilter, InsertStatement, Placeholders, Status, Store, StoreOptions,
+    DeadLetter, DeadLetterFilter, InboxStatement, InsertStatement, Placeholders, Status, Store,
+    StoreOptions,
 };
 pub use transaction::Transaction;
 pub use transport::database::{DatabaseSink, DatabaseSource, DatabaseSourceConfig, StartFrom};

@@ -222,7 +222,7 @@ export declare class Outbox {
   /** Enqueues inside your own node-postgres transaction (the core's INSERT and wake statement). */
   enqueueWith(client: PgClientLike, message: MessageInput): Promise<string>
   /** The outbox INSERT of one message for another driver. */
-  insertStatement(message: MessageInput, options?: { placeholders?: 'dollar' | 'percent' | 'question' }): Promise<{ sql: string, params: unknown[], messageId: string }>
+  insertStatement(message: MessageInput, options?: { placeholders?: 'dollar' | 'percent' | 'question' | 'pyformat' | 'named' }): Promise<{ sql: string, params: unknown[], messageId: string }>
   /** Wakes this process's relays. */
   wakeRelays(): void
   /** Backlog, dead letters, partitions, lease owners. */

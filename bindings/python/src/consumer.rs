@@ -1,16 +1,20 @@
 //! `relaybox._native.Consumer`: the idempotent consumer calling a Python
 //! callable for each message, on a blocking thread of the core's runtime so
-//! the runtime's workers never wait on the GIL.
+//! the runtime's workers never wait on the GIL. In host mode
+//! (`Consumer.start_host`) the callable runs the inbox statement and its
+//! handler in the application's own transaction and returns the outcome.
 
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 use relaybox::{
-    BoxError, Consumer, ConsumerConfig, Handler, Message, Transaction, TransportConfig,
+    BoxError, Consumer, ConsumerConfig, Handler, HostDelivery, HostHandler, HostOutcome, Message,
+    Placeholders, Rejected, Transaction, TransportConfig,
 };
 
 use crate::bridge::{awaitable, blocking, none};
+use crate::convert::value_to_py;
 use crate::error::{handler_error, IntoPyResult};
 use crate::message::PyMessage;
 use crate::relay::parse_json;
@@ -38,6 +42,68 @@ impl Handler for PyHandler {
         })
         .await
         .map_err(|e| -> BoxError { format!("the Python handler did not finish: {e}").into() })?
+    }
+}
+
+/// Calls `callable(message, sql, params)` in host mode: `params` is a dict
+/// for named placeholder styles, else a tuple. It returns `"processed"`
+/// (committed) or `"duplicate"` (the statement inserted no row); an exception
+/// is a failure (`relaybox.Reject`: a rejection).
+struct PyHostHandler {
+    callable: Arc<Py<PyAny>>,
+}
+
+impl PyHostHandler {
+    fn call(&self, py: Python<'_>, delivery: HostDelivery) -> PyResult<HostOutcome> {
+        let inbox = delivery.inbox;
+        let params: Py<PyAny> = if inbox.names.is_empty() {
+            let values = inbox
+                .params
+                .iter()
+                .map(|v| value_to_py(py, v))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyTuple::new(py, values)?.into_any().unbind()
+        } else {
+            let dict = PyDict::new(py);
+            for (name, value) in inbox.names.iter().zip(&inbox.params) {
+                dict.set_item(name, value_to_py(py, value)?)?;
+            }
+            dict.into_any().unbind()
+        };
+        let message = Py::new(py, PyMessage(delivery.message))?;
+        let result = self.callable.call1(py, (message, inbox.sql, params))?;
+        let outcome: String = result.extract(py)?;
+        match outcome.as_str() {
+            "processed" => Ok(HostOutcome::Processed),
+            "duplicate" => Ok(HostOutcome::Duplicate),
+            other => Ok(HostOutcome::Failed(format!(
+                "the host handler returned {other:?}, not \"processed\" or \"duplicate\""
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HostHandler for PyHostHandler {
+    async fn handle(&self, delivery: HostDelivery) -> HostOutcome {
+        let this = PyHostHandler {
+            callable: self.callable.clone(),
+        };
+        let outcome = tokio::task::spawn_blocking(move || {
+            Python::attach(|py| {
+                this.call(py, delivery).unwrap_or_else(|e| {
+                    let error = handler_error(py, e);
+                    match error.downcast::<Rejected>() {
+                        Ok(rejected) => HostOutcome::Rejected(rejected.reason),
+                        Err(error) => HostOutcome::Failed(error.to_string()),
+                    }
+                })
+            })
+        })
+        .await;
+        outcome.unwrap_or_else(|e| {
+            HostOutcome::Failed(format!("the Python host handler did not finish: {e}"))
+        })
     }
 }
 
@@ -70,6 +136,37 @@ impl PyConsumer {
             callable: Arc::new(handler),
         });
         Consumer::start(store.0.clone(), source, handler, config)
+            .map(|consumer| PyConsumer(Arc::new(consumer)))
+            .py()
+    }
+
+    /// Starts consuming in host-transaction mode: `handler(message, sql,
+    /// params)` runs the inbox statement (in `placeholders` style: dollar,
+    /// percent, question, pyformat or named) and the user's handler in the
+    /// application's transaction, commits, and returns `"processed"` or
+    /// `"duplicate"`.
+    #[staticmethod]
+    fn start_host(
+        py: Python<'_>,
+        store: &PyStore,
+        transport_json: &str,
+        topic: &str,
+        config_json: &str,
+        placeholders: &str,
+        handler: Py<PyAny>,
+    ) -> PyResult<Self> {
+        crate::logging::refresh(py);
+        let transport =
+            TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
+        let config = ConsumerConfig::from_json(parse_json("consumer config", config_json)?).py()?;
+        let style: Placeholders = placeholders.parse().py()?;
+        let runtime = relaybox::runtime::runtime();
+        let _entered = runtime.enter();
+        let source = transport.source(&store.0, topic, &config.group).py()?;
+        let handler = Arc::new(PyHostHandler {
+            callable: Arc::new(handler),
+        });
+        Consumer::start_host(store.0.clone(), source, handler, style, config)
             .map(|consumer| PyConsumer(Arc::new(consumer)))
             .py()
     }

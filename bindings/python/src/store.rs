@@ -1,8 +1,8 @@
 //! `relaybox._native.Store`: an open outbox store (PostgreSQL or SQLite).
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
-use relaybox::{DeadLetterFilter, Placeholders, Store, StoreOptions};
+use pyo3::types::{PyDict, PyList, PyTuple};
+use relaybox::{DeadLetterFilter, InsertStatement, Placeholders, Store, StoreOptions};
 use uuid::Uuid;
 
 use crate::bridge::{awaitable, blocking, convert, none};
@@ -44,6 +44,23 @@ fn dead_letter_filter(ids: Option<Vec<String>>) -> PyResult<DeadLetterFilter> {
             .collect::<PyResult<Vec<_>>>()
             .map(DeadLetterFilter::Ids),
     }
+}
+
+/// The parameters of `statement` for a Python driver: a dict by name for
+/// the named placeholder styles, a tuple otherwise.
+fn statement_params<'py>(
+    py: Python<'py>,
+    statement: &InsertStatement,
+) -> PyResult<Bound<'py, PyAny>> {
+    let params = params_to_py(py, &statement.params)?;
+    if statement.names.is_empty() {
+        return Ok(params.into_any());
+    }
+    let dict = PyDict::new(py);
+    for (name, value) in statement.names.iter().zip(params.iter()) {
+        dict.set_item(name, value)?;
+    }
+    Ok(dict.into_any())
 }
 
 fn report<T: serde::Serialize>(py: Python<'_>, value: T) -> PyResult<Py<PyAny>> {
@@ -148,7 +165,9 @@ impl PyStore {
 
     /// The outbox INSERT for one message spec, for a host driver to run in
     /// its own transaction: `(sql, params, message_id)`. `placeholders` is
-    /// `"percent"` (psycopg), `"dollar"` or `"question"`.
+    /// `"percent"` (psycopg), `"dollar"`, `"question"`, `"pyformat"` or
+    /// `"named"`; for the named styles `params` is a dict (`p1`, `p2`, ...),
+    /// otherwise a tuple.
     #[pyo3(signature = (spec, placeholders="percent"))]
     fn insert_statement<'py>(
         &self,
@@ -163,12 +182,12 @@ impl PyStore {
             py,
             async move { store.insert_statement(&message, style).await },
         )?;
-        let params = params_to_py(py, &statement.params)?;
+        let params = statement_params(py, &statement)?;
         PyTuple::new(
             py,
             [
                 statement.sql.into_pyobject(py)?.into_any(),
-                params.into_any(),
+                params,
                 statement
                     .message_id
                     .to_string()
@@ -176,6 +195,51 @@ impl PyStore {
                     .into_any(),
             ],
         )
+    }
+
+    /// The outbox INSERTs of many message specs, for a host driver to run
+    /// in its own transaction: a list of `(sql, params, message_ids, wake)`,
+    /// one statement per `HOST_BATCH_MAX` (1000) messages. Every message is
+    /// validated before any statement is made. `params` is as for
+    /// `insert_statement`; `wake` is the wake-up to run after the INSERTs in
+    /// the same transaction (a `NOTIFY` naming the rows' partitions on
+    /// PostgreSQL, `None` on SQLite).
+    #[pyo3(signature = (specs, placeholders="percent"))]
+    fn insert_batch_statement<'py>(
+        &self,
+        py: Python<'py>,
+        specs: Vec<Bound<'py, PyDict>>,
+        placeholders: &str,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let style: Placeholders = placeholders.parse().py()?;
+        let messages = specs
+            .iter()
+            .map(message_from_spec)
+            .collect::<PyResult<Vec<_>>>()?;
+        let store = self.0.clone();
+        let statements = blocking(py, async move {
+            store.insert_batch_statements(&messages, style).await
+        })?;
+        let items = statements
+            .iter()
+            .map(|statement| {
+                let ids: Vec<String> = statement
+                    .message_ids
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                PyTuple::new(
+                    py,
+                    [
+                        statement.sql.clone().into_pyobject(py)?.into_any(),
+                        statement_params(py, statement)?,
+                        PyList::new(py, ids)?.into_any(),
+                        statement.wake.clone().into_pyobject(py)?.into_any(),
+                    ],
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
     }
 
     /// A statement that, run in the caller's own transaction, wakes relays of

@@ -68,6 +68,20 @@ pub(crate) struct PgSql {
 
 const COLUMNS: &str =
     "id, topic, key, partition, type, payload, content_type, headers, created_at, available_at";
+/// Casts after each placeholder of a host INSERT: text in, the column's
+/// type out, whatever type the driver infers or sends for the parameter.
+const HOST_CASTS: [&[&str]; 10] = [
+    &["text", "uuid"],
+    &["text"],
+    &["text"],
+    &["int4"],
+    &["text"],
+    &["bytea"],
+    &["text"],
+    &["text", "jsonb"],
+    &["text", "timestamptz"],
+    &["text", "timestamptz"],
+];
 const MESSAGE_COLUMNS: &str =
     "id, topic, key, partition, type, payload, content_type, headers::text AS headers, created_at, available_at";
 
@@ -219,26 +233,31 @@ impl PgSql {
         }
     }
 
-    /// SQL and parameters for a host driver to insert one outbox row.
-    pub(crate) fn insert_statement(
+    /// SQL and parameters for a host driver to insert outbox rows (see
+    /// [`InsertStatement`](super::InsertStatement)): one multi-row INSERT;
+    /// the id, headers and timestamps travel as text and the SQL casts them.
+    pub(crate) fn host_insert(
         &self,
-        m: &Message,
-        partition: u32,
+        messages: &[Message],
+        partitions: &[u32],
         style: Placeholders,
     ) -> (String, Vec<Value>) {
-        let sql = placeholders(&self.insert, style);
-        let params = vec![
-            Value::Text(m.id.to_string()),
-            Value::Text(m.topic.clone()),
-            m.key.clone().into(),
-            Value::Int(partition.into()),
-            Value::Text(m.event_type.clone()),
-            Value::Bytes(m.payload.clone()),
-            Value::Text(m.content_type.clone()),
-            Value::Text(headers_json(m)),
-            Value::Text(micros_rfc3339::format(&m.created_at)),
-            Value::Text(micros_rfc3339::format(&m.available_at)),
-        ];
+        let sql = super::host_insert_sql(&self.prefix, messages.len(), style, &HOST_CASTS);
+        let mut params = Vec::with_capacity(messages.len() * 10);
+        for (m, partition) in messages.iter().zip(partitions) {
+            params.extend([
+                Value::Text(m.id.to_string()),
+                Value::Text(m.topic.clone()),
+                m.key.clone().into(),
+                Value::Int((*partition).into()),
+                Value::Text(m.event_type.clone()),
+                Value::Bytes(m.payload.clone()),
+                Value::Text(m.content_type.clone()),
+                Value::Text(headers_json(m)),
+                Value::Text(micros_rfc3339::format(&m.created_at)),
+                Value::Text(micros_rfc3339::format(&m.available_at)),
+            ]);
+        }
         (sql, params)
     }
 
@@ -312,31 +331,27 @@ fn move_to_log_sql(p: &str, take: &str) -> String {
     )
 }
 
-/// Rewrites `$n` placeholders into another style.
+/// Rewrites `$n` placeholders into another style (named styles keep the
+/// number: `$3` becomes `:p3` or `%(p3)s`).
 fn placeholders(sql: &str, style: Placeholders) -> String {
-    match style {
-        Placeholders::Dollar => sql.to_string(),
-        Placeholders::Percent | Placeholders::Question => {
-            let mark = if style == Placeholders::Percent {
-                "%s"
-            } else {
-                "?"
-            };
-            let mut out = String::with_capacity(sql.len());
-            let mut chars = sql.chars().peekable();
-            while let Some(c) = chars.next() {
-                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                    while chars.peek().is_some_and(char::is_ascii_digit) {
-                        chars.next();
-                    }
-                    out.push_str(mark);
-                } else {
-                    out.push(c);
-                }
+    if style == Placeholders::Dollar {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = 0usize;
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n * 10 + d as usize;
+                chars.next();
             }
-            out
+            out.push_str(&style.mark(n));
+        } else {
+            out.push(c);
         }
     }
+    out
 }
 
 fn q(sql: &Sql) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
@@ -1093,6 +1108,30 @@ pub(super) async fn pending_count(pool: &PgPool, sql: &PgSql) -> Result<i64> {
         .map_err(schema_missing)
 }
 
+/// The inbox INSERT of `message_id` for `group` in `style`, for a host
+/// driver to run in its own transaction (host-mode consumer). Both
+/// parameters are text; the SQL casts the id (`CAST`, not `::`, which
+/// SQLAlchemy's `text()` would take for a named parameter).
+pub(super) fn inbox_statement(
+    sql: &PgSql,
+    group: &str,
+    message_id: Uuid,
+    style: Placeholders,
+) -> (String, Vec<Value>) {
+    let text = format!(
+        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) \
+         VALUES ($1, CAST(CAST($2 AS text) AS uuid), now()) ON CONFLICT DO NOTHING",
+        sql.prefix
+    );
+    (
+        placeholders(&text, style),
+        vec![
+            Value::Text(group.to_string()),
+            Value::Text(message_id.to_string()),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1104,8 +1143,68 @@ mod tests {
             "VALUES (%s, %s::uuid, %s)"
         );
         assert_eq!(
+            placeholders("VALUES ($1, $2::uuid, $10)", Placeholders::Named),
+            "VALUES (:p1, :p2::uuid, :p10)"
+        );
+        assert_eq!(
+            placeholders("VALUES ($1, $12)", Placeholders::Pyformat),
+            "VALUES (%(p1)s, %(p12)s)"
+        );
+        assert_eq!(
+            placeholders("VALUES ($1, $12)", Placeholders::Dollar),
+            "VALUES ($1, $12)"
+        );
+        assert_eq!(
             placeholders("VALUES ($1, $2)", Placeholders::Question),
             "VALUES (?, ?)"
         );
+    }
+
+    fn two_messages() -> Vec<Message> {
+        vec![
+            Message::new("orders", b"{}".to_vec()).with_key("k1"),
+            Message::new("orders", vec![0u8, 255]),
+        ]
+    }
+
+    #[test]
+    fn host_insert_in_every_style() {
+        let sql = PgSql::new("rb_");
+        let messages = two_messages();
+        let cases = [
+            (Placeholders::Dollar, "(CAST(CAST($1 AS text) AS uuid), CAST($2 AS text), CAST($3 AS text), CAST($4 AS int4), CAST($5 AS text), CAST($6 AS bytea), CAST($7 AS text), CAST(CAST($8 AS text) AS jsonb), CAST(CAST($9 AS text) AS timestamptz), CAST(CAST($10 AS text) AS timestamptz)), (CAST(CAST($11 AS text) AS uuid),", "CAST(CAST($20 AS text) AS timestamptz))"),
+            (Placeholders::Percent, "(CAST(CAST(%s AS text) AS uuid), CAST(%s AS text),", "CAST(CAST(%s AS text) AS timestamptz))"),
+            (Placeholders::Question, "(CAST(CAST(? AS text) AS uuid), CAST(? AS text),", "CAST(CAST(? AS text) AS timestamptz))"),
+            (Placeholders::Pyformat, "(CAST(CAST(%(p1)s AS text) AS uuid), CAST(%(p2)s AS text),", "CAST(CAST(%(p20)s AS text) AS timestamptz))"),
+            (Placeholders::Named, "(CAST(CAST(:p1 AS text) AS uuid), CAST(:p2 AS text),", "CAST(CAST(:p20 AS text) AS timestamptz))"),
+        ];
+        for (style, start, end) in cases {
+            let (text, params) = sql.host_insert(&messages, &[3, 7], style);
+            assert!(
+                text.starts_with(&format!(
+                    "INSERT INTO rb_outbox (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at) VALUES {start}"
+                )),
+                "{style:?}: {text}"
+            );
+            assert!(text.ends_with(end), "{style:?}: {text}");
+            assert_eq!(text.matches("AS text) AS uuid)").count(), 2, "{text}");
+            assert!(!text.contains("::"), "no `::` casts: {text}");
+            assert_eq!(params.len(), 20);
+        }
+        let (_, params) = sql.host_insert(&messages, &[3, 7], Placeholders::Dollar);
+        let m = &messages[0];
+        assert_eq!(params[0], Value::Text(m.id.to_string()));
+        assert_eq!(params[1], Value::Text("orders".into()));
+        assert_eq!(params[2], Value::Text("k1".into()));
+        assert_eq!(params[3], Value::Int(3));
+        assert_eq!(params[5], Value::Bytes(b"{}".to_vec()));
+        assert_eq!(params[7], Value::Text("{}".into()));
+        assert_eq!(
+            params[8],
+            Value::Text(micros_rfc3339::format(&m.created_at))
+        );
+        assert_eq!(params[12], Value::Null, "the second message has no key");
+        assert_eq!(params[13], Value::Int(7));
+        assert_eq!(params[15], Value::Bytes(vec![0, 255]));
     }
 }

@@ -178,37 +178,31 @@ impl SqliteSql {
         }
     }
 
-    /// SQL and parameters for a host driver to insert one outbox row.
-    pub(crate) fn insert_statement(
+    /// SQL and parameters for a host driver to insert outbox rows (see
+    /// [`InsertStatement`](super::InsertStatement)): one multi-row INSERT;
+    /// timestamps are integer microseconds, the id and headers text.
+    pub(crate) fn host_insert(
         &self,
-        m: &Message,
-        partition: u32,
+        messages: &[Message],
+        partitions: &[u32],
         style: Placeholders,
     ) -> (String, Vec<Value>) {
-        let marks: Vec<String> = (1..=10)
-            .map(|i| match style {
-                Placeholders::Dollar => format!("${i}"),
-                Placeholders::Percent => "%s".to_string(),
-                Placeholders::Question => "?".to_string(),
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO {}outbox ({COLUMNS}) VALUES ({})",
-            self.prefix,
-            marks.join(", ")
-        );
-        let params = vec![
-            Value::Text(m.id.to_string()),
-            Value::Text(m.topic.clone()),
-            m.key.clone().into(),
-            Value::Int(partition.into()),
-            Value::Text(m.event_type.clone()),
-            Value::Bytes(m.payload.clone()),
-            Value::Text(m.content_type.clone()),
-            Value::Text(headers_json(m)),
-            Value::Int(to_unix_micros(m.created_at)),
-            Value::Int(to_unix_micros(m.available_at)),
-        ];
+        let sql = super::host_insert_sql(&self.prefix, messages.len(), style, &[&[]; 10]);
+        let mut params = Vec::with_capacity(messages.len() * 10);
+        for (m, partition) in messages.iter().zip(partitions) {
+            params.extend([
+                Value::Text(m.id.to_string()),
+                Value::Text(m.topic.clone()),
+                m.key.clone().into(),
+                Value::Int((*partition).into()),
+                Value::Text(m.event_type.clone()),
+                Value::Bytes(m.payload.clone()),
+                Value::Text(m.content_type.clone()),
+                Value::Text(headers_json(m)),
+                Value::Int(to_unix_micros(m.created_at)),
+                Value::Int(to_unix_micros(m.available_at)),
+            ]);
+        }
         (sql, params)
     }
 
@@ -886,4 +880,80 @@ pub(super) async fn pending_count(pool: &SqlitePool, sql: &SqliteSql) -> Result<
         .fetch_one(pool)
         .await
         .map_err(schema_missing)
+}
+
+/// The inbox INSERT of `message_id` for `group` in `style`, for a host
+/// driver to run in its own transaction (host-mode consumer). Parameters:
+/// the group and the message id (text) and the time processed (integer
+/// microseconds since the epoch, as the inbox stores it).
+pub(super) fn inbox_statement(
+    sql: &SqliteSql,
+    group: &str,
+    message_id: Uuid,
+    style: Placeholders,
+) -> (String, Vec<Value>) {
+    let text = format!(
+        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) \
+         VALUES ({}, {}, {}) ON CONFLICT DO NOTHING",
+        sql.prefix,
+        style.mark(1),
+        style.mark(2),
+        style.mark(3)
+    );
+    (
+        text,
+        vec![
+            Value::Text(group.to_string()),
+            Value::Text(message_id.to_string()),
+            Value::Int(now_us()),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_insert_in_every_style() {
+        let sql = SqliteSql::new("rb_");
+        let m = Message::new("orders", b"{}".to_vec()).with_key("k1");
+        let messages = vec![m.clone(), Message::new("orders", vec![1u8])];
+        let cases = [
+            (
+                Placeholders::Dollar,
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), ($11,",
+            ),
+            (
+                Placeholders::Question,
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?), (?,",
+            ),
+            (
+                Placeholders::Percent,
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s), (%s,",
+            ),
+            (
+                Placeholders::Named,
+                "(:p1, :p2, :p3, :p4, :p5, :p6, :p7, :p8, :p9, :p10), (:p11,",
+            ),
+            (Placeholders::Pyformat, "(%(p1)s, %(p2)s, %(p3)s,"),
+        ];
+        for (style, values) in cases {
+            let (text, params) = sql.host_insert(&messages, &[2, 5], style);
+            assert!(
+                text.starts_with(&format!(
+                    "INSERT INTO rb_outbox ({COLUMNS}) VALUES {values}"
+                )),
+                "{style:?}: {text}"
+            );
+            assert!(!text.contains("CAST"), "no casts on SQLite: {text}");
+            assert_eq!(params.len(), 20);
+        }
+        let (_, params) = sql.host_insert(&messages, &[2, 5], Placeholders::Question);
+        assert_eq!(params[0], Value::Text(m.id.to_string()));
+        assert_eq!(params[3], Value::Int(2));
+        assert_eq!(params[8], Value::Int(to_unix_micros(m.created_at)));
+        assert_eq!(params[9], Value::Int(to_unix_micros(m.available_at)));
+        assert_eq!(params[12], Value::Null);
+    }
 }

@@ -69,7 +69,7 @@ defmodule Relaybox.Native do
   @doc false
   def outbox_begin(_outbox, _ref), do: nif()
   @doc false
-  def outbox_insert_sql(_outbox, _spec, _placeholders, _postgrex, _ref), do: nif()
+  def outbox_insert_sql(_outbox, _spec, _placeholders, _ref), do: nif()
   @doc false
   def outbox_info(_outbox), do: nif()
   @doc false

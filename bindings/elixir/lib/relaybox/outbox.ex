@@ -176,23 +176,22 @@ defmodule Relaybox.Outbox do
   your own (Ecto's `Repo.query!/2` inside `Repo.transaction/1`):
   `{:ok, {sql, params}}`. The message is validated first; nothing is written.
 
-  On PostgreSQL the placeholders are `$1..$10` and the parameters are the
-  types Postgrex binds to the statement's casts: the id as a 16-byte binary,
-  the headers as a map, the timestamps as `DateTime`s. Options:
-  `placeholders: :question` (or `:percent`) for other drivers, and
-  `format: :text` for the core's plain parameters (text id, JSON text
-  headers, RFC 3339 text timestamps; integer microseconds on SQLite).
+  On PostgreSQL the placeholders are `$1..$10` and the parameters are text
+  (the id, the JSON headers, RFC 3339 timestamps), an integer (the
+  partition) and a binary (the payload): the statement casts them itself, so
+  Postgrex binds them as they are. On SQLite the timestamps are integer
+  microseconds. Option: `placeholders: :question` (or `:percent`,
+  `:pyformat`, `:named`) for other drivers.
   """
   @spec insert_sql(outbox(), map() | keyword(), keyword()) ::
           {:ok, {String.t(), list()}} | {:error, Error.t()}
   def insert_sql(outbox, spec, opts \\ []) do
     style = opts |> Keyword.get(:placeholders, :dollar) |> to_string()
-    postgrex? = Keyword.get(opts, :format, :postgrex) == :postgrex
     spec = Spec.message(spec)
 
     with {:ok, {sql, params, _id}} <-
            with_ref(outbox, fn ref ->
-             Native.call(&Native.outbox_insert_sql(ref, spec, style, postgrex?, &1))
+             Native.call(&Native.outbox_insert_sql(ref, spec, style, &1))
            end),
          do: {:ok, {sql, params}}
   end

@@ -108,13 +108,22 @@ class Consumer:
                 self._loop_thread = _LoopThread()
                 self._loop = self._loop_thread.loop
         try:
-            self._native = _native.Consumer.start(
-                self._outbox._store, self._transport, self._topic, self._config, self._call
-            )
+            self._native = self._start_native()
         except BaseException:
             self._close_loop()
             raise
         return self
+
+    def _start_native(self) -> _native.Consumer:
+        """Starts the native consumer (host-transaction consumers start it in host mode)."""
+        return _native.Consumer.start(
+            self._outbox._store, self._transport, self._topic, self._config, self._call
+        )
+
+    def _run_async(self, coroutine: Awaitable[Any]) -> Any:
+        """Runs ``coroutine`` on the handlers' loop from a worker thread; its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(_await(coroutine), self._loop).result()
 
     def _call(self, message: _native.Message, tx: _native.Transaction) -> None:
         if not self._is_async:

@@ -7,9 +7,7 @@ use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
 use std::sync::OnceLock;
 
 use crate::bridge::{fail, guard, spawn_reply};
-use crate::convert::{
-    bytes_term, datetime_term, json_to_term, message_from_spec, options_json, string, value_to_term,
-};
+use crate::convert::{json_to_term, message_from_spec, options_json, string, value_to_term};
 use crate::error::invalid_value;
 use crate::tx::TxResource;
 
@@ -145,17 +143,15 @@ fn outbox_begin<'a>(
 }
 
 /// The outbox INSERT of one message for a host driver: replies
-/// `{:ok, {sql, params, message_id}}`. With `postgrex`, the parameters are
-/// the Elixir types Postgrex binds to the statement's casts: the id as a
-/// 16-byte binary, the headers as a map, the timestamps as `DateTime`s;
-/// otherwise they are the core's (text, integers and bytes).
+/// `{:ok, {sql, params, message_id}}`. The parameters are the core's (text,
+/// integers and bytes), which the statement casts itself, so Postgrex binds
+/// them as they are.
 #[rustler::nif]
 fn outbox_insert_sql<'a>(
     env: Env<'a>,
     outbox: ResourceArc<OutboxResource>,
     spec: Term<'a>,
     placeholders: String,
-    postgrex: bool,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let prepared = placeholders
@@ -169,24 +165,16 @@ fn outbox_insert_sql<'a>(
         Ok(store) => store,
         Err(e) => return fail(env, e),
     };
-    let postgrex = postgrex && store.dialect() == relaybox::Dialect::Postgres;
     spawn_reply(
         env,
         reference,
-        async move {
-            let statement = store.insert_statement(&message, style).await?;
-            Ok((statement, message, postgrex))
-        },
-        |env, (statement, message, postgrex)| {
-            let params: Vec<Term<'_>> = if postgrex {
-                postgrex_params(env, &statement.params, &message)
-            } else {
-                statement
-                    .params
-                    .iter()
-                    .map(|v| value_to_term(env, v))
-                    .collect()
-            };
+        async move { store.insert_statement(&message, style).await },
+        |env, statement| {
+            let params: Vec<Term<'_>> = statement
+                .params
+                .iter()
+                .map(|v| value_to_term(env, v))
+                .collect();
             (
                 string(env, &statement.sql),
                 params,
@@ -195,31 +183,6 @@ fn outbox_insert_sql<'a>(
                 .encode(env)
         },
     )
-}
-
-/// The INSERT parameters typed for Postgrex (see `InsertStatement` for the order).
-fn postgrex_params<'b>(
-    env: Env<'b>,
-    params: &[relaybox::Value],
-    message: &relaybox::Message,
-) -> Vec<Term<'b>> {
-    params
-        .iter()
-        .enumerate()
-        .map(|(i, value)| match i {
-            0 => bytes_term(env, message.id.as_bytes()),
-            7 => {
-                let keys: Vec<Term<'b>> = message.headers.keys().map(|k| k.encode(env)).collect();
-                let values: Vec<Term<'b>> =
-                    message.headers.values().map(|v| v.encode(env)).collect();
-                Term::map_from_term_arrays(env, &keys, &values)
-                    .unwrap_or_else(|_| value_to_term(env, value))
-            }
-            8 => datetime_term(env, &message.created_at),
-            9 => datetime_term(env, &message.available_at),
-            _ => value_to_term(env, value),
-        })
-        .collect()
 }
 
 /// `{:ok, info}`: the redacted URL, dialect, table prefix and wake statement.

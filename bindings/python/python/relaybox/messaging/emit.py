@@ -84,8 +84,9 @@ def event(
       :mod:`relaybox.messaging.encoding` says, else ``{}``.
 
     The function's return value is passed through unchanged. A ``db``
-    argument of the function that is a relaybox transaction or a psycopg
-    connection is the transaction the event is written in. The topic and
+    argument of the function (a relaybox transaction, a psycopg or asyncpg
+    connection, a SQLAlchemy session or connection) is the transaction the
+    event is written in; any other ``db`` raises :class:`relaybox.ConfigError`. The topic and
     event name are checked here, at decoration time.
     """
     check_names(topic or _PLACEHOLDER_TOPIC, event_name)

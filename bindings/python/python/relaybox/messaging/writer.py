@@ -5,8 +5,10 @@ The first of these that applies is used:
 1. an explicit ``db`` (the ``db`` argument of an ``@event`` function, or
    ``db=`` of :func:`~relaybox.messaging.publish_event` and the producer) that
    is a :class:`relaybox.Transaction`, a :class:`relaybox.AsyncTransaction`, a
-   psycopg 3 ``Connection`` / ``AsyncConnection`` (or cursor), or a
-   :class:`relaybox.Outbox`;
+   psycopg 3 ``Connection`` / ``AsyncConnection`` (or cursor), a SQLAlchemy
+   ``Session`` / ``Connection`` / ``AsyncSession`` / ``AsyncConnection``
+   (:mod:`relaybox.sqlalchemy`), an asyncpg ``Connection`` in a transaction
+   (:mod:`relaybox.asyncpg`), or a :class:`relaybox.Outbox`;
 2. the transaction of the innermost ``outbox.transaction()`` block
    (:func:`relaybox.current_transaction`);
 3. inside a consumer handler, the handler's transaction (so what a handler
@@ -14,12 +16,16 @@ The first of these that applies is used:
 4. otherwise the façade's outbox, in a transaction of its own that commits at once.
 
 In cases 1 to 3 the message commits or rolls back with that transaction.
-Other ``db`` values (an ORM session, say) are not recognised and are ignored.
+Any other ``db`` is an error (:class:`relaybox.ConfigError` naming its type)
+and nothing is written: relaybox never falls back to a transaction of its
+own when it was given one it cannot write through.
 
 Sync code writing into an :class:`~relaybox.AsyncTransaction` uses the same
 database transaction through its blocking calls; async code writing into a
 :class:`~relaybox.Transaction` awaits it without blocking. Sync code cannot
-write through a psycopg ``AsyncConnection`` (``TypeError``).
+write through a psycopg ``AsyncConnection``, a SQLAlchemy ``AsyncSession`` /
+``AsyncConnection`` or an asyncpg connection (``TypeError``: make the
+function ``async def``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from .. import psycopg as _pg
+from ..errors import ConfigError
 from ..outbox import AsyncTransaction, Outbox, Transaction, current_transaction
 from .settings import get_outbox, get_outbox_async
 
@@ -77,18 +84,70 @@ def _psycopg_kind(db: Any) -> Optional[str]:
     return None
 
 
-def _recognised(db: Any) -> bool:
-    return isinstance(db, (Transaction, AsyncTransaction, Outbox)) or _psycopg_kind(db) is not None
+def _sqlalchemy_kind(db: Any) -> Optional[str]:
+    if sys.modules.get("sqlalchemy") is None:
+        return None
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    if isinstance(db, (Session, Connection)):
+        return "sync"
+    if "sqlalchemy.ext.asyncio" in sys.modules:
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+        if isinstance(db, (AsyncSession, AsyncConnection)):
+            return "async"
+    return None
+
+
+def _is_asyncpg(db: Any) -> bool:
+    module = sys.modules.get("asyncpg")
+    return module is not None and isinstance(db, module.Connection)
+
+
+def _kind(db: Any) -> str:
+    """How ``db`` is written through; :class:`~relaybox.ConfigError` when it cannot be.
+
+    One of ``relaybox``, ``psycopg``, ``psycopg-async``, ``sqlalchemy``,
+    ``sqlalchemy-async`` or ``asyncpg``.
+    """
+    if isinstance(db, (Transaction, AsyncTransaction, Outbox)):
+        return "relaybox"
+    psycopg_kind = _psycopg_kind(db)
+    if psycopg_kind is not None:
+        return "psycopg" if psycopg_kind == "sync" else "psycopg-async"
+    sa_kind = _sqlalchemy_kind(db)
+    if sa_kind is not None:
+        return "sqlalchemy" if sa_kind == "sync" else "sqlalchemy-async"
+    if _is_asyncpg(db):
+        return "asyncpg"
+    raise ConfigError(
+        f"relaybox cannot write an event through db={type(db).__module__}.{type(db).__qualname__}: "
+        "pass a relaybox Transaction or Outbox, a psycopg connection, a SQLAlchemy "
+        "Session/Connection/AsyncSession/AsyncConnection or an asyncpg connection "
+        "(or no db, to write in a transaction of its own)"
+    )
 
 
 def target(db: Any = None) -> Any:
-    """The object a message will be written through, or ``None`` for a transaction of its own."""
-    if db is not None and _recognised(db):
+    """The object a message will be written through, or ``None`` for a transaction of its own.
+
+    A ``db`` relaybox cannot write through raises :class:`relaybox.ConfigError`.
+    """
+    if db is not None:
+        _kind(db)
         return db
     scoped = current_transaction()
     if scoped is not None:
         return scoped
     return _handler_tx.get()
+
+
+def _async_only(kind: str) -> TypeError:
+    return TypeError(
+        f"a {kind} connection can only be written from async code: "
+        "make the function `async def` or use `await publish_event(...)`"
+    )
 
 
 def write(message: Outgoing, db: Any = None) -> str:
@@ -100,21 +159,22 @@ def write(message: Outgoing, db: Any = None) -> str:
         "headers": message.headers,
         "content_type": message.content_type,
     }
+    if where is None:
+        return get_outbox().enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Transaction):
         return where.enqueue(message.topic, message.payload, **fields)
     if isinstance(where, AsyncTransaction):
         return Transaction(where._tx).enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Outbox):
         return where.enqueue(message.topic, message.payload, **fields)
-    kind = _psycopg_kind(where)
-    if kind == "sync":
+    kind = _kind(where)
+    if kind == "psycopg":
         return _pg.enqueue(where, get_outbox(), message.topic, message.payload, **fields)
-    if kind == "async":
-        raise TypeError(
-            "a psycopg AsyncConnection can only be written from async code: "
-            "make the function `async def` or use `await publish_event(...)`"
-        )
-    return get_outbox().enqueue(message.topic, message.payload, **fields)
+    if kind == "sqlalchemy":
+        from .. import sqlalchemy as _sa
+
+        return _sa.enqueue(where, get_outbox(), message.topic, message.payload, **fields)
+    raise _async_only({"psycopg-async": "psycopg AsyncConnection"}.get(kind, kind))
 
 
 async def write_async(message: Outgoing, db: Any = None) -> str:
@@ -126,19 +186,29 @@ async def write_async(message: Outgoing, db: Any = None) -> str:
         "headers": message.headers,
         "content_type": message.content_type,
     }
+    if where is None:
+        outbox = await get_outbox_async()
+        return await outbox.enqueue_async(message.topic, message.payload, **fields)
     if isinstance(where, AsyncTransaction):
         return await where.enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Transaction):
         return await AsyncTransaction(where._tx).enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Outbox):
         return await where.enqueue_async(message.topic, message.payload, **fields)
-    kind = _psycopg_kind(where)
-    if kind == "async":
-        outbox = await get_outbox_async()
-        return await _pg.enqueue_async(where, outbox, message.topic, message.payload, **fields)
-    if kind == "sync":
-        return _pg.enqueue(
-            where, await get_outbox_async(), message.topic, message.payload, **fields
-        )
+    kind = _kind(where)
     outbox = await get_outbox_async()
-    return await outbox.enqueue_async(message.topic, message.payload, **fields)
+    if kind == "psycopg-async":
+        return await _pg.enqueue_async(where, outbox, message.topic, message.payload, **fields)
+    if kind == "psycopg":
+        return _pg.enqueue(where, outbox, message.topic, message.payload, **fields)
+    if kind == "sqlalchemy-async":
+        from .. import sqlalchemy as _sa
+
+        return await _sa.enqueue_async(where, outbox, message.topic, message.payload, **fields)
+    if kind == "sqlalchemy":
+        from .. import sqlalchemy as _sa
+
+        return _sa.enqueue(where, outbox, message.topic, message.payload, **fields)
+    from .. import asyncpg as _apg
+
+    return await _apg.enqueue(where, outbox, message.topic, message.payload, **fields)

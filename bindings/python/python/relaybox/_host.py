@@ -1,0 +1,102 @@
+"""The producer side of the host-transaction protocol, shared by the driver integrations.
+
+The core generates the outbox INSERT (one statement per batch of up to 1000
+messages) and the wake-up; :mod:`relaybox.sqlalchemy`, :mod:`relaybox.asyncpg`
+and :mod:`relaybox.psycopg` run them on the application's own connection,
+inside its transaction. This module builds those statements and checks that
+the application's connection reaches the outbox's database (internal).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional, TypedDict
+
+from ._spec import Delay, message_spec
+from .errors import ConfigError
+from .outbox import Outbox
+
+__all__ = ["EnqueueOptions", "IDENTITY_SQL", "Statement", "check_same", "statements"]
+
+Statement = tuple[str, Any, list[str], Optional[str]]
+"""``(sql, params, message_ids, wake)``: params a dict for named styles, else a tuple."""
+
+IDENTITY_SQL = (
+    "SELECT current_database(), "
+    "CAST(CAST(EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000 AS bigint) AS text)"
+)
+"""What identifies a PostgreSQL database: its name and its server's start time."""
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """The keywords of every enqueue (see :meth:`relaybox.Transaction.enqueue`)."""
+
+    key: Optional[Any]
+    type: Optional[str]
+    headers: Optional[Mapping[str, str]]
+    content_type: Optional[str]
+    delay: Delay
+    available_at: Optional[_dt.datetime]
+
+
+def statements(
+    outbox: Outbox, messages: Iterable[Mapping[str, Any]], placeholders: str, integration: str
+) -> list[Statement]:
+    """The INSERTs (and wake-ups) writing ``messages``; all are validated first."""
+    if outbox.dialect != "postgres":
+        raise ConfigError(
+            f"{integration} writes into a PostgreSQL outbox; this outbox is on {outbox.dialect}"
+        )
+    specs = [message_spec(**m) for m in messages]
+    return outbox._store.insert_batch_statement(specs, placeholders)
+
+
+def one(topic: str, payload: Any, options: EnqueueOptions) -> list[dict[str, Any]]:
+    """The single message of an ``enqueue`` call, as a batch of one."""
+    return [{"topic": topic, "payload": payload, **options}]
+
+
+_identities: dict[int, tuple[Any, tuple[Any, ...]]] = {}
+
+
+def outbox_identity(outbox: Outbox) -> tuple[Any, ...]:
+    """The outbox database's identity (cached per outbox)."""
+    store = outbox._store
+    cached = _identities.get(id(store))
+    if cached is not None and cached[0] is store:
+        return cached[1]
+    tx = store.begin()
+    try:
+        row = tx.query(IDENTITY_SQL)[0]
+    finally:
+        tx.rollback()
+    identity = tuple(row.values())
+    _identities[id(store)] = (store, identity)
+    return identity
+
+
+async def outbox_identity_async(outbox: Outbox) -> tuple[Any, ...]:
+    """:func:`outbox_identity` without blocking the event loop."""
+    store = outbox._store
+    cached = _identities.get(id(store))
+    if cached is not None and cached[0] is store:
+        return cached[1]
+    tx = await store.begin_async()
+    try:
+        rows = await tx.query_async(IDENTITY_SQL)
+    finally:
+        await tx.rollback_async()
+    identity = tuple(rows[0].values())
+    _identities[id(store)] = (store, identity)
+    return identity
+
+
+def check_same(host: tuple[Any, ...], outbox_id: tuple[Any, ...], integration: str) -> None:
+    """Raise :class:`~relaybox.ConfigError` when the two identities differ."""
+    if tuple(str(v) for v in host) != tuple(str(v) for v in outbox_id):
+        raise ConfigError(
+            f"{integration}: the connection is to database {host[0]!r}, not to the outbox's "
+            f"database {outbox_id[0]!r} (or to another server): the event would not commit "
+            "with your rows. Pass a session or connection of the outbox's database."
+        )

@@ -1,0 +1,153 @@
+"""The consumer side of the host-transaction protocol on SQLAlchemy 2.x.
+
+For each delivery the core hands over the message and the statement that
+records it in the inbox. Here, in one session from the user's
+``sessionmaker`` (``async_sessionmaker``): the inbox statement runs first;
+no row inserted means the group had the message, so the session rolls back
+and the delivery counts as a duplicate; otherwise the handler runs with that
+session and the session commits. Only then does the core acknowledge the
+delivery. An exception rolls the session back, and the core retries the
+message, then dead-letters it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from .. import _native
+from ..consumer import Consumer as _Consumer
+from ..errors import ConfigError
+from ..outbox import Outbox
+from ..transport import Transport
+
+__all__ = ["AsyncConsumer", "Consumer"]
+
+SessionHandler = Callable[[_native.Message, Session], Any]
+"""``handler(message, session)``: writes through ``session``; never commits it."""
+
+AsyncSessionHandler = Callable[[_native.Message, AsyncSession], Awaitable[Any]]
+"""``async def handler(message, session)``: writes through ``session``; never commits it."""
+
+
+def _check_outbox(outbox: Outbox) -> None:
+    if outbox.dialect != "postgres":
+        raise ConfigError(
+            "relaybox.sqlalchemy consumers record the inbox in PostgreSQL; "
+            f"this outbox is on {outbox.dialect}"
+        )
+
+
+class Consumer(_Consumer):
+    """Reads ``topic`` as ``group`` and calls ``handler(message, session)``.
+
+    ``session`` comes from ``sessionmaker`` and already holds the message's
+    inbox row: the handler's ORM writes commit with it, after the handler
+    returns (do not commit or roll back yourself). A redelivered message is
+    skipped; an exception rolls everything back, retries the message and
+    finally dead-letters it (:class:`relaybox.Reject`: at once). Other
+    settings as :class:`relaybox.Consumer`.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        topic: str,
+        handler: SessionHandler,
+        *,
+        group: str,
+        sessionmaker: sessionmaker[Session],
+        transport: Transport = None,
+        **settings: Optional[float],
+    ) -> None:
+        _check_outbox(outbox)
+        if inspect.iscoroutinefunction(handler):
+            raise TypeError("an async handler needs relaybox.sqlalchemy.AsyncConsumer")
+        super().__init__(outbox, topic, handler, group=group, transport=transport, **settings)  # type: ignore[arg-type]
+        self._sessions = sessionmaker
+        self._session_handler = handler
+
+    def _start_native(self) -> _native.Consumer:
+        return _native.Consumer.start_host(
+            self._outbox._store,
+            self._transport,
+            self._topic,
+            self._config,
+            "named",
+            self._host_call,
+        )
+
+    def _host_call(self, message: _native.Message, sql: str, params: dict[str, Any]) -> str:
+        with self._sessions() as session:
+            try:
+                if session.execute(text(sql), params).rowcount == 0:  # type: ignore[attr-defined]
+                    session.rollback()
+                    return "duplicate"
+                result = self._session_handler(message, session)
+                if inspect.isawaitable(result):
+                    raise TypeError("the handler returned an awaitable; use AsyncConsumer")
+                session.commit()
+                return "processed"
+            except BaseException:
+                session.rollback()
+                raise
+
+
+class AsyncConsumer(_Consumer):
+    """:class:`Consumer` for ``async def handler(message, session)``.
+
+    The ``AsyncSession`` comes from ``async_sessionmaker``; the handler runs on
+    the event loop that is running when the consumer starts (or a private loop
+    thread).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        topic: str,
+        handler: AsyncSessionHandler,
+        *,
+        group: str,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        transport: Transport = None,
+        **settings: Optional[float],
+    ) -> None:
+        _check_outbox(outbox)
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError("AsyncConsumer needs an `async def` handler")
+        super().__init__(outbox, topic, handler, group=group, transport=transport, **settings)  # type: ignore[arg-type]
+        self._sessions_async = sessionmaker
+        self._session_handler_async = handler
+
+    def _start_native(self) -> _native.Consumer:
+        return _native.Consumer.start_host(
+            self._outbox._store,
+            self._transport,
+            self._topic,
+            self._config,
+            "named",
+            self._host_call,
+        )
+
+    def _host_call(self, message: _native.Message, sql: str, params: dict[str, Any]) -> str:
+        outcome: str = self._run_async(self._handle(message, sql, params))
+        return outcome
+
+    async def _handle(self, message: _native.Message, sql: str, params: dict[str, Any]) -> str:
+        async with self._sessions_async() as session:
+            try:
+                result = await session.execute(text(sql), params)
+                if result.rowcount == 0:  # type: ignore[attr-defined]
+                    await session.rollback()
+                    return "duplicate"
+                await self._session_handler_async(message, session)
+                await session.commit()
+                return "processed"
+            except BaseException:
+                await session.rollback()
+                raise
