@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional, TypedDict
+from typing import Any, Callable, Optional, TypedDict
 
 from ._spec import Delay, message_spec
 from .errors import ConfigError
 from .outbox import Outbox
 
-__all__ = ["EnqueueOptions", "IDENTITY_SQL", "Statement", "check_same", "statements"]
+__all__ = [
+    "EnqueueOptions",
+    "IDENTITY_SQL",
+    "Statement",
+    "check_same",
+    "run_statements",
+    "schema_statements",
+    "schema_tables",
+    "statements",
+]
 
 Statement = tuple[str, Any, list[str], Optional[str]]
 """``(sql, params, message_ids, wake)``: params a dict for named styles, else a tuple."""
@@ -100,3 +109,39 @@ def check_same(host: tuple[Any, ...], outbox_id: tuple[Any, ...], integration: s
             f"database {outbox_id[0]!r} (or to another server): the event would not commit "
             "with your rows. Pass a session or connection of the outbox's database."
         )
+
+
+def run_statements(execute: Callable[[str, Any], Any], planned: list[Statement]) -> list[str]:
+    """Run ``planned`` through ``execute(sql, params)``, then the wake-up (params ``None``).
+
+    For DB-API style cursors (psycopg, Django): returns the ids of the messages written.
+    """
+    ids: list[str] = []
+    for sql, params, message_ids, _wake in planned:
+        execute(sql, params)
+        ids.extend(message_ids)
+    wake = planned[-1][3] if planned else None
+    if wake is not None:
+        execute(wake, None)
+    return ids
+
+
+def schema_statements(sql: str) -> list[str]:
+    """The core's schema SQL split one statement a string (drivers run one per call).
+
+    Comment lines are dropped; the core's schema has no ``;`` inside literals or bodies.
+    """
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+_CREATE_TABLE = "CREATE TABLE IF NOT EXISTS "
+
+
+def schema_tables(sql: str) -> list[str]:
+    """The tables that the core's schema SQL creates, in creation order."""
+    return [
+        s[len(_CREATE_TABLE) :].split()[0].split("(")[0]
+        for s in schema_statements(sql)
+        if s.startswith(_CREATE_TABLE)
+    ]

@@ -1,0 +1,114 @@
+"""The consumer in host-transaction mode on Django.
+
+For each delivery the core hands over the message and the statement that
+records it in the inbox. On the worker thread's Django connection, inside
+``transaction.atomic()``: the inbox statement runs first; no row inserted means
+the group had the message (a duplicate: the block rolls back, the handler is not
+called); otherwise the handler runs and leaving the block commits. Only then does
+the core acknowledge the delivery. An exception rolls the block back and the core
+retries the message, then dead-letters it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+from django.db import close_old_connections, connections, transaction
+
+from .. import _native
+from ..consumer import Consumer as _Consumer
+from ..errors import ConfigError
+from ..outbox import Outbox
+from ..transport import Transport
+from ._conf import alias, get_outbox
+from ._conf import transport as default_transport
+
+__all__ = ["Consumer"]
+
+DjangoHandler = Callable[[_native.Message], Any]
+"""``handler(message)``: writes through the ORM; runs inside ``transaction.atomic()``."""
+
+
+class _Duplicate(Exception):
+    """The inbox already holds the message: roll back, skip the handler."""
+
+
+class Consumer(_Consumer):
+    """Reads ``topic`` as ``group`` and calls ``handler(message)`` inside ``atomic()``.
+
+    The block already holds the message's inbox row: the handler's ORM writes
+    commit with it when the handler returns (do not commit yourself; nested
+    ``atomic()`` blocks are savepoints, as usual). A redelivered message is
+    skipped; an exception rolls everything back, retries the message and finally
+    dead-letters it (:class:`relaybox.Reject`: at once). ``using`` is the Django
+    database alias (default ``RELAYBOX["DATABASE"]`` or ``"default"``), which must
+    be the outbox's database; ``outbox`` defaults to :func:`relaybox.django.get_outbox`,
+    ``transport`` to ``RELAYBOX["TRANSPORT"]``. Other settings as
+    :class:`relaybox.Consumer`.
+
+    Handlers run on relaybox's worker threads, each with its own Django
+    connection; connections are closed after each message according to
+    ``CONN_MAX_AGE`` (``django.db.close_old_connections``), as after a request.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        handler: DjangoHandler,
+        *,
+        group: str,
+        using: Optional[str] = None,
+        outbox: Optional[Outbox] = None,
+        transport: Transport = None,
+        **settings: Optional[float],
+    ) -> None:
+        if inspect.iscoroutinefunction(handler):
+            raise TypeError("relaybox.django.Consumer needs a plain (not async) handler")
+        box = outbox if outbox is not None else get_outbox()
+        if box.dialect != "postgres":
+            raise ConfigError(
+                f"relaybox.django consumers record the inbox in PostgreSQL; "
+                f"this outbox is on {box.dialect}"
+            )
+        self._using = using or alias()
+        if connections[self._using].vendor != "postgresql":
+            raise ConfigError(
+                f"relaybox.django: the Django database {self._using!r} is not PostgreSQL"
+            )
+        super().__init__(
+            box,
+            topic,
+            handler,  # type: ignore[arg-type]
+            group=group,
+            transport=transport if transport is not None else default_transport(),
+            **settings,  # type: ignore[arg-type]
+        )
+        self._django_handler = handler
+
+    def _start_native(self) -> _native.Consumer:
+        return _native.Consumer.start_host(
+            self._outbox._store,
+            self._transport,
+            self._topic,
+            self._config,
+            "percent",
+            self._host_call,
+        )
+
+    def _host_call(self, message: _native.Message, sql: str, params: Any) -> str:
+        close_old_connections()
+        try:
+            with transaction.atomic(using=self._using):
+                with connections[self._using].cursor() as cursor:
+                    cursor.execute(sql, params)
+                    if cursor.rowcount == 0:
+                        raise _Duplicate
+                result = self._django_handler(message)
+                if inspect.isawaitable(result):
+                    raise TypeError("the handler returned an awaitable; use a plain function")
+            return "processed"
+        except _Duplicate:
+            return "duplicate"
+        finally:
+            close_old_connections()

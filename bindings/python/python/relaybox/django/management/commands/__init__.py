@@ -1,0 +1,1 @@
+"""``relaybox_relay`` and ``relaybox_consumer``."""

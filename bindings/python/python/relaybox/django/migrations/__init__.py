@@ -1,0 +1,1 @@
+"""The relaybox tables as Django migrations."""
