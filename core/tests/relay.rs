@@ -457,8 +457,9 @@ async fn message_refused_for_good_is_dead_lettered_at_once(backend: Backend) {
     delivered.extend_from_slice(&others);
     let log = wait_in_log(&db.store, topic, &delivered, WAIT).await;
     wait_until_drained(&db.store, WAIT, Some(&relay)).await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.unwrap();
+    let stats = relay.stats();
 
     assert_eq!(dead.len(), 1, "{dead:?}");
     let dl = &dead[0];
@@ -583,8 +584,9 @@ async fn rows_failed_in_an_outage_go_out_when_the_transport_recovers(backend: Ba
         Some(&relay),
     )
     .await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.unwrap();
+    let stats = relay.stats();
     assert!(
         !log.iter().any(|e| e.message.id == later.id),
         "the delayed message went out before its time"
@@ -907,8 +909,9 @@ async fn relay_survives_a_panicking_short_answering_and_hanging_sink(backend: Ba
     .unwrap();
     let log = wait_in_log(&db.store, topic, &msgs, WAIT).await;
     assert!(relay.is_running());
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.unwrap();
+    let stats = relay.stats();
     assert!(sink.calls.load(Ordering::SeqCst) >= 4);
     assert!(stats.retried >= 3, "{stats:?}");
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
@@ -1016,8 +1019,9 @@ async fn a_failed_report_in_flight_holds_back_later_messages_of_its_key() {
     )
     .unwrap();
     wait_pending(&db.store, 0, "both messages delivered", WAIT, None).await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.unwrap();
+    let stats = relay.stats();
 
     let handed = sink.handed.lock().unwrap().clone();
     let handed_while = sink.handed_while.lock().unwrap().clone();
@@ -1132,8 +1136,9 @@ async fn keys_held_back_in_a_busy_pipeline_are_delivered() {
     )
     .unwrap();
     wait_pending(&db.store, 0, "every message delivered", WAIT, Some(&relay)).await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.unwrap();
+    let stats = relay.stats();
     assert_eq!(stats.delivered, msgs.len() as u64, "{stats:?}");
     assert_eq!(stats.retried, 1, "{stats:?}");
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
@@ -1196,8 +1201,9 @@ async fn most_batches_in_flight(n: usize, batch_size: u32) -> usize {
     )
     .unwrap();
     wait_pending(&db.store, 0, "every message delivered", WAIT, None).await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.unwrap();
+    let stats = relay.stats();
     assert_eq!(stats.delivered, n as u64, "{stats:?}");
     db.cleanup().await;
     most.load(Ordering::SeqCst)
