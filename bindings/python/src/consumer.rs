@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use relaybox::{
     BoxError, Consumer, ConsumerConfig, Handler, HostDelivery, HostHandler, HostOutcome, Message,
-    Placeholders, Rejected, Transaction, TransportConfig,
+    Placeholders, Rejected, Source, Transaction, TransportConfig,
 };
 
 use crate::bridge::{awaitable, blocking, none};
@@ -125,19 +125,17 @@ impl PyConsumer {
         config_json: &str,
         handler: Py<PyAny>,
     ) -> PyResult<Self> {
-        crate::logging::refresh(py);
-        let transport =
-            TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
-        let config = ConsumerConfig::from_json(parse_json("consumer config", config_json)?).py()?;
-        let runtime = relaybox::runtime::runtime();
-        let _entered = runtime.enter();
-        let source = transport.source(&store.0, topic, &config.group).py()?;
         let handler = Arc::new(PyHandler {
             callable: Arc::new(handler),
         });
-        Consumer::start(store.0.clone(), source, handler, config)
-            .map(|consumer| PyConsumer(Arc::new(consumer)))
-            .py()
+        start_consumer(
+            py,
+            store,
+            transport_json,
+            topic,
+            config_json,
+            |source, config| Consumer::start(store.0.clone(), source, handler, config),
+        )
     }
 
     /// Starts consuming in host-transaction mode: `handler(message, sql,
@@ -155,20 +153,18 @@ impl PyConsumer {
         placeholders: &str,
         handler: Py<PyAny>,
     ) -> PyResult<Self> {
-        crate::logging::refresh(py);
-        let transport =
-            TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
-        let config = ConsumerConfig::from_json(parse_json("consumer config", config_json)?).py()?;
         let style: Placeholders = placeholders.parse().py()?;
-        let runtime = relaybox::runtime::runtime();
-        let _entered = runtime.enter();
-        let source = transport.source(&store.0, topic, &config.group).py()?;
         let handler = Arc::new(PyHostHandler {
             callable: Arc::new(handler),
         });
-        Consumer::start_host(store.0.clone(), source, handler, style, config)
-            .map(|consumer| PyConsumer(Arc::new(consumer)))
-            .py()
+        start_consumer(
+            py,
+            store,
+            transport_json,
+            topic,
+            config_json,
+            |source, config| Consumer::start_host(store.0.clone(), source, handler, style, config),
+        )
     }
 
     /// Whether it is still running.
@@ -199,4 +195,27 @@ impl PyConsumer {
         let consumer = self.0.clone();
         awaitable(py, async move { consumer.shutdown().await }, none)
     }
+}
+
+/// Starts a consumer of `topic` with the settings and transport a Python
+/// `Consumer` passes as JSON: `start` receives the transport's source and
+/// the settings, and runs inside the core's runtime, which the source's
+/// clients and the consumer's task need.
+fn start_consumer(
+    py: Python<'_>,
+    store: &PyStore,
+    transport_json: &str,
+    topic: &str,
+    config_json: &str,
+    start: impl FnOnce(Arc<dyn Source>, ConsumerConfig) -> relaybox::Result<Consumer>,
+) -> PyResult<PyConsumer> {
+    crate::logging::refresh(py);
+    let transport = TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
+    let config = ConsumerConfig::from_json(parse_json("consumer config", config_json)?).py()?;
+    let runtime = relaybox::runtime::runtime();
+    let _entered = runtime.enter();
+    let source = transport.source(&store.0, topic, &config.group).py()?;
+    start(source, config)
+        .map(|consumer| PyConsumer(Arc::new(consumer)))
+        .py()
 }

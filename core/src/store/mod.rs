@@ -209,6 +209,34 @@ pub(crate) fn host_insert_sql(
     sql
 }
 
+/// The parameters of [`host_insert_sql`]'s statement for `messages` (with
+/// their `partitions`), 10 per row in column order: the id, headers and
+/// text columns as text, the partition as an integer, the payload as bytes,
+/// and the two timestamps as `timestamp` encodes them for the dialect.
+pub(crate) fn host_insert_params(
+    messages: &[Message],
+    partitions: &[u32],
+    timestamp: impl Fn(&DateTime<Utc>) -> crate::value::Value,
+) -> Vec<crate::value::Value> {
+    use crate::value::Value;
+    let mut params = Vec::with_capacity(messages.len() * 10);
+    for (m, partition) in messages.iter().zip(partitions) {
+        params.extend([
+            Value::Text(m.id.to_string()),
+            Value::Text(m.topic.clone()),
+            m.key.clone().into(),
+            Value::Int((*partition).into()),
+            Value::Text(m.event_type.clone()),
+            Value::Bytes(m.payload.clone()),
+            Value::Text(m.content_type.clone()),
+            Value::Text(headers_json(m)),
+            timestamp(&m.created_at),
+            timestamp(&m.available_at),
+        ]);
+    }
+    params
+}
+
 /// The INSERT statement of outbox rows and its parameters, so that a
 /// host-language driver can write the rows inside its own transaction (the
 /// producer side of the host-transaction protocol; see

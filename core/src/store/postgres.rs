@@ -243,21 +243,9 @@ impl PgSql {
         style: Placeholders,
     ) -> (String, Vec<Value>) {
         let sql = super::host_insert_sql(&self.prefix, messages.len(), style, &HOST_CASTS);
-        let mut params = Vec::with_capacity(messages.len() * 10);
-        for (m, partition) in messages.iter().zip(partitions) {
-            params.extend([
-                Value::Text(m.id.to_string()),
-                Value::Text(m.topic.clone()),
-                m.key.clone().into(),
-                Value::Int((*partition).into()),
-                Value::Text(m.event_type.clone()),
-                Value::Bytes(m.payload.clone()),
-                Value::Text(m.content_type.clone()),
-                Value::Text(headers_json(m)),
-                Value::Text(micros_rfc3339::format(&m.created_at)),
-                Value::Text(micros_rfc3339::format(&m.available_at)),
-            ]);
-        }
+        let params = super::host_insert_params(messages, partitions, |t| {
+            Value::Text(micros_rfc3339::format(t))
+        });
         (sql, params)
     }
 

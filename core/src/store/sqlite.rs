@@ -188,21 +188,8 @@ impl SqliteSql {
         style: Placeholders,
     ) -> (String, Vec<Value>) {
         let sql = super::host_insert_sql(&self.prefix, messages.len(), style, &[&[]; 10]);
-        let mut params = Vec::with_capacity(messages.len() * 10);
-        for (m, partition) in messages.iter().zip(partitions) {
-            params.extend([
-                Value::Text(m.id.to_string()),
-                Value::Text(m.topic.clone()),
-                m.key.clone().into(),
-                Value::Int((*partition).into()),
-                Value::Text(m.event_type.clone()),
-                Value::Bytes(m.payload.clone()),
-                Value::Text(m.content_type.clone()),
-                Value::Text(headers_json(m)),
-                Value::Int(to_unix_micros(m.created_at)),
-                Value::Int(to_unix_micros(m.available_at)),
-            ]);
-        }
+        let params =
+            super::host_insert_params(messages, partitions, |t| Value::Int(to_unix_micros(*t)));
         (sql, params)
     }
 

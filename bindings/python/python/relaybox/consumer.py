@@ -184,6 +184,32 @@ class Consumer:
         await self.stop_async()
 
 
+class _HostConsumer(Consumer):
+    """A consumer whose handler runs in the application's own transaction.
+
+    Each subclass names the placeholder style of its driver (``_placeholders``)
+    and implements ``_host_call(message, sql, params)``: run the inbox
+    statement and the handler in one transaction, commit, and return
+    ``"processed"``, or ``"duplicate"`` when the statement inserted no row.
+    """
+
+    _placeholders: str
+
+    def _start_native(self) -> _native.Consumer:
+        return _native.Consumer.start_host(
+            self._outbox._store,
+            self._transport,
+            self._topic,
+            self._config,
+            self._placeholders,
+            self._host_call,
+        )
+
+    def _host_call(self, message: _native.Message, sql: str, params: Any) -> str:
+        """Runs one delivery in the application's transaction (see the class)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _host_call")
+
+
 def _is_async(handler: Any) -> bool:
     if inspect.iscoroutinefunction(handler):
         return True

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from django.db import close_old_connections, connections, transaction
 
 from .. import _native
-from ..consumer import Consumer as _Consumer
+from ..consumer import _HostConsumer
 from ..errors import ConfigError
 from ..outbox import Outbox
 from ..transport import Transport
@@ -34,7 +34,7 @@ class _Duplicate(Exception):
     """The inbox already holds the message: roll back, skip the handler."""
 
 
-class Consumer(_Consumer):
+class Consumer(_HostConsumer):
     """Reads ``topic`` as ``group`` and calls ``handler(message)`` inside ``atomic()``.
 
     The block already holds the message's inbox row: the handler's ORM writes
@@ -51,6 +51,8 @@ class Consumer(_Consumer):
     connection; connections are closed after each message according to
     ``CONN_MAX_AGE`` (``django.db.close_old_connections``), as after a request.
     """
+
+    _placeholders = "percent"
 
     def __init__(
         self,
@@ -85,16 +87,6 @@ class Consumer(_Consumer):
             **settings,  # type: ignore[arg-type]
         )
         self._django_handler = handler
-
-    def _start_native(self) -> _native.Consumer:
-        return _native.Consumer.start_host(
-            self._outbox._store,
-            self._transport,
-            self._topic,
-            self._config,
-            "percent",
-            self._host_call,
-        )
 
     def _host_call(self, message: _native.Message, sql: str, params: Any) -> str:
         close_old_connections()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import _native
-from ..consumer import Consumer as _Consumer
+from ..consumer import _HostConsumer
 from ..errors import ConfigError
 from ..outbox import Outbox
 from ..transport import Transport
@@ -43,7 +43,7 @@ def _check_outbox(outbox: Outbox) -> None:
         )
 
 
-class Consumer(_Consumer):
+class Consumer(_HostConsumer):
     """Reads ``topic`` as ``group`` and calls ``handler(message, session)``.
 
     ``session`` comes from ``sessionmaker`` and already holds the message's
@@ -53,6 +53,8 @@ class Consumer(_Consumer):
     finally dead-letters it (:class:`relaybox.Reject`: at once). Other
     settings as :class:`relaybox.Consumer`.
     """
+
+    _placeholders = "named"
 
     def __init__(
         self,
@@ -72,16 +74,6 @@ class Consumer(_Consumer):
         self._sessions = sessionmaker
         self._session_handler = handler
 
-    def _start_native(self) -> _native.Consumer:
-        return _native.Consumer.start_host(
-            self._outbox._store,
-            self._transport,
-            self._topic,
-            self._config,
-            "named",
-            self._host_call,
-        )
-
     def _host_call(self, message: _native.Message, sql: str, params: dict[str, Any]) -> str:
         with self._sessions() as session:
             try:
@@ -98,13 +90,15 @@ class Consumer(_Consumer):
                 raise
 
 
-class AsyncConsumer(_Consumer):
+class AsyncConsumer(_HostConsumer):
     """:class:`Consumer` for ``async def handler(message, session)``.
 
     The ``AsyncSession`` comes from ``async_sessionmaker``; the handler runs on
     the event loop that is running when the consumer starts (or a private loop
     thread).
     """
+
+    _placeholders = "named"
 
     def __init__(
         self,
@@ -123,16 +117,6 @@ class AsyncConsumer(_Consumer):
         super().__init__(outbox, topic, handler, group=group, transport=transport, **settings)  # type: ignore[arg-type]
         self._sessions_async = sessionmaker
         self._session_handler_async = handler
-
-    def _start_native(self) -> _native.Consumer:
-        return _native.Consumer.start_host(
-            self._outbox._store,
-            self._transport,
-            self._topic,
-            self._config,
-            "named",
-            self._host_call,
-        )
 
     def _host_call(self, message: _native.Message, sql: str, params: dict[str, Any]) -> str:
         outcome: str = self._run_async(self._handle(message, sql, params))
