@@ -329,6 +329,51 @@ impl PyStore {
         )
     }
 
+    /// Backlog, dead letters and lease owners, as an awaitable dict.
+    fn status_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.0.clone();
+        awaitable(py, async move { store.status().await }, report)
+    }
+
+    /// Up to `limit` dead letters, oldest first, as an awaitable list of dicts.
+    #[pyo3(signature = (limit=100))]
+    fn dead_letters_async<'py>(&self, py: Python<'py>, limit: u32) -> PyResult<Bound<'py, PyAny>> {
+        let store = self.0.clone();
+        awaitable(py, async move { store.dead_letters(limit).await }, report)
+    }
+
+    /// [`Self::retry_dead_letters`] as an awaitable.
+    #[pyo3(signature = (ids=None))]
+    fn retry_dead_letters_async<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let filter = dead_letter_filter(ids)?;
+        let store = self.0.clone();
+        awaitable(
+            py,
+            async move { store.retry_dead_letters(&filter).await },
+            convert::<u64>,
+        )
+    }
+
+    /// [`Self::purge_dead_letters`] as an awaitable.
+    #[pyo3(signature = (ids=None))]
+    fn purge_dead_letters_async<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let filter = dead_letter_filter(ids)?;
+        let store = self.0.clone();
+        awaitable(
+            py,
+            async move { store.purge_dead_letters(&filter).await },
+            convert::<u64>,
+        )
+    }
+
     fn __repr__(&self) -> String {
         format!("Store(url={:?})", self.0.url().to_string())
     }

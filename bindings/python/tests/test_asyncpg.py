@@ -26,12 +26,14 @@ def test_rollback_commit_batch_and_wake(
             with pytest.raises(RuntimeError):
                 async with conn.transaction():
                     await conn.execute(f"INSERT INTO {prefix}orders VALUES (1)")
-                    await rap.enqueue(conn, outbox, "orders", {"id": 1})
+                    await rap.enqueue_async(conn, outbox, "orders", {"id": 1})
                     raise RuntimeError("request failed")
             async with conn.transaction():
                 await conn.execute(f"INSERT INTO {prefix}orders VALUES (2)")
-                ids = [await rap.enqueue(conn, outbox, "orders", {"id": 2}, key="k", type="T")]
-                ids += await rap.enqueue_batch(
+                ids = [
+                    await rap.enqueue_async(conn, outbox, "orders", {"id": 2}, key="k", type="T")
+                ]
+                ids += await rap.enqueue_batch_async(
                     conn,
                     outbox,
                     [{"topic": "orders", "payload": {"n": n}, "key": "k"} for n in range(4)],
@@ -71,21 +73,21 @@ def test_bad_input_is_refused_and_nothing_written(pg_url: str, outbox: relaybox.
         conn = await asyncpg.connect(pg_url)
         try:
             with pytest.raises(relaybox.ConfigError, match="not in a transaction"):
-                await rap.enqueue(conn, outbox, "orders", {"id": 1})
+                await rap.enqueue_async(conn, outbox, "orders", {"id": 1})
             async with conn.transaction():
                 with pytest.raises(relaybox.ValidationError):
-                    await rap.enqueue(conn, outbox, "", {"id": 1})
+                    await rap.enqueue_async(conn, outbox, "", {"id": 1})
         finally:
             await conn.close()
         elsewhere = await asyncpg.connect(other)
         try:
             async with elsewhere.transaction():
                 with pytest.raises(relaybox.ConfigError, match="not to the outbox's database"):
-                    await rap.enqueue(elsewhere, outbox, "orders", {"id": 1})
+                    await rap.enqueue_async(elsewhere, outbox, "orders", {"id": 1})
         finally:
             await elsewhere.close()
         with pytest.raises(relaybox.ConfigError, match="not dict"):
-            await rap.enqueue({}, outbox, "orders", {"id": 1})
+            await rap.enqueue_async({}, outbox, "orders", {"id": 1})
 
     asyncio.run(scenario())
     assert outbox.pending_count() == 0

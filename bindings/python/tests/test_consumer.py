@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import count, wait_for
 
 import relaybox
@@ -57,9 +58,10 @@ def test_async_handler_gets_an_async_transaction(
             await tx.execute(f"INSERT INTO {prefix}seen VALUES ($1)", [message.id])
             done.set()
 
-        await outbox.enqueue_async("orders", {"a": 1})
-        async with relaybox.Relay(outbox):
-            async with relaybox.Consumer(outbox, "orders", handle, group="async") as c:
+        aoutbox = outbox.as_async()
+        await aoutbox.enqueue("orders", {"a": 1})
+        async with relaybox.AsyncRelay(aoutbox):
+            async with relaybox.AsyncConsumer(aoutbox, "orders", handle, group="async") as c:
                 await asyncio.wait_for(done.wait(), 30)
                 while c.stats()["processed"] < 1:
                     await asyncio.sleep(0.01)
@@ -77,9 +79,29 @@ def test_async_handler_without_a_running_loop(outbox: relaybox.Outbox) -> None:
         handled.append(message.json())
 
     outbox.enqueue("orders", {"b": 2})
-    with relaybox.Relay(outbox), relaybox.Consumer(outbox, "orders", handle, group="g") as c:
-        wait_for("processed", lambda: c.stats()["processed"] == 1)
+    consumer = relaybox.AsyncConsumer(outbox, "orders", handle, group="g")
+    with relaybox.Relay(outbox):
+        consumer.start()
+        try:
+            wait_for("processed", lambda: consumer.stats()["processed"] == 1)
+        finally:
+            asyncio.run(consumer.stop())
     assert handled == [{"b": 2}]
+
+
+def test_each_consumer_takes_its_kind_of_handler(outbox: relaybox.Outbox) -> None:
+    async def handle_async(message: relaybox.Message, tx: relaybox.AsyncTransaction) -> None:
+        pass
+
+    def handle(message: relaybox.Message, tx: relaybox.Transaction) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="AsyncConsumer"):
+        relaybox.Consumer(outbox, "orders", handle_async, group="g")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async def"):
+        relaybox.AsyncConsumer(outbox, "orders", handle, group="g")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unexpected consumer setting"):
+        relaybox.Consumer(outbox, "orders", handle, group="g", retries=3)  # type: ignore[call-arg]
 
 
 def test_failing_handler_is_retried_and_its_writes_rolled_back(

@@ -58,12 +58,12 @@ def test_async_transaction_commits_and_rolls_back(
     outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str
 ) -> None:
     async def scenario() -> None:
-        async with outbox.transaction() as tx:
+        async with outbox.as_async().transaction() as tx:
             await tx.enqueue("orders", {"n": 1})
             rows = await tx.query("SELECT 1 + $1::int AS two", [1])
             assert rows == [{"two": 2}]
         with pytest.raises(ValueError):
-            async with outbox.transaction() as tx:
+            async with outbox.as_async().transaction() as tx:
                 await tx.enqueue("orders", {"n": 2})
                 raise ValueError("no")
 
@@ -71,14 +71,19 @@ def test_async_transaction_commits_and_rolls_back(
     assert [json.loads(bytes(r[3])) for r in outbox_rows(pg, prefix)] == [{"n": 1}]
 
 
-def test_open_async_and_enqueue_async(pg_url: str, prefix: str) -> None:
+def test_async_outbox(pg_url: str, prefix: str) -> None:
     async def scenario() -> int:
-        box = await relaybox.Outbox.open(pg_url, migrate=True, table_prefix=prefix)
+        box = await relaybox.AsyncOutbox.open(pg_url, migrate=True, table_prefix=prefix)
         async with box:
-            await box.enqueue_async("orders", b"\x00\x01")
-            return box.pending_count()
+            await box.enqueue("orders", b"\x00\x01")
+            async with box.transaction() as tx:
+                await tx.enqueue("orders", b"\x02", key="k")
+            status = await box.status()
+            assert [(t["topic"], t["pending"]) for t in status["topics"]] == [("orders", 2)]
+            assert await box.dead_letters() == []
+            return await box.pending_count()
 
-    assert asyncio.run(scenario()) == 1
+    assert asyncio.run(scenario()) == 2
 
 
 class Order(pydantic.BaseModel):

@@ -153,7 +153,7 @@ def test_async_session_handler(
             if message.id == bad:
                 raise relaybox.Reject("bad order")
 
-        async with relaybox.Relay(outbox):
+        async with relaybox.AsyncRelay(outbox):
             async with rsa.AsyncConsumer(
                 outbox, "orders", ship, group="ship", sessionmaker=sessions
             ) as c:

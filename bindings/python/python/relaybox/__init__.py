@@ -10,13 +10,17 @@
   decorator API.
 
 All delivery logic runs in relaybox's Rust core; blocking calls release the
-GIL and every blocking call has an awaitable twin.
+GIL. Sync classes stand beside ``Async…`` ones with the same methods,
+awaitable (:class:`Outbox` / :class:`AsyncOutbox`, :class:`Transaction` /
+:class:`AsyncTransaction`, :class:`Relay` / :class:`AsyncRelay`,
+:class:`Consumer` / :class:`AsyncConsumer`); module functions that wait are
+``f`` (blocking) and ``f_async`` (awaitable).
 """
 
 from __future__ import annotations
 
 from . import _native, psycopg
-from .consumer import Consumer, Handler, Message
+from .consumer import AsyncConsumer, AsyncHandler, Consumer, ConsumerOptions, Handler, Message
 from .errors import (
     ClosedError,
     ConfigError,
@@ -31,8 +35,18 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .outbox import AsyncTransaction, Outbox, Transaction, TransactionScope, current_transaction
-from .relay import Relay
+from .outbox import (
+    AnyOutbox,
+    AsyncOutbox,
+    AsyncTransaction,
+    AsyncTransactionScope,
+    EnqueueOptions,
+    Outbox,
+    Transaction,
+    TransactionScope,
+    current_transaction,
+)
+from .relay import AsyncRelay, Relay
 from .transport import Kafka, Transport
 
 __version__: str = _native.__version__
@@ -41,10 +55,18 @@ schema_sql = _native.schema_sql
 """``schema_sql(dialect, table_prefix="relaybox_", partitions=16)``: the schema as plain SQL."""
 
 __all__ = [
+    "AnyOutbox",
+    "AsyncConsumer",
+    "AsyncHandler",
+    "AsyncOutbox",
+    "AsyncRelay",
     "AsyncTransaction",
+    "AsyncTransactionScope",
     "ClosedError",
     "ConfigError",
     "Consumer",
+    "ConsumerOptions",
+    "EnqueueOptions",
     "Handler",
     "HandlerError",
     "InternalError",

@@ -2,23 +2,24 @@
 
 The core generates the outbox INSERT (one statement per batch of up to 1000
 messages) and the wake-up; :mod:`relaybox.sqlalchemy`, :mod:`relaybox.asyncpg`
-and :mod:`relaybox.psycopg` run them on the application's own connection,
+and :mod:`relaybox.psycopg` and :mod:`relaybox.django` run them on the application's own connection,
 inside its transaction. This module builds those statements and checks that
 the application's connection reaches the outbox's database (internal).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._spec import Delay, message_spec
+from ._spec import message_spec
 from .errors import ConfigError
-from .outbox import Outbox
+from .outbox import AnyOutbox
+
+if TYPE_CHECKING:
+    from ._spec import EnqueueOptions
 
 __all__ = [
-    "EnqueueOptions",
     "IDENTITY_SQL",
     "Statement",
     "check_same",
@@ -38,19 +39,8 @@ IDENTITY_SQL = (
 """What identifies a PostgreSQL database: its name and its server's start time."""
 
 
-class EnqueueOptions(TypedDict, total=False):
-    """The keywords of every enqueue (see :meth:`relaybox.Transaction.enqueue`)."""
-
-    key: Optional[Any]
-    type: Optional[str]
-    headers: Optional[Mapping[str, str]]
-    content_type: Optional[str]
-    delay: Delay
-    available_at: Optional[_dt.datetime]
-
-
 def statements(
-    outbox: Outbox, messages: Iterable[Mapping[str, Any]], placeholders: str, integration: str
+    outbox: AnyOutbox, messages: Iterable[Mapping[str, Any]], placeholders: str, integration: str
 ) -> list[Statement]:
     """The INSERTs (and wake-ups) writing ``messages``; all are validated first."""
     if outbox.dialect != "postgres":
@@ -69,7 +59,7 @@ def one(topic: str, payload: Any, options: EnqueueOptions) -> list[dict[str, Any
 _identities: dict[int, tuple[Any, tuple[Any, ...]]] = {}
 
 
-def outbox_identity(outbox: Outbox) -> tuple[Any, ...]:
+def outbox_identity(outbox: AnyOutbox) -> tuple[Any, ...]:
     """The outbox database's identity (cached per outbox)."""
     store = outbox._store
     cached = _identities.get(id(store))
@@ -85,7 +75,7 @@ def outbox_identity(outbox: Outbox) -> tuple[Any, ...]:
     return identity
 
 
-async def outbox_identity_async(outbox: Outbox) -> tuple[Any, ...]:
+async def outbox_identity_async(outbox: AnyOutbox) -> tuple[Any, ...]:
     """:func:`outbox_identity` without blocking the event loop."""
     store = outbox._store
     cached = _identities.get(id(store))

@@ -7,7 +7,7 @@ that wakes relays when that transaction commits::
 
     async with conn.transaction():
         await conn.execute("INSERT INTO orders (id) VALUES ($1)", 42)
-        await relaybox.asyncpg.enqueue(conn, outbox, "orders", {"id": 42}, key="42")
+        await relaybox.asyncpg.enqueue_async(conn, outbox, "orders", {"id": 42}, key="42")
 
 A connection outside a transaction is refused (``ConfigError``): each
 statement would commit on its own, the event apart from your rows.
@@ -21,19 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 from ._host import (
     IDENTITY_SQL,
-    EnqueueOptions,
     check_same,
     one,
     outbox_identity_async,
     statements,
 )
 from .errors import ConfigError
-from .outbox import Outbox
+from .outbox import AnyOutbox
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["enqueue", "enqueue_batch"]
+    from ._spec import EnqueueOptions
+
+__all__ = ["enqueue_async", "enqueue_batch_async"]
 
 _NAME = "relaybox.asyncpg"
 
@@ -55,13 +56,13 @@ def _check_connection(conn: Any) -> None:
         )
 
 
-async def enqueue_batch(
-    conn: Any, outbox: Outbox, messages: Iterable[Mapping[str, Any]]
+async def enqueue_batch_async(
+    conn: Any, outbox: AnyOutbox, messages: Iterable[Mapping[str, Any]]
 ) -> list[str]:
     """Write many messages on an asyncpg connection in a transaction; return their ids.
 
     Each item of ``messages`` holds ``topic``, ``payload`` and the keywords
-    of :func:`enqueue`. All are validated before any is written; they are
+    of :func:`enqueue_async`. All are validated before any is written; they are
     delivered only if the transaction commits.
     """
     items = list(messages)
@@ -85,11 +86,11 @@ async def enqueue_batch(
     return ids
 
 
-async def enqueue(
-    conn: Any, outbox: Outbox, topic: str, payload: Any, **options: Unpack[EnqueueOptions]
+async def enqueue_async(
+    conn: Any, outbox: AnyOutbox, topic: str, payload: Any, **options: Unpack[EnqueueOptions]
 ) -> str:
     """Write one message on an asyncpg connection in a transaction; return its id.
 
-    Keywords are those of :meth:`relaybox.Transaction.enqueue`.
+    Keywords: :class:`relaybox.EnqueueOptions`.
     """
-    return (await enqueue_batch(conn, outbox, one(topic, payload, options)))[0]
+    return (await enqueue_batch_async(conn, outbox, one(topic, payload, options)))[0]

@@ -1,4 +1,4 @@
-"""The idempotent consumer: each message is handled once in effect."""
+"""The idempotent consumer, :class:`Consumer` and :class:`AsyncConsumer`: handled once in effect."""
 
 from __future__ import annotations
 
@@ -6,21 +6,53 @@ import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypedDict
 
 from . import _native, _settings
-from .outbox import AsyncTransaction, Outbox, Transaction
+from .outbox import AnyOutbox, AsyncTransaction, Transaction
 from .transport import Transport, transport_json
 
-__all__ = ["Consumer", "Handler", "Message"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "AsyncConsumer",
+    "AsyncHandler",
+    "Consumer",
+    "ConsumerOptions",
+    "Handler",
+    "Message",
+]
 
 Message = _native.Message
 
-Handler = Union[
-    Callable[[_native.Message, Transaction], Any],
-    Callable[[_native.Message, AsyncTransaction], Awaitable[Any]],
-]
-"""``handler(message, tx)``: a plain function or an ``async def``."""
+Handler = Callable[[_native.Message, Transaction], Any]
+"""``handler(message, tx)`` of a :class:`Consumer`: a plain function."""
+
+AsyncHandler = Callable[[_native.Message, AsyncTransaction], Awaitable[Any]]
+"""``async def handler(message, tx)`` of an :class:`AsyncConsumer`."""
+
+
+class ConsumerOptions(TypedDict, total=False):
+    """The settings of every consumer (durations in seconds); each is optional."""
+
+    batch_size: Optional[int]
+    """Messages read per fetch."""
+    concurrency: Optional[int]
+    """Lanes handling messages at once (messages of one key share a lane)."""
+    max_retries: Optional[int]
+    """Retries of a failing message before it is dead-lettered."""
+    retry_delay: Optional[float]
+    """First retry's delay; it doubles per retry."""
+    retry_delay_max: Optional[float]
+    """Longest delay between retries."""
+    poll_interval: Optional[float]
+    """How often an idle consumer of the database transport looks for messages."""
+    inbox_retention: Optional[float]
+    """How long inbox rows (the processed marks) are kept."""
+
+
+_OPTIONS = frozenset(ConsumerOptions.__annotations__)
 
 
 class _LoopThread:
@@ -39,68 +71,54 @@ class _LoopThread:
         self.loop.close()
 
 
-class Consumer:
-    """Reads ``topic`` as consumer group ``group`` and calls ``handler(message, tx)``.
+class _ConsumerBase:
+    """What :class:`Consumer` and :class:`AsyncConsumer` share: settings, start, counters.
 
-    ``tx`` is the transaction holding the inbox row that marks the message as
-    processed: write through it and your writes commit atomically with that
-    mark. A duplicate delivery is skipped. An exception retries the message
-    (``max_retries`` times, from ``retry_delay`` seconds doubling up to
-    ``retry_delay_max``), then it goes to dead letters; raising
-    :class:`relaybox.Reject` dead-letters it at once.
-
-    Plain handlers run on relaybox's worker threads with a :class:`Transaction`;
-    ``async def`` handlers get an :class:`AsyncTransaction` and run on the event
-    loop that was running when the consumer started, or on a private loop
-    thread when none was. Messages of one key (one Kafka partition) are handled
-    in order; up to ``concurrency`` lanes run at once.
+    ``_is_async`` says whether handlers are coroutines, run on the event loop
+    that was running at :meth:`start` (or a private loop thread when none was).
     """
+
+    _is_async = False
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: AnyOutbox,
         topic: str,
-        handler: Handler,
+        handler: Callable[..., Any],
         *,
         group: str,
         transport: Transport = None,
-        batch_size: Optional[int] = None,
-        concurrency: Optional[int] = None,
-        max_retries: Optional[int] = None,
-        retry_delay: Optional[float] = None,
-        retry_delay_max: Optional[float] = None,
-        poll_interval: Optional[float] = None,
-        inbox_retention: Optional[float] = None,
+        **options: Unpack[ConsumerOptions],
     ) -> None:
         if not callable(handler):
             raise TypeError("handler must be callable")
+        if _is_async(handler) != self._is_async:
+            raise TypeError(self._wrong_handler())
         self._outbox = outbox
         self._topic = topic
         self._handler = handler
-        self._is_async = _is_async(handler)
         self._transport = transport_json(transport)
-        self._config = _settings.to_json(
-            {
-                "group": group,
-                "batch_size": batch_size,
-                "concurrency": concurrency,
-                "max_retries": max_retries,
-                "retry_delay": retry_delay,
-                "retry_delay_max": retry_delay_max,
-                "poll_interval": poll_interval,
-                "inbox_retention": inbox_retention,
-            }
-        )
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise TypeError(f"unexpected consumer setting(s): {', '.join(sorted(unknown))}")
+        self._config = _settings.to_json({"group": group, **options})
         self.group = group
         self.topic = topic
         self._native: Optional[_native.Consumer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[_LoopThread] = None
 
-    def start(self) -> Consumer:
-        """Start consuming (settings are validated here); return ``self``."""
+    def _wrong_handler(self) -> str:
+        if self._is_async:
+            return f"{type(self).__name__} needs an `async def` handler"
+        return (
+            f"{type(self).__name__} needs a plain handler; "
+            "an `async def` handler runs in the AsyncConsumer beside it"
+        )
+
+    def _start(self) -> None:
         if self._native is not None and self._native.running:
-            return self
+            return
         if self._is_async:
             try:
                 self._loop = asyncio.get_running_loop()
@@ -112,7 +130,6 @@ class Consumer:
         except BaseException:
             self._close_loop()
             raise
-        return self
 
     def _start_native(self) -> _native.Consumer:
         """Starts the native consumer (host-transaction consumers start it in host mode)."""
@@ -127,28 +144,23 @@ class Consumer:
 
     def _call(self, message: _native.Message, tx: _native.Transaction) -> None:
         if not self._is_async:
-            result = self._handler(message, Transaction(tx))  # type: ignore[arg-type]
+            result = self._handler(message, Transaction(tx))
             if inspect.isawaitable(result):
                 raise TypeError("the handler returned an awaitable; declare it with `async def`")
             return
-        assert self._loop is not None
-        coroutine = self._handler(message, AsyncTransaction(tx))  # type: ignore[arg-type]
-        asyncio.run_coroutine_threadsafe(_await(coroutine), self._loop).result()
+        self._run_async(self._handler(message, AsyncTransaction(tx)))
 
-    def stop(self) -> None:
-        """Finish and acknowledge the messages in flight, then stop."""
+    def _stop_blocking(self) -> None:
         if self._native is None:
             return
         if self._is_async and self._loop_thread is None and _running_loop() is self._loop:
             raise RuntimeError(
-                "this consumer's async handlers run on this event loop: "
-                "use `await consumer.stop_async()`"
+                "this consumer's async handlers run on this event loop: use `await consumer.stop()`"
             )
         self._native.stop()
         self._close_loop()
 
-    async def stop_async(self) -> None:
-        """:meth:`stop` without blocking the event loop."""
+    async def _stop_awaiting(self) -> None:
         if self._native is None:
             return
         await self._native.stop_async()
@@ -171,26 +183,110 @@ class Consumer:
         stats: dict[str, int] = self._native.stats()
         return stats
 
+
+class Consumer(_ConsumerBase):
+    """Reads ``topic`` as consumer group ``group`` and calls ``handler(message, tx)``.
+
+    ``tx`` is the :class:`Transaction` holding the inbox row that marks the
+    message as processed: write through it and your writes commit atomically
+    with that mark. A duplicate delivery is skipped. An exception retries the
+    message (``max_retries`` times, from ``retry_delay`` seconds doubling up
+    to ``retry_delay_max``), then it goes to dead letters; raising
+    :class:`relaybox.Reject` dead-letters it at once.
+
+    Handlers run on relaybox's worker threads. Messages of one key (one Kafka
+    partition) are handled in order; up to ``concurrency`` lanes run at once.
+    ``async def`` handlers run in :class:`AsyncConsumer`.
+    """
+
+    def __init__(
+        self,
+        outbox: AnyOutbox,
+        topic: str,
+        handler: Handler,
+        *,
+        group: str,
+        transport: Transport = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> None:
+        super().__init__(
+            outbox,
+            topic,
+            handler,
+            group=group,
+            transport=transport,
+            **options,
+        )
+
+    def start(self) -> Consumer:
+        """Start consuming (settings are validated here; it returns at once); return ``self``."""
+        self._start()
+        return self
+
+    def stop(self) -> None:
+        """Finish and acknowledge the messages in flight, then stop (blocks until done)."""
+        self._stop_blocking()
+
     def __enter__(self) -> Consumer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    async def __aenter__(self) -> Consumer:
+
+class AsyncConsumer(_ConsumerBase):
+    """:class:`Consumer` for ``async def handler(message, tx)`` (an :class:`AsyncTransaction`).
+
+    Handlers run on the event loop that is running when the consumer starts
+    (or on a private loop thread when none is); ``await consumer.stop()`` or
+    ``async with`` stops it without blocking that loop.
+    """
+
+    _is_async = True
+
+    def __init__(
+        self,
+        outbox: AnyOutbox,
+        topic: str,
+        handler: AsyncHandler,
+        *,
+        group: str,
+        transport: Transport = None,
+        **options: Unpack[ConsumerOptions],
+    ) -> None:
+        super().__init__(
+            outbox,
+            topic,
+            handler,
+            group=group,
+            transport=transport,
+            **options,
+        )
+
+    def start(self) -> AsyncConsumer:
+        """Start consuming (settings are validated here; it returns at once); return ``self``."""
+        self._start()
+        return self
+
+    async def stop(self) -> None:
+        """Finish and acknowledge the messages in flight, then stop."""
+        await self._stop_awaiting()
+
+    async def __aenter__(self) -> AsyncConsumer:
         return self.start()
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.stop_async()
+        await self.stop()
 
 
-class _HostConsumer(Consumer):
-    """A consumer whose handler runs in the application's own transaction.
+class _HostMode(_ConsumerBase):
+    """Host-transaction mode: the handler runs in the application's own transaction.
 
-    Each subclass names the placeholder style of its driver (``_placeholders``)
-    and implements ``_host_call(message, sql, params)``: run the inbox
-    statement and the handler in one transaction, commit, and return
-    ``"processed"``, or ``"duplicate"`` when the statement inserted no row.
+    Each integration names the placeholder style of its driver
+    (``_placeholders``) and implements ``_host_call(message, sql, params)``:
+    run the inbox statement and the handler in one transaction, commit, and
+    return ``"processed"``, or ``"duplicate"`` when the statement inserted no
+    row. Mixed in before :class:`Consumer` or :class:`AsyncConsumer`.
     """
 
     _placeholders: str

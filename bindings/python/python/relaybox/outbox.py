@@ -1,18 +1,39 @@
-"""The transactional outbox: :class:`Outbox` and its transactions."""
+"""The transactional outbox: :class:`Outbox` and :class:`AsyncOutbox`, and their transactions.
+
+One rule holds across relaybox's Python API: a class that waits on I/O comes
+as a sync class and an ``Async…`` class beside it whose methods of the same
+names are awaitable (:class:`Outbox` / :class:`AsyncOutbox`,
+:class:`Transaction` / :class:`AsyncTransaction`, :class:`relaybox.Relay` /
+:class:`relaybox.AsyncRelay`, :class:`relaybox.Consumer` /
+:class:`relaybox.AsyncConsumer`); a module function that waits on I/O is
+``f`` when it blocks and ``f_async`` when it is awaitable.
+"""
 
 from __future__ import annotations
 
 import contextvars
-import datetime as _dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _native
-from ._spec import Delay, message_spec
+from ._spec import EnqueueOptions, message_spec
 
-__all__ = ["Outbox", "Transaction", "AsyncTransaction", "TransactionScope", "current_transaction"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "AnyOutbox",
+    "AsyncOutbox",
+    "AsyncTransaction",
+    "AsyncTransactionScope",
+    "EnqueueOptions",
+    "Outbox",
+    "Transaction",
+    "TransactionScope",
+    "current_transaction",
+]
 
 Params = Optional[Sequence[Any]]
 Row = dict[str, Any]
@@ -51,12 +72,64 @@ def _options(
     return json.dumps(options) if options else None
 
 
-class Outbox:
-    """An outbox in a PostgreSQL or SQLite database.
+class _OutboxBase:
+    """What :class:`Outbox` and :class:`AsyncOutbox` share: the pool and what needs no I/O."""
+
+    def __init__(self, store: _native.Store) -> None:
+        self._store = store
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password redacted."""
+        return self._store.url
+
+    @property
+    def dialect(self) -> str:
+        """``"postgres"`` or ``"sqlite"``."""
+        return self._store.dialect
+
+    @property
+    def table_prefix(self) -> str:
+        """Prefix of relaybox's tables."""
+        return self._store.table_prefix
+
+    @property
+    def closed(self) -> bool:
+        """Whether the pool was closed."""
+        return self._store.closed
+
+    def insert_statement(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        placeholders: str = "percent",
+        **options: Unpack[EnqueueOptions],
+    ) -> tuple[str, tuple[Any, ...], str]:
+        """The outbox INSERT of one message for your own driver: ``(sql, params, message_id)``.
+
+        ``placeholders`` is ``"percent"`` (``%s``, psycopg), ``"dollar"``
+        (``$1``) or ``"question"`` (``?``). The message is validated first.
+        Keywords: :class:`relaybox.EnqueueOptions`.
+        """
+        return self._store.insert_statement(message_spec(topic, payload, **options), placeholders)
+
+    @property
+    def wake_statement(self) -> Optional[str]:
+        """SQL to run in your own transaction so relays wake when it commits (PostgreSQL)."""
+        return self._store.wake_statement
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r})"
+
+
+class Outbox(_OutboxBase):
+    """An outbox in a PostgreSQL or SQLite database, for blocking code.
 
     ``Outbox(url)`` connects (``postgres://...`` or ``sqlite://path?mode=rwc``);
-    pass ``migrate=True`` to create or update the tables. In async code use
-    ``await Outbox.open(url)`` instead, which does not block the event loop.
+    pass ``migrate=True`` to create or update the tables. Async code uses
+    :class:`AsyncOutbox` (``await AsyncOutbox.open(url)``). Blocking calls
+    release the GIL while they wait.
 
     Write business rows and events atomically::
 
@@ -76,34 +149,7 @@ class Outbox:
         min_connections: Optional[int] = None,
         max_payload_bytes: Optional[int] = None,
         connect_timeout: Optional[float] = None,
-        _store: Optional[_native.Store] = None,
     ) -> None:
-        if _store is None:
-            options = _options(
-                table_prefix,
-                partitions,
-                max_connections,
-                min_connections,
-                max_payload_bytes,
-                connect_timeout,
-            )
-            _store = _native.Store.open(url, options, migrate)
-        self._store = _store
-
-    @classmethod
-    async def open(
-        cls,
-        url: str,
-        *,
-        migrate: bool = False,
-        table_prefix: Optional[str] = None,
-        partitions: Optional[int] = None,
-        max_connections: Optional[int] = None,
-        min_connections: Optional[int] = None,
-        max_payload_bytes: Optional[int] = None,
-        connect_timeout: Optional[float] = None,
-    ) -> Outbox:
-        """Connect without blocking the event loop (same arguments as the constructor)."""
         options = _options(
             table_prefix,
             partitions,
@@ -112,38 +158,28 @@ class Outbox:
             max_payload_bytes,
             connect_timeout,
         )
-        store = await _native.Store.open_async(url, options, migrate)
-        return cls(url, _store=store)
+        super().__init__(_native.Store.open(url, options, migrate))
 
-    @property
-    def url(self) -> str:
-        """The database URL with its password redacted."""
-        return self._store.url
+    @classmethod
+    def _of(cls, store: _native.Store) -> Outbox:
+        outbox = cls.__new__(cls)
+        _OutboxBase.__init__(outbox, store)
+        return outbox
 
-    @property
-    def dialect(self) -> str:
-        """``"postgres"`` or ``"sqlite"``."""
-        return self._store.dialect
-
-    @property
-    def table_prefix(self) -> str:
-        """Prefix of relaybox's tables."""
-        return self._store.table_prefix
+    def as_async(self) -> AsyncOutbox:
+        """An :class:`AsyncOutbox` on this outbox's connection pool."""
+        return AsyncOutbox(self._store)
 
     def migrate(self) -> None:
         """Create or update relaybox's tables (idempotent)."""
         self._store.migrate()
 
-    async def migrate_async(self) -> None:
-        """:meth:`migrate` without blocking the event loop."""
-        await self._store.migrate_async()
-
     def transaction(self) -> TransactionScope:
-        """A transaction for ``with`` (yields :class:`Transaction`) or ``async with``.
+        """A transaction for ``with``, yielding a :class:`Transaction`.
 
-        ``async with`` yields an :class:`AsyncTransaction`. The block commits
-        when it exits normally and rolls back when it raises, unless the
-        transaction was already committed or rolled back inside it.
+        The block commits when it exits normally and rolls back when it
+        raises, unless the transaction was already committed or rolled back
+        inside it.
         """
         return TransactionScope(self)
 
@@ -151,97 +187,16 @@ class Outbox:
         """Begin a transaction you commit or roll back yourself."""
         return Transaction(self._store.begin())
 
-    async def begin_async(self) -> AsyncTransaction:
-        """Begin an :class:`AsyncTransaction` you commit or roll back yourself."""
-        return AsyncTransaction(await self._store.begin_async())
+    def enqueue(self, topic: str, payload: Any, **options: Unpack[EnqueueOptions]) -> str:
+        """Enqueue one message in a transaction of its own; return its id.
 
-    def enqueue(
-        self,
-        topic: str,
-        payload: Any,
-        *,
-        key: Optional[Any] = None,
-        type: Optional[str] = None,  # noqa: A002
-        headers: Optional[Mapping[str, str]] = None,
-        content_type: Optional[str] = None,
-        delay: Delay = None,
-        available_at: Optional[_dt.datetime] = None,
-    ) -> str:
-        """Enqueue one message in a transaction of its own; return its id."""
-        with self.transaction() as tx:
-            return tx.enqueue(
-                topic,
-                payload,
-                key=key,
-                type=type,
-                headers=headers,
-                content_type=content_type,
-                delay=delay,
-                available_at=available_at,
-            )
-
-    async def enqueue_async(
-        self,
-        topic: str,
-        payload: Any,
-        *,
-        key: Optional[Any] = None,
-        type: Optional[str] = None,  # noqa: A002
-        headers: Optional[Mapping[str, str]] = None,
-        content_type: Optional[str] = None,
-        delay: Delay = None,
-        available_at: Optional[_dt.datetime] = None,
-    ) -> str:
-        """:meth:`enqueue` without blocking the event loop."""
-        async with self.transaction() as tx:
-            return await tx.enqueue(
-                topic,
-                payload,
-                key=key,
-                type=type,
-                headers=headers,
-                content_type=content_type,
-                delay=delay,
-                available_at=available_at,
-            )
-
-    def insert_statement(
-        self,
-        topic: str,
-        payload: Any,
-        *,
-        placeholders: str = "percent",
-        key: Optional[Any] = None,
-        type: Optional[str] = None,  # noqa: A002
-        headers: Optional[Mapping[str, str]] = None,
-        content_type: Optional[str] = None,
-        delay: Delay = None,
-        available_at: Optional[_dt.datetime] = None,
-    ) -> tuple[str, tuple[Any, ...], str]:
-        """The outbox INSERT of one message for your own driver: ``(sql, params, message_id)``.
-
-        ``placeholders`` is ``"percent"`` (``%s``, psycopg), ``"dollar"``
-        (``$1``) or ``"question"`` (``?``). The message is validated first.
+        Keywords: :class:`relaybox.EnqueueOptions`.
         """
-        spec = message_spec(
-            topic,
-            payload,
-            key=key,
-            type=type,
-            headers=headers,
-            content_type=content_type,
-            delay=delay,
-            available_at=available_at,
-        )
-        return self._store.insert_statement(spec, placeholders)
-
-    @property
-    def wake_statement(self) -> Optional[str]:
-        """SQL to run in your own transaction so relays wake when it commits (PostgreSQL)."""
-        return self._store.wake_statement
+        with self.transaction() as tx:
+            return tx.enqueue(topic, payload, **options)
 
     def wake_relays(self) -> None:
-        """Tell relays that rows were committed by your own driver."""
+        """Tell this process's relays that rows were committed by your own driver."""
         self._store.wake_relays()
 
     def pending_count(self) -> int:
@@ -270,29 +225,120 @@ class Outbox:
         """Close the connection pool; later calls raise :class:`relaybox.ClosedError`."""
         self._store.close()
 
-    async def close_async(self) -> None:
-        """:meth:`close` without blocking the event loop."""
-        await self._store.close_async()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._store.closed
-
     def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> Outbox:
+
+class AsyncOutbox(_OutboxBase):
+    """:class:`Outbox` for ``async`` code: the same methods, awaitable.
+
+    Open one with ``await AsyncOutbox.open(url)`` (the same arguments as
+    :class:`Outbox`); nothing blocks the event loop::
+
+        outbox = await relaybox.AsyncOutbox.open(url, migrate=True)
+        async with outbox.transaction() as tx:
+            await tx.execute("INSERT INTO orders (id) VALUES ($1)", [42])
+            await tx.enqueue("orders", {"id": 42}, key="42")
+    """
+
+    def __init__(self, store: _native.Store) -> None:
+        if not isinstance(store, _native.Store):
+            raise TypeError(
+                "AsyncOutbox is opened with `await relaybox.AsyncOutbox.open(url)` "
+                "(or `outbox.as_async()` of an Outbox)"
+            )
+        super().__init__(store)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = False,
+        table_prefix: Optional[str] = None,
+        partitions: Optional[int] = None,
+        max_connections: Optional[int] = None,
+        min_connections: Optional[int] = None,
+        max_payload_bytes: Optional[int] = None,
+        connect_timeout: Optional[float] = None,
+    ) -> AsyncOutbox:
+        """Connect (the arguments of :class:`Outbox`)."""
+        options = _options(
+            table_prefix,
+            partitions,
+            max_connections,
+            min_connections,
+            max_payload_bytes,
+            connect_timeout,
+        )
+        return cls(await _native.Store.open_async(url, options, migrate))
+
+    def as_sync(self) -> Outbox:
+        """An :class:`Outbox` on this outbox's connection pool."""
+        return Outbox._of(self._store)
+
+    async def migrate(self) -> None:
+        """Create or update relaybox's tables (idempotent)."""
+        await self._store.migrate_async()
+
+    def transaction(self) -> AsyncTransactionScope:
+        """A transaction for ``async with``, yielding an :class:`AsyncTransaction`.
+
+        It commits when the block exits normally and rolls back when it raises.
+        """
+        return AsyncTransactionScope(self)
+
+    async def begin(self) -> AsyncTransaction:
+        """Begin a transaction you commit or roll back yourself."""
+        return AsyncTransaction(await self._store.begin_async())
+
+    async def enqueue(self, topic: str, payload: Any, **options: Unpack[EnqueueOptions]) -> str:
+        """Enqueue one message in a transaction of its own; return its id."""
+        async with self.transaction() as tx:
+            return await tx.enqueue(topic, payload, **options)
+
+    async def wake_relays(self) -> None:
+        """Tell this process's relays that rows were committed by your own driver."""
+        self._store.wake_relays()
+
+    async def pending_count(self) -> int:
+        """Number of undelivered outbox rows."""
+        return await self._store.pending_count_async()
+
+    async def status(self) -> dict[str, Any]:
+        """Backlog per topic, dead letters and lease owners."""
+        status: dict[str, Any] = await self._store.status_async()
+        return status
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` dead letters, oldest first."""
+        letters: list[dict[str, Any]] = await self._store.dead_letters_async(limit)
+        return letters
+
+    async def retry_dead_letters(self, ids: Optional[Iterable[str]] = None) -> int:
+        """Put dead letters (all, or those of ``ids``) back into the outbox; return how many."""
+        return await self._store.retry_dead_letters_async(None if ids is None else list(ids))
+
+    async def purge_dead_letters(self, ids: Optional[Iterable[str]] = None) -> int:
+        """Delete dead letters (all, or those of ``ids``); return how many."""
+        return await self._store.purge_dead_letters_async(None if ids is None else list(ids))
+
+    async def close(self) -> None:
+        """Close the connection pool; later calls raise :class:`relaybox.ClosedError`."""
+        await self._store.close_async()
+
+    async def __aenter__(self) -> AsyncOutbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close_async()
+        await self.close()
 
-    def __repr__(self) -> str:
-        return f"Outbox(url={self.url!r})"
+
+AnyOutbox = Union[Outbox, AsyncOutbox]
+"""Either outbox: relays, consumers and driver integrations accept both."""
 
 
 class Transaction:
@@ -314,42 +360,22 @@ class Transaction:
         rows: list[Row] = self._tx.query(sql, params)
         return rows
 
-    def enqueue(
-        self,
-        topic: str,
-        payload: Any,
-        *,
-        key: Optional[Any] = None,
-        type: Optional[str] = None,  # noqa: A002
-        headers: Optional[Mapping[str, str]] = None,
-        content_type: Optional[str] = None,
-        delay: Delay = None,
-        available_at: Optional[_dt.datetime] = None,
-    ) -> str:
+    def enqueue(self, topic: str, payload: Any, **options: Unpack[EnqueueOptions]) -> str:
         """Write one message to the outbox in this transaction; return its id.
 
         ``payload`` may be ``bytes`` (sent untouched), ``str``, a pydantic
-        model, a dataclass or any JSON-serialisable value. Messages with the
-        same ``key`` are delivered in order. ``delay`` (seconds or a
-        ``timedelta``) or ``available_at`` postpone delivery.
+        model, a dataclass or any JSON-serialisable value. Keywords
+        (:class:`relaybox.EnqueueOptions`): messages with the same ``key`` are
+        delivered in order; ``delay`` (seconds or a ``timedelta``) or
+        ``available_at`` postpone delivery.
         """
-        spec = message_spec(
-            topic,
-            payload,
-            key=key,
-            type=type,
-            headers=headers,
-            content_type=content_type,
-            delay=delay,
-            available_at=available_at,
-        )
-        return self._tx.enqueue(spec)
+        return self._tx.enqueue(message_spec(topic, payload, **options))
 
     def enqueue_batch(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
         """Write many messages in one statement (all or none); return their ids.
 
-        Each item is a mapping with the keyword arguments of :meth:`enqueue`
-        (``topic`` and ``payload`` required).
+        Each item is a mapping of ``topic``, ``payload`` and the keywords of
+        :meth:`enqueue`.
         """
         return self._tx.enqueue_batch([message_spec(**m) for m in messages])
 
@@ -378,30 +404,9 @@ class AsyncTransaction:
         rows: list[Row] = await self._tx.query_async(sql, params)
         return rows
 
-    async def enqueue(
-        self,
-        topic: str,
-        payload: Any,
-        *,
-        key: Optional[Any] = None,
-        type: Optional[str] = None,  # noqa: A002
-        headers: Optional[Mapping[str, str]] = None,
-        content_type: Optional[str] = None,
-        delay: Delay = None,
-        available_at: Optional[_dt.datetime] = None,
-    ) -> str:
+    async def enqueue(self, topic: str, payload: Any, **options: Unpack[EnqueueOptions]) -> str:
         """Write one message to the outbox in this transaction; return its id."""
-        spec = message_spec(
-            topic,
-            payload,
-            key=key,
-            type=type,
-            headers=headers,
-            content_type=content_type,
-            delay=delay,
-            available_at=available_at,
-        )
-        message_id: str = await self._tx.enqueue_async(spec)
+        message_id: str = await self._tx.enqueue_async(message_spec(topic, payload, **options))
         return message_id
 
     async def enqueue_batch(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -419,18 +424,17 @@ class AsyncTransaction:
 
 
 class TransactionScope:
-    """What :meth:`Outbox.transaction` returns: use with ``with`` or ``async with``."""
+    """What :meth:`Outbox.transaction` returns: use with ``with``."""
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._sync: Optional[Transaction] = None
-        self._async: Optional[AsyncTransaction] = None
+        self._tx: Optional[Transaction] = None
         self._token: Optional[contextvars.Token[Any]] = None
 
     def __enter__(self) -> Transaction:
-        self._sync = self._outbox.begin()
-        self._token = _current.set(self._sync)
-        return self._sync
+        self._tx = self._outbox.begin()
+        self._token = _current.set(self._tx)
+        return self._tx
 
     def __exit__(
         self,
@@ -438,19 +442,28 @@ class TransactionScope:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        assert self._sync is not None and self._token is not None
+        assert self._tx is not None and self._token is not None
         _current.reset(self._token)
-        if self._sync._tx.is_finished():
+        if self._tx._tx.is_finished():
             return
         if exc_type is None:
-            self._sync.commit()
+            self._tx.commit()
         else:
-            self._sync.rollback()
+            self._tx.rollback()
+
+
+class AsyncTransactionScope:
+    """What :meth:`AsyncOutbox.transaction` returns: use with ``async with``."""
+
+    def __init__(self, outbox: AsyncOutbox) -> None:
+        self._outbox = outbox
+        self._tx: Optional[AsyncTransaction] = None
+        self._token: Optional[contextvars.Token[Any]] = None
 
     async def __aenter__(self) -> AsyncTransaction:
-        self._async = await self._outbox.begin_async()
-        self._token = _current.set(self._async)
-        return self._async
+        self._tx = await self._outbox.begin()
+        self._token = _current.set(self._tx)
+        return self._tx
 
     async def __aexit__(
         self,
@@ -458,11 +471,11 @@ class TransactionScope:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        assert self._async is not None and self._token is not None
+        assert self._tx is not None and self._token is not None
         _current.reset(self._token)
-        if self._async._tx.is_finished():
+        if self._tx._tx.is_finished():
             return
         if exc_type is None:
-            await self._async.commit()
+            await self._tx.commit()
         else:
-            await self._async.rollback()
+            await self._tx.rollback()

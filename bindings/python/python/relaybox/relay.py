@@ -1,28 +1,22 @@
-"""The relay: moves committed outbox rows to the broker, in order per key."""
+"""The relay, :class:`Relay` and :class:`AsyncRelay`: committed rows to the broker, in key order."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from . import _native, _settings
-from .outbox import Outbox
+from .outbox import AnyOutbox
 from .transport import Transport, transport_json
 
-__all__ = ["Relay"]
+__all__ = ["AsyncRelay", "Relay"]
 
 
-class Relay:
-    """A relay running on relaybox's own threads (it never holds the GIL while it waits).
-
-    ``Relay(outbox, transport=...)`` is created stopped; :meth:`start` it, or
-    use it as a context manager (``with`` or ``async with``), which stops it
-    on exit. Several relays (threads, processes, hosts) share the work through
-    partition leases. Durations are in seconds.
-    """
+class _RelayBase:
+    """What :class:`Relay` and :class:`AsyncRelay` share: settings, start and counters."""
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: AnyOutbox,
         transport: Transport = None,
         *,
         batch_size: Optional[int] = None,
@@ -54,19 +48,15 @@ class Relay:
         )
         self._native: Optional[_native.Relay] = None
 
-    def start(self) -> Relay:
-        """Start relaying (settings are validated here); return ``self``."""
+    def _start(self) -> None:
         if self._native is None or not self._native.running:
             self._native = _native.Relay.start(self._outbox._store, self._transport, self._config)
-        return self
 
-    def stop(self) -> None:
-        """Finish the batch in flight, hand the partitions over, and stop."""
+    def _stop_blocking(self) -> None:
         if self._native is not None:
             self._native.stop()
 
-    async def stop_async(self) -> None:
-        """:meth:`stop` without blocking the event loop."""
+    async def _stop_awaiting(self) -> None:
         if self._native is not None:
             await self._native.stop_async()
 
@@ -94,14 +84,49 @@ class Relay:
         stats: dict[str, int] = self._native.stats()
         return stats
 
+
+class Relay(_RelayBase):
+    """A relay running on relaybox's own threads (it never holds the GIL while it waits).
+
+    ``Relay(outbox, transport=...)`` is created stopped; :meth:`start` it, or
+    use it in a ``with`` block, which stops it on exit. Several relays
+    (threads, processes, hosts) share the work through partition leases.
+    Durations are in seconds. Async code uses :class:`AsyncRelay`.
+    """
+
+    def start(self) -> Relay:
+        """Start relaying (settings are validated here; it returns at once); return ``self``."""
+        self._start()
+        return self
+
+    def stop(self) -> None:
+        """Finish the batch in flight, hand the partitions over, and stop (blocks until done)."""
+        self._stop_blocking()
+
     def __enter__(self) -> Relay:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    async def __aenter__(self) -> Relay:
+
+class AsyncRelay(_RelayBase):
+    """:class:`Relay` for ``async`` code: ``await relay.stop()``, ``async with``.
+
+    The relay itself runs on relaybox's threads, never on the event loop.
+    """
+
+    def start(self) -> AsyncRelay:
+        """Start relaying (settings are validated here; it returns at once); return ``self``."""
+        self._start()
+        return self
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, hand the partitions over, and stop."""
+        await self._stop_awaiting()
+
+    async def __aenter__(self) -> AsyncRelay:
         return self.start()
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.stop_async()
+        await self.stop()

@@ -196,12 +196,12 @@ def test_async_transaction_in_scope_for_async_and_sync_functions(
 
     async def scenario() -> None:
         with pytest.raises(RuntimeError):
-            async with outbox.transaction():
+            async with outbox.as_async().transaction():
                 await async_fn(1)
                 sync_fn(1)
                 raise RuntimeError("abort")
         assert outbox.pending_count() == 0
-        async with outbox.transaction():
+        async with outbox.as_async().transaction():
             await async_fn(2)
             sync_fn(2)
         # an async function inside a sync transaction block joins it too

@@ -63,7 +63,7 @@ def test_publish_inside_a_transaction_rolls_back_with_it(
 ) -> None:
     async def scenario() -> None:
         with pytest.raises(RuntimeError):
-            async with outbox.transaction():
+            async with outbox.as_async().transaction():
                 await messaging.publish_event("a.b", {"n": 1}, topic)
                 await messaging.get_producer().send(topic, {"raw": True})
                 raise RuntimeError("abort")

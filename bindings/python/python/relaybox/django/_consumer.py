@@ -12,17 +12,21 @@ retries the message, then dead-letters it.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from django.db import close_old_connections, connections, transaction
 
 from .. import _native
-from ..consumer import _HostConsumer
+from .. import consumer as _consumer
+from ..consumer import ConsumerOptions, _HostMode
 from ..errors import ConfigError
-from ..outbox import Outbox
+from ..outbox import AnyOutbox
 from ..transport import Transport
 from ._conf import alias, get_outbox
 from ._conf import transport as default_transport
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Consumer"]
 
@@ -34,7 +38,7 @@ class _Duplicate(Exception):
     """The inbox already holds the message: roll back, skip the handler."""
 
 
-class Consumer(_HostConsumer):
+class Consumer(_HostMode, _consumer.Consumer):
     """Reads ``topic`` as ``group`` and calls ``handler(message)`` inside ``atomic()``.
 
     The block already holds the message's inbox row: the handler's ORM writes
@@ -61,9 +65,9 @@ class Consumer(_HostConsumer):
         *,
         group: str,
         using: Optional[str] = None,
-        outbox: Optional[Outbox] = None,
+        outbox: Optional[AnyOutbox] = None,
         transport: Transport = None,
-        **settings: Optional[float],
+        **options: Unpack[ConsumerOptions],
     ) -> None:
         if inspect.iscoroutinefunction(handler):
             raise TypeError("relaybox.django.Consumer needs a plain (not async) handler")
@@ -84,7 +88,7 @@ class Consumer(_HostConsumer):
             handler,  # type: ignore[arg-type]
             group=group,
             transport=transport if transport is not None else default_transport(),
-            **settings,  # type: ignore[arg-type]
+            **options,
         )
         self._django_handler = handler
 

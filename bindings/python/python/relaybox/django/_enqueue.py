@@ -9,13 +9,13 @@ from django.db import connections
 
 from .._host import (
     IDENTITY_SQL,
-    EnqueueOptions,
     check_same,
     one,
     outbox_identity,
     run_statements,
     statements,
 )
+from .._spec import EnqueueOptions
 from ..errors import ConfigError
 from ._conf import alias, get_outbox
 

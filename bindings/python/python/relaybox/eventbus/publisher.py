@@ -198,10 +198,10 @@ class AmazonSNSPublisher:
         if isinstance(where, Transaction):
             return await AsyncTransaction(where._tx).enqueue(self.topic, payload, **fields)
         if isinstance(where, Outbox):
-            return await where.enqueue_async(self.topic, payload, **fields)
+            return await where.as_async().enqueue(self.topic, payload, **fields)
         if where is not None:
             return await _pg.enqueue_async(where, self.outbox, self.topic, payload, **fields)
-        return await self.outbox.enqueue_async(self.topic, payload, **fields)
+        return await self.outbox.as_async().enqueue(self.topic, payload, **fields)
 
     def __repr__(self) -> str:
         return f"AmazonSNSPublisher(name={self.name!r}, topic={self.topic!r}, aws={self.aws!r})"

@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, cast
 
-from ..consumer import Handler, Message
+from ..consumer import AsyncHandler, Handler, Message
 from ..errors import Reject
 from ..outbox import AsyncTransaction, Transaction
 from .base import check_names
@@ -165,7 +165,7 @@ def message_handler(
         with_db = _takes_db(func)
         is_async = inspect.iscoroutinefunction(func)
 
-        def make_handler() -> Handler:
+        def make_handler() -> Union[Handler, AsyncHandler]:
             if is_async:
 
                 async def handle_async(message: Message, tx: AsyncTransaction) -> None:
@@ -281,7 +281,7 @@ def consumer(
         is_async = kinds.pop()
         with_db = {a: _takes_db(getattr(cls, a), skip=1) for a in routes.values()}
 
-        def make_handler() -> Handler:
+        def make_handler() -> Union[Handler, AsyncHandler]:
             instance = cls()
 
             def route(message: Message) -> Optional[tuple[Callable[..., Any], Any, bool]]:

@@ -14,9 +14,9 @@ import hashlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
-from ..consumer import Handler
+from ..consumer import AsyncHandler, Handler
 from .brokers import config_error
 
 __all__ = [
@@ -53,8 +53,8 @@ class Registration:
     """Consumer group."""
     topics: tuple[str, ...]
     """Topics; empty means the configured default topic."""
-    make_handler: Callable[[], Handler]
-    """Builds the ``handler(message, tx)`` given to :class:`relaybox.Consumer`."""
+    make_handler: Callable[[], Union[Handler, AsyncHandler]]
+    """Builds the ``handler(message, tx)`` of its ``relaybox.Consumer`` / ``AsyncConsumer``."""
     is_async: bool
     """Whether the handler is ``async def``."""
     auto_start: bool = True

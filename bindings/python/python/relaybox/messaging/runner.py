@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any, Callable, Optional, Union
 
-from ..consumer import Consumer, Handler
-from ..outbox import Outbox
-from ..relay import Relay
+from ..consumer import AsyncConsumer, Consumer, _ConsumerBase, _is_async
+from ..outbox import AnyOutbox
+from ..relay import Relay, _RelayBase
 from ..transport import Transport
 from .brokers import config_error
 from .registry import Registration, get_registry
@@ -44,7 +44,7 @@ class ConsumerRunner:
         self,
         pairs: Iterable[tuple[Registration, str]],
         *,
-        outbox: Outbox,
+        outbox: AnyOutbox,
         transport: Transport,
         relay: bool = True,
     ) -> None:
@@ -54,7 +54,7 @@ class ConsumerRunner:
         """The outbox the consumers and the relay use."""
         self.transport = transport
         """Their transport."""
-        self.consumers: list[Consumer] = []
+        self.consumers: list[_ConsumerBase] = []
         """The consumers, once started (kept after :meth:`stop` for their :meth:`stats`)."""
         self.relay: Optional[Relay] = Relay(outbox, transport) if relay else None
         """The relay, unless ``relay=False``."""
@@ -66,8 +66,11 @@ class ConsumerRunner:
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._lock = threading.Lock()
 
-    def _consumer(self, registration: Registration, topic: str, handler: Handler) -> Consumer:
-        return Consumer(
+    def _consumer(
+        self, registration: Registration, topic: str, handler: Callable[..., Any]
+    ) -> _ConsumerBase:
+        kind = AsyncConsumer if _is_async(handler) else Consumer
+        return kind(
             self.outbox,
             topic,
             handler,
@@ -86,14 +89,14 @@ class ConsumerRunner:
         if self._started:
             return self
         self._started = True
-        handlers: dict[str, Handler] = {}
+        handlers: dict[str, Callable[..., Any]] = {}
         try:
             for registration, topic in self.pairs:
                 handler = handlers.get(registration.name)
                 if handler is None:
                     handler = handlers[registration.name] = registration.make_handler()
                 consumer = self._consumer(registration, topic, handler)
-                consumer.start()
+                consumer._start()
                 self.consumers.append(consumer)
             if self.relay is not None:
                 self.relay.start()
@@ -102,9 +105,9 @@ class ConsumerRunner:
             raise
         return self
 
-    def _parts(self) -> list[Union[Consumer, Relay]]:
+    def _parts(self) -> list[Union[_ConsumerBase, _RelayBase]]:
         """What :meth:`stop` stops, in order: the consumers (last started first), the relay."""
-        parts: list[Union[Consumer, Relay]] = list(reversed(self.consumers))
+        parts: list[Union[_ConsumerBase, _RelayBase]] = list(reversed(self.consumers))
         if self.relay is not None:
             parts.append(self.relay)
         return parts
@@ -118,7 +121,7 @@ class ConsumerRunner:
         error: Optional[BaseException] = None
         for part in self._parts():
             try:
-                part.stop()
+                part._stop_blocking()
             except BaseException as exc:  # stop the others, then report the first failure
                 error = error or exc
         if error is not None:
@@ -133,7 +136,7 @@ class ConsumerRunner:
         error: Optional[BaseException] = None
         for part in self._parts():
             try:
-                await part.stop_async()
+                await part._stop_awaiting()
             except BaseException as exc:  # stop the others, then report the first failure
                 error = error or exc
         if error is not None:

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..outbox import Outbox
+from ..outbox import AnyOutbox, AsyncOutbox, Outbox
 from ..transport import Transport
 from .base import check_names
 from .brokers import config_error, transport_for
@@ -81,7 +81,7 @@ class MessagingSettings:
     """Extra librdkafka settings (SASL, SSL, ...)."""
     create_topics: bool = True
     """Create missing Kafka topics."""
-    outbox: Optional[Outbox] = field(default=None, repr=False, compare=False)
+    outbox: Optional[AnyOutbox] = field(default=None, repr=False, compare=False)
     """An outbox to use instead of opening ``database_url`` (the façade never closes it)."""
 
     @property
@@ -130,7 +130,7 @@ def _build(
     migrate: bool = True,
     kafka_properties: Optional[Mapping[str, str]] = None,
     create_topics: bool = True,
-    outbox: Optional[Outbox] = None,
+    outbox: Optional[AnyOutbox] = None,
 ) -> MessagingSettings:
     name = _first(broker, _env("MESSAGE_BROKER")) or _infer_broker(bootstrap_servers)
     url = _first(database_url, _env("RELAYBOX_DATABASE_URL"), _env("DATABASE_URL"))
@@ -189,7 +189,7 @@ def configure_messaging(
     migrate: bool = True,
     kafka_properties: Optional[Mapping[str, str]] = None,
     create_topics: bool = True,
-    outbox: Optional[Outbox] = None,
+    outbox: Optional[AnyOutbox] = None,
 ) -> MessagingSettings:
     """Configure the façade; return the settings in force.
 
@@ -245,7 +245,7 @@ def get_outbox() -> Outbox:
     """The façade's :class:`relaybox.Outbox`, opened (and migrated) on first use."""
     settings = get_settings()
     if settings.outbox is not None:
-        return settings.outbox
+        return _sync(settings.outbox)
     with _state.lock:
         if _state.outbox is None or _state.outbox.closed:
             url = _open_spec(settings)
@@ -256,23 +256,31 @@ def get_outbox() -> Outbox:
         return _state.outbox
 
 
-async def get_outbox_async() -> Outbox:
-    """:func:`get_outbox` without blocking the event loop while it connects."""
+async def get_outbox_async() -> AsyncOutbox:
+    """The façade's outbox as an :class:`relaybox.AsyncOutbox`; connecting does not block."""
     settings = get_settings()
     if settings.outbox is not None:
-        return settings.outbox
+        return (
+            settings.outbox.as_async() if isinstance(settings.outbox, Outbox) else settings.outbox
+        )
     with _state.lock:
         if _state.outbox is not None and not _state.outbox.closed:
-            return _state.outbox
+            return _state.outbox.as_async()
     url = _open_spec(settings)
-    opened = await Outbox.open(url, migrate=settings.migrate, table_prefix=settings.table_prefix)
+    opened = await AsyncOutbox.open(
+        url, migrate=settings.migrate, table_prefix=settings.table_prefix
+    )
     with _state.lock:
         if _state.outbox is None or _state.outbox.closed:
-            _state.outbox, _state.owned = opened, True
+            _state.outbox, _state.owned = opened.as_sync(), True
             return opened
         current = _state.outbox
-    await opened.close_async()
-    return current
+    await opened.close()
+    return current.as_async()
+
+
+def _sync(outbox: AnyOutbox) -> Outbox:
+    return outbox if isinstance(outbox, Outbox) else outbox.as_sync()
 
 
 def close_messaging() -> None:

@@ -8,7 +8,7 @@ The first of these that applies is used:
    psycopg 3 ``Connection`` / ``AsyncConnection`` (or cursor), a SQLAlchemy
    ``Session`` / ``Connection`` / ``AsyncSession`` / ``AsyncConnection``
    (:mod:`relaybox.sqlalchemy`), an asyncpg ``Connection`` in a transaction
-   (:mod:`relaybox.asyncpg`), or a :class:`relaybox.Outbox`;
+   (:mod:`relaybox.asyncpg`), or a :class:`relaybox.Outbox` / :class:`relaybox.AsyncOutbox`;
 2. the transaction of the innermost ``outbox.transaction()`` block
    (:func:`relaybox.current_transaction`);
 3. inside a consumer handler, the handler's transaction (so what a handler
@@ -39,7 +39,7 @@ from typing import Any, Optional, Union
 
 from .. import psycopg as _pg
 from ..errors import ConfigError
-from ..outbox import AsyncTransaction, Outbox, Transaction, current_transaction
+from ..outbox import AsyncOutbox, AsyncTransaction, Outbox, Transaction, current_transaction
 from .settings import get_outbox, get_outbox_async
 
 __all__ = ["Outgoing", "handler_scope", "target", "write", "write_async"]
@@ -111,7 +111,7 @@ def _kind(db: Any) -> str:
     One of ``relaybox``, ``psycopg``, ``psycopg-async``, ``sqlalchemy``,
     ``sqlalchemy-async`` or ``asyncpg``.
     """
-    if isinstance(db, (Transaction, AsyncTransaction, Outbox)):
+    if isinstance(db, (Transaction, AsyncTransaction, Outbox, AsyncOutbox)):
         return "relaybox"
     psycopg_kind = _psycopg_kind(db)
     if psycopg_kind is not None:
@@ -167,6 +167,8 @@ def write(message: Outgoing, db: Any = None) -> str:
         return Transaction(where._tx).enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Outbox):
         return where.enqueue(message.topic, message.payload, **fields)
+    if isinstance(where, AsyncOutbox):
+        return where.as_sync().enqueue(message.topic, message.payload, **fields)
     kind = _kind(where)
     if kind == "psycopg":
         return _pg.enqueue(where, get_outbox(), message.topic, message.payload, **fields)
@@ -188,13 +190,15 @@ async def write_async(message: Outgoing, db: Any = None) -> str:
     }
     if where is None:
         outbox = await get_outbox_async()
-        return await outbox.enqueue_async(message.topic, message.payload, **fields)
+        return await outbox.enqueue(message.topic, message.payload, **fields)
     if isinstance(where, AsyncTransaction):
         return await where.enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Transaction):
         return await AsyncTransaction(where._tx).enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Outbox):
-        return await where.enqueue_async(message.topic, message.payload, **fields)
+        return await where.as_async().enqueue(message.topic, message.payload, **fields)
+    if isinstance(where, AsyncOutbox):
+        return await where.enqueue(message.topic, message.payload, **fields)
     kind = _kind(where)
     outbox = await get_outbox_async()
     if kind == "psycopg-async":
@@ -211,4 +215,4 @@ async def write_async(message: Outgoing, db: Any = None) -> str:
         return _sa.enqueue(where, outbox, message.topic, message.payload, **fields)
     from .. import asyncpg as _apg
 
-    return await _apg.enqueue(where, outbox, message.topic, message.payload, **fields)
+    return await _apg.enqueue_async(where, outbox, message.topic, message.payload, **fields)

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import _native
-from ..consumer import _HostConsumer
+from .. import consumer as _consumer
+from ..consumer import ConsumerOptions, _HostMode
 from ..errors import ConfigError
-from ..outbox import Outbox
+from ..outbox import AnyOutbox
 from ..transport import Transport
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AsyncConsumer", "Consumer"]
 
@@ -35,7 +39,7 @@ AsyncSessionHandler = Callable[[_native.Message, AsyncSession], Awaitable[Any]]
 """``async def handler(message, session)``: writes through ``session``; never commits it."""
 
 
-def _check_outbox(outbox: Outbox) -> None:
+def _check_outbox(outbox: AnyOutbox) -> None:
     if outbox.dialect != "postgres":
         raise ConfigError(
             "relaybox.sqlalchemy consumers record the inbox in PostgreSQL; "
@@ -43,7 +47,7 @@ def _check_outbox(outbox: Outbox) -> None:
         )
 
 
-class Consumer(_HostConsumer):
+class Consumer(_HostMode, _consumer.Consumer):
     """Reads ``topic`` as ``group`` and calls ``handler(message, session)``.
 
     ``session`` comes from ``sessionmaker`` and already holds the message's
@@ -58,19 +62,17 @@ class Consumer(_HostConsumer):
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: AnyOutbox,
         topic: str,
         handler: SessionHandler,
         *,
         group: str,
         sessionmaker: sessionmaker[Session],
         transport: Transport = None,
-        **settings: Optional[float],
+        **options: Unpack[ConsumerOptions],
     ) -> None:
         _check_outbox(outbox)
-        if inspect.iscoroutinefunction(handler):
-            raise TypeError("an async handler needs relaybox.sqlalchemy.AsyncConsumer")
-        super().__init__(outbox, topic, handler, group=group, transport=transport, **settings)  # type: ignore[arg-type]
+        super().__init__(outbox, topic, handler, group=group, transport=transport, **options)  # type: ignore[arg-type]
         self._sessions = sessionmaker
         self._session_handler = handler
 
@@ -90,7 +92,7 @@ class Consumer(_HostConsumer):
                 raise
 
 
-class AsyncConsumer(_HostConsumer):
+class AsyncConsumer(_HostMode, _consumer.AsyncConsumer):
     """:class:`Consumer` for ``async def handler(message, session)``.
 
     The ``AsyncSession`` comes from ``async_sessionmaker``; the handler runs on
@@ -102,19 +104,17 @@ class AsyncConsumer(_HostConsumer):
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: AnyOutbox,
         topic: str,
         handler: AsyncSessionHandler,
         *,
         group: str,
         sessionmaker: async_sessionmaker[AsyncSession],
         transport: Transport = None,
-        **settings: Optional[float],
+        **options: Unpack[ConsumerOptions],
     ) -> None:
         _check_outbox(outbox)
-        if not inspect.iscoroutinefunction(handler):
-            raise TypeError("AsyncConsumer needs an `async def` handler")
-        super().__init__(outbox, topic, handler, group=group, transport=transport, **settings)  # type: ignore[arg-type]
+        super().__init__(outbox, topic, handler, group=group, transport=transport, **options)  # type: ignore[arg-type]
         self._sessions_async = sessionmaker
         self._session_handler_async = handler
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 from .._host import (
     IDENTITY_SQL,
-    EnqueueOptions,
     Statement,
     check_same,
     one,
@@ -32,8 +31,9 @@ from .._host import (
     outbox_identity_async,
     statements,
 )
+from .._spec import EnqueueOptions
 from ..errors import ConfigError
-from ..outbox import Outbox
+from ..outbox import AnyOutbox
 
 __all__ = ["enqueue", "enqueue_async", "enqueue_batch", "enqueue_batch_async"]
 
@@ -91,7 +91,7 @@ def _run(conn: Connection, planned: list[Statement]) -> list[str]:
     return ids
 
 
-def enqueue_batch(db: Any, outbox: Outbox, messages: Iterable[Mapping[str, Any]]) -> list[str]:
+def enqueue_batch(db: Any, outbox: AnyOutbox, messages: Iterable[Mapping[str, Any]]) -> list[str]:
     """Write many messages in ``db``'s transaction; return their ids.
 
     ``db`` is a ``sqlalchemy.orm.Session`` or ``sqlalchemy.engine.Connection``
@@ -118,7 +118,7 @@ def enqueue_batch(db: Any, outbox: Outbox, messages: Iterable[Mapping[str, Any]]
 
 
 def enqueue(
-    db: Any, outbox: Outbox, topic: str, payload: Any, **options: Unpack[EnqueueOptions]
+    db: Any, outbox: AnyOutbox, topic: str, payload: Any, **options: Unpack[EnqueueOptions]
 ) -> str:
     """Write one message in ``db``'s transaction (see :func:`enqueue_batch`); return its id.
 
@@ -143,7 +143,7 @@ async def _async_connection(db: Any) -> AsyncConnection:
 
 
 async def enqueue_batch_async(
-    db: Any, outbox: Outbox, messages: Iterable[Mapping[str, Any]]
+    db: Any, outbox: AnyOutbox, messages: Iterable[Mapping[str, Any]]
 ) -> list[str]:
     """:func:`enqueue_batch` on an ``AsyncSession`` or ``AsyncConnection``.
 
@@ -172,7 +172,7 @@ async def enqueue_batch_async(
 
 
 async def enqueue_async(
-    db: Any, outbox: Outbox, topic: str, payload: Any, **options: Unpack[EnqueueOptions]
+    db: Any, outbox: AnyOutbox, topic: str, payload: Any, **options: Unpack[EnqueueOptions]
 ) -> str:
     """:func:`enqueue` on an ``AsyncSession`` or ``AsyncConnection``; return the id."""
     return (await enqueue_batch_async(db, outbox, one(topic, payload, options)))[0]
