@@ -10,7 +10,11 @@ _url = urlsplit(os.environ["RELAYBOX_TEST_DATABASE_URL"])
 
 SECRET_KEY = "relaybox-django-tests"
 USE_TZ = True
-INSTALLED_APPS = ["relaybox.django"]
+INSTALLED_APPS = ["relaybox.django", "shop"]
+# The shop app's views, served to django.test.Client.
+ROOT_URLCONF = "shop.urls"
+ALLOWED_HOSTS = ["testserver"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",

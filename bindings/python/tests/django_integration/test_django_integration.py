@@ -69,6 +69,7 @@ def migrated(pgm: psycopg.Connection[Any]) -> Iterator[None]:
     connection.close()
     pgm.execute(f"DROP TABLE IF EXISTS {PREFIX}shipments")
     call_command("migrate", "relaybox", "zero", verbosity=0)
+    call_command("migrate", "shop", "zero", verbosity=0)
     connection.close()
     assert tables(pgm) == set()
 

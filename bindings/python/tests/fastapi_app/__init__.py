@@ -1,0 +1,1 @@
+"""A FastAPI application served by uvicorn in the tests (``orders_app``)."""
