@@ -293,7 +293,7 @@ def test_async_order_per_key_across_many_keys_with_concurrent_lanes(
 
         try:
             async with (
-                relaybox.Relay(outbox, poll_interval=0.05),
+                relaybox.AsyncRelay(outbox, poll_interval=0.05),
                 rsa.AsyncConsumer(
                     outbox,
                     "orders",
@@ -343,7 +343,7 @@ def test_async_handler_that_writes_then_raises_leaves_nothing_is_retried_then_de
 
         try:
             async with (
-                relaybox.Relay(outbox, poll_interval=0.05),
+                relaybox.AsyncRelay(outbox, poll_interval=0.05),
                 rsa.AsyncConsumer(
                     outbox,
                     "orders",
