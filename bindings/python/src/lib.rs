@@ -27,6 +27,17 @@ fn schema_sql(dialect: &str, table_prefix: &str, partitions: u32) -> PyResult<St
     relaybox::schema::schema_sql(dialect, table_prefix, partitions).py()
 }
 
+/// Runs the `relaybox` command line `argv` (program name first) with the GIL
+/// released; returns its exit status (0 ok, 1 failure, 2 usage). The same
+/// command as the `relaybox` binary: `relaybox.cli` calls it for every
+/// subcommand but `consumer`.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
+    logging::refresh(py);
+    py.detach(|| std::panic::catch_unwind(|| relaybox_cli::main_with(argv)))
+        .map_err(|panic| error::to_py(relaybox::Error::from_panic(panic)))
+}
+
 /// Parses a message from its canonical JSON form.
 #[pyfunction]
 fn message_from_canonical_json(text: &str) -> PyResult<message::PyMessage> {
@@ -111,6 +122,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<consumer::PyConsumer>()?;
     m.add_class::<message::PyMessage>()?;
     m.add_function(wrap_pyfunction!(schema_sql, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(message_from_canonical_json, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_json_of, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for_key, m)?)?;

@@ -150,3 +150,14 @@ def test_url_is_redacted(pg_url: str, prefix: str) -> None:
     with relaybox.Outbox(url, table_prefix=prefix) as box:
         assert "s3cret-pw" not in box.url
         assert "s3cret-pw" not in repr(box)
+
+
+def test_an_unknown_enqueue_keyword_is_a_type_error_and_writes_nothing(
+    outbox: relaybox.Outbox,
+) -> None:
+    with pytest.raises(TypeError, match="unexpected enqueue keyword.*kye"):
+        outbox.enqueue("orders", {"id": 1}, kye="1")  # type: ignore[call-arg]
+    with outbox.transaction() as tx:
+        with pytest.raises(TypeError, match="kye"):
+            tx.enqueue_batch([{"topic": "orders", "payload": {}, "kye": "1"}])
+    assert outbox.pending_count() == 0

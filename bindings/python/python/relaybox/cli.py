@@ -1,13 +1,16 @@
-"""The ``relaybox`` command.
+"""The ``relaybox`` command: the same subcommands as the ``relaybox`` binary of the Rust crate.
+
+``migrate``, ``schema``, ``relay``, ``status``, ``dead-letters`` and ``tail``
+are the command line of the Rust core (run in-process through the native
+module; ``relaybox --help`` lists them). Their logs go through Python's
+``logging`` to stderr (INFO for ``relay``, WARNING otherwise).
 
 ``relaybox consumer --app MODULE [--topic T]... [--group G] [--no-relay]``
 imports ``MODULE`` (which registers ``@message_handler`` functions and
 ``@consumer`` classes, and may call ``configure_messaging``), runs the
 registered handlers (all, or those of the given topics / group) plus a relay
-until SIGINT or SIGTERM, then stops cleanly and exits 0.
-
-``relaybox schema --dialect postgres|sqlite [--table-prefix P] [--partitions N]``
-prints relaybox's schema as SQL.
+until SIGINT or SIGTERM, then stops cleanly and exits 0. The Rust binary
+hands this subcommand to ``python3 -m relaybox consumer``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -36,7 +40,8 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="relaybox: transactional outbox, relay and idempotent consumer.",
+        description="relaybox: transactional outbox, relay and idempotent consumer "
+        "(`relaybox --help` lists every subcommand).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -66,10 +71,6 @@ def _parser() -> argparse.ArgumentParser:
         help="do not run a relay in this process (relays run elsewhere)",
     )
 
-    schema = commands.add_parser("schema", help="print relaybox's schema as SQL")
-    schema.add_argument("--dialect", required=True, choices=("postgres", "sqlite"))
-    schema.add_argument("--table-prefix", default="relaybox_", metavar="PREFIX")
-    schema.add_argument("--partitions", type=int, default=16, metavar="N")
     return parser
 
 
@@ -152,28 +153,32 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _schema(args: argparse.Namespace) -> int:
-    from . import schema_sql
-    from .errors import RelayboxError
+def _native_command(argv: list[str]) -> int:
+    """Run a subcommand of the core's command line; its logs go to stderr via ``logging``."""
+    from . import _native
 
-    try:
-        sql = schema_sql(args.dialect, args.table_prefix, args.partitions)
-    except RelayboxError as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-    sys.stdout.write(sql if sql.endswith("\n") else sql + "\n")
-    return EXIT_OK
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO if argv[:1] == ["relay"] else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    if threading.current_thread() is threading.main_thread():
+        # As in the binary: SIGINT ends the process unless the command handles it
+        # (`relay` stops cleanly on SIGINT and SIGTERM).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return _native.cli_main([PROG, *argv])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``relaybox`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
-    Usage errors exit with status 2 (argparse raises ``SystemExit(2)``).
+    Usage errors of ``consumer`` exit with status 2 (argparse raises ``SystemExit(2)``).
     """
-    args = _parser().parse_args(argv)
-    if args.command == "consumer":
-        return _consumer(args)
-    return _schema(args)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["consumer"]:
+        return _consumer(_parser().parse_args(args))
+    return _native_command(args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ usage errors, and the schema command."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,48 @@ def test_schema_command_prints_the_sql() -> None:
     assert result.stdout.rstrip("\n") == relaybox.schema_sql("postgres", "app_", 16).rstrip("\n")
     assert "CREATE TABLE IF NOT EXISTS app_outbox" in result.stdout
     assert run(["schema", "--dialect", "oracle"]).returncode == 2
+
+
+def test_one_command_has_the_core_subcommands_and_consumer(pg_url: str, prefix: str) -> None:
+    helped = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    for command in ("migrate", "schema", "relay", "status", "dead-letters", "tail", "consumer"):
+        assert f"\n  {command} " in helped.stdout, command
+
+    env = {**os.environ, "RELAYBOX_DATABASE_URL": pg_url, "RELAYBOX_TABLE_PREFIX": prefix}
+    migrated = subprocess.run(
+        [SCRIPT, "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    status = subprocess.run(
+        [SCRIPT, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["dead_letters"] == 0
+
+    bad = subprocess.run(
+        [SCRIPT, "status", "--database-url", "postgres://nobody:s3cret@127.0.0.1:1/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("relaybox: ") and "s3cret" not in bad.stderr
+
+
+def test_the_relay_subcommand_logs_through_python_and_stops_on_sigterm(
+    pg_url: str, prefix: str
+) -> None:
+    outbox = relaybox.Outbox(pg_url, migrate=True, table_prefix=prefix)
+    outbox.enqueue("cli-relay", {"n": 1})
+    env = {**os.environ, "RELAYBOX_DATABASE_URL": pg_url, "RELAYBOX_TABLE_PREFIX": prefix}
+    process = subprocess.Popen(
+        [SCRIPT, "relay"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for("relayed", lambda: outbox.pending_count() == 0, timeout=60)
+    finally:
+        _, err = stop(process, signal.SIGTERM)
+        outbox.close()
+    assert process.returncode == 0, err
+    assert " INFO relaybox" in err
