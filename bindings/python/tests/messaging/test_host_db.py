@@ -127,3 +127,67 @@ def test_a_db_relaybox_cannot_write_through_is_an_error(
     with pytest.raises(relaybox.ConfigError):
         act(db=object())
     assert outbox.pending_count() == 0
+
+
+def test_handlers_run_in_a_sqlalchemy_session_with_the_inbox_row(
+    outbox: relaybox.Outbox, pg_url: str, prefix: str, topic: str, pg: psycopg.Connection[Any]
+) -> None:
+    from conftest import wait_for
+    from sqlalchemy.orm import sessionmaker
+
+    pg.execute(f"CREATE TABLE {prefix}shipments (order_id int)")
+    engine = create_engine(_sa(pg_url, "psycopg"))
+    messaging.configure_messaging(broker="database", outbox=outbox, handler_db=sessionmaker(engine))
+    attempts: list[int] = []
+    followups: list[dict[str, Any]] = []
+
+    @messaging.message_handler(topic=topic, retry_delay=0.05)
+    def ship(message: dict[str, Any], db: Session) -> None:
+        attempts.append(message["order_id"])
+        assert isinstance(db, Session)
+        db.execute(text(f"INSERT INTO {prefix}shipments VALUES (:order_id)"), message)
+        messaging.publish_event_sync("order.shipped", message, f"{topic}.shipped")
+        if len(attempts) == 1:
+            raise RuntimeError("fails after writing: the row and the follow-up roll back")
+
+    @messaging.message_handler(topic=f"{topic}.shipped")
+    def shipped(message: dict[str, Any], db: Session) -> None:
+        followups.append(message)
+
+    try:
+        messaging.publish_event_sync("order.created", {"order_id": 7}, topic)
+        with messaging.start_consumers() as runner:
+            wait_for("the follow-up", lambda: followups == [{"order_id": 7}])
+            wait_for(
+                "both consumers done",
+                lambda: [c.stats()["processed"] for c in runner.consumers] == [1, 1],
+            )
+            assert all(
+                type(c).__module__.startswith("relaybox.sqlalchemy") for c in runner.consumers
+            )
+    finally:
+        engine.dispose()
+    assert attempts == [7, 7]
+    assert count(pg, f"{prefix}shipments") == 1
+    assert count(pg, f"{prefix}inbox") == 2
+
+
+def test_handler_db_that_cannot_hold_the_inbox_row_is_refused(
+    outbox: relaybox.Outbox, pg_url: str, topic: str
+) -> None:
+    from sqlalchemy.orm import sessionmaker
+
+    with pytest.raises(relaybox.ConfigError, match="handler_db=Session"):
+        messaging.configure_messaging(outbox=outbox, handler_db=Session())
+    engine = create_engine(_sa(pg_url, "psycopg"))
+    messaging.configure_messaging(broker="database", outbox=outbox, handler_db=sessionmaker(engine))
+
+    @messaging.message_handler(topic=topic)
+    async def handle(message: dict[str, Any], db: AsyncSession) -> None:
+        pass
+
+    try:
+        with pytest.raises(relaybox.ConfigError, match="the handler must be plain"):
+            messaging.start_consumers()
+    finally:
+        engine.dispose()

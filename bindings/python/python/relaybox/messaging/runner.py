@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any, Callable, Optional, Union
 
-from ..consumer import AsyncConsumer, Consumer, _ConsumerBase, _is_async
+from ..consumer import AsyncConsumer, Consumer, Message, _ConsumerBase, _is_async
 from ..outbox import AnyOutbox
 from ..relay import Relay, _RelayBase
 from ..transport import Transport
@@ -47,6 +47,7 @@ class ConsumerRunner:
         outbox: AnyOutbox,
         transport: Transport,
         relay: bool = True,
+        handler_db: Any = None,
     ) -> None:
         self.pairs = list(pairs)
         """The ``(registration, topic)`` pairs consumed."""
@@ -54,6 +55,8 @@ class ConsumerRunner:
         """The outbox the consumers and the relay use."""
         self.transport = transport
         """Their transport."""
+        self.handler_db = handler_db
+        """What handlers' ``db`` is (:attr:`MessagingSettings.handler_db`)."""
         self.consumers: list[_ConsumerBase] = []
         """The consumers, once started (kept after :meth:`stop` for their :meth:`stats`)."""
         self.relay: Optional[Relay] = Relay(outbox, transport) if relay else None
@@ -69,17 +72,29 @@ class ConsumerRunner:
     def _consumer(
         self, registration: Registration, topic: str, handler: Callable[..., Any]
     ) -> _ConsumerBase:
-        kind = AsyncConsumer if _is_async(handler) else Consumer
-        return kind(
-            self.outbox,
-            topic,
-            handler,
-            group=registration.group,
-            transport=self.transport,
-            max_retries=registration.max_retries,
-            retry_delay=registration.retry_delay,
-            retry_delay_max=registration.retry_delay_max,
-        )
+        options: dict[str, Any] = {
+            "group": registration.group,
+            "transport": self.transport,
+            "max_retries": registration.max_retries,
+            "retry_delay": registration.retry_delay,
+            "retry_delay_max": registration.retry_delay_max,
+        }
+        is_async = _is_async(handler)
+        if self.handler_db is None:
+            kind = AsyncConsumer if is_async else Consumer
+            return kind(self.outbox, topic, handler, **options)
+        if self.handler_db == "django":
+            return _django_consumer(self.outbox, topic, handler, is_async, registration, options)
+        from .. import sqlalchemy as _sa
+
+        wants_async = type(self.handler_db).__name__ == "async_sessionmaker"
+        if wants_async != is_async:
+            raise config_error(
+                f"{registration.name}: handler_db is {'an async_' if wants_async else 'a '}"
+                f"sessionmaker, so the handler must be {'async def' if wants_async else 'plain'}"
+            )
+        host = _sa.AsyncConsumer if wants_async else _sa.Consumer
+        return host(self.outbox, topic, handler, sessionmaker=self.handler_db, **options)
 
     def start(self) -> ConsumerRunner:
         """Start the consumers, then the relay; on failure stop what started and re-raise.
@@ -256,7 +271,40 @@ def _runner(topics: Optional[Iterable[str]], group: Optional[str], relay: bool) 
     pairs = get_registry().select(settings.default_topic, wanted, group)
     if not pairs:
         raise config_error(_nothing_matches(wanted, group))
-    return ConsumerRunner(pairs, outbox=get_outbox(), transport=settings.transport, relay=relay)
+    return ConsumerRunner(
+        pairs,
+        outbox=get_outbox(),
+        transport=settings.transport,
+        relay=relay,
+        handler_db=settings.handler_db,
+    )
+
+
+def _django_consumer(
+    outbox: AnyOutbox,
+    topic: str,
+    handler: Callable[..., Any],
+    is_async: bool,
+    registration: Registration,
+    options: dict[str, Any],
+) -> _ConsumerBase:
+    """A :class:`relaybox.django.Consumer` calling ``handler(message, connection)``."""
+    if is_async:
+        raise config_error(
+            f"{registration.name}: with handler_db='django' handlers are plain functions "
+            "(Django's ORM runs them in transaction.atomic() on a worker thread)"
+        )
+    from django.db import connections
+
+    from ..django import Consumer as DjangoConsumer
+    from ..django._conf import alias
+
+    using = alias()
+
+    def in_atomic(message: Message) -> None:
+        handler(message, connections[using])
+
+    return DjangoConsumer(topic, in_atomic, outbox=outbox, using=using, **options)
 
 
 def _nothing_matches(topics: Optional[list[str]], group: Optional[str]) -> str:

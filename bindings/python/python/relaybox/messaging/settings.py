@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from ..outbox import AnyOutbox, AsyncOutbox, Outbox
 from ..transport import Transport
@@ -83,6 +84,11 @@ class MessagingSettings:
     """Create missing Kafka topics."""
     outbox: Optional[AnyOutbox] = field(default=None, repr=False, compare=False)
     """An outbox to use instead of opening ``database_url`` (the façade never closes it)."""
+    handler_db: Any = field(default=None, repr=False, compare=False)
+    """What handlers' ``db`` is: ``None`` (a :class:`relaybox.Transaction`), a SQLAlchemy
+    ``sessionmaker`` / ``async_sessionmaker`` (a ``Session`` / ``AsyncSession``), or
+    ``"django"`` (Django's connection, inside ``transaction.atomic()``). In each case
+    it holds the message's inbox row, and the handler's writes commit with it."""
 
     @property
     def transport(self) -> Transport:
@@ -131,7 +137,9 @@ def _build(
     kafka_properties: Optional[Mapping[str, str]] = None,
     create_topics: bool = True,
     outbox: Optional[AnyOutbox] = None,
+    handler_db: Any = None,
 ) -> MessagingSettings:
+    _check_handler_db(handler_db)
     name = _first(broker, _env("MESSAGE_BROKER")) or _infer_broker(bootstrap_servers)
     url = _first(database_url, _env("RELAYBOX_DATABASE_URL"), _env("DATABASE_URL"))
     settings = MessagingSettings(
@@ -150,10 +158,31 @@ def _build(
         kafka_properties=dict(kafka_properties or {}),
         create_topics=create_topics,
         outbox=outbox,
+        handler_db=handler_db,
     )
     transport_for(settings)
     check_names(settings.default_topic, source=settings.source)
     return settings
+
+
+def _check_handler_db(handler_db: Any) -> None:
+    if handler_db is None or handler_db == "django":
+        return
+    if sys.modules.get("sqlalchemy") is not None:
+        from sqlalchemy.orm import sessionmaker
+
+        if isinstance(handler_db, sessionmaker):
+            return
+        if "sqlalchemy.ext.asyncio" in sys.modules:
+            from sqlalchemy.ext.asyncio import async_sessionmaker
+
+            if isinstance(handler_db, async_sessionmaker):
+                return
+    raise config_error(
+        f"handler_db={type(handler_db).__qualname__}: handlers can run in a SQLAlchemy "
+        "sessionmaker's or async_sessionmaker's session, or in Django's connection "
+        '(handler_db="django"), or in a relaybox transaction (None)'
+    )
 
 
 class _State:
@@ -190,13 +219,18 @@ def configure_messaging(
     kafka_properties: Optional[Mapping[str, str]] = None,
     create_topics: bool = True,
     outbox: Optional[AnyOutbox] = None,
+    handler_db: Any = None,
 ) -> MessagingSettings:
     """Configure the façade; return the settings in force.
 
     Arguments left ``None`` come from the environment, then the defaults
     (see :mod:`relaybox.messaging.settings`). ``outbox`` reuses an open
     :class:`relaybox.Outbox` instead of opening ``database_url``. Nothing
-    connects here: the outbox opens on first use.
+    connects here: the outbox opens on first use. ``handler_db`` makes
+    handlers run in your ORM's transaction (see
+    :attr:`MessagingSettings.handler_db`): a SQLAlchemy ``sessionmaker`` or
+    ``async_sessionmaker``, or ``"django"``; anything else is a
+    :class:`relaybox.ConfigError`.
 
     Raises :class:`relaybox.ConfigError` for an unknown broker or one whose
     URL is missing (``rabbitmq_url``, ``redis_url``), and
@@ -217,6 +251,7 @@ def configure_messaging(
         kafka_properties=kafka_properties,
         create_topics=create_topics,
         outbox=outbox,
+        handler_db=handler_db,
     )
     with _state.lock:
         _state.release()

@@ -8,14 +8,18 @@ The first of these that applies is used:
    psycopg 3 ``Connection`` / ``AsyncConnection`` (or cursor), a SQLAlchemy
    ``Session`` / ``Connection`` / ``AsyncSession`` / ``AsyncConnection``
    (:mod:`relaybox.sqlalchemy`), an asyncpg ``Connection`` in a transaction
-   (:mod:`relaybox.asyncpg`), or a :class:`relaybox.Outbox` / :class:`relaybox.AsyncOutbox`;
+   (:mod:`relaybox.asyncpg`), a Django connection (``django.db.connection``,
+   inside ``transaction.atomic()``; :mod:`relaybox.django`), or a
+   :class:`relaybox.Outbox` / :class:`relaybox.AsyncOutbox`;
 2. the transaction of the innermost ``outbox.transaction()`` block
    (:func:`relaybox.current_transaction`);
-3. inside a consumer handler, the handler's transaction (so what a handler
+3. inside a consumer handler, the handler's ``db`` (so what a handler
    publishes commits together with the message being marked processed);
-4. otherwise the façade's outbox, in a transaction of its own that commits at once.
+4. with ``relaybox.django`` installed, Django's connection when a
+   ``transaction.atomic()`` block is open on it;
+5. otherwise the façade's outbox, in a transaction of its own that commits at once.
 
-In cases 1 to 3 the message commits or rolls back with that transaction.
+In cases 1 to 4 the message commits or rolls back with that transaction.
 Any other ``db`` is an error (:class:`relaybox.ConfigError` naming its type)
 and nothing is written: relaybox never falls back to a transaction of its
 own when it was given one it cannot write through.
@@ -46,14 +50,18 @@ __all__ = ["Outgoing", "handler_scope", "target", "write", "write_async"]
 
 AnyTransaction = Union[Transaction, AsyncTransaction]
 
-_handler_tx: contextvars.ContextVar[Optional[AnyTransaction]] = contextvars.ContextVar(
+_handler_tx: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "relaybox_messaging_handler_transaction", default=None
 )
 
 
 @contextmanager
-def handler_scope(tx: AnyTransaction) -> Iterator[None]:
-    """Make ``tx`` the transaction messages go to while a consumer handler runs."""
+def handler_scope(tx: Any) -> Iterator[None]:
+    """Make ``tx`` the ``db`` messages go to while a consumer handler runs.
+
+    ``tx`` is the handler's ``db``: a relaybox transaction, or the SQLAlchemy
+    session or Django connection that holds the inbox row.
+    """
     token = _handler_tx.set(tx)
     try:
         yield
@@ -100,6 +108,32 @@ def _sqlalchemy_kind(db: Any) -> Optional[str]:
     return None
 
 
+def _django_alias(db: Any) -> Optional[str]:
+    """The alias of ``db`` when it is a Django database connection."""
+    if sys.modules.get("django.db") is None:
+        return None
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    return str(db.alias) if isinstance(db, BaseDatabaseWrapper) else None
+
+
+def _django_atomic() -> Any:
+    """Relaybox's Django connection while a ``transaction.atomic()`` block is open on it."""
+    if sys.modules.get("django.db") is None:
+        return None
+    from django.apps import apps
+    from django.conf import settings
+
+    if not settings.configured or not apps.ready or not apps.is_installed("relaybox.django"):
+        return None
+    from django.db import connections
+
+    from ..django._conf import alias
+
+    conn = connections[alias()]
+    return conn if conn.in_atomic_block else None
+
+
 def _is_asyncpg(db: Any) -> bool:
     module = sys.modules.get("asyncpg")
     return module is not None and isinstance(db, module.Connection)
@@ -121,10 +155,13 @@ def _kind(db: Any) -> str:
         return "sqlalchemy" if sa_kind == "sync" else "sqlalchemy-async"
     if _is_asyncpg(db):
         return "asyncpg"
+    if _django_alias(db) is not None:
+        return "django"
     raise ConfigError(
         f"relaybox cannot write an event through db={type(db).__module__}.{type(db).__qualname__}: "
         "pass a relaybox Transaction or Outbox, a psycopg connection, a SQLAlchemy "
-        "Session/Connection/AsyncSession/AsyncConnection or an asyncpg connection "
+        "Session/Connection/AsyncSession/AsyncConnection, an asyncpg connection or a "
+        "Django connection "
         "(or no db, to write in a transaction of its own)"
     )
 
@@ -140,7 +177,10 @@ def target(db: Any = None) -> Any:
     scoped = current_transaction()
     if scoped is not None:
         return scoped
-    return _handler_tx.get()
+    handler_db = _handler_tx.get()
+    if handler_db is not None:
+        return handler_db
+    return _django_atomic()
 
 
 def _async_only(kind: str) -> TypeError:
@@ -176,6 +216,10 @@ def write(message: Outgoing, db: Any = None) -> str:
         from .. import sqlalchemy as _sa
 
         return _sa.enqueue(where, get_outbox(), message.topic, message.payload, **fields)
+    if kind == "django":
+        from .. import django as _dj
+
+        return _dj.enqueue(message.topic, message.payload, using=where.alias, **fields)
     raise _async_only({"psycopg-async": "psycopg AsyncConnection"}.get(kind, kind))
 
 
@@ -200,6 +244,11 @@ async def write_async(message: Outgoing, db: Any = None) -> str:
     if isinstance(where, AsyncOutbox):
         return await where.enqueue(message.topic, message.payload, **fields)
     kind = _kind(where)
+    if kind == "django":
+        raise TypeError(
+            "Django's database connection is used from sync code: publish from a plain "
+            "function (or `publish_event_sync`) inside transaction.atomic()"
+        )
     outbox = await get_outbox_async()
     if kind == "psycopg-async":
         return await _pg.enqueue_async(where, outbox, message.topic, message.payload, **fields)
