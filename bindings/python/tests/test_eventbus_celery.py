@@ -13,12 +13,25 @@ import celery
 import psycopg
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.result import _set_task_join_will_block
+from celery.worker import WorkController
 from conftest import wait_for
 from service_checks import redis_url  # noqa: F401  (fixture)
 
 import relaybox
-from relaybox.eventbus import AmazonSNSPublisher, EventFailPayload, EventPayload
-from relaybox.eventbus.celery import CeleryTaskWithCallback
+from relaybox.eventbus import (
+    AmazonSNSPublisher,
+    AmazonSNSSubscriber,
+    EventFailPayload,
+    EventPayload,
+    subscribers,
+)
+from relaybox.eventbus.celery import (
+    CONSUMER_PATH,
+    CeleryTaskWithCallback,
+    SQSConsumer,
+    add_consumer_option,
+)
 
 ARN = "arn:aws:sns:us-east-1:000000000000:orders"
 
@@ -136,3 +149,73 @@ def test_task_outcomes_are_published_through_the_outbox(
     rejected = messages["OrderRejected"]
     assert rejected.headers["entityName"] == "Order"
     assert json.loads(rejected.payload)["Payload"]["code"] == "LookupError"
+
+
+def test_the_publisher_comes_from_the_celery_setting_or_is_a_config_error(
+    outbox: relaybox.Outbox,
+) -> None:
+    app = celery.Celery(f"eventbus-{uuid.uuid4().hex[:6]}")
+
+    @app.task(  # type: ignore[untyped-decorator]
+        bind=True, base=CeleryTaskWithCallback, name="tests.settle", entity_name="Order"
+    )
+    def settle(task: CeleryTaskWithCallback, order_id: int) -> dict[str, Any]:
+        return {"id": order_id}
+
+    failed = settle.apply(kwargs={"order_id": 1})
+    assert isinstance(failed.result, relaybox.ConfigError)
+    assert "publisher= option" in str(failed.result) and "eventbus_publisher" in str(failed.result)
+
+    app.conf.eventbus_publisher = "no_such_module.publisher"
+    failed = settle.apply(kwargs={"order_id": 2})
+    assert isinstance(failed.result, relaybox.ConfigError)
+    assert "'no_such_module.publisher', which cannot be imported" in str(failed.result)
+
+    app.conf.eventbus_publisher = "json.dumps"
+    failed = settle.apply(kwargs={"order_id": 3})
+    assert isinstance(failed.result, relaybox.ConfigError)
+    assert "is a function, not an AmazonSNSPublisher" in str(failed.result)
+    assert outbox.pending_count() == 0
+
+    app.conf.eventbus_publisher = AmazonSNSPublisher(
+        "OrderService", {"topic_arn": ARN}, outbox=outbox
+    )
+    assert settle.apply(kwargs={"order_id": 4}, throw=True).result == {"id": 4}
+    [message] = outbox_messages(outbox, 1)
+    assert message.type == "OrderRegistered"
+    assert json.loads(message.payload)["Payload"] == {"id": 4}
+
+
+def test_the_sqs_consumer_takes_its_subscribers_queues_off_the_task_queues(
+    outbox: relaybox.Outbox,
+) -> None:
+    app = celery.Celery(f"eventbus-{uuid.uuid4().hex[:6]}", broker="memory://")
+    add_consumer_option(app)
+    add_consumer_option(app)
+    [option] = app.user_options["worker"]
+    assert "--consumer" in option.opts
+
+    events, tasks = f"q-events-{uuid.uuid4().hex[:6]}", f"q-tasks-{uuid.uuid4().hex[:6]}"
+    subscriber = AmazonSNSSubscriber(events, lambda event: None, outbox=outbox)
+    assert subscribers()[events] is subscriber
+
+    try:
+        worker = WorkController(
+            app=app, queues=[tasks, events], pool_cls="solo", consumer_cls=CONSUMER_PATH
+        )
+        assert isinstance(worker.consumer, SQSConsumer)
+        assert worker.consumer.subscribers == [subscriber]
+        assert set(app.amqp.queues.consume_from) == {tasks}
+
+        other = celery.Celery(f"eventbus-{uuid.uuid4().hex[:6]}", broker="memory://")
+        with pytest.raises(
+            relaybox.ConfigError,
+            match=r"no AmazonSNSSubscriber for the worker's queues \['nobody-reads-this'\]",
+        ):
+            WorkController(
+                app=other, queues=["nobody-reads-this"], pool_cls="solo", consumer_cls=SQSConsumer
+            )
+    finally:
+        # A worker built in this process marks it as one whose tasks must not wait for
+        # results; undo that as celery.contrib.testing.worker does.
+        _set_task_join_will_block(False)

@@ -17,8 +17,10 @@
 
     AmazonSNSSubscriber("user-events", hook=on_user_event, region="us-east-1").start()
 
-The Celery task base lives in :mod:`relaybox.eventbus.celery` (needs
-``celery``). See ``docs/python-eventbus.md``.
+The Celery task bases (``CeleryTaskWithCallback``, and
+``DjangoCeleryTaskWithCallback`` for Django models in ``transaction.atomic()``)
+and the worker consumer ``SQSConsumer`` live in :mod:`relaybox.eventbus.celery`
+(needs ``celery``). See ``docs/python-eventbus.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 from .aws import AwsSettings
 from .base import Event, EventFailPayload, EventPayload, Metadata
 from .publisher import AmazonSNSPublisher, SNSPublisher
-from .subscriber import AmazonSNSSubscriber, Hook, SQSSubscriber, parse_body
+from .subscriber import AmazonSNSSubscriber, Hook, SQSSubscriber, parse_body, subscribers
 
 __all__ = [
     "AmazonSNSPublisher",
@@ -40,4 +42,5 @@ __all__ = [
     "SNSPublisher",
     "SQSSubscriber",
     "parse_body",
+    "subscribers",
 ]

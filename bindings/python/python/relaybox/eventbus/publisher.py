@@ -12,6 +12,7 @@ commits, at least once, in order per entity id.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -160,16 +161,23 @@ class AmazonSNSPublisher:
         """Write ``event`` to the outbox for SNS; return the relaybox message id.
 
         The first of these is used: ``db`` (a :class:`relaybox.Transaction` /
-        :class:`~relaybox.AsyncTransaction`, a psycopg 3 connection, or an
-        :class:`relaybox.Outbox`), the innermost ``outbox.transaction()`` block
-        or consumer handler transaction, else a transaction of its own on
-        :attr:`outbox`. In the first two cases the event is published only if
-        that transaction commits. ``routing_keys`` are extra String
+        :class:`~relaybox.AsyncTransaction`, a psycopg 3 connection, an
+        :class:`relaybox.Outbox`, or a Django connection such as
+        ``django.db.connection``, written through :func:`relaybox.django.enqueue`
+        inside the current ``transaction.atomic()`` block), the innermost
+        ``outbox.transaction()`` block or consumer handler transaction, else a
+        transaction of its own on :attr:`outbox`. In the first two cases the
+        event is published only if that transaction commits. ``routing_keys`` are extra String
         MessageAttributes.
         """
         from ..messaging.writer import target
 
         payload, fields = self._message(event, routing_keys)
+        using = _django_alias(db)
+        if using is not None:
+            from ..django import enqueue
+
+            return enqueue(self.topic, payload, using=using, **fields)
         where = target(db)
         if isinstance(where, Transaction):
             return where.enqueue(self.topic, payload, **fields)
@@ -219,3 +227,14 @@ def _entity_name(payload: Any) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _django_alias(db: Any) -> Optional[str]:
+    """The alias of ``db`` when it is a Django database connection, else ``None``."""
+    if db is None or "django.db" not in sys.modules:
+        return None
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    if isinstance(db, BaseDatabaseWrapper):
+        return str(db.alias)
+    return None

@@ -7,12 +7,23 @@ raises is retried ``max_retries`` times, then dead-lettered. The body is the
 event's wire form, or an SNS notification wrapping it (a queue subscribed to
 a topic without raw message delivery), which is unwrapped
 (``json.loads(body)["Message"]``).
+
+In a Django project (``"relaybox.django"`` installed, or ``using=`` given)
+the consumer is :class:`relaybox.django.Consumer`: the hook runs inside
+``transaction.atomic()`` on Django's connection together with the message's
+inbox row, so the hook's ORM writes take effect once per message.
+
+Every subscriber is remembered by queue name (:func:`subscribers`), so a
+Celery worker started with :class:`relaybox.eventbus.celery.SQSConsumer`
+runs the subscribers of the queues it is given with ``-Q``.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import sys
+import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -21,10 +32,19 @@ from ..outbox import Outbox, Transaction
 from .aws import AwsSettings, config_error
 from .base import Event, EventPayload
 
-__all__ = ["AmazonSNSSubscriber", "Hook", "SQSSubscriber", "parse_body"]
+__all__ = ["AmazonSNSSubscriber", "Hook", "SQSSubscriber", "parse_body", "subscribers"]
 
 Hook = Callable[..., Any]
 """``hook(event)``; it also gets ``trace_ctx=`` and ``db=`` when it declares them."""
+
+_registry: dict[str, AmazonSNSSubscriber] = {}
+_registry_lock = threading.Lock()
+
+
+def subscribers() -> dict[str, AmazonSNSSubscriber]:
+    """The subscribers built in this process by queue name (the last one built for a queue)."""
+    with _registry_lock:
+        return dict(_registry)
 
 
 def parse_body(
@@ -61,6 +81,13 @@ class AmazonSNSSubscriber:
     ``trace_ctx`` (gets ``{"traceparent": ..., "tracestate": ...}``) and
     ``db`` (gets the :class:`relaybox.Transaction` that commits with the
     message's processed mark). Start with :meth:`start` or ``with``.
+
+    ``using`` (a Django database alias) runs the hook inside
+    ``transaction.atomic(using=using)`` with the message's inbox row
+    (:class:`relaybox.django.Consumer`); its ``db`` is then that Django
+    connection and ``outbox`` defaults to :func:`relaybox.django.get_outbox`.
+    Without ``outbox`` and ``using``, a process whose Django settings install
+    ``"relaybox.django"`` uses that mode on ``RELAYBOX["DATABASE"]``.
     """
 
     def __init__(
@@ -83,6 +110,7 @@ class AmazonSNSSubscriber:
         retry_delay: Optional[float] = None,
         poll_interval: Optional[float] = None,
         concurrency: Optional[int] = None,
+        using: Optional[str] = None,
     ) -> None:
         if not queue_name:
             raise config_error("queue_name: the SQS subscriber needs a queue name")
@@ -109,10 +137,13 @@ class AmazonSNSSubscriber:
         self._retry_delay = retry_delay
         self._poll_interval = poll_interval
         self._concurrency = concurrency
+        self._using = using
         parameters = _parameters(hook)
         self._wants_trace = "trace_ctx" in parameters
         self._wants_db = "db" in parameters
         self._consumer: Optional[Consumer] = None
+        with _registry_lock:
+            _registry[queue_name] = self
 
     @property
     def transport(self) -> dict[str, Any]:
@@ -121,7 +152,7 @@ class AmazonSNSSubscriber:
         settings["create_queues"] = self.create_queues
         return {"sqs": settings}
 
-    def _handle(self, message: Message, tx: Transaction) -> None:
+    def _call_hook(self, message: Message, db: Any) -> None:
         event = parse_body(message.payload, self.payload_classes)
         kwargs: dict[str, Any] = {}
         if self._wants_trace:
@@ -130,28 +161,69 @@ class AmazonSNSSubscriber:
                 "tracestate": event.metadata.tracestate,
             }
         if self._wants_db:
-            kwargs["db"] = tx
+            kwargs["db"] = db
         self.hook(event, **kwargs)
+
+    def _handle(self, message: Message, tx: Transaction) -> None:
+        self._call_hook(message, tx)
+
+    def _django_using(self) -> Optional[str]:
+        """The Django alias of the host-transaction mode, or ``None`` for relaybox's own."""
+        if self._using is not None:
+            return self._using
+        if self._outbox is not None or "django" not in sys.modules:
+            return None
+        from django.apps import apps
+        from django.conf import settings
+
+        if not (settings.configured and apps.ready and apps.is_installed("relaybox.django")):
+            return None
+        from ..django._conf import alias
+
+        return alias()
 
     def start(self) -> AmazonSNSSubscriber:
         """Start consuming; return ``self``."""
-        if self._consumer is None or not self._consumer.running:
-            outbox = self._outbox
-            if outbox is None:
-                from ..messaging.settings import get_outbox
+        if self._consumer is not None and self._consumer.running:
+            return self
+        settings: dict[str, Any] = {
+            "max_retries": self._max_retries,
+            "retry_delay": self._retry_delay,
+            "poll_interval": self._poll_interval,
+            "concurrency": self._concurrency,
+        }
+        using = self._django_using()
+        if using is not None:
+            from django.db import connections
 
-                outbox = get_outbox()
-            self._consumer = Consumer(
-                outbox,
+            from ..django import Consumer as DjangoConsumer
+
+            def handle(message: Message) -> None:
+                self._call_hook(message, connections[using])
+
+            self._consumer = DjangoConsumer(
                 self.queue_name,
-                self._handle,
+                handle,
                 group=self.group,
+                using=using,
+                outbox=self._outbox,
                 transport=self.transport,
-                max_retries=self._max_retries,
-                retry_delay=self._retry_delay,
-                poll_interval=self._poll_interval,
-                concurrency=self._concurrency,
+                **settings,
             ).start()
+            return self
+        outbox = self._outbox
+        if outbox is None:
+            from ..messaging.settings import get_outbox
+
+            outbox = get_outbox()
+        self._consumer = Consumer(
+            outbox,
+            self.queue_name,
+            self._handle,
+            group=self.group,
+            transport=self.transport,
+            **settings,
+        ).start()
         return self
 
     def stop(self) -> None:
