@@ -12,14 +12,12 @@ commits, at least once, in order per entity id.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 from pydantic import SecretStr
 
-from .. import psycopg as _pg
-from ..outbox import AsyncTransaction, Outbox, Transaction
+from ..outbox import Outbox
 from ..relay import Relay
 from .aws import AwsSettings, config_error, topic_name_of_arn
 from .base import Event, EventPayload, Metadata
@@ -160,34 +158,20 @@ class AmazonSNSPublisher:
     ) -> str:
         """Write ``event`` to the outbox for SNS; return the relaybox message id.
 
-        The first of these is used: ``db`` (a :class:`relaybox.Transaction` /
-        :class:`~relaybox.AsyncTransaction`, a psycopg 3 connection, an
-        :class:`relaybox.Outbox`, or a Django connection such as
-        ``django.db.connection``, written through :func:`relaybox.django.enqueue`
-        inside the current ``transaction.atomic()`` block), the innermost
-        ``outbox.transaction()`` block or consumer handler transaction, else a
-        transaction of its own on :attr:`outbox`. In the first two cases the
-        event is published only if that transaction commits. ``routing_keys`` are extra String
+        It goes where :mod:`relaybox.messaging` writes (``relaybox.messaging.writer``):
+        ``db`` (a relaybox transaction or outbox, a psycopg, SQLAlchemy, asyncpg
+        or Django connection such as ``django.db.connection``, inside the
+        current ``transaction.atomic()`` block), the innermost
+        ``outbox.transaction()`` block, the consumer handler's ``db``, an open
+        ``atomic()`` block of ``relaybox.django``, else a transaction of its own
+        on :attr:`outbox`. Except in the last case the event is published only
+        if that transaction commits. ``routing_keys`` are extra String
         MessageAttributes.
         """
-        from ..messaging.writer import target
+        from ..messaging.writer import Outgoing, write
 
         payload, fields = self._message(event, routing_keys)
-        using = _django_alias(db)
-        if using is not None:
-            from ..django import enqueue
-
-            return enqueue(self.topic, payload, using=using, **fields)
-        where = target(db)
-        if isinstance(where, Transaction):
-            return where.enqueue(self.topic, payload, **fields)
-        if isinstance(where, AsyncTransaction):
-            return Transaction(where._tx).enqueue(self.topic, payload, **fields)
-        if isinstance(where, Outbox):
-            return where.enqueue(self.topic, payload, **fields)
-        if where is not None:
-            return _pg.enqueue(where, self.outbox, self.topic, payload, **fields)
-        return self.outbox.enqueue(self.topic, payload, **fields)
+        return write(Outgoing(self.topic, payload, **fields), db, self._outbox)
 
     async def publish_async(
         self,
@@ -197,19 +181,10 @@ class AmazonSNSPublisher:
         db: Any = None,
     ) -> str:
         """:meth:`publish` without blocking the event loop."""
-        from ..messaging.writer import target
+        from ..messaging.writer import Outgoing, write_async
 
         payload, fields = self._message(event, routing_keys)
-        where = target(db)
-        if isinstance(where, AsyncTransaction):
-            return await where.enqueue(self.topic, payload, **fields)
-        if isinstance(where, Transaction):
-            return await AsyncTransaction(where._tx).enqueue(self.topic, payload, **fields)
-        if isinstance(where, Outbox):
-            return await where.as_async().enqueue(self.topic, payload, **fields)
-        if where is not None:
-            return await _pg.enqueue_async(where, self.outbox, self.topic, payload, **fields)
-        return await self.outbox.as_async().enqueue(self.topic, payload, **fields)
+        return await write_async(Outgoing(self.topic, payload, **fields), db, self._outbox)
 
     def __repr__(self) -> str:
         return f"AmazonSNSPublisher(name={self.name!r}, topic={self.topic!r}, aws={self.aws!r})"
@@ -227,14 +202,3 @@ def _entity_name(payload: Any) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def _django_alias(db: Any) -> Optional[str]:
-    """The alias of ``db`` when it is a Django database connection, else ``None``."""
-    if db is None or "django.db" not in sys.modules:
-        return None
-    from django.db.backends.base.base import BaseDatabaseWrapper
-
-    if isinstance(db, BaseDatabaseWrapper):
-        return str(db.alias)
-    return None

@@ -39,11 +39,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from .. import psycopg as _pg
 from ..errors import ConfigError
-from ..outbox import AsyncOutbox, AsyncTransaction, Outbox, Transaction, current_transaction
+from ..outbox import (
+    AnyOutbox,
+    AsyncOutbox,
+    AsyncTransaction,
+    Outbox,
+    Transaction,
+    current_transaction,
+)
 from .settings import get_outbox, get_outbox_async
 
 __all__ = ["Outgoing", "handler_scope", "target", "write", "write_async"]
@@ -190,32 +197,30 @@ def _async_only(kind: str) -> TypeError:
     )
 
 
-def write(message: Outgoing, db: Any = None) -> str:
-    """Write ``message`` (blocking); return the relaybox message id."""
+def write(message: Outgoing, db: Any = None, outbox: Optional[AnyOutbox] = None) -> str:
+    """Write ``message`` (blocking); return the relaybox message id.
+
+    ``outbox`` is where a message without a transaction to join is written,
+    and the outbox the driver integrations write into (default: the façade's).
+    """
     where = target(db)
-    fields: dict[str, Any] = {
-        "key": message.key,
-        "type": message.type,
-        "headers": message.headers,
-        "content_type": message.content_type,
-    }
+    fields = _fields(message)
+    box = _sync_outbox(outbox)
     if where is None:
-        return get_outbox().enqueue(message.topic, message.payload, **fields)
+        return box().enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Transaction):
         return where.enqueue(message.topic, message.payload, **fields)
     if isinstance(where, AsyncTransaction):
         return Transaction(where._tx).enqueue(message.topic, message.payload, **fields)
-    if isinstance(where, Outbox):
-        return where.enqueue(message.topic, message.payload, **fields)
-    if isinstance(where, AsyncOutbox):
-        return where.as_sync().enqueue(message.topic, message.payload, **fields)
+    if isinstance(where, (Outbox, AsyncOutbox)):
+        return _sync_outbox(where)().enqueue(message.topic, message.payload, **fields)
     kind = _kind(where)
     if kind == "psycopg":
-        return _pg.enqueue(where, get_outbox(), message.topic, message.payload, **fields)
+        return _pg.enqueue(where, box(), message.topic, message.payload, **fields)
     if kind == "sqlalchemy":
         from .. import sqlalchemy as _sa
 
-        return _sa.enqueue(where, get_outbox(), message.topic, message.payload, **fields)
+        return _sa.enqueue(where, box(), message.topic, message.payload, **fields)
     if kind == "django":
         from .. import django as _dj
 
@@ -223,45 +228,62 @@ def write(message: Outgoing, db: Any = None) -> str:
     raise _async_only({"psycopg-async": "psycopg AsyncConnection"}.get(kind, kind))
 
 
-async def write_async(message: Outgoing, db: Any = None) -> str:
+async def write_async(message: Outgoing, db: Any = None, outbox: Optional[AnyOutbox] = None) -> str:
     """Write ``message`` without blocking the event loop; return the relaybox message id."""
     where = target(db)
-    fields: dict[str, Any] = {
-        "key": message.key,
-        "type": message.type,
-        "headers": message.headers,
-        "content_type": message.content_type,
-    }
+    fields = _fields(message)
     if where is None:
-        outbox = await get_outbox_async()
-        return await outbox.enqueue(message.topic, message.payload, **fields)
+        box = await _async_outbox(outbox)
+        return await box.enqueue(message.topic, message.payload, **fields)
     if isinstance(where, AsyncTransaction):
         return await where.enqueue(message.topic, message.payload, **fields)
     if isinstance(where, Transaction):
         return await AsyncTransaction(where._tx).enqueue(message.topic, message.payload, **fields)
-    if isinstance(where, Outbox):
-        return await where.as_async().enqueue(message.topic, message.payload, **fields)
-    if isinstance(where, AsyncOutbox):
-        return await where.enqueue(message.topic, message.payload, **fields)
+    if isinstance(where, (Outbox, AsyncOutbox)):
+        box = await _async_outbox(where)
+        return await box.enqueue(message.topic, message.payload, **fields)
     kind = _kind(where)
     if kind == "django":
         raise TypeError(
             "Django's database connection is used from sync code: publish from a plain "
             "function (or `publish_event_sync`) inside transaction.atomic()"
         )
-    outbox = await get_outbox_async()
+    abox = await _async_outbox(outbox)
     if kind == "psycopg-async":
-        return await _pg.enqueue_async(where, outbox, message.topic, message.payload, **fields)
+        return await _pg.enqueue_async(where, abox, message.topic, message.payload, **fields)
     if kind == "psycopg":
-        return _pg.enqueue(where, outbox, message.topic, message.payload, **fields)
+        return _pg.enqueue(where, abox, message.topic, message.payload, **fields)
     if kind == "sqlalchemy-async":
         from .. import sqlalchemy as _sa
 
-        return await _sa.enqueue_async(where, outbox, message.topic, message.payload, **fields)
+        return await _sa.enqueue_async(where, abox, message.topic, message.payload, **fields)
     if kind == "sqlalchemy":
         from .. import sqlalchemy as _sa
 
-        return _sa.enqueue(where, outbox, message.topic, message.payload, **fields)
+        return _sa.enqueue(where, abox, message.topic, message.payload, **fields)
     from .. import asyncpg as _apg
 
-    return await _apg.enqueue_async(where, outbox, message.topic, message.payload, **fields)
+    return await _apg.enqueue_async(where, abox, message.topic, message.payload, **fields)
+
+
+def _fields(message: Outgoing) -> dict[str, Any]:
+    return {
+        "key": message.key,
+        "type": message.type,
+        "headers": message.headers,
+        "content_type": message.content_type,
+    }
+
+
+def _sync_outbox(outbox: Optional[AnyOutbox]) -> Callable[[], Outbox]:
+    """The outbox to write into, opened only when needed (default: the façade's)."""
+    if outbox is None:
+        return get_outbox
+    sync = outbox if isinstance(outbox, Outbox) else outbox.as_sync()
+    return lambda: sync
+
+
+async def _async_outbox(outbox: Optional[AnyOutbox]) -> AsyncOutbox:
+    if outbox is None:
+        return await get_outbox_async()
+    return outbox if isinstance(outbox, AsyncOutbox) else outbox.as_async()
