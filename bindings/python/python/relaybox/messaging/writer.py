@@ -120,8 +120,10 @@ def _django_alias(db: Any) -> Optional[str]:
     if sys.modules.get("django.db") is None:
         return None
     from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.utils.connection import ConnectionProxy
 
-    return str(db.alias) if isinstance(db, BaseDatabaseWrapper) else None
+    # django.db.connection is a proxy of the current thread's default connection.
+    return str(db.alias) if isinstance(db, (BaseDatabaseWrapper, ConnectionProxy)) else None
 
 
 def _django_atomic() -> Any:
