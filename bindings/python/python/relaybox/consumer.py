@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypedDict, TypeVar
 
 from . import _native, _settings
 from .outbox import AnyOutbox, AsyncTransaction, Transaction
@@ -31,6 +31,8 @@ Handler = Callable[[_native.Message, Transaction], Any]
 
 AsyncHandler = Callable[[_native.Message, AsyncTransaction], Awaitable[Any]]
 """``async def handler(message, tx)`` of an :class:`AsyncConsumer`."""
+
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
 
 class ConsumerOptions(TypedDict, total=False):
@@ -71,7 +73,7 @@ class _LoopThread:
         self.loop.close()
 
 
-class _ConsumerBase:
+class _ConsumerBase(Generic[HandlerT]):
     """What :class:`Consumer` and :class:`AsyncConsumer` share: settings, start, counters.
 
     ``_is_async`` says whether handlers are coroutines, run on the event loop
@@ -84,7 +86,7 @@ class _ConsumerBase:
         self,
         outbox: AnyOutbox,
         topic: str,
-        handler: Callable[..., Any],
+        handler: HandlerT,
         *,
         group: str,
         transport: Transport = None,
@@ -184,7 +186,7 @@ class _ConsumerBase:
         return stats
 
 
-class Consumer(_ConsumerBase):
+class Consumer(_ConsumerBase[Handler]):
     """Reads ``topic`` as consumer group ``group`` and calls ``handler(message, tx)``.
 
     ``tx`` is the :class:`Transaction` holding the inbox row that marks the
@@ -198,25 +200,6 @@ class Consumer(_ConsumerBase):
     partition) are handled in order; up to ``concurrency`` lanes run at once.
     ``async def`` handlers run in :class:`AsyncConsumer`.
     """
-
-    def __init__(
-        self,
-        outbox: AnyOutbox,
-        topic: str,
-        handler: Handler,
-        *,
-        group: str,
-        transport: Transport = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> None:
-        super().__init__(
-            outbox,
-            topic,
-            handler,
-            group=group,
-            transport=transport,
-            **options,
-        )
 
     def start(self) -> Consumer:
         """Start consuming (settings are validated here; it returns at once); return ``self``."""
@@ -234,7 +217,7 @@ class Consumer(_ConsumerBase):
         self.stop()
 
 
-class AsyncConsumer(_ConsumerBase):
+class AsyncConsumer(_ConsumerBase[AsyncHandler]):
     """:class:`Consumer` for ``async def handler(message, tx)`` (an :class:`AsyncTransaction`).
 
     Handlers run on the event loop that is running when the consumer starts
@@ -243,25 +226,6 @@ class AsyncConsumer(_ConsumerBase):
     """
 
     _is_async = True
-
-    def __init__(
-        self,
-        outbox: AnyOutbox,
-        topic: str,
-        handler: AsyncHandler,
-        *,
-        group: str,
-        transport: Transport = None,
-        **options: Unpack[ConsumerOptions],
-    ) -> None:
-        super().__init__(
-            outbox,
-            topic,
-            handler,
-            group=group,
-            transport=transport,
-            **options,
-        )
 
     def start(self) -> AsyncConsumer:
         """Start consuming (settings are validated here; it returns at once); return ``self``."""
@@ -279,7 +243,7 @@ class AsyncConsumer(_ConsumerBase):
         await self.stop()
 
 
-class _HostMode(_ConsumerBase):
+class _HostMode(_ConsumerBase[Any]):
     """Host-transaction mode: the handler runs in the application's own transaction.
 
     Each integration names the placeholder style of its driver

@@ -15,7 +15,7 @@ import contextvars
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, TypedDict, Union
 
 from . import _native
 from ._spec import EnqueueOptions, message_spec
@@ -30,6 +30,7 @@ __all__ = [
     "AsyncTransactionScope",
     "EnqueueOptions",
     "Outbox",
+    "OutboxOptions",
     "Transaction",
     "TransactionScope",
     "current_transaction",
@@ -48,28 +49,36 @@ def current_transaction() -> Union[Transaction, AsyncTransaction, None]:
     return _current.get()
 
 
-def _options(
-    table_prefix: Optional[str],
-    partitions: Optional[int],
-    max_connections: Optional[int],
-    min_connections: Optional[int],
-    max_payload_bytes: Optional[int],
-    connect_timeout: Optional[float],
-) -> Optional[str]:
-    options: dict[str, Any] = {}
-    if table_prefix is not None:
-        options["table_prefix"] = table_prefix
-    if partitions is not None:
-        options["partitions"] = partitions
-    if max_connections is not None:
-        options["max_connections"] = max_connections
-    if min_connections is not None:
-        options["min_connections"] = min_connections
-    if max_payload_bytes is not None:
-        options["max_payload_bytes"] = max_payload_bytes
-    if connect_timeout is not None:
-        options["connect_timeout"] = f"{round(connect_timeout * 1000)}ms"
-    return json.dumps(options) if options else None
+class OutboxOptions(TypedDict, total=False):
+    """The settings of an outbox's connection pool and tables; each is optional."""
+
+    table_prefix: Optional[str]
+    """Prefix of relaybox's table names (default ``relaybox_``)."""
+    partitions: Optional[int]
+    """Outbox partitions (leases) a new schema creates (default 16)."""
+    max_connections: Optional[int]
+    """Largest number of pooled connections."""
+    min_connections: Optional[int]
+    """Connections kept open when idle."""
+    max_payload_bytes: Optional[int]
+    """Largest payload accepted at enqueue."""
+    connect_timeout: Optional[float]
+    """Seconds to wait for a connection."""
+
+
+_OUTBOX_OPTIONS = frozenset(OutboxOptions.__annotations__)
+
+
+def _options(options: OutboxOptions) -> Optional[str]:
+    """The native store's JSON options; an unknown keyword is a ``TypeError``."""
+    unknown = set(options) - _OUTBOX_OPTIONS
+    if unknown:
+        raise TypeError(f"unexpected outbox setting(s): {', '.join(sorted(unknown))}")
+    native: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    timeout = native.pop("connect_timeout", None)
+    if timeout is not None:
+        native["connect_timeout"] = f"{round(timeout * 1000)}ms"
+    return json.dumps(native) if native else None
 
 
 class _OutboxBase:
@@ -127,7 +136,8 @@ class Outbox(_OutboxBase):
     """An outbox in a PostgreSQL or SQLite database, for blocking code.
 
     ``Outbox(url)`` connects (``postgres://...`` or ``sqlite://path?mode=rwc``);
-    pass ``migrate=True`` to create or update the tables. Async code uses
+    pass ``migrate=True`` to create or update the tables; other keywords are
+    :class:`relaybox.OutboxOptions`. Async code uses
     :class:`AsyncOutbox` (``await AsyncOutbox.open(url)``). Blocking calls
     release the GIL while they wait.
 
@@ -139,26 +149,9 @@ class Outbox(_OutboxBase):
     """
 
     def __init__(
-        self,
-        url: str,
-        *,
-        migrate: bool = False,
-        table_prefix: Optional[str] = None,
-        partitions: Optional[int] = None,
-        max_connections: Optional[int] = None,
-        min_connections: Optional[int] = None,
-        max_payload_bytes: Optional[int] = None,
-        connect_timeout: Optional[float] = None,
+        self, url: str, *, migrate: bool = False, **options: Unpack[OutboxOptions]
     ) -> None:
-        options = _options(
-            table_prefix,
-            partitions,
-            max_connections,
-            min_connections,
-            max_payload_bytes,
-            connect_timeout,
-        )
-        super().__init__(_native.Store.open(url, options, migrate))
+        super().__init__(_native.Store.open(url, _options(options), migrate))
 
     @classmethod
     def _of(cls, store: _native.Store) -> Outbox:
@@ -254,27 +247,10 @@ class AsyncOutbox(_OutboxBase):
 
     @classmethod
     async def open(
-        cls,
-        url: str,
-        *,
-        migrate: bool = False,
-        table_prefix: Optional[str] = None,
-        partitions: Optional[int] = None,
-        max_connections: Optional[int] = None,
-        min_connections: Optional[int] = None,
-        max_payload_bytes: Optional[int] = None,
-        connect_timeout: Optional[float] = None,
+        cls, url: str, *, migrate: bool = False, **options: Unpack[OutboxOptions]
     ) -> AsyncOutbox:
         """Connect (the arguments of :class:`Outbox`)."""
-        options = _options(
-            table_prefix,
-            partitions,
-            max_connections,
-            min_connections,
-            max_payload_bytes,
-            connect_timeout,
-        )
-        return cls(await _native.Store.open_async(url, options, migrate))
+        return cls(await _native.Store.open_async(url, _options(options), migrate))
 
     def as_sync(self) -> Outbox:
         """An :class:`Outbox` on this outbox's connection pool."""

@@ -18,41 +18,27 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import wait_for
+from dj_env import PREFIX, migrated_fixture, pgm_fixture  # noqa: F401
+from django.db import connection, transaction
+
+import relaybox
+import relaybox.django as rdj
 
 HERE = Path(__file__).resolve().parent
 PROCS = HERE.parent / "host_consumer_procs"
-PREFIX = os.environ.setdefault("RELAYBOX_DJANGO_TEST_PREFIX", f"dj_{uuid.uuid4().hex[:10]}_")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relaybox_django_settings")
 sys.path.insert(0, str(PROCS))  # dj_handled, shared with the consumer process
 
-import django  # noqa: E402
 from dj_handled import create_table_sql, handled_model  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
-
-import relaybox  # noqa: E402
-import relaybox.django as rdj  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pgm(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def handled(pgm: psycopg.Connection[Any]) -> Iterator[Any]:
-    """The relaybox tables of this run's prefix and the ``Handled`` model's table."""
-    django.setup()
-    call_command("migrate", "relaybox", "zero", verbosity=0)  # forget an earlier run's record
-    call_command("migrate", verbosity=0)
+def handled(migrated: None, pgm: psycopg.Connection[Any]) -> Iterator[Any]:
+    """The ``Handled`` model and its table, on the migrated database."""
     pgm.execute(create_table_sql())
     yield handled_model()
     rdj.close_outbox()
     connection.close()
     pgm.execute(f"DROP TABLE IF EXISTS {PREFIX}handled")
-    call_command("migrate", "relaybox", "zero", verbosity=0)
-    connection.close()
 
 
 @pytest.fixture

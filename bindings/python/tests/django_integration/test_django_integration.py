@@ -16,17 +16,13 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import wait_for
+from dj_env import PREFIX, migrated_fixture, pgm_fixture, scalar  # noqa: F401
+from django.db import connection, transaction
+
+import relaybox
+import relaybox.django as rdj
 
 HERE = Path(__file__).resolve().parent
-PREFIX = os.environ.setdefault("RELAYBOX_DJANGO_TEST_PREFIX", f"dj_{uuid.uuid4().hex[:10]}_")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relaybox_django_settings")
-
-import django  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
-
-import relaybox  # noqa: E402
-import relaybox.django as rdj  # noqa: E402
 
 TABLES = ("outbox", "inbox", "dead_letters", "positions", "leases", "log", "schema_migrations")
 
@@ -42,36 +38,15 @@ def tables(pg: psycopg.Connection[Any]) -> set[str]:
     }
 
 
-def scalar(pg: psycopg.Connection[Any], sql: str, *params: Any) -> Any:
-    row = pg.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-@pytest.fixture(scope="module")
-def pgm(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def migrated(pgm: psycopg.Connection[Any]) -> Iterator[None]:
-    """``manage.py migrate`` for this run's prefix; ``migrate relaybox zero`` afterwards."""
-    django.setup()
-    call_command("migrate", "relaybox", "zero", verbosity=0)  # forget an earlier run's record
-    call_command("migrate", verbosity=0)
+@pytest.fixture(scope="module", autouse=True)
+def shipments_table(migrated: None, pgm: psycopg.Connection[Any]) -> Iterator[None]:
+    """The table the consumer handlers of this module write to."""
     pgm.execute(
         f"CREATE TABLE {PREFIX}shipments (id serial PRIMARY KEY, message_id text NOT NULL, "
         '"order" int NOT NULL)'
     )
     yield
-    rdj.close_outbox()
-    connection.close()
     pgm.execute(f"DROP TABLE IF EXISTS {PREFIX}shipments")
-    call_command("migrate", "relaybox", "zero", verbosity=0)
-    call_command("migrate", "shop", "zero", verbosity=0)
-    connection.close()
-    assert tables(pgm) == set()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ publish committing together."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,38 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import wait_for
+from dj_env import PREFIX, migrated_fixture, pgm_fixture, scalar  # noqa: F401
+from django.db import connection, transaction
 
-PREFIX = os.environ.setdefault("RELAYBOX_DJANGO_TEST_PREFIX", f"dj_{uuid.uuid4().hex[:10]}_")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relaybox_django_settings")
-
-import django  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
-
-import relaybox  # noqa: E402
-import relaybox.django as rdj  # noqa: E402
-from relaybox import messaging  # noqa: E402
-
-
-def scalar(pg: psycopg.Connection[Any], sql: str, *params: Any) -> int:
-    row = pg.execute(sql, params).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-@pytest.fixture(scope="module")
-def migrated(pg_url: str) -> Iterator[None]:
-    """``manage.py migrate`` (relaybox and shop tables); both migrated to zero afterwards."""
-    django.setup()
-    call_command("migrate", "shop", "zero", verbosity=0)
-    call_command("migrate", "relaybox", "zero", verbosity=0)
-    call_command("migrate", verbosity=0)
-    yield
-    rdj.close_outbox()
-    connection.close()
-    call_command("migrate", "shop", "zero", verbosity=0)
-    call_command("migrate", "relaybox", "zero", verbosity=0)
-    connection.close()
+import relaybox
+import relaybox.django as rdj
+from relaybox import messaging
 
 
 @pytest.fixture

@@ -5,59 +5,21 @@ handled once by a ``relaybox.django.Consumer`` whose handler writes a model row.
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 from conftest import wait_for
+from dj_env import PREFIX, migrated_fixture, pgm_fixture, scalar  # noqa: F401
+from django.test import Client
 
-PREFIX = os.environ.setdefault("RELAYBOX_DJANGO_TEST_PREFIX", f"dj_{uuid.uuid4().hex[:10]}_")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relaybox_django_settings")
-
-import django  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test import Client  # noqa: E402
-
-import relaybox  # noqa: E402
-import relaybox.django as rdj  # noqa: E402
-
-
-def scalar(pg: psycopg.Connection[Any], sql: str, *params: Any) -> int:
-    row = pg.execute(sql, params).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-@pytest.fixture(scope="module")
-def pgm(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def migrated(pgm: psycopg.Connection[Any]) -> Iterator[None]:
-    """``manage.py migrate`` (relaybox and shop tables); both migrated to zero afterwards."""
-    django.setup()
-    # Forget an earlier run's records.
-    call_command("migrate", "shop", "zero", verbosity=0)
-    call_command("migrate", "relaybox", "zero", verbosity=0)
-    call_command("migrate", verbosity=0)
-    yield
-    rdj.close_outbox()
-    connection.close()
-    call_command("migrate", "shop", "zero", verbosity=0)
-    call_command("migrate", "relaybox", "zero", verbosity=0)
-    connection.close()
-    assert scalar(pgm, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'shop\\_%%'") == 0
+import relaybox
+import relaybox.django as rdj
 
 
 def events(pg: psycopg.Connection[Any], table: str, reference: str) -> int:
     """Rows of ``table`` (outbox or log) holding the event of order ``reference`` (its key)."""
-    return scalar(pg, f"SELECT count(*) FROM {PREFIX}{table} WHERE key = %s", reference)
+    return int(scalar(pg, f"SELECT count(*) FROM {PREFIX}{table} WHERE key = %s", reference))
 
 
 def test_a_view_commits_the_event_with_the_model_row(

@@ -85,7 +85,7 @@ class Consumer(_HostMode, _consumer.Consumer):
         super().__init__(
             box,
             topic,
-            handler,  # type: ignore[arg-type]
+            handler,
             group=group,
             transport=transport if transport is not None else default_transport(),
             **options,

@@ -57,7 +57,7 @@ class ConsumerRunner:
         """Their transport."""
         self.handler_db = handler_db
         """What handlers' ``db`` is (:attr:`MessagingSettings.handler_db`)."""
-        self.consumers: list[_ConsumerBase] = []
+        self.consumers: list[_ConsumerBase[Any]] = []
         """The consumers, once started (kept after :meth:`stop` for their :meth:`stats`)."""
         self.relay: Optional[Relay] = Relay(outbox, transport) if relay else None
         """The relay, unless ``relay=False``."""
@@ -71,7 +71,7 @@ class ConsumerRunner:
 
     def _consumer(
         self, registration: Registration, topic: str, handler: Callable[..., Any]
-    ) -> _ConsumerBase:
+    ) -> _ConsumerBase[Any]:
         options: dict[str, Any] = {
             "group": registration.group,
             "transport": self.transport,
@@ -120,9 +120,9 @@ class ConsumerRunner:
             raise
         return self
 
-    def _parts(self) -> list[Union[_ConsumerBase, _RelayBase]]:
+    def _parts(self) -> list[Union[_ConsumerBase[Any], _RelayBase]]:
         """What :meth:`stop` stops, in order: the consumers (last started first), the relay."""
-        parts: list[Union[_ConsumerBase, _RelayBase]] = list(reversed(self.consumers))
+        parts: list[Union[_ConsumerBase[Any], _RelayBase]] = list(reversed(self.consumers))
         if self.relay is not None:
             parts.append(self.relay)
         return parts
@@ -287,7 +287,7 @@ def _django_consumer(
     is_async: bool,
     registration: Registration,
     options: dict[str, Any],
-) -> _ConsumerBase:
+) -> _ConsumerBase[Any]:
     """A :class:`relaybox.django.Consumer` calling ``handler(message, connection)``."""
     if is_async:
         raise config_error(

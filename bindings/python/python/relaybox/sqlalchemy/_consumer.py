@@ -72,7 +72,7 @@ class Consumer(_HostMode, _consumer.Consumer):
         **options: Unpack[ConsumerOptions],
     ) -> None:
         _check_outbox(outbox)
-        super().__init__(outbox, topic, handler, group=group, transport=transport, **options)  # type: ignore[arg-type]
+        super().__init__(outbox, topic, handler, group=group, transport=transport, **options)
         self._sessions = sessionmaker
         self._session_handler = handler
 
@@ -114,7 +114,7 @@ class AsyncConsumer(_HostMode, _consumer.AsyncConsumer):
         **options: Unpack[ConsumerOptions],
     ) -> None:
         _check_outbox(outbox)
-        super().__init__(outbox, topic, handler, group=group, transport=transport, **options)  # type: ignore[arg-type]
+        super().__init__(outbox, topic, handler, group=group, transport=transport, **options)
         self._sessions_async = sessionmaker
         self._session_handler_async = handler
 
