@@ -72,6 +72,31 @@ fn report<T: serde::Serialize>(py: Python<'_>, value: T) -> PyResult<Py<PyAny>> 
     json_to_py(py, &json)
 }
 
+impl PyStore {
+    /// Retries (`retry`) or purges the dead letters `ids` (all when `None`),
+    /// as an awaitable of how many.
+    fn change_dead_letters<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Option<Vec<String>>,
+        retry: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let filter = dead_letter_filter(ids)?;
+        let store = self.0.clone();
+        awaitable(
+            py,
+            async move {
+                if retry {
+                    store.retry_dead_letters(&filter).await
+                } else {
+                    store.purge_dead_letters(&filter).await
+                }
+            },
+            convert::<u64>,
+        )
+    }
+}
+
 #[pymethods]
 impl PyStore {
     /// Connects (blocking, GIL released). `options_json` is a JSON object of
@@ -349,13 +374,7 @@ impl PyStore {
         py: Python<'py>,
         ids: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let filter = dead_letter_filter(ids)?;
-        let store = self.0.clone();
-        awaitable(
-            py,
-            async move { store.retry_dead_letters(&filter).await },
-            convert::<u64>,
-        )
+        self.change_dead_letters(py, ids, true)
     }
 
     /// [`Self::purge_dead_letters`] as an awaitable.
@@ -365,13 +384,7 @@ impl PyStore {
         py: Python<'py>,
         ids: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let filter = dead_letter_filter(ids)?;
-        let store = self.0.clone();
-        awaitable(
-            py,
-            async move { store.purge_dead_letters(&filter).await },
-            convert::<u64>,
-        )
+        self.change_dead_letters(py, ids, false)
     }
 
     fn __repr__(&self) -> String {

@@ -34,6 +34,21 @@ def _required_env(name: str) -> str:
     return value
 
 
+def sa_url(pg_url: str, driver: str) -> str:
+    """``pg_url`` as a SQLAlchemy URL of ``driver`` (``psycopg`` or ``asyncpg``)."""
+    return pg_url.replace("postgres://", f"postgresql+{driver}://", 1)
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Any]:
+    """A SQLAlchemy engine (psycopg) on the test database, disposed after the test."""
+    from sqlalchemy import create_engine
+
+    eng = create_engine(sa_url(pg_url, "psycopg"))
+    yield eng
+    eng.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """URL of the PostgreSQL test database."""

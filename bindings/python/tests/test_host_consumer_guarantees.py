@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import psycopg
 import pytest
-from conftest import count, wait_for
-from sqlalchemy import Engine, create_engine
+from conftest import count, sa_url, wait_for
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -36,10 +35,6 @@ auto-commit interval (1 s) and the core's acknowledgement interval, so that an
 acknowledgement made before the host's commit would be recorded."""
 
 
-def sa_url(pg_url: str, driver: str) -> str:
-    return pg_url.replace("postgres://", f"postgresql+{driver}://", 1)
-
-
 def handled_model(prefix: str) -> Any:
     class Base(DeclarativeBase):
         pass
@@ -52,13 +47,6 @@ def handled_model(prefix: str) -> Any:
         seq: Mapped[int]
 
     return Handled
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    eng = create_engine(sa_url(pg_url, "psycopg"))
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

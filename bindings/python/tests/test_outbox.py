@@ -81,6 +81,8 @@ def test_async_outbox(pg_url: str, prefix: str) -> None:
             status = await box.status()
             assert [(t["topic"], t["pending"]) for t in status["topics"]] == [("orders", 2)]
             assert await box.dead_letters() == []
+            assert await box.retry_dead_letters() == 0
+            assert await box.purge_dead_letters(["01a24a80-855a-75ba-a103-a3e1cefab8b2"]) == 0
             return await box.pending_count()
 
     assert asyncio.run(scenario()) == 2

@@ -7,29 +7,17 @@ dead-lettered."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import count, wait_for
-from sqlalchemy import Engine, create_engine
+from conftest import count, sa_url, wait_for
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import relaybox
 import relaybox.sqlalchemy as rsa
-
-
-def sa_url(pg_url: str, driver: str) -> str:
-    return pg_url.replace("postgres://", f"postgresql+{driver}://", 1)
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    eng = create_engine(sa_url(pg_url, "psycopg"))
-    yield eng
-    eng.dispose()
 
 
 def shipment_model(prefix: str) -> Any:

@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import count, wait_for
+from conftest import count, sa_url, wait_for
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import relaybox
 import relaybox.sqlalchemy as rsa
-
-
-def sa_url(pg_url: str, driver: str) -> str:
-    return pg_url.replace("postgres://", f"postgresql+{driver}://", 1)
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    eng = create_engine(sa_url(pg_url, "psycopg"))
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import psycopg
 import pytest
-from conftest import count
+from conftest import count, sa_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
@@ -18,10 +18,6 @@ import relaybox
 from relaybox import messaging
 
 from .helpers import read_topic
-
-
-def _sa(pg_url: str, driver: str) -> str:
-    return pg_url.replace("postgres://", f"postgresql+{driver}://", 1)
 
 
 def test_event_in_a_sqlalchemy_session(
@@ -39,7 +35,7 @@ def test_event_in_a_sqlalchemy_session(
         db.execute(text(f"INSERT INTO {prefix}users VALUES (:id)"), {"id": user_id})
         return {"id": user_id}
 
-    engine = create_engine(_sa(pg_url, "psycopg"))
+    engine = create_engine(sa_url(pg_url, "psycopg"))
     try:
         with Session(engine) as session:
             register(1, session)
@@ -69,7 +65,7 @@ def test_async_event_in_an_async_session(
         return {"id": order_id}
 
     async def scenario() -> None:
-        engine = create_async_engine(_sa(pg_url, driver))
+        engine = create_async_engine(sa_url(pg_url, driver))
         try:
             async with AsyncSession(engine) as session:
                 await place(1, db=session)
@@ -136,7 +132,7 @@ def test_handlers_run_in_a_sqlalchemy_session_with_the_inbox_row(
     from sqlalchemy.orm import sessionmaker
 
     pg.execute(f"CREATE TABLE {prefix}shipments (order_id int)")
-    engine = create_engine(_sa(pg_url, "psycopg"))
+    engine = create_engine(sa_url(pg_url, "psycopg"))
     messaging.configure_messaging(broker="database", outbox=outbox, handler_db=sessionmaker(engine))
     attempts: list[int] = []
     followups: list[dict[str, Any]] = []
@@ -179,7 +175,7 @@ def test_handler_db_that_cannot_hold_the_inbox_row_is_refused(
 
     with pytest.raises(relaybox.ConfigError, match="handler_db=Session"):
         messaging.configure_messaging(outbox=outbox, handler_db=Session())
-    engine = create_engine(_sa(pg_url, "psycopg"))
+    engine = create_engine(sa_url(pg_url, "psycopg"))
     messaging.configure_messaging(broker="database", outbox=outbox, handler_db=sessionmaker(engine))
 
     @messaging.message_handler(topic=topic)
