@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import psycopg
@@ -71,3 +72,32 @@ def test_psycopg_bad_input_raises_before_writing(outbox: relaybox.Outbox, pg_url
                 relaybox.psycopg.enqueue(conn, outbox, "", {"x": 1})
             assert info.value.code == "invalid_topic"
     assert outbox.pending_count() == 0
+
+
+def test_commit_wakes_the_relay_and_a_batch_is_one_statement(
+    outbox: relaybox.Outbox, pg_url: str, prefix: str, pg: psycopg.Connection[Any]
+) -> None:
+    relay = relaybox.Relay(outbox, poll_interval=30.0).start()  # only a wake-up delivers fast
+    try:
+        with psycopg.connect(pg_url) as conn:
+            with conn.transaction():
+                ids = relaybox.psycopg.enqueue_batch(
+                    conn,
+                    outbox,
+                    [{"topic": "users", "payload": {"n": n}, "key": "k"} for n in range(3)],
+                )
+                assert outbox.pending_count() == 0, "not visible before the commit"
+            committed = time.monotonic()
+        logged = wait_for(
+            "the batch in the log",
+            lambda: (
+                [str(r[0]) for r in pg.execute(f"SELECT id FROM {prefix}log ORDER BY position")]
+                if count(pg, f"{prefix}log") == 3
+                else None
+            ),
+            timeout=10,
+        )
+        assert time.monotonic() - committed < 10, "woken by the commit, not the 30 s poll"
+        assert logged == ids
+    finally:
+        relay.stop()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,16 +79,21 @@ def test_migrate_creates_the_tables(migrated: None, pgm: psycopg.Connection[Any]
 def test_enqueue_in_atomic_commits_and_is_delivered_once(
     migrated: None, pgm: psycopg.Connection[Any], topic: str
 ) -> None:
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f'INSERT INTO {PREFIX}shipments (message_id, "order") VALUES (%s, 1)', [topic]
-            )
-        first = rdj.enqueue(topic, {"id": 1}, key="k1", type="OrderPlaced")
-        rest = rdj.enqueue_batch([{"topic": topic, "payload": {"id": i}} for i in (2, 3)])
-        # Not visible to another connection before the commit.
-        assert outbox_rows(pgm, topic) == 0
-    assert outbox_rows(pgm, topic) == 3
+    log = f"SELECT count(*) FROM {PREFIX}log WHERE topic = %s"
+    # A relay that polls only every 30 s: only the commit's wake-up delivers fast.
+    with relaybox.Relay(rdj.get_outbox(), poll_interval=30.0):
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f'INSERT INTO {PREFIX}shipments (message_id, "order") VALUES (%s, 1)', [topic]
+                )
+            first = rdj.enqueue(topic, {"id": 1}, key="k1", type="OrderPlaced")
+            rest = rdj.enqueue_batch([{"topic": topic, "payload": {"id": i}} for i in (2, 3)])
+            # Not visible to another connection before the commit.
+            assert outbox_rows(pgm, topic) == 0
+        committed = time.monotonic()
+        wait_for("the events in the log", lambda: scalar(pgm, log, topic) == 3, timeout=10)
+        assert time.monotonic() - committed < 10, "woken by the commit, not the 30 s poll"
     seen: list[str] = []
     with (
         relaybox.Relay(rdj.get_outbox(), poll_interval=0.2),
