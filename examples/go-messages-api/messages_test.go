@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -62,6 +63,7 @@ func startApp(t *testing.T) (*App, *httptest.Server) {
 			t.Errorf("stop: %v", err)
 		}
 		dropTables(t, app)
+		app.pool.Close()
 		if err := app.outbox.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
@@ -70,20 +72,11 @@ func startApp(t *testing.T) (*App, *httptest.Server) {
 }
 
 func dropTables(t *testing.T, app *App) {
-	tx, err := app.outbox.Begin()
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	defer tx.Free()
 	prefix := app.cfg.TablePrefix
-	_, err = tx.Exec(fmt.Sprintf(`DO $$ DECLARE t text; BEGIN
+	_, err := app.pool.Exec(context.Background(), fmt.Sprintf(`DO $$ DECLARE t text; BEGIN
 		FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = current_schema()
 		AND left(tablename, %d) = '%s'
 		LOOP EXECUTE format('DROP TABLE %%I CASCADE', t); END LOOP; END $$`, len(prefix), prefix))
-	if err == nil {
-		err = tx.Commit()
-	}
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
 	}
@@ -270,7 +263,17 @@ func TestOpenAPIDocumentDescribesTheEndpoints(t *testing.T) {
 			t.Fatalf("%s does not describe the API: %+v", path, doc)
 		}
 	}
-	resp, err := http.Get(server.URL + "/api/v1/create")
+	resp, err := http.Get(server.URL + "/api/v1/swagger/index.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+		!bytes.Contains(page, []byte("SwaggerUIBundle")) || !bytes.Contains(page, []byte("/api/v1/swagger/doc.json")) {
+		t.Fatalf("swagger/index.html: %d %s", resp.StatusCode, page)
+	}
+	resp, err = http.Get(server.URL + "/api/v1/create")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,9 +97,29 @@ typedef enum {
   RELAYBOX_HANDLER_REJECT = 2,
 } relaybox_handler_result;
 
+// What a host-mode consumer callback reports for one delivery.
+typedef enum {
+  // The inbox statement inserted its row and the application's
+  // transaction (inbox row plus the handler's writes) committed.
+  RELAYBOX_HOST_PROCESSED = 0,
+  // The inbox statement inserted no row: the group processed this message
+  // before. The application rolled back; nothing was written.
+  RELAYBOX_HOST_DUPLICATE = 1,
+  // The handler or the transaction failed and was rolled back: the message
+  // is retried with backoff, then dead-lettered. Any value other than 0, 1
+  // and 3 means the same.
+  RELAYBOX_HOST_FAILED = 2,
+  // The message can never be handled (rolled back): dead-lettered at once.
+  RELAYBOX_HOST_REJECTED = 3,
+} relaybox_host_outcome;
+
 // A running consumer. Opaque; created by `relaybox_consumer_start`, stopped
 // by `relaybox_consumer_stop`, released by `relaybox_consumer_free`.
 typedef struct relaybox_consumer relaybox_consumer;
+
+// The reason of a failed or rejected delivery, set by a host-mode callback
+// with `relaybox_host_reason_set`. Opaque; valid only during the callback.
+typedef struct relaybox_host_reason relaybox_host_reason;
 
 // An open outbox: a PostgreSQL or SQLite connection pool plus the relaybox
 // tables. Opaque; created by `relaybox_outbox_open`, released by
@@ -146,6 +166,33 @@ typedef struct {
   // Messages moved to dead letters.
   uint64_t dead_lettered;
 } relaybox_consumer_stats;
+
+// A host-mode consumer callback.
+//
+// `message_json` (`message_len` bytes, NUL-terminated) is the message in
+// canonical JSON, as for `relaybox_handler`. `inbox_json` (`inbox_len`
+// bytes, NUL-terminated) is the inbox statement:
+// `{"sql": "...", "params": [...]}`, parameters encoded as in
+// `relaybox_outbox_insert_statements`. Both are valid only during the call.
+//
+// The callback, in one transaction of the application's driver: runs the
+// inbox statement first; when it inserted one row, runs its writes and
+// commits, then returns `RELAYBOX_HOST_PROCESSED`; when it inserted none,
+// rolls back and returns `RELAYBOX_HOST_DUPLICATE`; on any failure rolls
+// back, may describe it with `relaybox_host_reason_set(reason, ...)` and
+// returns `RELAYBOX_HOST_FAILED` or `RELAYBOX_HOST_REJECTED`.
+//
+// Called on the library's worker threads (not the thread that started the
+// consumer), for several messages at once when `concurrency` is above 1
+// (one at a time per key): the function and `user_data` must be
+// thread-safe. It may block. It must not unwind, and must not stop or free
+// its own consumer.
+typedef int (*relaybox_host_handler)(const char *message_json,
+                                     size_t message_len,
+                                     const char *inbox_json,
+                                     size_t inbox_len,
+                                     relaybox_host_reason *reason,
+                                     void *user_data);
 
 // Counters of a relay, filled in by `relaybox_relay_get_stats`.
 typedef struct {
@@ -267,6 +314,87 @@ relaybox_status relaybox_consumer_stop(const relaybox_consumer *consumer);
 // # Safety
 // `consumer` is NULL or a live handle, not used afterwards.
 relaybox_status relaybox_consumer_free(relaybox_consumer *consumer);
+
+// Stores in `*out_json` (free it with `relaybox_string_free`) the INSERT
+// statements that write the messages of `specs_json` (one message spec, or
+// a JSON array of them) to the outbox, for running in a transaction of the
+// application's own driver: a JSON array of
+// `{"sql", "params", "names", "message_ids", "wake"}`, to run in order, each
+// followed by its `wake` (a `NOTIFY` waking the relays when the transaction
+// commits; null on SQLite). `placeholders` is the driver's style:
+// `"dollar"` (`$1`), `"percent"` (`%s`), `"question"` (`?`), `"pyformat"`
+// or `"named"` (then `names` lists the parameter names).
+//
+// Each parameter is `{"type", "value", "column", "cast"}`: type `null`,
+// `int8`, `text` or `bytes` (value in standard base64); `column` is the
+// outbox column it fills and `cast` (PostgreSQL) the type the SQL casts the
+// text to (`uuid`, `jsonb`, `timestamptz`) or null, so a driver may bind
+// every text parameter as text.
+//
+// Every message is validated first: an invalid one is an error and no
+// statement is made. Blocks (reads the partition count once). Thread
+// safety: any thread.
+//
+// # Safety
+// `outbox` is a live handle; the strings are NUL-terminated; `out_json` is
+// valid for writing a pointer.
+relaybox_status relaybox_outbox_insert_statements(const relaybox_outbox *outbox,
+                                                  const char *specs_json,
+                                                  const char *placeholders,
+                                                  char **out_json);
+
+// Stores in `*out_sql` the statement that wakes the relays of every process
+// when the transaction it runs in commits (PostgreSQL `NOTIFY`), to run after
+// writing outbox rows with your own driver; NULL on SQLite, where relays of
+// other processes poll. Free it with `relaybox_string_free`. Does not block.
+// Thread safety: any thread.
+//
+// # Safety
+// `outbox` is a live handle; `out_sql` is valid for writing a pointer.
+relaybox_status relaybox_outbox_wake_statement(const relaybox_outbox *outbox,
+                                               char **out_sql);
+
+// Wakes this process's relays at once (and, on PostgreSQL, those of other
+// processes), after committing outbox rows written with your own driver.
+// Does not block. Thread safety: any thread.
+//
+// # Safety
+// `outbox` is a live handle.
+relaybox_status relaybox_outbox_wake_relays(const relaybox_outbox *outbox);
+
+// Records why a host-mode delivery failed (kept with its retries and its
+// dead letter). Callable only during the callback that received `reason`.
+// Does not block.
+//
+// # Safety
+// `reason` is the handle passed to the running callback; `reason_text` is a
+// NUL-terminated string.
+relaybox_status relaybox_host_reason_set(relaybox_host_reason *reason,
+                                         const char *reason_text);
+
+// Starts consuming `topic` in host-transaction mode: as
+// `relaybox_consumer_start`, but `handler` runs each delivery in a
+// transaction of the application's own driver (see
+// `relaybox_host_handler`), given the inbox statement in `placeholders`
+// style (as for `relaybox_outbox_insert_statements`). Stores the new handle
+// in `*out_consumer`; stats, stop and free are those of any consumer.
+// Returns at once.
+//
+// Thread safety: any thread; the returned handle may be shared by threads.
+//
+// # Safety
+// `outbox` is a live handle; the strings are NUL-terminated; `handler` and
+// `user_data` follow the `relaybox_host_handler` contract until the
+// consumer is stopped or freed; `out_consumer` is valid for writing a
+// pointer.
+relaybox_status relaybox_consumer_start_host(const relaybox_outbox *outbox,
+                                             const char *transport_json,
+                                             const char *topic,
+                                             const char *config_json,
+                                             const char *placeholders,
+                                             relaybox_host_handler handler,
+                                             void *user_data,
+                                             relaybox_consumer **out_consumer);
 
 // Connects to `url` (`postgres://...` or `sqlite:...`) and stores the new
 // handle in `*out`. `options_json` is NULL or a JSON object of store options

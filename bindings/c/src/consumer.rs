@@ -123,6 +123,13 @@ pub struct relaybox_consumer {
     consumer: Consumer,
 }
 
+impl relaybox_consumer {
+    /// A new caller-owned handle for a started consumer.
+    pub(crate) fn from_consumer(consumer: Consumer) -> *mut relaybox_consumer {
+        Box::into_raw(Box::new(relaybox_consumer { consumer }))
+    }
+}
+
 /// Starts consuming `topic` from the transport (`transport_json`, as for
 /// `relaybox_relay_start`) with the consumer settings (`config_json`: a JSON
 /// object with at least `"group"`, e.g. `{"group": "billing",
@@ -165,7 +172,7 @@ pub unsafe extern "C" fn relaybox_consumer_start(
             user_data: UserData(user_data),
         });
         let consumer = Consumer::start(outbox.store.clone(), source, handler, config)?;
-        *slot = Box::into_raw(Box::new(relaybox_consumer { consumer }));
+        *slot = relaybox_consumer::from_consumer(consumer);
         Ok(())
     })
 }

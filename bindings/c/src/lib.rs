@@ -11,6 +11,7 @@
 mod consumer;
 mod convert;
 mod error;
+mod host;
 mod outbox;
 mod relay;
 mod transaction;
@@ -22,6 +23,7 @@ pub use consumer::{
     relaybox_consumer, relaybox_consumer_stats, relaybox_handler, relaybox_handler_result,
 };
 pub use error::relaybox_status;
+pub use host::{relaybox_host_handler, relaybox_host_outcome, relaybox_host_reason};
 pub use outbox::relaybox_outbox;
 pub use relay::{relaybox_relay, relaybox_relay_stats};
 pub use transaction::relaybox_tx;

@@ -4,7 +4,8 @@
  * invalid input, the thread-local last error, panics returned as
  * RELAYBOX_INTERNAL, and the consumer handler contract (acknowledge, retry,
  * reject with a reason; the handler's transaction cannot be committed or
- * freed). Runs against RELAYBOX_TEST_DATABASE_URL with the database
+ * freed); the host-transaction statements and the host-mode consumer's
+ * outcomes. Runs against RELAYBOX_TEST_DATABASE_URL with the database
  * transport; removes its tables at the end.
  */
 #include <pthread.h>
@@ -290,6 +291,103 @@ static void consumer(relaybox_outbox *outbox) {
   OK(relaybox_relay_free(relay));
 }
 
+/* The host-transaction protocol: statements for the application's driver. */
+static void host_statements(relaybox_outbox *outbox) {
+  char *json = NULL;
+  CHECK(relaybox_outbox_insert_statements(outbox, "{\"topic\": \"bad topic!\", \"payload\": 1}", "dollar", &json) ==
+        RELAYBOX_INVALID_TOPIC);
+  CHECK(json == NULL);
+  CHECK(relaybox_outbox_insert_statements(outbox, "[]", "dollar", &json) ==
+        RELAYBOX_INVALID_MESSAGE);
+  CHECK(relaybox_outbox_insert_statements(outbox, "{\"topic\": \"t\", \"payload\": 1}", "curly", &json) ==
+        RELAYBOX_INVALID_CONFIG);
+  CHECK(relaybox_outbox_insert_statements(outbox, NULL, "dollar", &json) == RELAYBOX_NULL_POINTER);
+
+  OK(relaybox_outbox_insert_statements(
+      outbox, "[{\"topic\": \"t\", \"key\": \"k\", \"payload\": {\"n\": 1}}, {\"topic\": \"t\", \"payload\": null}]",
+      "dollar", &json));
+  CHECK(contains(json, "INSERT INTO"));
+  CHECK(contains(json, "$20"));
+  CHECK(contains(json, "\"type\":\"bytes\""));
+  CHECK(contains(json, "\"type\":\"null\""));
+  CHECK(contains(json, "\"cast\":\"uuid\""));
+  CHECK(contains(json, "\"cast\":\"timestamptz\""));
+  CHECK(contains(json, "\"wake\":\"NOTIFY "));
+  relaybox_string_free(json);
+
+  char *wake = NULL;
+  OK(relaybox_outbox_wake_statement(outbox, &wake));
+  CHECK(contains(wake, "NOTIFY"));
+  relaybox_string_free(wake);
+  OK(relaybox_outbox_wake_relays(outbox));
+  /* Statements only: nothing was written. */
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT count(*) AS n FROM %soutbox WHERE topic = 't'", prefix);
+  CHECK(count(outbox, sql) == 0);
+}
+
+struct host_probe {
+  atomic_int calls;
+  atomic_int shaped;
+};
+
+static int host_handler(const char *message_json, size_t message_len, const char *inbox_json,
+                        size_t inbox_len, relaybox_host_reason *reason, void *user_data) {
+  struct host_probe *probe = user_data;
+  if (strlen(message_json) == message_len && strlen(inbox_json) == inbox_len &&
+      contains(inbox_json, "ON CONFLICT DO NOTHING") && contains(inbox_json, "\"host\"")) {
+    atomic_fetch_add(&probe->shaped, 1);
+  }
+  if (atomic_fetch_add(&probe->calls, 1) == 0) {
+    CHECK(relaybox_host_reason_set(reason, "the host rolled back") == RELAYBOX_OK);
+    return RELAYBOX_HOST_FAILED;
+  }
+  return RELAYBOX_HOST_PROCESSED;
+}
+
+/* The host-mode consumer: outcomes reported by the callback drive retries. */
+static void host_consumer(relaybox_outbox *outbox) {
+  char host_topic[80];
+  snprintf(host_topic, sizeof host_topic, "%s-host", topic);
+  char spec[160];
+  snprintf(spec, sizeof spec, "{\"topic\": \"%s\", \"key\": \"h\", \"payload\": 1}", host_topic);
+  relaybox_tx *tx = NULL;
+  char *id = NULL;
+  OK(relaybox_outbox_begin(outbox, &tx));
+  OK(relaybox_tx_enqueue(tx, spec, &id));
+  OK(relaybox_tx_commit(tx));
+  OK(relaybox_tx_free(tx));
+  relaybox_string_free(id);
+
+  relaybox_relay *relay = NULL;
+  OK(relaybox_relay_start(outbox, "\"database\"", "{\"poll_interval\": \"100ms\"}", &relay));
+  struct host_probe probe;
+  atomic_init(&probe.calls, 0);
+  atomic_init(&probe.shaped, 0);
+  const char *config = "{\"group\": \"host\", \"retry_delay\": \"50ms\", \"poll_interval\": \"50ms\"}";
+  relaybox_consumer *c = NULL;
+  CHECK(relaybox_consumer_start_host(outbox, "\"database\"", host_topic, config, "dollar", NULL,
+                                     NULL, &c) == RELAYBOX_NULL_POINTER);
+  CHECK(relaybox_consumer_start_host(outbox, "\"database\"", host_topic, config, "curly",
+                                     host_handler, &probe, &c) == RELAYBOX_INVALID_CONFIG);
+  CHECK(c == NULL);
+  OK(relaybox_consumer_start_host(outbox, "\"database\"", host_topic, config, "dollar",
+                                  host_handler, &probe, &c));
+  relaybox_consumer_stats stats = {0};
+  for (int i = 0; i < 600 && stats.processed < 1; i++) {
+    usleep(50 * 1000);
+    OK(relaybox_consumer_get_stats(c, &stats));
+  }
+  OK(relaybox_consumer_stop(c));
+  OK(relaybox_relay_stop(relay));
+  CHECK(stats.processed == 1);
+  CHECK(stats.retried == 1);
+  CHECK(atomic_load(&probe.calls) == 2);
+  CHECK(atomic_load(&probe.shaped) == 2);
+  OK(relaybox_consumer_free(c));
+  OK(relaybox_relay_free(relay));
+}
+
 int main(void) {
   const char *url = getenv("RELAYBOX_TEST_DATABASE_URL");
   if (url == NULL || *url == '\0') {
@@ -315,6 +413,8 @@ int main(void) {
 
   transactions(outbox);
   consumer(outbox);
+  host_statements(outbox);
+  host_consumer(outbox);
 
   snprintf(sql, sizeof sql,
            "DO $$ DECLARE t text; BEGIN FOR t IN SELECT tablename FROM pg_tables "
