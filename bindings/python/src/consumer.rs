@@ -3,11 +3,20 @@
 //! the runtime's workers never wait on the GIL. In host mode
 //! (`Consumer.start_host`) the callable runs the inbox statement and its
 //! handler in the application's own transaction and returns the outcome.
+//!
+//! Those blocking threads are not Python threads: each keeps the Python
+//! thread state it is first given until it exits ([`keep_thread_state`]),
+//! so a handler's thread-local state (Django's per-thread database
+//! connection, `threading.local`) lasts from one message to the next as on
+//! any worker thread, instead of being created and dropped for each message.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyCFunction, PyDict, PyTuple};
 use relaybox::{
     BoxError, Consumer, ConsumerConfig, Handler, HostDelivery, HostHandler, HostOutcome, Message,
     Placeholders, Rejected, Source, Transaction, TransportConfig,
@@ -21,6 +30,85 @@ use crate::relay::parse_json;
 use crate::store::PyStore;
 use crate::transaction::PyTransaction;
 
+/// Set by an `atexit` hook: the interpreter is finalizing, so an exiting
+/// blocking thread leaves its thread state to the interpreter.
+static FINALIZING: AtomicBool = AtomicBool::new(false);
+static WATCH_EXIT: Once = Once::new();
+
+/// The Python thread state of a blocking thread, from its first handler call
+/// until the thread exits; released then (its thread-locals dropped, so
+/// Django closes that thread's connection) unless the interpreter is
+/// finalizing.
+struct KeptThreadState {
+    gil: ffi::PyGILState_STATE,
+    tstate: *mut ffi::PyThreadState,
+}
+
+impl Drop for KeptThreadState {
+    fn drop(&mut self) {
+        if FINALIZING.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: `tstate` is this thread's state, saved (GIL released) by
+        // `keep_thread_state`; restoring it and releasing the `PyGILState_Ensure`
+        // made there deletes it, as a thread's last `PyGILState_Release` does.
+        unsafe {
+            if ffi::Py_IsInitialized() != 0 {
+                ffi::PyEval_RestoreThread(self.tstate);
+                ffi::PyGILState_Release(self.gil);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static KEPT: RefCell<Option<KeptThreadState>> = const { RefCell::new(None) };
+}
+
+/// Registers the `atexit` hook that sets [`FINALIZING`] (once per process).
+fn watch_interpreter_exit(py: Python<'_>) -> PyResult<()> {
+    let mut result = Ok(());
+    WATCH_EXIT.call_once(|| {
+        result = (|| {
+            let hook = PyCFunction::new_closure(py, None, None, |_args, _kwargs| {
+                FINALIZING.store(true, Ordering::Release);
+            })?;
+            py.import("atexit")?.call_method1("register", (hook,))?;
+            Ok(())
+        })();
+    });
+    result
+}
+
+/// Gives this (non-Python) thread a Python thread state that outlives the
+/// call, unless it has one: `Python::attach` alone creates a thread state
+/// per call and deletes it on return, with every thread-local of the call.
+/// Call it without the GIL.
+fn keep_thread_state() {
+    if FINALIZING.load(Ordering::Acquire) {
+        return;
+    }
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if kept.is_some() {
+            return;
+        }
+        // SAFETY: called without the GIL on a thread with no Python thread
+        // state: `PyGILState_Ensure` creates one and takes the GIL,
+        // `PyEval_SaveThread` releases the GIL and keeps the state, whose
+        // gilstate counter stays at one, so later `Python::attach` calls on
+        // this thread reuse it.
+        unsafe {
+            if ffi::Py_IsInitialized() == 0 || !ffi::PyGILState_GetThisThreadState().is_null() {
+                return;
+            }
+            let gil = ffi::PyGILState_Ensure();
+            let tstate = ffi::PyEval_SaveThread();
+            *kept = Some(KeptThreadState { gil, tstate });
+        }
+    });
+}
+
 /// Calls `callable(message, transaction)`; an exception fails the attempt.
 struct PyHandler {
     callable: Arc<Py<PyAny>>,
@@ -31,6 +119,7 @@ impl Handler for PyHandler {
     async fn handle(&self, message: Message, tx: Transaction) -> Result<(), BoxError> {
         let callable = self.callable.clone();
         tokio::task::spawn_blocking(move || {
+            keep_thread_state();
             Python::attach(|py| {
                 let message = Py::new(py, PyMessage(message)).map_err(|e| handler_error(py, e))?;
                 let tx = Py::new(py, PyTransaction(tx)).map_err(|e| handler_error(py, e))?;
@@ -90,6 +179,7 @@ impl HostHandler for PyHostHandler {
             callable: self.callable.clone(),
         };
         let outcome = tokio::task::spawn_blocking(move || {
+            keep_thread_state();
             Python::attach(|py| {
                 this.call(py, delivery).unwrap_or_else(|e| {
                     let error = handler_error(py, e);
@@ -210,6 +300,7 @@ fn start_consumer(
     start: impl FnOnce(Arc<dyn Source>, ConsumerConfig) -> relaybox::Result<Consumer>,
 ) -> PyResult<PyConsumer> {
     crate::logging::refresh(py);
+    watch_interpreter_exit(py)?;
     let transport = TransportConfig::from_json(parse_json("transport", transport_json)?).py()?;
     let config = ConsumerConfig::from_json(parse_json("consumer config", config_json)?).py()?;
     let runtime = relaybox::runtime::runtime();
