@@ -17,6 +17,15 @@ export declare class NativeConsumer {
    * `handler(messageJson, tx)` for each message.
    */
   static start(store: NativeStore, transportJson: string, topic: string, configJson: string, handler: ((arg0: string, arg1: NativeTransaction) => Promise<string | undefined | null>)): NativeConsumer
+  /**
+   * Starts consuming in host-transaction mode: for each message,
+   * `handler(messageJson, inboxSql, inboxParamsJson)` runs the inbox
+   * statement (in `placeholders` style: `"dollar"`, `"question"`, ...)
+   * and the application's handler in the application's own transaction,
+   * commits, and resolves with `"processed"`, `"duplicate"` or a JSON
+   * failure.
+   */
+  static startHost(store: NativeStore, transportJson: string, topic: string, configJson: string, placeholders: string, handler: ((arg0: string, arg1: string, arg2: string) => Promise<string>)): NativeConsumer
   /** Whether it is still running. */
   get running(): boolean
   /** Counters: processed, duplicates, retried, deadLettered. */
@@ -76,6 +85,14 @@ export declare class NativeStore {
    * `"dollar"` (node-postgres), `"percent"` or `"question"`.
    */
   insertStatement(specJson: string, placeholders: string): Promise<string>
+  /**
+   * The outbox INSERTs writing every message of a JSON array of specs,
+   * for a host driver to run in order in its own transaction, as JSON
+   * text: an array of `{"sql", "params": [tagged values], "messageIds",
+   * "wake"}`, one per 1000 messages. Every message is validated before
+   * any statement is made.
+   */
+  insertBatchStatements(specsJson: string, placeholders: string): Promise<string>
   /**
    * Wakes this process's relays on this store (after a host driver
    * committed outbox rows).

@@ -5,7 +5,7 @@
  */
 
 const { native, settle, sync } = require('./native')
-const { coreOptions, stringify, transportJson } = require('./values')
+const { coreOptions, stringify, transportJson, untag } = require('./values')
 const { Reject } = require('./errors')
 const { Message } = require('./message')
 const { Transaction } = require('./outbox')
@@ -46,6 +46,37 @@ function bridge (handler) {
   }
 }
 
+/** Thrown inside the host transaction when the inbox already had the message. */
+const DUPLICATE = new Error('duplicate delivery')
+
+/**
+ * The function the addon calls for each delivery in host mode: in one
+ * transaction of the application's library, runs the inbox statement (a
+ * row returned: the message is new) and then the handler, and resolves with
+ * `"processed"` once the library committed, `"duplicate"` when the inbox had
+ * the message (rolled back, nothing written), or a JSON failure (rolled back).
+ * @param {Function} handler `(message, tx) => ...`
+ * @param {object} host the integration's `transaction` and `exec`
+ * @returns {(messageJson: string, sql: string, paramsJson: string) => Promise<string>}
+ */
+function hostBridge (handler, host) {
+  return async (messageJson, sql, paramsJson) => {
+    try {
+      const params = JSON.parse(paramsJson).map(untag)
+      await host.transaction(async (tx) => {
+        const inserted = await host.exec(tx, `${sql} RETURNING 1 AS inserted`, params)
+        if (inserted.length === 0) throw DUPLICATE
+        await handler(new Message(messageJson), tx)
+      })
+      return 'processed'
+    } catch (err) {
+      if (err === DUPLICATE) return 'duplicate'
+      if (err instanceof Reject) return JSON.stringify({ error: err.message || 'rejected', reject: true })
+      return JSON.stringify({ error: describe(err), reject: false })
+    }
+  }
+}
+
 /**
  * Reads `topic` as consumer group `group` and calls
  * `await handler(message, tx)` for each message; the message is
@@ -61,6 +92,7 @@ class Consumer {
   #outbox
   #topic
   #handler
+  #host
   #transport
   #config
   #native = null
@@ -70,8 +102,10 @@ class Consumer {
    * @param {string} topic
    * @param {(message: Message, tx: Transaction) => Promise<void> | void} handler
    * @param {import('./relaybox').ConsumerOptions} options at least `group`
+   * @param {object} [host] internal: the database-library integration whose
+   *   transaction the handler runs in (see `relaybox/lib/knex` and the others)
    */
-  constructor (outbox, topic, handler, options) {
+  constructor (outbox, topic, handler, options, host) {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function')
     const { transport, ...settings } = options ?? {}
     if (typeof topic !== 'string') {
@@ -79,7 +113,8 @@ class Consumer {
     }
     this.#outbox = outbox
     this.#topic = topic
-    this.#handler = bridge(handler)
+    this.#host = host ?? null
+    this.#handler = host ? hostBridge(handler, host) : bridge(handler)
     this.#transport = transportJson(transport)
     this.#config = stringify(coreOptions(settings, 'Consumer options'), 'invalid_config')
     /** The consumer group. */
@@ -94,8 +129,10 @@ class Consumer {
    */
   start () {
     if (this.#native !== null && this.#native.running) return this
-    this.#native = sync(() =>
-      native.NativeConsumer.start(this.#outbox._native, this.#transport, this.#topic, this.#config, this.#handler)
+    const store = this.#outbox._native
+    this.#native = sync(() => this.#host
+      ? native.NativeConsumer.startHost(store, this.#transport, this.#topic, this.#config, this.#host.placeholders, this.#handler)
+      : native.NativeConsumer.start(store, this.#transport, this.#topic, this.#config, this.#handler)
     )
     return this
   }

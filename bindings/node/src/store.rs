@@ -127,6 +127,45 @@ impl NativeStore {
         .await
     }
 
+    /// The outbox INSERTs writing every message of a JSON array of specs,
+    /// for a host driver to run in order in its own transaction, as JSON
+    /// text: an array of `{"sql", "params": [tagged values], "messageIds",
+    /// "wake"}`, one per 1000 messages. Every message is validated before
+    /// any statement is made.
+    #[napi(catch_unwind)]
+    pub async fn insert_batch_statements(
+        &self,
+        specs_json: String,
+        placeholders: String,
+    ) -> Result<String> {
+        let store = self.0.clone();
+        run(async move {
+            let style: Placeholders = placeholders.parse()?;
+            let messages = convert::messages(&specs_json)?;
+            let statements = store.insert_batch_statements(&messages, style).await?;
+            let out: Vec<serde_json::Value> = statements
+                .iter()
+                .map(|statement| {
+                    let params: Vec<serde_json::Value> =
+                        statement.params.iter().map(convert::tagged).collect();
+                    let ids: Vec<String> = statement
+                        .message_ids
+                        .iter()
+                        .map(|id| id.to_string())
+                        .collect();
+                    serde_json::json!({
+                        "sql": statement.sql,
+                        "params": params,
+                        "messageIds": ids,
+                        "wake": statement.wake,
+                    })
+                })
+                .collect();
+            Ok(serde_json::Value::Array(out).to_string())
+        })
+        .await
+    }
+
     /// Wakes this process's relays on this store (after a host driver
     /// committed outbox rows).
     #[napi(catch_unwind)]
