@@ -55,7 +55,7 @@ defmodule Relaybox.MixProject do
       compilers: [:cargo] ++ Mix.compilers(),
       start_permanent: Mix.env() == :prod,
       elixirc_paths: elixirc_paths(Mix.env()),
-      deps: [],
+      deps: deps(),
       description:
         "Reliable event delivery for Elixir: transactional outbox, relay and idempotent consumer (Rust core)"
     ]
@@ -63,6 +63,34 @@ defmodule Relaybox.MixProject do
 
   def application do
     [extra_applications: [:logger, :crypto]]
+  end
+
+  # Ecto and Postgrex are optional: `Relaybox.Ecto` and `repo:` consumers use
+  # them when the application has them. Where hex.pm cannot be reached, their
+  # source is taken from a folder of packages (one subfolder per package):
+  # `RELAYBOX_HEX_VENDOR`, or `shared/vendor/hex` beside the repository.
+  defp deps do
+    case hex_vendor() do
+      nil ->
+        [
+          {:ecto_sql, "~> 3.10", optional: true},
+          {:postgrex, ">= 0.17.0", optional: true}
+        ]
+
+      dir ->
+        for name <- ~w(ecto_sql postgrex ecto db_connection decimal telemetry jason)a do
+          {name, path: Path.join(dir, Atom.to_string(name)), override: true}
+        end
+    end
+  end
+
+  defp hex_vendor do
+    beside_repo = Path.expand("../../../shared/vendor/hex", __DIR__)
+
+    case System.get_env("RELAYBOX_HEX_VENDOR", "") do
+      "" -> if File.dir?(beside_repo), do: beside_repo
+      dir -> Path.expand(dir)
+    end
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

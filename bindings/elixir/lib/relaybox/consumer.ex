@@ -35,8 +35,9 @@ defmodule Relaybox.Consumer do
   state (a map or keyword list) holds the settings below; the whole state is
   passed to `handle_message/2`.
 
-  Settings: `:outbox` (handle or registered name, required), `:category` (or
-  `:topic`, required), `:consumer_id` (the consumer group: positions and the
+  Settings: `:outbox` (handle or registered name, required), `:repo` (see
+  "With an Ecto repo"), `:category` (or `:topic`, required), `:consumer_id`
+  (the consumer group: positions and the
   inbox are kept per id; required), `:group_member` and `:group_size` (split a
   topic of the database transport between members, by key hash, with no
   overlap and no gap), `:poll_interval` (ms), `:batch_size`, `:transport`
@@ -58,6 +59,20 @@ defmodule Relaybox.Consumer do
   raise retries with backoff up to `max_retries`, then the message goes to
   dead letters (`Relaybox.Outbox.dead_letters/2`); `{:reject, reason}`
   dead-letters it at once.
+
+  ## With an Ecto repo
+
+  The setting `repo: MyApp.Repo` (an `Ecto.Adapters.Postgres` repo on the
+  outbox's database, checked at start) runs each message in
+  `MyApp.Repo.transaction/1` instead: the transaction first inserts the
+  message's inbox row for the group, then calls `handle_message/2`, whose
+  `MyApp.Repo` writes commit with that row or not at all. The message is
+  acknowledged after the commit. A raise, `{:error, reason}`,
+  `{:reject, reason}` or `MyApp.Repo.rollback/1` rolls everything back, with
+  the retries and dead letters above. A message whose inbox row exists
+  already (delivered again after a crash between the commit and the
+  acknowledgement) is skipped without calling the handler and counted in
+  `duplicates`. The message has no `"tx"` in this mode.
 
   Messages are handled one at a time in this process. The core waits for the
   reply on its own threads, never on a BEAM scheduler. When this process
@@ -153,6 +168,7 @@ defmodule Relaybox.Consumer do
     topic = settings[:category] || settings[:topic]
     member = Map.get(settings, :group_member, 0)
     size = Map.get(settings, :group_size, 1)
+    repo = settings[:repo]
 
     config =
       settings
@@ -165,6 +181,7 @@ defmodule Relaybox.Consumer do
          :ok <- check(is_binary(settings[:consumer_id]), "consumer_id must be a string"),
          :ok <- check(is_integer(member) and member >= 0, "group_member must be an integer >= 0"),
          :ok <- check(is_integer(size) and size >= 1, "group_size must be an integer >= 1"),
+         :ok <- check_repo(repo, settings[:outbox]),
          {:ok, consumer} <-
            Native.consumer_start(
              outbox,
@@ -172,12 +189,20 @@ defmodule Relaybox.Consumer do
              topic,
              Spec.normalize(config),
              member,
-             size
+             size,
+             repo != nil
            ) do
-      {:ok, %{module: module, state: state, consumer: consumer}}
+      {:ok, %{module: module, state: state, consumer: consumer, repo: repo}}
     else
       {:error, error} -> {:stop, error}
     end
+  end
+
+  defp check_repo(nil, _outbox), do: :ok
+
+  defp check_repo(repo, outbox) do
+    with {:ok, _} <- Relaybox.Ecto.Host.check(repo, outbox, "Relaybox.Consumer with repo:"),
+         do: :ok
   end
 
   defp check(true, _message), do: :ok
@@ -186,6 +211,10 @@ defmodule Relaybox.Consumer do
   @impl GenServer
   def handle_info({:relaybox_message, call_id, message}, s) do
     {:noreply, handle(s, call_id, message)}
+  end
+
+  def handle_info({:relaybox_delivery, call_id, message, sql, params}, s) do
+    {:noreply, handle_in_repo(s, call_id, message, sql, params)}
   end
 
   def handle_info({:EXIT, _pid, :normal}, s), do: {:noreply, s}
@@ -225,6 +254,65 @@ defmodule Relaybox.Consumer do
     %{s | state: state}
   end
 
+  # The core's host mode: the inbox row and the handler's writes in one
+  # transaction of the repo; the outcome is reported after it ended.
+  defp handle_in_repo(s, call_id, message, sql, params) do
+    repo = s.repo
+
+    {status, reason, state} =
+      try do
+        repo.transaction(fn ->
+          case repo.query(sql, params) do
+            {:ok, %{num_rows: 1}} -> :ok
+            {:ok, _} -> repo.rollback(:relaybox_duplicate)
+            {:error, error} -> repo.rollback({:relaybox_inbox, error})
+          end
+
+          case s.module.handle_message(message, s.state) do
+            :ok ->
+              s.state
+
+            {:ok, new_state} ->
+              new_state
+
+            {:error, reason} ->
+              repo.rollback({:relaybox_error, reason})
+
+            {:reject, reason} ->
+              repo.rollback({:relaybox_reject, reason})
+
+            other ->
+              repo.rollback({:relaybox_error, "handle_message/2 returned #{inspect(other)}"})
+          end
+        end)
+      rescue
+        e -> {:error, Exception.format(:error, e, __STACKTRACE__), s.state}
+      catch
+        kind, value -> {:error, Exception.format(kind, value, __STACKTRACE__), s.state}
+      else
+        {:ok, new_state} ->
+          {:ok, "", new_state}
+
+        {:error, :relaybox_duplicate} ->
+          {:duplicate, "", s.state}
+
+        {:error, {:relaybox_error, reason}} ->
+          {:error, render(reason), s.state}
+
+        {:error, {:relaybox_reject, reason}} ->
+          {:reject, render(reason), s.state}
+
+        {:error, {:relaybox_inbox, e}} ->
+          {:error, "the inbox INSERT failed: #{render(e)}", s.state}
+
+        {:error, reason} ->
+          {:error, "rolled back: #{render(reason)}", s.state}
+      end
+
+    Native.consumer_reply(s.consumer, call_id, status, reason)
+    %{s | state: state}
+  end
+
   defp render(reason) when is_binary(reason), do: reason
   defp render(%{__exception__: true} = e), do: Exception.message(e)
   defp render(reason), do: inspect(reason)
@@ -246,6 +334,9 @@ defmodule Relaybox.Consumer do
 
       {:relaybox_message, call_id, message} ->
         s |> handle(call_id, message) |> drain(ref)
+
+      {:relaybox_delivery, call_id, message, sql, params} ->
+        s |> handle_in_repo(call_id, message, sql, params) |> drain(ref)
     end
   end
 end

@@ -6,12 +6,29 @@ defmodule Relaybox.Migration do
       defmodule MyApp.Repo.Migrations.AddRelayboxTables do
         use Ecto.Migration
 
-        def up, do: execute(Relaybox.Migration.up(version: 1))
-        def down, do: execute(Relaybox.Migration.down(version: 1))
+        def up do
+          Enum.each(Relaybox.Migration.up_statements(version: 1), &execute/1)
+        end
+
+        def down do
+          Enum.each(Relaybox.Migration.down_statements(version: 1), &execute/1)
+        end
       end
 
-  `mix relaybox.gen.migration` writes that file. Options: `:version` (1, the
-  only schema version so far), `:prefix` (default `"relaybox_"`),
+  `mix relaybox.gen.migration` writes that file; `mix ecto.migrate` applies
+  it and `mix ecto.rollback` reverts it. Postgrex runs one statement per
+  query, so an Ecto migration executes the statements one by one.
+
+  Called inside an Ecto migration, as EventodbKit's users write it, `up/1`
+  and `down/1` do the same themselves:
+
+      def up, do: Relaybox.Migration.up(version: 1)
+      def down, do: Relaybox.Migration.down(version: 1)
+
+  Anywhere else they return the SQL as one script, for tools that run
+  scripts.
+
+  Options: `:version` (1, the only schema version so far), `:prefix` (default `"relaybox_"`),
   `:partitions` (default 16) and `:dialect` (`:postgres`, the default, or
   `:sqlite`). The SQL is idempotent and records itself in
   `<prefix>schema_migrations`, so `Relaybox.Outbox.migrate/1` later knows it ran.
@@ -20,9 +37,35 @@ defmodule Relaybox.Migration do
 
   @tables ~w(log relay_instances leases positions inbox dead_letters outbox schema_migrations)
 
-  @doc "The SQL that creates the schema up to `version`."
-  @spec up(keyword()) :: String.t()
-  def up(opts \\ []) do
+  @doc """
+  The SQL that creates the schema up to `version`, as one script; inside an
+  Ecto migration, executes it statement by statement instead and returns `:ok`.
+  """
+  @spec up(keyword()) :: String.t() | :ok
+  def up(opts \\ []), do: opts |> up_script() |> run_or_return()
+
+  @doc """
+  The SQL that drops the tables of `version`, as one script; inside an Ecto
+  migration, executes it statement by statement instead and returns `:ok`.
+  """
+  @spec down(keyword()) :: String.t() | :ok
+  def down(opts \\ []), do: opts |> down_script() |> run_or_return()
+
+  # Ecto's migration runner marks the process that runs a migration's
+  # `up`/`down`; `Ecto.Migration.execute/1` queues a command there. Called
+  # through `apply/3` so this module compiles without Ecto.
+  defp run_or_return(script) do
+    if in_ecto_migration?() do
+      Enum.each(split(script), &apply(Ecto.Migration, :execute, [&1]))
+    else
+      script
+    end
+  end
+
+  defp in_ecto_migration?,
+    do: Code.ensure_loaded?(Ecto.Migration) and is_map(Process.get(:ecto_migration))
+
+  defp up_script(opts) do
     check_version!(opts)
     dialect = opts |> Keyword.get(:dialect, :postgres) |> to_string()
     prefix = Keyword.get(opts, :prefix, "relaybox_")
@@ -34,9 +77,29 @@ defmodule Relaybox.Migration do
     end
   end
 
-  @doc "The SQL that drops the tables of `version`."
-  @spec down(keyword()) :: String.t()
-  def down(opts \\ []) do
+  @doc """
+  The statements of `up/1`, one a string, in order (comments left out), for
+  `execute/1` of an Ecto migration.
+  """
+  @spec up_statements(keyword()) :: [String.t()]
+  def up_statements(opts \\ []), do: opts |> up_script() |> split()
+
+  @doc "The statements of `down/1`, one a string, in order."
+  @spec down_statements(keyword()) :: [String.t()]
+  def down_statements(opts \\ []), do: opts |> down_script() |> split()
+
+  # The core's schema has no `;` inside literals or bodies.
+  defp split(sql) do
+    sql
+    |> String.split("\n")
+    |> Enum.reject(&String.starts_with?(String.trim_leading(&1), "--"))
+    |> Enum.join("\n")
+    |> String.split(";")
+    |> Enum.map(&String.trim/1)
+    |> Enum.reject(&(&1 == ""))
+  end
+
+  defp down_script(opts) do
     check_version!(opts)
     prefix = Keyword.get(opts, :prefix, "relaybox_")
 

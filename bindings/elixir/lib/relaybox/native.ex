@@ -71,6 +71,8 @@ defmodule Relaybox.Native do
   @doc false
   def outbox_insert_sql(_outbox, _spec, _placeholders, _ref), do: nif()
   @doc false
+  def outbox_insert_batch_sql(_outbox, _specs, _placeholders, _ref), do: nif()
+  @doc false
   def outbox_info(_outbox), do: nif()
   @doc false
   def outbox_wake_relays(_outbox), do: nif()
@@ -106,7 +108,7 @@ defmodule Relaybox.Native do
   def relay_stats(_relay), do: nif()
 
   @doc false
-  def consumer_start(_outbox, _transport, _topic, _config, _member, _size), do: nif()
+  def consumer_start(_outbox, _transport, _topic, _config, _member, _size, _host), do: nif()
   @doc false
   def consumer_reply(_consumer, _call_id, _status, _reason), do: nif()
   @doc false

@@ -29,14 +29,9 @@ defmodule Relaybox.Outbox do
 
   ## Ecto
 
-  Ecto users who want the event in `Repo.transaction` use `insert_sql/2`:
-
-      Repo.transaction(fn ->
-        order = Repo.insert!(changeset)
-        {sql, params} = Relaybox.Outbox.insert_sql!(MyApp.Outbox, %{topic: "orders", payload: %{id: order.id}})
-        Repo.query!(sql, params)
-        Repo.query!(Relaybox.Outbox.wake_statement(MyApp.Outbox))
-      end)
+  Ecto users write events in `Repo.transaction/1` or an `Ecto.Multi` with
+  `Relaybox.Ecto`; the outbox handle is then the one the relays and
+  consumers use. `insert_sql/3` gives the INSERT for other drivers.
   """
 
   use GenServer

@@ -6,7 +6,7 @@ defmodule Relaybox.Producer do
       defmodule MyApp.Services.MessageProducer do
         @producer_name "my_app"
         @realtime_topic "realtime"
-        @datastore MyApp.Outbox            # an outbox registered under this name
+        @datastore MyApp.Repo              # your Ecto repo (or an outbox's name)
         @serializers MyApp.MessageSerializers
         use Relaybox.Producer
       end
@@ -37,7 +37,17 @@ defmodule Relaybox.Producer do
   `[{"version": 1, "payload": map + {"source": producer_name}}]`, the first
   value of the map as its key, and the route `"<producer>/real_time/notify"`.
 
-  Each function writes in a transaction of its own; the variants taking a
+  ## `@datastore`
+
+  An Ecto repo (`Ecto.Adapters.Postgres`): the functions write through it
+  with `Relaybox.Ecto`, inside the caller's `MyApp.Repo.transaction/1` when
+  one is open (the message commits or rolls back with your rows), in a
+  transaction of their own otherwise. The outbox the relays read is the one
+  registered under `@outbox`, by default under the repo's name:
+  `{Relaybox.Outbox, url: url, name: MyApp.Repo}` in your supervision tree.
+
+  Or the name of a `Relaybox.Outbox` (or its handle): each function then
+  writes in a transaction of its own, and the variants taking a
   `Relaybox.Tx` first write inside yours. `message_spec/3` and
   `rt_notification_spec/1` return the spec only (for
   `Relaybox.Outbox.insert_sql/3` inside an Ecto transaction). Both return
@@ -49,6 +59,8 @@ defmodule Relaybox.Producer do
 
   @doc false
   defmacro __using__(_opts) do
+    outbox = Module.get_attribute(__CALLER__.module, :outbox)
+
     quote do
       @doc "The producer's settings, from its module attributes."
       def __relaybox_producer__ do
@@ -56,6 +68,7 @@ defmodule Relaybox.Producer do
           producer_name: @producer_name,
           realtime_topic: @realtime_topic,
           datastore: @datastore,
+          outbox: unquote(outbox),
           serializers: @serializers
         }
       end
@@ -163,12 +176,44 @@ defmodule Relaybox.Producer do
       result =
         case tx do
           %Tx{} -> Tx.enqueue(tx, spec)
-          nil -> Outbox.enqueue(config.datastore, spec)
+          nil -> enqueue(config, spec)
         end
 
       with {:ok, _id} <- result, do: {:ok, message}
     end
   end
+
+  defp enqueue(%{datastore: store} = config, spec) do
+    if repo?(store) do
+      enqueue_in_repo(store, Map.get(config, :outbox) || store, spec)
+    else
+      Outbox.enqueue(store, spec)
+    end
+  end
+
+  defp repo?(store),
+    do:
+      is_atom(store) and Code.ensure_loaded?(store) and function_exported?(store, :__adapter__, 0)
+
+  @integration "Relaybox.Producer with an Ecto repo as @datastore"
+
+  defp enqueue_in_repo(repo, outbox, spec) do
+    with :ok <- Relaybox.Ecto.Host.check_repo(repo, @integration) do
+      if repo.in_transaction?() do
+        one(Relaybox.Ecto.Host.write(repo, outbox, [spec], @integration))
+      else
+        repo.transaction(fn ->
+          case one(Relaybox.Ecto.Host.write(repo, outbox, [spec], @integration)) do
+            {:ok, id} -> id
+            {:error, error} -> repo.rollback(error)
+          end
+        end)
+      end
+    end
+  end
+
+  defp one({:ok, [id]}), do: {:ok, id}
+  defp one({:error, _} = error), do: error
 
   defp headers(config, route) do
     %{"source" => config.producer_name, "from" => config.producer_name, "to" => route}

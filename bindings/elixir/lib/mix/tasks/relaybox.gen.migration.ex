@@ -2,11 +2,12 @@ defmodule Mix.Tasks.Relaybox.Gen.Migration do
   @shortdoc "Generates an Ecto migration that creates the relaybox tables"
   @moduledoc """
   Writes `priv/repo/migrations/<timestamp>_add_relaybox_tables.exs` (or into
-  `--migrations-path`), an Ecto migration that applies `Relaybox.Migration`.
+  `--migrations-path`), an Ecto migration that applies `Relaybox.Migration`
+  one statement per `execute/1` (Postgrex runs one statement per query).
 
       mix relaybox.gen.migration [--repo MyApp.Repo] [--migrations-path DIR] [--prefix relaybox_]
 
-  Then run `mix ecto.migrate`.
+  Then run `mix ecto.migrate`; `mix ecto.rollback` drops the tables again.
   """
   use Mix.Task
 
@@ -28,11 +29,11 @@ defmodule Mix.Tasks.Relaybox.Gen.Migration do
       use Ecto.Migration
 
       def up do
-        execute(Relaybox.Migration.up(version: 1#{prefix_opt}))
+        Enum.each(Relaybox.Migration.up_statements(version: 1#{prefix_opt}), &execute/1)
       end
 
       def down do
-        execute(Relaybox.Migration.down(version: 1#{prefix_opt}))
+        Enum.each(Relaybox.Migration.down_statements(version: 1#{prefix_opt}), &execute/1)
       end
     end
     """)

@@ -76,3 +76,16 @@ where
 pub fn fail<'a>(env: Env<'a>, err: Error) -> NifResult<Term<'a>> {
     Ok(error_tuple(env, &err))
 }
+
+/// The value of a `relaybox::Result`, or, on error, a return from the
+/// calling NIF with `{:error, %Relaybox.Error{}}` (see [`fail`]): the
+/// checks a NIF makes before it spawns its work.
+macro_rules! or_fail {
+    ($env:expr, $result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(err) => return $crate::bridge::fail($env, err),
+        }
+    };
+}
+pub(crate) use or_fail;

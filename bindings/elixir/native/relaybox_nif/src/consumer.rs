@@ -1,25 +1,33 @@
 //! `Relaybox.Consumer`: the core's idempotent consumer calling back into a
-//! GenServer. For each message the core's handler sends
-//! `{:relaybox_message, call_id, message}` to the owning process, which
-//! takes the handler's transaction with `consumer_tx/2`, and waits, on the
-//! runtime (never on a scheduler), for `consumer_reply/4`. The
-//! resource monitors the owner: if it dies, waiting handlers fail and the
-//! consumer shuts down; unacknowledged messages come again and the inbox
-//! skips what was already processed.
+//! GenServer, in one of two modes.
+//!
+//! - Relaybox's transaction: for each message the core's handler sends
+//!   `{:relaybox_message, call_id, message}` to the owning process, which
+//!   takes the handler's transaction with `consumer_tx/2`.
+//! - The host's transaction (`repo:`, the core's host mode): the owner
+//!   receives `{:relaybox_delivery, call_id, message, inbox_sql,
+//!   inbox_params}`, runs the inbox statement and the handler in a
+//!   transaction of its Ecto repo, and replies after its commit.
+//!
+//! Either way the core waits, on its runtime (never on a scheduler), for
+//! `consumer_reply/4`. The resource monitors the owner: if it dies, waiting
+//! handlers fail and the consumer shuts down; unacknowledged messages come
+//! again and the inbox skips what was already processed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use relaybox::{
-    BoxError, Consumer, ConsumerConfig, DatabaseSource, DatabaseSourceConfig, Handler, Message,
-    Rejected, Transaction, TransportConfig,
+    BoxError, Consumer, ConsumerConfig, DatabaseSource, DatabaseSourceConfig, Handler,
+    HostDelivery, HostHandler, HostOutcome, Message, Placeholders, Rejected, Transaction,
+    TransportConfig,
 };
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, ResourceArc, Term};
 use tokio::sync::oneshot;
 
 use crate::bridge::{guard, spawn_reply};
-use crate::convert::{message_to_term, options_json};
+use crate::convert::{message_to_term, options_json, string, value_to_term};
 use crate::error::invalid_config;
 use crate::outbox::OutboxResource;
 use crate::relay::transport;
@@ -27,19 +35,25 @@ use crate::tx::TxResource;
 
 rustler::atoms! {
     reject,
+    duplicate,
+    relaybox_delivery,
 }
 
 /// What the Elixir handler answered.
 enum Reply {
+    /// Handled (in host mode: committed).
     Ok,
+    /// Host mode: the inbox statement inserted no row; nothing was written.
+    Duplicate,
     Error(String),
     Reject(String),
 }
 
-/// A handler call waiting for its reply, with the transaction it runs in.
+/// A handler call waiting for its reply, with the transaction it runs in
+/// (none in host mode, where the transaction is the repo's).
 struct Call {
     reply: oneshot::Sender<Reply>,
-    tx: Transaction,
+    tx: Option<Transaction>,
 }
 
 /// Handler calls waiting for their reply.
@@ -63,6 +77,38 @@ impl Calls {
     }
 }
 
+impl Calls {
+    /// Registers a call, sends the owner the term `encode` builds with the
+    /// call's id, and waits for the reply.
+    async fn dispatch<F>(
+        &self,
+        pid: &LocalPid,
+        tx: Option<Transaction>,
+        encode: F,
+    ) -> Result<Reply, String>
+    where
+        F: for<'b> FnOnce(Env<'b>, u64) -> Term<'b>,
+    {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut pending = self.lock();
+            if self.closed.load(Ordering::Acquire) {
+                return Err("the consumer process has stopped".into());
+            }
+            pending.insert(id, Call { reply: sender, tx });
+        }
+        let sent = OwnedEnv::new().send_and_clear(pid, |env| encode(env, id));
+        if sent.is_err() {
+            self.lock().remove(&id);
+            return Err("the consumer process is not alive".into());
+        }
+        receiver
+            .await
+            .map_err(|_| "the consumer process stopped before the handler replied".to_string())
+    }
+}
+
 /// Sends each message to the owning process and waits for its reply.
 struct ElixirHandler {
     pid: LocalPid,
@@ -72,32 +118,60 @@ struct ElixirHandler {
 #[async_trait::async_trait]
 impl Handler for ElixirHandler {
     async fn handle(&self, message: Message, tx: Transaction) -> Result<(), BoxError> {
-        let id = self.calls.next.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = oneshot::channel();
-        {
-            let mut pending = self.calls.lock();
-            if self.calls.closed.load(Ordering::Acquire) {
-                return Err("the consumer process has stopped".into());
-            }
-            pending.insert(id, Call { reply: sender, tx });
+        let reply = self
+            .calls
+            .dispatch(&self.pid, Some(tx), |env, id| {
+                (
+                    crate::relaybox_message(),
+                    id,
+                    message_to_term(env, &message),
+                )
+                    .encode(env)
+            })
+            .await?;
+        match reply {
+            Reply::Ok | Reply::Duplicate => Ok(()),
+            Reply::Error(reason) => Err(reason.into()),
+            Reply::Reject(reason) => Err(Box::new(Rejected::new(reason))),
         }
-        let sent = OwnedEnv::new().send_and_clear(&self.pid, |env| {
-            (
-                crate::relaybox_message(),
-                id,
-                message_to_term(env, &message),
-            )
-                .encode(env)
-        });
-        if sent.is_err() {
-            self.calls.lock().remove(&id);
-            return Err("the consumer process is not alive".into());
-        }
-        match receiver.await {
-            Ok(Reply::Ok) => Ok(()),
-            Ok(Reply::Error(reason)) => Err(reason.into()),
-            Ok(Reply::Reject(reason)) => Err(Box::new(Rejected::new(reason))),
-            Err(_) => Err("the consumer process stopped before the handler replied".into()),
+    }
+}
+
+/// Host mode: sends each delivery with its inbox statement to the owning
+/// process, which runs both in its repo's transaction and replies after
+/// the commit.
+struct ElixirHostHandler {
+    pid: LocalPid,
+    calls: Arc<Calls>,
+}
+
+#[async_trait::async_trait]
+impl HostHandler for ElixirHostHandler {
+    async fn handle(&self, delivery: HostDelivery) -> HostOutcome {
+        let reply = self
+            .calls
+            .dispatch(&self.pid, None, |env, id| {
+                let params: Vec<Term<'_>> = delivery
+                    .inbox
+                    .params
+                    .iter()
+                    .map(|v| value_to_term(env, v))
+                    .collect();
+                (
+                    relaybox_delivery(),
+                    id,
+                    message_to_term(env, &delivery.message),
+                    string(env, &delivery.inbox.sql),
+                    params,
+                )
+                    .encode(env)
+            })
+            .await;
+        match reply {
+            Ok(Reply::Ok) => HostOutcome::Processed,
+            Ok(Reply::Duplicate) => HostOutcome::Duplicate,
+            Ok(Reply::Error(reason)) | Err(reason) => HostOutcome::Failed(reason),
+            Ok(Reply::Reject(reason)) => HostOutcome::Rejected(reason),
         }
     }
 }
@@ -148,8 +222,10 @@ impl rustler::Resource for ConsumerResource {
 }
 
 /// Starts consuming `topic` as member `member` of a group of `size`, owned by
-/// (and calling back into) the calling process; `{:ok, consumer}`.
+/// (and calling back into) the calling process; `{:ok, consumer}`. With
+/// `host` true the consumer runs in the core's host mode (see the module).
 #[rustler::nif(schedule = "DirtyIo")]
+#[allow(clippy::too_many_arguments)]
 fn consumer_start<'a>(
     env: Env<'a>,
     outbox: ResourceArc<OutboxResource>,
@@ -158,6 +234,7 @@ fn consumer_start<'a>(
     config: Term<'a>,
     member: u32,
     size: u32,
+    host: bool,
 ) -> Term<'a> {
     guard(env, move |env| {
         let transport = transport(transport_term)?;
@@ -182,11 +259,19 @@ fn consumer_start<'a>(
             _ => transport.source(&store, &topic, &config.group)?,
         };
         let calls = Arc::new(Calls::default());
-        let handler = Arc::new(ElixirHandler {
-            pid: env.pid(),
-            calls: calls.clone(),
-        });
-        let consumer = Consumer::start(store, source, handler, config)?;
+        let consumer = if host {
+            let handler = Arc::new(ElixirHostHandler {
+                pid: env.pid(),
+                calls: calls.clone(),
+            });
+            Consumer::start_host(store, source, handler, Placeholders::Dollar, config)?
+        } else {
+            let handler = Arc::new(ElixirHandler {
+                pid: env.pid(),
+                calls: calls.clone(),
+            });
+            Consumer::start(store, source, handler, config)?
+        };
         let resource = ResourceArc::new(ConsumerResource {
             consumer: Mutex::new(Some(Arc::new(consumer))),
             calls,
@@ -197,7 +282,7 @@ fn consumer_start<'a>(
 }
 
 /// The handler's answer for call `call_id`: `:ok`, `:error` or `:reject`
-/// with a reason.
+/// with a reason, or (host mode) `:duplicate`.
 #[rustler::nif]
 fn consumer_reply(
     consumer: ResourceArc<ConsumerResource>,
@@ -207,6 +292,8 @@ fn consumer_reply(
 ) -> Atom {
     let reply = if status == crate::ok() {
         Reply::Ok
+    } else if status == duplicate() {
+        Reply::Duplicate
     } else if status == reject() {
         Reply::Reject(reason)
     } else {
@@ -215,7 +302,9 @@ fn consumer_reply(
     let call = consumer.calls.lock().remove(&call_id);
     if let Some(call) = call {
         let _ = call.reply.send(reply);
-        relaybox::runtime::spawn(async move { drop(call.tx) });
+        if let Some(tx) = call.tx {
+            relaybox::runtime::spawn(async move { drop(tx) });
+        }
     }
     crate::ok()
 }
@@ -233,7 +322,7 @@ fn consumer_tx<'a>(
             .calls
             .lock()
             .get(&call_id)
-            .map(|call| call.tx.clone())
+            .and_then(|call| call.tx.clone())
             .ok_or(relaybox::Error::Closed {
                 what: "handler call",
             })?;

@@ -6,8 +6,10 @@ use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
 
 use std::sync::OnceLock;
 
-use crate::bridge::{fail, guard, spawn_reply};
-use crate::convert::{json_to_term, message_from_spec, options_json, string, value_to_term};
+use crate::bridge::{guard, or_fail, spawn_reply};
+use crate::convert::{
+    json_to_term, message_from_spec, messages_from_specs, options_json, string, value_to_term,
+};
 use crate::error::invalid_value;
 use crate::tx::TxResource;
 
@@ -53,10 +55,10 @@ fn outbox_open<'a>(
     migrate: bool,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let options = match options_json(options, "outbox options").and_then(StoreOptions::from_json) {
-        Ok(o) => o,
-        Err(e) => return fail(env, e),
-    };
+    let options = or_fail!(
+        env,
+        options_json(options, "outbox options").and_then(StoreOptions::from_json)
+    );
     let outbox = ResourceArc::new(OutboxResource(OnceLock::new()));
     let filled = outbox.clone();
     spawn_reply(
@@ -82,10 +84,7 @@ fn outbox_migrate<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let store = or_fail!(env, outbox.store());
     spawn_reply(
         env,
         reference,
@@ -101,10 +100,7 @@ fn outbox_close<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let store = or_fail!(env, outbox.store());
     spawn_reply(
         env,
         reference,
@@ -124,10 +120,7 @@ fn outbox_begin<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let store = or_fail!(env, outbox.store());
     let tx = ResourceArc::new(TxResource::pending());
     let filled = tx.clone();
     spawn_reply(
@@ -157,14 +150,8 @@ fn outbox_insert_sql<'a>(
     let prepared = placeholders
         .parse::<Placeholders>()
         .and_then(|style| Ok((style, message_from_spec(spec)?)));
-    let (style, message) = match prepared {
-        Ok(p) => p,
-        Err(e) => return fail(env, e),
-    };
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let (style, message) = or_fail!(env, prepared);
+    let store = or_fail!(env, outbox.store());
     spawn_reply(
         env,
         reference,
@@ -180,6 +167,55 @@ fn outbox_insert_sql<'a>(
                 params,
                 statement.message_id.to_string(),
             )
+                .encode(env)
+        },
+    )
+}
+
+/// The outbox INSERTs of a batch of messages for a host driver (Ecto):
+/// replies `{:ok, [{sql, params, message_ids, wake}]}`, one statement per
+/// core batch, to run in order in one transaction, each followed by its
+/// wake-up (`nil` on SQLite). Every message is validated before any
+/// statement is made; the parameters are the core's (text, integers, bytes
+/// and `nil`), which the statements cast themselves.
+#[rustler::nif]
+fn outbox_insert_batch_sql<'a>(
+    env: Env<'a>,
+    outbox: ResourceArc<OutboxResource>,
+    specs: Term<'a>,
+    placeholders: String,
+    reference: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let prepared = placeholders
+        .parse::<Placeholders>()
+        .and_then(|style| Ok((style, messages_from_specs(specs)?)));
+    let (style, messages) = or_fail!(env, prepared);
+    let store = or_fail!(env, outbox.store());
+    spawn_reply(
+        env,
+        reference,
+        async move { store.insert_batch_statements(&messages, style).await },
+        |env, statements| {
+            statements
+                .iter()
+                .map(|statement| {
+                    let params: Vec<Term<'_>> = statement
+                        .params
+                        .iter()
+                        .map(|v| value_to_term(env, v))
+                        .collect();
+                    let ids: Vec<String> = statement
+                        .message_ids
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    let wake = statement
+                        .wake
+                        .as_deref()
+                        .map_or(crate::nil().encode(env), |w| string(env, w));
+                    (string(env, &statement.sql), params, ids, wake).encode(env)
+                })
+                .collect::<Vec<_>>()
                 .encode(env)
         },
     )
@@ -225,10 +261,7 @@ fn outbox_pending_count<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let store = or_fail!(env, outbox.store());
     spawn_reply(
         env,
         reference,
@@ -244,10 +277,7 @@ fn outbox_status<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let store = or_fail!(env, outbox.store());
     spawn_reply(env, reference, async move { store.status().await }, report)
 }
 
@@ -259,10 +289,7 @@ fn outbox_dead_letters<'a>(
     limit: u32,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let store = or_fail!(env, outbox.store());
     spawn_reply(
         env,
         reference,
@@ -338,13 +365,7 @@ where
     F: FnOnce(Store, DeadLetterFilter) -> Fut,
     Fut: std::future::Future<Output = relaybox::Result<u64>> + Send + 'static,
 {
-    let filter = match filter(ids) {
-        Ok(f) => f,
-        Err(e) => return fail(env, e),
-    };
-    let store = match outbox.store() {
-        Ok(store) => store,
-        Err(e) => return fail(env, e),
-    };
+    let filter = or_fail!(env, filter(ids));
+    let store = or_fail!(env, outbox.store());
     spawn_reply(env, reference, op(store, filter), |env, n| n.encode(env))
 }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use relaybox::Transaction;
 use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
 
-use crate::bridge::{fail, spawn_reply};
+use crate::bridge::{or_fail, spawn_reply};
 use crate::convert::{message_from_spec, messages_from_specs, params_from_term, rows_to_term};
 
 /// A transaction handle.
@@ -89,14 +89,8 @@ fn tx_query<'a>(
     params: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let params = match params_from_term(params) {
-        Ok(p) => p,
-        Err(e) => return fail(env, e),
-    };
-    let tx = match tx.get() {
-        Ok(tx) => tx,
-        Err(e) => return fail(env, e),
-    };
+    let params = or_fail!(env, params_from_term(params));
+    let tx = or_fail!(env, tx.get());
     spawn_reply(
         env,
         reference,
@@ -114,14 +108,8 @@ fn tx_execute<'a>(
     params: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let params = match params_from_term(params) {
-        Ok(p) => p,
-        Err(e) => return fail(env, e),
-    };
-    let tx = match tx.get() {
-        Ok(tx) => tx,
-        Err(e) => return fail(env, e),
-    };
+    let params = or_fail!(env, params_from_term(params));
+    let tx = or_fail!(env, tx.get());
     spawn_reply(
         env,
         reference,
@@ -138,14 +126,8 @@ fn tx_enqueue<'a>(
     spec: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let message = match message_from_spec(spec) {
-        Ok(m) => m,
-        Err(e) => return fail(env, e),
-    };
-    let tx = match tx.get() {
-        Ok(tx) => tx,
-        Err(e) => return fail(env, e),
-    };
+    let message = or_fail!(env, message_from_spec(spec));
+    let tx = or_fail!(env, tx.get());
     spawn_reply(
         env,
         reference,
@@ -162,14 +144,8 @@ fn tx_enqueue_batch<'a>(
     specs: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let messages = match messages_from_specs(specs) {
-        Ok(m) => m,
-        Err(e) => return fail(env, e),
-    };
-    let tx = match tx.get() {
-        Ok(tx) => tx,
-        Err(e) => return fail(env, e),
-    };
+    let messages = or_fail!(env, messages_from_specs(specs));
+    let tx = or_fail!(env, tx.get());
     spawn_reply(
         env,
         reference,
@@ -188,13 +164,8 @@ fn tx_commit<'a>(
     tx: ResourceArc<TxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    if let Err(e) = tx.check_owned("committed") {
-        return fail(env, e);
-    }
-    let tx = match tx.get() {
-        Ok(tx) => tx,
-        Err(e) => return fail(env, e),
-    };
+    or_fail!(env, tx.check_owned("committed"));
+    let tx = or_fail!(env, tx.get());
     spawn_reply(
         env,
         reference,
@@ -210,13 +181,8 @@ fn tx_rollback<'a>(
     tx: ResourceArc<TxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    if let Err(e) = tx.check_owned("rolled back") {
-        return fail(env, e);
-    }
-    let tx = match tx.get() {
-        Ok(tx) => tx,
-        Err(e) => return fail(env, e),
-    };
+    or_fail!(env, tx.check_owned("rolled back"));
+    let tx = or_fail!(env, tx.get());
     spawn_reply(
         env,
         reference,
