@@ -41,23 +41,77 @@ const RETRYABLE_CODES: [&str; 7] = [
 
 /// A Redis error as a relaybox transport error. `secret` (the URL's
 /// password, if any) is cut out of the text.
+///
+/// A transaction the server aborted (`EXECABORT`: a command was refused
+/// while queued, say with `LOADING` while a restarted server reads its
+/// append-only file) is retryable when every refusal is, and its text names
+/// each distinct refusal once.
 pub(crate) fn redis_error(
     err: &redis::RedisError,
     secret: Option<&str>,
     message_id: Option<uuid::Uuid>,
 ) -> Error {
-    let retryable = err.is_io_error()
-        || err.is_timeout()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
-        || err.code().is_some_and(|c| RETRYABLE_CODES.contains(&c));
+    let (retryable, text) = match server_errors(err) {
+        Some(errs) => (
+            errs.iter()
+                .all(|(_, e)| RETRYABLE_CODES.contains(&e.code())),
+            aborted_text(&errs),
+        ),
+        None => (
+            err.is_io_error()
+                || err.is_timeout()
+                || err.is_connection_dropped()
+                || err.is_connection_refusal()
+                || !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
+                || err.code().is_some_and(|c| RETRYABLE_CODES.contains(&c)),
+            err.to_string(),
+        ),
+    };
     Error::Transport {
         transport: "redis".into(),
-        message: scrub(&err.to_string(), secret),
+        message: scrub(&text, secret),
         retryable,
         message_id,
     }
+}
+
+/// The refusals behind an aborted transaction or a failed pipeline, when
+/// `err` is one (and names at least one refusal).
+fn server_errors(err: &redis::RedisError) -> Option<std::sync::Arc<[(usize, redis::ServerError)]>> {
+    if !matches!(
+        err.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort)
+    ) && err.code() != Some("EXECABORT")
+    {
+        return None;
+    }
+    err.clone()
+        .into_server_errors()
+        .filter(|errs| !errs.is_empty())
+}
+
+/// "transaction aborted: LOADING Redis is loading ... (100 commands)", one
+/// part per distinct refusal.
+fn aborted_text(errs: &[(usize, redis::ServerError)]) -> String {
+    let mut parts: Vec<(String, usize)> = Vec::new();
+    for (_, e) in errs {
+        let text = match e.details() {
+            Some(d) => format!("{} {d}", e.code()),
+            None => e.code().to_string(),
+        };
+        match parts.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, n)) => *n += 1,
+            None => parts.push((text, 1)),
+        }
+    }
+    let parts: Vec<String> = parts
+        .into_iter()
+        .map(|(t, n)| match n {
+            1 => format!("{t} (1 command)"),
+            n => format!("{t} ({n} commands)"),
+        })
+        .collect();
+    format!("transaction aborted by the server: {}", parts.join("; "))
 }
 
 /// `text` with every occurrence of `secret` replaced by `***`.
