@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::backoff;
+use crate::consumer_host::RunResult;
 use crate::error::{BoxError, Error, Result};
 use crate::message::Message;
 use crate::source::{AckToken, Delivery, Source};
@@ -291,8 +292,8 @@ impl Drop for Consumer {
 pub(crate) enum Handling {
     /// relaybox's own transaction, handed to a [`Handler`].
     Owned(Arc<dyn Handler>),
-    /// The host's transaction: see [`crate::consumer_host`]. One message at a
-    /// time per lane.
+    /// The host's transaction: see [`crate::consumer_host`]. Consecutive
+    /// messages of a lane go to the host as one run.
     Host(crate::consumer_host::HostMode),
 }
 
@@ -580,10 +581,13 @@ impl Worker {
     }
 
     /// Processes consecutive deliveries of one lane, reporting each as it
-    /// settles: several at a time in one transaction, one savepoint each;
-    /// a message whose handler fails goes on alone (retries, dead letters),
-    /// and when the shared transaction itself fails, its messages are
-    /// processed again one at a time.
+    /// settles: several at a time in one transaction, one savepoint each
+    /// (host mode: up to `batch_size` in one call to the host, which runs
+    /// them in a transaction of its own); a message whose handler fails goes
+    /// on alone (retries, dead letters), after the messages before it when
+    /// its failure rolled them back too (host mode), and when the shared
+    /// transaction itself fails, its messages are processed again one at a
+    /// time.
     async fn process_run(
         &self,
         run: &[Delivery],
@@ -591,8 +595,7 @@ impl Worker {
     ) -> std::result::Result<(), Interrupted> {
         let mut rest = run;
         while let Some(first) = rest.first() {
-            // In host mode the binding owns every transaction: one message each.
-            if rest.len() == 1 || matches!(self.handling, Handling::Host(_)) {
+            if rest.len() == 1 {
                 self.process(first, None).await?;
                 let _ = settled.send(first.ack);
                 rest = &rest[1..];
@@ -609,6 +612,15 @@ impl Worker {
                     self.process(&rest[0], Some(failed)).await?;
                     let _ = settled.send(rest[0].ack);
                     rest = &rest[1..];
+                }
+                Then::RetryAfter(n, failed) => {
+                    for d in &rest[..n] {
+                        self.process(d, None).await?;
+                        let _ = settled.send(d.ack);
+                    }
+                    self.process(&rest[n], Some(failed)).await?;
+                    let _ = settled.send(rest[n].ack);
+                    rest = &rest[n + 1..];
                 }
                 Then::OneByOne(n, error) => {
                     tracing::debug!(messages = n, error = %error, "relaybox consumer transaction failed; processing its messages one at a time");
@@ -698,11 +710,9 @@ impl Worker {
             committed: 0,
             then: Then::OneByOne(n.max(1), error),
         };
-        let Handling::Owned(handler) = &self.handling else {
-            return one_by_one(
-                run.len(),
-                Error::internal("host mode shares no transaction"),
-            );
+        let handler = match &self.handling {
+            Handling::Owned(handler) => handler,
+            Handling::Host(host) => return self.attempt_host_run(host, run).await,
         };
         let tx = match self.store.begin().await {
             Ok(tx) => tx,
@@ -780,6 +790,44 @@ impl Worker {
         Shared {
             committed: done,
             then: failed.map_or(Then::Continue, Then::Retry),
+        }
+    }
+
+    /// Hands the first messages of `run` (at most `batch_size`) to the host
+    /// in one call: it commits them in one transaction of its own, or rolls
+    /// all of them back, naming the message whose handler failed when one
+    /// did.
+    async fn attempt_host_run(
+        &self,
+        host: &crate::consumer_host::HostMode,
+        run: &[Delivery],
+    ) -> Shared {
+        let run = &run[..run.len().min(self.config.batch_size as usize)];
+        match host.attempt_run(&self.store, &self.config.group, run).await {
+            RunResult::Settled {
+                settled,
+                duplicates,
+                then,
+            } => {
+                self.counters
+                    .processed
+                    .fetch_add((settled - duplicates) as u64, Ordering::Relaxed);
+                self.counters
+                    .duplicates
+                    .fetch_add(duplicates as u64, Ordering::Relaxed);
+                Shared {
+                    committed: settled,
+                    then: then.map_or(Then::Continue, Then::Retry),
+                }
+            }
+            RunResult::RolledBackAt(index, attempt) => Shared {
+                committed: 0,
+                then: Then::RetryAfter(index, attempt),
+            },
+            RunResult::OneByOne(error) => Shared {
+                committed: 0,
+                then: Then::OneByOne(run.len(), error),
+            },
         }
     }
 
@@ -911,6 +959,10 @@ enum Then {
     Continue,
     /// The next message failed this first attempt (rolled back to its savepoint).
     Retry(Attempt),
+    /// The transaction rolled back because the message at this index
+    /// failed this first attempt: process the messages before it one at a
+    /// time, then it.
+    RetryAfter(usize, Attempt),
     /// The transaction failed, so none of it took effect for sure: process
     /// this many messages one at a time.
     OneByOne(usize, Error),

@@ -15,11 +15,20 @@
 //!    backoff, then dead-lettered) or [`HostOutcome::Rejected`] (dead-lettered
 //!    at once).
 //!
+//! Consecutive deliveries of a lane come as one run
+//! ([`HostHandler::handle_run`]), which a host may handle in one transaction:
+//! per delivery the inbox statement, then (a row inserted) its handler; one
+//! commit for all. When a handler fails, the host rolls the whole run back
+//! and reports which one failed; the consumer then hands the deliveries
+//! before it over again one at a time ([`HostHandler::handle`]) and retries
+//! the failed one alone, so retries and dead letters stay per message.
+//!
 //! The consumer acknowledges a delivery (a position, offsets, a broker ack)
 //! only after its outcome is reported, so only after the host's commit; a
-//! lane waits for each outcome before handing out the next delivery of its
-//! keys. A crash between the host's commit and the acknowledgement brings the
-//! delivery again, and its inbox statement then inserts nothing. Everything
+//! lane waits for each outcome (or run) before handing out the next
+//! deliveries of its keys. A crash between the host's commit and the
+//! acknowledgement brings the delivery again, and its inbox statement then
+//! inserts nothing. Everything
 //! but the transaction is the ordinary [`Consumer`]'s: lanes, retries, dead
 //! letters (written by relaybox), acknowledgements, every transport.
 
@@ -33,6 +42,7 @@ use sqlx::{AssertSqlSafe, PgConnection, SqliteConnection};
 use crate::consumer::{Attempt, Consumer, ConsumerConfig, Handling};
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::source::Delivery;
 use crate::source::Source;
 use crate::store::{InboxStatement, Placeholders, Store};
 use crate::value::Value;
@@ -64,7 +74,7 @@ pub enum HostOutcome {
     Rejected(String),
 }
 
-/// Host code run once per delivery, in a transaction the host owns (see the
+/// Host code run per delivery, in a transaction the host owns (see the
 /// [module](self) for the protocol). It must report
 /// [`HostOutcome::Processed`] only after its commit succeeded. A panic counts
 /// as [`HostOutcome::Failed`].
@@ -72,6 +82,63 @@ pub enum HostOutcome {
 pub trait HostHandler: Send + Sync + 'static {
     /// Handles one delivery and reports how it ended.
     async fn handle(&self, delivery: HostDelivery) -> HostOutcome;
+
+    /// Handles consecutive deliveries of one lane, in order (two or more),
+    /// and reports how the run ended ([`HostRunOutcome`]). A panic counts
+    /// as [`HostRunOutcome::RolledBack`].
+    ///
+    /// By default each delivery goes to [`HostHandler::handle`] in turn (a
+    /// transaction each), stopping at the first that is not processed or a
+    /// duplicate.
+    async fn handle_run(&self, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
+        HostRunOutcome::Each(handle_each(self, deliveries).await)
+    }
+}
+
+/// What the host reports for a run of deliveries
+/// ([`HostHandler::handle_run`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostRunOutcome {
+    /// The outcomes of the first deliveries of the run, in order, one each,
+    /// each reported as [`HostHandler::handle`] would: a
+    /// [`HostOutcome::Processed`] only once committed. After a
+    /// [`HostOutcome::Failed`] or [`HostOutcome::Rejected`] (that delivery's
+    /// first attempt, rolled back) no later delivery may have been
+    /// attempted. Deliveries without an outcome are handed over again.
+    Each(Vec<HostOutcome>),
+    /// The run's one transaction was rolled back because the handler of the
+    /// delivery at this index failed with this outcome
+    /// ([`HostOutcome::Failed`] or [`HostOutcome::Rejected`]), which counts
+    /// as its first attempt; no later delivery was attempted. The deliveries
+    /// before it took no effect: they are handed over again one at a time,
+    /// then it is retried (or dead-lettered) alone.
+    RolledBackAt(usize, HostOutcome),
+    /// The run's one transaction failed (e.g. at its commit) and none of it
+    /// took effect: every delivery is handed over again alone, with this
+    /// error logged.
+    RolledBack(String),
+}
+
+/// The default [`HostHandler::handle_run`]: hands each delivery to
+/// [`HostHandler::handle`] in turn, stopping after the first that is not
+/// processed or a duplicate (a panic counts as [`HostOutcome::Failed`]).
+pub async fn handle_each<H: HostHandler + ?Sized>(
+    handler: &H,
+    deliveries: Vec<HostDelivery>,
+) -> Vec<HostOutcome> {
+    let mut outcomes = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let outcome = AssertUnwindSafe(handler.handle(delivery))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| HostOutcome::Failed(Error::from_panic(panic).to_string()));
+        let settled = matches!(outcome, HostOutcome::Processed | HostOutcome::Duplicate);
+        outcomes.push(outcome);
+        if !settled {
+            break;
+        }
+    }
+    outcomes
 }
 
 /// A [`HostHandler`] made from an async closure.
@@ -167,6 +234,95 @@ impl HostMode {
             Ok(HostOutcome::Rejected(reason)) => Attempt::Rejected(reason),
             Err(panic) => Attempt::HandlerFailed(Error::from_panic(panic).to_string()),
         })
+    }
+}
+
+/// How a run handed to [`HostHandler::handle_run`] ended, for the first
+/// deliveries of the run.
+pub(crate) enum RunResult {
+    /// The first `settled` deliveries are committed or duplicates (with how
+    /// many duplicates); `then` is the first attempt of the next one, which
+    /// failed, if any.
+    Settled {
+        settled: usize,
+        duplicates: usize,
+        then: Option<Attempt>,
+    },
+    /// The run rolled back at the delivery with this index, whose first
+    /// attempt this was: those before it take no effect.
+    RolledBackAt(usize, Attempt),
+    /// Nothing of the run took effect for sure: every delivery goes on alone.
+    OneByOne(Error),
+}
+
+/// The attempt a failed outcome reports; `None` for a settled one.
+fn failed_attempt(outcome: HostOutcome) -> Option<Attempt> {
+    match outcome {
+        HostOutcome::Processed | HostOutcome::Duplicate => None,
+        HostOutcome::Failed(error) => Some(Attempt::HandlerFailed(error)),
+        HostOutcome::Rejected(reason) => Some(Attempt::Rejected(reason)),
+    }
+}
+
+impl HostMode {
+    /// Hands `run` (two or more consecutive deliveries of a lane) to the
+    /// host in one call and reads its outcomes.
+    pub(crate) async fn attempt_run(
+        &self,
+        store: &Store,
+        group: &str,
+        run: &[Delivery],
+    ) -> RunResult {
+        let mut deliveries = Vec::with_capacity(run.len());
+        for d in run {
+            match store.inbox_statement(group, d.message.id, self.style) {
+                Ok(inbox) => deliveries.push(HostDelivery {
+                    message: d.message.clone(),
+                    inbox,
+                }),
+                Err(e) => return RunResult::OneByOne(e),
+            }
+        }
+        let outcomes = match AssertUnwindSafe(self.handler.handle_run(deliveries))
+            .catch_unwind()
+            .await
+        {
+            Ok(HostRunOutcome::Each(outcomes)) => outcomes,
+            Ok(HostRunOutcome::RolledBackAt(index, outcome)) => {
+                return match failed_attempt(outcome) {
+                    Some(attempt) if index < run.len() => RunResult::RolledBackAt(index, attempt),
+                    _ => RunResult::OneByOne(Error::internal(format!(
+                        "the host rolled back the run at message {index} but reported no failure of it"
+                    ))),
+                };
+            }
+            Ok(HostRunOutcome::RolledBack(error)) => {
+                return RunResult::OneByOne(Error::internal(format!(
+                    "the host rolled back the run: {error}"
+                )))
+            }
+            Err(panic) => return RunResult::OneByOne(Error::from_panic(panic)),
+        };
+        let (mut settled, mut duplicates, mut then) = (0, 0, None);
+        for outcome in outcomes.into_iter().take(run.len()) {
+            let duplicate = outcome == HostOutcome::Duplicate;
+            if let Some(attempt) = failed_attempt(outcome) {
+                then = Some(attempt);
+                break;
+            }
+            settled += 1;
+            duplicates += usize::from(duplicate);
+        }
+        if settled == 0 && then.is_none() {
+            return RunResult::OneByOne(Error::internal(
+                "the host reported no outcome for the run",
+            ));
+        }
+        RunResult::Settled {
+            settled,
+            duplicates,
+            then,
+        }
     }
 }
 

@@ -5,6 +5,10 @@
 //! skipped by the inbox; a failing handler leaves nothing, is retried and
 //! dead-lettered; order per key holds; a crash after the commit and before
 //! the acknowledgement is harmless; members of a group share the work.
+//! Consecutive messages of a lane reach a host that handles runs in one call
+//! (one transaction), acknowledged only after its commit; a failing message
+//! rolls its run back, the messages before it go again one at a time, and
+//! it is retried or dead-lettered alone.
 
 #[macro_use]
 mod common;
@@ -14,10 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use relaybox::consumer_host::HostRunOutcome;
 use relaybox::sqlx::{self, AssertSqlSafe, PgPool, Row};
 use relaybox::{
     Consumer, ConsumerConfig, DatabaseSource, DatabaseSourceConfig, HostDelivery, HostHandler,
-    HostOutcome, Message, Placeholders, Value,
+    HostOutcome, Message, Placeholders, Store, Value,
 };
 use uuid::Uuid;
 
@@ -30,6 +35,8 @@ enum Act {
     Fail,
     /// Commit, then never report (the process "crashes" before the ack).
     CommitThenHang,
+    /// Write the business row, then reject the message (rolls back).
+    Reject,
 }
 
 /// The application: its own pool and a business table `<prefix>app_rows`.
@@ -133,6 +140,10 @@ impl App {
                 tx.rollback().await?;
                 Ok(HostOutcome::Failed("the application refuses".into()))
             }
+            Act::Reject => {
+                tx.rollback().await?;
+                Ok(HostOutcome::Rejected("the application rejects it".into()))
+            }
             Act::Commit => {
                 tx.commit().await?;
                 Ok(HostOutcome::Processed)
@@ -157,7 +168,118 @@ impl HostHandler for App {
     }
 }
 
-fn start(db: &TestDb, topic: &str, app: Arc<App>, config: ConsumerConfig) -> Consumer {
+/// The application handling a run of deliveries in one transaction: per
+/// delivery the inbox statement, then (a new message) the business row; one
+/// commit. A failing or rejected message rolls the whole run back.
+struct RunApp {
+    app: App,
+    store: Store,
+    group: String,
+    source_key: String,
+    /// Log offset of each message (1-based, as the group's position counts).
+    offsets: HashMap<Uuid, i64>,
+    /// Size of each run handed over.
+    runs: Mutex<Vec<usize>>,
+    /// Runs of which something was acknowledged before their commit.
+    acked_early: Mutex<Vec<String>>,
+}
+
+impl RunApp {
+    async fn new(
+        db: &TestDb,
+        topic: &str,
+        group: &str,
+        msgs: &[Message],
+        decide: impl Fn(&Message) -> Act + Send + Sync + 'static,
+    ) -> RunApp {
+        RunApp {
+            app: App::new(db, decide).await,
+            store: db.store.clone(),
+            group: group.into(),
+            source_key: format!("log:{topic}:0/1"),
+            offsets: msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.id, i as i64 + 1))
+                .collect(),
+            runs: Mutex::new(Vec::new()),
+            acked_early: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn runs(&self) -> Vec<usize> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    async fn run_all(&self, deliveries: &[HostDelivery]) -> Result<HostRunOutcome, String> {
+        let mut tx = self.app.pool.begin().await.map_err(|e| e.to_string())?;
+        let mut outcomes = Vec::new();
+        for (i, d) in deliveries.iter().enumerate() {
+            let m = &d.message;
+            *self.app.calls.lock().unwrap().entry(m.id).or_default() += 1;
+            if !d
+                .insert_inbox_pg(&mut tx)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                outcomes.push(HostOutcome::Duplicate);
+                continue;
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (message_id, msg_key, payload) VALUES ($1, $2, $3)",
+                self.app.table
+            )))
+            .bind(m.id)
+            .bind(m.key.clone())
+            .bind(String::from_utf8_lossy(&m.payload).into_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+            match (self.app.decide)(m) {
+                Act::Commit => outcomes.push(HostOutcome::Processed),
+                Act::Fail | Act::CommitThenHang => {
+                    tx.rollback().await.map_err(|e| e.to_string())?;
+                    let failed = HostOutcome::Failed("the application refuses".into());
+                    return Ok(HostRunOutcome::RolledBackAt(i, failed));
+                }
+                Act::Reject => {
+                    tx.rollback().await.map_err(|e| e.to_string())?;
+                    let rejected = HostOutcome::Rejected("the application rejects it".into());
+                    return Ok(HostRunOutcome::RolledBackAt(i, rejected));
+                }
+            }
+        }
+        let position = self
+            .store
+            .position(&self.group, &self.source_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let first = self.offsets[&deliveries[0].message.id];
+        if position.is_some_and(|p| p >= first) {
+            self.acked_early.lock().unwrap().push(format!(
+                "run from offset {first}: position {position:?} before the commit"
+            ));
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(HostRunOutcome::Each(outcomes))
+    }
+}
+
+#[async_trait::async_trait]
+impl HostHandler for RunApp {
+    async fn handle(&self, delivery: HostDelivery) -> HostOutcome {
+        self.app.handle(delivery).await
+    }
+
+    async fn handle_run(&self, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
+        self.runs.lock().unwrap().push(deliveries.len());
+        self.run_all(&deliveries)
+            .await
+            .unwrap_or_else(HostRunOutcome::RolledBack)
+    }
+}
+
+fn start(db: &TestDb, topic: &str, app: Arc<dyn HostHandler>, config: ConsumerConfig) -> Consumer {
     let source = DatabaseSource::new(
         db.store.clone(),
         DatabaseSourceConfig::new(topic, config.group.clone()),
@@ -477,5 +599,134 @@ async fn inbox_statement_in_every_placeholder_style() {
     drop(conn);
     pool.close().await;
     lite.cleanup().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_goes_to_the_host_in_one_call_and_is_acknowledged_after_its_commit() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (topic, group) = ("orders", "billing");
+    let msgs = messages(topic, 60, 1);
+    db.store.append_log(&msgs).await.unwrap();
+    let app = Arc::new(RunApp::new(&db, topic, group, &msgs, |_| Act::Commit).await);
+
+    let consumer = start(&db, topic, app.clone(), consumer_config(group));
+    wait_settled(&consumer, "every message processed", 60).await;
+    consumer.shutdown().await.unwrap();
+
+    let stats = consumer.stats();
+    assert_eq!((stats.processed, stats.duplicates), (60, 0), "{stats:?}");
+    let runs = app.runs();
+    assert!(
+        runs.iter().any(|&n| n > 1),
+        "consecutive messages handed over together: {runs:?}"
+    );
+    assert!(
+        runs.iter().sum::<usize>() <= 60,
+        "no message twice: {runs:?}"
+    );
+    assert!(
+        app.acked_early.lock().unwrap().is_empty(),
+        "{:?}",
+        app.acked_early.lock().unwrap()
+    );
+    assert_eq!(
+        db.store
+            .position(group, &format!("log:{topic}:0/1"))
+            .await
+            .unwrap(),
+        Some(60),
+        "everything acknowledged once committed"
+    );
+    let rows = app.app.rows().await;
+    assert!(msgs.iter().all(|m| rows.get(&m.id) == Some(&1)), "{rows:?}");
+    assert!(msgs.iter().all(|m| app.app.calls(m.id) == 1));
+    let payloads: Vec<String> = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(app.app.order_per_key().await["key-0"], payloads);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_in_a_run_is_retried_alone_and_the_others_take_effect_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (topic, group) = ("orders", "billing");
+    let msgs = messages(topic, 40, 1);
+    db.store.append_log(&msgs).await.unwrap();
+    let (bad, rejected) = (msgs[10].id, msgs[25].id);
+    let app = Arc::new(
+        RunApp::new(&db, topic, group, &msgs, move |m| {
+            if m.id == bad {
+                Act::Fail
+            } else if m.id == rejected {
+                Act::Reject
+            } else {
+                Act::Commit
+            }
+        })
+        .await,
+    );
+
+    let consumer = start(
+        &db,
+        topic,
+        app.clone(),
+        ConsumerConfig {
+            max_retries: 2,
+            ..consumer_config(group)
+        },
+    );
+    wait_settled(&consumer, "all settled", 40).await;
+    consumer.shutdown().await.unwrap();
+
+    let stats = consumer.stats();
+    assert_eq!(
+        (
+            stats.processed,
+            stats.duplicates,
+            stats.retried,
+            stats.dead_lettered
+        ),
+        (38, 0, 2, 2),
+        "{stats:?}"
+    );
+    let runs = app.runs();
+    assert!(runs.iter().any(|&n| n > 1), "{runs:?}");
+    assert_eq!(
+        app.app.calls(bad),
+        3,
+        "first attempt (in its run) + max_retries"
+    );
+    assert_eq!(app.app.calls(rejected), 1, "rejected once, not tried again");
+    let dead = db.store.dead_letters(10).await.unwrap();
+    let attempts: HashMap<Uuid, u32> = dead.iter().map(|d| (d.message.id, d.attempts)).collect();
+    assert_eq!(
+        attempts,
+        HashMap::from([(bad, 3), (rejected, 1)]),
+        "the failing one retried, the rejected one dead-lettered at once"
+    );
+    let rows = app.app.rows().await;
+    assert!(!rows.contains_key(&bad) && !rows.contains_key(&rejected));
+    assert!(
+        msgs.iter()
+            .filter(|m| m.id != bad && m.id != rejected)
+            .all(|m| rows.get(&m.id) == Some(&1)),
+        "every other message took effect once: {rows:?}"
+    );
+    let good: Vec<String> = msgs
+        .iter()
+        .filter(|m| m.id != bad && m.id != rejected)
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(app.app.order_per_key().await["key-0"], good, "order kept");
+    assert_eq!(
+        db.store
+            .position(group, &format!("log:{topic}:0/1"))
+            .await
+            .unwrap(),
+        Some(40)
+    );
     db.cleanup().await;
 }

@@ -17,9 +17,10 @@ use std::sync::{Arc, Once};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyTuple};
+use relaybox::consumer_host::{handle_each, HostRunOutcome};
 use relaybox::{
-    BoxError, Consumer, ConsumerConfig, Handler, HostDelivery, HostHandler, HostOutcome, Message,
-    Placeholders, Rejected, Source, Transaction, TransportConfig,
+    BoxError, Consumer, ConsumerConfig, Handler, HostDelivery, HostHandler, HostOutcome,
+    InboxStatement, Message, Placeholders, Rejected, Source, Transaction, TransportConfig,
 };
 
 use crate::bridge::{awaitable, blocking, none};
@@ -138,37 +139,127 @@ impl Handler for PyHandler {
 /// for named placeholder styles, else a tuple. It returns `"processed"`
 /// (committed) or `"duplicate"` (the statement inserted no row); an exception
 /// is a failure (`relaybox.Reject`: a rejection).
+///
+/// With `run_callable`, a run of consecutive deliveries goes to
+/// `run_callable(messages, statements)` (`statements`: one `(sql, params)`
+/// each), which runs them in one transaction and returns one of those strings
+/// per message after its commit; an exception means it rolled all of them
+/// back: `relaybox.consumer._RunFailed(index)` raised from a handler's
+/// exception names the message that failed (its first attempt), any other
+/// exception none, and the core hands the others over again one at a time.
 struct PyHostHandler {
     callable: Arc<Py<PyAny>>,
+    run_callable: Option<Arc<Py<PyAny>>>,
+}
+
+/// The inbox statement's parameters for Python: a dict for named styles,
+/// else a tuple.
+fn inbox_params(py: Python<'_>, inbox: &InboxStatement) -> PyResult<Py<PyAny>> {
+    if inbox.names.is_empty() {
+        let values = inbox
+            .params
+            .iter()
+            .map(|v| value_to_py(py, v))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyTuple::new(py, values)?.into_any().unbind())
+    } else {
+        let dict = PyDict::new(py);
+        for (name, value) in inbox.names.iter().zip(&inbox.params) {
+            dict.set_item(name, value_to_py(py, value)?)?;
+        }
+        Ok(dict.into_any().unbind())
+    }
+}
+
+/// A settled outcome from the string a host callable returned.
+fn settled_outcome(outcome: &str) -> Option<HostOutcome> {
+    match outcome {
+        "processed" => Some(HostOutcome::Processed),
+        "duplicate" => Some(HostOutcome::Duplicate),
+        _ => None,
+    }
 }
 
 impl PyHostHandler {
     fn call(&self, py: Python<'_>, delivery: HostDelivery) -> PyResult<HostOutcome> {
-        let inbox = delivery.inbox;
-        let params: Py<PyAny> = if inbox.names.is_empty() {
-            let values = inbox
-                .params
-                .iter()
-                .map(|v| value_to_py(py, v))
-                .collect::<PyResult<Vec<_>>>()?;
-            PyTuple::new(py, values)?.into_any().unbind()
-        } else {
-            let dict = PyDict::new(py);
-            for (name, value) in inbox.names.iter().zip(&inbox.params) {
-                dict.set_item(name, value_to_py(py, value)?)?;
-            }
-            dict.into_any().unbind()
-        };
+        let params = inbox_params(py, &delivery.inbox)?;
         let message = Py::new(py, PyMessage(delivery.message))?;
-        let result = self.callable.call1(py, (message, inbox.sql, params))?;
+        let result = self
+            .callable
+            .call1(py, (message, delivery.inbox.sql, params))?;
         let outcome: String = result.extract(py)?;
-        match outcome.as_str() {
-            "processed" => Ok(HostOutcome::Processed),
-            "duplicate" => Ok(HostOutcome::Duplicate),
-            other => Ok(HostOutcome::Failed(format!(
-                "the host handler returned {other:?}, not \"processed\" or \"duplicate\""
-            ))),
+        Ok(settled_outcome(&outcome).unwrap_or_else(|| {
+            HostOutcome::Failed(format!(
+                "the host handler returned {outcome:?}, not \"processed\" or \"duplicate\""
+            ))
+        }))
+    }
+
+    /// Calls `run` with the deliveries and reads how the run ended: an
+    /// exception is a rollback, of the message `relaybox.consumer._RunFailed`
+    /// names (its `__cause__`: the handler's exception) or of all of them.
+    fn call_run(py: Python<'_>, run: &Py<PyAny>, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
+        let count = deliveries.len();
+        let call = || -> PyResult<Vec<String>> {
+            let mut messages = Vec::with_capacity(count);
+            let mut statements = Vec::with_capacity(count);
+            for delivery in deliveries {
+                let params = inbox_params(py, &delivery.inbox)?;
+                statements.push((delivery.inbox.sql, params));
+                messages.push(Py::new(py, PyMessage(delivery.message))?);
+            }
+            run.call1(py, (messages, statements))?.extract(py)
+        };
+        let outcomes = match call() {
+            Ok(outcomes) => outcomes,
+            Err(e) => return rolled_back(py, e),
+        };
+        if outcomes.len() != count {
+            return HostRunOutcome::RolledBack(format!(
+                "the host handler returned {} outcomes for {count} messages",
+                outcomes.len()
+            ));
         }
+        let mut settled = Vec::with_capacity(count);
+        for o in &outcomes {
+            match settled_outcome(o) {
+                Some(outcome) => settled.push(outcome),
+                None => {
+                    return HostRunOutcome::RolledBack(format!(
+                        "the host handler returned {o:?}, not \"processed\" or \"duplicate\""
+                    ))
+                }
+            }
+        }
+        HostRunOutcome::Each(settled)
+    }
+}
+
+/// The outcome of a run whose call raised `err`.
+fn rolled_back(py: Python<'_>, err: PyErr) -> HostRunOutcome {
+    let failed_at = (|| -> PyResult<Option<(usize, PyErr)>> {
+        let class = py.import("relaybox.consumer")?.getattr("_RunFailed")?;
+        let value = err.value(py);
+        if !value.is_instance(&class)? {
+            return Ok(None);
+        }
+        let index: usize = value.getattr("index")?.extract()?;
+        let cause = value.getattr("__cause__")?;
+        if cause.is_none() {
+            return Ok(None);
+        }
+        Ok(Some((index, PyErr::from_value(cause))))
+    })();
+    match failed_at {
+        Ok(Some((index, cause))) => {
+            let error = handler_error(py, cause);
+            let outcome = match error.downcast::<Rejected>() {
+                Ok(rejected) => HostOutcome::Rejected(rejected.reason),
+                Err(error) => HostOutcome::Failed(error.to_string()),
+            };
+            HostRunOutcome::RolledBackAt(index, outcome)
+        }
+        _ => HostRunOutcome::RolledBack(handler_error(py, err).to_string()),
     }
 }
 
@@ -177,6 +268,7 @@ impl HostHandler for PyHostHandler {
     async fn handle(&self, delivery: HostDelivery) -> HostOutcome {
         let this = PyHostHandler {
             callable: self.callable.clone(),
+            run_callable: None,
         };
         let outcome = tokio::task::spawn_blocking(move || {
             keep_thread_state();
@@ -193,6 +285,20 @@ impl HostHandler for PyHostHandler {
         .await;
         outcome.unwrap_or_else(|e| {
             HostOutcome::Failed(format!("the Python host handler did not finish: {e}"))
+        })
+    }
+
+    async fn handle_run(&self, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
+        let Some(run) = self.run_callable.clone() else {
+            return HostRunOutcome::Each(handle_each(self, deliveries).await);
+        };
+        tokio::task::spawn_blocking(move || {
+            keep_thread_state();
+            Python::attach(|py| Self::call_run(py, &run, deliveries))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            HostRunOutcome::RolledBack(format!("the Python host handler did not finish: {e}"))
         })
     }
 }
@@ -232,8 +338,12 @@ impl PyConsumer {
     /// params)` runs the inbox statement (in `placeholders` style: dollar,
     /// percent, question, pyformat or named) and the user's handler in the
     /// application's transaction, commits, and returns `"processed"` or
-    /// `"duplicate"`.
+    /// `"duplicate"`. `run_handler(messages, statements)`, when given, does
+    /// the same for consecutive messages in one transaction and returns one
+    /// outcome each.
     #[staticmethod]
+    #[pyo3(signature = (store, transport_json, topic, config_json, placeholders, handler, run_handler=None))]
+    #[allow(clippy::too_many_arguments)]
     fn start_host(
         py: Python<'_>,
         store: &PyStore,
@@ -242,10 +352,12 @@ impl PyConsumer {
         config_json: &str,
         placeholders: &str,
         handler: Py<PyAny>,
+        run_handler: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let style: Placeholders = placeholders.parse().py()?;
         let handler = Arc::new(PyHostHandler {
             callable: Arc::new(handler),
+            run_callable: run_handler.map(Arc::new),
         });
         start_consumer(
             py,

@@ -160,3 +160,49 @@ def test_async_session_handler(
     stats = asyncio.run(scenario())
     assert stats["processed"] == 0
     assert rows(pg, prefix) == {i: 1 for i in ids if i != bad}
+
+
+class RunRecordingConsumer(rsa.Consumer):
+    """Records how many messages each host transaction of a run carried."""
+
+    runs: list[int]
+
+    def _host_call_run(
+        self, messages: list[relaybox.Message], statements: list[tuple[str, dict[str, Any]]]
+    ) -> list[str]:
+        self.runs.append(len(messages))
+        return super()._host_call_run(messages, statements)
+
+
+def test_consecutive_messages_of_a_key_share_one_transaction_and_take_effect_once(
+    outbox: relaybox.Outbox,
+    engine: Engine,
+    shipments: Any,
+    pg: psycopg.Connection[Any],
+    prefix: str,
+) -> None:
+    with outbox.transaction() as tx:
+        bad = tx.enqueue("orders", {"id": -1}, key="k")
+        ids = [tx.enqueue("orders", {"id": i}, key="k") for i in range(40)]
+    order: list[int] = []
+
+    def ship(message: relaybox.Message, session: Session) -> None:
+        session.add(shipments(message_id=message.id, order=message.json()["id"]))
+        session.flush()
+        if message.id == bad:
+            raise relaybox.Reject("no such order")
+        order.append(message.json()["id"])
+
+    with relaybox.Relay(outbox):
+        wait_for("all relayed", lambda: outbox.pending_count() == 0)
+        consumer = RunRecordingConsumer(
+            outbox, "orders", ship, group="runs", sessionmaker=sessionmaker(engine)
+        )
+        consumer.runs = []
+        with consumer as c:
+            wait_for("40 processed", lambda: c.stats()["processed"] == 40)
+    assert max(consumer.runs) > 1, consumer.runs
+    assert rows(pg, prefix) == dict.fromkeys(ids, 1)
+    assert [i for i in order if i >= 0][-40:] == list(range(40))
+    assert c.stats()["dead_lettered"] == 1 and c.stats()["duplicates"] == 0
+    assert [letter["message"]["id"] for letter in outbox.dead_letters()] == [bad]

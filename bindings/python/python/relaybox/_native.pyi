@@ -116,6 +116,7 @@ class Consumer:
         config_json: str,
         placeholders: str,
         handler: Any,
+        run_handler: Any = None,
     ) -> Consumer: ...
     @property
     def running(self) -> bool: ...

@@ -251,9 +251,23 @@ class _HostMode(_ConsumerBase[Any]):
     run the inbox statement and the handler in one transaction, commit, and
     return ``"processed"``, or ``"duplicate"`` when the statement inserted no
     row. Mixed in before :class:`Consumer` or :class:`AsyncConsumer`.
+
+    An integration may also implement ``_host_call_run(messages,
+    statements)`` for consecutive messages of one key (``statements``: one
+    ``(sql, params)`` each): in one transaction, per message the inbox
+    statement then (a row inserted) the handler; commit once and return one
+    outcome per message. When a handler raises, it rolls everything back and
+    raises :class:`_RunFailed` (the message's index) from the handler's
+    exception, which counts as that message's first attempt; any other
+    exception rolls back and propagates. The core then hands the messages
+    before the failed one over again one at a time through ``_host_call``,
+    and retries the failed one alone, so retries and dead letters stay per
+    message. A subclass that overrides ``_host_call`` alone gets every
+    message through it.
     """
 
     _placeholders: str
+    _host_call_run: Callable[[list[_native.Message], list[Any]], list[str]]
 
     def _start_native(self) -> _native.Consumer:
         return _native.Consumer.start_host(
@@ -263,11 +277,36 @@ class _HostMode(_ConsumerBase[Any]):
             self._config,
             self._placeholders,
             self._host_call,
+            self._run_handler(),
         )
+
+    def _run_handler(self) -> Optional[Callable[[list[_native.Message], list[Any]], list[str]]]:
+        """``_host_call_run`` when it handles runs as ``_host_call`` handles one message."""
+        run_owner = _owner(type(self), "_host_call_run")
+        call_owner = _owner(type(self), "_host_call")
+        if run_owner is None or call_owner is None or not issubclass(run_owner, call_owner):
+            return None
+        return self._host_call_run
 
     def _host_call(self, message: _native.Message, sql: str, params: Any) -> str:
         """Runs one delivery in the application's transaction (see the class)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _host_call")
+
+
+class _RunFailed(Exception):
+    """A run of host-mode messages rolled back because the handler of message ``index`` raised.
+
+    Raised from the handler's exception (its ``__cause__``).
+    """
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"the handler of message {index} of the run raised")
+        self.index = index
+
+
+def _owner(cls: type, name: str) -> Optional[type]:
+    """The class of ``cls``'s MRO that defines ``name``, if any."""
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
 
 
 def _is_async(handler: Any) -> bool:

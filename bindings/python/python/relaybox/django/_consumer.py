@@ -7,6 +7,12 @@ the group had the message (a duplicate: the block rolls back, the handler is not
 called); otherwise the handler runs and leaving the block commits. Only then does
 the core acknowledge the delivery. An exception rolls the block back and the core
 retries the message, then dead-letters it.
+
+Consecutive messages of one key may come together: they share one ``atomic()``
+block (each message's inbox statement, then its handler) and one commit. An
+exception rolls all of them back; the core hands the messages before the
+failing one over again one at a time, each in a block of its own, and retries
+the failing one alone.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from django.db import close_old_connections, connections, transaction
 
 from .. import _native
 from .. import consumer as _consumer
-from ..consumer import ConsumerOptions, _HostMode
+from ..consumer import ConsumerOptions, _HostMode, _RunFailed
 from ..errors import ConfigError
 from ..outbox import AnyOutbox
 from ..transport import Transport
@@ -52,8 +58,11 @@ class Consumer(_HostMode, _consumer.Consumer):
     :class:`relaybox.Consumer`.
 
     Handlers run on relaybox's worker threads, each with its own Django
-    connection; connections are closed after each message according to
-    ``CONN_MAX_AGE`` (``django.db.close_old_connections``), as after a request.
+    connection; connections are closed after each message (or run of messages)
+    according to ``CONN_MAX_AGE`` (``django.db.close_old_connections``), as after
+    a request. Consecutive messages of one key may share one ``atomic()`` block;
+    when one of them raises, all of them roll back, those before it run again
+    one per block, and it is retried alone.
     """
 
     _placeholders = "percent"
@@ -106,5 +115,30 @@ class Consumer(_HostMode, _consumer.Consumer):
             return "processed"
         except _Duplicate:
             return "duplicate"
+        finally:
+            close_old_connections()
+
+    def _host_call_run(self, messages: list[_native.Message], statements: list[Any]) -> list[str]:
+        close_old_connections()
+        try:
+            outcomes: list[str] = []
+            with transaction.atomic(using=self._using):
+                for index, (message, (sql, params)) in enumerate(zip(messages, statements)):
+                    with connections[self._using].cursor() as cursor:
+                        cursor.execute(sql, params)
+                        duplicate = cursor.rowcount == 0
+                    if duplicate:
+                        outcomes.append("duplicate")
+                        continue
+                    try:
+                        result = self._django_handler(message)
+                        if inspect.isawaitable(result):
+                            raise TypeError(
+                                "the handler returned an awaitable; use a plain function"
+                            )
+                    except Exception as error:
+                        raise _RunFailed(index) from error
+                    outcomes.append("processed")
+            return outcomes
         finally:
             close_old_connections()

@@ -8,6 +8,12 @@ and the delivery counts as a duplicate; otherwise the handler runs with that
 session and the session commits. Only then does the core acknowledge the
 delivery. An exception rolls the session back, and the core retries the
 message, then dead-letters it.
+
+Consecutive messages of one key may come together: they share one session
+and one commit (each message's inbox statement, then its handler). An
+exception rolls all of them back; the core hands the messages before the
+failing one over again one at a time, each in a session of its own, and
+retries the failing one alone.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .. import _native
 from .. import consumer as _consumer
-from ..consumer import ConsumerOptions, _HostMode
+from ..consumer import ConsumerOptions, _HostMode, _RunFailed
 from ..errors import ConfigError
 from ..outbox import AnyOutbox
 from ..transport import Transport
@@ -54,7 +60,10 @@ class Consumer(_HostMode, _consumer.Consumer):
     inbox row: the handler's ORM writes commit with it, after the handler
     returns (do not commit or roll back yourself). A redelivered message is
     skipped; an exception rolls everything back, retries the message and
-    finally dead-letters it (:class:`relaybox.Reject`: at once). Other
+    finally dead-letters it (:class:`relaybox.Reject`: at once). Consecutive
+    messages of one key may share one session and commit; when one of them
+    raises, all of them roll back, those before it run again one per session,
+    and it is retried alone. Other
     settings as :class:`relaybox.Consumer`.
     """
 
@@ -87,6 +96,29 @@ class Consumer(_HostMode, _consumer.Consumer):
                     raise TypeError("the handler returned an awaitable; use AsyncConsumer")
                 session.commit()
                 return "processed"
+            except BaseException:
+                session.rollback()
+                raise
+
+    def _host_call_run(
+        self, messages: list[_native.Message], statements: list[tuple[str, dict[str, Any]]]
+    ) -> list[str]:
+        outcomes: list[str] = []
+        with self._sessions() as session:
+            try:
+                for index, (message, (sql, params)) in enumerate(zip(messages, statements)):
+                    if session.execute(text(sql), params).rowcount == 0:  # type: ignore[attr-defined]
+                        outcomes.append("duplicate")
+                        continue
+                    try:
+                        result = self._session_handler(message, session)
+                        if inspect.isawaitable(result):
+                            raise TypeError("the handler returned an awaitable; use AsyncConsumer")
+                    except Exception as error:
+                        raise _RunFailed(index) from error
+                    outcomes.append("processed")
+                session.commit()
+                return outcomes
             except BaseException:
                 session.rollback()
                 raise
@@ -132,6 +164,34 @@ class AsyncConsumer(_HostMode, _consumer.AsyncConsumer):
                 await self._session_handler_async(message, session)
                 await session.commit()
                 return "processed"
+            except BaseException:
+                await session.rollback()
+                raise
+
+    def _host_call_run(
+        self, messages: list[_native.Message], statements: list[tuple[str, dict[str, Any]]]
+    ) -> list[str]:
+        outcomes: list[str] = self._run_async(self._handle_run(messages, statements))
+        return outcomes
+
+    async def _handle_run(
+        self, messages: list[_native.Message], statements: list[tuple[str, dict[str, Any]]]
+    ) -> list[str]:
+        outcomes: list[str] = []
+        async with self._sessions_async() as session:
+            try:
+                for index, (message, (sql, params)) in enumerate(zip(messages, statements)):
+                    result = await session.execute(text(sql), params)
+                    if result.rowcount == 0:  # type: ignore[attr-defined]
+                        outcomes.append("duplicate")
+                        continue
+                    try:
+                        await self._session_handler_async(message, session)
+                    except Exception as error:
+                        raise _RunFailed(index) from error
+                    outcomes.append("processed")
+                await session.commit()
+                return outcomes
             except BaseException:
                 await session.rollback()
                 raise
