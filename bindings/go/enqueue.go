@@ -192,48 +192,52 @@ func txError(kind string, err error) error {
 	return errorf(CodeDatabase, err, "%s: %v", kind, err)
 }
 
+// rowScanner is one row of a query: pgx.Row and *sql.Row.
+type rowScanner interface {
+	Scan(dest ...any) error
+}
+
+// newExecutor is the executor of a transaction of kind %T whose statements
+// run with exec and whose single-row queries run with queryRow.
+func newExecutor(tx any, exec func(ctx context.Context, sql string, args ...any) error,
+	queryRow func(ctx context.Context, sql string) rowScanner) *executor {
+	return &executor{
+		kind: fmt.Sprintf("%T", tx),
+		exec: exec,
+		identity: func(ctx context.Context) ([]string, error) {
+			var name, started string
+			err := queryRow(ctx, IdentitySQL).Scan(&name, &started)
+			return []string{name, started}, err
+		},
+	}
+}
+
 // executorOf recognises the caller's transaction object.
 func executorOf(tx any) (*executor, error) {
-	switch t := tx.(type) {
-	case nil:
+	if tx == nil {
 		return nil, errorf(CodeInvalidConfig, nil, "Enqueue needs a transaction, got nil")
+	}
+	if v := reflect.ValueOf(tx); v.Kind() == reflect.Pointer && v.IsNil() {
+		return nil, errorf(CodeInvalidConfig, nil, "Enqueue needs a transaction, got a nil %T", tx)
+	}
+	switch t := tx.(type) {
 	case *pgxpool.Pool, *pgx.Conn, *pgxpool.Conn, *sql.DB, *sql.Conn:
 		return nil, errorf(CodeInvalidConfig, nil,
 			"Enqueue needs an open transaction (pgx.Tx, *sql.Tx), not a %T: begin one so that the event commits with your rows", tx)
 	case PgxDBTX:
-		if reflect.ValueOf(t).Kind() == reflect.Pointer && reflect.ValueOf(t).IsNil() {
-			return nil, errorf(CodeInvalidConfig, nil, "Enqueue needs a transaction, got a nil %T", tx)
-		}
-		kind := fmt.Sprintf("%T", tx)
-		return &executor{
-			kind: kind,
-			exec: func(ctx context.Context, sql string, args ...any) error {
+		return newExecutor(tx,
+			func(ctx context.Context, sql string, args ...any) error {
 				_, err := t.Exec(ctx, sql, args...)
 				return err
 			},
-			identity: func(ctx context.Context) ([]string, error) {
-				var name, started string
-				err := t.QueryRow(ctx, IdentitySQL).Scan(&name, &started)
-				return []string{name, started}, err
-			},
-		}, nil
+			func(ctx context.Context, sql string) rowScanner { return t.QueryRow(ctx, sql) }), nil
 	case SQLDBTX:
-		if reflect.ValueOf(t).Kind() == reflect.Pointer && reflect.ValueOf(t).IsNil() {
-			return nil, errorf(CodeInvalidConfig, nil, "Enqueue needs a transaction, got a nil %T", tx)
-		}
-		kind := fmt.Sprintf("%T", tx)
-		return &executor{
-			kind: kind,
-			exec: func(ctx context.Context, sql string, args ...any) error {
+		return newExecutor(tx,
+			func(ctx context.Context, sql string, args ...any) error {
 				_, err := t.ExecContext(ctx, sql, args...)
 				return err
 			},
-			identity: func(ctx context.Context) ([]string, error) {
-				var name, started string
-				err := t.QueryRowContext(ctx, IdentitySQL).Scan(&name, &started)
-				return []string{name, started}, err
-			},
-		}, nil
+			func(ctx context.Context, sql string) rowScanner { return t.QueryRowContext(ctx, sql) }), nil
 	}
 	return nil, errorf(CodeInvalidConfig, nil,
 		"Enqueue cannot write through a %T: pass a pgx.Tx, a *sql.Tx or an sqlc DBTX of your transaction", tx)

@@ -17,8 +17,9 @@
 //!
 //! Consecutive deliveries of a lane come as one run
 //! ([`HostHandler::handle_run`]), which a host may handle in one transaction:
-//! per delivery the inbox statement, then (a row inserted) its handler; one
-//! commit for all. When a handler fails, the host rolls the whole run back
+//! the run's one inbox statement ([`HostRun::inbox`], returning the ids it
+//! inserted), then the handler of each delivery it inserted; one commit for
+//! all. When a handler fails, the host rolls the whole run back
 //! and reports which one failed; the consumer then hands the deliveries
 //! before it over again one at a time ([`HostHandler::handle`]) and retries
 //! the failed one alone, so retries and dead letters stay per message.
@@ -90,8 +91,47 @@ pub trait HostHandler: Send + Sync + 'static {
     /// By default each delivery goes to [`HostHandler::handle`] in turn (a
     /// transaction each), stopping at the first that is not processed or a
     /// duplicate.
-    async fn handle_run(&self, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
-        HostRunOutcome::Each(handle_each(self, deliveries).await)
+    async fn handle_run(&self, run: HostRun) -> HostRunOutcome {
+        HostRunOutcome::Each(handle_each(self, run.deliveries).await)
+    }
+}
+
+/// Consecutive deliveries of one lane for [`HostHandler::handle_run`].
+#[derive(Clone, Debug)]
+pub struct HostRun {
+    /// The deliveries, in order (two or more), each with its own inbox
+    /// statement for a host that handles them one by one.
+    pub deliveries: Vec<HostDelivery>,
+    /// One inbox INSERT of every delivery of the run that returns the id (as
+    /// text) of each message it inserted; a delivery whose id it does not
+    /// return is a duplicate ([`crate::store::Store::inbox_run_statement`]).
+    pub inbox: InboxStatement,
+}
+
+impl HostRun {
+    /// Runs the run's inbox statement on a PostgreSQL connection of the
+    /// host (in its transaction) and returns the ids of the messages it
+    /// inserted, i.e. the new ones. The statement must be in
+    /// [`Placeholders::Dollar`].
+    pub async fn insert_inbox_pg(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<std::collections::HashSet<uuid::Uuid>> {
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(self.inbox.sql.clone()));
+        for p in &self.inbox.params {
+            q = match p {
+                Value::Text(t) => q.bind(t.clone()),
+                other => return Err(unexpected(other)),
+            };
+        }
+        q.fetch_all(conn)
+            .await?
+            .iter()
+            .map(|id| {
+                uuid::Uuid::parse_str(id)
+                    .map_err(|e| Error::internal(format!("inbox returned {id:?}: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -273,6 +313,11 @@ impl HostMode {
         group: &str,
         run: &[Delivery],
     ) -> RunResult {
+        let ids: Vec<uuid::Uuid> = run.iter().map(|d| d.message.id).collect();
+        let inbox = match store.inbox_run_statement(group, &ids, self.style) {
+            Ok(inbox) => inbox,
+            Err(e) => return RunResult::OneByOne(e),
+        };
         let mut deliveries = Vec::with_capacity(run.len());
         for d in run {
             match store.inbox_statement(group, d.message.id, self.style) {
@@ -283,9 +328,11 @@ impl HostMode {
                 Err(e) => return RunResult::OneByOne(e),
             }
         }
-        let outcomes = match AssertUnwindSafe(self.handler.handle_run(deliveries))
-            .catch_unwind()
-            .await
+        let outcomes = match AssertUnwindSafe(
+            self.handler.handle_run(HostRun { deliveries, inbox }),
+        )
+        .catch_unwind()
+        .await
         {
             Ok(HostRunOutcome::Each(outcomes)) => outcomes,
             Ok(HostRunOutcome::RolledBackAt(index, outcome)) => {

@@ -36,7 +36,9 @@ pub mod value;
 mod wake;
 
 pub use consumer::{handler_fn, Consumer, ConsumerConfig, ConsumerStats, Handler, Rejected};
-pub use consumer_host::{host_handler_fn, HostDelivery, HostHandler, HostOutcome};
+pub use consumer_host::{
+    host_handler_fn, HostDelivery, HostHandler, HostOutcome, HostRun, HostRunOutcome,
+};
 pub use error::{BoxError, Error, Result};
 pub use message::Message;
 pub use redact::DatabaseUrl;

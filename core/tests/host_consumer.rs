@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use relaybox::consumer_host::HostRunOutcome;
+use relaybox::consumer_host::{HostRun, HostRunOutcome};
 use relaybox::sqlx::{self, AssertSqlSafe, PgPool, Row};
 use relaybox::{
     Consumer, ConsumerConfig, DatabaseSource, DatabaseSourceConfig, HostDelivery, HostHandler,
@@ -211,17 +211,18 @@ impl RunApp {
         self.runs.lock().unwrap().clone()
     }
 
-    async fn run_all(&self, deliveries: &[HostDelivery]) -> Result<HostRunOutcome, String> {
+    async fn run_all(&self, run: &HostRun) -> Result<HostRunOutcome, String> {
+        let deliveries = &run.deliveries;
         let mut tx = self.app.pool.begin().await.map_err(|e| e.to_string())?;
+        let mut new = run
+            .insert_inbox_pg(&mut tx)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut outcomes = Vec::new();
         for (i, d) in deliveries.iter().enumerate() {
             let m = &d.message;
             *self.app.calls.lock().unwrap().entry(m.id).or_default() += 1;
-            if !d
-                .insert_inbox_pg(&mut tx)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if !new.remove(&m.id) {
                 outcomes.push(HostOutcome::Duplicate);
                 continue;
             }
@@ -271,9 +272,9 @@ impl HostHandler for RunApp {
         self.app.handle(delivery).await
     }
 
-    async fn handle_run(&self, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
-        self.runs.lock().unwrap().push(deliveries.len());
-        self.run_all(&deliveries)
+    async fn handle_run(&self, run: HostRun) -> HostRunOutcome {
+        self.runs.lock().unwrap().push(run.deliveries.len());
+        self.run_all(&run)
             .await
             .unwrap_or_else(HostRunOutcome::RolledBack)
     }
@@ -597,6 +598,86 @@ async fn inbox_statement_in_every_placeholder_style() {
     assert!(delivery.insert_inbox_sqlite(&mut conn).await.unwrap());
     assert!(!delivery.insert_inbox_sqlite(&mut conn).await.unwrap());
     drop(conn);
+    pool.close().await;
+    lite.cleanup().await;
+    db.cleanup().await;
+}
+
+/// The run's one inbox statement inserts every new message once and returns
+/// exactly those ids: not one the group processed before, and not a second
+/// occurrence within the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_inbox_statement_returns_only_the_new_ids() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let [old, a, b] = [(); 3].map(|_| Message::new("t", b"x".to_vec()).id);
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let first = db
+        .store
+        .inbox_run_statement("g", &[old], Placeholders::Dollar)
+        .unwrap();
+    let run = |inbox| HostRun {
+        deliveries: Vec::new(),
+        inbox,
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let inserted = run(first).insert_inbox_pg(&mut conn).await.unwrap();
+    assert_eq!(inserted, [old].into_iter().collect());
+    let second = db
+        .store
+        .inbox_run_statement("g", &[a, old, b, a], Placeholders::Dollar)
+        .unwrap();
+    assert_eq!(second.params.len(), 8);
+    assert!(second.sql.ends_with("RETURNING CAST(message_id AS text)"));
+    let inserted = run(second).insert_inbox_pg(&mut conn).await.unwrap();
+    assert_eq!(inserted, [a, b].into_iter().collect());
+    let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {} WHERE consumer_group = 'g'",
+        db.t("inbox")
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, 3);
+    for (style, mark) in [
+        (
+            Placeholders::Percent,
+            "(%s, CAST(CAST(%s AS text) AS uuid), now()), (%s,",
+        ),
+        (
+            Placeholders::Named,
+            "(:p1, CAST(CAST(:p2 AS text) AS uuid), now()), (:p3,",
+        ),
+    ] {
+        let s = db.store.inbox_run_statement("g", &[a, b], style).unwrap();
+        assert!(s.sql.contains(mark), "{style:?}: {}", s.sql);
+    }
+    assert!(db
+        .store
+        .inbox_run_statement("g", &[], Placeholders::Dollar)
+        .is_err());
+    drop(conn);
+    pool.close().await;
+    // SQLite: the same statement shape, returning the inserted ids.
+    let lite = TestDb::new(Backend::Sqlite).await;
+    let s = lite
+        .store
+        .inbox_run_statement("g", &[a, b, a], Placeholders::Question)
+        .unwrap();
+    assert_eq!(s.params.len(), 9);
+    let pool = sqlx::SqlitePool::connect(&lite.url).await.unwrap();
+    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(s.sql.clone()));
+    for p in &s.params {
+        q = match p {
+            Value::Text(t) => q.bind(t.clone()),
+            Value::Int(i) => q.bind(*i),
+            other => panic!("unexpected parameter {other:?}"),
+        };
+    }
+    let mut ids = q.fetch_all(&pool).await.unwrap();
+    ids.sort();
+    let mut want = vec![a.to_string(), b.to_string()];
+    want.sort();
+    assert_eq!(ids, want);
     pool.close().await;
     lite.cleanup().await;
     db.cleanup().await;

@@ -310,8 +310,10 @@ defmodule Relaybox.OutboxTest do
     elapsed = System.monotonic_time(:millisecond) - started
     send(ticker, {:report, self()})
     assert_receive {:ticks, ticks}, 1_000
-    # One tick per 10 ms: a scheduler blocked by a NIF would have stopped it.
-    assert ticks >= div(elapsed, 10) * 6 / 10, "#{ticks} ticks in #{elapsed} ms"
+    # The ticker sleeps 10 ms per tick. With more callers than schedulers, NIF
+    # calls that held their schedulers while waiting would have stopped it for
+    # the whole second; a loaded machine still lets it tick a few dozen times.
+    assert ticks >= 10, "#{ticks} ticks in #{elapsed} ms"
   end
 
   defp tick(parent, n) do

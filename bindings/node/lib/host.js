@@ -126,6 +126,22 @@ async function write (outbox, messages, via) {
   return ids
 }
 
+/**
+ * An integration's `enqueue` and `enqueueBatch`, given how it makes a
+ * writer (`via`) from the caller's transaction object. Their types are in
+ * each integration's `.d.ts`.
+ * @param {(tx: unknown) => {integration: string, placeholders: 'dollar' | 'question', exec: Function}} via
+ * @returns {{enqueue: (outbox: object, tx: unknown, message: unknown) => Promise<string>, enqueueBatch: (outbox: object, tx: unknown, messages: unknown[]) => Promise<string[]>}}
+ */
+function writers (via) {
+  return {
+    /** Writes one message in the caller's transaction; its id. */
+    enqueue: async (outbox, tx, message) => (await write(outbox, [message], via(tx)))[0],
+    /** Writes many messages in the caller's transaction, all or none; their ids in order. */
+    enqueueBatch: async (outbox, tx, messages) => write(outbox, messages, via(tx))
+  }
+}
+
 /** The integration's refusal of an object that is not its transaction. */
 function unsupported (integration, what) {
   return new ConfigError(`${integration}: expected ${what}`, { code: 'invalid_config' })
@@ -159,4 +175,4 @@ function hostConsumer (outbox, topic, handler, options, host) {
   return new Consumer(outbox, topic, handler, options, host)
 }
 
-module.exports = { CHECK_SQL, write, unsupported, finished, splitQuestion, hostConsumer, outboxIdentity }
+module.exports = { CHECK_SQL, write, writers, unsupported, finished, splitQuestion, hostConsumer, outboxIdentity }

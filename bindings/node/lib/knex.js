@@ -14,7 +14,7 @@
  * @module relaybox/knex
  */
 
-const { write, unsupported, finished, hostConsumer } = require('./host')
+const { writers, unsupported, finished, hostConsumer } = require('./host')
 
 const INTEGRATION = 'relaybox/knex'
 const PG_CLIENTS = new Set(['pg', 'postgres', 'postgresql'])
@@ -40,28 +40,8 @@ function via (trx) {
   return { integration: INTEGRATION, placeholders: 'question', exec: (sql, params) => exec(trx, sql, params) }
 }
 
-/**
- * Writes one message in the Knex transaction `trx`; delivered only if it commits.
- * @param {import('./outbox').Outbox} outbox
- * @param {Function} trx
- * @param {import('./relaybox').MessageInput} message
- * @returns {Promise<string>} the message id
- */
-async function enqueue (outbox, trx, message) {
-  const [id] = await write(outbox, [message], via(trx))
-  return id
-}
-
-/**
- * Writes many messages in the Knex transaction `trx`; all or none.
- * @param {import('./outbox').Outbox} outbox
- * @param {Function} trx
- * @param {Array<import('./relaybox').MessageInput>} messages
- * @returns {Promise<string[]>} their ids, in order
- */
-async function enqueueBatch (outbox, trx, messages) {
-  return write(outbox, messages, via(trx))
-}
+/** `enqueue(outbox, tx, message)` and `enqueueBatch(outbox, tx, messages)` (see the `.d.ts`). */
+const { enqueue, enqueueBatch } = writers(via)
 
 /**
  * A consumer whose handler receives the `trx` of a `knex.transaction()`

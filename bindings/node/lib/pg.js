@@ -15,7 +15,7 @@
  * @module relaybox/pg
  */
 
-const { write, unsupported, hostConsumer } = require('./host')
+const { writers, unsupported, hostConsumer } = require('./host')
 
 const INTEGRATION = 'relaybox/pg'
 
@@ -35,29 +35,8 @@ function via (client) {
   }
 }
 
-/**
- * Writes one message in the transaction open on `client`; delivered only if
- * that transaction commits.
- * @param {import('./outbox').Outbox} outbox
- * @param {object} client a `pg.PoolClient` or `pg.Client` inside `BEGIN`
- * @param {import('./relaybox').MessageInput} message
- * @returns {Promise<string>} the message id
- */
-async function enqueue (outbox, client, message) {
-  const [id] = await write(outbox, [message], via(client))
-  return id
-}
-
-/**
- * Writes many messages in the transaction open on `client`; all or none.
- * @param {import('./outbox').Outbox} outbox
- * @param {object} client
- * @param {Array<import('./relaybox').MessageInput>} messages
- * @returns {Promise<string[]>} their ids, in order
- */
-async function enqueueBatch (outbox, client, messages) {
-  return write(outbox, messages, via(client))
-}
+/** `enqueue(outbox, tx, message)` and `enqueueBatch(outbox, tx, messages)` (see the `.d.ts`). */
+const { enqueue, enqueueBatch } = writers(via)
 
 /**
  * A consumer whose handler receives the `PoolClient` of a transaction (taken

@@ -14,7 +14,7 @@
  * @module relaybox/prisma
  */
 
-const { write, unsupported, hostConsumer } = require('./host')
+const { writers, unsupported, hostConsumer } = require('./host')
 
 const INTEGRATION = 'relaybox/prisma'
 
@@ -46,29 +46,8 @@ function via (tx) {
   return { integration: INTEGRATION, placeholders: 'dollar', exec: (sql, params) => exec(tx, sql, params) }
 }
 
-/**
- * Writes one message in the Prisma interactive transaction `tx`; delivered
- * only if it commits.
- * @param {import('./outbox').Outbox} outbox
- * @param {object} tx
- * @param {import('./relaybox').MessageInput} message
- * @returns {Promise<string>} the message id
- */
-async function enqueue (outbox, tx, message) {
-  const [id] = await write(outbox, [message], via(tx))
-  return id
-}
-
-/**
- * Writes many messages in the Prisma interactive transaction `tx`; all or none.
- * @param {import('./outbox').Outbox} outbox
- * @param {object} tx
- * @param {Array<import('./relaybox').MessageInput>} messages
- * @returns {Promise<string[]>} their ids, in order
- */
-async function enqueueBatch (outbox, tx, messages) {
-  return write(outbox, messages, via(tx))
-}
+/** `enqueue(outbox, tx, message)` and `enqueueBatch(outbox, tx, messages)` (see the `.d.ts`). */
+const { enqueue, enqueueBatch } = writers(via)
 
 /**
  * A consumer whose handler receives the `tx` client of an interactive

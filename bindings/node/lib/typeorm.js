@@ -15,7 +15,7 @@
  * @module relaybox/typeorm
  */
 
-const { write, unsupported, finished, hostConsumer } = require('./host')
+const { writers, unsupported, finished, hostConsumer } = require('./host')
 
 const INTEGRATION = 'relaybox/typeorm'
 const EXPECTED = 'the EntityManager of a TypeORM transaction or a QueryRunner in a transaction (postgres driver)'
@@ -53,29 +53,8 @@ function via (target) {
   return { integration: INTEGRATION, placeholders: 'dollar', exec: (sql, params) => exec(runner, sql, params) }
 }
 
-/**
- * Writes one message in the TypeORM transaction of `manager` (an
- * `EntityManager` or `QueryRunner`); delivered only if it commits.
- * @param {import('./outbox').Outbox} outbox
- * @param {object} manager
- * @param {import('./relaybox').MessageInput} message
- * @returns {Promise<string>} the message id
- */
-async function enqueue (outbox, manager, message) {
-  const [id] = await write(outbox, [message], via(manager))
-  return id
-}
-
-/**
- * Writes many messages in the TypeORM transaction of `manager`; all or none.
- * @param {import('./outbox').Outbox} outbox
- * @param {object} manager
- * @param {Array<import('./relaybox').MessageInput>} messages
- * @returns {Promise<string[]>} their ids, in order
- */
-async function enqueueBatch (outbox, manager, messages) {
-  return write(outbox, messages, via(manager))
-}
+/** `enqueue(outbox, tx, message)` and `enqueueBatch(outbox, tx, messages)` (see the `.d.ts`). */
+const { enqueue, enqueueBatch } = writers(via)
 
 /**
  * A consumer whose handler receives the `EntityManager` of a

@@ -17,7 +17,7 @@ use std::sync::{Arc, Once};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyTuple};
-use relaybox::consumer_host::{handle_each, HostRunOutcome};
+use relaybox::consumer_host::{handle_each, HostRun, HostRunOutcome};
 use relaybox::{
     BoxError, Consumer, ConsumerConfig, Handler, HostDelivery, HostHandler, HostOutcome,
     InboxStatement, Message, Placeholders, Rejected, Source, Transaction, TransportConfig,
@@ -141,9 +141,10 @@ impl Handler for PyHandler {
 /// is a failure (`relaybox.Reject`: a rejection).
 ///
 /// With `run_callable`, a run of consecutive deliveries goes to
-/// `run_callable(messages, statements)` (`statements`: one `(sql, params)`
-/// each), which runs them in one transaction and returns one of those strings
-/// per message after its commit; an exception means it rolled all of them
+/// `run_callable(messages, sql, params)` (`sql`: the run's one inbox
+/// statement, returning the id of each message it inserted as text), which
+/// runs them in one transaction and returns one of those strings per message
+/// after its commit; an exception means it rolled all of them
 /// back: `relaybox.consumer._RunFailed(index)` raised from a handler's
 /// exception names the message that failed (its first attempt), any other
 /// exception none, and the core hands the others over again one at a time.
@@ -198,17 +199,17 @@ impl PyHostHandler {
     /// Calls `run` with the deliveries and reads how the run ended: an
     /// exception is a rollback, of the message `relaybox.consumer._RunFailed`
     /// names (its `__cause__`: the handler's exception) or of all of them.
-    fn call_run(py: Python<'_>, run: &Py<PyAny>, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
-        let count = deliveries.len();
+    fn call_run(py: Python<'_>, run: &Py<PyAny>, host_run: HostRun) -> HostRunOutcome {
+        let count = host_run.deliveries.len();
         let call = || -> PyResult<Vec<String>> {
-            let mut messages = Vec::with_capacity(count);
-            let mut statements = Vec::with_capacity(count);
-            for delivery in deliveries {
-                let params = inbox_params(py, &delivery.inbox)?;
-                statements.push((delivery.inbox.sql, params));
-                messages.push(Py::new(py, PyMessage(delivery.message))?);
-            }
-            run.call1(py, (messages, statements))?.extract(py)
+            let params = inbox_params(py, &host_run.inbox)?;
+            let messages = host_run
+                .deliveries
+                .into_iter()
+                .map(|d| Py::new(py, PyMessage(d.message)))
+                .collect::<PyResult<Vec<_>>>()?;
+            run.call1(py, (messages, host_run.inbox.sql, params))?
+                .extract(py)
         };
         let outcomes = match call() {
             Ok(outcomes) => outcomes,
@@ -288,13 +289,13 @@ impl HostHandler for PyHostHandler {
         })
     }
 
-    async fn handle_run(&self, deliveries: Vec<HostDelivery>) -> HostRunOutcome {
+    async fn handle_run(&self, host_run: HostRun) -> HostRunOutcome {
         let Some(run) = self.run_callable.clone() else {
-            return HostRunOutcome::Each(handle_each(self, deliveries).await);
+            return HostRunOutcome::Each(handle_each(self, host_run.deliveries).await);
         };
         tokio::task::spawn_blocking(move || {
             keep_thread_state();
-            Python::attach(|py| Self::call_run(py, &run, deliveries))
+            Python::attach(|py| Self::call_run(py, &run, host_run))
         })
         .await
         .unwrap_or_else(|e| {
@@ -338,9 +339,10 @@ impl PyConsumer {
     /// params)` runs the inbox statement (in `placeholders` style: dollar,
     /// percent, question, pyformat or named) and the user's handler in the
     /// application's transaction, commits, and returns `"processed"` or
-    /// `"duplicate"`. `run_handler(messages, statements)`, when given, does
-    /// the same for consecutive messages in one transaction and returns one
-    /// outcome each.
+    /// `"duplicate"`. `run_handler(messages, sql, params)`, when given, does
+    /// the same for consecutive messages in one transaction (`sql`: one inbox
+    /// statement for all of them, returning the ids it inserted) and returns
+    /// one outcome each.
     #[staticmethod]
     #[pyo3(signature = (store, transport_json, topic, config_json, placeholders, handler, run_handler=None))]
     #[allow(clippy::too_many_arguments)]

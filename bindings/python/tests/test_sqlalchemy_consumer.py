@@ -168,10 +168,10 @@ class RunRecordingConsumer(rsa.Consumer):
     runs: list[int]
 
     def _host_call_run(
-        self, messages: list[relaybox.Message], statements: list[tuple[str, dict[str, Any]]]
+        self, messages: list[relaybox.Message], sql: str, params: dict[str, Any]
     ) -> list[str]:
         self.runs.append(len(messages))
-        return super()._host_call_run(messages, statements)
+        return super()._host_call_run(messages, sql, params)
 
 
 def test_consecutive_messages_of_a_key_share_one_transaction_and_take_effect_once(

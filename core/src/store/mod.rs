@@ -1444,4 +1444,33 @@ impl Store {
         };
         Ok(InboxStatement { sql, params, names })
     }
+
+    /// One inbox INSERT of several messages for consumer `group`, in
+    /// `style`, that returns the id (as text) of each message it inserted:
+    /// an id it does not return was processed by the group before (or
+    /// appears earlier in `message_ids`). Parameters as
+    /// [`Store::inbox_statement`]'s, repeated per message.
+    pub fn inbox_run_statement(
+        &self,
+        group: &str,
+        message_ids: &[Uuid],
+        style: Placeholders,
+    ) -> Result<InboxStatement> {
+        if message_ids.is_empty() {
+            return Err(Error::config(
+                "message_ids",
+                "must name at least one message",
+            ));
+        }
+        let (sql, params) = match self.pool()? {
+            Pool::Postgres(_, sql) => postgres::inbox_run_statement(sql, group, message_ids, style),
+            Pool::Sqlite(_, sql) => sqlite::inbox_run_statement(sql, group, message_ids, style),
+        };
+        let names = if style.is_named() {
+            (1..=params.len()).map(|n| format!("p{n}")).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(InboxStatement { sql, params, names })
+    }
 }

@@ -1120,6 +1120,36 @@ pub(super) fn inbox_statement(
     )
 }
 
+/// [`Store::inbox_run_statement`] on PostgreSQL: one row per message, each
+/// `($group, $id)`, returning the inserted ids as text.
+pub(super) fn inbox_run_statement(
+    sql: &PgSql,
+    group: &str,
+    message_ids: &[Uuid],
+    style: Placeholders,
+) -> (String, Vec<Value>) {
+    let rows: Vec<String> = (0..message_ids.len())
+        .map(|i| {
+            format!(
+                "(${}, CAST(CAST(${} AS text) AS uuid), now())",
+                2 * i + 1,
+                2 * i + 2
+            )
+        })
+        .collect();
+    let text = format!(
+        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) VALUES {} \
+         ON CONFLICT DO NOTHING RETURNING CAST(message_id AS text)",
+        sql.prefix,
+        rows.join(", ")
+    );
+    let params = message_ids
+        .iter()
+        .flat_map(|id| [Value::Text(group.to_string()), Value::Text(id.to_string())])
+        .collect();
+    (placeholders(&text, style), params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -897,6 +897,44 @@ pub(super) fn inbox_statement(
     )
 }
 
+/// [`Store::inbox_run_statement`] on SQLite: one row per message, each
+/// `(group, id, time)`, returning the inserted ids.
+pub(super) fn inbox_run_statement(
+    sql: &SqliteSql,
+    group: &str,
+    message_ids: &[Uuid],
+    style: Placeholders,
+) -> (String, Vec<Value>) {
+    let rows: Vec<String> = (0..message_ids.len())
+        .map(|i| {
+            format!(
+                "({}, {}, {})",
+                style.mark(3 * i + 1),
+                style.mark(3 * i + 2),
+                style.mark(3 * i + 3)
+            )
+        })
+        .collect();
+    let text = format!(
+        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) VALUES {} \
+         ON CONFLICT DO NOTHING RETURNING message_id",
+        sql.prefix,
+        rows.join(", ")
+    );
+    let now = now_us();
+    let params = message_ids
+        .iter()
+        .flat_map(|id| {
+            [
+                Value::Text(group.to_string()),
+                Value::Text(id.to_string()),
+                Value::Int(now),
+            ]
+        })
+        .collect();
+    (text, params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,11 +252,12 @@ class _HostMode(_ConsumerBase[Any]):
     return ``"processed"``, or ``"duplicate"`` when the statement inserted no
     row. Mixed in before :class:`Consumer` or :class:`AsyncConsumer`.
 
-    An integration may also implement ``_host_call_run(messages,
-    statements)`` for consecutive messages of one key (``statements``: one
-    ``(sql, params)`` each): in one transaction, per message the inbox
-    statement then (a row inserted) the handler; commit once and return one
-    outcome per message. When a handler raises, it rolls everything back and
+    An integration may also implement ``_host_call_run(messages, sql,
+    params)`` for consecutive messages of one key: in one transaction, the
+    run's inbox statement ``sql``, which returns the id (text) of each message
+    it inserted, then the handler of each message whose id it returned
+    (:class:`_NewIds` tells them apart); commit once and return one outcome per
+    message (``"duplicate"`` for the others). When a handler raises, it rolls everything back and
     raises :class:`_RunFailed` (the message's index) from the handler's
     exception, which counts as that message's first attempt; any other
     exception rolls back and propagates. The core then hands the messages
@@ -267,7 +268,7 @@ class _HostMode(_ConsumerBase[Any]):
     """
 
     _placeholders: str
-    _host_call_run: Callable[[list[_native.Message], list[Any]], list[str]]
+    _host_call_run: Callable[[list[_native.Message], str, Any], list[str]]
 
     def _start_native(self) -> _native.Consumer:
         return _native.Consumer.start_host(
@@ -280,7 +281,7 @@ class _HostMode(_ConsumerBase[Any]):
             self._run_handler(),
         )
 
-    def _run_handler(self) -> Optional[Callable[[list[_native.Message], list[Any]], list[str]]]:
+    def _run_handler(self) -> Optional[Callable[[list[_native.Message], str, Any], list[str]]]:
         """``_host_call_run`` when it handles runs as ``_host_call`` handles one message."""
         run_owner = _owner(type(self), "_host_call_run")
         call_owner = _owner(type(self), "_host_call")
@@ -291,6 +292,27 @@ class _HostMode(_ConsumerBase[Any]):
     def _host_call(self, message: _native.Message, sql: str, params: Any) -> str:
         """Runs one delivery in the application's transaction (see the class)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _host_call")
+
+
+class _NewIds:
+    """The ids a run's inbox statement returned (rows of one text column), each taken once.
+
+    ``take(message)`` is true for the first occurrence of a returned id (the
+    message is new: run its handler) and false otherwise (a duplicate).
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, rows: Any) -> None:
+        self._ids = {row[0] for row in rows}
+
+    def take(self, message: _native.Message) -> bool:
+        """Whether ``message`` is new; a second call for its id says no."""
+        try:
+            self._ids.remove(message.id)
+        except KeyError:
+            return False
+        return True
 
 
 class _RunFailed(Exception):

@@ -9,7 +9,8 @@ the core acknowledge the delivery. An exception rolls the block back and the cor
 retries the message, then dead-letters it.
 
 Consecutive messages of one key may come together: they share one ``atomic()``
-block (each message's inbox statement, then its handler) and one commit. An
+block (one inbox statement for all of them, then the handler of each new one)
+and one commit. An
 exception rolls all of them back; the core hands the messages before the
 failing one over again one at a time, each in a block of its own, and retries
 the failing one alone.
@@ -24,7 +25,7 @@ from django.db import close_old_connections, connections, transaction
 
 from .. import _native
 from .. import consumer as _consumer
-from ..consumer import ConsumerOptions, _HostMode, _RunFailed
+from ..consumer import ConsumerOptions, _HostMode, _NewIds, _RunFailed
 from ..errors import ConfigError
 from ..outbox import AnyOutbox
 from ..transport import Transport
@@ -118,16 +119,16 @@ class Consumer(_HostMode, _consumer.Consumer):
         finally:
             close_old_connections()
 
-    def _host_call_run(self, messages: list[_native.Message], statements: list[Any]) -> list[str]:
+    def _host_call_run(self, messages: list[_native.Message], sql: str, params: Any) -> list[str]:
         close_old_connections()
         try:
             outcomes: list[str] = []
             with transaction.atomic(using=self._using):
-                for index, (message, (sql, params)) in enumerate(zip(messages, statements)):
-                    with connections[self._using].cursor() as cursor:
-                        cursor.execute(sql, params)
-                        duplicate = cursor.rowcount == 0
-                    if duplicate:
+                with connections[self._using].cursor() as cursor:
+                    cursor.execute(sql, params)
+                    new = _NewIds(cursor.fetchall())
+                for index, message in enumerate(messages):
+                    if not new.take(message):
                         outcomes.append("duplicate")
                         continue
                     try:

@@ -10,7 +10,8 @@ delivery. An exception rolls the session back, and the core retries the
 message, then dead-letters it.
 
 Consecutive messages of one key may come together: they share one session
-and one commit (each message's inbox statement, then its handler). An
+and one commit (one inbox statement for all of them, then the handler of each
+new one). An
 exception rolls all of them back; the core hands the messages before the
 failing one over again one at a time, each in a session of its own, and
 retries the failing one alone.
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .. import _native
 from .. import consumer as _consumer
-from ..consumer import ConsumerOptions, _HostMode, _RunFailed
+from ..consumer import ConsumerOptions, _HostMode, _NewIds, _RunFailed
 from ..errors import ConfigError
 from ..outbox import AnyOutbox
 from ..transport import Transport
@@ -101,13 +102,14 @@ class Consumer(_HostMode, _consumer.Consumer):
                 raise
 
     def _host_call_run(
-        self, messages: list[_native.Message], statements: list[tuple[str, dict[str, Any]]]
+        self, messages: list[_native.Message], sql: str, params: dict[str, Any]
     ) -> list[str]:
         outcomes: list[str] = []
         with self._sessions() as session:
             try:
-                for index, (message, (sql, params)) in enumerate(zip(messages, statements)):
-                    if session.execute(text(sql), params).rowcount == 0:  # type: ignore[attr-defined]
+                new = _NewIds(session.execute(text(sql), params).all())
+                for index, message in enumerate(messages):
+                    if not new.take(message):
                         outcomes.append("duplicate")
                         continue
                     try:
@@ -169,20 +171,20 @@ class AsyncConsumer(_HostMode, _consumer.AsyncConsumer):
                 raise
 
     def _host_call_run(
-        self, messages: list[_native.Message], statements: list[tuple[str, dict[str, Any]]]
+        self, messages: list[_native.Message], sql: str, params: dict[str, Any]
     ) -> list[str]:
-        outcomes: list[str] = self._run_async(self._handle_run(messages, statements))
+        outcomes: list[str] = self._run_async(self._handle_run(messages, sql, params))
         return outcomes
 
     async def _handle_run(
-        self, messages: list[_native.Message], statements: list[tuple[str, dict[str, Any]]]
+        self, messages: list[_native.Message], sql: str, params: dict[str, Any]
     ) -> list[str]:
         outcomes: list[str] = []
         async with self._sessions_async() as session:
             try:
-                for index, (message, (sql, params)) in enumerate(zip(messages, statements)):
-                    result = await session.execute(text(sql), params)
-                    if result.rowcount == 0:  # type: ignore[attr-defined]
+                new = _NewIds((await session.execute(text(sql), params)).all())
+                for index, message in enumerate(messages):
+                    if not new.take(message):
                         outcomes.append("duplicate")
                         continue
                     try:
