@@ -1,31 +1,47 @@
-//! The conformance suite against the EventoDB transport, served by the
-//! in-test EventoDB server of `tests/eventodb_server` (EventoDB's own Go
-//! server is not served by the Go module proxy). One server serves the whole
-//! binary; the outage scenario closes it and listens again on its port.
+//! The conformance suite against the real EventoDB server (its Go server on
+//! its PostgreSQL backend), including an outage: the scenario stops and
+//! starts it with `dev/services stop|start eventodb`, its messages staying
+//! in PostgreSQL.
+//!
+//! EventoDB keeps message ids unique: the sink's second publish of a
+//! message finds it stored and reports it delivered, so in
+//! `deduplicates_a_message_delivered_twice` no second copy reaches the
+//! consumer (`tests/eventodb.rs` checks that the stream holds each message
+//! once).
+//!
+//! Needs `RELAYBOX_EVENTODB_URL` and `RELAYBOX_EVENTODB_TOKEN`
+//! (`dev/services start postgres eventodb && eval "$(dev/services env)"`);
+//! fails, never skips, without them.
 #![cfg(feature = "eventodb")]
 
 #[macro_use]
 mod common;
 #[macro_use]
 mod conformance;
-mod eventodb_server;
-
-use std::sync::Arc;
 
 use conformance::Broker;
-use eventodb_server::EventoDbServer;
 use relaybox::transport::eventodb::EventoDbConfig;
 use relaybox::TransportConfig;
 use uuid::Uuid;
 
 struct EventoDb {
-    server: Arc<EventoDbServer>,
+    url: String,
+    token: String,
 }
 
 impl EventoDb {
     fn new() -> EventoDb {
+        let var = |name: &str| match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => v,
+            _ => panic!(
+                "{name} is not set: the EventoDB conformance tests run against the real \
+                 EventoDB server and are never skipped; run `dev/services start postgres \
+                 eventodb && eval \"$(dev/services env)\"`"
+            ),
+        };
         EventoDb {
-            server: EventoDbServer::shared(),
+            url: var("RELAYBOX_EVENTODB_URL"),
+            token: var("RELAYBOX_EVENTODB_TOKEN"),
         }
     }
 }
@@ -33,7 +49,7 @@ impl EventoDb {
 #[async_trait::async_trait]
 impl Broker for EventoDb {
     fn transport(&self) -> TransportConfig {
-        let mut config = EventoDbConfig::new(self.server.url(), Some(&self.server.token));
+        let mut config = EventoDbConfig::new(&self.url, Some(&self.token));
         config.request_timeout = std::time::Duration::from_secs(2);
         TransportConfig::EventoDb(config)
     }
@@ -42,16 +58,12 @@ impl Broker for EventoDb {
         None
     }
 
+    fn stores_each_id_once(&self) -> bool {
+        true
+    }
+
     fn service(&self) -> &'static str {
         "eventodb"
-    }
-
-    async fn stop(&self) {
-        self.server.stop();
-    }
-
-    async fn start(&self) {
-        self.server.start().await;
     }
 }
 

@@ -6,7 +6,9 @@
 //! EventoDB derives from Message DB, and a relaybox message maps onto it
 //! the same way (see [`crate::transport::message_db`]): stream
 //! `<topic>-<key>`, type, JSON data, metadata with the headers and the
-//! `relaybox` envelope, the relaybox id as message id.
+//! `relaybox` envelope, the relaybox id as message id. EventoDB stores only
+//! messages with a type and a JSON object as data: [`check_message`] says
+//! whether a message qualifies.
 
 mod client;
 mod config;
@@ -14,5 +16,5 @@ mod sink;
 mod source;
 
 pub use config::{EventoDbConfig, Token};
-pub use sink::EventoDbSink;
+pub use sink::{check_message, EventoDbSink};
 pub use source::EventoDbSource;

@@ -15,6 +15,9 @@ use crate::store::Store;
 use crate::transport::message_db::mapping::{check_category, incoming, lane_of, Incoming};
 use crate::transport::message_db::Positions;
 
+/// The largest `batchSize` the server accepts for `category.get`.
+const MAX_BATCH: usize = 10_000;
+
 /// A [`Source`] reading one EventoDB category.
 ///
 /// Calls `["category.get", category, {position, batchSize, consumerGroup:
@@ -23,7 +26,8 @@ use crate::transport::message_db::Positions;
 /// deliveries are laned by stream. The acknowledgement offset is the global
 /// position, stored in the relaybox store's positions table under
 /// `eventodb:<category>:<member>/<size>` for the consumer group. Dead letters
-/// go to the relaybox `dead_letters` table.
+/// go to the relaybox `dead_letters` table. A token the server refuses is
+/// [`Error::InvalidConfig`] of `eventodb.token`.
 #[derive(Debug)]
 pub struct EventoDbSource {
     config: EventoDbConfig,
@@ -72,7 +76,7 @@ impl EventoDbSource {
     }
 
     async fn read(&self, from: i64, max: usize) -> Result<Vec<Delivery>> {
-        let mut options = json!({"position": from, "batchSize": max.max(1)});
+        let mut options = json!({"position": from, "batchSize": max.clamp(1, MAX_BATCH)});
         if self.config.consumer_group_size > 1 {
             options["consumerGroup"] = json!({
                 "member": self.config.consumer_group_member,
