@@ -178,10 +178,17 @@ fn start(
         let _entered = runtime.enter();
         let source = transport.source(&outbox.store, topic, &config.group)?;
         let consumer = relaybox::Consumer::start(outbox.store.clone(), source, handler, config)?;
-        Ok(Arc::new(Consumer {
-            consumer: Arc::new(consumer),
-        }))
+        Ok(Consumer::wrap(consumer))
     })
+}
+
+impl Consumer {
+    /// The JVM object of a started core consumer.
+    pub(crate) fn wrap(consumer: relaybox::Consumer) -> Arc<Self> {
+        Arc::new(Consumer {
+            consumer: Arc::new(consumer),
+        })
+    }
 }
 
 impl Drop for Consumer {

@@ -109,6 +109,37 @@ fun suspendHandler(block: suspend (Message, Transaction) -> Unit): SuspendMessag
         }
     }
 
+/** The body of a host handler: runs one delivery and says how it ended. */
+fun interface HostBody {
+    /** Runs the inbox statement [inbox] and the handler of [message] in one transaction. */
+    @Throws(Exception::class)
+    fun run(
+        message: Message,
+        inbox: HostStatement,
+    ): HostResult
+}
+
+/**
+ * A [HostMessageHandler] from [body]: an exception thrown by [body] (after
+ * it rolled its transaction back) fails the attempt, recorded as
+ * `ExceptionClass: message`; [RelayboxException.Rejected] dead-letters the
+ * message at once.
+ */
+fun hostHandler(body: HostBody): HostMessageHandler =
+    object : HostMessageHandler {
+        override fun handle(
+            message: Message,
+            inbox: HostStatement,
+        ): HostResult =
+            try {
+                body.run(message, inbox)
+            } catch (e: RelayboxException.Rejected) {
+                HostResult.Rejected(e.reason)
+            } catch (e: Throwable) {
+                HostResult.Failed(describe(e))
+            }
+    }
+
 private fun describe(e: Throwable): String = if (e.message.isNullOrEmpty()) e.javaClass.name else "${e.javaClass.name}: ${e.message}"
 
 /** A message whose payload is the JSON document [json] (`application/json`). */

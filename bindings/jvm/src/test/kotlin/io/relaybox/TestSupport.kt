@@ -45,8 +45,12 @@ object TestSupport {
     fun options(prefix: String): String = """{"table_prefix": "$prefix"}"""
 
     /** A JDBC connection to the test database, as an independent observer. */
-    fun jdbc(): Connection {
-        val uri = URI(databaseUrl)
+    fun jdbc(): Connection = jdbc(databaseUrl)
+
+    /** A JDBC connection to the database of the `postgres://` URL [url]. */
+    @JvmStatic
+    fun jdbc(url: String): Connection {
+        val uri = URI(url)
         val userInfo = uri.userInfo.orEmpty()
         val props = java.util.Properties()
         if (userInfo.isNotEmpty()) {
@@ -56,6 +60,14 @@ object TestSupport {
         val port = if (uri.port > 0) uri.port else 5432
         return DriverManager.getConnection("jdbc:postgresql://${uri.host}:$port${uri.path}", props)
     }
+
+    /** A JDBC `DataSource` of the database of [url], the test database by default (no pool: a connection per call). */
+    @JvmStatic
+    @JvmOverloads
+    fun dataSource(url: String = databaseUrl): javax.sql.DataSource =
+        object : org.postgresql.ds.PGSimpleDataSource() {
+            override fun getConnection(): Connection = jdbc(url)
+        }
 
     /** Rows in [table]. */
     fun count(table: String): Long =
