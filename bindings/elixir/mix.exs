@@ -62,10 +62,11 @@ defmodule Relaybox.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger, :crypto]]
+    [extra_applications: [:logger, :crypto, :inets]]
   end
 
-  # Ecto and Postgrex are optional: `Relaybox.Ecto` and `repo:` consumers use
+  # `:telemetry` is required (relaybox emits its events through it). Ecto
+  # and Postgrex are optional: `Relaybox.Ecto` and `repo:` consumers use
   # them when the application has them. Where hex.pm cannot be reached, their
   # source is taken from a folder of packages (one subfolder per package):
   # `RELAYBOX_HEX_VENDOR`, or `shared/vendor/hex` beside the repository.
@@ -73,6 +74,7 @@ defmodule Relaybox.MixProject do
     case hex_vendor() do
       nil ->
         [
+          {:telemetry, "~> 1.1"},
           {:ecto_sql, "~> 3.10", optional: true},
           {:postgrex, ">= 0.17.0", optional: true}
         ]

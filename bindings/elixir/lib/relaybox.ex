@@ -13,8 +13,9 @@ defmodule Relaybox do
     * `use Relaybox.Consumer` handles each message once, in the same transaction
       as the inbox row that deduplicates it (with `repo:`, a transaction of
       your Ecto repo).
-    * `use Relaybox.Producer`, `use Relaybox.EventDispatcher` and
-      `Relaybox.Migration` keep the APIs of WokAsyncMessageHandler and EventodbKit.
+    * `use Relaybox.Producer`, `Relaybox.EventodbKit`, `use Relaybox.EventDispatcher`
+      and `Relaybox.Migration` keep the APIs of WokAsyncMessageHandler and EventodbKit.
+    * `Relaybox.Telemetry` lists the `:telemetry` events.
 
   Every call that touches the database or a broker runs on the core's own
   threads, never on a BEAM scheduler; results come back as

@@ -39,12 +39,23 @@ defmodule Relaybox.Consumer do
   "With an Ecto repo"), `:category` (or `:topic`, required), `:consumer_id`
   (the consumer group: positions and the
   inbox are kept per id; required), `:group_member` and `:group_size` (split a
-  topic of the database transport between members, by key hash, with no
-  overlap and no gap), `:poll_interval` (ms), `:batch_size`, `:transport`
-  (`:database`, the default, or `{:kafka, opts}`, where Kafka splits
-  partitions among consumers sharing a `consumer_id`), `:max_retries`,
-  `:retry_delay`, `:retry_delay_max`, `:concurrency` (default 1),
-  `:inbox_retention`. Other keys are left to you.
+  topic between members with no overlap and no gap: on the database
+  transport by key hash, on Message DB and EventoDB by stream),
+  `:poll_interval` (ms), `:batch_size`, `:transport` (`:database`, the
+  default, `{:kafka, opts}`, where Kafka splits partitions among consumers
+  sharing a `consumer_id`, `{:message_db, opts}`, `{:eventodb, opts}`, ...),
+  `:max_retries`, `:retry_delay`, `:retry_delay_max`, `:concurrency`
+  (default 1), `:inbox_retention`.
+
+  EventodbKit's settings are understood too: `:base_url` and `:token`
+  (without `:transport`) read from that EventoDB server, `:namespace` keeps
+  positions and the inbox per namespace (checked against the token), and
+  `:repo` without `:outbox` uses the outbox on the repo's database (see
+  `Relaybox.EventodbKit`; `:prefix` picks its tables). Other keys are left
+  to you.
+
+  Each message emits `[:relaybox, :consumer, :message, ...]` telemetry
+  events (see `Relaybox.Telemetry`).
 
   ## Messages
 
@@ -104,9 +115,11 @@ defmodule Relaybox.Consumer do
   ]
 
   @doc false
-  defmacro __using__(_opts) do
+  defmacro __using__(opts) do
+    behaviour = Keyword.get(opts, :behaviour, Relaybox.Consumer)
+
     quote do
-      @behaviour Relaybox.Consumer
+      @behaviour unquote(behaviour)
 
       @doc "Starts this consumer linked to the caller."
       def start_link(opts \\ []), do: Relaybox.Consumer.start_link(__MODULE__, opts)
@@ -170,33 +183,83 @@ defmodule Relaybox.Consumer do
     size = Map.get(settings, :group_size, 1)
     repo = settings[:repo]
 
-    config =
-      settings
-      |> Map.take(@settings)
-      |> Map.put_new(:concurrency, 1)
-      |> Map.put(:group, settings[:consumer_id])
-
-    with {:ok, %Outbox{ref: outbox}} <- Outbox.resolve(settings[:outbox]),
-         :ok <- check(is_binary(topic), "category (or topic) must be a string"),
+    with :ok <- check(is_binary(topic), "category (or topic) must be a string"),
          :ok <- check(is_binary(settings[:consumer_id]), "consumer_id must be a string"),
          :ok <- check(is_integer(member) and member >= 0, "group_member must be an integer >= 0"),
          :ok <- check(is_integer(size) and size >= 1, "group_size must be an integer >= 1"),
-         :ok <- check_repo(repo, settings[:outbox]),
+         {:ok, transport} <- transport(settings),
+         {:ok, group} <- group(settings),
+         {:ok, outbox} <- outbox(settings),
+         :ok <- check_repo(repo, outbox),
+         config =
+           settings
+           |> Map.take(@settings)
+           |> Map.put_new(:concurrency, 1)
+           |> Map.put(:group, group),
          {:ok, consumer} <-
            Native.consumer_start(
-             outbox,
-             Spec.transport(settings[:transport]),
+             outbox.ref,
+             Spec.transport(transport),
              topic,
              Spec.normalize(config),
              member,
              size,
              repo != nil
            ) do
-      {:ok, %{module: module, state: state, consumer: consumer, repo: repo}}
+      {:ok,
+       %{
+         module: module,
+         state: state,
+         consumer: consumer,
+         repo: repo,
+         meta: %{consumer: module, topic: topic, group: group}
+       }}
     else
       {:error, error} -> {:stop, error}
     end
   end
+
+  # EventodbKit's settings: `base_url` and `token` name the EventoDB server
+  # (unless `transport` is given).
+  defp transport(%{transport: transport}) when transport != nil, do: {:ok, transport}
+
+  defp transport(%{base_url: url} = settings) when is_binary(url) do
+    opts =
+      [url: url, token: settings[:token]]
+      |> Enum.reject(fn {_, v} -> is_nil(v) end)
+      |> then(fn opts ->
+        case settings[:poll_interval] do
+          nil -> opts
+          interval -> Keyword.put(opts, :poll_interval, interval)
+        end
+      end)
+
+    {:ok, {:eventodb, opts}}
+  end
+
+  defp transport(_settings), do: {:ok, :database}
+
+  # Positions and the inbox are kept per `consumer_id`, and per `namespace`
+  # when one is given (checked against the EventoDB token that names one).
+  defp group(%{namespace: namespace} = settings) when namespace != nil do
+    with :ok <- check(is_binary(namespace), "namespace must be a string"),
+         :ok <- Relaybox.EventodbKit.Client.check_namespace(namespace, settings[:token]) do
+      {:ok, "#{namespace}/#{settings.consumer_id}"}
+    end
+  end
+
+  defp group(settings), do: {:ok, settings.consumer_id}
+
+  # Without `outbox`, a `repo` names the outbox on its database.
+  defp outbox(%{outbox: nil, repo: repo} = settings) when repo != nil,
+    do: Relaybox.Ecto.Host.outbox_for(repo, Map.take(settings, [:prefix]))
+
+  defp outbox(%{outbox: outbox}), do: Outbox.resolve(outbox)
+
+  defp outbox(%{repo: repo} = settings) when repo != nil,
+    do: Relaybox.Ecto.Host.outbox_for(repo, Map.take(settings, [:prefix]))
+
+  defp outbox(_settings), do: Outbox.resolve(nil)
 
   defp check_repo(nil, _outbox), do: :ok
 
@@ -233,14 +296,19 @@ defmodule Relaybox.Consumer do
 
   defp run_handler(s, call_id, message, tx) do
     Process.put(:relaybox_consumer_tx, tx)
+    span = span_start(s, message)
 
     {status, reason, state} =
       try do
         s.module.handle_message(Map.put(message, "tx", tx), s.state)
       rescue
-        e -> {:error, Exception.format(:error, e, __STACKTRACE__), s.state}
+        e ->
+          span_exception(span, :error, e, __STACKTRACE__)
+          {:error, Exception.format(:error, e, __STACKTRACE__), s.state}
       catch
-        kind, value -> {:error, Exception.format(kind, value, __STACKTRACE__), s.state}
+        kind, value ->
+          span_exception(span, kind, value, __STACKTRACE__)
+          {:error, Exception.format(kind, value, __STACKTRACE__), s.state}
       else
         :ok -> {:ok, "", s.state}
         {:ok, new_state} -> {:ok, "", new_state}
@@ -250,14 +318,64 @@ defmodule Relaybox.Consumer do
       end
 
     Process.delete(:relaybox_consumer_tx)
+    span_stop(status, reason)
     Native.consumer_reply(s.consumer, call_id, status, reason)
     %{s | state: state}
+  end
+
+  # The `[:relaybox, :consumer, :message, ...]` events (see `Relaybox.Telemetry`).
+  defp span_start(s, message) do
+    meta =
+      Map.merge(s.meta, %{
+        message_id: message["id"],
+        type: message["type"],
+        key: message["key"]
+      })
+
+    started = System.monotonic_time()
+
+    :telemetry.execute(
+      [:relaybox, :consumer, :message, :start],
+      %{system_time: System.system_time(), monotonic_time: started},
+      meta
+    )
+
+    %{meta: meta, started: started, raised: false}
+    |> tap(&Process.put(:relaybox_consumer_span, &1))
+  end
+
+  defp span_exception(span, kind, reason, stacktrace) do
+    now = System.monotonic_time()
+    Process.put(:relaybox_consumer_span, %{span | raised: true})
+
+    :telemetry.execute(
+      [:relaybox, :consumer, :message, :exception],
+      %{duration: now - span.started, monotonic_time: now},
+      Map.merge(span.meta, %{kind: kind, reason: reason, stacktrace: stacktrace})
+    )
+  end
+
+  defp span_stop(status, reason) do
+    span = Process.delete(:relaybox_consumer_span)
+
+    unless span.raised do
+      now = System.monotonic_time()
+      meta = Map.put(span.meta, :status, status)
+      meta = if status in [:error, :reject], do: Map.put(meta, :reason, reason), else: meta
+
+      :telemetry.execute(
+        [:relaybox, :consumer, :message, :stop],
+        %{duration: now - span.started, monotonic_time: now},
+        meta
+      )
+    end
   end
 
   # The core's host mode: the inbox row and the handler's writes in one
   # transaction of the repo; the outcome is reported after it ended.
   defp handle_in_repo(s, call_id, message, sql, params) do
     repo = s.repo
+    span = span_start(s, message)
 
     {status, reason, state} =
       try do
@@ -268,7 +386,7 @@ defmodule Relaybox.Consumer do
             {:error, error} -> repo.rollback({:relaybox_inbox, error})
           end
 
-          case s.module.handle_message(message, s.state) do
+          case call_in_repo(s, message, span) do
             :ok ->
               s.state
 
@@ -309,8 +427,27 @@ defmodule Relaybox.Consumer do
           {:error, "rolled back: #{render(reason)}", s.state}
       end
 
+    span_stop(status, reason)
     Native.consumer_reply(s.consumer, call_id, status, reason)
     %{s | state: state}
+  end
+
+  # The handler inside the repo's transaction; a raise is reported, then
+  # rolls the transaction back.
+  defp call_in_repo(s, message, span) do
+    s.module.handle_message(message, s.state)
+  rescue
+    e ->
+      span_exception(span, :error, e, __STACKTRACE__)
+      reraise e, __STACKTRACE__
+  catch
+    # `Repo.rollback/1` in the handler: a rollback, not a crash.
+    :throw, {DBConnection, _ref, _reason} = value ->
+      throw(value)
+
+    kind, value ->
+      span_exception(span, kind, value, __STACKTRACE__)
+      :erlang.raise(kind, value, __STACKTRACE__)
   end
 
   defp render(reason) when is_binary(reason), do: reason

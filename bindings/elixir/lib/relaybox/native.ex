@@ -58,6 +58,10 @@ defmodule Relaybox.Native do
   @doc false
   def build_message(_spec), do: nif()
   @doc false
+  def json_encode(_term), do: nif()
+  @doc false
+  def json_decode(_text), do: nif()
+  @doc false
   def panic_for_tests(_mode, _ref), do: nif()
 
   @doc false

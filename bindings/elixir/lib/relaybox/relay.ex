@@ -70,25 +70,60 @@ defmodule Relaybox.Relay do
     Process.flag(:trap_exit, true)
     {own, settings} = Keyword.split(opts, @own_options)
 
+    transport = Spec.transport(own[:transport])
+
     with {:ok, %Outbox{ref: outbox}} <- Outbox.resolve(own[:outbox]),
          {:ok, relay} <-
-           Native.relay_start(
-             outbox,
-             Spec.transport(own[:transport]),
-             Spec.normalize(Map.new(settings))
-           ) do
-      {:ok, relay}
+           Native.relay_start(outbox, transport, Spec.normalize(Map.new(settings))) do
+      {:ok, %{relay: relay, transport: transport_name(transport)}}
     else
       {:error, error} -> {:stop, error}
     end
   end
 
-  @impl GenServer
-  def handle_call(:stats, _from, relay), do: {:reply, Native.relay_stats(relay), relay}
+  defp transport_name(name) when is_binary(name), do: name
+  defp transport_name(%{} = map), do: map |> Map.keys() |> List.first() |> to_string()
+  defp transport_name(_), do: nil
 
   @impl GenServer
-  def terminate(_reason, relay) do
-    Native.call(&Native.relay_stop(relay, &1))
+  def handle_call(:stats, _from, s), do: {:reply, Native.relay_stats(s.relay), s}
+
+  # The core's sink reports each batch it publishes (see `Relaybox.Telemetry`).
+  @impl GenServer
+  def handle_info({:relaybox_relay_batch, :start, batch, count, topics}, s) do
+    :telemetry.execute(
+      [:relaybox, :relay, :batch, :start],
+      %{system_time: System.system_time(), monotonic_time: System.monotonic_time(), count: count},
+      %{relay: self(), transport: s.transport, batch: batch, topics: topics}
+    )
+
+    {:noreply, s}
+  end
+
+  def handle_info(
+        {:relaybox_relay_batch, :stop, batch, count, delivered, failed, duration_us},
+        s
+      ) do
+    :telemetry.execute(
+      [:relaybox, :relay, :batch, :stop],
+      %{
+        duration: System.convert_time_unit(duration_us, :microsecond, :native),
+        monotonic_time: System.monotonic_time(),
+        count: count,
+        delivered: delivered,
+        failed: failed
+      },
+      %{relay: self(), transport: s.transport, batch: batch}
+    )
+
+    {:noreply, s}
+  end
+
+  def handle_info(_other, s), do: {:noreply, s}
+
+  @impl GenServer
+  def terminate(_reason, s) do
+    Native.call(&Native.relay_stop(s.relay, &1))
     :ok
   end
 end

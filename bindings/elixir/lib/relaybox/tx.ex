@@ -50,7 +50,9 @@ defmodule Relaybox.Tx do
   @spec enqueue(t(), map() | keyword() | String.t()) ::
           {:ok, String.t()} | {:error, Relaybox.Error.t()}
   def enqueue(%__MODULE__{ref: tx}, spec) do
-    Native.call(&Native.tx_enqueue(tx, Relaybox.Spec.message(spec), &1))
+    Relaybox.Telemetry.enqueue([spec], nil, fn ->
+      Native.call(&Native.tx_enqueue(tx, Relaybox.Spec.message(spec), &1))
+    end)
   end
 
   @doc "Like `enqueue/2`, raising `Relaybox.Error`."
@@ -61,8 +63,10 @@ defmodule Relaybox.Tx do
   @spec enqueue_batch(t(), [map() | keyword()]) ::
           {:ok, [String.t()]} | {:error, Relaybox.Error.t()}
   def enqueue_batch(%__MODULE__{ref: tx}, specs) when is_list(specs) do
-    specs = Enum.map(specs, &Relaybox.Spec.message/1)
-    Native.call(&Native.tx_enqueue_batch(tx, specs, &1))
+    Relaybox.Telemetry.enqueue(specs, nil, fn ->
+      specs = Enum.map(specs, &Relaybox.Spec.message/1)
+      Native.call(&Native.tx_enqueue_batch(tx, specs, &1))
+    end)
   end
 
   @doc "Like `enqueue_batch/2`, raising `Relaybox.Error`."

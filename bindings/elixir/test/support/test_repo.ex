@@ -5,8 +5,11 @@ defmodule Relaybox.TestRepo do
   """
   use Ecto.Repo, otp_app: :relaybox, adapter: Ecto.Adapters.Postgres
 
-  @doc "Starts the repo (once) with the URL of `RELAYBOX_TEST_DATABASE_URL`."
+  @doc "Starts the repo (once) with the URL of `RELAYBOX_TEST_DATABASE_URL`, also set as its config."
   def start!(url) do
+    # As in an application's config: `config/0` gives the URL.
+    Application.put_env(:relaybox, __MODULE__, url: url)
+
     case start_link(url: url, pool_size: 6, log: false) do
       {:ok, pid} ->
         Process.unlink(pid)

@@ -137,16 +137,77 @@ defmodule Relaybox.Ecto.Host do
   end
 
   @doc false
+  # The outbox on `repo`'s database (tables `<prefix>...`, default
+  # `relaybox_`), opened once per repo and prefix from the repo's settings
+  # (`repo.config/0`: `:url`, or `:hostname`, `:port`, `:username`,
+  # `:password`, `:database`); it is the pool relays and consumers use.
+  @spec outbox_for(module(), map() | keyword()) :: {:ok, Outbox.t()} | {:error, Error.t()}
+  def outbox_for(repo, opts \\ []) do
+    prefix = opts[:prefix] || "relaybox_"
+    key = {__MODULE__, :outbox_for, repo, prefix}
+
+    case :persistent_term.get(key, nil) do
+      %Outbox{} = outbox ->
+        {:ok, outbox}
+
+      nil ->
+        :global.trans({key, self()}, fn ->
+          with nil <- :persistent_term.get(key, nil),
+               :ok <- check_repo(repo, "the outbox of #{inspect(repo)}"),
+               {:ok, url} <- repo_url(repo),
+               {:ok, outbox} <- Outbox.open(url, table_prefix: prefix) do
+            :persistent_term.put(key, outbox)
+            {:ok, outbox}
+          else
+            %Outbox{} = outbox -> {:ok, outbox}
+            {:error, _} = error -> error
+          end
+        end)
+    end
+  end
+
+  defp repo_url(repo) do
+    config = repo.config()
+
+    case config[:url] do
+      url when is_binary(url) and url != "" ->
+        {:ok, url}
+
+      _ ->
+        with database when is_binary(database) <- config[:database] do
+          user = config[:username] || System.get_env("USER") || "postgres"
+          password = config[:password]
+          host = config[:hostname] || "localhost"
+          port = config[:port] || 5432
+          auth = if password, do: "#{enc(user)}:#{enc(password)}", else: enc(user)
+          {:ok, "postgres://#{auth}@#{host}:#{port}/#{enc(database)}"}
+        else
+          _ ->
+            {:error,
+             Error.new(
+               :invalid_config,
+               "#{inspect(repo)}.config() has neither :url nor :database; give the " <>
+                 "outbox explicitly (outbox: MyApp.Outbox)"
+             )}
+        end
+    end
+  end
+
+  defp enc(text), do: URI.encode(to_string(text), &URI.char_unreserved?/1)
+
+  @doc false
   # Writes `messages` through `repo` in its current transaction: the core's
   # INSERTs, then their wake-ups; `{:ok, ids}`.
   @spec write(module(), Outbox.outbox(), [map() | keyword()], String.t()) ::
           {:ok, [String.t()]} | {:error, Error.t()}
   def write(repo, outbox, messages, integration) do
-    with {:ok, outbox} <- check(repo, outbox, integration),
-         :ok <- in_transaction(repo, integration),
-         {:ok, statements} <- statements(outbox, messages) do
-      run(repo, statements)
-    end
+    Relaybox.Telemetry.enqueue(messages, repo, fn ->
+      with {:ok, outbox} <- check(repo, outbox, integration),
+           :ok <- in_transaction(repo, integration),
+           {:ok, statements} <- statements(outbox, messages) do
+        run(repo, statements)
+      end
+    end)
   end
 
   defp in_transaction(repo, integration) do

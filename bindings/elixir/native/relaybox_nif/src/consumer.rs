@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use relaybox::transport::eventodb::EventoDbSource;
+use relaybox::transport::message_db::MessageDbSource;
 use relaybox::{
     BoxError, Consumer, ConsumerConfig, DatabaseSource, DatabaseSourceConfig, Handler,
     HostDelivery, HostHandler, HostOutcome, Message, Placeholders, Rejected, Transaction,
@@ -247,11 +249,23 @@ fn consumer_start<'a>(
                 store.clone(),
                 DatabaseSourceConfig::new(topic, config.group.clone()).member(member, size),
             )?,
+            TransportConfig::EventoDb(c) if size > 1 => EventoDbSource::new(
+                c.clone().member(member, size),
+                &store,
+                &topic,
+                &config.group,
+            )?,
+            TransportConfig::MessageDb(c) if size > 1 => MessageDbSource::new(
+                c.clone().member(member, size),
+                &store,
+                &topic,
+                &config.group,
+            )?,
             _ if size > 1 => {
                 return Err(invalid_config(
                     "group_size",
                     format!(
-                        "group_member/group_size split a topic of the database transport; with {} the broker splits partitions among consumers sharing a consumer_id",
+                        "group_member/group_size split a topic of the database, message_db and eventodb transports; with {} the broker splits partitions among consumers sharing a consumer_id",
                         transport.name()
                     ),
                 ))

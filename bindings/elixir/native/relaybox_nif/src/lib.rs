@@ -44,6 +44,25 @@ fn build_message<'a>(env: Env<'a>, spec: Term<'a>) -> Term<'a> {
     })
 }
 
+/// `term` as JSON text (maps, lists, strings, numbers, booleans and `nil`).
+#[rustler::nif]
+fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    guard(env, move |env| {
+        let value = convert::term_to_json(term)?;
+        Ok(convert::string(env, &value.to_string()))
+    })
+}
+
+/// The term of JSON `text`: objects become maps with string keys.
+#[rustler::nif]
+fn json_decode<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
+    guard(env, move |env| {
+        let value: serde_json::Value = serde_json::from_slice(text.as_slice())
+            .map_err(|e| error::invalid_value(format!("not JSON: {e}")))?;
+        Ok(convert::json_to_term(env, &value))
+    })
+}
+
 /// The library version.
 #[rustler::nif]
 fn version() -> &'static str {

@@ -5,12 +5,91 @@
 
 use std::sync::{Arc, Mutex};
 
-use relaybox::{Relay, RelayConfig, TransportConfig};
-use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
+use std::time::Instant;
+
+use relaybox::{Acks, Message, Relay, RelayConfig, Sink, TransportConfig};
+use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, ResourceArc, Term};
 
 use crate::bridge::{guard, spawn_reply};
 use crate::convert::options_json;
 use crate::outbox::OutboxResource;
+
+rustler::atoms! {
+    relaybox_relay_batch,
+    start,
+    stop,
+}
+
+/// The transport's sink, telling the relay's owner about each batch it
+/// publishes: `{:relaybox_relay_batch, :start, batch_ref, count, topics}`
+/// before, `{:relaybox_relay_batch, :stop, batch_ref, count, delivered,
+/// failed, duration_us}` once every message of the batch is acknowledged or
+/// failed. A sink that appends to the store's own log is used by the relay
+/// inside its claim transaction, without batches to report.
+struct TelemetrySink {
+    inner: Arc<dyn Sink>,
+    owner: LocalPid,
+}
+
+impl TelemetrySink {
+    fn started(&self, batch: &[Message]) -> (u64, Instant) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut topics: Vec<&str> = batch.iter().map(|m| m.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let _ = OwnedEnv::new().send_and_clear(&self.owner, |env| {
+            (relaybox_relay_batch(), start(), id, batch.len(), topics).encode(env)
+        });
+        (id, Instant::now())
+    }
+}
+
+fn finished(owner: &LocalPid, id: u64, began: Instant, results: &[relaybox::Result<()>]) {
+    let delivered = results.iter().filter(|r| r.is_ok()).count();
+    let duration = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let _ = OwnedEnv::new().send_and_clear(owner, |env| {
+        (
+            relaybox_relay_batch(),
+            stop(),
+            id,
+            results.len(),
+            delivered,
+            results.len() - delivered,
+            duration,
+        )
+            .encode(env)
+    });
+}
+
+#[async_trait::async_trait]
+impl Sink for TelemetrySink {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        let (id, began) = self.started(batch);
+        let results = self.inner.publish(batch).await;
+        finished(&self.owner, id, began, &results);
+        results
+    }
+
+    async fn send(&self, batch: &[Message]) -> Acks {
+        let (id, began) = self.started(batch);
+        let acks = self.inner.send(batch).await;
+        let owner = self.owner;
+        Box::pin(async move {
+            let results = acks.await;
+            finished(&owner, id, began, &results);
+            results
+        })
+    }
+
+    fn log_store(&self) -> Option<&relaybox::Store> {
+        self.inner.log_store()
+    }
+}
 
 /// A running relay.
 pub struct RelayResource {
@@ -69,7 +148,10 @@ fn relay_start<'a>(
         let runtime = relaybox::runtime::runtime();
         let _entered = runtime.enter();
         let store = outbox.store()?;
-        let sink = transport.sink(&store)?;
+        let sink: Arc<dyn Sink> = Arc::new(TelemetrySink {
+            inner: transport.sink(&store)?,
+            owner: env.pid(),
+        });
         let relay = Relay::start(store, sink, config)?;
         let resource = ResourceArc::new(RelayResource {
             relay: Mutex::new(Some(Arc::new(relay))),
