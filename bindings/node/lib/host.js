@@ -31,7 +31,8 @@ const CHECK_SQL =
 const identities = new WeakMap()
 
 /**
- * `db` and `started` of the outbox's database (queried once per outbox).
+ * `db` and `started` of the outbox's database (queried once per outbox, and
+ * again when a connection's identity differs from it).
  * @param {import('./outbox').Outbox} outbox
  * @returns {Promise<{db: string, started: string}>}
  */
@@ -81,7 +82,7 @@ async function statements (outbox, messages, placeholders, integration) {
  * @param {string} integration
  */
 async function checkConnection (outbox, exec, integration) {
-  const expected = await outboxIdentity(outbox)
+  let expected = await outboxIdentity(outbox)
   let row
   try {
     [row] = await exec(CHECK_SQL, [])
@@ -98,7 +99,13 @@ async function checkConnection (outbox, exec, integration) {
     throw new ClosedError(`${integration}: the connection is not inside an open transaction (it was committed or rolled back, or never begun)`,
       { code: 'closed' })
   }
-  if (row.db !== expected.db || String(row.started) !== expected.started) {
+  const same = (identity) => row.db === identity.db && String(row.started) === identity.started
+  if (!same(expected)) {
+    // The outbox's server may have restarted since its identity was read.
+    identities.delete(outbox)
+    expected = await outboxIdentity(outbox)
+  }
+  if (!same(expected)) {
     throw new ConfigError(`${integration}: the transaction is on database ${JSON.stringify(row.db)} of another server or name than the outbox's (${JSON.stringify(expected.db)}); the event must be written where the outbox is`,
       { code: 'invalid_config' })
   }
