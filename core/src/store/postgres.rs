@@ -1120,34 +1120,26 @@ pub(super) fn inbox_statement(
     )
 }
 
-/// [`Store::inbox_run_statement`] on PostgreSQL: one row per message, each
-/// `($group, $id)`, returning the inserted ids as text.
+/// [`Store::inbox_run_statement`] on PostgreSQL: one text of the ids,
+/// comma-separated, so the statement's text is the same for every run
+/// (drivers cache and prepare it); returns the inserted ids as text.
 pub(super) fn inbox_run_statement(
     sql: &PgSql,
     group: &str,
     message_ids: &[Uuid],
     style: Placeholders,
 ) -> (String, Vec<Value>) {
-    let rows: Vec<String> = (0..message_ids.len())
-        .map(|i| {
-            format!(
-                "(${}, CAST(CAST(${} AS text) AS uuid), now())",
-                2 * i + 1,
-                2 * i + 2
-            )
-        })
-        .collect();
     let text = format!(
-        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) VALUES {} \
+        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) \
+         SELECT $1, CAST(id AS uuid), now() FROM unnest(string_to_array(CAST($2 AS text), ',')) AS id \
          ON CONFLICT DO NOTHING RETURNING CAST(message_id AS text)",
-        sql.prefix,
-        rows.join(", ")
+        sql.prefix
     );
-    let params = message_ids
-        .iter()
-        .flat_map(|id| [Value::Text(group.to_string()), Value::Text(id.to_string())])
-        .collect();
-    (placeholders(&text, style), params)
+    let ids: Vec<String> = message_ids.iter().map(Uuid::to_string).collect();
+    (
+        placeholders(&text, style),
+        vec![Value::Text(group.to_string()), Value::Text(ids.join(","))],
+    )
 }
 
 #[cfg(test)]

@@ -897,42 +897,33 @@ pub(super) fn inbox_statement(
     )
 }
 
-/// [`Store::inbox_run_statement`] on SQLite: one row per message, each
-/// `(group, id, time)`, returning the inserted ids.
+/// [`Store::inbox_run_statement`] on SQLite: the ids as one JSON array text,
+/// so the statement's text is the same for every run; returns the inserted
+/// ids.
 pub(super) fn inbox_run_statement(
     sql: &SqliteSql,
     group: &str,
     message_ids: &[Uuid],
     style: Placeholders,
 ) -> (String, Vec<Value>) {
-    let rows: Vec<String> = (0..message_ids.len())
-        .map(|i| {
-            format!(
-                "({}, {}, {})",
-                style.mark(3 * i + 1),
-                style.mark(3 * i + 2),
-                style.mark(3 * i + 3)
-            )
-        })
-        .collect();
     let text = format!(
-        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) VALUES {} \
-         ON CONFLICT DO NOTHING RETURNING message_id",
+        "INSERT INTO {}inbox (consumer_group, message_id, processed_at) \
+         SELECT p.grp, j.value, p.at FROM (SELECT {} AS grp, {} AS ids, {} AS at) AS p, \
+         json_each(p.ids) AS j WHERE true ON CONFLICT DO NOTHING RETURNING message_id",
         sql.prefix,
-        rows.join(", ")
+        style.mark(1),
+        style.mark(2),
+        style.mark(3)
     );
-    let now = now_us();
-    let params = message_ids
-        .iter()
-        .flat_map(|id| {
-            [
-                Value::Text(group.to_string()),
-                Value::Text(id.to_string()),
-                Value::Int(now),
-            ]
-        })
-        .collect();
-    (text, params)
+    let ids: Vec<String> = message_ids.iter().map(Uuid::to_string).collect();
+    (
+        text,
+        vec![
+            Value::Text(group.to_string()),
+            Value::Text(serde_json::to_string(&ids).expect("strings serialise")),
+            Value::Int(now_us()),
+        ],
+    )
 }
 
 #[cfg(test)]
