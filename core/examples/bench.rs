@@ -2867,6 +2867,7 @@ mod kafka {
                 headers,
                 created_at: row.try_get("created_at")?,
                 available_at: row.try_get("available_at")?,
+                idempotency_key: None,
             };
             producer
                 .send(record(topic, &m), Timeout::After(DELIVERY_TIMEOUT))

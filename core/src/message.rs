@@ -50,6 +50,12 @@ pub struct Message {
     /// Earliest time the relay may deliver it (delayed delivery); equals `created_at` by default.
     #[serde(with = "micros_rfc3339")]
     pub available_at: DateTime<Utc>,
+    /// The producer's idempotency key: enqueueing a second message with the
+    /// same key on the same topic writes nothing and returns the first
+    /// message's id, for as long as the store keeps the key (see
+    /// [`crate::Store::purge_idempotency_keys`]). Not sent to brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Message {
@@ -66,6 +72,7 @@ impl Message {
             headers: BTreeMap::new(),
             created_at: now,
             available_at: now,
+            idempotency_key: None,
         }
     }
 
@@ -81,6 +88,12 @@ impl Message {
     /// Sets the partition key.
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the producer's idempotency key (see [`Message::idempotency_key`]).
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 

@@ -55,6 +55,11 @@ pub struct RelayConfig {
     /// Keep delivered rows (with `sent_at`) this long instead of deleting them.
     #[serde(deserialize_with = "crate::duration::deserialize_opt")]
     pub retention: Option<Duration>,
+    /// How long producers' idempotency keys are kept (default 24 h): a key
+    /// is deleted once it is older than this and its message has left the
+    /// outbox, so an enqueue with the same key after that writes again.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub idempotency_window: Duration,
     /// Instance id shown in leases and `relaybox status` (default: host-pid-random).
     pub instance_id: Option<String>,
     /// Batch loops run at once, each over its share of the held partitions
@@ -83,6 +88,7 @@ impl Default for RelayConfig {
             backoff_max: Duration::from_secs(300),
             publish_timeout: None,
             retention: None,
+            idempotency_window: Duration::from_secs(86_400),
             instance_id: None,
             concurrency: 2,
             batches_in_flight: 2,
@@ -95,6 +101,9 @@ impl RelayConfig {
     pub fn validate(&self) -> Result<()> {
         if !(1..=10_000).contains(&self.batch_size) {
             return Err(Error::config("batch_size", "must be between 1 and 10000"));
+        }
+        if self.idempotency_window < Duration::from_secs(1) {
+            return Err(Error::config("idempotency_window", "must be at least 1 s"));
         }
         if self.poll_interval < Duration::from_millis(1) {
             return Err(Error::config("poll_interval", "must be at least 1 ms"));
@@ -468,13 +477,17 @@ impl Worker {
                     Instant::now() + renew_every.min(Duration::from_secs(1))
                 }
             };
-            if let Some(retention) = self.config.retention {
-                if Instant::now() >= next_purge {
+            if Instant::now() >= next_purge {
+                if let Some(retention) = self.config.retention {
                     if let Err(e) = self.store.purge_sent(retention).await {
                         tracing::warn!(error = %e, "relaybox purge of sent rows failed");
                     }
-                    next_purge = Instant::now() + Duration::from_secs(60);
                 }
+                let window = self.config.idempotency_window;
+                if let Err(e) = self.store.purge_idempotency_keys(window).await {
+                    tracing::warn!(error = %e, "relaybox purge of idempotency keys failed");
+                }
+                next_purge = Instant::now() + Duration::from_secs(60).min(window);
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,

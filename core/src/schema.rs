@@ -59,12 +59,20 @@ impl Migration {
 }
 
 /// All migrations, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    postgres: include_str!("../migrations/postgres/0001_init.sql"),
-    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        postgres: include_str!("../migrations/postgres/0001_init.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "idempotency_keys",
+        postgres: include_str!("../migrations/postgres/0002_idempotency_keys.sql"),
+        sqlite: include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i64 {

@@ -4,7 +4,8 @@
 //!
 //! ```json
 //! {"topic": "orders", "key": "order-1", "type": "OrderPlaced",
-//!  "payload": {"id": 1}, "headers": {"source": "shop"}, "delay": "5s"}
+//!  "payload": {"id": 1}, "headers": {"source": "shop"}, "delay": "5s",
+//!  "idempotency_key": "order-1-placed"}
 //! ```
 //!
 //! The payload is given in exactly one of three ways:
@@ -43,6 +44,9 @@ pub struct MessageSpec {
     /// Partition key.
     #[serde(default)]
     pub key: Option<String>,
+    /// The producer's idempotency key ([`Message::idempotency_key`]).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
     /// Event name.
     #[serde(default, rename = "type")]
     pub event_type: Option<String>,
@@ -106,6 +110,7 @@ impl MessageSpec {
         let mut message = Message::new(self.topic, payload)
             .with_content_type(self.content_type.unwrap_or_else(|| detected.to_string()));
         message.key = self.key;
+        message.idempotency_key = self.idempotency_key;
         if let Some(event_type) = self.event_type {
             message.event_type = event_type;
         }

@@ -163,10 +163,12 @@ impl Transaction {
 
     /// Writes a message to the outbox in this transaction. Validated first:
     /// an invalid message writes nothing and the transaction stays usable.
+    ///
+    /// A message with an idempotency key already taken on its topic writes
+    /// nothing; the id returned is then the id of the message that took it.
     pub async fn enqueue(&self, message: Message) -> Result<Uuid> {
-        let id = message.id;
-        self.enqueue_batch(std::slice::from_ref(&message)).await?;
-        Ok(id)
+        let ids = self.enqueue_batch(std::slice::from_ref(&message)).await?;
+        Ok(ids[0])
     }
 
     /// Writes many messages in one statement; all are validated before any is written.
@@ -187,12 +189,12 @@ impl Transaction {
             }
         };
         self.note(&result);
-        let partitions = result?;
+        let written = result?;
         let mut enqueued = self.enqueued.lock().expect("not poisoned");
-        enqueued.extend(partitions);
+        enqueued.extend(written.partitions);
         enqueued.sort_unstable();
         enqueued.dedup();
-        Ok(messages.iter().map(|m| m.id).collect())
+        Ok(written.ids)
     }
 
     /// Records a consumed message id in the inbox; false if the group had it already.

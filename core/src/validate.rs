@@ -35,6 +35,9 @@ impl Limits {
     /// Checks a message: topic, key, type, content type, headers, payload size.
     pub fn check(&self, m: &Message) -> Result<()> {
         check_topic(&m.topic)?;
+        if let Some(key) = &m.idempotency_key {
+            check_text("idempotency_key", key, MAX_KEY_LEN, false)?;
+        }
         if let Some(key) = &m.key {
             check_text("key", key, MAX_KEY_LEN, false)?;
         }

@@ -33,6 +33,11 @@ export interface MessageInput {
   createdAt?: Date | string
   /** The message id (a UUID); a new UUID v7 when absent. */
   id?: string
+  /**
+   * The producer's idempotency key: a second enqueue with the same key on the
+   * same topic writes nothing and resolves to the first message's id.
+   */
+  idempotencyKey?: string
 }
 
 /** A SQL parameter. Integers go as int8, other numbers as float8, objects/arrays as jsonb. */

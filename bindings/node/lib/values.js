@@ -27,6 +27,8 @@ const SPEC_FIELDS = {
   available_at: 'available_at',
   createdAt: 'created_at',
   created_at: 'created_at',
+  idempotencyKey: 'idempotency_key',
+  idempotency_key: 'idempotency_key',
   id: 'id'
 }
 

@@ -152,3 +152,20 @@ test('a Rust panic surfaces as InternalError instead of aborting Node', async ()
     )
   }
 })
+
+test('an idempotency key writes once and resolves to the first id', async (t) => {
+  const { outbox } = await openOutbox(t)
+  const first = await outbox.transaction((tx) =>
+    tx.enqueue({ topic: 'orders', payload: { id: 1 }, idempotencyKey: 'order-1-placed' }))
+  const again = await outbox.transaction((tx) =>
+    tx.enqueue({ topic: 'orders', payload: { id: 1 }, idempotencyKey: 'order-1-placed' }))
+  assert.equal(again, first)
+  const ids = await outbox.transaction((tx) => tx.enqueueBatch([
+    { topic: 'orders', payload: 2, idempotencyKey: 'order-2-placed' },
+    { topic: 'orders', payload: 3, idempotencyKey: 'order-2-placed' },
+    { topic: 'invoices', payload: 4, idempotencyKey: 'order-1-placed' }
+  ]))
+  assert.equal(ids[1], ids[0])
+  assert.notEqual(ids[2], first)
+  assert.equal(await outbox.pendingCount(), 3)
+})

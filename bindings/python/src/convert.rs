@@ -144,7 +144,7 @@ pub fn params_to_py<'py>(py: Python<'py>, params: &[Value]) -> PyResult<Bound<'p
 /// A message from the keyword form the Python package builds:
 /// `topic`, `payload` (bytes), and optional `key`, `type`, `content_type`,
 /// `headers` (str → str), `delay` (seconds), `created_at` and `available_at`
-/// (aware datetimes), `id` (a UUID string).
+/// (aware datetimes), `id` (a UUID string), `idempotency_key`.
 pub fn message_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Message> {
     let topic: String = required(spec, "topic")?;
     let payload: Vec<u8> = match spec.get_item("payload")? {
@@ -162,6 +162,9 @@ pub fn message_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Message> {
     let mut message = Message::new(topic, payload);
     if let Some(key) = optional::<String>(spec, "key")? {
         message = message.with_key(key);
+    }
+    if let Some(key) = optional::<String>(spec, "idempotency_key")? {
+        message = message.with_idempotency_key(key);
     }
     if let Some(event_type) = optional::<String>(spec, "type")? {
         message = message.with_type(event_type);

@@ -128,6 +128,42 @@ def test_enqueue_batch_is_all_or_nothing(outbox: relaybox.Outbox) -> None:
     assert outbox.pending_count() == 500
 
 
+@pytest.mark.parametrize("box", ["outbox", "sqlite_outbox"])
+def test_an_idempotency_key_writes_once_and_returns_the_first_id(
+    box: str, request: pytest.FixtureRequest, pg_url: str
+) -> None:
+    outbox: relaybox.Outbox = request.getfixturevalue(box)
+    with outbox.transaction() as tx:
+        first = tx.enqueue("orders", {"id": 1}, idempotency_key="order-1-placed")
+        assert tx.enqueue("orders", {"id": 1}, idempotency_key="order-1-placed") == first
+    with outbox.transaction() as tx:
+        ids = tx.enqueue_batch(
+            [
+                {"topic": "orders", "payload": 1, "idempotency_key": "order-1-placed"},
+                {"topic": "orders", "payload": 2, "idempotency_key": "order-2-placed"},
+                {"topic": "invoices", "payload": 3, "idempotency_key": "order-1-placed"},
+            ]
+        )
+    assert ids[0] == first and len(set(ids)) == 3
+    assert outbox.pending_count() == 3
+    with pytest.raises(relaybox.ValidationError, match="idempotency_key"):
+        with outbox.transaction() as tx:
+            tx.enqueue("orders", 4, idempotency_key="")
+    assert outbox.pending_count() == 3
+
+
+def test_an_idempotency_key_through_a_driver_transaction_is_refused(
+    outbox: relaybox.Outbox, pg_url: str
+) -> None:
+    import relaybox.psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        with pytest.raises(relaybox.ValidationError, match="idempotency_key"):
+            with conn.transaction():
+                relaybox.psycopg.enqueue(conn, outbox, "orders", 1, idempotency_key="k")
+    assert outbox.pending_count() == 0
+
+
 def test_sqlite_outbox_round_trip(sqlite_outbox: relaybox.Outbox) -> None:
     with sqlite_outbox.transaction() as tx:
         tx.execute("CREATE TABLE IF NOT EXISTS notes (body TEXT)")

@@ -766,11 +766,14 @@ impl Store {
     /// Writes `message` to the outbox through `conn`: your own sqlx transaction
     /// (`&mut *tx`) or connection, so the event commits with your data.
     /// The message is validated first; an invalid one writes nothing.
+    ///
+    /// A message with an idempotency key already taken on its topic writes
+    /// nothing; the id returned is then the id of the message that took it.
     pub async fn enqueue<C: OutboxConnection>(&self, conn: C, message: Message) -> Result<Uuid> {
-        let id = message.id;
-        self.enqueue_batch(conn, std::slice::from_ref(&message))
+        let ids = self
+            .enqueue_batch(conn, std::slice::from_ref(&message))
             .await?;
-        Ok(id)
+        Ok(ids[0])
     }
 
     /// Writes many messages in one statement; all are validated before any is written.
@@ -783,9 +786,9 @@ impl Store {
             return Ok(Vec::new());
         }
         self.validate_messages(messages)?;
-        let partitions = conn.insert_outbox(self, messages).await?;
-        self.outbox_changed_in(&partitions);
-        Ok(messages.iter().map(|m| m.id).collect())
+        let written = conn.insert_outbox(self, messages).await?;
+        self.outbox_changed_in(&written.partitions);
+        Ok(written.ids)
     }
 
     /// The INSERT statement and parameters that write `message` to the outbox,
@@ -809,6 +812,14 @@ impl Store {
         messages: &[Message],
         style: Placeholders,
     ) -> Result<InsertStatement> {
+        if messages.iter().any(|m| m.idempotency_key.is_some()) {
+            return Err(Error::InvalidMessage {
+                field: "idempotency_key",
+                reason: "idempotency keys are settled by relaybox's own enqueue (Store::enqueue, \
+                         Transaction::enqueue), not by a statement run through another driver"
+                    .into(),
+            });
+        }
         if messages.is_empty() || messages.len() > HOST_BATCH_MAX {
             return Err(Error::InvalidValue {
                 reason: format!(
@@ -910,6 +921,19 @@ impl Store {
         match self.pool()? {
             Pool::Postgres(pool, sql) => postgres::purge_inbox(pool, sql, older_than).await,
             Pool::Sqlite(pool, sql) => sqlite::purge_inbox(pool, sql, older_than).await,
+        }
+    }
+
+    /// Deletes producers' idempotency keys taken longer ago than `older_than`
+    /// whose message has left the outbox (delivered or dead-lettered); a key
+    /// whose message still waits is kept. Returns how many were deleted.
+    /// Relays run this with their `idempotency_window`.
+    pub async fn purge_idempotency_keys(&self, older_than: Duration) -> Result<u64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => {
+                postgres::purge_idempotency_keys(pool, sql, older_than).await
+            }
+            Pool::Sqlite(pool, sql) => sqlite::purge_idempotency_keys(pool, sql, older_than).await,
         }
     }
 
@@ -1228,20 +1252,87 @@ impl Store {
     }
 }
 
+/// Per message of a batch, the index of an earlier message of the batch with
+/// the same topic and idempotency key (`None`: the first, or no key).
+pub(crate) fn earlier_with_same_key(messages: &[Message]) -> Vec<Option<usize>> {
+    let mut first: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::new();
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let key = m.idempotency_key.as_deref()?;
+            match first.entry((m.topic.as_str(), key)) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// What writing a batch did: the partitions of the rows written, and per
+/// message the id enqueue returns (a message whose idempotency key was taken
+/// returns the id of the message that took it, and is not written).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Written {
+    /// Partitions of the rows written, in batch order.
+    pub partitions: Vec<u32>,
+    /// One id per message of the batch.
+    pub ids: Vec<Uuid>,
+}
+
+/// The rows to write for `messages` and what enqueue reports, given how
+/// their idempotency keys were settled (`taken`: per message, the id an
+/// earlier enqueue wrote under its key, or `None` to write it; no `taken`:
+/// no message has a key) and the outbox's partition count.
+fn to_write(
+    messages: &[Message],
+    taken: Option<Vec<Option<Uuid>>>,
+    partitions: u32,
+) -> (std::borrow::Cow<'_, [Message]>, Written) {
+    let Some(taken) = taken else {
+        let written = Written {
+            partitions: Store::place(messages, partitions),
+            ids: messages.iter().map(|m| m.id).collect(),
+        };
+        return (std::borrow::Cow::Borrowed(messages), written);
+    };
+    let fresh: Vec<Message> = messages
+        .iter()
+        .zip(&taken)
+        .filter(|(_, t)| t.is_none())
+        .map(|(m, _)| m.clone())
+        .collect();
+    let ids = messages
+        .iter()
+        .zip(taken)
+        .map(|(m, t)| t.unwrap_or(m.id))
+        .collect();
+    let written = Written {
+        partitions: Store::place(&fresh, partitions),
+        ids,
+    };
+    (std::borrow::Cow::Owned(fresh), written)
+}
+
 /// A connection that relaybox can write outbox rows through: `&mut PgConnection`
 /// or `&mut SqliteConnection`, which is what `&mut *tx` gives for an sqlx
 /// transaction, pooled connection or plain connection.
 #[async_trait::async_trait]
 pub trait OutboxConnection: Send {
-    /// Inserts validated messages with their partitions in one statement;
-    /// returns the partitions, in the order of `messages`.
+    /// Inserts validated messages with their partitions in one statement,
+    /// after settling their idempotency keys; see [`Written`].
     #[doc(hidden)]
-    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Vec<u32>>;
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Written>;
 }
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut PgConnection {
-    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Vec<u32>> {
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Written> {
         match store.pool()? {
             Pool::Postgres(_, sql) => {
                 let n = match store.cached_partitions() {
@@ -1250,9 +1341,16 @@ impl OutboxConnection for &mut PgConnection {
                         store.cache_partitions(postgres::partition_count(&mut *self, sql).await?)?
                     }
                 };
-                let partitions = Store::place(messages, n);
-                postgres::insert_outbox(self, sql, messages, &partitions).await?;
-                Ok(partitions)
+                let taken = if messages.iter().any(|m| m.idempotency_key.is_some()) {
+                    Some(postgres::take_idempotency_keys(&mut *self, sql, messages).await?)
+                } else {
+                    None
+                };
+                let (rows, written) = to_write(messages, taken, n);
+                if !rows.is_empty() {
+                    postgres::insert_outbox(self, sql, &rows, &written.partitions).await?;
+                }
+                Ok(written)
             }
             Pool::Sqlite(..) => Err(Error::config(
                 "connection",
@@ -1264,7 +1362,7 @@ impl OutboxConnection for &mut PgConnection {
 
 #[async_trait::async_trait]
 impl OutboxConnection for &mut SqliteConnection {
-    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Vec<u32>> {
+    async fn insert_outbox(self, store: &Store, messages: &[Message]) -> Result<Written> {
         match store.pool()? {
             Pool::Sqlite(_, sql) => {
                 let n = match store.cached_partitions() {
@@ -1273,9 +1371,16 @@ impl OutboxConnection for &mut SqliteConnection {
                         store.cache_partitions(sqlite::partition_count(&mut *self, sql).await?)?
                     }
                 };
-                let partitions = Store::place(messages, n);
-                sqlite::insert_outbox(self, sql, messages, &partitions).await?;
-                Ok(partitions)
+                let taken = if messages.iter().any(|m| m.idempotency_key.is_some()) {
+                    Some(sqlite::take_idempotency_keys(&mut *self, sql, messages).await?)
+                } else {
+                    None
+                };
+                let (rows, written) = to_write(messages, taken, n);
+                if !rows.is_empty() {
+                    sqlite::insert_outbox(self, sql, &rows, &written.partitions).await?;
+                }
+                Ok(written)
             }
             Pool::Postgres(..) => Err(Error::config(
                 "connection",

@@ -485,6 +485,56 @@ impl Columns {
     }
 }
 
+/// Takes the idempotency keys of `messages` in the caller's transaction:
+/// per message, `None` to write it (no key, or a key taken now) or the id of
+/// the message that took its key before (an earlier enqueue, or an earlier
+/// message of the batch). A concurrent transaction holding the same new key
+/// makes this wait for its end: a commit means the key is taken, a rollback
+/// that it is free.
+pub(super) async fn take_idempotency_keys(
+    conn: &mut PgConnection,
+    sql: &PgSql,
+    messages: &[Message],
+) -> Result<Vec<Option<Uuid>>> {
+    let table = format!("{}idempotency_keys", sql.prefix);
+    let take = format!(
+        "INSERT INTO {table} (topic, key, message_id, created_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT DO NOTHING RETURNING message_id"
+    );
+    let holder = format!("SELECT message_id FROM {table} WHERE topic = $1 AND key = $2");
+    let earlier = super::earlier_with_same_key(messages);
+    let mut taken: Vec<Option<Uuid>> = Vec::with_capacity(messages.len());
+    for (m, earlier) in messages.iter().zip(earlier) {
+        let Some(key) = m.idempotency_key.as_deref() else {
+            taken.push(None);
+            continue;
+        };
+        if let Some(j) = earlier {
+            taken.push(Some(taken[j].unwrap_or(messages[j].id)));
+            continue;
+        }
+        let mine: Option<Uuid> = sqlx::query_scalar(AssertSqlSafe(take.clone()))
+            .bind(&m.topic)
+            .bind(key)
+            .bind(m.id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(schema_missing)?;
+        if mine.is_some() {
+            taken.push(None);
+            continue;
+        }
+        let holder: Uuid = sqlx::query_scalar(AssertSqlSafe(holder.clone()))
+            .bind(&m.topic)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(schema_missing)?;
+        taken.push(Some(holder));
+    }
+    Ok(taken)
+}
+
 pub(super) async fn insert_outbox(
     conn: &mut PgConnection,
     sql: &PgSql,
@@ -527,6 +577,7 @@ fn message_from_row(row: &PgRow) -> Result<Message> {
         headers: parse_headers(row.try_get::<&str, _>("headers")?)?,
         created_at: row.try_get("created_at")?,
         available_at: row.try_get("available_at")?,
+        idempotency_key: None,
     })
 }
 
@@ -960,6 +1011,23 @@ pub(super) async fn purge_inbox(pool: &PgPool, sql: &PgSql, older_than: Duration
         .execute(pool)
         .await?
         .rows_affected())
+}
+
+pub(super) async fn purge_idempotency_keys(
+    pool: &PgPool,
+    sql: &PgSql,
+    older_than: Duration,
+) -> Result<u64> {
+    let p = &sql.prefix;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}idempotency_keys k WHERE k.created_at < now() - make_interval(secs => $1) \
+         AND NOT EXISTS (SELECT 1 FROM {p}outbox o WHERE o.id = k.message_id AND o.sent_at IS NULL)"
+    )))
+    .bind(secs(older_than))
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?
+    .rows_affected())
 }
 
 pub(super) async fn purge_sent(pool: &PgPool, sql: &PgSql, older_than: Duration) -> Result<u64> {

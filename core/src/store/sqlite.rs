@@ -313,6 +313,56 @@ pub(super) async fn partition_count<'e>(
     Ok(n as u32)
 }
 
+/// Takes the idempotency keys of `messages` in the caller's transaction; see
+/// the PostgreSQL store's `take_idempotency_keys` (SQLite has one writer at a
+/// time, so no transaction waits for another here).
+pub(super) async fn take_idempotency_keys(
+    conn: &mut SqliteConnection,
+    sql: &SqliteSql,
+    messages: &[Message],
+) -> Result<Vec<Option<Uuid>>> {
+    let table = format!("{}idempotency_keys", sql.prefix);
+    let take = format!(
+        "INSERT INTO {table} (topic, key, message_id, created_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT DO NOTHING RETURNING message_id"
+    );
+    let holder = format!("SELECT message_id FROM {table} WHERE topic = ?1 AND key = ?2");
+    let earlier = super::earlier_with_same_key(messages);
+    let mut taken: Vec<Option<Uuid>> = Vec::with_capacity(messages.len());
+    for (m, earlier) in messages.iter().zip(earlier) {
+        let Some(key) = m.idempotency_key.as_deref() else {
+            taken.push(None);
+            continue;
+        };
+        if let Some(j) = earlier {
+            taken.push(Some(taken[j].unwrap_or(messages[j].id)));
+            continue;
+        }
+        let mine: Option<String> = sqlx::query_scalar(AssertSqlSafe(take.clone()))
+            .bind(&m.topic)
+            .bind(key)
+            .bind(m.id.to_string())
+            .bind(to_unix_micros(Utc::now()))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(schema_missing)?;
+        if mine.is_some() {
+            taken.push(None);
+            continue;
+        }
+        let holder: String = sqlx::query_scalar(AssertSqlSafe(holder.clone()))
+            .bind(&m.topic)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(schema_missing)?;
+        let holder = Uuid::parse_str(&holder)
+            .map_err(|e| Error::internal(format!("idempotency key row holds {holder:?}: {e}")))?;
+        taken.push(Some(holder));
+    }
+    Ok(taken)
+}
+
 pub(super) async fn insert_outbox(
     conn: &mut SqliteConnection,
     sql: &SqliteSql,
@@ -374,6 +424,7 @@ fn message_from_row(row: &SqliteRow) -> Result<Message> {
         headers: parse_headers(row.try_get::<&str, _>("headers")?)?,
         created_at: from_unix_micros(row.try_get("created_at")?),
         available_at: from_unix_micros(row.try_get("available_at")?),
+        idempotency_key: None,
     })
 }
 
@@ -726,6 +777,24 @@ pub(super) async fn purge_inbox(
         .execute(pool)
         .await?
         .rows_affected())
+}
+
+pub(super) async fn purge_idempotency_keys(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    older_than: Duration,
+) -> Result<u64> {
+    let p = &sql.prefix;
+    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}idempotency_keys WHERE created_at < ?1 AND NOT EXISTS \
+         (SELECT 1 FROM {p}outbox o WHERE o.id = {p}idempotency_keys.message_id AND o.sent_at IS NULL)"
+    )))
+    .bind(cutoff)
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?
+    .rows_affected())
 }
 
 pub(super) async fn purge_sent(

@@ -14,6 +14,7 @@ DURATION_FIELDS = frozenset(
         "backoff_max",
         "publish_timeout",
         "retention",
+        "idempotency_window",
         "retry_delay",
         "retry_delay_max",
         "inbox_retention",

@@ -35,6 +35,9 @@ class EnqueueOptions(TypedDict, total=False):
     """Deliver no sooner than this many seconds (or this ``timedelta``) after commit."""
     available_at: Optional[_dt.datetime]
     """Deliver no sooner than this instant."""
+    idempotency_key: Optional[str]
+    """The producer's idempotency key: a second enqueue with the same key on the same
+    topic writes nothing and returns the first message's id (see docs/python.md)."""
 
 
 _KEYWORDS = frozenset(EnqueueOptions.__annotations__)
@@ -67,4 +70,5 @@ def message_spec(topic: str, payload: Any, **options: Unpack[EnqueueOptions]) ->
         "content_type": options.get("content_type") or detected,
         "delay": delay,
         "available_at": options.get("available_at"),
+        "idempotency_key": options.get("idempotency_key"),
     }

@@ -27,6 +27,7 @@ class _RelayBase:
         backoff_max: Optional[float] = None,
         publish_timeout: Optional[float] = None,
         retention: Optional[float] = None,
+        idempotency_window: Optional[float] = None,
         instance_id: Optional[str] = None,
         concurrency: Optional[int] = None,
     ) -> None:
@@ -42,6 +43,7 @@ class _RelayBase:
                 "backoff_max": backoff_max,
                 "publish_timeout": publish_timeout,
                 "retention": retention,
+                "idempotency_window": idempotency_window,
                 "instance_id": instance_id,
                 "concurrency": concurrency,
             }

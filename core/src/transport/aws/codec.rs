@@ -208,6 +208,7 @@ pub(crate) fn decode(mut r: Received<'_>) -> Message {
         headers: attrs,
         created_at,
         available_at: created_at,
+        idempotency_key: None,
     }
 }
 

@@ -116,5 +116,6 @@ pub fn message_from_record<M: rdkafka::message::Message>(record: &M) -> Message 
         headers,
         created_at,
         available_at: created_at,
+        idempotency_key: None,
     }
 }

@@ -201,6 +201,7 @@ pub fn incoming(m: Incoming) -> Message {
         headers,
         created_at,
         available_at: created_at,
+        idempotency_key: None,
     }
 }
 

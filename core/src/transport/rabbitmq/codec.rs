@@ -246,6 +246,7 @@ pub fn message_from_delivery(
         headers,
         created_at,
         available_at: created_at,
+        idempotency_key: None,
     }
 }
 

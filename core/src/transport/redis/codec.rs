@@ -86,6 +86,7 @@ pub fn message_from_entry(
             .and_then(DateTime::from_timestamp_millis)
             .unwrap_or_else(crate::message::now_micros),
         available_at: DateTime::UNIX_EPOCH,
+        idempotency_key: None,
     };
     for (name, value) in fields {
         match std::str::from_utf8(name).unwrap_or("") {
