@@ -3547,7 +3547,7 @@ async fn drop_tables(url: &str, prefix: &str) -> Result<()> {
     let p = prefix;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP TABLE IF EXISTS {p}outbox, {p}dead_letters, {p}inbox, {p}positions, {p}leases, \
-         {p}relay_instances, {p}log, {p}schema_migrations CASCADE"
+         {p}relay_instances, {p}log, {p}idempotency_keys, {p}schema_migrations CASCADE"
     )))
     .execute(&mut conn)
     .await?;

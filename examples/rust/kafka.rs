@@ -121,6 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "leases",
         "relay_instances",
         "log",
+        "idempotency_keys",
         "schema_migrations",
     ] {
         cleanup

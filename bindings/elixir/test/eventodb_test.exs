@@ -327,6 +327,31 @@ defmodule Relaybox.EventodbTest do
     assert {:ok, nil, _} = EventodbKit.stream_last(kit, "#{category}-gone#{lead.id}")
   end
 
+  test "seed 001: an idempotency key in data writes the event once",
+       %{tables: tables, base_url: base_url, token: token} do
+    kit = EventodbKit.Client.new(base_url, token: token, repo: Repo, prefix: tables)
+    stream = "payment#{unique()}-456"
+
+    message = %{
+      type: "PaymentRequested",
+      data: %{amount: 1000, idempotency_key: "payment_user123_invoice456"}
+    }
+
+    assert {:ok, first, kit} = EventodbKit.stream_write(kit, stream, message)
+    assert {:ok, ^first, kit} = EventodbKit.stream_write(kit, stream, message)
+    assert outbox_rows(tables) == 1
+
+    # Inside the Repo's transaction the key cannot be settled: refused.
+    assert {:error, %Relaybox.Error{code: :invalid_message, message: text}} =
+             Repo.transaction(fn ->
+               {:error, error} = EventodbKit.stream_write(kit, stream, message)
+               Repo.rollback(error)
+             end)
+
+    assert text =~ "idempotency_key"
+    assert outbox_rows(tables) == 1
+  end
+
   test "seed 001: bad writes and a refused token are clear errors, nothing written",
        %{tables: tables, base_url: base_url, token: token} do
     kit = EventodbKit.Client.new(base_url, token: token, repo: Repo, prefix: tables)

@@ -18,14 +18,23 @@ defmodule Relaybox.MigrationTest do
     assert {:ok, _} = Outbox.enqueue(other, %{topic: "t", payload: 1})
     assert [%{"n" => 4}] = sql!(outbox, "SELECT count(*) AS n FROM #{prefix}leases")
 
+    # Version 2 (idempotency keys) reverts on its own, and comes back with up.
+    tables = fn ->
+      sql!(outbox, "SELECT tablename FROM pg_tables WHERE tablename LIKE $1", [prefix <> "%"])
+      |> Enum.map(& &1["tablename"])
+    end
+
+    assert "#{prefix}idempotency_keys" in tables.()
+    run_script(outbox, Relaybox.Migration.down(version: 2, prefix: prefix))
+    refute "#{prefix}idempotency_keys" in tables.()
+    assert "#{prefix}outbox" in tables.()
+    run_script(outbox, Relaybox.Migration.up(version: 2, prefix: prefix))
+    assert "#{prefix}idempotency_keys" in tables.()
+
     run_script(outbox, Relaybox.Migration.down(version: 1, prefix: prefix))
+    assert [] = tables.()
 
-    assert [] =
-             sql!(outbox, "SELECT tablename FROM pg_tables WHERE tablename LIKE $1", [
-               prefix <> "%"
-             ])
-
-    assert_raise ArgumentError, ~r/version/, fn -> Relaybox.Migration.up(version: 2) end
+    assert_raise ArgumentError, ~r/version/, fn -> Relaybox.Migration.up(version: 3) end
     assert_raise Relaybox.Error, ~r/prefix/, fn -> Relaybox.Migration.up(prefix: "x;drop") end
   end
 

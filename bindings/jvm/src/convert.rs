@@ -48,6 +48,10 @@ pub struct MessageSpec {
     /// The message id (a UUID); a new UUID v7 when absent.
     #[uniffi(default = None)]
     pub id: Option<String>,
+    /// The producer's idempotency key: a second enqueue with the same key on
+    /// the same topic writes nothing and returns the first message's id.
+    #[uniffi(default = None)]
+    pub idempotency_key: Option<String>,
 }
 
 impl MessageSpec {
@@ -93,6 +97,9 @@ impl MessageSpec {
         }
         if let Some(id) = self.id {
             spec.insert("id".into(), json!(id));
+        }
+        if let Some(key) = self.idempotency_key {
+            spec.insert("idempotency_key".into(), json!(key));
         }
         relaybox::MessageSpec::from_json(serde_json::Value::Object(spec))?.into_message()
     }
@@ -259,6 +266,7 @@ mod tests {
             delay_millis: None,
             available_at: None,
             id: None,
+            idempotency_key: None,
         }
     }
 

@@ -35,6 +35,8 @@ CONCURRENCY = 4
 """Lanes of every consumer compared in the host-mode section."""
 HOST_ENQUEUE_TARGET = 0.15
 HOST_CONSUMER_TARGET = 0.80
+RUN = 8
+"""Messages per host transaction in the ceiling: 500-message batches over 64 keys."""
 ROUND = 20
 """Transactions per timed round; rounds of (a) and (b) alternate."""
 
@@ -419,6 +421,7 @@ def host_consumers(url: str, box: relaybox.Outbox, prefix: str, n: int) -> None:
         ("relaybox.sqlalchemy.Consumer", timed_consumer(sa_consumer, box, n)),
         ("relaybox.django.Consumer", timed_consumer(dj_consumer, box, n)),
     ]
+    ceiling = sqlalchemy_alone(sessions, business, n)
     engine.dispose()
     print()
     print(
@@ -433,6 +436,36 @@ def host_consumers(url: str, box: relaybox.Outbox, prefix: str, n: int) -> None:
             f"{label:34} {rate:>10,.0f}/s {rate / base:>11.0%}  "
             f"(target >= {HOST_CONSUMER_TARGET:.0%}: {verdict})"
         )
+    print(
+        f"{'ceiling: SQLAlchemy alone':34} {ceiling:>10,.0f}/s {ceiling / base:>11.0%}  "
+        f"(the handler's INSERT through a Session, {CONCURRENCY} threads, "
+        f"{RUN} per commit, no relaybox; relaybox.sqlalchemy.Consumer at "
+        f"{rows[0][1] / ceiling:.0%} of it)"
+    )
+
+
+def sqlalchemy_alone(sessions: sessionmaker[Session], business: str, n: int) -> float:
+    """Msg/s of the host consumer's handler work alone, without relaybox.
+
+    One INSERT per message through a ``Session``, ``RUN`` per commit, on
+    ``CONCURRENCY`` threads.
+    """
+    statement = text(business + "(:note)")
+
+    def work(count: int) -> None:
+        for _ in range(count // RUN):
+            with sessions() as session:
+                for _ in range(RUN):
+                    session.execute(statement, {"note": str(uuid.uuid4())})
+                session.commit()
+
+    threads = [threading.Thread(target=work, args=(n // CONCURRENCY,)) for _ in range(CONCURRENCY)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (n // CONCURRENCY // RUN * RUN * CONCURRENCY) / (time.perf_counter() - started)
 
 
 def sections() -> set[str]:

@@ -88,6 +88,18 @@ defmodule Relaybox.EventodbKit do
 
   def outbox(%Client{outbox: outbox}), do: Outbox.resolve(outbox)
 
+  # A message with an idempotency key is written by relaybox's own
+  # transaction, which settles the key; inside the Repo's transaction the core
+  # refuses the key (`:invalid_message`), since a statement run by Postgrex
+  # cannot return the first message's id.
+  defp write(repo, outbox, %{idempotency_key: _} = spec) do
+    if repo.in_transaction?() do
+      Host.write(repo, outbox, [spec], @integration)
+    else
+      with {:ok, id} <- Outbox.enqueue(outbox, spec), do: {:ok, [id]}
+    end
+  end
+
   defp write(repo, outbox, spec) do
     if repo.in_transaction?() do
       Host.write(repo, outbox, [spec], @integration)
@@ -109,7 +121,13 @@ defmodule Relaybox.EventodbKit do
          {:ok, headers} <- headers(message["metadata"] || %{}),
          {:ok, headers} <- expected_version(headers, opts) do
       spec = %{topic: category, key: id, type: type, payload: data, headers: headers}
-      {:ok, if(opts[:id], do: Map.put(spec, :id, opts[:id]), else: spec)}
+      spec = if opts[:id], do: Map.put(spec, :id, opts[:id]), else: spec
+
+      {:ok,
+       case data["idempotency_key"] || data[:idempotency_key] do
+         nil -> spec
+         key -> Map.put(spec, :idempotency_key, to_string(key))
+       end}
     end
   end
 

@@ -28,14 +28,21 @@ defmodule Relaybox.Migration do
   Anywhere else they return the SQL as one script, for tools that run
   scripts.
 
-  Options: `:version` (1, the only schema version so far), `:prefix` (default `"relaybox_"`),
+  Schema versions: 1 (the outbox, inbox, dead letters, positions, leases and
+  the database transport's log) and 2 (producers' idempotency keys). `up/1`
+  with either version creates every table this relaybox knows (the SQL is
+  idempotent), so a database that a `version: 1` migration created gains the
+  version 2 table from a later migration calling `up(version: 2)`;
+  `down(version: 2)` drops only that table, `down(version: 1)` every table.
+
+  Options: `:version` (1 or 2), `:prefix` (default `"relaybox_"`),
   `:partitions` (default 16) and `:dialect` (`:postgres`, the default, or
   `:sqlite`). The SQL is idempotent and records itself in
   `<prefix>schema_migrations`, so `Relaybox.Outbox.migrate/1` later knows it ran.
   Alternatively, skip this and call `Relaybox.Outbox.open(url, migrate: true)`.
   """
 
-  @tables ~w(log relay_instances leases positions inbox dead_letters outbox schema_migrations)
+  @tables ~w(idempotency_keys log relay_instances leases positions inbox dead_letters outbox schema_migrations)
 
   @doc """
   The SQL that creates the schema up to `version`, as one script; inside an
@@ -107,13 +114,20 @@ defmodule Relaybox.Migration do
       raise ArgumentError, "invalid table prefix #{inspect(prefix)}"
     end
 
-    Enum.map_join(@tables, "", &"DROP TABLE IF EXISTS #{prefix}#{&1};\n")
+    case Keyword.get(opts, :version, 1) do
+      2 ->
+        "DROP TABLE IF EXISTS #{prefix}idempotency_keys;\n" <>
+          "DELETE FROM #{prefix}schema_migrations WHERE version = 2;\n"
+
+      _ ->
+        Enum.map_join(@tables, "", &"DROP TABLE IF EXISTS #{prefix}#{&1};\n")
+    end
   end
 
   defp check_version!(opts) do
     case Keyword.get(opts, :version, 1) do
-      1 -> :ok
-      v -> raise ArgumentError, "unknown relaybox schema version #{inspect(v)}; the latest is 1"
+      v when v in [1, 2] -> :ok
+      v -> raise ArgumentError, "unknown relaybox schema version #{inspect(v)}; the latest is 2"
     end
   end
 end

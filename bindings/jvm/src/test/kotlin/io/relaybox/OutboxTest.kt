@@ -50,6 +50,19 @@ class OutboxTest {
         }
 
     @Test
+    fun `an idempotency key writes once and returns the first id`() =
+        runBlocking {
+            openOutbox().use { outbox ->
+                fun placed() =
+                    MessageSpec(topic = "jvm-orders", payloadJson = """{"id": 1}""", idempotencyKey = "order-1-placed")
+                val first = outbox.transaction { tx -> tx.enqueue(placed()) }
+                val again = outbox.transaction { tx -> tx.enqueue(placed()) }
+                assertEquals(first, again)
+                assertEquals(1L, outbox.pendingCount())
+            }
+        }
+
+    @Test
     fun `a committed event is delivered to Kafka exactly once`() =
         runBlocking {
             val topic = "${prefix}orders".replace('_', '-')
