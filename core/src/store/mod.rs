@@ -924,10 +924,12 @@ impl Store {
         }
     }
 
-    /// Deletes producers' idempotency keys taken longer ago than `older_than`
-    /// whose message has left the outbox (delivered or dead-lettered); a key
-    /// whose message still waits is kept. Returns how many were deleted.
-    /// Relays run this with their `idempotency_window`.
+    /// Marks the producers' idempotency keys whose message has left the
+    /// outbox (delivered or dead-lettered) as released, then deletes those
+    /// released longer ago than `older_than`; a key whose message still
+    /// waits is kept. Returns how many were deleted. Relays run this every
+    /// minute with their `idempotency_window`, so a key is kept for that
+    /// window after its message's delivery (to within that minute).
     pub async fn purge_idempotency_keys(&self, older_than: Duration) -> Result<u64> {
         match self.pool()? {
             Pool::Postgres(pool, sql) => {

@@ -1019,9 +1019,15 @@ pub(super) async fn purge_idempotency_keys(
     older_than: Duration,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    Ok(sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM {p}idempotency_keys k WHERE k.created_at < now() - make_interval(secs => $1) \
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {p}idempotency_keys k SET released_at = now() WHERE k.released_at IS NULL \
          AND NOT EXISTS (SELECT 1 FROM {p}outbox o WHERE o.id = k.message_id AND o.sent_at IS NULL)"
+    )))
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}idempotency_keys WHERE released_at < now() - make_interval(secs => $1)"
     )))
     .bind(secs(older_than))
     .execute(pool)

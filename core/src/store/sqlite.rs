@@ -785,10 +785,18 @@ pub(super) async fn purge_idempotency_keys(
     older_than: Duration,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
-    Ok(sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM {p}idempotency_keys WHERE created_at < ?1 AND NOT EXISTS \
+    let now = now_us();
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {p}idempotency_keys SET released_at = ?1 WHERE released_at IS NULL AND NOT EXISTS \
          (SELECT 1 FROM {p}outbox o WHERE o.id = {p}idempotency_keys.message_id AND o.sent_at IS NULL)"
+    )))
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?;
+    let cutoff = now - older_than.as_micros().min(i64::MAX as u128) as i64;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}idempotency_keys WHERE released_at < ?1"
     )))
     .bind(cutoff)
     .execute(pool)
