@@ -55,9 +55,9 @@ pub struct RelayConfig {
     /// Keep delivered rows (with `sent_at`) this long instead of deleting them.
     #[serde(deserialize_with = "crate::duration::deserialize_opt")]
     pub retention: Option<Duration>,
-    /// How long producers' idempotency keys are kept (default 24 h): a key
-    /// is deleted once it is older than this and its message has left the
-    /// outbox, so an enqueue with the same key after that writes again.
+    /// How long producers' idempotency keys are kept after their message
+    /// has left the outbox (default 24 h, measured to within a minute); an
+    /// enqueue with the same key after that writes a new message.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub idempotency_window: Duration,
     /// Instance id shown in leases and `relaybox status` (default: host-pid-random).

@@ -141,7 +141,8 @@ async fn the_window_deletes_delivered_keys_only(backend: Backend) {
     )
     .await;
     relay.shutdown().await.unwrap();
-    // Both keys are younger than the window: kept.
+    // Released less than the window ago (the delivered one) or not at all
+    // (the waiting one): kept.
     assert_eq!(
         db.store
             .purge_idempotency_keys(Duration::from_secs(3600))
@@ -149,7 +150,7 @@ async fn the_window_deletes_delivered_keys_only(backend: Backend) {
             .unwrap(),
         0
     );
-    // Older than a zero window: the delivered one goes, the waiting one stays.
+    // With a zero window the released one goes, the waiting one stays.
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         db.store

@@ -924,10 +924,12 @@ impl Store {
         }
     }
 
-    /// Deletes producers' idempotency keys taken longer ago than `older_than`
-    /// whose message has left the outbox (delivered or dead-lettered); a key
-    /// whose message still waits is kept. Returns how many were deleted.
-    /// Relays run this with their `idempotency_window`.
+    /// Marks the producers' idempotency keys whose message has left the
+    /// outbox (delivered or dead-lettered) as released, then deletes those
+    /// released longer ago than `older_than`; a key whose message still
+    /// waits is kept. Returns how many were deleted. Relays run this every
+    /// minute with their `idempotency_window`, so a key is kept for that
+    /// window after its message's delivery (to within that minute).
     pub async fn purge_idempotency_keys(&self, older_than: Duration) -> Result<u64> {
         match self.pool()? {
             Pool::Postgres(pool, sql) => {
@@ -1252,9 +1254,37 @@ impl Store {
     }
 }
 
+/// How a dialect takes one producer's idempotency key in the caller's
+/// transaction.
+#[async_trait::async_trait]
+pub(crate) trait KeyTaker: Send {
+    /// Takes `key` on `topic` for message `id`: `None` when it is taken now
+    /// (write the message), else the id of the message that holds it.
+    async fn take_key(&mut self, topic: &str, key: &str, id: Uuid) -> Result<Option<Uuid>>;
+}
+
+/// Takes the idempotency keys of `messages`: per message, `None` to write it
+/// (no key, or a key taken now) or the id of the message that took its key
+/// before (an earlier enqueue, or an earlier message of the batch).
+pub(crate) async fn take_idempotency_keys(
+    taker: &mut impl KeyTaker,
+    messages: &[Message],
+) -> Result<Vec<Option<Uuid>>> {
+    let mut taken: Vec<Option<Uuid>> = Vec::with_capacity(messages.len());
+    for (m, earlier) in messages.iter().zip(earlier_with_same_key(messages)) {
+        let holder = match (m.idempotency_key.as_deref(), earlier) {
+            (None, _) => None,
+            (Some(_), Some(j)) => Some(taken[j].unwrap_or(messages[j].id)),
+            (Some(key), None) => taker.take_key(&m.topic, key, m.id).await?,
+        };
+        taken.push(holder);
+    }
+    Ok(taken)
+}
+
 /// Per message of a batch, the index of an earlier message of the batch with
 /// the same topic and idempotency key (`None`: the first, or no key).
-pub(crate) fn earlier_with_same_key(messages: &[Message]) -> Vec<Option<usize>> {
+fn earlier_with_same_key(messages: &[Message]) -> Vec<Option<usize>> {
     let mut first: std::collections::HashMap<(&str, &str), usize> =
         std::collections::HashMap::new();
     messages
@@ -1342,7 +1372,11 @@ impl OutboxConnection for &mut PgConnection {
                     }
                 };
                 let taken = if messages.iter().any(|m| m.idempotency_key.is_some()) {
-                    Some(postgres::take_idempotency_keys(&mut *self, sql, messages).await?)
+                    let mut keys = postgres::PgKeys {
+                        conn: &mut *self,
+                        sql,
+                    };
+                    Some(take_idempotency_keys(&mut keys, messages).await?)
                 } else {
                     None
                 };
@@ -1372,7 +1406,11 @@ impl OutboxConnection for &mut SqliteConnection {
                     }
                 };
                 let taken = if messages.iter().any(|m| m.idempotency_key.is_some()) {
-                    Some(sqlite::take_idempotency_keys(&mut *self, sql, messages).await?)
+                    let mut keys = sqlite::SqliteKeys {
+                        conn: &mut *self,
+                        sql,
+                    };
+                    Some(take_idempotency_keys(&mut keys, messages).await?)
                 } else {
                     None
                 };

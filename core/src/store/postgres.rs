@@ -485,54 +485,41 @@ impl Columns {
     }
 }
 
-/// Takes the idempotency keys of `messages` in the caller's transaction:
-/// per message, `None` to write it (no key, or a key taken now) or the id of
-/// the message that took its key before (an earlier enqueue, or an earlier
-/// message of the batch). A concurrent transaction holding the same new key
-/// makes this wait for its end: a commit means the key is taken, a rollback
-/// that it is free.
-pub(super) async fn take_idempotency_keys(
-    conn: &mut PgConnection,
-    sql: &PgSql,
-    messages: &[Message],
-) -> Result<Vec<Option<Uuid>>> {
-    let table = format!("{}idempotency_keys", sql.prefix);
-    let take = format!(
-        "INSERT INTO {table} (topic, key, message_id, created_at) VALUES ($1, $2, $3, now()) \
-         ON CONFLICT DO NOTHING RETURNING message_id"
-    );
-    let holder = format!("SELECT message_id FROM {table} WHERE topic = $1 AND key = $2");
-    let earlier = super::earlier_with_same_key(messages);
-    let mut taken: Vec<Option<Uuid>> = Vec::with_capacity(messages.len());
-    for (m, earlier) in messages.iter().zip(earlier) {
-        let Some(key) = m.idempotency_key.as_deref() else {
-            taken.push(None);
-            continue;
-        };
-        if let Some(j) = earlier {
-            taken.push(Some(taken[j].unwrap_or(messages[j].id)));
-            continue;
-        }
-        let mine: Option<Uuid> = sqlx::query_scalar(AssertSqlSafe(take.clone()))
-            .bind(&m.topic)
-            .bind(key)
-            .bind(m.id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(schema_missing)?;
+/// Idempotency keys taken in the caller's PostgreSQL transaction. A
+/// concurrent transaction holding the same new key makes a take wait for its
+/// end: a commit means the key is taken, a rollback that it is free.
+pub(super) struct PgKeys<'c> {
+    pub(super) conn: &'c mut PgConnection,
+    pub(super) sql: &'c PgSql,
+}
+
+#[async_trait::async_trait]
+impl super::KeyTaker for PgKeys<'_> {
+    async fn take_key(&mut self, topic: &str, key: &str, id: Uuid) -> Result<Option<Uuid>> {
+        let table = format!("{}idempotency_keys", self.sql.prefix);
+        let mine: Option<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "INSERT INTO {table} (topic, key, message_id, created_at) VALUES ($1, $2, $3, now()) \
+             ON CONFLICT DO NOTHING RETURNING message_id"
+        )))
+        .bind(topic)
+        .bind(key)
+        .bind(id)
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(schema_missing)?;
         if mine.is_some() {
-            taken.push(None);
-            continue;
+            return Ok(None);
         }
-        let holder: Uuid = sqlx::query_scalar(AssertSqlSafe(holder.clone()))
-            .bind(&m.topic)
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(schema_missing)?;
-        taken.push(Some(holder));
+        let holder: Uuid = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT message_id FROM {table} WHERE topic = $1 AND key = $2"
+        )))
+        .bind(topic)
+        .bind(key)
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(schema_missing)?;
+        Ok(Some(holder))
     }
-    Ok(taken)
 }
 
 pub(super) async fn insert_outbox(
@@ -1019,9 +1006,15 @@ pub(super) async fn purge_idempotency_keys(
     older_than: Duration,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    Ok(sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM {p}idempotency_keys k WHERE k.created_at < now() - make_interval(secs => $1) \
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {p}idempotency_keys k SET released_at = now() WHERE k.released_at IS NULL \
          AND NOT EXISTS (SELECT 1 FROM {p}outbox o WHERE o.id = k.message_id AND o.sent_at IS NULL)"
+    )))
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}idempotency_keys WHERE released_at < now() - make_interval(secs => $1)"
     )))
     .bind(secs(older_than))
     .execute(pool)

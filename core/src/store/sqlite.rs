@@ -313,54 +313,43 @@ pub(super) async fn partition_count<'e>(
     Ok(n as u32)
 }
 
-/// Takes the idempotency keys of `messages` in the caller's transaction; see
-/// the PostgreSQL store's `take_idempotency_keys` (SQLite has one writer at a
-/// time, so no transaction waits for another here).
-pub(super) async fn take_idempotency_keys(
-    conn: &mut SqliteConnection,
-    sql: &SqliteSql,
-    messages: &[Message],
-) -> Result<Vec<Option<Uuid>>> {
-    let table = format!("{}idempotency_keys", sql.prefix);
-    let take = format!(
-        "INSERT INTO {table} (topic, key, message_id, created_at) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT DO NOTHING RETURNING message_id"
-    );
-    let holder = format!("SELECT message_id FROM {table} WHERE topic = ?1 AND key = ?2");
-    let earlier = super::earlier_with_same_key(messages);
-    let mut taken: Vec<Option<Uuid>> = Vec::with_capacity(messages.len());
-    for (m, earlier) in messages.iter().zip(earlier) {
-        let Some(key) = m.idempotency_key.as_deref() else {
-            taken.push(None);
-            continue;
-        };
-        if let Some(j) = earlier {
-            taken.push(Some(taken[j].unwrap_or(messages[j].id)));
-            continue;
-        }
-        let mine: Option<String> = sqlx::query_scalar(AssertSqlSafe(take.clone()))
-            .bind(&m.topic)
-            .bind(key)
-            .bind(m.id.to_string())
-            .bind(to_unix_micros(Utc::now()))
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(schema_missing)?;
+/// Idempotency keys taken in the caller's SQLite transaction (one writer at
+/// a time, so no take waits for another transaction here).
+pub(super) struct SqliteKeys<'c> {
+    pub(super) conn: &'c mut SqliteConnection,
+    pub(super) sql: &'c SqliteSql,
+}
+
+#[async_trait::async_trait]
+impl super::KeyTaker for SqliteKeys<'_> {
+    async fn take_key(&mut self, topic: &str, key: &str, id: Uuid) -> Result<Option<Uuid>> {
+        let table = format!("{}idempotency_keys", self.sql.prefix);
+        let mine: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "INSERT INTO {table} (topic, key, message_id, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT DO NOTHING RETURNING message_id"
+        )))
+        .bind(topic)
+        .bind(key)
+        .bind(id.to_string())
+        .bind(to_unix_micros(Utc::now()))
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(schema_missing)?;
         if mine.is_some() {
-            taken.push(None);
-            continue;
+            return Ok(None);
         }
-        let holder: String = sqlx::query_scalar(AssertSqlSafe(holder.clone()))
-            .bind(&m.topic)
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(schema_missing)?;
-        let holder = Uuid::parse_str(&holder)
-            .map_err(|e| Error::internal(format!("idempotency key row holds {holder:?}: {e}")))?;
-        taken.push(Some(holder));
+        let holder: String = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT message_id FROM {table} WHERE topic = ?1 AND key = ?2"
+        )))
+        .bind(topic)
+        .bind(key)
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(schema_missing)?;
+        Uuid::parse_str(&holder)
+            .map(Some)
+            .map_err(|e| Error::internal(format!("idempotency key row holds {holder:?}: {e}")))
     }
-    Ok(taken)
 }
 
 pub(super) async fn insert_outbox(
@@ -785,10 +774,18 @@ pub(super) async fn purge_idempotency_keys(
     older_than: Duration,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
-    Ok(sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM {p}idempotency_keys WHERE created_at < ?1 AND NOT EXISTS \
+    let now = now_us();
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {p}idempotency_keys SET released_at = ?1 WHERE released_at IS NULL AND NOT EXISTS \
          (SELECT 1 FROM {p}outbox o WHERE o.id = {p}idempotency_keys.message_id AND o.sent_at IS NULL)"
+    )))
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?;
+    let cutoff = now - older_than.as_micros().min(i64::MAX as u128) as i64;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}idempotency_keys WHERE released_at < ?1"
     )))
     .bind(cutoff)
     .execute(pool)
