@@ -1,6 +1,11 @@
 defmodule Relaybox.Consumer do
   @moduledoc """
-  An idempotent consumer as a GenServer (EventodbKit's `use EventodbKit.Consumer`).
+  A GenServer that handles each message of a topic once: your
+  `handle_message/2` runs in the same transaction as the inbox row that
+  records the message as processed, so its writes commit with that row or
+  not at all, and a message delivered again is skipped. Failures are
+  retried with backoff and then dead-lettered. Its callbacks are those of
+  EventodbKit's `use EventodbKit.Consumer`, whose settings it accepts too.
 
       defmodule MyApp.PartnershipConsumer do
         use Relaybox.Consumer
@@ -10,7 +15,7 @@ defmodule Relaybox.Consumer do
           {:ok,
            %{
              outbox: MyApp.Outbox,
-             category: "partnership",
+             topic: "partnership",
              consumer_id: "member-\#{Keyword.fetch!(opts, :group_member)}",
              group_member: Keyword.fetch!(opts, :group_member),
              group_size: 3,
@@ -36,9 +41,9 @@ defmodule Relaybox.Consumer do
   passed to `handle_message/2`.
 
   Settings: `:outbox` (handle or registered name, required), `:repo` (see
-  "With an Ecto repo"), `:category` (or `:topic`, required), `:consumer_id`
-  (the consumer group: positions and the
-  inbox are kept per id; required), `:group_member` and `:group_size` (split a
+  "With an Ecto repo"), `:topic` (or EventodbKit's `:category`, required),
+  `:consumer_id` (the consumer group: positions and the inbox are kept per
+  id; required), `:group_member` and `:group_size` (split a
   topic between members with no overlap and no gap: on the database
   transport by key hash, on Message DB and EventoDB by stream),
   `:poll_interval` (ms), `:batch_size`, `:transport` (`:database`, the

@@ -1,8 +1,9 @@
 defmodule Relaybox.EventDispatcher do
   @moduledoc """
-  A registry of event types (EventodbKit's `use EventodbKit.EventDispatcher`):
-  `dispatch/3` validates a message's data into the registered struct and
-  calls your function with it.
+  Turns a message's type and data into a struct of your own: `register/2`
+  names the struct of each event type, and `dispatch/3` builds and validates
+  the struct from the data and calls your function with it. The API is
+  EventodbKit's `use EventodbKit.EventDispatcher`.
 
       defmodule MyApp.Events do
         use Relaybox.EventDispatcher

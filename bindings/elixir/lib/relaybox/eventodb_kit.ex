@@ -1,11 +1,14 @@
 defmodule Relaybox.EventodbKit do
   @moduledoc """
-  EventodbKit's API on relaybox: events for an EventoDB server written to
-  the outbox in your `Repo.transaction/1`, shipped in the background by
-  `Relaybox.EventodbKit.OutboxSender`, consumed once by
-  `Relaybox.EventodbKit.Consumer`, and reads answered by the server itself.
-  Programs written for EventodbKit run with `EventodbKit` renamed to
-  `Relaybox.EventodbKit`.
+  Events for an EventoDB server, written in your `Repo.transaction/1` so
+  that they are sent only if your rows commit, and reads of the server's
+  streams and categories. `stream_write/4` writes an event to the outbox on
+  your repo's database, `Relaybox.EventodbKit.OutboxSender` sends it to the
+  server in the background, `Relaybox.EventodbKit.Consumer` handles each
+  event of a category once, and `stream_get/3`, `stream_last/3`,
+  `stream_version/2` and `category_get/3` ask the server. The API is
+  EventodbKit's: programs written for EventodbKit run with `EventodbKit`
+  renamed to `Relaybox.EventodbKit`.
 
       kit = Relaybox.EventodbKit.Client.new("http://localhost:8080",
         token: System.get_env("ANALYTICS_TOKEN"), repo: MyApp.Repo)

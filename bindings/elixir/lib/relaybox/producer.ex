@@ -1,7 +1,14 @@
 defmodule Relaybox.Producer do
   @moduledoc """
-  WokAsyncMessageHandler's producer (`use WokAsyncMessageHandler.Bases.Ecto`)
-  over the relaybox outbox.
+  A producer module for your application. `use Relaybox.Producer` gives it
+  `create_and_add_message_to_message_queue/3`, which turns a struct and an
+  event (`:created`, `:updated`, `:destroyed`) into a versioned message and
+  writes it to the relaybox outbox, and
+  `create_and_add_rt_notification_to_message_queue/1`, which writes a
+  realtime notification; the relays then deliver both. The module keeps the
+  API of WokAsyncMessageHandler's producer
+  (`use WokAsyncMessageHandler.Bases.Ecto`): its settings, serializers and
+  function names are that library's.
 
       defmodule MyApp.Services.MessageProducer do
         @producer_name "my_app"

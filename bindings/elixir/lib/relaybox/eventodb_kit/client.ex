@@ -1,8 +1,8 @@
 defmodule Relaybox.EventodbKit.Client do
   @moduledoc """
-  The handle of `Relaybox.EventodbKit` (EventodbKit's `EventodbKit.Client`):
-  the server's URL and namespace token, and the Ecto repo whose database
-  holds the outbox.
+  What every `Relaybox.EventodbKit` call takes first: the EventoDB server's
+  URL and namespace token, and the Ecto repo whose database holds the
+  outbox. It is EventodbKit's `EventodbKit.Client`, with the same options.
 
       kit = Relaybox.EventodbKit.Client.new("http://localhost:8080",
         token: "ns_...", repo: MyApp.Repo)

@@ -1,7 +1,11 @@
 defmodule Relaybox.EventodbKit.Consumer do
   @moduledoc """
-  EventodbKit's consumer (`use EventodbKit.Consumer`): `Relaybox.Consumer`
-  reading a category of the EventoDB server.
+  A GenServer that handles each event of a category of the EventoDB server
+  once: your `handle_message/2` runs in a transaction of your repo that
+  also records the event as processed, so its writes commit with that
+  record or not at all, and an event delivered again is skipped. It is
+  `Relaybox.Consumer` reading from the server, with the API of EventodbKit's
+  `use EventodbKit.Consumer`.
 
       defmodule MyApp.PartnershipConsumer do
         use Relaybox.EventodbKit.Consumer

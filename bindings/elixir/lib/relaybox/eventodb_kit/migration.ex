@@ -1,8 +1,8 @@
 defmodule Relaybox.EventodbKit.Migration do
   @moduledoc """
-  EventodbKit's `EventodbKit.Migration`: `Relaybox.Migration` under the
-  façade's name, for `up(version: 1)` / `down(version: 1)` in an
-  `Ecto.Migration`.
+  Creates (`up(version: 1)`) and drops (`down(version: 1)`) relaybox's
+  tables from an `Ecto.Migration`. It is `Relaybox.Migration` under the name
+  of EventodbKit's `EventodbKit.Migration`.
   """
 
   @doc "See `Relaybox.Migration.up/1`."

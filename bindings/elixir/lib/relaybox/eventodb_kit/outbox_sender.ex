@@ -1,7 +1,9 @@
 defmodule Relaybox.EventodbKit.OutboxSender do
   @moduledoc """
-  EventodbKit's background sender: a `Relaybox.Relay` that ships the
-  outbox on the repo's database to the EventoDB server.
+  Sends the events `Relaybox.EventodbKit.stream_write/4` wrote to the
+  EventoDB server, in the background: a supervised `Relaybox.Relay` reading
+  the outbox on the repo's database. It is EventodbKit's
+  `EventodbKit.OutboxSender`, with the same options.
 
       children = [
         MyApp.Repo,

@@ -71,21 +71,3 @@ where
     });
     Ok(crate::ok().to_term(env))
 }
-
-/// Returns `{:error, %Relaybox.Error{}}` from a NIF that would otherwise reply later.
-pub fn fail<'a>(env: Env<'a>, err: Error) -> NifResult<Term<'a>> {
-    Ok(error_tuple(env, &err))
-}
-
-/// The value of a `relaybox::Result`, or, on error, a return from the
-/// calling NIF with `{:error, %Relaybox.Error{}}` (see [`fail`]): the
-/// checks a NIF makes before it spawns its work.
-macro_rules! or_fail {
-    ($env:expr, $result:expr) => {
-        match $result {
-            Ok(value) => value,
-            Err(err) => return $crate::bridge::fail($env, err),
-        }
-    };
-}
-pub(crate) use or_fail;

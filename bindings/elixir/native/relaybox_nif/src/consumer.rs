@@ -25,7 +25,9 @@ use relaybox::{
     HostDelivery, HostHandler, HostOutcome, Message, Placeholders, Rejected, Transaction,
     TransportConfig,
 };
-use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, ResourceArc, Term};
+use rustler::{
+    Atom, Encoder, Env, LocalPid, Monitor, NifMap, NifResult, OwnedEnv, ResourceArc, Term,
+};
 use tokio::sync::oneshot;
 
 use crate::bridge::{guard, spawn_reply};
@@ -377,22 +379,24 @@ fn consumer_stats<'a>(env: Env<'a>, consumer: ResourceArc<ConsumerResource>) -> 
             return Err(relaybox::Error::Closed { what: "consumer" });
         };
         let s = consumer.stats();
-        let atom = |k: &str| rustler::Atom::from_str(env, k).expect("atom").encode(env);
-        let keys = [
-            atom("processed"),
-            atom("duplicates"),
-            atom("retried"),
-            atom("dead_lettered"),
-            atom("running"),
-        ];
-        let values = [
-            s.processed.encode(env),
-            s.duplicates.encode(env),
-            s.retried.encode(env),
-            s.dead_lettered.encode(env),
-            consumer.is_running().encode(env),
-        ];
-        Term::map_from_term_arrays(env, &keys, &values)
-            .map_err(|_| crate::error::invalid_value("could not build the stats map"))
+        Ok(ConsumerStats {
+            processed: s.processed,
+            duplicates: s.duplicates,
+            retried: s.retried,
+            dead_lettered: s.dead_lettered,
+            running: consumer.is_running(),
+        }
+        .encode(env))
     })
+}
+
+/// The map `consumer_stats/1` returns.
+#[derive(NifMap)]
+#[rustler(encode)]
+struct ConsumerStats {
+    processed: u64,
+    duplicates: u64,
+    retried: u64,
+    dead_lettered: u64,
+    running: bool,
 }

@@ -1,51 +1,62 @@
-//! Maps relaybox's one error type to the `%Relaybox.Error{}` exception
-//! struct, carrying the machine-readable fields (`code` as an atom,
-//! `retryable`, `message_id`).
+//! Every error a NIF returns, in one place: relaybox's one error type
+//! becomes the `%Relaybox.Error{}` exception struct with its
+//! machine-readable fields (`code` as an atom, `retryable`, `message_id`),
+//! and [`OrFail`] turns a `relaybox::Result` into a [`NifResult`] whose
+//! error the NIF returns as `{:error, %Relaybox.Error{}}`, so a NIF checks
+//! its arguments with `?`.
 
 use relaybox::Error;
-use rustler::{Atom, Encoder, Env, Term};
+use rustler::{Atom, Encoder, Env, NifException, NifResult, Term};
 
-rustler::atoms! {
-    __struct__,
-    __exception__,
-    code,
-    message,
-    retryable,
-    message_id,
+/// An error code, encoded as the atom of the same name (`:invalid_topic`).
+struct Code(&'static str);
+
+impl Encoder for Code {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        Atom::from_str(env, self.0)
+            .expect("error codes are valid atoms")
+            .encode(env)
+    }
 }
 
-/// `%Relaybox.Error{}` for `err`.
-pub fn error_struct<'a>(env: Env<'a>, err: &Error) -> Term<'a> {
-    let module = Atom::from_str(env, "Elixir.Relaybox.Error")
-        .expect("atom")
-        .encode(env);
-    let code_atom = Atom::from_str(env, err.code()).expect("atom").encode(env);
-    let id = match err.message_id() {
-        Some(id) => id.to_string().encode(env),
-        None => crate::nil().encode(env),
-    };
-    let keys = [
-        __struct__().encode(env),
-        __exception__().encode(env),
-        code().encode(env),
-        message().encode(env),
-        retryable().encode(env),
-        message_id().encode(env),
-    ];
-    let values = [
-        module,
-        true.encode(env),
-        code_atom,
-        err.to_string().encode(env),
-        err.retryable().encode(env),
-        id,
-    ];
-    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+/// `%Relaybox.Error{}` (see `Relaybox.Error`), built from a [`relaybox::Error`].
+#[derive(NifException)]
+#[module = "Relaybox.Error"]
+#[rustler(encode)]
+pub struct ElixirError {
+    code: Code,
+    message: String,
+    retryable: bool,
+    message_id: Option<String>,
+}
+
+impl From<&Error> for ElixirError {
+    fn from(err: &Error) -> Self {
+        ElixirError {
+            code: Code(err.code()),
+            message: err.to_string(),
+            retryable: err.retryable(),
+            message_id: err.message_id().map(|id| id.to_string()),
+        }
+    }
 }
 
 /// `{:error, %Relaybox.Error{}}` for `err`.
 pub fn error_tuple<'a>(env: Env<'a>, err: &Error) -> Term<'a> {
-    (crate::error(), error_struct(env, err)).encode(env)
+    (crate::error(), ElixirError::from(err)).encode(env)
+}
+
+/// A `relaybox::Result` as a [`NifResult`]: an error is returned from the
+/// NIF as `{:error, %Relaybox.Error{}}`.
+pub trait OrFail<T> {
+    /// The value, or the error the NIF returns with `?`.
+    fn or_fail(self) -> NifResult<T>;
+}
+
+impl<T> OrFail<T> for relaybox::Result<T> {
+    fn or_fail(self) -> NifResult<T> {
+        self.map_err(|err| rustler::Error::Term(Box::new(ElixirError::from(&err))))
+    }
 }
 
 /// An invalid value given by the caller.

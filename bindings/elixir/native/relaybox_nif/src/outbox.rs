@@ -2,15 +2,15 @@
 //! resource, with the calls that touch the database run on the core's runtime.
 
 use relaybox::{DeadLetterFilter, Placeholders, Store, StoreOptions};
-use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, NifMap, NifResult, ResourceArc, Term};
 
 use std::sync::OnceLock;
 
-use crate::bridge::{guard, or_fail, spawn_reply};
+use crate::bridge::{guard, spawn_reply};
 use crate::convert::{
     json_to_term, message_from_spec, messages_from_specs, options_json, string, value_to_term,
 };
-use crate::error::invalid_value;
+use crate::error::{invalid_value, OrFail};
 use crate::tx::TxResource;
 
 /// An open store, created in the calling process and filled once connected;
@@ -55,10 +55,9 @@ fn outbox_open<'a>(
     migrate: bool,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let options = or_fail!(
-        env,
-        options_json(options, "outbox options").and_then(StoreOptions::from_json)
-    );
+    let options = options_json(options, "outbox options")
+        .and_then(StoreOptions::from_json)
+        .or_fail()?;
     let outbox = ResourceArc::new(OutboxResource(OnceLock::new()));
     let filled = outbox.clone();
     spawn_reply(
@@ -84,7 +83,7 @@ fn outbox_migrate<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = or_fail!(env, outbox.store());
+    let store = outbox.store().or_fail()?;
     spawn_reply(
         env,
         reference,
@@ -100,7 +99,7 @@ fn outbox_close<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = or_fail!(env, outbox.store());
+    let store = outbox.store().or_fail()?;
     spawn_reply(
         env,
         reference,
@@ -120,7 +119,7 @@ fn outbox_begin<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = or_fail!(env, outbox.store());
+    let store = outbox.store().or_fail()?;
     let tx = ResourceArc::new(TxResource::pending());
     let filled = tx.clone();
     spawn_reply(
@@ -147,11 +146,9 @@ fn outbox_insert_sql<'a>(
     placeholders: String,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let prepared = placeholders
-        .parse::<Placeholders>()
-        .and_then(|style| Ok((style, message_from_spec(spec)?)));
-    let (style, message) = or_fail!(env, prepared);
-    let store = or_fail!(env, outbox.store());
+    let style: Placeholders = placeholders.parse().or_fail()?;
+    let message = message_from_spec(spec).or_fail()?;
+    let store = outbox.store().or_fail()?;
     spawn_reply(
         env,
         reference,
@@ -186,11 +183,9 @@ fn outbox_insert_batch_sql<'a>(
     placeholders: String,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let prepared = placeholders
-        .parse::<Placeholders>()
-        .and_then(|style| Ok((style, messages_from_specs(specs)?)));
-    let (style, messages) = or_fail!(env, prepared);
-    let store = or_fail!(env, outbox.store());
+    let style: Placeholders = placeholders.parse().or_fail()?;
+    let messages = messages_from_specs(specs).or_fail()?;
+    let store = outbox.store().or_fail()?;
     spawn_reply(
         env,
         reference,
@@ -226,23 +221,26 @@ fn outbox_insert_batch_sql<'a>(
 fn outbox_info<'a>(env: Env<'a>, outbox: ResourceArc<OutboxResource>) -> Term<'a> {
     guard(env, move |env| {
         let store = outbox.store()?;
-        let wake = store
-            .wake_statement()
-            .map_or(crate::nil().encode(env), |s| s.encode(env));
-        let keys = ["url", "dialect", "table_prefix", "wake_statement", "closed"]
-            .map(|k| rustler::Atom::from_str(env, k).expect("atom").encode(env));
-        let values = [
-            store.url().to_string().encode(env),
-            rustler::Atom::from_str(env, &store.dialect().to_string())
-                .expect("atom")
-                .encode(env),
-            store.options().table_prefix.encode(env),
-            wake,
-            store.is_closed().encode(env),
-        ];
-        Term::map_from_term_arrays(env, &keys, &values)
-            .map_err(|_| invalid_value("could not build the info map"))
+        Ok(OutboxInfo {
+            url: store.url().to_string(),
+            dialect: Atom::from_str(env, &store.dialect().to_string()).expect("atom"),
+            table_prefix: store.options().table_prefix.clone(),
+            wake_statement: store.wake_statement(),
+            closed: store.is_closed(),
+        }
+        .encode(env))
     })
+}
+
+/// The map `outbox_info/1` returns.
+#[derive(NifMap)]
+#[rustler(encode)]
+struct OutboxInfo {
+    url: String,
+    dialect: Atom,
+    table_prefix: String,
+    wake_statement: Option<String>,
+    closed: bool,
 }
 
 /// Wakes this process's relays on this outbox.
@@ -261,7 +259,7 @@ fn outbox_pending_count<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = or_fail!(env, outbox.store());
+    let store = outbox.store().or_fail()?;
     spawn_reply(
         env,
         reference,
@@ -277,7 +275,7 @@ fn outbox_status<'a>(
     outbox: ResourceArc<OutboxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = or_fail!(env, outbox.store());
+    let store = outbox.store().or_fail()?;
     spawn_reply(env, reference, async move { store.status().await }, report)
 }
 
@@ -289,7 +287,7 @@ fn outbox_dead_letters<'a>(
     limit: u32,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let store = or_fail!(env, outbox.store());
+    let store = outbox.store().or_fail()?;
     spawn_reply(
         env,
         reference,
@@ -365,7 +363,7 @@ where
     F: FnOnce(Store, DeadLetterFilter) -> Fut,
     Fut: std::future::Future<Output = relaybox::Result<u64>> + Send + 'static,
 {
-    let filter = or_fail!(env, filter(ids));
-    let store = or_fail!(env, outbox.store());
+    let filter = filter(ids).or_fail()?;
+    let store = outbox.store().or_fail()?;
     spawn_reply(env, reference, op(store, filter), |env, n| n.encode(env))
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use relaybox::{Acks, Message, Relay, RelayConfig, Sink, TransportConfig};
-use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, OwnedEnv, ResourceArc, Term};
+use rustler::{Encoder, Env, LocalPid, Monitor, NifMap, NifResult, OwnedEnv, ResourceArc, Term};
 
 use crate::bridge::{guard, spawn_reply};
 use crate::convert::options_json;
@@ -191,28 +191,30 @@ fn relay_stats<'a>(env: Env<'a>, relay: ResourceArc<RelayResource>) -> Term<'a> 
             return Err(relaybox::Error::Closed { what: "relay" });
         };
         let s = relay.stats();
-        let atom = |k: &str| rustler::Atom::from_str(env, k).expect("atom").encode(env);
-        let keys = [
-            atom("delivered"),
-            atom("retried"),
-            atom("dead_lettered"),
-            atom("batches"),
-            atom("claims"),
-            atom("partitions_held"),
-            atom("running"),
-            atom("owner"),
-        ];
-        let values = [
-            s.delivered.encode(env),
-            s.retried.encode(env),
-            s.dead_lettered.encode(env),
-            s.batches.encode(env),
-            s.claims.encode(env),
-            s.partitions_held.encode(env),
-            relay.is_running().encode(env),
-            relay.owner().encode(env),
-        ];
-        Term::map_from_term_arrays(env, &keys, &values)
-            .map_err(|_| crate::error::invalid_value("could not build the stats map"))
+        Ok(RelayStats {
+            delivered: s.delivered,
+            retried: s.retried,
+            dead_lettered: s.dead_lettered,
+            batches: s.batches,
+            claims: s.claims,
+            partitions_held: s.partitions_held,
+            running: relay.is_running(),
+            owner: relay.owner().to_string(),
+        }
+        .encode(env))
     })
+}
+
+/// The map `relay_stats/1` returns.
+#[derive(NifMap)]
+#[rustler(encode)]
+struct RelayStats {
+    delivered: u64,
+    retried: u64,
+    dead_lettered: u64,
+    batches: u64,
+    claims: u64,
+    partitions_held: u64,
+    running: bool,
+    owner: String,
 }

@@ -4,13 +4,15 @@
 //! garbage collected uncommitted. A handler's one belongs to the consumer,
 //! which commits it.
 
+use std::future::Future;
 use std::sync::OnceLock;
 
 use relaybox::Transaction;
 use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
 
-use crate::bridge::{or_fail, spawn_reply};
+use crate::bridge::{spawn_reply, Finish};
 use crate::convert::{message_from_spec, messages_from_specs, params_from_term, rows_to_term};
+use crate::error::OrFail;
 
 /// A transaction handle.
 pub struct TxResource {
@@ -80,6 +82,36 @@ impl Drop for TxResource {
 #[rustler::resource_impl]
 impl rustler::Resource for TxResource {}
 
+/// Runs `op` on the transaction of `handle` on the core's runtime and replies
+/// `{ref, {:ok, value}}` with `finish`'s term. The handle lives until `op`
+/// has finished: the calling process may drop its last reference while it
+/// waits for the reply, and the handle's `Drop` rolls back an owned
+/// transaction that is not finished, which must not race a commit.
+fn on_tx<'a, T, F, Fut>(
+    env: Env<'a>,
+    handle: ResourceArc<TxResource>,
+    reference: Term<'a>,
+    op: F,
+    finish: Finish<T>,
+) -> NifResult<Term<'a>>
+where
+    F: FnOnce(Transaction) -> Fut,
+    Fut: Future<Output = relaybox::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let work = op(handle.get().or_fail()?);
+    spawn_reply(
+        env,
+        reference,
+        async move {
+            let result = work.await;
+            drop(handle);
+            result
+        },
+        finish,
+    )
+}
+
 /// Runs a query; replies `{:ok, rows}` (a list of maps).
 #[rustler::nif]
 fn tx_query<'a>(
@@ -89,12 +121,12 @@ fn tx_query<'a>(
     params: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let params = or_fail!(env, params_from_term(params));
-    let tx = or_fail!(env, tx.get());
-    spawn_reply(
+    let params = params_from_term(params).or_fail()?;
+    on_tx(
         env,
+        tx,
         reference,
-        async move { tx.query(&sql, &params).await },
+        |tx| async move { tx.query(&sql, &params).await },
         rows_to_term,
     )
 }
@@ -108,12 +140,12 @@ fn tx_execute<'a>(
     params: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let params = or_fail!(env, params_from_term(params));
-    let tx = or_fail!(env, tx.get());
-    spawn_reply(
+    let params = params_from_term(params).or_fail()?;
+    on_tx(
         env,
+        tx,
         reference,
-        async move { tx.execute(&sql, &params).await },
+        |tx| async move { tx.execute(&sql, &params).await },
         |env, n| n.encode(env),
     )
 }
@@ -126,12 +158,12 @@ fn tx_enqueue<'a>(
     spec: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let message = or_fail!(env, message_from_spec(spec));
-    let tx = or_fail!(env, tx.get());
-    spawn_reply(
+    let message = message_from_spec(spec).or_fail()?;
+    on_tx(
         env,
+        tx,
         reference,
-        async move { tx.enqueue(message).await.map(|id| id.to_string()) },
+        |tx| async move { tx.enqueue(message).await.map(|id| id.to_string()) },
         |env, id| id.encode(env),
     )
 }
@@ -144,12 +176,12 @@ fn tx_enqueue_batch<'a>(
     specs: Term<'a>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let messages = or_fail!(env, messages_from_specs(specs));
-    let tx = or_fail!(env, tx.get());
-    spawn_reply(
+    let messages = messages_from_specs(specs).or_fail()?;
+    on_tx(
         env,
+        tx,
         reference,
-        async move {
+        |tx| async move {
             let ids = tx.enqueue_batch(&messages).await?;
             Ok(ids.iter().map(ToString::to_string).collect::<Vec<_>>())
         },
@@ -164,12 +196,12 @@ fn tx_commit<'a>(
     tx: ResourceArc<TxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    or_fail!(env, tx.check_owned("committed"));
-    let tx = or_fail!(env, tx.get());
-    spawn_reply(
+    tx.check_owned("committed").or_fail()?;
+    on_tx(
         env,
+        tx,
         reference,
-        async move { tx.commit().await },
+        |tx| async move { tx.commit().await },
         |env, ()| crate::ok().encode(env),
     )
 }
@@ -181,12 +213,12 @@ fn tx_rollback<'a>(
     tx: ResourceArc<TxResource>,
     reference: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    or_fail!(env, tx.check_owned("rolled back"));
-    let tx = or_fail!(env, tx.get());
-    spawn_reply(
+    tx.check_owned("rolled back").or_fail()?;
+    on_tx(
         env,
+        tx,
         reference,
-        async move { tx.rollback().await },
+        |tx| async move { tx.rollback().await },
         |env, ()| crate::ok().encode(env),
     )
 }
