@@ -53,8 +53,7 @@ class OutboxTest {
     fun `an idempotency key writes once and returns the first id`() =
         runBlocking {
             openOutbox().use { outbox ->
-                fun placed() =
-                    MessageSpec(topic = "jvm-orders", payloadJson = """{"id": 1}""", idempotencyKey = "order-1-placed")
+                fun placed() = MessageSpec(topic = "jvm-orders", payloadJson = """{"id": 1}""", idempotencyKey = "order-1-placed")
                 val first = outbox.transaction { tx -> tx.enqueue(placed()) }
                 val again = outbox.transaction { tx -> tx.enqueue(placed()) }
                 assertEquals(first, again)
