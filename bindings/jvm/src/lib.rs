@@ -5,6 +5,7 @@
 //! in the `relaybox` crate. The Kotlin is generated from this library by the
 //! crate's own `uniffi-bindgen`.
 
+mod admin;
 mod bridge;
 mod consumer;
 mod convert;
@@ -14,6 +15,7 @@ mod outbox;
 mod relay;
 mod transaction;
 
+pub use admin::{DeadLetter, LeaseOwner, OutboxStatus, TopicBacklog};
 pub use consumer::{Consumer, ConsumerStats, MessageHandler, SuspendMessageHandler};
 pub use convert::{Message, MessageSpec, Row, SqlValue};
 pub use error::RelayboxError;

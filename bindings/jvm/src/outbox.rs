@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use relaybox::{Store, StoreOptions};
 
+use crate::admin::{self, DeadLetter, OutboxStatus};
 use crate::bridge::{blocking, guard, run};
 use crate::convert::parse_json;
 use crate::error::RelayboxError;
@@ -29,6 +30,11 @@ async fn connect(url: String, options: StoreOptions, migrate: bool) -> relaybox:
         store.migrate().await?;
     }
     Ok(Outbox { store })
+}
+
+async fn dead_letters(store: &Store, limit: u32) -> relaybox::Result<Vec<DeadLetter>> {
+    let letters = store.dead_letters(limit).await?;
+    Ok(letters.into_iter().map(DeadLetter::from).collect())
 }
 
 #[uniffi::export]
@@ -99,6 +105,82 @@ impl Outbox {
     /// `pendingCount`, blocking the calling thread.
     pub fn pending_count_blocking(&self) -> Result<i64, RelayboxError> {
         blocking(self.store.pending_count())
+    }
+
+    /// Backlog per topic, dead letters in total, partitions, lease owners
+    /// and live relays.
+    pub async fn status(&self) -> Result<OutboxStatus, RelayboxError> {
+        let store = self.store.clone();
+        run(async move { store.status().await.map(OutboxStatus::from) }).await
+    }
+
+    /// `status`, blocking the calling thread.
+    pub fn status_blocking(&self) -> Result<OutboxStatus, RelayboxError> {
+        blocking(async { self.store.status().await.map(OutboxStatus::from) })
+    }
+
+    /// Up to `limit` dead letters, oldest failure first.
+    #[uniffi::method(default(limit = 100))]
+    pub async fn dead_letters(&self, limit: i32) -> Result<Vec<DeadLetter>, RelayboxError> {
+        let limit = guard(|| admin::limit(limit))?;
+        let store = self.store.clone();
+        run(async move { dead_letters(&store, limit).await }).await
+    }
+
+    /// `deadLetters`, blocking the calling thread.
+    #[uniffi::method(default(limit = 100))]
+    pub fn dead_letters_blocking(&self, limit: i32) -> Result<Vec<DeadLetter>, RelayboxError> {
+        let limit = guard(|| admin::limit(limit))?;
+        blocking(dead_letters(&self.store, limit))
+    }
+
+    /// Puts dead letters back into the outbox (same id, attempts reset) so
+    /// the relay delivers them again: every one for `ids = null`, those of
+    /// the given message ids otherwise. Returns how many went back.
+    #[uniffi::method(default(ids = None))]
+    pub async fn retry_dead_letters(&self, ids: Option<Vec<String>>) -> Result<i64, RelayboxError> {
+        let filter = guard(|| admin::filter(ids))?;
+        let store = self.store.clone();
+        run(async move { store.retry_dead_letters(&filter).await.map(admin::count) }).await
+    }
+
+    /// `retryDeadLetters`, blocking the calling thread.
+    #[uniffi::method(default(ids = None))]
+    pub fn retry_dead_letters_blocking(
+        &self,
+        ids: Option<Vec<String>>,
+    ) -> Result<i64, RelayboxError> {
+        let filter = guard(|| admin::filter(ids))?;
+        blocking(async {
+            self.store
+                .retry_dead_letters(&filter)
+                .await
+                .map(admin::count)
+        })
+    }
+
+    /// Deletes dead letters for good: every one for `ids = null`, those of
+    /// the given message ids otherwise. Returns how many were deleted.
+    #[uniffi::method(default(ids = None))]
+    pub async fn purge_dead_letters(&self, ids: Option<Vec<String>>) -> Result<i64, RelayboxError> {
+        let filter = guard(|| admin::filter(ids))?;
+        let store = self.store.clone();
+        run(async move { store.purge_dead_letters(&filter).await.map(admin::count) }).await
+    }
+
+    /// `purgeDeadLetters`, blocking the calling thread.
+    #[uniffi::method(default(ids = None))]
+    pub fn purge_dead_letters_blocking(
+        &self,
+        ids: Option<Vec<String>>,
+    ) -> Result<i64, RelayboxError> {
+        let filter = guard(|| admin::filter(ids))?;
+        blocking(async {
+            self.store
+                .purge_dead_letters(&filter)
+                .await
+                .map(admin::count)
+        })
     }
 
     /// Closes the connection pool of this outbox and of every relay and

@@ -1,20 +1,26 @@
 // An order service in a few lines: an order and its OrderPlaced event are
 // written in one transaction, the relay delivers the event (to Kafka when
 // RELAYBOX_KAFKA_BOOTSTRAP is set, else through the database), and a consumer
-// marks the order shipped exactly once.
+// marks the order shipped exactly once. The event is a data class, written
+// and read as JSON by Jackson.
 
 import io.relaybox.Consumer
 import io.relaybox.Outbox
 import io.relaybox.Relay
 import io.relaybox.SqlValue
 import io.relaybox.Transports
-import io.relaybox.jsonMessage
-import io.relaybox.suspendHandler
+import io.relaybox.suspendJsonHandler
 import io.relaybox.transaction
+import io.relaybox.valueMessage
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import java.util.UUID
+
+/** The event of a placed order. */
+data class OrderPlaced(
+    val orderId: String,
+)
 
 fun main() =
     runBlocking {
@@ -34,14 +40,15 @@ fun main() =
             val orderId = "order-$run"
             outbox.transaction { tx ->
                 tx.execute("INSERT INTO example_jvm_orders (id) VALUES (\$1)", listOf(SqlValue.Text(orderId)))
-                tx.enqueue(jsonMessage(topic, """{"order_id": "$orderId"}""", key = orderId, type = "OrderPlaced"))
+                tx.enqueue(valueMessage(topic, OrderPlaced(orderId), key = orderId, type = "OrderPlaced"))
             }
-            println("placed $orderId")
+            val backlog = outbox.status().topics.single { it.topic == topic }
+            println("placed $orderId (${backlog.pending} pending on ${backlog.topic})")
 
             val ship =
-                suspendHandler { message, tx ->
-                    tx.execute("UPDATE example_jvm_orders SET shipped = true WHERE id = \$1", listOf(SqlValue.Text(message.key!!)))
-                    println("shipped ${message.key} (event ${message.id})")
+                suspendJsonHandler<OrderPlaced> { event, message, tx ->
+                    tx.execute("UPDATE example_jvm_orders SET shipped = true WHERE id = \$1", listOf(SqlValue.Text(event.orderId)))
+                    println("shipped ${event.orderId} (event ${message.id})")
                 }
             Relay.start(outbox, transport).use {
                 Consumer.startSuspending(outbox, transport, topic, """{"group": "example-jvm-shipping"}""", ship).use { consumer ->
