@@ -55,6 +55,18 @@ pub struct RelayConfig {
     /// Keep delivered rows (with `sent_at`) this long instead of deleting them.
     #[serde(deserialize_with = "crate::duration::deserialize_opt")]
     pub retention: Option<Duration>,
+    /// Delete rows of the database transport's log appended longer ago than
+    /// this (default: kept for ever); see `log_keep_unread`.
+    #[serde(deserialize_with = "crate::duration::deserialize_opt")]
+    pub log_retention: Option<Duration>,
+    /// With `log_retention`, keep the rows that a consumer group member that
+    /// has read the topic has not passed yet, and the rows of topics no group
+    /// has read (default true).
+    pub log_keep_unread: bool,
+    /// Delete dead letters that failed longer ago than this (default: kept
+    /// for ever).
+    #[serde(deserialize_with = "crate::duration::deserialize_opt")]
+    pub dead_letter_retention: Option<Duration>,
     /// How long producers' idempotency keys are kept after their message
     /// has left the outbox (default 24 h, measured to within a minute); an
     /// enqueue with the same key after that writes a new message.
@@ -88,6 +100,9 @@ impl Default for RelayConfig {
             backoff_max: Duration::from_secs(300),
             publish_timeout: None,
             retention: None,
+            log_retention: None,
+            log_keep_unread: true,
+            dead_letter_retention: None,
             idempotency_window: Duration::from_secs(86_400),
             instance_id: None,
             concurrency: 2,
@@ -486,6 +501,19 @@ impl Worker {
                 let window = self.config.idempotency_window;
                 if let Err(e) = self.store.purge_idempotency_keys(window).await {
                     tracing::warn!(error = %e, "relaybox purge of idempotency keys failed");
+                }
+                if let Some(retention) = self.config.log_retention {
+                    let keep_unread = self.config.log_keep_unread;
+                    purge_in_batches("log", || {
+                        self.store.purge_log(retention, keep_unread, PURGE_BATCH)
+                    })
+                    .await;
+                }
+                if let Some(retention) = self.config.dead_letter_retention {
+                    purge_in_batches("dead letters", || {
+                        self.store.purge_old_dead_letters(retention, PURGE_BATCH)
+                    })
+                    .await;
                 }
                 next_purge = Instant::now() + Duration::from_secs(60).min(window);
             }
@@ -969,6 +997,32 @@ enum Started {
     Worked { full: bool },
     /// Nothing to claim until a wake-up, the poll interval or a retry.
     Nothing,
+}
+
+/// Rows deleted per statement by the relay's background purges.
+const PURGE_BATCH: u32 = 1_000;
+
+/// Statements per purge tick: a larger backlog is deleted over later ticks,
+/// so one tick never holds the database for long.
+const PURGE_BATCHES_PER_TICK: u32 = 10;
+
+/// Runs `purge` (deleting at most [`PURGE_BATCH`] rows) until it deletes
+/// fewer, at most [`PURGE_BATCHES_PER_TICK`] times; a failure is logged.
+async fn purge_in_batches<F, Fut>(what: &str, purge: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    for _ in 0..PURGE_BATCHES_PER_TICK {
+        match purge().await {
+            Ok(n) if n < u64::from(PURGE_BATCH) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "relaybox purge of {what} failed");
+                break;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

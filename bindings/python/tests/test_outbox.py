@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pydantic
 import pytest
-from conftest import count
+from conftest import count, wait_for
 
 import relaybox
 
@@ -199,3 +199,16 @@ def test_an_unknown_enqueue_keyword_is_a_type_error_and_writes_nothing(
         with pytest.raises(TypeError, match="kye"):
             tx.enqueue_batch([{"topic": "orders", "payload": {}, "kye": "1"}])
     assert outbox.pending_count() == 0
+
+
+def test_a_relay_with_log_retention_purges_the_database_log(
+    outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str
+) -> None:
+    with outbox.transaction() as tx:
+        tx.enqueue_batch([{"topic": "kept", "payload": i} for i in range(5)])
+    settings: dict[str, Any] = {"log_retention": 0.001, "log_keep_unread": False}
+    with relaybox.Relay(outbox, **settings) as relay:
+        wait_for("5 delivered", lambda: relay.stats()["delivered"] == 5)
+    # A relay purges when it starts (and every minute after).
+    with relaybox.Relay(outbox, **settings):
+        wait_for("the log purged", lambda: count(pg, f"{prefix}log") == 0)

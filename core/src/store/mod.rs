@@ -939,6 +939,41 @@ impl Store {
         }
     }
 
+    /// Deletes up to `limit` rows of the database transport's log appended
+    /// longer ago than `older_than`, oldest first; with `keep_unread`, only
+    /// rows that every consumer group member that has read the topic has
+    /// passed (a topic no group has read keeps its rows). Returns how many
+    /// were deleted. Relays run this with their `log_retention`.
+    pub async fn purge_log(
+        &self,
+        older_than: Duration,
+        keep_unread: bool,
+        limit: u32,
+    ) -> Result<u64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => {
+                postgres::purge_log(pool, sql, older_than, keep_unread, limit).await
+            }
+            Pool::Sqlite(pool, sql) => {
+                sqlite::purge_log(pool, sql, older_than, keep_unread, limit).await
+            }
+        }
+    }
+
+    /// Deletes up to `limit` dead letters that failed longer ago than
+    /// `older_than`, oldest first. Returns how many were deleted. Relays run
+    /// this with their `dead_letter_retention`.
+    pub async fn purge_old_dead_letters(&self, older_than: Duration, limit: u32) -> Result<u64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => {
+                postgres::purge_old_dead_letters(pool, sql, older_than, limit).await
+            }
+            Pool::Sqlite(pool, sql) => {
+                sqlite::purge_old_dead_letters(pool, sql, older_than, limit).await
+            }
+        }
+    }
+
     /// Deletes outbox rows delivered longer ago than `older_than` (kept when a relay has a retention).
     pub async fn purge_sent(&self, older_than: Duration) -> Result<u64> {
         match self.pool()? {

@@ -1023,6 +1023,49 @@ pub(super) async fn purge_idempotency_keys(
     .rows_affected())
 }
 
+pub(super) async fn purge_log(
+    pool: &PgPool,
+    sql: &PgSql,
+    older_than: Duration,
+    keep_unread: bool,
+    limit: u32,
+) -> Result<u64> {
+    let p = &sql.prefix;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}log WHERE position IN (SELECT l.position FROM {p}log l \
+         WHERE l.appended_at < now() - make_interval(secs => $1) \
+         AND (NOT $2 OR l.position <= (SELECT COALESCE(min(s.position), 0) FROM {p}positions s \
+              WHERE left(s.source, length(l.topic) + 5) = 'log:' || l.topic || ':')) \
+         ORDER BY l.position LIMIT $3)"
+    )))
+    .bind(secs(older_than))
+    .bind(keep_unread)
+    .bind(i64::from(limit))
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?
+    .rows_affected())
+}
+
+pub(super) async fn purge_old_dead_letters(
+    pool: &PgPool,
+    sql: &PgSql,
+    older_than: Duration,
+    limit: u32,
+) -> Result<u64> {
+    let p = &sql.prefix;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}dead_letters WHERE (id, origin) IN (SELECT id, origin FROM {p}dead_letters \
+         WHERE failed_at < now() - make_interval(secs => $1) ORDER BY failed_at LIMIT $2)"
+    )))
+    .bind(secs(older_than))
+    .bind(i64::from(limit))
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?
+    .rows_affected())
+}
+
 pub(super) async fn purge_sent(pool: &PgPool, sql: &PgSql, older_than: Duration) -> Result<u64> {
     Ok(q(&sql.purge_sent)
         .bind(secs(older_than))

@@ -794,6 +794,51 @@ pub(super) async fn purge_idempotency_keys(
     .rows_affected())
 }
 
+pub(super) async fn purge_log(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    older_than: Duration,
+    keep_unread: bool,
+    limit: u32,
+) -> Result<u64> {
+    let p = &sql.prefix;
+    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}log WHERE position IN (SELECT l.position FROM {p}log l \
+         WHERE l.appended_at < ?1 \
+         AND (NOT ?2 OR l.position <= (SELECT COALESCE(min(s.position), 0) FROM {p}positions s \
+              WHERE substr(s.source, 1, length(l.topic) + 5) = 'log:' || l.topic || ':')) \
+         ORDER BY l.position LIMIT ?3)"
+    )))
+    .bind(cutoff)
+    .bind(keep_unread)
+    .bind(i64::from(limit))
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?
+    .rows_affected())
+}
+
+pub(super) async fn purge_old_dead_letters(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    older_than: Duration,
+    limit: u32,
+) -> Result<u64> {
+    let p = &sql.prefix;
+    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {p}dead_letters WHERE rowid IN (SELECT rowid FROM {p}dead_letters \
+         WHERE failed_at < ?1 ORDER BY failed_at LIMIT ?2)"
+    )))
+    .bind(cutoff)
+    .bind(i64::from(limit))
+    .execute(pool)
+    .await
+    .map_err(schema_missing)?
+    .rows_affected())
+}
+
 pub(super) async fn purge_sent(
     pool: &SqlitePool,
     sql: &SqliteSql,

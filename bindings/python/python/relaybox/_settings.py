@@ -15,6 +15,8 @@ DURATION_FIELDS = frozenset(
         "publish_timeout",
         "retention",
         "idempotency_window",
+        "log_retention",
+        "dead_letter_retention",
         "retry_delay",
         "retry_delay_max",
         "inbox_retention",

@@ -28,6 +28,9 @@ class _RelayBase:
         publish_timeout: Optional[float] = None,
         retention: Optional[float] = None,
         idempotency_window: Optional[float] = None,
+        log_retention: Optional[float] = None,
+        log_keep_unread: Optional[bool] = None,
+        dead_letter_retention: Optional[float] = None,
         instance_id: Optional[str] = None,
         concurrency: Optional[int] = None,
     ) -> None:
@@ -44,6 +47,9 @@ class _RelayBase:
                 "publish_timeout": publish_timeout,
                 "retention": retention,
                 "idempotency_window": idempotency_window,
+                "log_retention": log_retention,
+                "log_keep_unread": log_keep_unread,
+                "dead_letter_retention": dead_letter_retention,
                 "instance_id": instance_id,
                 "concurrency": concurrency,
             }
