@@ -35,6 +35,11 @@ struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
 
+    /// Log lines on stderr as text, or as one JSON object per line (for log
+    /// collectors)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +63,16 @@ enum Command {
     /// Run the handlers a Python module registers (`consumer --app MODULE`; needs the
     /// relaybox Python package)
     Consumer(commands::consumer::Args),
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`
+    /// (with `message`) and the span, if any.
+    Json,
 }
 
 impl Command {
@@ -89,7 +104,7 @@ where
             return e.exit_code();
         }
     };
-    init_logging(cli.command.default_log_level());
+    init_logging(cli.command.default_log_level(), cli.log_format);
     match relaybox::runtime::block_on(run(cli)) {
         Ok(()) => 0,
         // `relaybox tail t | head`: the reader went away; that is not an error.
@@ -115,16 +130,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Logs to stderr, filtered by RUST_LOG (or `default` when unset or invalid),
-/// unless the process already has a subscriber (the Python package's, which
-/// logs through Python's `logging`).
-fn init_logging(default: &str) {
+/// Logs to stderr in `format`, filtered by RUST_LOG (or `default` when unset
+/// or invalid), unless the process already has a subscriber (the Python
+/// package's, which logs through Python's `logging`).
+fn init_logging(default: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// The error and its causes on one line (`outer: inner: root`), never a Debug dump.
