@@ -172,17 +172,7 @@ async fn old_dead_letters_and_inbox_rows_are_purged(backend: Backend) {
 async fn the_relay_purges_the_log_in_the_background(backend: Backend) {
     let db = TestDb::new(backend).await;
     db.enqueue_committed(&messages("kept_short", 4)).await;
-    let relay = Relay::start(
-        db.store.clone(),
-        Arc::new(DatabaseSink::new(db.store.clone())),
-        RelayConfig {
-            poll_interval: Duration::from_millis(20),
-            log_retention: Some(Duration::from_millis(1)),
-            log_keep_unread: false,
-            ..RelayConfig::default()
-        },
-    )
-    .unwrap();
+    let relay = log_purging_relay(&db);
     wait_for("4 delivered", Duration::from_secs(20), async || {
         let n = relay.stats().delivered;
         if n >= 4 {
@@ -195,17 +185,7 @@ async fn the_relay_purges_the_log_in_the_background(backend: Backend) {
     relay.shutdown().await.unwrap();
     // The purge runs when a relay starts and every minute after: a second
     // relay's start removes what the first appended.
-    let again = Relay::start(
-        db.store.clone(),
-        Arc::new(DatabaseSink::new(db.store.clone())),
-        RelayConfig {
-            poll_interval: Duration::from_millis(20),
-            log_retention: Some(Duration::from_millis(1)),
-            log_keep_unread: false,
-            ..RelayConfig::default()
-        },
-    )
-    .unwrap();
+    let again = log_purging_relay(&db);
     wait_for("the log purged", Duration::from_secs(20), async || {
         let n = db.count("log").await;
         if n == 0 {
@@ -217,6 +197,22 @@ async fn the_relay_purges_the_log_in_the_background(backend: Backend) {
     .await;
     again.shutdown().await.unwrap();
     db.cleanup().await;
+}
+
+/// A relay to the database transport whose log rows may go 1 ms after
+/// they are appended, read or not.
+fn log_purging_relay(db: &TestDb) -> Relay {
+    Relay::start(
+        db.store.clone(),
+        Arc::new(DatabaseSink::new(db.store.clone())),
+        RelayConfig {
+            poll_interval: Duration::from_millis(20),
+            log_retention: Some(Duration::from_millis(1)),
+            log_keep_unread: false,
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap()
 }
 
 /// A sink that refuses every message for good.

@@ -1300,11 +1300,15 @@ pub(crate) trait KeyTaker: Send {
 
 /// Takes the idempotency keys of `messages`: per message, `None` to write it
 /// (no key, or a key taken now) or the id of the message that took its key
-/// before (an earlier enqueue, or an earlier message of the batch).
+/// before (an earlier enqueue, or an earlier message of the batch). `None`
+/// for the whole batch when no message has a key (nothing is run).
 pub(crate) async fn take_idempotency_keys(
     taker: &mut impl KeyTaker,
     messages: &[Message],
-) -> Result<Vec<Option<Uuid>>> {
+) -> Result<Option<Vec<Option<Uuid>>>> {
+    if messages.iter().all(|m| m.idempotency_key.is_none()) {
+        return Ok(None);
+    }
     let mut taken: Vec<Option<Uuid>> = Vec::with_capacity(messages.len());
     for (m, earlier) in messages.iter().zip(earlier_with_same_key(messages)) {
         let holder = match (m.idempotency_key.as_deref(), earlier) {
@@ -1314,7 +1318,7 @@ pub(crate) async fn take_idempotency_keys(
         };
         taken.push(holder);
     }
-    Ok(taken)
+    Ok(Some(taken))
 }
 
 /// Per message of a batch, the index of an earlier message of the batch with
@@ -1406,15 +1410,11 @@ impl OutboxConnection for &mut PgConnection {
                         store.cache_partitions(postgres::partition_count(&mut *self, sql).await?)?
                     }
                 };
-                let taken = if messages.iter().any(|m| m.idempotency_key.is_some()) {
-                    let mut keys = postgres::PgKeys {
-                        conn: &mut *self,
-                        sql,
-                    };
-                    Some(take_idempotency_keys(&mut keys, messages).await?)
-                } else {
-                    None
+                let mut keys = postgres::PgKeys {
+                    conn: &mut *self,
+                    sql,
                 };
+                let taken = take_idempotency_keys(&mut keys, messages).await?;
                 let (rows, written) = to_write(messages, taken, n);
                 if !rows.is_empty() {
                     postgres::insert_outbox(self, sql, &rows, &written.partitions).await?;
@@ -1440,15 +1440,11 @@ impl OutboxConnection for &mut SqliteConnection {
                         store.cache_partitions(sqlite::partition_count(&mut *self, sql).await?)?
                     }
                 };
-                let taken = if messages.iter().any(|m| m.idempotency_key.is_some()) {
-                    let mut keys = sqlite::SqliteKeys {
-                        conn: &mut *self,
-                        sql,
-                    };
-                    Some(take_idempotency_keys(&mut keys, messages).await?)
-                } else {
-                    None
+                let mut keys = sqlite::SqliteKeys {
+                    conn: &mut *self,
+                    sql,
                 };
+                let taken = take_idempotency_keys(&mut keys, messages).await?;
                 let (rows, written) = to_write(messages, taken, n);
                 if !rows.is_empty() {
                     sqlite::insert_outbox(self, sql, &rows, &written.partitions).await?;
