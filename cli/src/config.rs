@@ -1,5 +1,5 @@
-//! Configuration: the TOML file (`database_url`, `[store]`, `[relay]`) and the
-//! environment variables that override it.
+//! Configuration: the TOML file (`database_url`, `[store]`, `[relay]`,
+//! `[transport]`, `[[route]]`) and the environment variables that override it.
 //!
 //! Each table is turned into JSON and handed to [`StoreOptions::from_json`] or
 //! [`RelayConfig::from_json`], so the CLI accepts exactly what the language
@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use relaybox::{Error, RelayConfig, Result, StoreOptions};
+use relaybox::transport::RouteConfig;
+use relaybox::{Error, RelayConfig, Result, StoreOptions, TransportConfig};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -34,6 +35,12 @@ pub struct FileConfig {
     pub store: Map<String, Value>,
     /// The `[relay]` table: [`RelayConfig`] fields.
     pub relay: Map<String, Value>,
+    /// `transport`: the transport as the bindings take it (`"database"`, or
+    /// a table naming one transport: `[transport.kafka]`).
+    pub transport: Option<Value>,
+    /// The `[[route]]` tables: `topics`, optionally `transport` (default:
+    /// the file's `transport`) and `destination`.
+    pub routes: Vec<Map<String, Value>>,
 }
 
 /// The file as written; unknown top-level keys are an error.
@@ -45,6 +52,9 @@ struct RawFile {
     store: toml::Table,
     #[serde(default)]
     relay: toml::Table,
+    transport: Option<toml::Value>,
+    #[serde(default)]
+    route: Vec<toml::Table>,
 }
 
 impl FileConfig {
@@ -72,6 +82,15 @@ impl FileConfig {
             database_url: raw.database_url.filter(|u| !u.is_empty()),
             store: to_json_object(raw.store, origin, "store")?,
             relay: to_json_object(raw.relay, origin, "relay")?,
+            transport: raw
+                .transport
+                .map(|t| serde_json::to_value(t).map_err(|e| invalid(origin, e.to_string())))
+                .transpose()?,
+            routes: raw
+                .route
+                .into_iter()
+                .map(|r| to_json_object(r, origin, "[route]"))
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -111,6 +130,67 @@ pub fn relay_config(
         }
     }
     build(settings, RelayConfig::from_json)
+}
+
+/// The transport the relay publishes to: the `[[route]]` tables when there
+/// are any, each without a `transport` of its own taking the default; else
+/// the default: the transport `RELAYBOX_TRANSPORT` and its variables name
+/// when it is set, else the file's `transport`, else the database transport.
+pub fn transport_config(
+    file: &FileConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<TransportConfig> {
+    let from_env = env("RELAYBOX_TRANSPORT").is_some_and(|t| !t.trim().is_empty());
+    let default = || -> Result<TransportConfig> {
+        match &file.transport {
+            _ if from_env => TransportConfig::from_env(),
+            Some(t) => TransportConfig::from_json(t.clone())
+                .map_err(|e| from_origin(e, &format!("transport in {}", file.origin))),
+            None => Ok(TransportConfig::Database),
+        }
+    };
+    if file.routes.is_empty() {
+        return default();
+    }
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (n, route) in file.routes.iter().enumerate() {
+        let at = format!("[[route]] #{} in {}", n + 1, file.origin);
+        let raw: RawRoute = serde_json::from_value(Value::Object(route.clone()))
+            .map_err(|e| invalid("route", format!("{e} (in {at})")))?;
+        let transport = match raw.transport {
+            Some(t) => TransportConfig::from_json(t).map_err(|e| from_origin(e, &at))?,
+            None => default()?,
+        };
+        let route = RouteConfig {
+            topics: raw.topics,
+            transport,
+            destination: raw.destination,
+        };
+        // Each route alone first, so that an error names the route it is in.
+        TransportConfig::routes(vec![route.clone()]).map_err(|e| from_origin(e, &at))?;
+        routes.push(route);
+    }
+    TransportConfig::routes(routes)
+}
+
+/// A `[[route]]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    topics: Vec<String>,
+    transport: Option<Value>,
+    destination: Option<String>,
+}
+
+/// Adds where a setting came from to a configuration error.
+fn from_origin(e: Error, origin: &str) -> Error {
+    match e {
+        Error::InvalidConfig { field, reason } => Error::InvalidConfig {
+            field,
+            reason: format!("{reason} (in {origin})"),
+        },
+        other => other,
+    }
 }
 
 /// An environment variable's text as a JSON value: a number, boolean or

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _};
-use relaybox::{DatabaseUrl, Error, RelayConfig, Store, StoreOptions};
+use relaybox::{DatabaseUrl, Error, RelayConfig, Store, StoreOptions, TransportConfig};
 
 use crate::config::{self, FileConfig};
 use crate::output;
@@ -27,12 +27,12 @@ pub struct GlobalArgs {
     )]
     pub database_url: Option<String>,
 
-    /// TOML configuration file (database_url, [store], [relay])
+    /// TOML configuration file (database_url, [store], [relay], [transport], [[route]])
     ///
     /// Keys: `database_url`; a [store] table with table_prefix, partitions,
     /// max_payload_bytes, max_connections, min_connections and
-    /// connect_timeout; a [relay] table (see `relaybox relay --help`).
-    /// Unknown keys are an error.
+    /// connect_timeout; a [relay] table, a [transport] table and [[route]]
+    /// tables (see `relaybox relay --help`). Unknown keys are an error.
     #[arg(
         long,
         env = "RELAYBOX_CONFIG",
@@ -86,6 +86,12 @@ impl Context {
     /// The relay settings: the [relay] table with the environment overrides applied.
     pub fn relay_config(&self) -> relaybox::Result<RelayConfig> {
         config::relay_config(&self.file, |name| std::env::var(name).ok())
+    }
+
+    /// The transport: the `[[route]]` tables, else RELAYBOX_TRANSPORT, else
+    /// the file's `transport`, else the database transport.
+    pub fn transport_config(&self) -> relaybox::Result<TransportConfig> {
+        config::transport_config(&self.file, |name| std::env::var(name).ok())
     }
 
     /// The database URL: `--database-url`, RELAYBOX_DATABASE_URL or the file's `database_url`.

@@ -3545,9 +3545,13 @@ fn print_summary(figures: &[Figure]) {
 async fn drop_tables(url: &str, prefix: &str) -> Result<()> {
     let mut conn = PgConnection::connect(url).await?;
     let p = prefix;
+    let tables: Vec<String> = relaybox::schema::TABLES
+        .iter()
+        .map(|t| format!("{p}{t}"))
+        .collect();
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS {p}outbox, {p}dead_letters, {p}inbox, {p}positions, {p}leases, \
-         {p}relay_instances, {p}log, {p}idempotency_keys, {p}schema_migrations CASCADE"
+        "DROP TABLE IF EXISTS {} CASCADE",
+        tables.join(", ")
     )))
     .execute(&mut conn)
     .await?;

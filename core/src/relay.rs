@@ -225,9 +225,19 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     /// Validates `config` and starts relaying on the current tokio runtime.
+    ///
+    /// A sink that serves some topics only ([`Sink::topics`], e.g. a
+    /// [`RoutedSink`](crate::RoutedSink)) makes the relay claim rows of
+    /// those topics only, sharing partitions with the relays that serve the
+    /// same topics (see [`crate::route`]).
     pub fn start(store: Store, sink: Arc<dyn Sink>, config: RelayConfig) -> Result<Relay> {
         config.validate()?;
         store.check_open()?;
+        let topics = sink.topics().map(|t| t.lane());
+        let store = match sink.topics() {
+            Some(topics) => store.for_topics(topics),
+            None => store,
+        };
         let owner = config
             .instance_id
             .clone()
@@ -246,7 +256,12 @@ impl Relay {
             nudge: watch::channel(0).0,
         };
         let task = crate::runtime::current()?.spawn(worker.run());
-        tracing::info!(owner = %owner, "relaybox relay started");
+        match &topics {
+            Some(topics) => {
+                tracing::info!(owner = %owner, topics = %topics, "relaybox relay started")
+            }
+            None => tracing::info!(owner = %owner, "relaybox relay started"),
+        }
         Ok(Relay {
             owner,
             cancel,
@@ -484,7 +499,17 @@ impl Worker {
             refused: 0,
         };
         let mut next_purge = Instant::now();
+        // A lane's lease rows are made by its first relay (see `Store::seed_lane`).
+        let mut seeded = false;
         while !self.cancel.is_cancelled() {
+            if !seeded {
+                match self.store.seed_lane().await {
+                    Ok(()) => seeded = true,
+                    Err(e) => {
+                        tracing::warn!(owner = %self.owner, error = %e, "relaybox relay could not create the leases of its topics")
+                    }
+                }
+            }
             let next_look = match self.tend_leases(session, &mut tending).await {
                 Ok(()) => Instant::now() + look_every,
                 Err(e) => {

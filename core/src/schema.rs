@@ -72,6 +72,28 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0002_idempotency_keys.sql"),
         sqlite: include_str!("../migrations/sqlite/0002_idempotency_keys.sql"),
     },
+    Migration {
+        version: 3,
+        name: "routes",
+        postgres: include_str!("../migrations/postgres/0003_routes.sql"),
+        sqlite: include_str!("../migrations/sqlite/0003_routes.sql"),
+    },
+];
+
+/// Every table of the schema, without the prefix, in an order that drops
+/// cleanly (`schema_migrations` last).
+pub const TABLES: &[&str] = &[
+    "outbox",
+    "dead_letters",
+    "inbox",
+    "positions",
+    "leases",
+    "relay_instances",
+    "log",
+    "idempotency_keys",
+    "route_leases",
+    "relay_routes",
+    "schema_migrations",
 ];
 
 /// The newest schema version this build knows.
@@ -169,6 +191,20 @@ mod tests {
         assert!(!sql.contains("{prefix}"));
         assert!(!sql.contains("relaybox_outbox"));
         assert!(sql.contains("generate_series(0, 7)"));
+    }
+
+    #[test]
+    fn every_created_table_is_listed() {
+        let sql = schema_sql(Dialect::Sqlite, "p_", 1).unwrap();
+        let created: Vec<&str> = sql
+            .split("CREATE TABLE IF NOT EXISTS p_")
+            .skip(1)
+            .map(|rest| rest.split([' ', '(']).next().unwrap())
+            .collect();
+        assert_eq!(created.len(), TABLES.len(), "{created:?}");
+        for table in created {
+            assert!(TABLES.contains(&table), "{table}");
+        }
     }
 
     #[test]

@@ -58,4 +58,13 @@ pub trait Sink: Send + Sync + 'static {
     fn log_store(&self) -> Option<&crate::store::Store> {
         None
     }
+
+    /// The topics this sink serves, when it serves some topics only (a
+    /// [`RoutedSink`](crate::route::RoutedSink)): a relay publishing to it
+    /// claims rows of those topics only, and shares partitions with the
+    /// relays serving the same topics (see [`crate::route`]). `None`, the
+    /// default, serves every topic.
+    fn topics(&self) -> Option<&crate::route::Topics> {
+        None
+    }
 }

@@ -112,18 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     consumer.shutdown().await?;
     relay.shutdown().await?;
     let cleanup = store.begin().await?;
-    for table in [
-        "billed",
-        "outbox",
-        "dead_letters",
-        "inbox",
-        "positions",
-        "leases",
-        "relay_instances",
-        "log",
-        "idempotency_keys",
-        "schema_migrations",
-    ] {
+    for table in std::iter::once(&"billed").chain(relaybox::schema::TABLES) {
         cleanup
             .execute(
                 &format!("DROP TABLE IF EXISTS example_kafka_{run}_{table} CASCADE"),

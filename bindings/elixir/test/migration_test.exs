@@ -31,10 +31,19 @@ defmodule Relaybox.MigrationTest do
     run_script(outbox, Relaybox.Migration.up(version: 2, prefix: prefix))
     assert "#{prefix}idempotency_keys" in tables.()
 
+    # Version 3 (leases of relays serving some topics) likewise.
+    assert "#{prefix}route_leases" in tables.()
+    run_script(outbox, Relaybox.Migration.down(version: 3, prefix: prefix))
+    refute "#{prefix}route_leases" in tables.()
+    refute "#{prefix}relay_routes" in tables.()
+    assert "#{prefix}idempotency_keys" in tables.()
+    run_script(outbox, Relaybox.Migration.up(version: 3, prefix: prefix))
+    assert "#{prefix}relay_routes" in tables.()
+
     run_script(outbox, Relaybox.Migration.down(version: 1, prefix: prefix))
     assert [] = tables.()
 
-    assert_raise ArgumentError, ~r/version/, fn -> Relaybox.Migration.up(version: 3) end
+    assert_raise ArgumentError, ~r/version/, fn -> Relaybox.Migration.up(version: 4) end
     assert_raise Relaybox.Error, ~r/prefix/, fn -> Relaybox.Migration.up(prefix: "x;drop") end
   end
 

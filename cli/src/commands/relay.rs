@@ -1,9 +1,8 @@
-//! `relaybox relay`: runs a relay with the database transport until SIGINT or
-//! SIGTERM, then shuts it down gracefully.
+//! `relaybox relay`: runs a relay to the configured transport or routes
+//! until SIGINT or SIGTERM, then shuts it down gracefully; `--check`
+//! validates the configuration and connects, then exits.
 
-use std::sync::Arc;
-
-use relaybox::{DatabaseSink, Relay};
+use relaybox::{Relay, TransportConfig};
 
 use crate::context::Context;
 use crate::signals;
@@ -11,11 +10,13 @@ use crate::signals;
 /// Arguments of `relaybox relay`.
 #[derive(Debug, clap::Args)]
 #[command(
-    long_about = "Run a relay: move committed outbox rows, in order per key, to the log \
-                  table of the database transport in the same database (read them with \
-                  `relaybox tail` or a DatabaseSource consumer). Several relays share the \
-                  partitions through leases. Runs until SIGINT (Ctrl-C) or SIGTERM, then \
-                  finishes the batch in flight, releases its leases and exits 0.",
+    long_about = "Run a relay: move committed outbox rows, in order per key, to the \
+                  transport of the --config file's [transport] table or [[route]] tables \
+                  (default: the log table of the database transport in the same database; \
+                  read it with `relaybox tail`). Several relays share the partitions through \
+                  leases; relays whose routes serve disjoint topics share one outbox. Runs \
+                  until SIGINT (Ctrl-C) or SIGTERM, then finishes the batch in flight, \
+                  releases its leases and exits 0.",
     after_long_help = "CONFIGURATION:\n  \
         The [relay] table of the --config file sets any RelayConfig field:\n\n  \
         [relay]\n  \
@@ -28,18 +29,39 @@ use crate::signals;
         publish_timeout = \"7s\"    # must be shorter than lease_ttl\n  \
         retention = \"1d\"          # keep delivered rows this long (default: delete)\n  \
         instance_id = \"relay-1\"   # shown by `relaybox status`\n\n  \
-        Durations are integer milliseconds or text with ms, s, m, h or d.\n\n\
+        Durations are integer milliseconds or text with ms, s, m, h or d.\n\n  \
+        The transport is a [transport] table naming one transport with its settings\n  \
+        (the JSON the language bindings take), e.g.\n\n  \
+        [transport.kafka]\n  \
+        bootstrap_servers = \"kafka-1:9092\"\n\n  \
+        Routes send each topic to a transport (default: [transport]); a relay with\n  \
+        routes claims only their topics:\n\n  \
+        [[route]]\n  \
+        topics = [\"orders.*\"]           # names, or globs with *\n  \
+        destination = \"prod.{topic}\"   # optional: the name published under\n  \
+        [route.transport.rabbitmq]\n  \
+        url = \"amqps://rabbit:5671/%2f\"\n\n  \
+        See docs/operations.md for a complete file.\n\n\
         ENVIRONMENT (overrides the file; same value types, e.g. 500 or \"250ms\"):\n  \
         RELAYBOX_RELAY_BATCH_SIZE     batch_size\n  \
         RELAYBOX_RELAY_POLL_INTERVAL  poll_interval\n  \
         RELAYBOX_RELAY_LEASE_TTL      lease_ttl\n  \
         RELAYBOX_RELAY_MAX_ATTEMPTS   max_attempts\n  \
+        RELAYBOX_TRANSPORT            kafka, rabbitmq, redis, sns, sqs, message_db or\n  \
+                                      eventodb, with their variables (RELAYBOX_KAFKA_BOOTSTRAP,\n  \
+                                      RELAYBOX_RABBITMQ_URL, RELAYBOX_REDIS_URL, ...): the\n  \
+                                      transport, instead of the file's [transport]\n  \
         RUST_LOG                      log filter (default: info); logs go to stderr"
 )]
 pub struct Args {
     /// Run the migrations (`relaybox migrate`) before starting
     #[arg(long)]
     pub migrate: bool,
+
+    /// Check the configuration, connect to the database and the transport,
+    /// print what would run, and exit (0 when everything is in order)
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Runs the relay until a shutdown signal arrives.
@@ -54,14 +76,27 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // Fails with a clear "run relaybox migrate" error when the schema is missing.
     let partitions = store.partitions().await?;
 
+    let transport = ctx.transport_config()?;
+    let sink = transport.sink(&store)?;
+    if args.check {
+        println!("{}", describe(&transport));
+        println!(
+            "database {} (table prefix {:?}, {partitions} partitions): ok",
+            store.url(),
+            store.options().table_prefix
+        );
+        store.close().await;
+        return Ok(());
+    }
+
     let stop = signals::shutdown()?;
-    let sink = Arc::new(DatabaseSink::new(store.clone()));
     let relay = Relay::start(store.clone(), sink, config)?;
     tracing::info!(
         owner = relay.owner(),
         url = %store.url(),
         table_prefix = %store.options().table_prefix,
         partitions,
+        transport = %describe(&transport),
         "relaybox relay running; SIGINT or SIGTERM stops it"
     );
 
@@ -86,4 +121,23 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     );
     store.close().await;
     Ok(result?)
+}
+
+/// One line saying where each topic goes: `kafka`, or
+/// `orders.* -> kafka; billing -> rabbitmq (as prod.{topic})`.
+fn describe(transport: &TransportConfig) -> String {
+    match transport {
+        TransportConfig::Routes(routes) => routes
+            .iter()
+            .map(|r| {
+                let mut line = format!("{} -> {}", r.topics.join(", "), r.transport.name());
+                if let Some(d) = &r.destination {
+                    line.push_str(&format!(" (as {d})"));
+                }
+                line
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => format!("every topic -> {}", other.name()),
+    }
 }

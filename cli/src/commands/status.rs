@@ -12,9 +12,11 @@ use crate::output::{key_values, short_duration, table, Align};
 #[derive(Debug, clap::Args)]
 #[command(
     long_about = "Show the undelivered backlog per topic (pending messages, how many of \
-                  them are being retried, age of the oldest), the dead-letter count, the \
-                  partition count, the live relays and which relay holds how many \
-                  partition leases."
+                  them are being retried, age of the oldest, and whether a running relay \
+                  serves the topic), the dead-letter count, the partition count, the live \
+                  relays and which relay holds how many partition leases. Rows of a topic \
+                  that no running relay serves (its routes do not match it) stay pending; \
+                  such topics are marked `unrouted`."
 )]
 pub struct Args {
     /// Print the status as JSON instead of tables
@@ -65,6 +67,7 @@ fn render(store: &Store, status: &Status) -> String {
                     t.pending.to_string(),
                     t.retrying.to_string(),
                     short_duration(t.oldest_age_seconds),
+                    if t.served { "yes" } else { "unrouted" }.to_string(),
                 ]
             })
             .collect();
@@ -74,9 +77,22 @@ fn render(store: &Store, status: &Status) -> String {
                 ("PENDING", Align::Right),
                 ("RETRYING", Align::Right),
                 ("OLDEST", Align::Right),
+                ("SERVED", Align::Left),
             ],
             &rows,
         ));
+        let unrouted: Vec<&str> = status
+            .topics
+            .iter()
+            .filter(|t| !t.served && status.live_relays > 0)
+            .map(|t| t.topic.as_str())
+            .collect();
+        if !unrouted.is_empty() {
+            out.push_str(&format!(
+                "unrouted: no running relay serves {} (their rows stay pending)\n",
+                unrouted.join(", ")
+            ));
+        }
     }
 
     out.push('\n');

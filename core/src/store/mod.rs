@@ -3,6 +3,7 @@
 //! the SQL; this module holds what both share.
 
 mod postgres;
+mod scope;
 mod sqlite;
 
 use std::str::FromStr;
@@ -323,6 +324,24 @@ pub struct TopicBacklog {
     pub oldest_age_seconds: f64,
     /// Undelivered messages that have failed at least once.
     pub retrying: i64,
+    /// Whether a running relay serves the topic: one without routes, or one
+    /// whose routes match it. Rows of a topic no running relay serves stay
+    /// pending.
+    pub served: bool,
+}
+
+/// Sets [`TopicBacklog::served`] from the topics of the live relays (`None`
+/// for a relay that serves every topic).
+pub(crate) fn mark_served(topics: &mut [TopicBacklog], relays: &[Option<String>]) {
+    let every = relays.iter().any(Option::is_none);
+    let lanes: Vec<crate::route::Topics> = relays
+        .iter()
+        .flatten()
+        .filter_map(|t| crate::route::Topics::from_json(t))
+        .collect();
+    for backlog in topics {
+        backlog.served = every || lanes.iter().any(|l| l.matches(&backlog.topic));
+    }
 }
 
 /// Who holds how many partitions.
@@ -511,6 +530,9 @@ impl Drop for StoreInner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<StoreInner>,
+    /// The pool with the statements of a relay serving some topics only
+    /// (see [`Store::for_topics`]); `None` for every topic.
+    scoped: Option<Arc<Pool>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -571,6 +593,7 @@ impl Store {
         }
         tracing::debug!(url = %url, %dialect, "relaybox store connected");
         Ok(Store {
+            scoped: None,
             inner: Arc::new(StoreInner {
                 url,
                 pool,
@@ -584,6 +607,35 @@ impl Store {
                 shutdown,
             }),
         })
+    }
+
+    /// This store as seen by a relay that serves `topics` only: the same
+    /// pool, with lease statements on the lane of `topics` and claims of
+    /// rows of those topics only (see [`crate::route`]).
+    pub(crate) fn for_topics(&self, topics: &crate::route::Topics) -> Store {
+        let prefix = &self.inner.options.table_prefix;
+        let scope = scope::LeaseScope::lane(prefix, topics);
+        let pool = match &self.inner.pool {
+            Pool::Postgres(pool, _) => {
+                Pool::Postgres(pool.clone(), Arc::new(PgSql::scoped(prefix, &scope)))
+            }
+            Pool::Sqlite(pool, _) => {
+                Pool::Sqlite(pool.clone(), Arc::new(SqliteSql::scoped(prefix, &scope)))
+            }
+        };
+        Store {
+            inner: self.inner.clone(),
+            scoped: Some(Arc::new(pool)),
+        }
+    }
+
+    /// Creates the lease rows of this store's lane (see
+    /// [`for_topics`](Store::for_topics)) when missing; nothing otherwise.
+    pub(crate) async fn seed_lane(&self) -> Result<()> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::seed_lane(pool, sql).await,
+            Pool::Sqlite(pool, sql) => sqlite::seed_lane(pool, sql).await,
+        }
     }
 
     /// The database URL, redacted when displayed.
@@ -627,7 +679,7 @@ impl Store {
 
     pub(crate) fn pool(&self) -> Result<&Pool> {
         self.check_open()?;
-        Ok(&self.inner.pool)
+        Ok(self.scoped.as_deref().unwrap_or(&self.inner.pool))
     }
 
     /// Wake-ups for new outbox rows (same process, or any process on PostgreSQL).

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
+use super::scope::LeaseScope;
 use super::{
     headers_json, parse_headers, secs, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
     DeadLetterFilter, LeaseOwner, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
@@ -64,6 +65,11 @@ pub(crate) struct PgSql {
     dl_count: Sql,
     owners: Sql,
     pending: Sql,
+    register_lane: Option<Sql>,
+    seed_lane: Option<Sql>,
+    served: Sql,
+    /// The lane and its topics (JSON) of relays serving some topics only.
+    lane: Option<(String, String)>,
 }
 
 const COLUMNS: &str =
@@ -86,8 +92,21 @@ const MESSAGE_COLUMNS: &str =
     "id, topic, key, partition, type, payload, content_type, headers::text AS headers, created_at, available_at";
 
 impl PgSql {
+    /// The statements of the relays serving every topic.
     pub(crate) fn new(p: &str) -> PgSql {
+        PgSql::scoped(p, &LeaseScope::every_topic(p))
+    }
+
+    /// The statements with the leases and claims of `scope`.
+    pub(crate) fn scoped(p: &str, scope: &LeaseScope) -> PgSql {
         let s = |text: String| -> Sql { Arc::from(text) };
+        let LeaseScope {
+            leases: l,
+            mine: m,
+            peers,
+            topics_pg: topics,
+            ..
+        } = scope;
         PgSql {
             prefix: p.to_string(),
             insert: s(format!(
@@ -104,10 +123,10 @@ impl PgSql {
             // while this relay's renewals and releases (plain UPDATEs, which
             // take FOR NO KEY UPDATE) never wait for a batch in flight.
             claim_leases: s(format!(
-                "SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 \
+                "SELECT partition FROM {l} WHERE {m}owner = $1 AND expires_at > now() AND partition % $2 = $3 \
                  ORDER BY partition FOR KEY SHARE"
             )),
-            claim: s(claim_sql(p)),
+            claim: s(claim_sql(p, scope)),
             // By the rows' physical addresses (`ctid`, from the claim): a TID
             // scan reads each row's page directly, where `id = ANY` walks the
             // primary key once per row. The claim transaction locked the rows
@@ -133,15 +152,17 @@ impl PgSql {
                  ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at"
             )),
             live: s(format!("SELECT count(*) FROM {p}relay_instances WHERE expires_at > now()")),
-            live_owners: s(format!("SELECT owner FROM {p}relay_instances WHERE expires_at > now()")),
+            live_owners: s(format!(
+                "SELECT owner FROM {p}relay_instances WHERE expires_at > now() AND {peers}"
+            )),
             take_presence: s(format!("SELECT pg_try_advisory_lock({})", presence_keys(p, "$1"))),
-            lease_view: s(lease_view_sql(p)),
+            lease_view: s(lease_view_sql(p, scope)),
             // The gone instances' leases are free at once (a batch of theirs
             // still in flight keeps its lease rows locked FOR KEY SHARE, so
             // nobody acquires them before it ends), and they stop counting
             // as live relays.
             free_gone: s(format!(
-                "WITH freed AS (UPDATE {p}leases SET owner = NULL, expires_at = now() WHERE owner = ANY($1) RETURNING partition) \
+                "WITH freed AS (UPDATE {l} SET owner = NULL, expires_at = now() WHERE {m}owner = ANY($1) RETURNING partition) \
                  UPDATE {p}relay_instances SET expires_at = now() WHERE owner = ANY($1) AND expires_at > now()"
             )),
             let_go_presence: s(format!(
@@ -149,24 +170,27 @@ impl PgSql {
                 presence_keys(p, "u.owner")
             )),
             renew: s(format!(
-                "UPDATE {p}leases SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 RETURNING partition"
+                "UPDATE {l} SET expires_at = now() + make_interval(secs => $2) WHERE {m}owner = $1 RETURNING partition"
             )),
             acquire: s(format!(
-                "UPDATE {p}leases SET owner = $1, epoch = epoch + 1, expires_at = now() + make_interval(secs => $2) \
-                 WHERE partition IN (SELECT partition FROM {p}leases WHERE owner IS NULL OR expires_at <= now() \
+                "UPDATE {l} SET owner = $1, epoch = epoch + 1, expires_at = now() + make_interval(secs => $2) \
+                 WHERE {m}partition IN (SELECT partition FROM {l} WHERE {m}(owner IS NULL OR expires_at <= now()) \
                      ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING partition"
             )),
             release_some: s(format!(
-                "UPDATE {p}leases SET owner = NULL, expires_at = now() WHERE owner = $1 AND partition = ANY($2)"
+                "UPDATE {l} SET owner = NULL, expires_at = now() WHERE {m}owner = $1 AND partition = ANY($2)"
             )),
-            release_all: s(format!("UPDATE {p}leases SET owner = NULL, expires_at = now() WHERE owner = $1")),
+            release_all: s(format!(
+                "UPDATE {l} SET owner = NULL, expires_at = now() WHERE {m}owner = $1"
+            )),
             remove_instance: s(format!(
-                "DELETE FROM {p}relay_instances WHERE owner = $1 OR expires_at < now() - interval '1 day'"
+                "WITH gone AS (DELETE FROM {p}relay_instances WHERE owner = $1 OR expires_at < now() - interval '1 day' RETURNING owner) \
+                 DELETE FROM {p}relay_routes WHERE owner = $1 OR owner IN (SELECT owner FROM gone)"
             )),
             retry_now: s(format!(
                 "UPDATE {p}outbox SET available_at = now() \
                  WHERE id = ANY($2) AND sent_at IS NULL AND attempts > 0 AND available_at > now() \
-                 AND partition IN (SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now())"
+                 AND partition IN (SELECT partition FROM {l} WHERE {m}owner = $1 AND expires_at > now())"
             )),
             dl_list: s(format!(
                 "SELECT id, topic, key, type, payload, content_type, headers::text AS headers, created_at, created_at AS available_at, \
@@ -210,10 +234,12 @@ impl PgSql {
             // outbox for large batches.
             move_to_log: s(move_to_log_sql(
                 p,
+                topics,
                 "DELETE FROM {p}outbox o WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))",
             )),
             copy_to_log: s(move_to_log_sql(
                 p,
+                topics,
                 "UPDATE {p}outbox o SET sent_at = now() WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))",
             )),
             log_read: s(format!(
@@ -226,10 +252,28 @@ impl PgSql {
             )),
             dl_count: s(format!("SELECT count(*) FROM {p}dead_letters")),
             owners: s(format!(
-                "SELECT owner, count(*)::int8 AS n, min(expires_at) AS expires_at FROM {p}leases \
+                "SELECT owner, count(*)::int8 AS n, min(expires_at) AS expires_at \
+                 FROM (SELECT owner, expires_at FROM {p}leases UNION ALL SELECT owner, expires_at FROM {p}route_leases) l \
                  WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner ORDER BY owner"
             )),
             pending: s(format!("SELECT count(*) FROM {p}outbox WHERE sent_at IS NULL")),
+            register_lane: scope.lane.as_ref().map(|_| {
+                s(format!(
+                    "INSERT INTO {p}relay_routes (owner, lane, topics) VALUES ($1, $2, $3) \
+                     ON CONFLICT (owner) DO UPDATE SET lane = EXCLUDED.lane, topics = EXCLUDED.topics"
+                ))
+            }),
+            seed_lane: scope.lane.as_ref().map(|_| {
+                s(format!(
+                    "INSERT INTO {l} (lane, partition, owner, epoch, expires_at) \
+                     SELECT $1, partition, NULL, 0, 'epoch'::timestamptz FROM {p}leases ON CONFLICT DO NOTHING"
+                ))
+            }),
+            served: s(format!(
+                "SELECT r.topics FROM {p}relay_instances i LEFT JOIN {p}relay_routes r USING (owner) \
+                 WHERE i.expires_at > now()"
+            )),
+            lane: scope.lane.clone(),
         }
     }
 
@@ -264,14 +308,20 @@ impl PgSql {
 /// no earlier row of its key is held back (retry backoff, delayed delivery).
 /// When the loop holds no lease, the one-time `EXISTS` test stops the
 /// statement before it reads the outbox.
-fn claim_sql(p: &str) -> String {
+fn claim_sql(p: &str, scope: &LeaseScope) -> String {
+    let LeaseScope {
+        leases: l,
+        mine: m,
+        topics_pg: topics,
+        ..
+    } = scope;
     format!(
-        "WITH held AS MATERIALIZED (SELECT partition FROM {p}leases \
-             WHERE owner = $1 AND expires_at > now() AND partition % $2 = $3 ORDER BY partition FOR KEY SHARE) \
+        "WITH held AS MATERIALIZED (SELECT partition FROM {l} \
+             WHERE {m}owner = $1 AND expires_at > now() AND partition % $2 = $3 ORDER BY partition FOR KEY SHARE) \
          SELECT o.ctid::text AS row_address, o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
          FROM {p}outbox o \
          WHERE EXISTS (SELECT 1 FROM held) \
-         AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now() \
+         AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now(){topics} \
          AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
              AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
          ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED"
@@ -292,24 +342,30 @@ fn presence_keys(p: &str, owner: &str) -> String {
 /// other live instance's presence lock is tried once (the `MATERIALIZED`
 /// CTE runs each row once, and both arrays read all of it, so each lock
 /// taken is reported in `gone` and let go by the caller).
-fn lease_view_sql(p: &str) -> String {
+fn lease_view_sql(p: &str, scope: &LeaseScope) -> String {
+    let LeaseScope {
+        leases: l,
+        mine: m,
+        peers,
+        ..
+    } = scope;
     format!(
         "WITH inst AS MATERIALIZED (SELECT owner, \
              CASE WHEN owner = $1 THEN false ELSE pg_try_advisory_lock({keys}) END AS gone \
-             FROM {p}relay_instances WHERE expires_at > now()) \
+             FROM {p}relay_instances WHERE expires_at > now() AND {peers}) \
          SELECT ARRAY(SELECT owner FROM inst WHERE NOT gone) AS live, \
              ARRAY(SELECT owner FROM inst WHERE gone) AS gone, \
-             ARRAY(SELECT partition FROM {p}leases WHERE owner = $1 AND expires_at > now() ORDER BY partition) AS mine, \
-             (SELECT count(*) FROM {p}leases WHERE owner IS NULL OR expires_at <= now()) AS free",
+             ARRAY(SELECT partition FROM {l} WHERE {m}owner = $1 AND expires_at > now() ORDER BY partition) AS mine, \
+             (SELECT count(*) FROM {l} WHERE {m}(owner IS NULL OR expires_at <= now())) AS free",
         keys = presence_keys(p, "owner"),
     )
 }
 
-fn move_to_log_sql(p: &str, take: &str) -> String {
+fn move_to_log_sql(p: &str, topics: &str, take: &str) -> String {
     let take = take.replace("{p}", p);
     format!(
         "WITH claimed AS (SELECT o.ctid FROM {p}outbox o \
-             WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now() \
+             WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now(){topics} \
              AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
                  AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
              ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED), \
@@ -816,9 +872,30 @@ pub(super) async fn heartbeat(
         .bind(secs(ttl))
         .execute(&mut *conn)
         .await?;
+    if let (Some(register), Some((lane, topics))) = (&sql.register_lane, &sql.lane) {
+        q(register)
+            .bind(owner)
+            .bind(lane)
+            .bind(topics)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(sqlx::query_scalar(AssertSqlSafe(sql.live_owners.clone()))
         .fetch_all(&mut *conn)
         .await?)
+}
+
+/// Creates the lease rows of the lane of `sql`, if it has one and they are
+/// missing: one per partition.
+pub(super) async fn seed_lane(pool: &PgPool, sql: &PgSql) -> Result<()> {
+    if let (Some(seed), Some((lane, _))) = (&sql.seed_lane, &sql.lane) {
+        q(seed)
+            .bind(lane)
+            .execute(pool)
+            .await
+            .map_err(schema_missing)?;
+    }
+    Ok(())
 }
 
 pub(super) async fn renew_leases(
@@ -1163,6 +1240,7 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
                 pending: r.try_get("pending")?,
                 oldest_age_seconds: r.try_get("age")?,
                 retrying: r.try_get("retrying")?,
+                served: false,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1184,6 +1262,11 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
     let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
         .fetch_one(pool)
         .await?;
+    let served: Vec<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.served.clone()))
+        .fetch_all(pool)
+        .await?;
+    let mut topics = topics;
+    super::mark_served(&mut topics, &served);
     Ok(Status {
         topics,
         dead_letters,

@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use uuid::Uuid;
 
+use super::scope::LeaseScope;
 use super::{
     headers_json, parse_headers, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
     DeadLetterFilter, LeaseOwner, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
@@ -46,6 +47,7 @@ pub(crate) struct SqliteSql {
     release_some: Sql,
     release_all: Sql,
     remove_instance: Sql,
+    remove_routes: Sql,
     retry_now: Sql,
     dl_list: Sql,
     dl_retry: Sql,
@@ -62,6 +64,11 @@ pub(crate) struct SqliteSql {
     dl_count: Sql,
     owners: Sql,
     pending: Sql,
+    register_lane: Option<Sql>,
+    seed_lane: Option<Sql>,
+    served: Sql,
+    /// The lane and its topics (JSON) of relays serving some topics only.
+    lane: Option<(String, String)>,
 }
 
 const COLUMNS: &str =
@@ -69,22 +76,35 @@ const COLUMNS: &str =
 const VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 impl SqliteSql {
+    /// The statements of the relays serving every topic.
     pub(crate) fn new(p: &str) -> SqliteSql {
+        SqliteSql::scoped(p, &LeaseScope::every_topic(p))
+    }
+
+    /// The statements with the leases and claims of `scope`.
+    pub(crate) fn scoped(p: &str, scope: &LeaseScope) -> SqliteSql {
         let s = |text: String| -> Sql { Arc::from(text) };
+        let LeaseScope {
+            leases: l,
+            mine: m,
+            peers,
+            topics_sqlite: topics,
+            ..
+        } = scope;
         SqliteSql {
             prefix: p.to_string(),
             insert: s(format!("INSERT INTO {p}outbox ({COLUMNS}) VALUES {VALUES}")),
             partition_count: s(format!("SELECT count(*) FROM {p}leases")),
             claim_rows: s(format!(
                 "SELECT o.seq, o.partition, o.attempts, {cols} FROM {p}outbox o \
-                 WHERE o.sent_at IS NULL AND o.available_at <= ?2 \
-                 AND o.partition IN (SELECT partition FROM {p}leases WHERE owner = ?1 AND expires_at > ?2 AND partition % ?4 = ?5) \
+                 WHERE o.sent_at IS NULL AND o.available_at <= ?2{topics} \
+                 AND o.partition IN (SELECT partition FROM {l} WHERE {m}owner = ?1 AND expires_at > ?2 AND partition % ?4 = ?5) \
                  AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
                      AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > ?2) \
                  ORDER BY o.seq LIMIT ?3",
                 cols = "o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at"
             )),
-            owned_partitions: s(format!("SELECT partition FROM {p}leases WHERE owner = ?1")),
+            owned_partitions: s(format!("SELECT partition FROM {l} WHERE {m}owner = ?1")),
             delete_ids: s(format!("DELETE FROM {p}outbox WHERE id IN (SELECT value FROM json_each(?1))")),
             mark_sent: s(format!(
                 "UPDATE {p}outbox SET sent_at = ?2 WHERE id IN (SELECT value FROM json_each(?1))"
@@ -103,31 +123,41 @@ impl SqliteSql {
                  ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at"
             )),
             live: s(format!("SELECT count(*) FROM {p}relay_instances WHERE expires_at > ?1")),
-            live_owners: s(format!("SELECT owner FROM {p}relay_instances WHERE expires_at > ?1")),
+            live_owners: s(format!(
+                "SELECT owner FROM {p}relay_instances WHERE expires_at > ?1 AND {peers}"
+            )),
             // One look at the leases for relay ?1 at time ?2 (no presence
             // locks on SQLite: a dead relay's leases expire).
             lease_view: s(format!(
-                "SELECT (SELECT json_group_array(owner) FROM {p}relay_instances WHERE expires_at > ?2) AS live, \
-                 (SELECT json_group_array(partition) FROM {p}leases WHERE owner = ?1 AND expires_at > ?2) AS mine, \
-                 (SELECT count(*) FROM {p}leases WHERE owner IS NULL OR expires_at <= ?2) AS free"
+                "SELECT (SELECT json_group_array(owner) FROM {p}relay_instances WHERE expires_at > ?2 AND {peers}) AS live, \
+                 (SELECT json_group_array(partition) FROM {l} WHERE {m}owner = ?1 AND expires_at > ?2) AS mine, \
+                 (SELECT count(*) FROM {l} WHERE {m}(owner IS NULL OR expires_at <= ?2)) AS free"
             )),
-            renew: s(format!("UPDATE {p}leases SET expires_at = ?2 WHERE owner = ?1 RETURNING partition")),
+            renew: s(format!(
+                "UPDATE {l} SET expires_at = ?2 WHERE {m}owner = ?1 RETURNING partition"
+            )),
             acquire: s(format!(
-                "UPDATE {p}leases SET owner = ?1, epoch = epoch + 1, expires_at = ?3 \
-                 WHERE partition IN (SELECT partition FROM {p}leases WHERE owner IS NULL OR expires_at <= ?2 ORDER BY partition LIMIT ?4) \
+                "UPDATE {l} SET owner = ?1, epoch = epoch + 1, expires_at = ?3 \
+                 WHERE {m}partition IN (SELECT partition FROM {l} WHERE {m}(owner IS NULL OR expires_at <= ?2) ORDER BY partition LIMIT ?4) \
                  RETURNING partition"
             )),
             release_some: s(format!(
-                "UPDATE {p}leases SET owner = NULL, expires_at = ?2 WHERE owner = ?1 AND partition IN (SELECT value FROM json_each(?3))"
+                "UPDATE {l} SET owner = NULL, expires_at = ?2 WHERE {m}owner = ?1 AND partition IN (SELECT value FROM json_each(?3))"
             )),
-            release_all: s(format!("UPDATE {p}leases SET owner = NULL, expires_at = ?2 WHERE owner = ?1")),
+            release_all: s(format!(
+                "UPDATE {l} SET owner = NULL, expires_at = ?2 WHERE {m}owner = ?1"
+            )),
             remove_instance: s(format!(
                 "DELETE FROM {p}relay_instances WHERE owner = ?1 OR expires_at < ?2"
+            )),
+            remove_routes: s(format!(
+                "DELETE FROM {p}relay_routes WHERE owner = ?1 \
+                 OR owner NOT IN (SELECT owner FROM {p}relay_instances)"
             )),
             retry_now: s(format!(
                 "UPDATE {p}outbox SET available_at = ?3 \
                  WHERE id IN (SELECT value FROM json_each(?2)) AND sent_at IS NULL AND attempts > 0 AND available_at > ?3 \
-                 AND partition IN (SELECT partition FROM {p}leases WHERE owner = ?1 AND expires_at > ?3)"
+                 AND partition IN (SELECT partition FROM {l} WHERE {m}owner = ?1 AND expires_at > ?3)"
             )),
             dl_list: s(format!(
                 "SELECT id, topic, key, type, payload, content_type, headers, created_at, created_at AS available_at, \
@@ -171,10 +201,28 @@ impl SqliteSql {
             )),
             dl_count: s(format!("SELECT count(*) FROM {p}dead_letters")),
             owners: s(format!(
-                "SELECT owner, count(*) AS n, min(expires_at) AS expires_at FROM {p}leases \
+                "SELECT owner, count(*) AS n, min(expires_at) AS expires_at \
+                 FROM (SELECT owner, expires_at FROM {p}leases UNION ALL SELECT owner, expires_at FROM {p}route_leases) \
                  WHERE owner IS NOT NULL AND expires_at > ?1 GROUP BY owner ORDER BY owner"
             )),
             pending: s(format!("SELECT count(*) FROM {p}outbox WHERE sent_at IS NULL")),
+            register_lane: scope.lane.as_ref().map(|_| {
+                s(format!(
+                    "INSERT INTO {p}relay_routes (owner, lane, topics) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (owner) DO UPDATE SET lane = excluded.lane, topics = excluded.topics"
+                ))
+            }),
+            seed_lane: scope.lane.as_ref().map(|_| {
+                s(format!(
+                    "INSERT INTO {l} (lane, partition, owner, epoch, expires_at) \
+                     SELECT ?1, partition, NULL, 0, 0 FROM {p}leases WHERE true ON CONFLICT DO NOTHING"
+                ))
+            }),
+            served: s(format!(
+                "SELECT r.topics FROM {p}relay_instances i LEFT JOIN {p}relay_routes r USING (owner) \
+                 WHERE i.expires_at > ?1"
+            )),
+            lane: scope.lane.clone(),
         }
     }
 
@@ -560,10 +608,31 @@ pub(super) async fn heartbeat(
         .bind(later_us(ttl))
         .execute(pool)
         .await?;
+    if let (Some(register), Some((lane, topics))) = (&sql.register_lane, &sql.lane) {
+        q(register)
+            .bind(owner)
+            .bind(lane)
+            .bind(topics)
+            .execute(pool)
+            .await?;
+    }
     Ok(sqlx::query_scalar(AssertSqlSafe(sql.live_owners.clone()))
         .bind(now_us())
         .fetch_all(pool)
         .await?)
+}
+
+/// Creates the lease rows of the lane of `sql`, if it has one and they are
+/// missing: one per partition.
+pub(super) async fn seed_lane(pool: &SqlitePool, sql: &SqliteSql) -> Result<()> {
+    if let (Some(seed), Some((lane, _))) = (&sql.seed_lane, &sql.lane) {
+        q(seed)
+            .bind(lane)
+            .execute(pool)
+            .await
+            .map_err(schema_missing)?;
+    }
+    Ok(())
 }
 
 pub(super) async fn renew_leases(
@@ -630,6 +699,7 @@ pub(super) async fn remove_instance(pool: &SqlitePool, sql: &SqliteSql, owner: &
         .bind(day_ago)
         .execute(pool)
         .await?;
+    q(&sql.remove_routes).bind(owner).execute(pool).await?;
     Ok(())
 }
 
@@ -941,6 +1011,7 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
                 pending: r.try_get("pending")?,
                 oldest_age_seconds: (now - oldest).max(0) as f64 / 1e6,
                 retrying: r.try_get("retrying")?,
+                served: false,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -964,6 +1035,12 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
         .bind(now)
         .fetch_one(pool)
         .await?;
+    let served: Vec<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.served.clone()))
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+    let mut topics = topics;
+    super::mark_served(&mut topics, &served);
     Ok(Status {
         topics,
         dead_letters,

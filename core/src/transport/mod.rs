@@ -5,7 +5,7 @@
 pub mod database;
 mod select;
 
-pub use select::TransportConfig;
+pub use select::{RouteConfig, TransportConfig};
 #[cfg(feature = "aws")]
 pub mod aws;
 #[cfg(feature = "eventodb")]

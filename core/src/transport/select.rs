@@ -1,13 +1,16 @@
 //! Choosing a transport with one setting: `"database"` (the default),
 //! `{"kafka": {...}}`, `{"rabbitmq": {...}}`, `{"redis": {...}}`,
 //! `{"sns": {...}}`, `{"sqs": {...}}`, `{"message_db": {...}}` or
-//! `{"eventodb": {...}}`, from JSON or from the environment.
+//! `{"eventodb": {...}}`, from JSON or from the environment; or routes,
+//! `{"routes": [{"topics": ["orders.*"], "transport": {...}}, ...]}`, each
+//! topic to the transport of the first route whose topics match it.
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::route::{Route, RoutedSink, Topics};
 use crate::sink::Sink;
 use crate::source::Source;
 use crate::store::Store;
@@ -42,6 +45,34 @@ pub enum TransportConfig {
     /// AWS SQS (send to and read the queue named by the topic).
     #[cfg(feature = "aws")]
     Sqs(crate::transport::aws::SqsConfig),
+    /// Each topic to the transport of the first route whose topics match
+    /// it; a relay publishing through routes claims only their topics.
+    Routes(Vec<RouteConfig>),
+}
+
+/// One route of [`TransportConfig::Routes`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Topic patterns: names, or globs with `*` (`orders.*`).
+    pub topics: Vec<String>,
+    /// Where the route's messages go (not routes again).
+    pub transport: TransportConfig,
+    /// The name messages are published under, `{topic}` standing for the
+    /// outbox topic (`prod.{topic}`); default: the outbox topic.
+    #[serde(default)]
+    pub destination: Option<String>,
+}
+
+impl RouteConfig {
+    /// The route, with its transport's sink.
+    fn route(&self, store: &Store) -> Result<Route> {
+        let route = Route::new(Topics::parse(&self.topics)?, self.transport.sink(store)?);
+        match &self.destination {
+            Some(template) => route.with_destination(template),
+            None => Ok(route),
+        }
+    }
 }
 
 impl TransportConfig {
@@ -49,6 +80,15 @@ impl TransportConfig {
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
         let config: TransportConfig = serde_json::from_value(value)
             .map_err(|e| Error::config("transport", crate::redact::redact_url(&e.to_string())))?;
+        config.checked()
+    }
+
+    /// Validates the settings (filling in defaults where a transport has them).
+    fn checked(self) -> Result<Self> {
+        let config = match self {
+            TransportConfig::Routes(routes) => return TransportConfig::routes(routes),
+            other => other,
+        };
         #[cfg(feature = "kafka")]
         if let TransportConfig::Kafka(k) = &config {
             k.validate()?;
@@ -84,6 +124,32 @@ impl TransportConfig {
             other => other,
         };
         Ok(config)
+    }
+
+    /// Routes, each checked with its transport: each topic goes to the
+    /// transport of the first route whose topics match it.
+    pub fn routes(routes: Vec<RouteConfig>) -> Result<Self> {
+        if routes.is_empty() {
+            return Err(Error::config("routes", "name at least one route"));
+        }
+        let mut checked = Vec::with_capacity(routes.len());
+        for route in routes {
+            Topics::parse(&route.topics)?;
+            if let Some(template) = &route.destination {
+                crate::route::check_destination(template)?;
+            }
+            if matches!(route.transport, TransportConfig::Routes(_)) {
+                return Err(Error::config(
+                    "routes",
+                    "a route's transport cannot be routes",
+                ));
+            }
+            checked.push(RouteConfig {
+                transport: route.transport.checked()?,
+                ..route
+            });
+        }
+        Ok(TransportConfig::Routes(checked))
     }
 
     /// From the environment: `RELAYBOX_TRANSPORT` = `database` (default) or
@@ -189,6 +255,7 @@ impl TransportConfig {
             TransportConfig::Sns(_) => "sns",
             #[cfg(feature = "aws")]
             TransportConfig::Sqs(_) => "sqs",
+            TransportConfig::Routes(_) => "routes",
         }
     }
 
@@ -220,12 +287,33 @@ impl TransportConfig {
             TransportConfig::Sns(c) => Arc::new(crate::transport::aws::SnsSink::new(c.clone())?),
             #[cfg(feature = "aws")]
             TransportConfig::Sqs(c) => Arc::new(crate::transport::aws::SqsSink::new(c.clone())?),
+            TransportConfig::Routes(routes) => Arc::new(RoutedSink::new(
+                routes
+                    .iter()
+                    .map(|r| r.route(store))
+                    .collect::<Result<Vec<_>>>()?,
+            )?),
         })
     }
 
-    /// A source reading `topic` as consumer group `group`. Call inside a tokio runtime.
+    /// A source reading `topic` as consumer group `group`. Call inside a tokio
+    /// runtime. With routes, the source of the route serving `topic`, reading
+    /// the name it is published under.
     pub fn source(&self, store: &Store, topic: &str, group: &str) -> Result<Arc<dyn Source>> {
         Ok(match self {
+            TransportConfig::Routes(routes) => {
+                let route = routes
+                    .iter()
+                    .find(|r| Topics::parse(&r.topics).is_ok_and(|t| t.matches(topic)))
+                    .ok_or_else(|| {
+                        Error::config("topic", format!("no route serves topic {topic:?}"))
+                    })?;
+                let name = match &route.destination {
+                    Some(template) => template.replace("{topic}", topic),
+                    None => topic.to_string(),
+                };
+                return route.transport.source(store, &name, group);
+            }
             TransportConfig::Database => {
                 DatabaseSource::new(store.clone(), DatabaseSourceConfig::new(topic, group))?
             }

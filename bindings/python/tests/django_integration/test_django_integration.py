@@ -79,7 +79,7 @@ def shipments(pg: psycopg.Connection[Any], ids: list[str]) -> dict[str, int]:
 
 def test_migrate_creates_the_tables(migrated: None, pgm: psycopg.Connection[Any]) -> None:
     assert {PREFIX + t for t in TABLES} <= tables(pgm)
-    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 2
+    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 3
     assert scalar(pgm, f"SELECT count(*) FROM {PREFIX}leases") == 16
     assert rdj.get_outbox() is rdj.get_outbox()
     assert rdj.get_outbox().table_prefix == PREFIX
@@ -92,10 +92,12 @@ def test_migration_0002_adds_idempotency_keys_to_a_version_1_database(
 
     call_command("migrate", "relaybox", "0001", verbosity=0)
     assert PREFIX + "idempotency_keys" not in tables(pgm)
+    assert PREFIX + "route_leases" not in tables(pgm)
     assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 1
     call_command("migrate", "relaybox", verbosity=0)
     assert PREFIX + "idempotency_keys" in tables(pgm)
-    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 2
+    assert PREFIX + "route_leases" in tables(pgm)
+    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 3
 
 
 def test_enqueue_in_atomic_commits_and_is_delivered_once(
