@@ -212,3 +212,25 @@ def test_a_relay_with_log_retention_purges_the_database_log(
     # A relay purges when it starts (and every minute after).
     with relaybox.Relay(outbox, **settings):
         wait_for("the log purged", lambda: count(pg, f"{prefix}log") == 0)
+
+
+def test_relays_with_routes_serve_their_topics_only(
+    outbox: relaybox.Outbox, pg: psycopg.Connection[Any], prefix: str
+) -> None:
+    with outbox.transaction() as tx:
+        for topic in ("orders.created", "billing", "audit"):
+            tx.enqueue_batch({"topic": topic, "payload": {"n": i}} for i in range(3))
+    routes = [
+        relaybox.Route(["orders.*"], destination="eu.{topic}"),
+        relaybox.Route(["billing"], transport="database"),
+    ]
+    log = f'SELECT topic, count(*) FROM "{prefix}log" GROUP BY topic'
+    with relaybox.Relay(outbox, transport=routes, poll_interval=0.05):
+        wait_for("the routed topics delivered", lambda: outbox.pending_count() == 3)
+        status = {t["topic"]: t for t in outbox.status()["topics"]}
+        assert status["audit"]["pending"] == 3 and status["audit"]["served"] is False
+    assert dict(pg.execute(log).fetchall()) == {"eu.orders.created": 3, "billing": 3}
+    with pytest.raises(relaybox.ConfigError, match="topic pattern"):
+        relaybox.Relay(outbox, transport=[relaybox.Route(["bad topic"])]).start()
+    with pytest.raises(TypeError):
+        relaybox.Relay(outbox, transport=["orders"])  # type: ignore[list-item]

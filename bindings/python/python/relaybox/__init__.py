@@ -48,7 +48,7 @@ from .outbox import (
     current_transaction,
 )
 from .relay import AsyncRelay, Relay
-from .transport import Kafka, Transport
+from .transport import Kafka, Route, Transport
 
 __version__: str = _native.__version__
 
@@ -77,6 +77,7 @@ __all__ = [
     "Outbox",
     "OutboxOptions",
     "Reject",
+    "Route",
     "Relay",
     "RelayboxError",
     "SchemaError",

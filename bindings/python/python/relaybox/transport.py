@@ -1,14 +1,18 @@
-"""Choosing the broker: the database's own log (default) or Kafka."""
+"""Choosing the broker: the database's own log (default), Kafka, any transport.
+
+A transport is given in the core's JSON form, or as routes sending each topic
+to a transport of its own.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-__all__ = ["Kafka", "Transport", "transport_json", "from_env"]
+__all__ = ["Kafka", "Route", "Transport", "transport_json", "from_env"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,36 @@ class Kafka:
         return {"kafka": settings}
 
 
-Transport = Union[str, Kafka, Mapping[str, Any], None]
+@dataclass(frozen=True)
+class Route:
+    """One route: messages of ``topics`` go to ``transport``.
+
+    ``topics`` are topic names or globs in which ``*`` stands for any run of
+    characters (``"orders.*"``). ``transport`` takes what ``Relay`` takes
+    (default: the database's log). ``destination`` renames the topic on the
+    way out, ``{topic}`` standing for the outbox topic (``"prod.{topic}"``).
+    A relay given routes claims only their topics, so relays with disjoint
+    routes share one outbox; a message goes to the first route that matches.
+    """
+
+    topics: Sequence[str]
+    transport: Union[str, Kafka, Mapping[str, Any], None] = None
+    destination: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The core's JSON form of this route."""
+        route: dict[str, Any] = {
+            "topics": list(self.topics),
+            "transport": json.loads(transport_json(self.transport)),
+        }
+        if self.destination is not None:
+            route["destination"] = self.destination
+        return route
+
+
+Transport = Union[str, Kafka, Mapping[str, Any], Sequence[Route], None]
 """``"database"`` (or ``None``), ``"kafka"`` (settings from the environment), a
-:class:`Kafka`, or the core's JSON form as a mapping."""
+:class:`Kafka`, the core's JSON form as a mapping, or a list of :class:`Route`."""
 
 
 def from_env() -> Transport:
@@ -81,4 +112,11 @@ def transport_json(transport: Transport) -> str:
         return json.dumps(transport.to_json())
     if isinstance(transport, str):
         return json.dumps(transport)
+    if isinstance(transport, Sequence):
+        routes: list[dict[str, Any]] = []
+        for route in transport:
+            if not isinstance(route, Route):
+                raise TypeError("a list transport must hold relaybox.Route items")
+            routes.append(route.to_json())
+        return json.dumps({"routes": routes})
     return json.dumps(dict(transport))
