@@ -456,6 +456,69 @@ instance_id = "relay-1"
         assert_eq!(env_value("null"), Value::from("null"));
     }
 
+    /// The first ```toml block of a Markdown text.
+    fn toml_block(markdown: &str) -> &str {
+        let start = markdown.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let len = markdown[start..].find("```").expect("its end");
+        &markdown[start..start + len]
+    }
+
+    #[test]
+    fn the_operations_guide_file_is_valid() {
+        let text = toml_block(include_str!("../../docs/operations.md"));
+        let file = FileConfig::parse(text, "docs/operations.md").unwrap();
+        store_options(&file, None).unwrap();
+        let relay = relay_config(&file, no_env).unwrap();
+        assert_eq!(relay.instance_id.as_deref(), Some("relay-orders-1"));
+        match transport_config(&file, no_env).unwrap() {
+            TransportConfig::Routes(routes) => {
+                let names: Vec<&str> = routes.iter().map(|r| r.transport.name()).collect();
+                assert_eq!(names, ["kafka", "rabbitmq", "sns"]);
+                assert_eq!(routes[0].destination.as_deref(), Some("prod.{topic}"));
+            }
+            other => panic!("expected routes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_take_the_file_transport_or_their_own() {
+        let file = FileConfig::parse(
+            "transport = \"database\"\n[[route]]\ntopics = [\"a.*\"]\n\
+             [[route]]\ntopics = [\"b\"]\ntransport = { redis = { url = \"redis://r:6379\" } }\n",
+            "routes.toml",
+        )
+        .unwrap();
+        match transport_config(&file, no_env).unwrap() {
+            TransportConfig::Routes(routes) => {
+                assert_eq!(routes[0].transport.name(), "database");
+                assert_eq!(routes[1].transport.name(), "redis");
+            }
+            other => panic!("expected routes, got {other:?}"),
+        }
+        // Without routes: the file's transport, else the database.
+        let plain =
+            FileConfig::parse("[transport.redis]\nurl = \"redis://r\"\n", "t.toml").unwrap();
+        assert_eq!(transport_config(&plain, no_env).unwrap().name(), "redis");
+        let none = FileConfig::default();
+        assert_eq!(transport_config(&none, no_env).unwrap().name(), "database");
+    }
+
+    #[test]
+    fn bad_routes_name_the_route() {
+        for (text, field) in [
+            ("[[route]]\ntopics = [\"a b\"]\n", "topics"),
+            ("[[route]]\ntransport = \"database\"\n", "route"),
+            ("[[route]]\ntopics = [\"a\"]\nnope = 1\n", "route"),
+            ("[[route]]\ntopics = [\"a\"]\ndestination = \"a/b\"\n", "destination"),
+            ("[[route]]\ntopics = [\"a\"]\n[[route]]\ntopics = [\"b\"]\ntransport = { carrier = {} }\n", "transport"),
+        ] {
+            let file = FileConfig::parse(text, "bad.toml").unwrap();
+            let err = transport_config(&file, no_env).unwrap_err();
+            assert_eq!(field_of(&err), field, "{text}: {err}");
+            assert!(err.to_string().contains("[[route]] #"), "{text}: {err}");
+        }
+    }
+
     #[test]
     fn line_and_column() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
