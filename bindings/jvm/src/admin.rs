@@ -22,6 +22,9 @@ pub struct TopicBacklog {
     pub oldest_age_seconds: f64,
     /// Undelivered messages that have failed at least once.
     pub retrying: i64,
+    /// Whether a running relay serves the topic (false: no relay's routes
+    /// match it, and its rows stay pending).
+    pub served: bool,
 }
 
 /// A relay instance holding partition leases.
@@ -62,6 +65,7 @@ impl From<relaybox::Status> for OutboxStatus {
                     pending: t.pending,
                     oldest_age_seconds: t.oldest_age_seconds,
                     retrying: t.retrying,
+                    served: t.served,
                 })
                 .collect(),
             dead_letters: s.dead_letters,
