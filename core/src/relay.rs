@@ -501,6 +501,7 @@ impl Worker {
         let mut next_purge = Instant::now();
         // A lane's lease rows are made by its first relay (see `Store::seed_lane`).
         let mut seeded = false;
+        let mut mix_checked = false;
         while !self.cancel.is_cancelled() {
             if !seeded {
                 match self.store.seed_lane().await {
@@ -511,7 +512,12 @@ impl Worker {
                 }
             }
             let next_look = match self.tend_leases(session, &mut tending).await {
-                Ok(()) => Instant::now() + look_every,
+                Ok(()) => {
+                    if !mix_checked {
+                        mix_checked = self.warn_of_other_lanes().await;
+                    }
+                    Instant::now() + look_every
+                }
                 Err(e) => {
                     tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
                     Instant::now() + renew_every.min(Duration::from_secs(1))
@@ -590,6 +596,30 @@ impl Worker {
             tending.renew_at = Instant::now() + self.config.lease_ttl / 3;
         }
         Ok(())
+    }
+
+    /// Warns when relays that serve every topic run beside relays that
+    /// serve some topics only: the former also claim the latter's topics,
+    /// so those topics' messages may go to either transport. Returns
+    /// whether the look was made.
+    async fn warn_of_other_lanes(&self) -> bool {
+        let Ok(live) = self.store.live_topics().await else {
+            return false;
+        };
+        let routed = self.sink.topics().is_some();
+        let others: Vec<&str> = live
+            .iter()
+            .filter(|(owner, topics)| *owner != self.owner && topics.is_some() != routed)
+            .map(|(owner, _)| owner.as_str())
+            .collect();
+        if !others.is_empty() {
+            if routed {
+                tracing::warn!(owner = %self.owner, others = ?others, "relaybox relays that serve every topic run beside this relay, which serves some topics only: they also take its topics; give every relay on this outbox routes");
+            } else {
+                tracing::warn!(owner = %self.owner, others = ?others, "relaybox relays with routes run beside this relay, which serves every topic: it also takes their topics; give every relay on this outbox routes");
+            }
+        }
+        true
     }
 
     /// How many batches a loop may have in flight: pipelining needs a claim

@@ -629,6 +629,22 @@ impl Store {
         }
     }
 
+    /// The live relay instances and the topic patterns of each (`None` for
+    /// one that serves every topic).
+    pub(crate) async fn live_topics(&self) -> Result<Vec<(String, Option<crate::route::Topics>)>> {
+        let rows = match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::live_topics(pool, sql).await,
+            Pool::Sqlite(pool, sql) => sqlite::live_topics(pool, sql).await,
+        }?;
+        Ok(rows
+            .into_iter()
+            .map(|(owner, topics)| {
+                let topics = topics.and_then(|t| crate::route::Topics::from_json(&t));
+                (owner, topics)
+            })
+            .collect())
+    }
+
     /// Creates the lease rows of this store's lane (see
     /// [`for_topics`](Store::for_topics)) when missing; nothing otherwise.
     pub(crate) async fn seed_lane(&self) -> Result<()> {

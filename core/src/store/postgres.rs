@@ -270,7 +270,7 @@ impl PgSql {
                 ))
             }),
             served: s(format!(
-                "SELECT r.topics FROM {p}relay_instances i LEFT JOIN {p}relay_routes r USING (owner) \
+                "SELECT i.owner, r.topics FROM {p}relay_instances i LEFT JOIN {p}relay_routes r USING (owner) \
                  WHERE i.expires_at > now()"
             )),
             lane: scope.lane.clone(),
@@ -1262,9 +1262,11 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
     let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
         .fetch_one(pool)
         .await?;
-    let served: Vec<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.served.clone()))
-        .fetch_all(pool)
-        .await?;
+    let served: Vec<Option<String>> = live_topics(pool, sql)
+        .await?
+        .into_iter()
+        .map(|(_, topics)| topics)
+        .collect();
     let mut topics = topics;
     super::mark_served(&mut topics, &served);
     Ok(Status {
@@ -1404,4 +1406,18 @@ mod tests {
         assert_eq!(params[13], Value::Int(7));
         assert_eq!(params[15], Value::Bytes(vec![0, 255]));
     }
+}
+
+/// The live relay instances and the topics of each (JSON), `None` for one
+/// that serves every topic.
+pub(super) async fn live_topics(
+    pool: &PgPool,
+    sql: &PgSql,
+) -> Result<Vec<(String, Option<String>)>> {
+    Ok(q(&sql.served)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("owner")?, r.try_get("topics")?)))
+        .collect::<Result<Vec<_>>>()?)
 }

@@ -219,7 +219,7 @@ impl SqliteSql {
                 ))
             }),
             served: s(format!(
-                "SELECT r.topics FROM {p}relay_instances i LEFT JOIN {p}relay_routes r USING (owner) \
+                "SELECT i.owner, r.topics FROM {p}relay_instances i LEFT JOIN {p}relay_routes r USING (owner) \
                  WHERE i.expires_at > ?1"
             )),
             lane: scope.lane.clone(),
@@ -1035,10 +1035,11 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
         .bind(now)
         .fetch_one(pool)
         .await?;
-    let served: Vec<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.served.clone()))
-        .bind(now)
-        .fetch_all(pool)
-        .await?;
+    let served: Vec<Option<String>> = live_topics(pool, sql)
+        .await?
+        .into_iter()
+        .map(|(_, topics)| topics)
+        .collect();
     let mut topics = topics;
     super::mark_served(&mut topics, &served);
     Ok(Status {
@@ -1160,4 +1161,19 @@ mod tests {
         assert_eq!(params[9], Value::Int(to_unix_micros(m.available_at)));
         assert_eq!(params[12], Value::Null);
     }
+}
+
+/// The live relay instances and the topics of each (JSON), `None` for one
+/// that serves every topic.
+pub(super) async fn live_topics(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+) -> Result<Vec<(String, Option<String>)>> {
+    q(&sql.served)
+        .bind(now_us())
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("owner")?, r.try_get("topics")?)))
+        .collect()
 }
