@@ -1331,6 +1331,20 @@ pub(super) fn inbox_run_statement(
     )
 }
 
+/// The live relay instances and the topics of each (JSON), `None` for one
+/// that serves every topic.
+pub(super) async fn live_topics(
+    pool: &PgPool,
+    sql: &PgSql,
+) -> Result<Vec<(String, Option<String>)>> {
+    q(&sql.served)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("owner")?, r.try_get("topics")?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1406,18 +1420,4 @@ mod tests {
         assert_eq!(params[13], Value::Int(7));
         assert_eq!(params[15], Value::Bytes(vec![0, 255]));
     }
-}
-
-/// The live relay instances and the topics of each (JSON), `None` for one
-/// that serves every topic.
-pub(super) async fn live_topics(
-    pool: &PgPool,
-    sql: &PgSql,
-) -> Result<Vec<(String, Option<String>)>> {
-    Ok(q(&sql.served)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("owner")?, r.try_get("topics")?)))
-        .collect::<Result<Vec<_>>>()?)
 }

@@ -1115,6 +1115,21 @@ pub(super) fn inbox_run_statement(
     )
 }
 
+/// The live relay instances and the topics of each (JSON), `None` for one
+/// that serves every topic.
+pub(super) async fn live_topics(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+) -> Result<Vec<(String, Option<String>)>> {
+    q(&sql.served)
+        .bind(now_us())
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("owner")?, r.try_get("topics")?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1161,19 +1176,4 @@ mod tests {
         assert_eq!(params[9], Value::Int(to_unix_micros(m.available_at)));
         assert_eq!(params[12], Value::Null);
     }
-}
-
-/// The live relay instances and the topics of each (JSON), `None` for one
-/// that serves every topic.
-pub(super) async fn live_topics(
-    pool: &SqlitePool,
-    sql: &SqliteSql,
-) -> Result<Vec<(String, Option<String>)>> {
-    q(&sql.served)
-        .bind(now_us())
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("owner")?, r.try_get("topics")?)))
-        .collect()
 }
