@@ -105,16 +105,30 @@ export interface RedisOptions {
 }
 
 /**
- * Where messages go: the database's own log table (`'database'`), or one
+ * One route: messages of `topics` (names, or globs with `*` such as
+ * `'orders.*'`) go to `transport`, published as `destination` if given
+ * (`'{topic}'` stands for the outbox topic, e.g. `'prod.{topic}'`).
+ */
+export interface Route {
+  topics: string[]
+  transport?: Transport
+  destination?: string
+}
+
+/**
+ * Where messages go: the database's own log table (`'database'`), one
  * broker named by the only key of an object, with its settings in camelCase:
  * `{kafka: {...}}`, `{rabbitmq: {...}}`, `{redis: {...}}`, `{sns: {...}}`,
- * `{sqs: {...}}`, `{messageDb: {...}}`, `{eventodb: {...}}`.
+ * `{sqs: {...}}`, `{messageDb: {...}}`, `{eventodb: {...}}`; or
+ * `{routes: [...]}`, each topic to the first route that matches it (a relay
+ * given routes claims only their topics).
  */
 export type Transport =
   | 'database'
   | { kafka: KafkaOptions }
   | { rabbitmq: RabbitMqOptions }
   | { redis: RedisOptions }
+  | { routes: Route[] }
   | { [transport: string]: Record<string, unknown> }
   | null
   | undefined

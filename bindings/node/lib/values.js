@@ -194,12 +194,26 @@ function coreOptions (options, what) {
  * e.g. `{kafka: {bootstrapServers, createTopics, properties}}`,
  * `{rabbitmq: {url, exchange}}` or `{redis: {url}}`; the settings' keys
  * become snake_case (nested values such as Kafka `properties` are passed on
- * as they are).
+ * as they are). `{routes: [{topics, transport, destination}]}` gives each
+ * route's transport in the same form.
  * @param {unknown} transport
  * @returns {string}
  */
 function transportJson (transport) {
   if (transport === undefined || transport === null || transport === 'database') return '"database"'
+  if (transport && typeof transport === 'object' && 'routes' in transport && Object.keys(transport).length === 1) {
+    if (!Array.isArray(transport.routes)) {
+      throw new ConfigError('routes must be an array of {topics, transport, destination}', { code: 'invalid_config' })
+    }
+    const routes = transport.routes.map((route) => {
+      if (!route || typeof route !== 'object') {
+        throw new ConfigError('each route must be an object {topics, transport, destination}', { code: 'invalid_config' })
+      }
+      const { transport: target, ...rest } = route
+      return { ...rest, transport: JSON.parse(transportJson(target)) }
+    })
+    return stringify({ routes }, 'invalid_config')
+  }
   if (typeof transport === 'object' && !Array.isArray(transport)) {
     const entries = Object.entries(transport)
     if (entries.length === 1) {
