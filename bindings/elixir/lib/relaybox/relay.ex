@@ -17,7 +17,10 @@ defmodule Relaybox.Relay do
   Options: `:outbox` (a handle or registered name, required), `:transport`
   (`:database`, the default, appends to the store's own log table;
   `{:kafka, opts}` with `bootstrap_servers`, `create_topics`,
-  `topic_partitions`, `properties`, ...), `:name`, and the relay settings
+  `topic_partitions`, `properties`, ...; `{:routes, [[topics: ["orders.*"],
+  transport: ..., destination: ...], ...]}` sends each topic to the first
+  route that matches it, and the relay then claims only the routes' topics),
+  `:name`, and the relay settings
   `:poll_interval` and `:batch_size` (as EventodbKit's OutboxSender),
   `:lease_ttl`, `:max_attempts`, `:backoff_initial`, `:backoff_max`,
   `:publish_timeout`, `:retention` (durations in ms or `"5s"`), `:instance_id`,

@@ -58,12 +58,17 @@ defmodule Relaybox.Spec do
   A transport setting: `:database` (the default), or `{name, opts}` /
   `[{name, opts}]` naming a transport and its settings, e.g.
   `{:kafka, bootstrap_servers: "localhost:9092"}`,
-  `{:rabbitmq, url: "amqp://localhost"}` or `{:redis, url: "redis://localhost"}`.
+  `{:rabbitmq, url: "amqp://localhost"}` or `{:redis, url: "redis://localhost"}`;
+  or `{:routes, [[topics: ["orders.*"], transport: {:kafka, ...}, destination:
+  "prod.{topic}"], ...]}`, each topic to the first route that matches it.
   """
   @spec transport(term()) :: String.t() | map()
   def transport(nil), do: "database"
   def transport(:database), do: "database"
   def transport("database"), do: "database"
+
+  def transport({:routes, routes}) when is_list(routes),
+    do: %{"routes" => Enum.map(routes, &route/1)}
 
   def transport({name, opts}) when is_atom(name),
     do: %{Atom.to_string(name) => normalize(Map.new(opts))}
@@ -71,4 +76,13 @@ defmodule Relaybox.Spec do
   def transport([{name, opts}]) when is_atom(name), do: transport({name, opts})
   def transport(%{} = map), do: normalize(map)
   def transport(other), do: other
+
+  # One route: `topics`, an optional `transport` in any form `transport/1`
+  # takes, and an optional `destination`.
+  defp route(route) when is_list(route) or is_map(route) do
+    {target, rest} = route |> Map.new() |> Map.pop(:transport)
+    rest |> normalize() |> Map.put("transport", transport(target))
+  end
+
+  defp route(other), do: other
 end
