@@ -68,6 +68,7 @@ pub struct Args {
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // Validate the settings before touching the database.
     let config = ctx.relay_config()?;
+    let transport = ctx.transport_config()?;
     let store = ctx.connect().await?;
     if args.migrate {
         store.migrate().await?;
@@ -76,7 +77,6 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // Fails with a clear "run relaybox migrate" error when the schema is missing.
     let partitions = store.partitions().await?;
 
-    let transport = ctx.transport_config()?;
     let sink = transport.sink(&store)?;
     if args.check {
         println!("{}", describe(&transport));

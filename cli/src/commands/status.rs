@@ -15,8 +15,8 @@ use crate::output::{key_values, short_duration, table, Align};
                   them are being retried, age of the oldest, and whether a running relay \
                   serves the topic), the dead-letter count, the partition count, the live \
                   relays and which relay holds how many partition leases. Rows of a topic \
-                  that no running relay serves (its routes do not match it) stay pending; \
-                  such topics are marked `unrouted`."
+                  that no running relay serves stay pending: such topics are marked \
+                  `unrouted` (relays run, but none has a route for them) or `no relay`."
 )]
 pub struct Args {
     /// Print the status as JSON instead of tables
@@ -67,7 +67,12 @@ fn render(store: &Store, status: &Status) -> String {
                     t.pending.to_string(),
                     t.retrying.to_string(),
                     short_duration(t.oldest_age_seconds),
-                    if t.served { "yes" } else { "unrouted" }.to_string(),
+                    match (t.served, status.live_relays) {
+                        (true, _) => "yes",
+                        (false, 0) => "no relay",
+                        (false, _) => "unrouted",
+                    }
+                    .to_string(),
                 ]
             })
             .collect();
