@@ -6,7 +6,7 @@ use std::sync::Arc;
 use relaybox::{DatabaseSink, Relay};
 
 use crate::context::Context;
-use crate::signals;
+use crate::{listen, signals};
 
 /// Arguments of `relaybox relay`.
 #[derive(Debug, clap::Args)]
@@ -34,18 +34,30 @@ use crate::signals;
         RELAYBOX_RELAY_POLL_INTERVAL  poll_interval\n  \
         RELAYBOX_RELAY_LEASE_TTL      lease_ttl\n  \
         RELAYBOX_RELAY_MAX_ATTEMPTS   max_attempts\n  \
+        RELAYBOX_LISTEN               --listen\n  \
         RUST_LOG                      log filter (default: info); logs go to stderr"
 )]
 pub struct Args {
     /// Run the migrations (`relaybox migrate`) before starting
     #[arg(long)]
     pub migrate: bool,
+
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this
+    /// address: PORT (on 127.0.0.1) or IP:PORT (docs/metrics.md)
+    #[arg(long, env = "RELAYBOX_LISTEN", value_name = "ADDRESS")]
+    pub listen: Option<String>,
 }
 
 /// Runs the relay until a shutdown signal arrives.
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // Validate the settings before touching the database.
     let config = ctx.relay_config()?;
+    let listen = args
+        .listen
+        .as_deref()
+        .filter(|l| !l.trim().is_empty())
+        .map(listen::parse_address)
+        .transpose()?;
     let store = ctx.connect().await?;
     if args.migrate {
         store.migrate().await?;
@@ -55,8 +67,22 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let partitions = store.partitions().await?;
 
     let stop = signals::shutdown()?;
+    // Listen before the relay starts, so that a taken address fails at once;
+    // the recorder goes first so that the relay records into it.
+    let http = match listen {
+        Some(address) => Some((listen::install_recorder()?, listen::bind(address).await?)),
+        None => None,
+    };
     let sink = Arc::new(DatabaseSink::new(store.clone()));
-    let relay = Relay::start(store.clone(), sink, config)?;
+    let relay = Arc::new(Relay::start(store.clone(), sink, config)?);
+    let server = http.map(|(metrics, listener)| {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(%address, "relaybox relay serving /healthz, /readyz and /metrics");
+        listen::Server::start(listener, relay.clone(), metrics)
+    });
     tracing::info!(
         owner = relay.owner(),
         url = %store.url(),
@@ -76,6 +102,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     };
+    if let Some(server) = server {
+        server.stop().await;
+    }
     let stats = relay.stats();
     tracing::info!(
         delivered = stats.delivered,
