@@ -9,6 +9,7 @@
 mod commands;
 mod config;
 mod context;
+mod listen;
 mod output;
 mod signals;
 

@@ -19,7 +19,9 @@ pub mod consumer;
 pub mod consumer_host;
 pub mod duration;
 pub mod error;
+pub mod health;
 pub mod message;
+pub mod metrics;
 pub mod partition;
 pub mod redact;
 pub mod relay;
@@ -41,6 +43,7 @@ pub use consumer_host::{
     host_handler_fn, HostDelivery, HostHandler, HostOutcome, HostRun, HostRunOutcome,
 };
 pub use error::{BoxError, Error, Result};
+pub use health::Health;
 pub use message::Message;
 pub use redact::DatabaseUrl;
 pub use relay::{Relay, RelayConfig, RelayStats};

@@ -87,6 +87,11 @@ pub struct RelayConfig {
     /// hand over before acknowledging (Kafka) and on PostgreSQL; each batch
     /// in flight holds a pooled connection.
     pub batches_in_flight: u32,
+    /// How often the relay samples the backlog per topic for its metrics
+    /// (`relaybox_backlog_messages` and the like, docs/metrics.md): one
+    /// `relaybox status` query (default 5 s; 0 turns sampling off).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub metrics_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -107,6 +112,7 @@ impl Default for RelayConfig {
             instance_id: None,
             concurrency: 2,
             batches_in_flight: 2,
+            metrics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -202,6 +208,7 @@ struct Counters {
     batches: AtomicU64,
     claims: AtomicU64,
     partitions_held: AtomicU64,
+    leases: crate::health::LeaseHealth,
 }
 
 /// A running relay. Stop it with [`shutdown`](Relay::shutdown), which finishes
@@ -215,6 +222,10 @@ pub struct Relay {
     cancel: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    /// What [`health`](Relay::health) checks; let go at shutdown, so that
+    /// the store and the sink live no longer than the relay's work.
+    checked: Mutex<Option<(Store, Arc<dyn Sink>)>>,
+    lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for Relay {
@@ -244,9 +255,11 @@ impl Relay {
             .unwrap_or_else(default_instance_id);
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
+        let lease_ttl = config.lease_ttl;
+        crate::metrics::describe();
         let worker = Worker {
-            store,
-            sink,
+            store: store.clone(),
+            sink: sink.clone(),
             config,
             owner: owner.clone(),
             cancel: cancel.clone(),
@@ -267,7 +280,53 @@ impl Relay {
             cancel,
             task: Mutex::new(Some(task)),
             counters,
+            checked: Mutex::new(Some((store, sink))),
+            lease_ttl,
         })
+    }
+
+    /// Whether the relay is ready to relay: its task running, the database
+    /// reachable, its leases tended (see [`Health`](crate::health::Health))
+    /// and its transport connected (the sink's [`check`](Sink::check)).
+    /// Each check is bounded by [`HEALTH_CHECK_TIMEOUT`].
+    pub async fn health(&self) -> crate::health::Health {
+        use crate::health::{ping, within, Health};
+        let running = self.is_running();
+        let checked = self.checked.lock().expect("relay lock").clone();
+        let (true, Some((store, sink))) = (running, checked) else {
+            return Health {
+                running: false,
+                database: false,
+                leases: false,
+                partitions_held: 0,
+                transport: false,
+                problems: vec!["relay: not running".to_string()],
+            };
+        };
+        let mut problems = Vec::new();
+        let timeout = HEALTH_CHECK_TIMEOUT;
+        let transport = sink.name().to_string();
+        let (database, checked) = tokio::join!(
+            within(timeout, "SELECT 1", ping(&store)),
+            within(timeout, "the transport check", sink.check()),
+        );
+        if let Err(e) = &database {
+            problems.push(format!("database: {e}"));
+        }
+        let held = self.counters.partitions_held.load(Ordering::Relaxed);
+        let lease_problem = self.counters.leases.problem(held, self.lease_ttl);
+        problems.extend(lease_problem.clone());
+        if let Err(e) = &checked {
+            problems.push(format!("transport {transport}: {e}"));
+        }
+        Health {
+            running,
+            database: database.is_ok(),
+            leases: lease_problem.is_none(),
+            partitions_held: held,
+            transport: checked.is_ok(),
+            problems,
+        }
     }
 
     /// This relay's instance id, as shown in the lease table.
@@ -296,6 +355,7 @@ impl Relay {
             task.await
                 .map_err(|e| Error::internal(format!("relay task failed: {e}")))?;
         }
+        self.checked.lock().expect("relay lock").take();
         Ok(())
     }
 
@@ -316,6 +376,10 @@ impl Drop for Relay {
         }
     }
 }
+
+/// The longest [`Relay::health`] waits for the database and for the
+/// transport.
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn default_instance_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -475,13 +539,23 @@ impl Worker {
                 count: self.config.concurrency,
             })
         });
+        let sampler = async {
+            let every = self.config.metrics_interval;
+            if !every.is_zero() {
+                let cancel = self.cancel.clone();
+                crate::metrics::sample_backlog(self.store.clone(), every, cancel).await;
+            }
+        };
         tokio::join!(
             self.lease_loop(&mut session),
-            futures::future::join_all(loops)
+            futures::future::join_all(loops),
+            sampler
         );
         if let Err(e) = self.store.leave(&self.owner).await {
             tracing::warn!(owner = %self.owner, error = %e, "relaybox relay could not release its leases");
         }
+        let held = self.counters.partitions_held.swap(0, Ordering::Relaxed);
+        crate::metrics::leases_changed(held as usize, 0);
         // Only now: with the presence lock let go earlier, another relay
         // could free this one's leases while its last batches complete.
         session.close().await;
@@ -519,6 +593,9 @@ impl Worker {
                     Instant::now() + look_every
                 }
                 Err(e) => {
+                    self.counters
+                        .leases
+                        .failed(format!("lease refresh failed: {e}"));
                     tracing::warn!(owner = %self.owner, error = %e, "relaybox lease refresh failed");
                     Instant::now() + renew_every.min(Duration::from_secs(1))
                 }
@@ -572,6 +649,9 @@ impl Worker {
             // and is freeing its leases; still refused a second later,
             // another session holds it for good.
             tending.refused += 1;
+            self.counters
+                .leases
+                .failed("another session holds the relay's presence lock".into());
             if tending.refused == 3 {
                 tracing::warn!(owner = %self.owner, "relaybox relay cannot take its presence lock: another session holds it (another relay with the same instance_id?); it renews and takes no leases until it can");
             }
@@ -579,6 +659,7 @@ impl Worker {
         }
         tending.refused = 0;
         let view = self.store.lease_view(session).await?;
+        self.counters.leases.looked(view.free);
         if !view.gone.is_empty() {
             tracing::info!(owner = %self.owner, gone = ?view.gone, "relaybox relay instances gone (their database sessions ended): their partitions are free");
         }
@@ -811,9 +892,11 @@ impl Worker {
             held.extend(got);
             held.sort_unstable();
         }
-        self.counters
+        let before = self
+            .counters
             .partitions_held
-            .store(held.len() as u64, Ordering::Relaxed);
+            .swap(held.len() as u64, Ordering::Relaxed);
+        crate::metrics::leases_changed(before as usize, held.len());
         self.held.send_if_modified(|current| {
             let changed = *current != held;
             *current = held;
@@ -843,14 +926,20 @@ impl Worker {
         {
             let keep = self.config.retention.is_some();
             let batch = self.config.batch_size;
+            let started = Instant::now();
             if let Some(moved) = self
                 .store
                 .move_to_log(&self.owner, slice, batch, keep)
                 .await?
             {
+                let tally = crate::metrics::BatchTally::moved(moved);
+                let moved = tally.delivered();
                 if moved == 0 {
                     return Ok(Started::Nothing);
                 }
+                crate::metrics::batch_claimed(moved as usize);
+                crate::metrics::published(self.sink.name(), started.elapsed());
+                tally.record();
                 self.counters.delivered.fetch_add(moved, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 return Ok(Started::Worked {
@@ -866,6 +955,7 @@ impl Worker {
             return Ok(Started::Nothing);
         }
         let full = self.fills_a_batch(claim.rows.len());
+        crate::metrics::batch_claimed(claim.rows.len());
         let acks = self.send(&claim.messages).await;
         in_flight.push_back(InFlight {
             claim,
@@ -936,9 +1026,11 @@ impl Worker {
             .copied()
             .chain(done.dead.iter().map(|(id, _)| *id))
             .collect();
+        let tally = crate::metrics::BatchTally::new(&claim.messages, &done);
         self.store
             .complete(&self.owner, claim, done, self.config.retention.is_some())
             .await?;
+        tally.record();
         let due_now = self.recovery.lock().expect("recovery lock").note(
             &settled,
             &transport_failed,
@@ -1000,7 +1092,8 @@ impl Worker {
                 .collect::<Vec<_>>()
         };
         let timeout = self.config.effective_publish_timeout();
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let n = messages.len();
         let sent = AssertUnwindSafe(self.sink.send(messages)).catch_unwind();
         let acks = match tokio::time::timeout_at(deadline, sent).await {
@@ -1016,6 +1109,7 @@ impl Worker {
             }
             Ok(Ok(acks)) => acks,
         };
+        let transport = self.sink.name().to_string();
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, AssertUnwindSafe(acks).catch_unwind()).await {
                 Err(_) => failed(format!("no acknowledgement within {timeout:?}")),
@@ -1024,7 +1118,10 @@ impl Worker {
                     "sink returned {} results for {n} messages",
                     results.len(),
                 )),
-                Ok(Ok(results)) => results,
+                Ok(Ok(results)) => {
+                    crate::metrics::published(&transport, started.elapsed());
+                    results
+                }
             }
         })
     }

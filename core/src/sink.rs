@@ -67,4 +67,14 @@ pub trait Sink: Send + Sync + 'static {
     fn topics(&self) -> Option<&crate::route::Topics> {
         None
     }
+
+    /// Whether the destination can be reached now, for a relay's readiness
+    /// ([`Relay::health`](crate::Relay::health)): a cheap round trip to the
+    /// broker (connecting first if the sink is not connected yet), an error
+    /// naming what failed otherwise. The relay bounds it with a timeout. The
+    /// default reports `Ok` without looking: a sink that cannot check counts
+    /// as connected.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }

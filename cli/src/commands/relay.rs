@@ -2,10 +2,17 @@
 //! until SIGINT or SIGTERM, then shuts it down gracefully; `--check`
 //! validates the configuration and connects, then exits.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
 use relaybox::{Relay, TransportConfig};
 
 use crate::context::Context;
-use crate::signals;
+use crate::{listen, signals};
+
+/// How long `--check` waits for the transport to answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Arguments of `relaybox relay`.
 #[derive(Debug, clap::Args)]
@@ -51,6 +58,7 @@ use crate::signals;
                                       eventodb, with their variables (RELAYBOX_KAFKA_BOOTSTRAP,\n  \
                                       RELAYBOX_RABBITMQ_URL, RELAYBOX_REDIS_URL, ...): the\n  \
                                       transport, instead of the file's [transport]\n  \
+        RELAYBOX_LISTEN               --listen\n  \
         RUST_LOG                      log filter (default: info); logs go to stderr"
 )]
 pub struct Args {
@@ -62,6 +70,11 @@ pub struct Args {
     /// print what would run, and exit (0 when everything is in order)
     #[arg(long)]
     pub check: bool,
+
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this
+    /// address: PORT (on 127.0.0.1) or IP:PORT (docs/metrics.md)
+    #[arg(long, env = "RELAYBOX_LISTEN", value_name = "ADDRESS")]
+    pub listen: Option<String>,
 }
 
 /// Runs the relay until a shutdown signal arrives.
@@ -69,6 +82,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // Validate the settings before touching the database.
     let config = ctx.relay_config()?;
     let transport = ctx.transport_config()?;
+    let listen = args
+        .listen
+        .as_deref()
+        .filter(|l| !l.trim().is_empty())
+        .map(listen::parse_address)
+        .transpose()?;
     let store = ctx.connect().await?;
     if args.migrate {
         store.migrate().await?;
@@ -85,12 +104,37 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             store.url(),
             store.options().table_prefix
         );
+        let checked = tokio::time::timeout(CHECK_TIMEOUT, sink.check()).await;
         store.close().await;
+        match checked {
+            Ok(Ok(())) => println!("transport {}: ok", transport.name()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(anyhow!(
+                    "transport {} did not answer within {CHECK_TIMEOUT:?}",
+                    transport.name()
+                ))
+            }
+        }
         return Ok(());
     }
 
     let stop = signals::shutdown()?;
-    let relay = Relay::start(store.clone(), sink, config)?;
+    // Listen before the relay starts, so that a taken address fails at once;
+    // the recorder goes first so that the relay records into it.
+    let http = match listen {
+        Some(address) => Some((listen::install_recorder()?, listen::bind(address).await?)),
+        None => None,
+    };
+    let relay = Arc::new(Relay::start(store.clone(), sink, config)?);
+    let server = http.map(|(metrics, listener)| {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(%address, "relaybox relay serving /healthz, /readyz and /metrics");
+        listen::Server::start(listener, relay.clone(), metrics)
+    });
     tracing::info!(
         owner = relay.owner(),
         url = %store.url(),
@@ -111,6 +155,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     };
+    if let Some(server) = server {
+        server.stop().await;
+    }
     let stats = relay.stats();
     tracing::info!(
         delivered = stats.delivered,

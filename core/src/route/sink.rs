@@ -125,6 +125,22 @@ impl Sink for RoutedSink {
         self.send(batch).await.await
     }
 
+    /// Checks every route's sink; the first that fails names its route.
+    async fn check(&self) -> Result<()> {
+        let results = join_all(self.routes.iter().map(|r| r.sink.check())).await;
+        for (route, result) in self.routes.iter().zip(results) {
+            if let Err(e) = result {
+                return Err(Error::Transport {
+                    transport: route.sink.name().to_string(),
+                    message: format!("route {}: {e}", route.topics.lane()),
+                    retryable: true,
+                    message_id: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
     async fn send(&self, batch: &[Message]) -> Acks {
         let routed: Vec<Option<usize>> = batch.iter().map(|m| self.route_of(&m.topic)).collect();
         // The whole batch to one route under its own names: handed over as is.

@@ -1282,20 +1282,21 @@ impl Store {
     }
 
     /// Claims a batch and moves it into this store's own log in one
-    /// transaction (PostgreSQL), returning how many moved; `None` where the
-    /// dialect has no such path.
+    /// transaction (PostgreSQL), returning how many moved per topic (no
+    /// entry for a topic with none); `None` where the dialect has no such
+    /// path.
     pub(crate) async fn move_to_log(
         &self,
         owner: &str,
         slice: Slice,
         limit: u32,
         keep_sent: bool,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<Vec<(String, u64)>>> {
         match self.pool()? {
             Pool::Postgres(pool, sql) => {
                 let moved =
                     postgres::move_to_log(pool, sql, owner, slice, limit, keep_sent).await?;
-                if moved > 0 {
+                if !moved.is_empty() {
                     self.inner.wake.log_changed();
                 }
                 Ok(Some(moved))

@@ -371,7 +371,8 @@ fn move_to_log_sql(p: &str, topics: &str, take: &str) -> String {
              ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED), \
          taken AS ({take} RETURNING o.seq, o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at) \
          INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
-         SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() FROM taken ORDER BY seq"
+         SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() FROM taken ORDER BY seq \
+         RETURNING topic"
     )
 }
 
@@ -681,7 +682,7 @@ pub(super) async fn move_to_log(
     slice: Slice,
     limit: u32,
     keep_sent: bool,
-) -> Result<u64> {
+) -> Result<Vec<(String, u64)>> {
     let mut tx = pool.begin_with(BATCH_BEGIN).await?;
     let partitions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.claim_leases.clone()))
         .bind(owner)
@@ -690,7 +691,7 @@ pub(super) async fn move_to_log(
         .fetch_all(&mut *tx)
         .await?;
     if partitions.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     // Appenders take turns on the log (positions in commit order). This
     // transaction commits without waiting for its WAL flush (`BATCH_BEGIN`),
@@ -711,13 +712,20 @@ pub(super) async fn move_to_log(
     } else {
         &sql.move_to_log
     };
-    let moved = q(stmt)
+    let topics: Vec<String> = sqlx::query_scalar(AssertSqlSafe(stmt.clone()))
         .bind(&partitions)
         .bind(i64::from(limit))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
+    // Messages moved per topic (for the relay's metrics).
+    let mut moved: Vec<(String, u64)> = Vec::new();
+    for topic in topics {
+        match moved.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, n)) => *n += 1,
+            None => moved.push((topic, 1)),
+        }
+    }
     Ok(moved)
 }
 

@@ -39,6 +39,11 @@ impl Sink for DatabaseSink {
         Some(&self.store)
     }
 
+    /// `SELECT 1` on the store's pool.
+    async fn check(&self) -> Result<()> {
+        crate::health::ping(&self.store).await
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
         match self.store.append_log(batch).await {
             Ok(()) => batch.iter().map(|_| Ok(())).collect(),

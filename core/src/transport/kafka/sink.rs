@@ -280,10 +280,26 @@ pub(crate) async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()
     Ok(())
 }
 
+/// How long [`KafkaSink::check`] waits for the cluster's metadata.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[async_trait::async_trait]
 impl Sink for KafkaSink {
     fn name(&self) -> &str {
         "kafka"
+    }
+
+    /// A metadata request to the cluster, answered within
+    /// [`CHECK_TIMEOUT`].
+    async fn check(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.producer.client().fetch_metadata(None, CHECK_TIMEOUT)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("metadata task failed: {e}")))?
+        .map(|_| ())
+        .map_err(|e| kafka_error(e, None))
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {

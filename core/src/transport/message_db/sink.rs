@@ -101,6 +101,15 @@ impl Sink for MessageDbSink {
         NAME
     }
 
+    /// `SELECT 1` on Message DB's pool.
+    async fn check(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| transport_error(e.into(), None))
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
         let mut results = Vec::with_capacity(batch.len());
         let mut conn = match self.pool.acquire().await {

@@ -315,6 +315,13 @@ impl Sink for RabbitMqSink {
         NAME
     }
 
+    /// Whether the connection and its channel are open, connecting first
+    /// when they are not (as the next publish would).
+    async fn check(&self) -> Result<()> {
+        let mut link = self.inner.link.lock().await;
+        self.channel(&mut link).await.map(|_| ())
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
         self.send(batch).await.await
     }

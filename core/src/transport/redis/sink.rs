@@ -64,6 +64,14 @@ impl Sink for RedisSink {
         "redis"
     }
 
+    /// `PING` on the sink's connection (opened if needed).
+    async fn check(&self) -> Result<()> {
+        self.conn
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .map(|_| ())
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
         if batch.is_empty() {
             return Vec::new();
