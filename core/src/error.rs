@@ -228,12 +228,18 @@ impl From<sqlx::Error> for Error {
                 }
             }
             E::Io(io) => Error::Database {
-                message: format!("connection failed: {io}"),
+                message: match crate::store::tls::rustls_cause(&io) {
+                    Some(tls) => crate::store::tls::describe_rustls(tls, None, "sslrootcert"),
+                    None => format!("connection failed: {io}"),
+                },
                 sql_code: None,
                 retryable: true,
             },
             E::Tls(tls) => Error::Database {
-                message: format!("TLS failed: {tls}"),
+                message: match crate::store::tls::rustls_cause(tls.as_ref()) {
+                    Some(cause) => crate::store::tls::describe_rustls(cause, None, "sslrootcert"),
+                    None => format!("TLS failed: {tls}"),
+                },
                 sql_code: None,
                 retryable: true,
             },

@@ -86,5 +86,18 @@ mod tests {
         assert!(shown.contains("postgres://app:***@db:5432/app?sslmode=require&password=***"));
         assert_eq!(redact_url("sqlite://data.db"), "sqlite://data.db");
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+        // TLS URLs: the client key (a path or the PEM itself) and its password too.
+        assert_eq!(
+            redact_url("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/ca.pem&sslkey=/k.pem&sslpassword=x"),
+            "postgres://u:***@h/d?sslmode=verify-full&sslrootcert=/ca.pem&sslkey=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("rediss://:pw@cache:6380/0"),
+            "rediss://:***@cache:6380/0"
+        );
+        assert_eq!(
+            redact_url("amqps://u:pw@mq:5671/%2f"),
+            "amqps://u:***@mq:5671/%2f"
+        );
     }
 }

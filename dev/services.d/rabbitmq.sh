@@ -11,21 +11,28 @@
 # enabled_plugins, the Erlang cookie). The node runs as the calling user
 # (the Debian wrapper that switches to the `rabbitmq` user is bypassed).
 # epmd is shared by every Erlang node on the machine: stop leaves it running
-# while another node is registered with it.
+# while another node is registered with it. The node also serves AMQP over
+# TLS (amqps) on RELAYBOX_RABBITMQ_TLS_PORT (default the port - 1, 5671)
+# with dev/services' test server certificate (valid for the name
+# localhost; clients are not asked for a certificate); its settings are in
+# the node's rabbitmq.conf, written on every start.
 #
 #   dev/services start rabbitmq    install if needed, start, wait until ready
-#   dev/services env rabbitmq      RELAYBOX_RABBITMQ_URL and RABBITMQ_URL
+#   dev/services env rabbitmq      RELAYBOX_RABBITMQ_URL, RABBITMQ_URL and
+#                                  RELAYBOX_RABBITMQ_TLS_URL (amqps://)
 #   dev/services stop rabbitmq     stop the node this checkout started
 
 OPTIONAL_SERVICES+=(rabbitmq)
 
 RABBITMQ_HOST=127.0.0.1
 RABBITMQ_AMQP_PORT="${RELAYBOX_RABBITMQ_PORT:-5672}"
+RABBITMQ_TLS_PORT="${RELAYBOX_RABBITMQ_TLS_PORT:-$((RABBITMQ_AMQP_PORT - 1))}"
 RABBITMQ_STATE="$DEV_DIR/rabbitmq-$RABBITMQ_AMQP_PORT"
 RABBITMQ_NODE="relaybox-$RABBITMQ_AMQP_PORT@localhost"
 RABBITMQ_BIN=/usr/lib/rabbitmq/bin
 RABBITMQ_READY_TIMEOUT=60
 RABBITMQ_URL_VALUE="amqp://guest:guest@$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT/%2f"
+RABBITMQ_TLS_URL_VALUE="amqps://guest:guest@localhost:$RABBITMQ_TLS_PORT/%2f"
 
 # Runs a RabbitMQ program with this checkout's node environment, killed
 # after SECONDS: rabbitmq_run SECONDS PROGRAM [ARG...].
@@ -107,6 +114,15 @@ start_rabbitmq() {
   mkdir -p "$RABBITMQ_STATE/mnesia" "$RABBITMQ_STATE/log"
   [[ -f "$RABBITMQ_STATE/enabled_plugins" ]] || printf '[].\n' >"$RABBITMQ_STATE/enabled_plugins"
   : >"$RABBITMQ_STATE/rabbitmq-env.conf"
+  cat >"$RABBITMQ_STATE/rabbitmq.conf" <<EOF
+# Written by dev/services on every start.
+listeners.ssl.default = $RABBITMQ_HOST:$RABBITMQ_TLS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
   if ! rabbitmq_node_running; then
     log "starting RabbitMQ node $RABBITMQ_NODE on $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT (state $RABBITMQ_STATE)"
     (cd "$RABBITMQ_STATE" && rabbitmq_run 60 rabbitmq-server -detached >"$RABBITMQ_STATE/startup.log" 2>&1 </dev/null 9>&-) ||
@@ -159,4 +175,5 @@ status_rabbitmq() {
 env_rabbitmq() {
   echo "export RELAYBOX_RABBITMQ_URL=$RABBITMQ_URL_VALUE"
   echo "export RABBITMQ_URL=$RABBITMQ_URL_VALUE"
+  echo "export RELAYBOX_RABBITMQ_TLS_URL=$RABBITMQ_TLS_URL_VALUE"
 }

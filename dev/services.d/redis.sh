@@ -9,7 +9,11 @@
 # `appendfsync always`, so an entry whose XADD returned is on disk and a
 # stop/start (as the outage tests do) loses nothing. Readiness is
 # `redis-cli -p PORT ping` answering PONG. A server already answering on the
-# port is reused and left running by stop.
+# port is reused and left running by stop. The server also serves TLS on
+# RELAYBOX_REDIS_TLS_PORT (default the port + 1) with dev/services' test
+# server certificate (valid for the name localhost; clients are not asked
+# for a certificate); `env` exports its URL as RELAYBOX_REDIS_TLS_URL
+# (rediss://localhost:PORT).
 #
 #   dev/services start redis     dev/services stop redis
 #   dev/services status redis    eval "$(dev/services env redis)"
@@ -18,6 +22,7 @@ OPTIONAL_SERVICES+=(redis)
 
 REDIS_HOST=127.0.0.1
 REDIS_PORT="${RELAYBOX_REDIS_PORT:-6379}"
+REDIS_TLS_PORT="${RELAYBOX_REDIS_TLS_PORT:-$((REDIS_PORT + 1))}"
 REDIS_STATE="$DEV_DIR/redis-$REDIS_PORT"
 REDIS_PIDFILE="$REDIS_STATE/redis.pid"
 REDIS_LOG="$REDIS_STATE/redis.log"
@@ -57,7 +62,10 @@ start_redis() {
   log "starting redis-server on $REDIS_HOST:$REDIS_PORT (log $REDIS_LOG)"
   redis-server --bind "$REDIS_HOST" --port "$REDIS_PORT" --daemonize yes \
     --dir "$REDIS_STATE" --save '' --appendonly yes --appendfsync always \
-    --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" 9>&- \
+    --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" \
+    --tls-port "$REDIS_TLS_PORT" --tls-cert-file "$TLS_DIR/server.pem" \
+    --tls-key-file "$TLS_DIR/server.key" --tls-ca-cert-file "$TLS_DIR/ca.pem" \
+    --tls-auth-clients no 9>&- \
     || die "redis-server failed to start (log $REDIS_LOG)"
   local deadline=$((SECONDS + REDIS_READY_TIMEOUT))
   until redis_ready; do
@@ -114,4 +122,5 @@ status_redis() {
 env_redis() {
   echo "export RELAYBOX_REDIS_URL=redis://$REDIS_HOST:$REDIS_PORT"
   echo "export REDIS_URL=redis://$REDIS_HOST:$REDIS_PORT"
+  echo "export RELAYBOX_REDIS_TLS_URL=rediss://localhost:$REDIS_TLS_PORT"
 }

@@ -5,6 +5,7 @@
 mod postgres;
 mod scope;
 mod sqlite;
+pub(crate) mod tls;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -548,6 +549,15 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects with default options. URLs: `postgres://user:pass@host/db`,
     /// `sqlite://path/to/file.db` (created if missing) or `sqlite::memory:`.
+    ///
+    /// PostgreSQL TLS comes from the URL as in libpq: `sslmode`
+    /// (`disable`, `prefer` (the default), `require`, `verify-ca`,
+    /// `verify-full`), `sslrootcert` (the CA file; it adds to the system's
+    /// trusted CAs), `sslcert` and `sslkey` (a client certificate), or the
+    /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT` and `PGSSLKEY` environment
+    /// variables. A TLS failure is an [`Error::Database`] naming the cause
+    /// (an unknown CA, a certificate for another host name, a server
+    /// without TLS).
     pub async fn connect(url: &str) -> Result<Store> {
         Store::connect_with(url, StoreOptions::default()).await
     }
@@ -561,6 +571,7 @@ impl Store {
         let shutdown = CancellationToken::new();
         let pool = match dialect {
             Dialect::Postgres => {
+                tls::check_url(&url, "")?;
                 let connect = PgConnectOptions::from_str(url.expose()).map_err(|_| {
                     Error::config("url", format!("cannot parse PostgreSQL URL {url}"))
                 })?;
@@ -1617,6 +1628,9 @@ fn sqlite_options(url: &DatabaseUrl) -> Result<SqliteConnectOptions> {
 }
 
 fn connect_error(err: sqlx::Error, url: &DatabaseUrl) -> Error {
+    if let Some(tls) = tls::pg_tls_error(&err, url) {
+        return tls;
+    }
     match Error::from(err) {
         Error::Database {
             message,

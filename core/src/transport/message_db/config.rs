@@ -25,7 +25,9 @@ use crate::validate::check_header;
 pub struct MessageDbConfig {
     /// The PostgreSQL database holding Message DB (schema `message_store`).
     /// Default: the relaybox store's own database, which must then be
-    /// PostgreSQL with Message DB installed. Never shown unredacted.
+    /// PostgreSQL with Message DB installed. Never shown unredacted. TLS
+    /// settings (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) are URL
+    /// parameters, as for the store's URL.
     #[serde(deserialize_with = "deserialize_url")]
     pub url: Option<DatabaseUrl>,
     /// This consumer's member number in its consumer group, `0..size` (default 0).
@@ -149,6 +151,7 @@ impl MessageDbConfig {
     /// A pool that connects on first use (and again after an outage), with
     /// `search_path` set to `message_store` as Message DB's functions need.
     pub(crate) fn pool(&self, url: &DatabaseUrl) -> Result<PgPool> {
+        crate::store::tls::check_url(url, "message_db.url")?;
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|_| Error::config("message_db.url", format!("cannot parse {url}")))?
             .options([("search_path", "message_store,public")]);

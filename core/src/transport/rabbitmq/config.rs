@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::codec::Codec;
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
+use crate::store::tls::{read_pem, PemKind};
 
 /// Default broker URL (the default virtual host `/` is written `%2f`).
 pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
@@ -18,6 +19,10 @@ pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
 /// In JSON: `{"url": "amqp://user:pass@host:5672/%2f", "exchange": "relaybox",
 /// "codec": "relaybox", "prefetch": 100, ...}`; unknown keys are an error.
 /// The password in `url` never appears in `Debug`, logs or errors.
+///
+/// TLS: an `amqps://` URL connects over TLS (OpenSSL) and verifies the
+/// broker's certificate and host name against the system's trusted CAs and,
+/// when `tls_ca_file` is set, the CAs of that file.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitMqConfig {
@@ -48,6 +53,9 @@ pub struct RabbitMqConfig {
     /// message with a retryable error (default 10 s).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub confirm_timeout: Duration,
+    /// PEM file of certificate authorities to trust besides the system's,
+    /// for the broker's certificate (`amqps://` only).
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for RabbitMqConfig {
@@ -63,6 +71,7 @@ impl Default for RabbitMqConfig {
             mandatory: true,
             connect_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
+            tls_ca_file: None,
         }
     }
 }
@@ -80,6 +89,7 @@ impl fmt::Debug for RabbitMqConfig {
             .field("mandatory", &self.mandatory)
             .field("connect_timeout", &self.connect_timeout)
             .field("confirm_timeout", &self.confirm_timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -144,7 +154,33 @@ impl RabbitMqConfig {
         if self.confirm_timeout < Duration::from_millis(100) {
             return Err(Error::config("confirm_timeout", "must be at least 100 ms"));
         }
+        if self.tls_ca_file.is_some() {
+            if !url.starts_with("amqps://") {
+                return Err(Error::config(
+                    "tls_ca_file",
+                    "is used with an amqps:// URL only (TLS)",
+                ));
+            }
+            self.tls_config()?;
+        }
         Ok(())
+    }
+
+    /// The TLS settings of the connection: the CAs of `tls_ca_file`, if set.
+    pub(crate) fn tls_config(&self) -> Result<lapin::tcp::OwnedTLSConfig> {
+        let cert_chain = match &self.tls_ca_file {
+            Some(path) => {
+                let pem = read_pem("tls_ca_file", path, PemKind::Certificates)?;
+                Some(String::from_utf8(pem).map_err(|_| {
+                    Error::config("tls_ca_file", format!("{path} is not a PEM text file"))
+                })?)
+            }
+            None => None,
+        };
+        Ok(lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain,
+        })
     }
 
     /// The dead-letter exchange in force.
@@ -242,5 +278,13 @@ mod tests {
         assert_eq!(field(serde_json::json!({"exchange": ""})), "exchange");
         assert_eq!(field(serde_json::json!({"prefetch": 0})), "prefetch");
         assert_eq!(field(serde_json::json!({"queue": "x"})), "rabbitmq");
+        assert_eq!(
+            field(serde_json::json!({"tls_ca_file": "/etc/ca.pem"})),
+            "tls_ca_file"
+        );
+        assert_eq!(
+            field(serde_json::json!({"url": "amqps://h/%2f", "tls_ca_file": "/no/ca.pem"})),
+            "tls_ca_file"
+        );
     }
 }

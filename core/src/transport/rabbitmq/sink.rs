@@ -72,18 +72,31 @@ impl std::fmt::Debug for RabbitMqSink {
 pub(crate) async fn connect(config: &RabbitMqConfig, name: &str) -> Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let what = format!("connecting to {}", config.redacted_url());
-    match tokio::time::timeout(
-        config.connect_timeout,
-        Connection::connect(&config.url, props),
-    )
-    .await
-    {
+    let builder = lapin::DefaultConnectionBuilder::new()
+        .map_err(|e| amqp_error(config, &what, &e, None))?
+        .with_uri_str(config.url.clone())
+        .with_properties(props)
+        .with_tls_config(config.tls_config()?);
+    match tokio::time::timeout(config.connect_timeout, builder.connect()).await {
         Err(_) => Err(transport_error(
             config,
             format!("{what} timed out after {:?}", config.connect_timeout),
             true,
             None,
         )),
+        Ok(Err(e)) if e.to_string().contains("certificate verify failed") => {
+            // OpenSSL's text names no reason: say which settings decide.
+            Err(transport_error(
+                config,
+                format!(
+                    "{what}: TLS: the broker's certificate could not be verified: it is not \
+                     signed by a trusted certificate authority (give the CA with tls_ca_file), \
+                     or not valid for the host name of the URL ({e})"
+                ),
+                true,
+                None,
+            ))
+        }
         Ok(Err(e)) => Err(amqp_error(config, &what, &e, None)),
         Ok(Ok(conn)) => Ok(conn),
     }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
+use crate::store::tls::{read_pem, PemKind};
 
 /// The placeholder of stream name templates.
 const TOPIC: &str = "{topic}";
@@ -17,13 +18,21 @@ const TOPIC: &str = "{topic}";
 /// As JSON: `{"url": "redis://127.0.0.1:6379", "maxlen": 10000, "stream":
 /// "{topic}", "dead_letter_stream": "{topic}.dlq", "start_id": "0",
 /// "block": "1s", "claim_idle": "30s", "claim_interval": "5s",
-/// "command_timeout": "5s", "consumer": null}`; every key is optional and
+/// "command_timeout": "5s", "consumer": null, "tls_ca_file": null,
+/// "tls_cert_file": null, "tls_key_file": null}`; every key is optional and
 /// unknown keys are an error. The URL's password never appears in `Debug`,
 /// logs or errors.
+///
+/// TLS: a `rediss://` URL connects over TLS and verifies the server's
+/// certificate and host name, against the system's trusted CAs or, when
+/// `tls_ca_file` is set, against the CAs of that file only. `rediss://` with
+/// a `#insecure` fragment is refused: relaybox does not connect without
+/// verifying.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]` (default `redis://127.0.0.1:6379`).
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://...` for
+    /// TLS (default `redis://127.0.0.1:6379`).
     pub url: String,
     /// Approximate cap on a stream's length (`XADD ... MAXLEN ~ N`, default
     /// 10000); `null` leaves streams untrimmed.
@@ -57,6 +66,15 @@ pub struct RedisConfig {
     /// process read its own pending entries again at once instead of after
     /// `claim_idle`; never give two running processes the same name.
     pub consumer: Option<String>,
+    /// PEM file of the certificate authorities that sign the server's
+    /// certificate (`rediss://` only); instead of the system's trusted CAs.
+    pub tls_ca_file: Option<String>,
+    /// PEM file of a client certificate (chain) to present, for a server
+    /// that asks for one (`tls-auth-clients`); needs `tls_key_file`.
+    pub tls_cert_file: Option<String>,
+    /// PEM file of the client certificate's private key. Its contents never
+    /// appear in `Debug`, logs or errors.
+    pub tls_key_file: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -72,6 +90,9 @@ impl Default for RedisConfig {
             claim_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             consumer: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -89,6 +110,9 @@ impl fmt::Debug for RedisConfig {
             .field("claim_interval", &self.claim_interval)
             .field("command_timeout", &self.command_timeout)
             .field("consumer", &self.consumer)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
@@ -184,21 +208,81 @@ impl RedisConfig {
         })
     }
 
-    /// A client for `url`; a URL that does not parse is a configuration
-    /// error that does not repeat it.
+    /// A client for `url`, with the TLS files when set; a URL that does not
+    /// parse is a configuration error that does not repeat it.
     pub(crate) fn client(&self) -> Result<redis::Client> {
         if self.url.trim().is_empty() {
             return Err(Error::config("url", "must not be empty"));
         }
-        redis::Client::open(self.url.as_str()).map_err(|_| {
+        let bad_url = || {
             Error::config(
                 "url",
                 format!(
-                    "{} is not a usable Redis URL (redis://[user:password@]host[:port][/db])",
+                    "{} is not a usable Redis URL (redis://[user:password@]host[:port][/db] or rediss://...)",
                     self.redacted_url()
                 ),
             )
-        })
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
+            .map_err(|_| bad_url())?;
+        let tls = match info.addr() {
+            redis::ConnectionAddr::TcpTls { insecure, .. } => {
+                if *insecure {
+                    return Err(Error::config(
+                        "url",
+                        "rediss:// with #insecure (no certificate verification) is not supported; \
+                         give the server's CA with tls_ca_file instead",
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
+        let files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        if !tls {
+            if let Some((field, _)) = files.iter().find(|(_, f)| f.is_some()) {
+                return Err(Error::config(
+                    *field,
+                    "is used with a rediss:// URL only (TLS)",
+                ));
+            }
+            return redis::Client::open(info).map_err(|_| bad_url());
+        }
+        let root_cert = match &self.tls_ca_file {
+            Some(path) => Some(read_pem("tls_ca_file", path, PemKind::Certificates)?),
+            None => None,
+        };
+        let client_tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem("tls_cert_file", cert, PemKind::Certificates)?,
+                client_key: read_pem("tls_key_file", key, PemKind::PrivateKey)?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "tls_key_file",
+                    "must be set with tls_cert_file",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "tls_cert_file",
+                    "must be set with tls_key_file",
+                ))
+            }
+        };
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| Error::config("redis TLS", e.to_string()))
     }
 }
 
@@ -262,6 +346,22 @@ mod tests {
         assert_eq!(field(serde_json::json!({"url": "http://x"})), "url");
         assert_eq!(field(serde_json::json!({"claim_idle": "0s"})), "claim_idle");
         assert_eq!(field(serde_json::json!({"maxln": 5})), "redis");
+        assert_eq!(
+            field(serde_json::json!({"tls_ca_file": "/etc/ca.pem"})),
+            "tls_ca_file"
+        );
+        assert_eq!(
+            field(serde_json::json!({"url": "rediss://r", "tls_ca_file": "/no/such/ca.pem"})),
+            "tls_ca_file"
+        );
+        assert_eq!(
+            field(serde_json::json!({"url": "rediss://r", "tls_cert_file": "/c.pem"})),
+            "tls_key_file"
+        );
+        assert_eq!(
+            field(serde_json::json!({"url": "rediss://r/#insecure"})),
+            "url"
+        );
         assert!(valid_start_id("1700000000000-3"));
         assert!(valid_start_id("$"));
         assert!(!valid_start_id("-1"));

@@ -64,7 +64,10 @@ pub(crate) fn redis_error(
                 || err.is_connection_refusal()
                 || !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
                 || err.code().is_some_and(|c| RETRYABLE_CODES.contains(&c)),
-            err.to_string(),
+            match crate::store::tls::rustls_cause(err) {
+                Some(tls) => crate::store::tls::describe_rustls(tls, None, "tls_ca_file"),
+                None => err.to_string(),
+            },
         ),
     };
     Error::Transport {
