@@ -19,6 +19,8 @@ pub mod consumer;
 pub mod consumer_host;
 pub mod duration;
 pub mod error;
+#[cfg(feature = "log-forward")]
+pub mod log_forward;
 pub mod message;
 pub mod partition;
 pub mod redact;
