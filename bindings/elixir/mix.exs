@@ -62,7 +62,7 @@ defmodule Relaybox.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger, :crypto, :inets]]
+    [mod: {Relaybox.Application, []}, extra_applications: [:logger, :crypto, :inets]]
   end
 
   # `:telemetry` is required (relaybox emits its events through it). Ecto

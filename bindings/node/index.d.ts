@@ -167,6 +167,25 @@ export interface ConsumerStats {
   deadLettered: number
 }
 
+/**
+ * Emits `count` core records at `level` with target `relaybox::testing`
+ * and fields `n`, `flag`, `ratio` and `text`, for tests: one on the
+ * calling thread, more from a new native thread (the call returns at once).
+ */
+export declare function logForTests(level: string, message: string, count: number): void
+
+/** The forwarding counters. */
+export declare function logStats(): LogStats
+
+/**
+ * `{queued, dropped}`: records queued for the logger and records dropped
+ * because it did not keep up, since the process started.
+ */
+export interface LogStats {
+  queued: number
+  dropped: number
+}
+
 /** The version of the native addon (the crate version). */
 export declare function nativeVersion(): string
 
@@ -204,3 +223,11 @@ export interface RelayStats {
  * users who apply migrations with their own tool (knex, Prisma, ...).
  */
 export declare function schemaSql(dialect: string, tablePrefix: string, partitions: number): string
+
+/**
+ * Sends the core's log records at `level` (`"error"` ... `"trace"`) and
+ * above to `callback(recordsJson)`, a JSON array of
+ * `{level, target, message, text, fields, file, line, time, thread}`,
+ * replacing any function set before; `null` turns forwarding off.
+ */
+export declare function setLogCallback(callback: ((arg: string) => void) | undefined | null, level: string): void

@@ -20,6 +20,8 @@ pub mod consumer_host;
 pub mod duration;
 pub mod error;
 pub mod health;
+#[cfg(feature = "log-forward")]
+pub mod log_forward;
 pub mod message;
 pub mod metrics;
 pub mod partition;

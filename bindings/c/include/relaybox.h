@@ -83,6 +83,23 @@ typedef enum {
   RELAYBOX_INTERNAL = 99,
 } relaybox_status;
 
+// A log level, most severe first; a callback set at a level receives the
+// records of that level and the more severe ones.
+typedef enum {
+  // No records (forwarding off).
+  RELAYBOX_LOG_OFF = 0,
+  // Errors.
+  RELAYBOX_LOG_ERROR = 1,
+  // Warnings (a dead-lettered message, a failed batch, a lost connection).
+  RELAYBOX_LOG_WARN = 2,
+  // Information (a relay or consumer started or stopped, a migration applied).
+  RELAYBOX_LOG_INFO = 3,
+  // Debugging detail.
+  RELAYBOX_LOG_DEBUG = 4,
+  // Finest detail.
+  RELAYBOX_LOG_TRACE = 5,
+} relaybox_log_level;
+
 // What a consumer handler returns.
 typedef enum {
   // Handled: the handler's writes and the inbox row commit, and the
@@ -193,6 +210,34 @@ typedef int (*relaybox_host_handler)(const char *message_json,
                                      size_t inbox_len,
                                      relaybox_host_reason *reason,
                                      void *user_data);
+
+// One log record of the core, valid only during the callback (copy what
+// you keep). Strings are NUL-terminated UTF-8 and never NULL, except `file`.
+typedef struct {
+  // The level.
+  relaybox_log_level level;
+  // The core's module (`"relaybox::relay"`) or, for a record of one of
+  // its libraries, that library (`"librdkafka"`).
+  const char *target;
+  // The message without the fields.
+  const char *message;
+  // The message followed by the fields: `"text key=value key=value"`.
+  const char *text;
+  // The fields as a JSON object (`{"id": "...", "attempts": 1, ...}`).
+  const char *fields_json;
+  // The source file of the event, or NULL when unknown.
+  const char *file;
+  // The source line of the event, or 0 when unknown.
+  uint32_t line;
+  // When the event happened, in microseconds since the Unix epoch.
+  int64_t time_unix_micros;
+  // The name of the thread that logged it.
+  const char *thread;
+} relaybox_log_record;
+
+// Receives the core's log records (see `relaybox_set_log_callback`).
+typedef void (*relaybox_log_callback)(const relaybox_log_record *record,
+                                      void *user_data);
 
 // Counters of a relay, filled in by `relaybox_relay_get_stats`.
 typedef struct {
@@ -395,6 +440,33 @@ relaybox_status relaybox_consumer_start_host(const relaybox_outbox *outbox,
                                              relaybox_host_handler handler,
                                              void *user_data,
                                              relaybox_consumer **out_consumer);
+
+// Sends the core's log records at `min_level` (a `relaybox_log_level`;
+// another value gives `RELAYBOX_INVALID_CONFIG`, nothing changed) and
+// above to `callback`, replacing the callback set before; a NULL
+// `callback` or `RELAYBOX_LOG_OFF` turns forwarding off. Records of the core's
+// libraries (librdkafka) pass at `RELAYBOX_LOG_WARN` and above only. By
+// default nothing is forwarded.
+//
+// The callback runs on the library's own log thread (named
+// `relaybox-log`), never on the thread that logged, with one record at a
+// time; the record and its strings are valid only during the call. The
+// core never waits for the callback: records wait in a bounded queue
+// (4096), and while the callback is slow, further records are dropped and
+// counted, then reported by a warning record `relaybox log records
+// dropped` (field `dropped`). So the callback should return quickly; it
+// must not unwind, and must not call `relaybox_set_log_callback` (that
+// waits for the callback to return). When this function returns, the
+// previous callback is neither running nor called again.
+//
+// Thread safety: any thread; one callback per process.
+//
+// # Safety
+// `callback` is NULL or a function that, with `user_data`, may be called
+// from the library's log thread until it is replaced.
+relaybox_status relaybox_set_log_callback(relaybox_log_callback callback,
+                                          void *user_data,
+                                          int min_level);
 
 // Connects to `url` (`postgres://...` or `sqlite:...`) and stores the new
 // handle in `*out`. `options_json` is NULL or a JSON object of store options

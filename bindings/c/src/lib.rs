@@ -12,6 +12,7 @@ mod consumer;
 mod convert;
 mod error;
 mod host;
+mod logging;
 mod outbox;
 mod relay;
 mod transaction;
@@ -24,6 +25,7 @@ pub use consumer::{
 };
 pub use error::relaybox_status;
 pub use host::{relaybox_host_handler, relaybox_host_outcome, relaybox_host_reason};
+pub use logging::{relaybox_log_callback, relaybox_log_level, relaybox_log_record};
 pub use outbox::relaybox_outbox;
 pub use relay::{relaybox_relay, relaybox_relay_stats};
 pub use transaction::relaybox_tx;

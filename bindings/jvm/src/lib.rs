@@ -11,6 +11,7 @@ mod consumer;
 mod convert;
 mod error;
 mod host;
+mod logging;
 mod outbox;
 mod relay;
 mod transaction;
@@ -20,6 +21,7 @@ pub use consumer::{Consumer, ConsumerStats, MessageHandler, SuspendMessageHandle
 pub use convert::{Message, MessageSpec, Row, SqlValue};
 pub use error::RelayboxError;
 pub use host::{HostMessageHandler, HostResult, HostStatement};
+pub use logging::{LogField, LogRecord, LogSink};
 pub use outbox::Outbox;
 pub use relay::{Relay, RelayStats};
 pub use transaction::Transaction;

@@ -349,6 +349,39 @@ export declare function partitionForKey(key: string, partitions: number): number
 /** The version of the native addon. */
 export declare const version: string
 
+/** A log level of the core, most severe first. */
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace'
+
+/** One log record of the relaybox core. */
+export interface LogRecord {
+  level: LogLevel
+  /** The core's module (`relaybox::relay`) or, for its libraries, the library (`librdkafka`). */
+  target: string
+  /** The message without the fields. */
+  message: string
+  /** The message followed by the fields: `text key=value key=value`. */
+  text: string
+  /** The structured fields (`id`, `attempts`, `error`, ...). */
+  fields: Record<string, string | number | boolean>
+  file: string | null
+  line: number | null
+  /** When the core logged it. */
+  time: Date
+  /** The native thread that logged it. */
+  thread: string
+}
+
+/**
+ * Sends the core's log records at `level` (default `'info'`) and above to
+ * `fn`, replacing the logger set before (by default the console at
+ * `'warn'`); `null` turns forwarding off.
+ */
+export declare function setLogger(fn: ((record: LogRecord) => void) | null, options?: { level?: LogLevel }): void
+/** The default logger: `console.error` for errors, `console.warn` for the rest. */
+export declare function consoleLogger(record: LogRecord): void
+/** Records queued for the logger and dropped because it did not keep up, since the process started. */
+export declare function logStats(): { queued: number, dropped: number }
+
 /** One event of the messaging façade. */
 export declare class Event<T = unknown> {
   constructor(fields: { name: string, data?: T, id?: string, timestamp?: Date, source?: string, metadata?: Record<string, unknown>, message?: Message | null })

@@ -23,6 +23,7 @@ const { Consumer } = require('./consumer')
 const { Message } = require('./message')
 const { specJson } = require('./values')
 const messaging = require('./messaging')
+const { setLogger, consoleLogger, logStats } = require('./logging')
 
 /**
  * Kafka transport settings in the form `Relay` and `Consumer` take.
@@ -83,6 +84,9 @@ module.exports = {
   redis,
   buildMessage,
   partitionForKey,
+  setLogger,
+  consoleLogger,
+  logStats,
   createMessaging: messaging.createMessaging,
   Messaging: messaging.Messaging,
   Event: messaging.Event,

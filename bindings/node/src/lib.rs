@@ -8,6 +8,7 @@ mod bridge;
 mod consumer;
 mod convert;
 mod error;
+mod logging;
 mod relay;
 mod store;
 mod transaction;
@@ -18,6 +19,7 @@ use napi_derive::napi;
 use crate::bridge::{guard, run};
 
 pub use consumer::{ConsumerStats, NativeConsumer};
+pub use logging::{log_for_tests, log_stats, set_log_callback, LogStats};
 pub use relay::{NativeRelay, RelayStats};
 pub use store::NativeStore;
 pub use transaction::NativeTransaction;

@@ -5,7 +5,8 @@
  * RELAYBOX_INTERNAL, and the consumer handler contract (acknowledge, retry,
  * reject with a reason; the handler's transaction cannot be committed or
  * freed); the host-transaction statements and the host-mode consumer's
- * outcomes. Runs against RELAYBOX_TEST_DATABASE_URL with the database
+ * outcomes; the log callback (a dead-lettered message's warning with its
+ * fields, levels, delivery on the library's log thread). Runs against RELAYBOX_TEST_DATABASE_URL with the database
  * transport; removes its tables at the end.
  */
 #include <pthread.h>
@@ -20,6 +21,8 @@
 
 /* Not in the header: a guarded call that panics, for this test only. */
 relaybox_status relaybox__panic_for_tests(void);
+/* Not in the header: emits core log records (target relaybox::testing). */
+relaybox_status relaybox__log_for_tests(int level, const char *message, uint64_t count);
 
 static int failures = 0;
 
@@ -49,6 +52,67 @@ static int contains(const char *haystack, const char *needle) {
 
 static char prefix[64];
 static char topic[64];
+
+/* The records the log callback received (copies; the last LOG_SLOTS). */
+#define LOG_SLOTS 256
+struct log_copy {
+  int level;
+  char target[64];
+  char text[512];
+  char fields[512];
+};
+static struct {
+  pthread_mutex_t lock;
+  pthread_t main_thread;
+  struct log_copy records[LOG_SLOTS];
+  int count;
+  int on_main_thread;
+} logs = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_log(const relaybox_log_record *record, void *user_data) {
+  (void)user_data;
+  pthread_mutex_lock(&logs.lock);
+  struct log_copy *copy = &logs.records[logs.count % LOG_SLOTS];
+  copy->level = record->level;
+  snprintf(copy->target, sizeof copy->target, "%s", record->target);
+  snprintf(copy->text, sizeof copy->text, "%s", record->text);
+  snprintf(copy->fields, sizeof copy->fields, "%s", record->fields_json);
+  logs.count++;
+  if (pthread_equal(pthread_self(), logs.main_thread)) {
+    logs.on_main_thread++;
+  }
+  pthread_mutex_unlock(&logs.lock);
+}
+
+/* Waits up to 10 s for a record whose text contains `needle`; copies it. */
+static int find_log(const char *needle, struct log_copy *out) {
+  for (int i = 0; i < 200; i++) {
+    pthread_mutex_lock(&logs.lock);
+    int first = logs.count > LOG_SLOTS ? logs.count - LOG_SLOTS : 0;
+    for (int n = first; n < logs.count; n++) {
+      if (contains(logs.records[n % LOG_SLOTS].text, needle)) {
+        *out = logs.records[n % LOG_SLOTS];
+        pthread_mutex_unlock(&logs.lock);
+        return 1;
+      }
+    }
+    pthread_mutex_unlock(&logs.lock);
+    usleep(50 * 1000);
+  }
+  return 0;
+}
+
+/* Whether any record received so far contains `needle`. */
+static int logged(const char *needle) {
+  int found = 0;
+  pthread_mutex_lock(&logs.lock);
+  int first = logs.count > LOG_SLOTS ? logs.count - LOG_SLOTS : 0;
+  for (int n = first; n < logs.count; n++) {
+    found |= contains(logs.records[n % LOG_SLOTS].text, needle);
+  }
+  pthread_mutex_unlock(&logs.lock);
+  return found;
+}
 
 static long long count(relaybox_outbox *outbox, const char *sql) {
   relaybox_tx *tx = NULL;
@@ -277,9 +341,25 @@ static void consumer(relaybox_outbox *outbox) {
   snprintf(sql, sizeof sql, "SELECT count(*) AS n FROM %sseen WHERE k = 'a'", prefix);
   CHECK(count(outbox, sql) == 0);
 
+  /* The core's dead-letter warning reached the log callback with its fields. */
+  struct log_copy warning;
+  CHECK(find_log("rejected by its handler; dead-lettered", &warning));
+  CHECK(warning.level == RELAYBOX_LOG_WARN);
+  CHECK(strcmp(warning.target, "relaybox::consumer") == 0);
+  CHECK(contains(warning.fields, "\"group\":\"abi\""));
+  CHECK(contains(warning.fields, "\"error\":\"message a is not wanted\""));
+  CHECK(contains(warning.text, "group=abi error=message a is not wanted"));
+
   char *letters = NULL;
   OK(relaybox_outbox_dead_letters_json(outbox, 10, &letters));
   CHECK(contains(letters, "message a is not wanted"));
+  char id_field[64];
+  const char *id = strstr(letters, "\"id\":\"");
+  CHECK(id != NULL);
+  if (id != NULL) {
+    snprintf(id_field, sizeof id_field, "\"id\":\"%.36s\"", id + 6);
+    CHECK(contains(warning.fields, id_field));
+  }
   relaybox_string_free(letters);
   uint64_t purged = 0;
   CHECK(relaybox_outbox_purge_dead_letters(outbox, "[\"nope\"]", &purged) ==
@@ -388,6 +468,36 @@ static void host_consumer(relaybox_outbox *outbox) {
   OK(relaybox_relay_free(relay));
 }
 
+/* Levels, value types, the log thread, and turning the callback off. */
+static void log_levels(void) {
+  CHECK(relaybox_set_log_callback(on_log, NULL, 9) == RELAYBOX_INVALID_CONFIG);
+  CHECK(contains(relaybox_last_error(), "min_level"));
+  OK(relaybox_set_log_callback(on_log, NULL, RELAYBOX_LOG_INFO));
+  OK(relaybox__log_for_tests(RELAYBOX_LOG_DEBUG, "below info", 1));
+  OK(relaybox__log_for_tests(RELAYBOX_LOG_INFO, "at info", 1));
+  struct log_copy record;
+  CHECK(find_log("at info", &record));
+  CHECK(record.level == RELAYBOX_LOG_INFO);
+  CHECK(strcmp(record.target, "relaybox::testing") == 0);
+  CHECK(strcmp(record.text, "at info n=0 flag=true ratio=0.5 text=two words") == 0);
+  CHECK(contains(record.fields, "\"n\":0"));
+  CHECK(contains(record.fields, "\"flag\":true"));
+  CHECK(contains(record.fields, "\"ratio\":0.5"));
+  CHECK(contains(record.fields, "\"text\":\"two words\""));
+  CHECK(!logged("below info"));
+
+  OK(relaybox_set_log_callback(NULL, NULL, RELAYBOX_LOG_TRACE));
+  OK(relaybox__log_for_tests(RELAYBOX_LOG_ERROR, "while off", 1));
+  OK(relaybox_set_log_callback(on_log, NULL, RELAYBOX_LOG_WARN));
+  OK(relaybox__log_for_tests(RELAYBOX_LOG_ERROR, "back on", 1));
+  CHECK(find_log("back on", &record));
+  CHECK(record.level == RELAYBOX_LOG_ERROR);
+  CHECK(!logged("while off"));
+  pthread_mutex_lock(&logs.lock);
+  CHECK(logs.on_main_thread == 0);
+  pthread_mutex_unlock(&logs.lock);
+}
+
 int main(void) {
   const char *url = getenv("RELAYBOX_TEST_DATABASE_URL");
   if (url == NULL || *url == '\0') {
@@ -398,6 +508,8 @@ int main(void) {
   snprintf(prefix, sizeof prefix, "cabi_%lx_", run_id);
   snprintf(topic, sizeof topic, "cabi-%lx", run_id);
 
+  logs.main_thread = pthread_self();
+  log_levels();
   arguments(url);
 
   char options[128], sql[512];
@@ -428,6 +540,7 @@ int main(void) {
   OK(relaybox_outbox_close(outbox));
   CHECK(relaybox_outbox_begin(outbox, &tx) == RELAYBOX_CLOSED);
   OK(relaybox_outbox_free(outbox));
+  OK(relaybox_set_log_callback(NULL, NULL, RELAYBOX_LOG_OFF));
 
   if (failures > 0) {
     fprintf(stderr, "abi_test: %d check(s) failed\n", failures);

@@ -65,6 +65,19 @@ defmodule Relaybox.Native do
   def panic_for_tests(_mode, _ref), do: nif()
 
   @doc false
+  def log_forward_start(_level), do: nif()
+  @doc false
+  def log_forward_set_level(_level), do: nif()
+  @doc false
+  def log_forward_stop, do: nif()
+  @doc false
+  def log_forward_ack, do: nif()
+  @doc false
+  def log_forward_stats, do: nif()
+  @doc false
+  def log_for_tests(_level, _message, _count), do: nif()
+
+  @doc false
   def outbox_open(_url, _options, _migrate, _ref), do: nif()
   @doc false
   def outbox_migrate(_outbox, _ref), do: nif()

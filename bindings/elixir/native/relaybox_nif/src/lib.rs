@@ -8,6 +8,7 @@ mod bridge;
 mod consumer;
 mod convert;
 mod error;
+mod logging;
 mod outbox;
 mod relay;
 mod tx;

@@ -4,14 +4,17 @@ import kotlinx.coroutines.runBlocking
 import kotlin.system.exitProcess
 
 /**
- * A whole program run in a child JVM by [ExitTest]: enqueue, relay, consume,
- * close everything, and return from `main`. The JVM must then exit on its own.
+ * A whole program run in a child JVM by [ExitTest]: forward the core's logs
+ * to SLF4J, enqueue, relay, consume, close everything, and return from
+ * `main`. The JVM must then exit on its own (the native log thread that calls
+ * into the JVM does not keep it alive).
  */
 object ExitMain {
     @JvmStatic
     fun main(args: Array<String>) {
         val (url, prefix) = args
         val topic = "${prefix}exit".replace('_', '-')
+        Slf4jLogging.install("info")
         Outbox.openBlocking(url, """{"table_prefix": "$prefix"}""", migrate = true).use { outbox ->
             runBlocking { outbox.transaction { tx -> tx.enqueue(textMessage(topic, "bye")) } }
             Relay.start(outbox).use { relay ->

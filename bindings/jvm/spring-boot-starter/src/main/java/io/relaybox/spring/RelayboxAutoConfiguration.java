@@ -2,6 +2,7 @@ package io.relaybox.spring;
 
 import io.relaybox.Outbox;
 import io.relaybox.RelayboxException;
+import io.relaybox.Slf4jLogging;
 import javax.sql.DataSource;
 import org.springframework.beans.factory.BeanFactory;
 import org.springframework.boot.autoconfigure.AutoConfiguration;
@@ -37,6 +38,8 @@ public class RelayboxAutoConfiguration {
     /**
      * The relaybox outbox: a connection pool of its own to {@code relaybox.url}
      * (for the relay, the consumers and status queries), closed with the context.
+     * The core's log records go to SLF4J from here on ({@link Slf4jLogging},
+     * at the level of the {@code relaybox} logger).
      *
      * @param properties the settings
      * @return the outbox
@@ -45,6 +48,7 @@ public class RelayboxAutoConfiguration {
     @ConditionalOnMissingBean
     public Outbox relayboxNativeOutbox(RelayboxProperties properties) {
         try {
+            Slf4jLogging.install();
             return Outbox.Companion.openBlocking(properties.getUrl(), storeOptions(properties), properties.isMigrate());
         } catch (RelayboxException e) {
             throw new RelayboxSpringException(e);
