@@ -17,6 +17,7 @@ DURATION_FIELDS = frozenset(
         "idempotency_window",
         "log_retention",
         "dead_letter_retention",
+        "metrics_interval",
         "retry_delay",
         "retry_delay_max",
         "inbox_retention",

@@ -33,6 +33,7 @@ class _RelayBase:
         dead_letter_retention: Optional[float] = None,
         instance_id: Optional[str] = None,
         concurrency: Optional[int] = None,
+        metrics_interval: Optional[float] = None,
     ) -> None:
         self._outbox = outbox
         self._transport = transport_json(transport)
@@ -52,6 +53,7 @@ class _RelayBase:
                 "dead_letter_retention": dead_letter_retention,
                 "instance_id": instance_id,
                 "concurrency": concurrency,
+                "metrics_interval": metrics_interval,
             }
         )
         self._native: Optional[_native.Relay] = None
