@@ -89,7 +89,7 @@ def test_broker_urls_come_from_the_environment(
     env.setenv(variable, f"{broker}://localhost/")
     settings = messaging.get_settings()
     assert settings.broker == broker
-    assert settings.transport[broker]["url"] == f"{broker}://localhost/"  # type: ignore[index]
+    assert settings.transport[broker]["url"] == f"{broker}://localhost/"  # type: ignore[index, call-overload]
 
 
 def test_unknown_broker_is_a_config_error(env: pytest.MonkeyPatch) -> None:
