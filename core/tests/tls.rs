@@ -328,6 +328,32 @@ async fn kafka_ssl_listener_with_the_ca_relays() {
     kafka_common::delete_topics(&plain_bootstrap, &[&topic]).await;
     assert_eq!(kafka_common::ids_per_key(&records), sent_per_key(&batch));
 
+    // The wrong CA: the sink's check says the certificate was not verified.
+    let mut wrong = KafkaConfig::new(&ssl_bootstrap);
+    wrong
+        .properties
+        .insert("security.protocol".into(), "SSL".into());
+    wrong
+        .properties
+        .insert("ssl.ca.location".into(), other_ca());
+    let sink = TransportConfig::Kafka(wrong).sink(&db.store).unwrap();
+    let err = sink.check().await.unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("certificate verify failed"),
+        "the error names the cause: {err}"
+    );
+
+    // The right CA, but a name the certificate is not for.
+    let mut wrong_host = KafkaConfig::new(ssl_bootstrap.replace("localhost", "127.0.0.1"));
+    wrong_host
+        .properties
+        .insert("security.protocol".into(), "SSL".into());
+    wrong_host.properties.insert("ssl.ca.location".into(), ca());
+    let sink = TransportConfig::Kafka(wrong_host).sink(&db.store).unwrap();
+    let err = sink.check().await.unwrap_err().to_string();
+    assert!(err.contains("certificate verify failed"), "{err}");
+
     // A CA file librdkafka cannot load is a config error naming the property.
     let mut bad = KafkaConfig::new(&ssl_bootstrap);
     bad.properties

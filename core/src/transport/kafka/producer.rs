@@ -61,6 +61,9 @@ const UNCLAIMED_MAX: usize = 1_000_000;
 pub(crate) struct Reports {
     waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Report>>>>,
     unclaimed: Mutex<Unclaimed>,
+    /// The client's last error of its own (a failed TLS handshake, an
+    /// unreachable broker) and when it came, for the errors it explains.
+    last_error: Mutex<Option<(Instant, String)>>,
 }
 
 impl Reports {
@@ -123,7 +126,34 @@ impl Unclaimed {
     }
 }
 
-impl ClientContext for Reports {}
+/// How long the client's last error explains the sink's failures.
+const LAST_ERROR_FOR: Duration = Duration::from_secs(60);
+
+impl Reports {
+    /// The client's last error of its own, if it came within the last minute.
+    pub(crate) fn recent_error(&self) -> Option<String> {
+        let last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < LAST_ERROR_FOR)
+            .map(|(_, reason)| reason.clone())
+    }
+}
+
+impl ClientContext for Reports {
+    /// Logs the client's error, as librdkafka's default does, and keeps it:
+    /// a delivery that times out or a metadata request that fails says only
+    /// that the broker was not reached, this says why (e.g. "SSL handshake
+    /// failed: ... certificate verify failed").
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        // "1/1 brokers are down" sums up the errors that say why: keep those.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            return;
+        }
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some((Instant::now(), reason.to_string()));
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Uuid>;

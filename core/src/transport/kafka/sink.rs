@@ -65,6 +65,34 @@ struct Inner {
 }
 
 impl Inner {
+    /// `e` with the client's last error of its own added when it is recent
+    /// and `e` is a retryable transport error that does not say it already:
+    /// a delivery timeout then says why the broker was not reached.
+    fn explained(&self, e: Error) -> Error {
+        match e {
+            Error::Transport {
+                transport,
+                message,
+                retryable: true,
+                message_id,
+            } => {
+                let message = match self.producer.client().context().recent_error() {
+                    Some(reason) if !message.contains(&reason) => {
+                        format!("{message} (the Kafka client's last error: {reason})")
+                    }
+                    _ => message,
+                };
+                Error::Transport {
+                    transport,
+                    message,
+                    retryable: true,
+                    message_id,
+                }
+            }
+            other => other,
+        }
+    }
+
     fn held_keys(&self) -> MutexGuard<'_, HashMap<String, usize>> {
         // The map stays consistent whatever panicked while holding it.
         self.held_keys.lock().unwrap_or_else(|e| e.into_inner())
@@ -299,7 +327,7 @@ impl Sink for KafkaSink {
         .await
         .map_err(|e| Error::internal(format!("metadata task failed: {e}")))?
         .map(|_| ())
-        .map_err(|e| kafka_error(e, None))
+        .map_err(|e| self.inner.explained(kafka_error(e, None)))
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
@@ -312,6 +340,21 @@ impl Sink for KafkaSink {
     /// records of a partition in the order they were handed over, so a key's
     /// records stay in order across batches.
     async fn send(&self, batch: &[Message]) -> Acks {
+        let acks = self.hand_over_batch(batch).await;
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            acks.await
+                .into_iter()
+                .map(|r| r.map_err(|e| inner.explained(e)))
+                .collect()
+        })
+    }
+}
+
+impl KafkaSink {
+    /// Hands every record to librdkafka in batch order and returns at once
+    /// (see [`Sink::send`]).
+    async fn hand_over_batch(&self, batch: &[Message]) -> Acks {
         let mut topic_errors: Vec<(String, Error)> = Vec::new();
         let topics: HashSet<&str> = batch.iter().map(|m| m.topic.as_str()).collect();
         for topic in topics {
