@@ -130,11 +130,18 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn start(database_url: &str, prefix: &str) -> RelayProcess {
+        RelayProcess::start_with(database_url, prefix, "")
+    }
+
+    /// A relay whose configuration file ends with `more` (a `[transport]`).
+    fn start_with(database_url: &str, prefix: &str, more: &str) -> RelayProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("relay.toml");
         std::fs::write(
             &config,
-            "[relay]\npoll_interval = \"200ms\"\nlease_ttl = \"3s\"\nmetrics_interval = \"200ms\"\n",
+            format!(
+                "[relay]\npoll_interval = \"200ms\"\nlease_ttl = \"3s\"\nmetrics_interval = \"200ms\"\n{more}"
+            ),
         )
         .expect("write relay.toml");
         let log = dir.path().join("relay.log");
@@ -480,5 +487,87 @@ async fn readyz_turns_unready_while_the_database_is_unreachable() {
     relay.wait_status("/readyz", 200).await;
     relay.stop();
     drop(proxy);
+    db.cleanup().await;
+}
+
+/// A redis-server of this test's own on a free loopback port, stopped and
+/// started again by the test.
+struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let mut server = PrivateRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}); `dev/services start redis` installs it")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test's redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_broker_going_away_and_coming_back() {
+    let db = TestDb::new().await;
+    let mut redis = PrivateRedis::start();
+    let transport = format!(
+        "[transport.redis]\nurl = \"redis://127.0.0.1:{}\"\n",
+        redis.port
+    );
+    let relay = RelayProcess::start_with(&db.url, &db.prefix, &transport);
+    relay.wait_status("/readyz", 200).await;
+
+    redis.kill();
+    let body = relay.wait_status("/readyz", 503).await;
+    let unready: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(unready["database"], true, "{body}");
+    assert!(
+        unready["problems"].to_string().contains("transport redis"),
+        "{body}"
+    );
+    assert_eq!(relay.get("/healthz").await.expect("GET /healthz").0, 200);
+
+    redis.restart();
+    relay.wait_status("/readyz", 200).await;
+    relay.stop();
     db.cleanup().await;
 }
