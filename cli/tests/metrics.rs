@@ -9,6 +9,9 @@
 //! The tests fail, never skip, without them. Each test uses its own table
 //! prefix and port.
 
+#[path = "../../core/tests/support/private_redis.rs"]
+mod private_redis;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +24,8 @@ use relaybox::{Message, Store, StoreOptions};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use private_redis::PrivateRedis;
 
 /// Bound of every wait: generous, for a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(60);
@@ -488,61 +493,6 @@ async fn readyz_turns_unready_while_the_database_is_unreachable() {
     relay.stop();
     drop(proxy);
     db.cleanup().await;
-}
-
-/// A redis-server of this test's own on a free loopback port, stopped and
-/// started again by the test.
-struct PrivateRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let mut server = PrivateRedis {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); `dev/services start redis` installs it")
-            });
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the test's redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

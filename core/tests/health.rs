@@ -11,12 +11,15 @@
 #![cfg(feature = "redis")]
 
 mod common;
+#[path = "support/private_redis.rs"]
+mod private_redis;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::{messages, relay_config, wait_for, Backend, TestDb, WAIT};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use private_redis::PrivateRedis;
 use relaybox::transport::redis::{RedisConfig, RedisSink};
 use relaybox::{Relay, RelayConfig};
 
@@ -50,72 +53,6 @@ async fn wait_sample(name: &str, labels: &str, want: f64) {
         },
     )
     .await
-}
-
-/// A redis-server of this test's own on a free loopback port, so that
-/// stopping it disturbs no other test.
-struct PrivateRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut server = PrivateRedis {
-            port,
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "yes"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); `dev/services start redis` installs it")
-            });
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while redis::Client::open(self.url().as_str())
-            .and_then(|c| c.get_connection())
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the test's redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

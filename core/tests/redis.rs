@@ -10,6 +10,8 @@
 #![cfg(feature = "redis")]
 
 mod common;
+#[path = "support/private_redis.rs"]
+mod private_redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::time::Duration;
 use common::{
     assert_handled_once, consumer_config, messages, relay_config, Backend, Recorder, TestDb,
 };
+use private_redis::PrivateRedis;
 use redis::Value;
 use relaybox::transport::redis::{RedisConfig, RedisSink, RedisSource, RedisSourceConfig};
 use relaybox::{Consumer, Error, Message, Relay, Sink, Source, TransportConfig};
@@ -535,87 +538,9 @@ async fn passwords_never_show_in_debug_or_errors() {
     assert!(shown.contains(":***@"), "{shown}");
 }
 
-/// A redis-server of this test's own on a free loopback port, with an
-/// append-only file in a temporary directory, so that stopping it disturbs
-/// no other test.
-struct PrivateServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateServer {
-    fn start() -> PrivateServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut s = PrivateServer {
-            port,
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-        };
-        s.restart();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}); {START_HINT}"));
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while redis::Client::open(self.url().as_str())
-            .and_then(|c| c.get_connection())
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "private redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops the server as an orderly shutdown does (SIGTERM).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_and_source_carry_on_after_the_server_was_down_for_seconds() {
-    let mut server = PrivateServer::start();
+    let mut server = PrivateRedis::start();
     let url = server.url();
     let topic = unique("outage");
     let group = unique("group");
