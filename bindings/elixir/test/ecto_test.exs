@@ -509,7 +509,7 @@ defmodule Relaybox.EctoTest do
     end
 
     assert [_] = Ecto.Migrator.run(Repo, migrations, :up, all: true, log: false)
-    assert created.() == 9
+    assert created.() == 11
 
     outbox = Outbox.open!(db_url!(), table_prefix: tables)
 
@@ -522,7 +522,7 @@ defmodule Relaybox.EctoTest do
     assert created.() == 0
 
     assert [_] = Ecto.Migrator.run(Repo, migrations, :up, all: true, log: false)
-    assert created.() == 9
+    assert created.() == 11
     assert pending(outbox) == 0
   end
 
@@ -548,7 +548,7 @@ defmodule Relaybox.EctoTest do
     end
 
     assert [_] = Ecto.Migrator.run(Repo, migrations, :up, all: true, log: false)
-    assert created.() == [[9]]
+    assert created.() == [[11]]
     assert [_] = Ecto.Migrator.run(Repo, migrations, :down, all: true, log: false)
     assert created.() == [[0]]
 

@@ -89,6 +89,14 @@ impl Sink for TelemetrySink {
     fn log_store(&self) -> Option<&relaybox::Store> {
         self.inner.log_store()
     }
+
+    fn topics(&self) -> Option<&relaybox::Topics> {
+        self.inner.topics()
+    }
+
+    async fn check(&self) -> relaybox::Result<()> {
+        self.inner.check().await
+    }
 }
 
 /// A running relay.
