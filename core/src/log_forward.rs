@@ -309,9 +309,6 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
 /// Why [`install`] did not install the forwarder.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InstallError {
-    /// The forwarder of this process is already installed.
-    #[error("the relaybox log forwarder is already installed")]
-    AlreadyInstalled,
     /// Another global `tracing` subscriber is in place (the application set
     /// its own): the core's events go there.
     #[error("another global tracing subscriber is already set: {0}")]
@@ -327,23 +324,14 @@ pub enum InstallError {
 /// with batches of at most [`BATCH`] records. `deliver` runs only on that
 /// thread; while it runs, new records wait in the channel (up to
 /// [`CAPACITY`], then they are dropped and counted). Nothing is forwarded
-/// until [`set_level`] is called. A later call returns
-/// [`InstallError::AlreadyInstalled`] once the forwarder is in place, or
-/// the error of the first call.
+/// until [`set_level`] is called. A later call changes nothing and
+/// returns the outcome of the first (its `deliver` is dropped).
 pub fn install<F>(deliver: F) -> Result<(), InstallError>
 where
     F: FnMut(Vec<Record>) + Send + 'static,
 {
     static INSTALLED: OnceLock<Result<(), InstallError>> = OnceLock::new();
-    let mut first = false;
-    let outcome = INSTALLED.get_or_init(|| {
-        first = true;
-        install_now(deliver)
-    });
-    match outcome {
-        Ok(()) if !first => Err(InstallError::AlreadyInstalled),
-        other => other.clone(),
-    }
+    INSTALLED.get_or_init(|| install_now(deliver)).clone()
 }
 
 fn install_now<F>(deliver: F) -> Result<(), InstallError>

@@ -211,14 +211,11 @@ pub unsafe extern "C" fn relaybox_set_log_callback(
 ) -> relaybox_status {
     guard(|| {
         let min_level = relaybox_log_level::from_c(min_level)?;
-        match log_forward::install(deliver) {
-            Ok(()) | Err(log_forward::InstallError::AlreadyInstalled) => {}
-            Err(err) => {
-                return Err(Failure::Core(relaybox::Error::Internal {
-                    message: err.to_string(),
-                }))
-            }
-        }
+        log_forward::install(deliver).map_err(|err| {
+            Failure::Core(relaybox::Error::Internal {
+                message: err.to_string(),
+            })
+        })?;
         let target = callback.map(|callback| Target {
             callback,
             user_data,

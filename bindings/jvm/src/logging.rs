@@ -104,14 +104,9 @@ pub fn set_log_sink(sink: Option<Box<dyn LogSink>>, level: String) -> Result<(),
                     "unknown log level {level:?}: use error, warn, info, debug, trace or off"
                 ),
             })?;
-        match log_forward::install(deliver) {
-            Ok(()) | Err(log_forward::InstallError::AlreadyInstalled) => {}
-            Err(err) => {
-                return Err(relaybox::Error::Internal {
-                    message: err.to_string(),
-                })
-            }
-        }
+        log_forward::install(deliver).map_err(|err| relaybox::Error::Internal {
+            message: err.to_string(),
+        })?;
         let sink: Option<Arc<dyn LogSink>> = sink.map(Arc::from);
         let on = sink.is_some();
         *SINK.lock().unwrap_or_else(PoisonError::into_inner) = sink;

@@ -103,14 +103,9 @@ pub fn set_log_callback(callback: Option<Function<'_, String, ()>>, level: Strin
                     "unknown log level {level:?}: use error, warn, info, debug, trace or off"
                 ),
             })?;
-        match log_forward::install(deliver) {
-            Ok(()) | Err(log_forward::InstallError::AlreadyInstalled) => {}
-            Err(err) => {
-                return Err(relaybox::Error::Internal {
-                    message: err.to_string(),
-                })
-            }
-        }
+        log_forward::install(deliver).map_err(|err| relaybox::Error::Internal {
+            message: err.to_string(),
+        })?;
         let on = function.is_some();
         *TARGET.lock().unwrap_or_else(PoisonError::into_inner) = function;
         log_forward::set_level(if on { parsed } else { None });

@@ -12,7 +12,7 @@
 
 mod sink;
 
-pub(crate) use sink::check_destination;
+pub(crate) use sink::{check_destination, destination};
 pub use sink::{Route, RoutedSink};
 
 use std::fmt;

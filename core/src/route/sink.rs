@@ -55,10 +55,16 @@ impl Route {
 
     /// The name `topic` is published under.
     pub fn destination_of(&self, topic: &str) -> String {
-        match &self.destination {
-            Some(template) => template.replace("{topic}", topic),
-            None => topic.to_string(),
-        }
+        destination(self.destination.as_deref(), topic)
+    }
+}
+
+/// The name `topic` is published under with the destination `template`
+/// (`{topic}` standing for the outbox topic); `topic` itself without one.
+pub(crate) fn destination(template: Option<&str>, topic: &str) -> String {
+    match template {
+        Some(template) => template.replace("{topic}", topic),
+        None => topic.to_string(),
     }
 }
 

@@ -308,10 +308,7 @@ impl TransportConfig {
                     .ok_or_else(|| {
                         Error::config("topic", format!("no route serves topic {topic:?}"))
                     })?;
-                let name = match &route.destination {
-                    Some(template) => template.replace("{topic}", topic),
-                    None => topic.to_string(),
-                };
+                let name = crate::route::destination(route.destination.as_deref(), topic);
                 return route.transport.source(store, &name, group);
             }
             TransportConfig::Database => {

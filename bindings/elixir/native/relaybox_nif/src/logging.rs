@@ -152,9 +152,8 @@ fn log_forward_start<'a>(env: Env<'a>, level_name: String) -> Term<'a> {
         )
             .encode(env);
     };
-    match log_forward::install(deliver) {
-        Ok(()) | Err(log_forward::InstallError::AlreadyInstalled) => {}
-        Err(err) => return (crate::error(), err.to_string()).encode(env),
+    if let Err(err) = log_forward::install(deliver) {
+        return (crate::error(), err.to_string()).encode(env);
     }
     {
         let mut guard = dest();
