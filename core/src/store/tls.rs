@@ -214,6 +214,7 @@ fn host_of(url: &str) -> String {
 }
 
 /// What a PEM file must hold.
+#[cfg(any(feature = "rabbitmq", feature = "redis"))]
 #[derive(Clone, Copy)]
 pub(crate) enum PemKind {
     /// One certificate or more.
@@ -225,6 +226,7 @@ pub(crate) enum PemKind {
 /// The contents of the PEM file `path` (setting `field`), checked to hold
 /// at least one certificate, or a private key. Errors name the file, never
 /// its contents.
+#[cfg(any(feature = "rabbitmq", feature = "redis"))]
 pub(crate) fn read_pem(field: &str, path: &str, kind: PemKind) -> Result<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -78,6 +78,9 @@ impl RouteConfig {
 impl TransportConfig {
     /// From JSON: `"database"` or `{"kafka": {"bootstrap_servers": "..."}}`.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        if let Some(error) = names_in(&value).into_iter().find_map(not_compiled_in) {
+            return Err(error);
+        }
         let config: TransportConfig = serde_json::from_value(value)
             .map_err(|e| Error::config("transport", crate::redact::redact_url(&e.to_string())))?;
         config.checked()
@@ -226,13 +229,15 @@ impl TransportConfig {
             "sqs" => Ok(TransportConfig::Sqs(
                 crate::transport::aws::SqsConfig::from_env()?,
             )),
-            other => Err(Error::config(
-                "RELAYBOX_TRANSPORT",
-                format!(
-                    "unknown transport {other:?}; use database, kafka, rabbitmq, redis, sns, \
+            other => Err(not_compiled_in(other).unwrap_or_else(|| {
+                Error::config(
+                    "RELAYBOX_TRANSPORT",
+                    format!(
+                        "unknown transport {other:?}; use database, kafka, rabbitmq, redis, sns, \
                      sqs, message_db or eventodb"
-                ),
-            )),
+                    ),
+                )
+            })),
         }
     }
 
@@ -353,9 +358,83 @@ impl TransportConfig {
     }
 }
 
+/// The transports that are cargo features of this crate: setting name,
+/// feature, and whether this build has it.
+const FEATURE_TRANSPORTS: [(&str, &str, bool); 7] = [
+    ("kafka", "kafka", cfg!(feature = "kafka")),
+    ("rabbitmq", "rabbitmq", cfg!(feature = "rabbitmq")),
+    ("redis", "redis", cfg!(feature = "redis")),
+    ("sns", "aws", cfg!(feature = "aws")),
+    ("sqs", "aws", cfg!(feature = "aws")),
+    ("message_db", "message-db", cfg!(feature = "message-db")),
+    ("eventodb", "eventodb", cfg!(feature = "eventodb")),
+];
+
+/// The error for a transport this build was compiled without, naming the
+/// feature that adds it; `None` for a compiled-in or unknown name.
+fn not_compiled_in(name: &str) -> Option<Error> {
+    FEATURE_TRANSPORTS
+        .iter()
+        .find(|(setting, _, compiled)| *setting == name && !compiled)
+        .map(|(setting, feature, _)| {
+            Error::config(
+                "transport",
+                format!(
+                    "the {setting} transport is not compiled into this build of relaybox; \
+                     enable the crate's `{feature}` feature (or `full` for every transport)"
+                ),
+            )
+        })
+}
+
+/// The transport names a JSON setting uses: its own, and each route's.
+fn names_in(value: &serde_json::Value) -> Vec<&str> {
+    let name = match value {
+        serde_json::Value::String(name) => Some(name.as_str()),
+        serde_json::Value::Object(map) if map.len() == 1 => map.keys().next().map(String::as_str),
+        _ => None,
+    };
+    let mut names: Vec<&str> = name.into_iter().collect();
+    if let Some(serde_json::Value::Array(routes)) = value.get("routes") {
+        for route in routes {
+            if let Some(transport) = route.get("transport") {
+                names.extend(names_in(transport));
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_in_reads_the_setting_and_each_route() {
+        let value = serde_json::json!({"routes": [
+            {"topics": ["a"], "transport": {"kafka": {}}},
+            {"topics": ["b"], "transport": "database"},
+        ]});
+        assert_eq!(names_in(&value), vec!["routes", "kafka", "database"]);
+    }
+
+    #[test]
+    fn a_transport_left_out_of_the_build_names_its_feature() {
+        for (setting, feature, compiled) in FEATURE_TRANSPORTS {
+            match not_compiled_in(setting) {
+                Some(error) => {
+                    assert!(!compiled);
+                    assert!(
+                        error.to_string().contains(&format!("`{feature}` feature")),
+                        "{error}"
+                    );
+                }
+                None => assert!(compiled, "{setting}"),
+            }
+        }
+        assert!(not_compiled_in("database").is_none());
+        assert!(not_compiled_in("carrier-pigeon").is_none());
+    }
 
     #[test]
     fn from_json() {
