@@ -1,7 +1,8 @@
 // Package relaybox is the Go binding of relaybox (transactional outbox,
 // relay and idempotent consumer) over its C ABI (bindings/c), built with
-// cgo against the library in the Cargo workspace's target/debug directory
-// (`cargo build -p relaybox-ffi`).
+// cgo against the C library that pkg-config finds as `relaybox`: the
+// release tarball's lib/pkgconfig on PKG_CONFIG_PATH (`dev/package c`
+// builds it into dist/).
 //
 // The event is written in the transaction the application already has open:
 // Enqueue runs relaybox's INSERT and its wake-up through a pgx.Tx, a
@@ -18,8 +19,7 @@
 package relaybox
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../c/include
-#cgo LDFLAGS: -L${SRCDIR}/../../target/debug -Wl,-rpath,${SRCDIR}/../../target/debug -lrelaybox_ffi
+#cgo pkg-config: relaybox
 #include <stdint.h>
 #include <stdlib.h>
 #include "relaybox.h"

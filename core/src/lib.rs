@@ -11,6 +11,16 @@
 //!
 //! The database transport ([`transport::database`]) makes the whole flow work
 //! on SQLite or PostgreSQL alone. See `docs/architecture.md`.
+//!
+//! # Features
+//!
+//! The stores and the database transport are always compiled in. Each
+//! broker transport is a feature: `kafka` (librdkafka, built from source),
+//! `rabbitmq` (lapin), `redis`, `aws` (SNS and SQS, AWS SDK), `message-db`
+//! and `eventodb`; `full` turns on all of them. A transport configured but
+//! not compiled in is an [`Error::InvalidConfig`] naming the feature.
+//! `log-forward` hands the core's log records to a host's logging (the
+//! language bindings use it).
 
 mod backoff;
 #[doc(hidden)]

@@ -1,7 +1,8 @@
 //! One version for every package: the workspace's (`Cargo.toml`), which the
 //! Rust crates and the Python package (maturin reads it) take as theirs, is
 //! the version written in the Node, Elixir and Maven manifests, the C
-//! header and the CHANGELOG's newest entry.
+//! header and the CHANGELOG's newest entry; and one licence, the
+//! repository's, inside every package that ships alone.
 
 use std::path::Path;
 
@@ -75,4 +76,24 @@ fn every_package_has_the_workspace_version() {
         assert_eq!(version, VERSION, "{file}");
     }
     assert!(read("bindings/python/pyproject.toml").contains("dynamic = [\"version\"]"));
+}
+
+#[test]
+fn every_package_that_ships_alone_carries_the_licence() {
+    let licence = read("LICENSE");
+    assert!(licence.contains("Apache License") && licence.contains("Version 2.0"));
+    for package in [
+        "core",
+        "cli",
+        "bindings/python",
+        "bindings/node",
+        "bindings/elixir",
+        "bindings/jvm",
+    ] {
+        assert_eq!(
+            read(&format!("{package}/LICENSE")),
+            licence,
+            "{package}/LICENSE is not the repository's LICENSE"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //!
 //! Run from the repository root: `cargo run --example quickstart`.
 //! One setting switches the transport to Kafka:
-//! `RELAYBOX_TRANSPORT=kafka cargo run --example quickstart`
+//! `RELAYBOX_TRANSPORT=kafka cargo run --example quickstart --features kafka`
 //! (broker at `RELAYBOX_KAFKA_BOOTSTRAP`, default 127.0.0.1:9092).
 
 use std::sync::Arc;
