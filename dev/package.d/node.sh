@@ -26,7 +26,7 @@ package_node() {
     npm pack --ignore-scripts --silent --pack-destination "$DIST" >/dev/null
   )
   node_check_tarball "$DIST/relaybox-$VERSION.tgz" "package/$addon" package/index.js \
-    package/lib/relaybox.js package/LICENSE
+    package/lib/relaybox.js package/LICENSE package/README.md
 
   # The per-platform package: bindings/node/npm/<platform>/ (from `napi
   # create-npm-dirs`) with the addon and the licence, packed from a copy.
