@@ -1,7 +1,8 @@
 defmodule Relaybox.Native do
   @moduledoc """
-  The NIF (`relaybox_nif`, a rustler crate built by the `:cargo` compiler in
-  `mix.exs`) and the helpers that turn its replies into plain results.
+  The NIF (`relaybox_nif`, a rustler crate: prebuilt in a package, else built
+  by the `:cargo` compiler in `mix.exs`) and the helpers that turn its replies
+  into plain results.
 
   This module is internal: use `Relaybox.Outbox`, `Relaybox.Tx`,
   `Relaybox.Relay` and `Relaybox.Consumer`. Calls that touch the database or a
@@ -11,10 +12,84 @@ defmodule Relaybox.Native do
 
   @on_load :load_nif
 
+  # A package made by dev/package carries the NIF prebuilt for a platform in
+  # priv/native/ and each file's sha256 in this checksum file (read when this
+  # module is compiled); a source build puts priv/librelaybox_nif.so there.
+  @checksum_file Path.expand("../../checksum-Elixir.Relaybox.Native.exs", __DIR__)
+  @external_resource @checksum_file
+  @checksums if File.exists?(@checksum_file),
+               do: @checksum_file |> Code.eval_file() |> elem(0),
+               else: %{}
+  @version Mix.Project.config()[:version]
+
   @doc false
   def load_nif do
-    path = :filename.join(:code.priv_dir(:relaybox), ~c"librelaybox_nif")
-    :erlang.load_nif(path, 0)
+    priv = :code.priv_dir(:relaybox)
+
+    case precompiled(priv) do
+      nil ->
+        :erlang.load_nif(:filename.join(priv, ~c"librelaybox_nif"), 0)
+
+      {path, expected} ->
+        actual = "sha256:" <> Base.encode16(:crypto.hash(:sha256, File.read!(path)), case: :lower)
+
+        if actual == expected do
+          :erlang.load_nif(String.to_charlist(Path.rootname(path)), 0)
+        else
+          {:error,
+           {:checksum_mismatch,
+            ~c"#{path} does not match its checksum (expected #{expected}, found #{actual})"}}
+        end
+    end
+  end
+
+  # The precompiled NIF for this platform with the highest NIF version this
+  # runtime loads, and its expected checksum; nil when there is none.
+  defp precompiled(priv) do
+    prefix = "librelaybox_nif-v#{@version}-nif-"
+    suffix = "-#{target()}.so"
+    runtime = nif_version(:erlang.system_info(:nif_version))
+
+    @checksums
+    |> Enum.flat_map(fn {name, checksum} ->
+      path = Path.join([to_string(priv), "native", name])
+
+      with true <- String.starts_with?(name, prefix) and String.ends_with?(name, suffix),
+           version =
+             nif_version(
+               name
+               |> String.replace_prefix(prefix, "")
+               |> String.replace_suffix(suffix, "")
+             ),
+           true <- version != nil and Version.compare(version, runtime) != :gt,
+           true <- File.exists?(path) do
+        [{version, {path, checksum}}]
+      else
+        _ -> []
+      end
+    end)
+    |> Enum.max_by(&elem(&1, 0), Version, fn -> {nil, nil} end)
+    |> elem(1)
+  end
+
+  defp nif_version(text) do
+    with [major, minor] <- text |> to_string() |> String.split("."),
+         {:ok, version} <- Version.parse("#{major}.#{minor}.0") do
+      version
+    else
+      _ -> nil
+    end
+  end
+
+  # The Rust target triple of this VM's platform.
+  defp target do
+    case :system_architecture |> :erlang.system_info() |> to_string() |> String.split("-") do
+      [cpu, _vendor, "linux", abi | _] -> "#{cpu}-unknown-linux-#{abi}"
+      [cpu, _vendor, "linux"] -> "#{cpu}-unknown-linux-gnu"
+      ["arm64", "apple", "darwin" <> _ | _] -> "aarch64-apple-darwin"
+      [cpu, "apple", "darwin" <> _ | _] -> "#{cpu}-apple-darwin"
+      parts -> Enum.join(parts, "-")
+    end
   end
 
   @doc """
