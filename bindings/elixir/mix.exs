@@ -160,7 +160,7 @@ defmodule Relaybox.MixProject do
   use Mix.Project
 
   # The workspace's `repository` (Cargo.toml).
-  @repository "https://example.invalid/relaybox"
+  @repository "https://github.com/relaybox/relaybox"
 
   def project do
     [
