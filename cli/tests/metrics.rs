@@ -1,6 +1,8 @@
-//! `relaybox relay --listen`: a real relay process serving /healthz,
-//! /readyz and /metrics, scraped by a real Prometheus server whose HTTP API
-//! the test queries.
+//! What a real `relaybox relay` process tells its operators: `--listen`'s
+//! /healthz, /readyz and /metrics, scraped by a real Prometheus server whose
+//! HTTP API the test queries, and its spans, exported over OTLP/HTTP to a
+//! receiver that decodes them with the OpenTelemetry protocol's own
+//! definitions (`opentelemetry-proto`).
 //!
 //! Needs `RELAYBOX_TEST_DATABASE_URL` (PostgreSQL), and
 //! `RELAYBOX_PROMETHEUS_URL` and `RELAYBOX_PROMETHEUS_TARGETS_DIR` from
@@ -25,7 +27,12 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use private_redis::PrivateRedis;
+use prost::Message as _;
 
 /// Bound of every wait: generous, for a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(60);
@@ -140,6 +147,16 @@ impl RelayProcess {
 
     /// A relay whose configuration file ends with `more` (a `[transport]`).
     fn start_with(database_url: &str, prefix: &str, more: &str) -> RelayProcess {
+        RelayProcess::start_with_env(database_url, prefix, more, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), with more environment variables.
+    fn start_with_env(
+        database_url: &str,
+        prefix: &str,
+        more: &str,
+        vars: &[(&str, &str)],
+    ) -> RelayProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("relay.toml");
         std::fs::write(
@@ -158,6 +175,7 @@ impl RelayProcess {
             .env("RELAYBOX_TABLE_PREFIX", prefix)
             .env("RUST_LOG", "info")
             .env_remove("RELAYBOX_LISTEN")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("relay log"))
@@ -520,4 +538,123 @@ async fn readyz_follows_the_broker_going_away_and_coming_back() {
     relay.wait_status("/readyz", 200).await;
     relay.stop();
     db.cleanup().await;
+}
+
+/// An OTLP/HTTP receiver on a free port: every span of every
+/// `POST /v1/traces` it decodes, with its resource's `service.name`.
+struct OtlpReceiver {
+    endpoint: String,
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+    server: JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    async fn start() -> OtlpReceiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the OTLP receiver");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let spans: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
+        let received = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP request");
+                    for resource in request.resource_spans {
+                        let service = resource
+                            .resource
+                            .iter()
+                            .flat_map(|r| &r.attributes)
+                            .find(|a| a.key == "service.name")
+                            .and_then(|a| a.value.as_ref())
+                            .map(|v| format!("{:?}", v.value))
+                            .unwrap_or_default();
+                        for scope in resource.scope_spans {
+                            for span in scope.spans {
+                                received.lock().unwrap().push((service.clone(), span));
+                            }
+                        }
+                    }
+                    prost::Message::encode_to_vec(&ExportTraceServiceResponse::default())
+                }
+            }),
+        );
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("OTLP receiver");
+        });
+        OtlpReceiver {
+            endpoint,
+            spans,
+            server,
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_exports_publish_spans_over_otlp_in_the_producers_trace() {
+    let db = TestDb::new().await;
+    let receiver = OtlpReceiver::start().await;
+    let relay = RelayProcess::start_with_env(
+        &db.url,
+        &db.prefix,
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_SERVICE_NAME", "relay-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    relay.wait_status("/readyz", 200).await;
+
+    // A producer in another process and language wrote its trace context.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let message = Message::new("traces.orders", b"{}".to_vec())
+        .with_header("traceparent", format!("00-{trace}-{parent}-01"));
+    let id = message.id;
+    db.enqueue(vec![message]).await;
+
+    let span = wait_for(
+        "the relay's publish span at the OTLP receiver",
+        async || {
+            let spans = receiver.spans.lock().unwrap();
+            spans
+                .iter()
+                .find(|(_, s)| s.name == "publish traces.orders")
+                .cloned()
+                .ok_or_else(|| format!("{} spans so far\n{}", spans.len(), relay.log_text()))
+        },
+    )
+    .await;
+    let (service, span) = span;
+    assert!(
+        service.contains("relay-under-test"),
+        "service.name {service}"
+    );
+    assert_eq!(hex(&span.trace_id), trace);
+    assert_eq!(hex(&span.parent_span_id), parent);
+    let attribute = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .map(|v| format!("{:?}", v.value))
+            .unwrap_or_default()
+    };
+    assert!(attribute("messaging.message.id").contains(&id.to_string()));
+    assert!(attribute("messaging.system").contains("relaybox.database"));
+    relay.stop();
+    db.cleanup().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

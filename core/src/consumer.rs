@@ -650,7 +650,7 @@ impl Worker {
         loop {
             let attempt = match first.take() {
                 Some(attempt) => Ok(attempt),
-                None => self.attempt(message).await,
+                None => self.attempt(message, failures + 1).await,
             };
             match attempt {
                 Ok(Attempt::Done) => {
@@ -741,7 +741,7 @@ impl Worker {
                 }
                 Err(e) => return one_by_one(i + 1, e),
             }
-            let outcome = Self::run_handler(handler.as_ref(), message, &tx).await;
+            let outcome = self.run_handler(handler.as_ref(), message, &tx, 1).await;
             if tx.is_finished().await {
                 // The handler committed or rolled back the shared transaction:
                 // which of the messages before it took effect is unknown.
@@ -831,24 +831,50 @@ impl Worker {
         }
     }
 
-    /// Runs the handler: None when it succeeded, else the failed attempt (a
-    /// panic is a failure).
+    /// Runs the handler (attempt number `attempt`, from 1), inside the
+    /// message's `process` span when spans are recorded: None when it
+    /// succeeded, else the failed attempt (a panic is a failure).
     async fn run_handler(
+        &self,
         handler: &dyn Handler,
         message: &Message,
         tx: &Transaction,
+        attempt: u32,
     ) -> Option<Attempt> {
-        let outcome = AssertUnwindSafe(handler.handle(message.clone(), tx.clone()))
-            .catch_unwind()
-            .await;
-        match outcome {
+        let handled = AssertUnwindSafe(handler.handle(message.clone(), tx.clone())).catch_unwind();
+        let span = crate::telemetry::process_span(
+            message,
+            self.source.name(),
+            &self.config.group,
+            attempt,
+        );
+        let outcome = match &span {
+            Some(cx) => {
+                use opentelemetry::context::FutureExt as _;
+                handled.with_context(cx.clone()).await
+            }
+            None => handled.await,
+        };
+        let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(match e.downcast::<Rejected>() {
                 Ok(rejected) => Attempt::Rejected(rejected.reason),
                 Err(e) => Attempt::HandlerFailed(e.to_string()),
             }),
             Err(panic) => Some(Attempt::HandlerFailed(Error::from_panic(panic).to_string())),
+        };
+        if let Some(cx) = span {
+            let (error, dead) = match &failure {
+                None => (None, false),
+                Some(Attempt::Rejected(e)) => (Some(e.as_str()), true),
+                Some(Attempt::HandlerFailed(e)) => {
+                    (Some(e.as_str()), attempt > self.config.max_retries)
+                }
+                Some(_) => (None, false),
+            };
+            crate::telemetry::end_process(&cx, error, dead);
         }
+        failure
     }
 
     async fn pause(&self, delay: Duration) -> std::result::Result<(), Interrupted> {
@@ -858,7 +884,7 @@ impl Worker {
         }
     }
 
-    async fn attempt(&self, message: &Message) -> Result<Attempt> {
+    async fn attempt(&self, message: &Message, number: u32) -> Result<Attempt> {
         let handler = match &self.handling {
             Handling::Owned(handler) => handler.as_ref(),
             Handling::Host(host) => {
@@ -870,7 +896,7 @@ impl Worker {
             tx.rollback().await?;
             return Ok(Attempt::Duplicate);
         }
-        let Some(failure) = Self::run_handler(handler, message, &tx).await else {
+        let Some(failure) = self.run_handler(handler, message, &tx, number).await else {
             return match tx.commit().await {
                 Ok(()) => Ok(Attempt::Done),
                 // The handler finished the transaction itself: it committed or rolled back.

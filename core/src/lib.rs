@@ -19,6 +19,7 @@
 //! `rabbitmq` (lapin), `redis`, `aws` (SNS and SQS, AWS SDK), `message-db`
 //! and `eventodb`; `full` turns on all of them. A transport configured but
 //! not compiled in is an [`Error::InvalidConfig`] naming the feature.
+//! `otlp` exports spans over OTLP ([`telemetry::otlp`]; in `full`).
 //! `log-forward` hands the core's log records to a host's logging (the
 //! language bindings use it).
 
@@ -44,6 +45,7 @@ pub mod sink;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod telemetry;
 pub mod transaction;
 pub mod transport;
 pub mod validate;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::message::{now_micros, Message};
 use crate::sink::{Acks, Sink};
 use crate::store::{Claim, Completion, LeaseSession, Slice, Store};
+use crate::telemetry::Published;
 
 /// Relay settings. Every field has a default; [`validate`](RelayConfig::validate) rejects nonsense.
 #[derive(Clone, Debug, Deserialize)]
@@ -516,6 +517,8 @@ struct InFlight {
     /// Keys that failed in batches completed after this one was claimed:
     /// this batch's messages of those keys are not recorded as delivered.
     held_keys: HashSet<String>,
+    /// The batch's `publish` spans, when spans are recorded.
+    spans: Option<crate::telemetry::PublishSpans>,
 }
 
 /// What became of a completed batch.
@@ -927,11 +930,17 @@ impl Worker {
             let keep = self.config.retention.is_some();
             let batch = self.config.batch_size;
             let started = Instant::now();
-            if let Some(moved) = self
+            let spans = crate::telemetry::PublishSpans::start(self.sink.name(), batch as usize);
+            if let Some((moved, traced)) = self
                 .store
-                .move_to_log(&self.owner, slice, batch, keep)
+                .move_to_log(&self.owner, slice, batch, keep, spans.is_some())
                 .await?
             {
+                if let Some(spans) = spans.map(|s| s.with_batch(traced.len())) {
+                    for message in &traced {
+                        spans.record(message, 1, crate::telemetry::Published::Delivered);
+                    }
+                }
                 let tally = crate::metrics::BatchTally::moved(moved);
                 let moved = tally.delivered();
                 if moved == 0 {
@@ -956,11 +965,13 @@ impl Worker {
         }
         let full = self.fills_a_batch(claim.rows.len());
         crate::metrics::batch_claimed(claim.rows.len());
+        let spans = crate::telemetry::PublishSpans::start(self.sink.name(), claim.rows.len());
         let acks = self.send(&claim.messages).await;
         in_flight.push_back(InFlight {
             claim,
             acks,
             held_keys: HashSet::new(),
+            spans,
         });
         Ok(Started::Worked { full })
     }
@@ -969,8 +980,16 @@ impl Worker {
     /// schedules retries, dead-letters what failed too often.
     async fn complete_batch(&self, batch: InFlight, results: Vec<Result<()>>) -> Result<Completed> {
         let InFlight {
-            claim, held_keys, ..
+            claim,
+            held_keys,
+            spans,
+            ..
         } = batch;
+        let span = |message: &Message, attempt: u32, outcome: Published<'_>| {
+            if let Some(spans) = &spans {
+                spans.record(message, attempt, outcome);
+            }
+        };
         let full = self.fills_a_batch(claim.rows.len());
         let now = now_micros();
         let mut done = Completion::default();
@@ -987,7 +1006,10 @@ impl Worker {
                 // earlier one): not delivered even if the sink took it, and not an
                 // attempt of its own; it waits in the outbox behind that message.
                 _ if behind => {}
-                Ok(()) => done.delivered.push(message.id),
+                Ok(()) => {
+                    span(message, row.attempts + 1, Published::Delivered);
+                    done.delivered.push(message.id);
+                }
                 Err(e) => {
                     any_failed = true;
                     if let Some(k) = key {
@@ -997,11 +1019,14 @@ impl Worker {
                     let error = e.to_string();
                     if refused_for_good(&e, message.id) {
                         tracing::warn!(id = %message.id, attempts, error = %error, "relaybox message dead-lettered without retries: the transport refused it permanently");
+                        span(message, attempts, Published::DeadLettered(&error));
                         done.dead.push((message.id, error));
                     } else if attempts >= self.config.max_attempts {
                         tracing::warn!(id = %message.id, attempts, error = %error, "relaybox message dead-lettered");
+                        span(message, attempts, Published::DeadLettered(&error));
                         done.dead.push((message.id, error));
                     } else {
+                        span(message, attempts, Published::Failed(&error));
                         let delay = backoff(
                             attempts,
                             self.config.backoff_initial,

@@ -176,6 +176,7 @@ impl Transaction {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        let messages = &*crate::telemetry::stamp(messages);
         self.store.validate_messages(messages)?;
         let mut guard = self.open().await?;
         let result = match guard.as_mut().expect("checked open") {

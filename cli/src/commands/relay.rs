@@ -59,7 +59,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
                                       RELAYBOX_RABBITMQ_URL, RELAYBOX_REDIS_URL, ...): the\n  \
                                       transport, instead of the file's [transport]\n  \
         RELAYBOX_LISTEN               --listen\n  \
-        RUST_LOG                      log filter (default: info); logs go to stderr"
+        RUST_LOG                      log filter (default: info); logs go to stderr\n  \
+        OTEL_EXPORTER_OTLP_ENDPOINT   OpenTelemetry traces over OTLP/HTTP to this collector\n  \
+                                      (or OTEL_TRACES_EXPORTER=otlp); the other OTEL_*\n  \
+                                      variables apply (docs/observability.md)"
 )]
 pub struct Args {
     /// Run the migrations (`relaybox migrate`) before starting
@@ -120,6 +123,11 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
 
     let stop = signals::shutdown()?;
+    // Spans over OTLP when the OTEL_* environment asks for traces.
+    let traces = relaybox::telemetry::otlp::from_env()?;
+    if traces.is_some() {
+        tracing::info!("relaybox relay exporting traces over OTLP");
+    }
     // Listen before the relay starts, so that a taken address fails at once;
     // the recorder goes first so that the relay records into it.
     let http = match listen {
@@ -167,6 +175,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         "relaybox relay stopped"
     );
     store.close().await;
+    if let Some(traces) = traces {
+        // Sends the last spans; blocks on the export, so off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     Ok(result?)
 }
 

@@ -864,8 +864,9 @@ impl Store {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        self.validate_messages(messages)?;
-        let written = conn.insert_outbox(self, messages).await?;
+        let messages = crate::telemetry::stamp(messages);
+        self.validate_messages(&messages)?;
+        let written = conn.insert_outbox(self, &messages).await?;
         self.outbox_changed_in(&written.partitions);
         Ok(written.ids)
     }
@@ -1294,20 +1295,23 @@ impl Store {
 
     /// Claims a batch and moves it into this store's own log in one
     /// transaction (PostgreSQL), returning how many moved per topic (no
-    /// entry for a topic with none); `None` where the dialect has no such
-    /// path.
+    /// entry for a topic with none) and, with `traced`, the moved messages'
+    /// topic, id and trace context headers; `None` where the dialect has no
+    /// such path.
     pub(crate) async fn move_to_log(
         &self,
         owner: &str,
         slice: Slice,
         limit: u32,
         keep_sent: bool,
-    ) -> Result<Option<Vec<(String, u64)>>> {
+        traced: bool,
+    ) -> Result<Option<(Vec<(String, u64)>, Vec<Message>)>> {
         match self.pool()? {
             Pool::Postgres(pool, sql) => {
                 let moved =
-                    postgres::move_to_log(pool, sql, owner, slice, limit, keep_sent).await?;
-                if !moved.is_empty() {
+                    postgres::move_to_log(pool, sql, owner, slice, limit, keep_sent, traced)
+                        .await?;
+                if !moved.0.is_empty() {
                     self.inner.wake.log_changed();
                 }
                 Ok(Some(moved))

@@ -60,6 +60,9 @@ pub(crate) struct PgSql {
     log_append: Sql,
     move_to_log: Sql,
     copy_to_log: Sql,
+    /// The same two, returning each moved message's trace context too.
+    move_to_log_traced: Sql,
+    copy_to_log_traced: Sql,
     log_read: Sql,
     backlog: Sql,
     dl_count: Sql,
@@ -229,19 +232,10 @@ impl PgSql {
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
                  AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
             )),
-            // `ctid = ANY(ARRAY(...))` reads each claimed row's page directly (a
-            // TID scan); a join with the CTE turns into a scan of the whole
-            // outbox for large batches.
-            move_to_log: s(move_to_log_sql(
-                p,
-                topics,
-                "DELETE FROM {p}outbox o WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))",
-            )),
-            copy_to_log: s(move_to_log_sql(
-                p,
-                topics,
-                "UPDATE {p}outbox o SET sent_at = now() WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))",
-            )),
+            move_to_log: s(move_to_log_sql(p, topics, MOVE, false)),
+            copy_to_log: s(move_to_log_sql(p, topics, COPY, false)),
+            move_to_log_traced: s(move_to_log_sql(p, topics, MOVE, true)),
+            copy_to_log_traced: s(move_to_log_sql(p, topics, COPY, true)),
             log_read: s(format!(
                 "SELECT position, {MESSAGE_COLUMNS} FROM {p}log WHERE topic = $1 AND position > $2 ORDER BY position LIMIT $3"
             )),
@@ -361,8 +355,22 @@ fn lease_view_sql(p: &str, scope: &LeaseScope) -> String {
     )
 }
 
-fn move_to_log_sql(p: &str, topics: &str, take: &str) -> String {
+// `ctid = ANY(ARRAY(...))` reads each claimed row's page directly (a TID
+// scan); a join with the CTE turns into a scan of the whole outbox for large
+// batches.
+const MOVE: &str = "DELETE FROM {p}outbox o WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))";
+const COPY: &str =
+    "UPDATE {p}outbox o SET sent_at = now() WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))";
+
+/// The statement moving (or copying) claimed rows into the log; it returns
+/// each row's topic, and with `traced` its id and trace context headers.
+fn move_to_log_sql(p: &str, topics: &str, take: &str, traced: bool) -> String {
     let take = take.replace("{p}", p);
+    let returning = if traced {
+        "topic, id, headers->>'traceparent', headers->>'tracestate'"
+    } else {
+        "topic"
+    };
     format!(
         "WITH claimed AS (SELECT o.ctid FROM {p}outbox o \
              WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now(){topics} \
@@ -372,7 +380,7 @@ fn move_to_log_sql(p: &str, topics: &str, take: &str) -> String {
          taken AS ({take} RETURNING o.seq, o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at) \
          INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
          SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() FROM taken ORDER BY seq \
-         RETURNING topic"
+         RETURNING {returning}"
     )
 }
 
@@ -674,7 +682,9 @@ pub(super) async fn claim(
     })
 }
 
-/// Moves a batch from the outbox into the log in one transaction; returns how many.
+/// Moves a batch from the outbox into the log in one transaction; returns how
+/// many per topic, and with `traced` the moved messages' topic, id and trace
+/// context headers (the rest of each message is left empty).
 pub(super) async fn move_to_log(
     pool: &PgPool,
     sql: &PgSql,
@@ -682,7 +692,8 @@ pub(super) async fn move_to_log(
     slice: Slice,
     limit: u32,
     keep_sent: bool,
-) -> Result<Vec<(String, u64)>> {
+    traced: bool,
+) -> Result<(Vec<(String, u64)>, Vec<Message>)> {
     let mut tx = pool.begin_with(BATCH_BEGIN).await?;
     let partitions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(sql.claim_leases.clone()))
         .bind(owner)
@@ -691,7 +702,7 @@ pub(super) async fn move_to_log(
         .fetch_all(&mut *tx)
         .await?;
     if partitions.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     // Appenders take turns on the log (positions in commit order). This
     // transaction commits without waiting for its WAL flush (`BATCH_BEGIN`),
@@ -707,16 +718,41 @@ pub(super) async fn move_to_log(
     )))
     .execute(&mut *tx)
     .await?;
-    let stmt = if keep_sent {
-        &sql.copy_to_log
-    } else {
-        &sql.move_to_log
+    let stmt = match (keep_sent, traced) {
+        (true, false) => &sql.copy_to_log,
+        (false, false) => &sql.move_to_log,
+        (true, true) => &sql.copy_to_log_traced,
+        (false, true) => &sql.move_to_log_traced,
     };
-    let topics: Vec<String> = sqlx::query_scalar(AssertSqlSafe(stmt.clone()))
-        .bind(&partitions)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+    let mut moved_messages = Vec::new();
+    let topics: Vec<String> = if traced {
+        let rows: Vec<(String, Uuid, Option<String>, Option<String>)> =
+            sqlx::query_as(AssertSqlSafe(stmt.clone()))
+                .bind(&partitions)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+        rows.into_iter()
+            .map(|(topic, id, parent, state)| {
+                let mut message = Message::new(topic.clone(), Vec::new());
+                message.id = id;
+                let context = [("traceparent", parent), ("tracestate", state)];
+                for (name, value) in context {
+                    if let Some(value) = value {
+                        message.headers.insert(name.to_string(), value);
+                    }
+                }
+                moved_messages.push(message);
+                topic
+            })
+            .collect()
+    } else {
+        sqlx::query_scalar(AssertSqlSafe(stmt.clone()))
+            .bind(&partitions)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?
+    };
     tx.commit().await?;
     // Messages moved per topic (for the relay's metrics).
     let mut moved: Vec<(String, u64)> = Vec::new();
@@ -726,7 +762,7 @@ pub(super) async fn move_to_log(
             None => moved.push((topic, 1)),
         }
     }
-    Ok(moved)
+    Ok((moved, moved_messages))
 }
 
 /// Records what became of a claimed batch in its claim transaction `tx`:
