@@ -6,6 +6,7 @@ import datetime as _dt
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, TypedDict, Union
 
+from . import _tracing
 from ._payload import encode
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ def message_spec(topic: str, payload: Any, **options: Unpack[EnqueueOptions]) ->
     """The spec dict of one message; an unknown keyword is a ``TypeError``.
 
     ``payload`` may be ``bytes`` (sent untouched), ``str``, a pydantic model,
-    a dataclass or any JSON-serialisable value.
+    a dataclass or any JSON-serialisable value. With OpenTelemetry installed,
+    the headers carry the trace context of the message's ``create`` span.
     """
     unknown = set(options) - _KEYWORDS
     if unknown:
@@ -66,7 +68,7 @@ def message_spec(topic: str, payload: Any, **options: Unpack[EnqueueOptions]) ->
         "payload": data,
         "key": None if key is None else str(key),
         "type": options.get("type"),
-        "headers": dict(headers) if headers is not None else None,
+        "headers": _tracing.stamp(topic, headers, options.get("type")),
         "content_type": options.get("content_type") or detected,
         "delay": delay,
         "available_at": options.get("available_at"),

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypedDict, TypeVar
 
-from . import _native, _settings
+from . import _native, _settings, _tracing
 from .outbox import AnyOutbox, AsyncTransaction, Transaction
 from .transport import Transport, transport_json
 
@@ -98,8 +98,11 @@ class _ConsumerBase(Generic[HandlerT]):
             raise TypeError(self._wrong_handler())
         self._outbox = outbox
         self._topic = topic
-        self._handler = handler
         self._transport = transport_json(transport)
+        # Each call runs in a `process` span when OpenTelemetry is installed.
+        self._handler = _tracing.traced_handler(
+            handler, group, _tracing.messaging_system(self._transport)
+        )
         unknown = set(options) - _OPTIONS
         if unknown:
             raise TypeError(f"unexpected consumer setting(s): {', '.join(sorted(unknown))}")

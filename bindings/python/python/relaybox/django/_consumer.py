@@ -100,7 +100,8 @@ class Consumer(_HostMode, _consumer.Consumer):
             transport=transport if transport is not None else default_transport(),
             **options,
         )
-        self._django_handler = handler
+        # The base class wraps the handler in its `process` span.
+        self._django_handler = self._handler
 
     def _host_call(self, message: _native.Message, sql: str, params: Any) -> str:
         close_old_connections()

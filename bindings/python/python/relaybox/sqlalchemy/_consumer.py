@@ -84,7 +84,7 @@ class Consumer(_HostMode, _consumer.Consumer):
         _check_outbox(outbox)
         super().__init__(outbox, topic, handler, group=group, transport=transport, **options)
         self._sessions = sessionmaker
-        self._session_handler = handler
+        self._session_handler = self._handler  # in its `process` span
 
     def _host_call(self, message: _native.Message, sql: str, params: dict[str, Any]) -> str:
         with self._sessions() as session:
@@ -150,7 +150,7 @@ class AsyncConsumer(_HostMode, _consumer.AsyncConsumer):
         _check_outbox(outbox)
         super().__init__(outbox, topic, handler, group=group, transport=transport, **options)
         self._sessions_async = sessionmaker
-        self._session_handler_async = handler
+        self._session_handler_async = self._handler  # in its `process` span
 
     def _host_call(self, message: _native.Message, sql: str, params: dict[str, Any]) -> str:
         outcome: str = self._run_async(self._handle(message, sql, params))
