@@ -10,6 +10,7 @@ const { Reject } = require('./errors')
 const { Message } = require('./message')
 const { Transaction } = require('./outbox')
 const { ConfigError } = require('./errors')
+const { inProcessSpan, messagingSystem } = require('./tracing')
 
 /**
  * One line describing a handler failure, for retries and the dead-letter record.
@@ -32,12 +33,15 @@ function describe (err) {
  * The function the addon calls for each message: runs the handler and
  * resolves with `null` or a JSON failure, never rejecting.
  * @param {Function} handler
+ * @param {string} group the consumer group (for its `process` span)
+ * @param {string} system the transport's `messaging.system`
  * @returns {(messageJson: string, tx: object) => Promise<string | null>}
  */
-function bridge (handler) {
+function bridge (handler, group, system) {
   return async (messageJson, nativeTx) => {
     try {
-      await handler(new Message(messageJson), new Transaction(nativeTx))
+      const message = new Message(messageJson)
+      await inProcessSpan(message, group, system, async () => handler(message, new Transaction(nativeTx)))
       return null
     } catch (err) {
       if (err instanceof Reject) return JSON.stringify({ error: err.message || 'rejected', reject: true })
@@ -57,16 +61,19 @@ const DUPLICATE = new Error('duplicate delivery')
  * the message (rolled back, nothing written), or a JSON failure (rolled back).
  * @param {Function} handler `(message, tx) => ...`
  * @param {object} host the integration's `transaction` and `exec`
+ * @param {string} group the consumer group (for its `process` span)
+ * @param {string} system the transport's `messaging.system`
  * @returns {(messageJson: string, sql: string, paramsJson: string) => Promise<string>}
  */
-function hostBridge (handler, host) {
+function hostBridge (handler, host, group, system) {
   return async (messageJson, sql, paramsJson) => {
     try {
       const params = JSON.parse(paramsJson).map(untag)
       await host.transaction(async (tx) => {
         const inserted = await host.exec(tx, `${sql} RETURNING 1 AS inserted`, params)
         if (inserted.length === 0) throw DUPLICATE
-        await handler(new Message(messageJson), tx)
+        const message = new Message(messageJson)
+        await inProcessSpan(message, group, system, async () => handler(message, tx))
       })
       return 'processed'
     } catch (err) {
@@ -114,8 +121,12 @@ class Consumer {
     this.#outbox = outbox
     this.#topic = topic
     this.#host = host ?? null
-    this.#handler = host ? hostBridge(handler, host) : bridge(handler)
     this.#transport = transportJson(transport)
+    // Each handler call runs in a `process` span (with OpenTelemetry).
+    const system = messagingSystem(this.#transport)
+    this.#handler = host
+      ? hostBridge(handler, host, settings.group, system)
+      : bridge(handler, settings.group, system)
     this.#config = stringify(coreOptions(settings, 'Consumer options'), 'invalid_config')
     /** The consumer group. */
     this.group = settings.group

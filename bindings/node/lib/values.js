@@ -8,6 +8,7 @@
  */
 
 const { ValidationError, ConfigError } = require('./errors')
+const { stamp } = require('./tracing')
 
 /** Message fields in JavaScript spelling → `MessageSpec` field. */
 const SPEC_FIELDS = {
@@ -44,7 +45,8 @@ function toBuffer (value) {
  * The `MessageSpec` (plain JSON object) of a message given in JavaScript
  * form: a `Buffer`/`Uint8Array` payload becomes `payload_base64`, a `Date`
  * `availableAt` or `createdAt` RFC 3339 text; unknown fields are passed on so that the core
- * rejects them.
+ * rejects them. With OpenTelemetry the headers carry the trace context of
+ * the message's `create` span (see `./tracing`).
  * @param {object} message
  * @returns {object}
  */
@@ -67,6 +69,9 @@ function toSpec (message) {
       spec[field] = value
     }
   }
+  // The trace context of the message's `create` span, with OpenTelemetry.
+  const headers = stamp(spec.topic, spec.headers)
+  if (headers !== undefined) spec.headers = headers
   return spec
 }
 
