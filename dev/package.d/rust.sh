@@ -7,8 +7,14 @@
 
 package_rust() {
   # --allow-dirty: checks run on work in progress too; a release is built
-  # from a clean, tagged checkout (docs/releasing.md).
-  cargo package -q --allow-dirty -p relaybox -p relaybox-cli
+  # from a clean, tagged checkout (docs/releasing.md). The core is built from
+  # its packaged sources (its light default build); the CLI, whose build is
+  # the workspace's own with every transport (cargo test builds it), is
+  # packaged without that second build and its file list checked below.
+  # Both in one run: the CLI's lock file names the core through the local
+  # registry cargo makes of the packages it packs together.
+  cargo package -q --allow-dirty --no-verify -p relaybox -p relaybox-cli
+  cargo package -q --allow-dirty -p relaybox
   local crate
   for crate in relaybox relaybox-cli; do
     cp "$TARGET_DIR/package/$crate-$VERSION.crate" "$DIST/"
@@ -38,4 +44,25 @@ check_rust() {
     fi
   done
   echo "    relaybox-$VERSION.crate: README, LICENSE, sources; default build without broker clients"
+  # The packaged CLI has every source file the repository's has, and names
+  # the core by version (crates.io has no path dependencies).
+  local cli="$CHECK_DIR/relaybox-cli-$VERSION" source
+  tar -C "$CHECK_DIR" -xzf "$DIST/relaybox-cli-$VERSION.crate"
+  for file in README.md LICENSE Cargo.toml; do
+    [[ -f "$cli/$file" ]] || {
+      echo "check_rust: the relaybox-cli crate has no $file" >&2
+      return 1
+    }
+  done
+  while IFS= read -r source; do
+    [[ -f "$cli/${source#"$ROOT/cli/"}" ]] || {
+      echo "check_rust: the relaybox-cli crate has no ${source#"$ROOT/cli/"}" >&2
+      return 1
+    }
+  done < <(find "$ROOT/cli/src" "$ROOT/cli/assets" -type f 2>/dev/null)
+  grep -q "^\[dependencies.relaybox\]" "$cli/Cargo.toml" && grep -A3 "^\[dependencies.relaybox\]" "$cli/Cargo.toml" | grep -q "^version = \"$VERSION\"" || {
+    echo "check_rust: the relaybox-cli crate does not name relaybox $VERSION" >&2
+    return 1
+  }
+  echo "    relaybox-cli-$VERSION.crate: README, LICENSE, every source file; relaybox $VERSION by version"
 }
