@@ -68,7 +68,7 @@ class JsonCodec(
             contentType = JSON,
             headers = headers,
             idempotencyKey = idempotencyKey,
-        )
+        ).withTraceContext()
 
     /**
      * The payload of [message] read as a [type]; [RelayboxException.InvalidMessage]

@@ -72,7 +72,7 @@ fun messageHandler(block: HandlerFunction): MessageHandler =
             tx: Transaction,
         ) {
             try {
-                block.handle(message, tx)
+                Tracing.process(message) { block.handle(message, tx) }
             } catch (e: RelayboxException) {
                 throw e
             } catch (e: Exception) {
@@ -96,7 +96,7 @@ fun suspendHandler(block: suspend (Message, Transaction) -> Unit): SuspendMessag
             tx: Transaction,
         ) {
             try {
-                block(message, tx)
+                Tracing.processSuspending(message) { block(message, tx) }
             } catch (e: RelayboxException) {
                 throw e
             } catch (e: CancellationException) {
@@ -132,7 +132,7 @@ fun hostHandler(body: HostBody): HostMessageHandler =
             inbox: HostStatement,
         ): HostResult =
             try {
-                body.run(message, inbox)
+                Tracing.process(message) { body.run(message, inbox) }
             } catch (e: RelayboxException.Rejected) {
                 HostResult.Rejected(e.reason)
             } catch (e: Throwable) {
@@ -149,7 +149,7 @@ fun jsonMessage(
     json: String,
     key: String? = null,
     type: String? = null,
-): MessageSpec = MessageSpec(topic = topic, key = key, eventType = type, payloadJson = json)
+): MessageSpec = MessageSpec(topic = topic, key = key, eventType = type, payloadJson = json).withTraceContext()
 
 /** A message whose payload is [text] (`text/plain; charset=utf-8`). */
 @JvmOverloads
@@ -158,7 +158,7 @@ fun textMessage(
     text: String,
     key: String? = null,
     type: String? = null,
-): MessageSpec = MessageSpec(topic = topic, key = key, eventType = type, payloadText = text)
+): MessageSpec = MessageSpec(topic = topic, key = key, eventType = type, payloadText = text).withTraceContext()
 
 /** The payload decoded as UTF-8 text. */
 fun Message.text(): String = payload.decodeToString()
