@@ -149,31 +149,22 @@ fn assert_one_path(
             Some(id.to_string().into())
         );
     }
-    assert_eq!(
-        attribute(publish, "messaging.system"),
-        Some(system.to_string().into())
-    );
-    assert_eq!(
-        attribute(publish, "messaging.operation.type"),
-        Some("send".into())
-    );
-    assert_eq!(attribute(publish, "relaybox.attempt"), Some(1i64.into()));
-    assert_eq!(
-        attribute(publish, "relaybox.dead_lettered"),
-        Some(false.into())
-    );
-    assert_eq!(
-        attribute(process, "messaging.system"),
-        Some(system.to_string().into())
-    );
-    assert_eq!(
-        attribute(process, "messaging.operation.type"),
-        Some("process".into())
-    );
-    assert_eq!(
-        attribute(process, "messaging.consumer.group.name"),
-        Some(group.to_string().into())
-    );
+    let expected: [(&SpanData, &str, Value); 7] = [
+        (publish, "messaging.system", system.to_string().into()),
+        (publish, "messaging.operation.type", "send".into()),
+        (publish, "relaybox.attempt", 1i64.into()),
+        (publish, "relaybox.dead_lettered", false.into()),
+        (process, "messaging.system", system.to_string().into()),
+        (process, "messaging.operation.type", "process".into()),
+        (
+            process,
+            "messaging.consumer.group.name",
+            group.to_string().into(),
+        ),
+    ];
+    for (span, key, value) in expected {
+        assert_eq!(attribute(span, key), Some(value), "{key} of {}", span.name);
+    }
 }
 
 async fn consume_until(

@@ -1,6 +1,7 @@
 package io.relaybox
 
 import io.opentelemetry.api.GlobalOpenTelemetry
+import io.opentelemetry.api.trace.Span
 import io.opentelemetry.api.trace.SpanKind
 import io.opentelemetry.api.trace.StatusCode
 import io.opentelemetry.api.trace.propagation.W3CTraceContextPropagator
@@ -98,13 +99,14 @@ internal object Tracing {
                 .setAttribute("messaging.operation.type", "process")
                 .startSpan()
 
-        fun <T> process(
+        /** Runs [block] with the `process` span of [message]; records its failure and ends the span. */
+        private inline fun <T> inSpan(
             message: Message,
-            block: () -> T,
+            block: (Span) -> T,
         ): T {
             val span = start(message)
             try {
-                span.makeCurrent().use { return block() }
+                return block(span)
             } catch (e: Throwable) {
                 span.recordException(e)
                 span.setStatus(StatusCode.ERROR, e.message ?: e.javaClass.name)
@@ -114,21 +116,15 @@ internal object Tracing {
             }
         }
 
+        fun <T> process(
+            message: Message,
+            block: () -> T,
+        ): T = inSpan(message) { span -> span.makeCurrent().use { block() } }
+
         suspend fun <T> processSuspending(
             message: Message,
             block: suspend () -> T,
-        ): T {
-            val span = start(message)
-            try {
-                return withContext(Context.current().with(span).asContextElement()) { block() }
-            } catch (e: Throwable) {
-                span.recordException(e)
-                span.setStatus(StatusCode.ERROR, e.message ?: e.javaClass.name)
-                throw e
-            } finally {
-                span.end()
-            }
-        }
+        ): T = inSpan(message) { span -> withContext(Context.current().with(span).asContextElement()) { block() } }
     }
 }
 
