@@ -29,6 +29,8 @@ __all__ = ["messaging_system", "stamp", "traced_handler"]
 _SCOPE = "relaybox"
 _SYSTEMS = {"database": "relaybox.database", "sqs": "aws_sqs", "sns": "aws.sns"}
 _PROPAGATOR = TraceContextTextMapPropagator() if _trace is not None else None
+# A proxy that follows the global tracer provider, set before or after import.
+_TRACER = _trace.get_tracer(_SCOPE) if _trace is not None else None
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,8 +57,8 @@ def stamp(
     }
     if event_type:
         attributes["relaybox.message.type"] = event_type
-    tracer = _trace.get_tracer(_SCOPE)
-    with tracer.start_as_current_span(
+    assert _TRACER is not None
+    with _TRACER.start_as_current_span(
         f"create {topic}", kind=_trace.SpanKind.PRODUCER, attributes=attributes
     ):
         assert _PROPAGATOR is not None
@@ -78,8 +80,8 @@ def _process_span(message: Any, group: str, system: str) -> Iterator[None]:
         "messaging.operation.type": "process",
         "messaging.consumer.group.name": group,
     }
-    tracer = _trace.get_tracer(_SCOPE)
-    with tracer.start_as_current_span(
+    assert _TRACER is not None
+    with _TRACER.start_as_current_span(
         f"process {message.topic}",
         context=parent,
         kind=_trace.SpanKind.CONSUMER,
