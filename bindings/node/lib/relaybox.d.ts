@@ -82,6 +82,8 @@ export interface KafkaOptions {
   topicReplication?: number
   /** Longest wait for the broker's acknowledgement, in ms or as text. */
   deliveryTimeout?: number | string
+  /** CloudEvents binary-mode headers (`ce_*`): `true`, or the default source (see docs/cloudevents.md). */
+  cloudevents?: boolean | string
 }
 
 /** RabbitMQ transport settings (see docs/rabbitmq.md). */
@@ -94,6 +96,8 @@ export interface RabbitMqOptions {
   codec?: 'relaybox' | 'envelope'
   /** Deliveries handed to a consumer before it acknowledges (default 100). */
   prefetch?: number
+  /** CloudEvents application properties (`cloudEvents_*`): `true`, or the default source (see docs/cloudevents.md). */
+  cloudevents?: boolean | string
   [setting: string]: unknown
 }
 

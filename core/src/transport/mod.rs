@@ -2,6 +2,7 @@
 //! The database transport is built in; brokers plug in through the same
 //! [`Sink`](crate::Sink) and [`Source`](crate::Source) traits.
 
+pub mod cloudevents;
 pub mod database;
 mod select;
 

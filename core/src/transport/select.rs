@@ -164,7 +164,10 @@ impl TransportConfig {
     /// `AWS_REGION` (else `AWS_DEFAULT_REGION`), creating topics and queues,
     /// or `message_db`, with `RELAYBOX_MESSAGE_DB_URL` (default the store's
     /// database), or `eventodb`, with `RELAYBOX_EVENTODB_URL` and
-    /// `RELAYBOX_EVENTODB_TOKEN`.
+    /// `RELAYBOX_EVENTODB_TOKEN`. Kafka, RabbitMQ, SNS and SQS take their
+    /// `cloudevents` option from `RELAYBOX_CLOUDEVENTS` and
+    /// `RELAYBOX_CLOUDEVENTS_SOURCE` (see
+    /// [`CloudEvents::from_env`](crate::transport::cloudevents::CloudEvents::from_env)).
     pub fn from_env() -> Result<Self> {
         let kind = std::env::var("RELAYBOX_TRANSPORT").unwrap_or_else(|_| "database".into());
         match kind.as_str() {
@@ -176,6 +179,7 @@ impl TransportConfig {
                     kafka.bootstrap_servers = servers;
                 }
                 kafka.create_topics = true;
+                kafka.cloudevents = crate::transport::cloudevents::CloudEvents::from_env()?;
                 kafka.validate()?;
                 Ok(TransportConfig::Kafka(kafka))
             }
@@ -205,9 +209,11 @@ impl TransportConfig {
                 Ok(TransportConfig::EventoDb(config))
             }
             #[cfg(feature = "rabbitmq")]
-            "rabbitmq" => Ok(TransportConfig::Rabbitmq(
-                crate::transport::rabbitmq::RabbitMqConfig::from_env()?,
-            )),
+            "rabbitmq" => {
+                let mut rabbitmq = crate::transport::rabbitmq::RabbitMqConfig::from_env()?;
+                rabbitmq.cloudevents = crate::transport::cloudevents::CloudEvents::from_env()?;
+                Ok(TransportConfig::Rabbitmq(rabbitmq))
+            }
             #[cfg(feature = "redis")]
             "redis" => {
                 // `RELAYBOX_REDIS_URL`, else `REDIS_URL`, else the local default.
@@ -222,13 +228,17 @@ impl TransportConfig {
                 Ok(TransportConfig::Redis(redis))
             }
             #[cfg(feature = "aws")]
-            "sns" => Ok(TransportConfig::Sns(
-                crate::transport::aws::SnsConfig::from_env()?,
-            )),
+            "sns" => {
+                let mut sns = crate::transport::aws::SnsConfig::from_env()?;
+                sns.cloudevents = crate::transport::cloudevents::CloudEvents::from_env()?;
+                Ok(TransportConfig::Sns(sns))
+            }
             #[cfg(feature = "aws")]
-            "sqs" => Ok(TransportConfig::Sqs(
-                crate::transport::aws::SqsConfig::from_env()?,
-            )),
+            "sqs" => {
+                let mut sqs = crate::transport::aws::SqsConfig::from_env()?;
+                sqs.cloudevents = crate::transport::cloudevents::CloudEvents::from_env()?;
+                Ok(TransportConfig::Sqs(sqs))
+            }
             other => Err(not_compiled_in(other).unwrap_or_else(|| {
                 Error::config(
                     "RELAYBOX_TRANSPORT",
@@ -482,6 +492,28 @@ mod tests {
             assert!(
                 TransportConfig::from_json(serde_json::json!({"sqs": {"queue": "x"}})).is_err()
             );
+        }
+    }
+
+    #[test]
+    #[cfg(all(feature = "kafka", feature = "rabbitmq", feature = "aws"))]
+    fn cloudevents_option_of_each_transport() {
+        for name in ["kafka", "rabbitmq", "sns", "sqs"] {
+            let ok = serde_json::json!({ name: {"cloudevents": "urn:shop"} });
+            assert_eq!(TransportConfig::from_json(ok).unwrap().name(), name);
+            for bad in [
+                serde_json::json!(2),
+                serde_json::json!(""),
+                serde_json::json!("a b"),
+            ] {
+                let routed = serde_json::json!({"routes": [
+                    {"topics": ["*"], "transport": { name: {"cloudevents": bad} }}
+                ]});
+                match TransportConfig::from_json(routed) {
+                    Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "cloudevents"),
+                    other => panic!("{name} {bad}: expected a cloudevents error, got {other:?}"),
+                }
+            }
         }
     }
 

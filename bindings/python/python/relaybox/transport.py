@@ -22,7 +22,9 @@ class Kafka:
     ``properties`` are librdkafka settings for producer and consumer (SASL,
     SSL, ...); ``producer_properties`` / ``consumer_properties`` apply to one
     side only. Secret values are never logged. With ``create_topics`` missing
-    topics are created with ``topic_partitions`` partitions.
+    topics are created with ``topic_partitions`` partitions. ``cloudevents``
+    (``True``, or the default source as a string) adds the CloudEvents
+    binary-mode headers ``ce_*`` to every record (see docs/cloudevents.md).
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -32,6 +34,7 @@ class Kafka:
     create_topics: bool = False
     topic_partitions: Optional[int] = None
     topic_replication: Optional[int] = None
+    cloudevents: Union[bool, str] = False
 
     def to_json(self) -> dict[str, Any]:
         """The core's JSON form of these settings."""
@@ -46,6 +49,8 @@ class Kafka:
             settings["topic_partitions"] = self.topic_partitions
         if self.topic_replication is not None:
             settings["topic_replication"] = self.topic_replication
+        if self.cloudevents is not False:
+            settings["cloudevents"] = self.cloudevents
         return {"kafka": settings}
 
 

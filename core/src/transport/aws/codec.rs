@@ -6,7 +6,10 @@
 //! `content-type` (unless `application/octet-stream`), then every header whose
 //! name is a valid attribute name and whose value is not empty, under its own
 //! name (`entityName`, `publisherName`, `eventName`, `traceparent`, ...).
-//! SNS and SQS carry at most 10 attributes per message.
+//! SNS and SQS carry at most 10 attributes per message. With the
+//! `cloudevents` option the CloudEvents attributes (`ce_id`, `ce_source`,
+//! `ce_type`, `ce_specversion`, `ce_time`) come after the envelope and
+//! `content-type` is always written.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +19,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::message::{Message, OCTET_STREAM};
+use crate::transport::cloudevents::{self, CloudEvents, KAFKA_PREFIX as CE_PREFIX};
 
 /// Attribute carrying the message id (UUID text).
 pub const ATTR_ID: &str = "relaybox-id";
@@ -72,10 +76,10 @@ fn sqs_safe(text: &str) -> bool {
     })
 }
 
-/// Body and attributes of `m`; `extra` attributes (the dead-letter error)
-/// come after the envelope. Fails naming the attributes when there are more
-/// than [`MAX_ATTRIBUTES`].
-pub(crate) fn encode(m: &Message, transport: &str) -> Result<Encoded> {
+/// Body and attributes of `m`, with the CloudEvents attributes when `ce` is
+/// on. Fails naming the attributes when there are more than
+/// [`MAX_ATTRIBUTES`].
+pub(crate) fn encode(m: &Message, transport: &str, ce: &CloudEvents) -> Result<Encoded> {
     let mut attributes: Vec<(String, String)> = vec![(ATTR_ID.into(), m.id.to_string())];
     if !m.event_type.is_empty() {
         attributes.push((ATTR_TYPE.into(), m.event_type.clone()));
@@ -83,7 +87,7 @@ pub(crate) fn encode(m: &Message, transport: &str) -> Result<Encoded> {
     if let Some(k) = m.key.as_ref().filter(|k| !k.is_empty()) {
         attributes.push((ATTR_KEY.into(), k.clone()));
     }
-    if m.content_type != OCTET_STREAM && !m.content_type.is_empty() {
+    if !m.content_type.is_empty() && (m.content_type != OCTET_STREAM || ce.is_on()) {
         attributes.push((ATTR_CONTENT_TYPE.into(), m.content_type.clone()));
     }
     let body = match std::str::from_utf8(&m.payload) {
@@ -93,8 +97,18 @@ pub(crate) fn encode(m: &Message, transport: &str) -> Result<Encoded> {
             base64::engine::general_purpose::STANDARD.encode(&m.payload)
         }
     };
+    let ce_attributes = ce.attributes(m);
+    let ce_named = ce_attributes
+        .as_ref()
+        .map(|a| a.named(CE_PREFIX))
+        .unwrap_or_default();
+    attributes.extend(ce_named.iter().map(|(k, v)| (k.clone(), v.to_string())));
     for (k, v) in &m.headers {
-        if !ENVELOPE.contains(&k.as_str()) && !v.is_empty() && is_attribute_name(k) {
+        if !ENVELOPE.contains(&k.as_str())
+            && !ce_named.iter().any(|(n, _)| n == k)
+            && !v.is_empty()
+            && is_attribute_name(k)
+        {
             attributes.push((k.clone(), v.clone()));
         }
     }
@@ -107,7 +121,7 @@ pub(crate) fn encode(m: &Message, transport: &str) -> Result<Encoded> {
                  ({}); drop headers so that at most {} remain besides relaybox's",
                 attributes.len(),
                 names.join(", "),
-                MAX_ATTRIBUTES - (attributes.len() - headers_kept(&attributes)),
+                MAX_ATTRIBUTES - (attributes.len() - headers_kept(&attributes, ce)),
             ),
             retryable: false,
             message_id: Some(m.id),
@@ -116,15 +130,16 @@ pub(crate) fn encode(m: &Message, transport: &str) -> Result<Encoded> {
     Ok(Encoded { body, attributes })
 }
 
-fn headers_kept(attributes: &[(String, String)]) -> usize {
+fn headers_kept(attributes: &[(String, String)], ce: &CloudEvents) -> usize {
     attributes
         .iter()
-        .filter(|(k, _)| !ENVELOPE.contains(&k.as_str()))
+        .filter(|(k, _)| !ENVELOPE.contains(&k.as_str()) && !ce.writes(k, CE_PREFIX))
         .count()
 }
 
-/// Like [`encode`] for a dead-letter copy: the error goes first and attributes
-/// beyond the limit are left out, so the copy is always accepted.
+/// Like [`encode`] for a dead-letter copy, without CloudEvents attributes:
+/// the error goes first and attributes beyond the limit are left out, so the
+/// copy is always accepted.
 pub(crate) fn encode_dead_letter(m: &Message, error: &str, transport: &str) -> Encoded {
     let mut error = error.to_string();
     if error.len() > 4096 {
@@ -136,7 +151,8 @@ pub(crate) fn encode_dead_letter(m: &Message, error: &str, transport: &str) -> E
     }
     let mut trimmed = m.clone();
     trimmed.headers.clear();
-    let mut enc = encode(&trimmed, transport).expect("the envelope fits the attribute limit");
+    let mut enc = encode(&trimmed, transport, &CloudEvents::off())
+        .expect("the envelope fits the attribute limit");
     enc.attributes.insert(0, (ATTR_ERROR.into(), error));
     for (k, v) in &m.headers {
         if enc.attributes.len() >= MAX_ATTRIBUTES {
@@ -168,6 +184,8 @@ pub(crate) struct Received<'a> {
 /// off) is unwrapped: its `Message` is the body and its `MessageAttributes`
 /// the attributes. Messages not written by relaybox get a stable id derived
 /// from the queue and the SQS message id, so redeliveries are deduplicated.
+/// The CloudEvents attributes of a message relaybox wrote repeat its
+/// envelope and are left out of the headers.
 pub(crate) fn decode(mut r: Received<'_>) -> Message {
     if !r.attributes.contains_key(ATTR_ID) {
         if let Some((body, attrs)) = unwrap_notification(&r.body) {
@@ -176,6 +194,9 @@ pub(crate) fn decode(mut r: Received<'_>) -> Message {
         }
     }
     let mut attrs = r.attributes;
+    if cloudevents::written_by_relaybox(attrs.keys().map(String::as_str), ATTR_ID, CE_PREFIX) {
+        attrs.retain(|k, _| !cloudevents::is_attribute(k, CE_PREFIX));
+    }
     let id = attrs
         .remove(ATTR_ID)
         .and_then(|v| Uuid::parse_str(&v).ok())
@@ -252,7 +273,7 @@ mod tests {
             .with_type("Ev")
             .with_header("entityName", "Order")
             .with_header("bad name", "dropped");
-        let e = encode(&m, "sns").unwrap();
+        let e = encode(&m, "sns", &CloudEvents::off()).unwrap();
         assert_eq!(e.body, "héllo");
         assert!(e
             .attributes
@@ -272,7 +293,7 @@ mod tests {
         assert_eq!(back.payload, m.payload);
 
         let bin = Message::new("t", vec![0u8, 0xff, 0x01]);
-        let e = encode(&bin, "sqs").unwrap();
+        let e = encode(&bin, "sqs", &CloudEvents::off()).unwrap();
         let back = decode(Received {
             queue: "q",
             topic: "t",
@@ -291,7 +312,7 @@ mod tests {
         for i in 0..10 {
             m = m.with_header(format!("h{i}"), "v");
         }
-        let e = encode(&m, "sns").unwrap_err();
+        let e = encode(&m, "sns", &CloudEvents::off()).unwrap_err();
         assert!(!e.retryable());
         assert_eq!(e.message_id(), Some(m.id));
         assert!(e.to_string().contains("at most 10"), "{e}");
@@ -325,5 +346,41 @@ mod tests {
             m.headers.get("eventName").map(String::as_str),
             Some("Created")
         );
+    }
+
+    #[test]
+    fn cloudevents_attributes() {
+        let m = Message::new("orders", "{}")
+            .with_type("OrderPlaced")
+            .with_key("k1")
+            .with_header("traceparent", "00-abc-def-01");
+        let e = encode(&m, "sqs", &CloudEvents::on()).unwrap();
+        let attrs: BTreeMap<String, String> = e.attributes.iter().cloned().collect();
+        assert_eq!(attrs["ce_id"], m.id.to_string());
+        assert_eq!(attrs["ce_source"], "relaybox");
+        assert_eq!(attrs["ce_type"], "OrderPlaced");
+        assert_eq!(attrs["ce_specversion"], "1.0");
+        assert_eq!(
+            attrs["ce_time"],
+            crate::message::micros_rfc3339::format(&m.created_at)
+        );
+        assert_eq!(attrs[ATTR_CONTENT_TYPE], OCTET_STREAM);
+        assert_eq!(attrs[ATTR_ID], m.id.to_string());
+        assert_eq!(e.attributes.len(), 10);
+        let back = decode(Received {
+            queue: "q",
+            topic: "orders",
+            message_id: None,
+            body: e.body,
+            attributes: attrs,
+            group_id: None,
+            sent_timestamp_ms: None,
+        });
+        assert_eq!(back.headers, m.headers);
+        assert_eq!((back.id, back.event_type.as_str()), (m.id, "OrderPlaced"));
+
+        let over = m.with_header("source", "urn:shop");
+        let err = encode(&over, "sqs", &CloudEvents::on()).unwrap_err();
+        assert!(err.to_string().contains("at most 1 remain"), "{err}");
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
+use crate::transport::cloudevents::CloudEvents;
 
 /// Settings of the SNS transport: the relay publishes to SNS topics, the
 /// consumer reads an SQS queue subscribed to the topic.
@@ -16,7 +17,7 @@ use crate::redact::redact_url;
 /// JSON (`{"sns": {...}}`):
 /// `region`, `endpoint_url`, `profile`, `access_key_id`, `secret_access_key`,
 /// `session_token`, `topic_arn`, `create_topics`, `create_queues`,
-/// `visibility_timeout`, `max_receive_count`; every field is optional.
+/// `visibility_timeout`, `max_receive_count`, `cloudevents`; every field is optional.
 #[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnsConfig {
@@ -47,6 +48,12 @@ pub struct SnsConfig {
     /// Receives after which SQS moves a message to the dead-letter queue by
     /// itself (the queue's redrive policy, default 10).
     pub max_receive_count: u32,
+    /// Write CloudEvents message attributes (`ce_id`, `ce_source`,
+    /// `ce_type`, `ce_specversion`, `ce_time`, and `content-type` always)
+    /// beside relaybox's: `true`, or the default source as a string
+    /// (default false; see [`CloudEvents`]). They count against the limit
+    /// of 10 attributes a message.
+    pub cloudevents: CloudEvents,
 }
 
 /// Settings of the SQS transport: the relay sends to the queue named by the
@@ -54,8 +61,8 @@ pub struct SnsConfig {
 ///
 /// JSON (`{"sqs": {...}}`): `region`, `endpoint_url`, `profile`,
 /// `access_key_id`, `secret_access_key`, `session_token`, `queue_url_prefix`,
-/// `create_queues`, `visibility_timeout`, `max_receive_count`; every field is
-/// optional.
+/// `create_queues`, `visibility_timeout`, `max_receive_count`, `cloudevents`;
+/// every field is optional.
 #[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SqsConfig {
@@ -83,6 +90,12 @@ pub struct SqsConfig {
     /// Receives after which SQS moves a message to the dead-letter queue by
     /// itself (the queue's redrive policy, default 10).
     pub max_receive_count: u32,
+    /// Write CloudEvents message attributes (`ce_id`, `ce_source`,
+    /// `ce_type`, `ce_specversion`, `ce_time`, and `content-type` always)
+    /// beside relaybox's: `true`, or the default source as a string
+    /// (default false; see [`CloudEvents`]). They count against the limit
+    /// of 10 attributes a message.
+    pub cloudevents: CloudEvents,
 }
 
 /// What both transports need to reach AWS.
@@ -138,6 +151,7 @@ impl fmt::Debug for SnsConfig {
             .field("create_queues", &self.create_queues)
             .field("visibility_timeout", &self.visibility_timeout)
             .field("max_receive_count", &self.max_receive_count)
+            .field("cloudevents", &self.cloudevents)
             .finish()
     }
 }
@@ -158,6 +172,7 @@ impl fmt::Debug for SqsConfig {
             .field("create_queues", &self.create_queues)
             .field("visibility_timeout", &self.visibility_timeout)
             .field("max_receive_count", &self.max_receive_count)
+            .field("cloudevents", &self.cloudevents)
             .finish()
     }
 }
@@ -208,7 +223,7 @@ impl SnsConfig {
                 ));
             }
         }
-        Ok(())
+        self.cloudevents.validate()
     }
 
     pub(crate) fn connection(&self) -> Connection {
@@ -268,7 +283,7 @@ impl SqsConfig {
                 ));
             }
         }
-        Ok(())
+        self.cloudevents.validate()
     }
 
     pub(crate) fn connection(&self) -> Connection {

@@ -15,6 +15,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::sink::Sink;
+use crate::transport::cloudevents::CloudEvents;
 
 /// Entries of one PublishBatch / SendMessageBatch call.
 const BATCH: usize = 10;
@@ -26,9 +27,11 @@ const LANES: usize = 10;
 /// over [`LANES`] lanes by key (keyless ones by position); the lanes send
 /// concurrently, each in batch order, up to 10 consecutive messages for the
 /// same destination per `send` call, so a key's messages go out in order. A
-/// message whose key already failed in this batch is not sent.
+/// message whose key already failed in this batch is not sent. With `ce` on
+/// each message carries its CloudEvents attributes.
 async fn publish_chunks<F, Fut>(
     transport: &str,
+    ce: &CloudEvents,
     batch: &[Message],
     dest_of: impl Fn(&Message) -> String,
     send: F,
@@ -75,7 +78,7 @@ where
                         ));
                         continue;
                     }
-                    match encode(m, transport) {
+                    match encode(m, transport, ce) {
                         Ok(e) => items.push((i, e)),
                         Err(e) => {
                             if let Some(k) = &m.key {
@@ -441,6 +444,7 @@ impl Sink for SnsSink {
         let fixed = self.config.topic_arn.clone();
         publish_chunks(
             "sns",
+            &self.config.cloudevents,
             batch,
             |m| fixed.clone().unwrap_or_else(|| m.topic.clone()),
             |dest, items| self.send_chunk(dest, items, batch),
@@ -611,6 +615,7 @@ impl Sink for SqsSink {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
         publish_chunks(
             "sqs",
+            &self.config.cloudevents,
             batch,
             |m| m.topic.clone(),
             |queue, items| self.send_chunk(queue, items, batch),

@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::transport::cloudevents::CloudEvents;
 
 /// Settings of a Kafka client.
 ///
@@ -45,6 +46,11 @@ pub struct KafkaConfig {
     /// dead-letter producer of a source gives up after this long.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub delivery_timeout: Duration,
+    /// Write CloudEvents binary-mode headers (`ce_id`, `ce_source`,
+    /// `ce_type`, `ce_specversion`, `ce_time`) beside the envelope headers:
+    /// `true`, or the default source as a string (default false; see
+    /// [`CloudEvents`]).
+    pub cloudevents: CloudEvents,
 }
 
 impl Default for KafkaConfig {
@@ -58,6 +64,7 @@ impl Default for KafkaConfig {
             topic_partitions: 3,
             topic_replication: 1,
             delivery_timeout: Duration::from_secs(5),
+            cloudevents: CloudEvents::off(),
         }
     }
 }
@@ -73,6 +80,7 @@ impl fmt::Debug for KafkaConfig {
             .field("topic_partitions", &self.topic_partitions)
             .field("topic_replication", &self.topic_replication)
             .field("delivery_timeout", &self.delivery_timeout)
+            .field("cloudevents", &self.cloudevents)
             .finish()
     }
 }
@@ -133,7 +141,7 @@ impl KafkaConfig {
         if self.delivery_timeout < Duration::from_millis(100) {
             return Err(Error::config("delivery_timeout", "must be at least 100 ms"));
         }
-        Ok(())
+        self.cloudevents.validate()
     }
 
     /// The librdkafka configuration for one side: relaybox's defaults, then
@@ -186,5 +194,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.delivery_timeout, Duration::from_secs(2));
         assert!(KafkaConfig::from_json(serde_json::json!({"bootstrap": "x"})).is_err());
+    }
+
+    #[test]
+    fn cloudevents_option() {
+        let c = KafkaConfig::from_json(serde_json::json!({"cloudevents": "urn:shop"})).unwrap();
+        assert_eq!(c.cloudevents, CloudEvents::with_source("urn:shop"));
+        assert!(!KafkaConfig::default().cloudevents.is_on());
+        match KafkaConfig::from_json(serde_json::json!({"cloudevents": 1})) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "cloudevents"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 }

@@ -19,6 +19,7 @@ use super::producer::{Record, Report, ReportingProducer};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::sink::{Acks, Sink};
+use crate::transport::cloudevents::{CloudEvents, KAFKA_PREFIX};
 
 /// A [`Sink`] that produces to Kafka.
 ///
@@ -233,7 +234,7 @@ impl KafkaSink {
     async fn hand_over(&self, m: &Message) -> Handed {
         let mut record = Record::with_opaque_to(&m.topic, Box::new(m.id))
             .payload(&m.payload)
-            .headers(headers_of(m))
+            .headers(headers_of(m, &self.inner.config.cloudevents))
             .timestamp(m.created_at.timestamp_millis());
         if let Some(key) = &m.key {
             record = record.key(key.as_str());
@@ -372,6 +373,7 @@ impl KafkaSink {
             .clone();
         let mut refused: HashSet<String> = HashSet::new();
         let mut pending = Vec::with_capacity(batch.len());
+        let ce = &self.inner.config.cloudevents;
         for m in batch {
             let handed = match (topic_errors.iter().find(|(t, _)| *t == m.topic), &m.key) {
                 (_, Some(k)) if refused.contains(k) || held.contains(k) => {
@@ -379,8 +381,8 @@ impl KafkaSink {
                 }
                 (Some((_, e)), _) => Handed::Failed(with_id(e, m)),
                 (None, _) => match limits.get(&m.topic) {
-                    Some(&limit) if least_batch_size(m) > limit => {
-                        Handed::Failed(over_topic_limit(m, limit))
+                    Some(&limit) if least_batch_size(m, ce) > limit => {
+                        Handed::Failed(over_topic_limit(m, limit, ce))
                     }
                     _ => self.hand_over(m).await,
                 },
@@ -497,7 +499,7 @@ fn refused_by_broker(e: KafkaError, id: uuid::Uuid) -> Error {
 }
 
 /// The error of a record larger than its topic's `max.message.bytes`.
-fn over_topic_limit(m: &Message, limit: usize) -> Error {
+fn over_topic_limit(m: &Message, limit: usize, ce: &CloudEvents) -> Error {
     Error::Transport {
         transport: "kafka".into(),
         message: format!(
@@ -505,7 +507,7 @@ fn over_topic_limit(m: &Message, limit: usize) -> Error {
              this one is at least {} bytes with its key and headers (payload {} bytes), so it can \
              never be sent to topic {:?}; it was not handed over (raise the topic's \
              max.message.bytes to send records this large)",
-            least_batch_size(m),
+            least_batch_size(m, ce),
             m.payload.len(),
             m.topic
         ),
@@ -517,7 +519,7 @@ fn over_topic_limit(m: &Message, limit: usize) -> Error {
 /// The least size of a Kafka record batch (format v2, uncompressed) that
 /// holds `m` alone: the batch header, the record's key, value and headers,
 /// and one byte for each of its length fields (varints take at least one).
-fn least_batch_size(m: &Message) -> usize {
+fn least_batch_size(m: &Message, ce: &CloudEvents) -> usize {
     const BATCH_HEADER: usize = 61;
     // Length, attributes, timestamp delta, offset delta, key length, value
     // length and header count.
@@ -533,10 +535,19 @@ fn least_batch_size(m: &Message) -> usize {
         + HEADER_CREATED_AT.len()
         + 20
         + 4 * 2;
+    let ce_headers = ce
+        .attributes(m)
+        .map(|a| {
+            a.named(KAFKA_PREFIX)
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
     let user: usize = m
         .headers
         .iter()
-        .filter(|(k, _)| !ENVELOPE.contains(&k.as_str()))
+        .filter(|(k, _)| !ENVELOPE.contains(&k.as_str()) && !ce.writes(k, KAFKA_PREFIX))
         .map(|(k, v)| k.len() + v.len() + 2)
         .sum();
     BATCH_HEADER
@@ -544,6 +555,7 @@ fn least_batch_size(m: &Message) -> usize {
         + m.key.as_ref().map_or(0, String::len)
         + m.payload.len()
         + envelope
+        + ce_headers
         + user
 }
 

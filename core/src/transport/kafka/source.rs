@@ -282,7 +282,7 @@ impl Source for KafkaSource {
         let m = &delivery.message;
         let partition = delivery.ack.partition.to_string();
         let offset = delivery.ack.offset.to_string();
-        let mut headers: OwnedHeaders = headers_of(m);
+        let mut headers: OwnedHeaders = headers_of(m, &self.config.kafka.cloudevents);
         for (key, value) in [
             (HEADER_ERROR, error),
             ("relaybox-original-topic", m.topic.as_str()),

@@ -6,7 +6,9 @@
 //! `relaybox-type`, `relaybox-created-at` (RFC 3339, microseconds) plus every
 //! user header under its own name. A key or type longer than an AMQP short
 //! string (255 bytes) travels only in the `relaybox-key` / `relaybox-type`
-//! header.
+//! header. With the `cloudevents` option the CloudEvents attributes go in
+//! the headers too, twice: under the AMQP binding's `cloudEvents_` prefix
+//! and under the RabbitMQ binding's `ce-` prefix.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message, APPLICATION_JSON, OCTET_STREAM, SOURCE_HEADER};
+use crate::transport::cloudevents::{self, CloudEvents, AMQP_PREFIX, RABBITMQ_PREFIX};
 
 /// Header carrying the message id (UUID text).
 pub const HEADER_ID: &str = "relaybox-id";
@@ -58,9 +61,15 @@ fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-/// The body and properties of `m` in `codec`. Fails (not retryable) only for
-/// a header name longer than 255 bytes.
-pub(crate) fn encode(m: &Message, codec: Codec) -> Result<(Vec<u8>, BasicProperties)> {
+/// The body and properties of `m` in `codec`, with the CloudEvents headers
+/// of the AMQP and the RabbitMQ bindings when `ce` is on (both bindings'
+/// content type is the `content_type` property). Fails (not retryable) only for a header
+/// name longer than 255 bytes.
+pub(crate) fn encode(
+    m: &Message,
+    codec: Codec,
+    ce: &CloudEvents,
+) -> Result<(Vec<u8>, BasicProperties)> {
     let mut headers = FieldTable::default();
     let mut put = |name: &str, value: &str| -> Result<()> {
         let key = short(name).ok_or_else(|| Error::InvalidHeader {
@@ -77,8 +86,22 @@ pub(crate) fn encode(m: &Message, codec: Codec) -> Result<(Vec<u8>, BasicPropert
     if let (Some(key), None) = (&m.key, &key_short) {
         put(HEADER_KEY, key)?;
     }
+    let attributes = ce.attributes(m);
+    let ce_headers: Vec<(String, &str)> = attributes
+        .as_ref()
+        .map(|a| {
+            let mut named = a.named(AMQP_PREFIX);
+            named.extend(a.named(RABBITMQ_PREFIX));
+            named
+        })
+        .unwrap_or_default();
+    for (name, value) in &ce_headers {
+        put(name, value)?;
+    }
     for (k, v) in &m.headers {
-        if ![HEADER_ID, HEADER_TYPE, HEADER_CREATED_AT, HEADER_KEY].contains(&k.as_str()) {
+        if ![HEADER_ID, HEADER_TYPE, HEADER_CREATED_AT, HEADER_KEY].contains(&k.as_str())
+            && !ce_headers.iter().any(|(n, _)| n == k)
+        {
             put(k, v)?;
         }
     }
@@ -175,7 +198,9 @@ fn value_text(v: &AMQPValue) -> String {
 /// Rebuilds a message from any AMQP delivery (topic = routing key). The body
 /// becomes the payload as it is, in both codecs. Messages not written by
 /// relaybox get an id derived from routing key, correlation id and body, so
-/// the inbox deduplicates their redeliveries too.
+/// the inbox deduplicates their redeliveries too. The CloudEvents
+/// properties of a message relaybox wrote repeat its envelope and are left
+/// out of the headers.
 pub fn message_from_delivery(
     routing_key: &str,
     properties: &BasicProperties,
@@ -184,7 +209,18 @@ pub fn message_from_delivery(
     let mut headers = BTreeMap::new();
     let (mut id, mut event_type, mut key, mut created) = (None, None, None, None);
     if let Some(table) = properties.headers() {
+        let skip_ce = cloudevents::written_by_relaybox(
+            table.inner().keys().map(|k| k.as_str()),
+            HEADER_ID,
+            AMQP_PREFIX,
+        );
         for (name, value) in table.inner() {
+            if skip_ce
+                && (cloudevents::is_attribute(name.as_str(), AMQP_PREFIX)
+                    || cloudevents::is_attribute(name.as_str(), RABBITMQ_PREFIX))
+            {
+                continue;
+            }
             let text = value_text(value);
             match name.as_str() {
                 HEADER_ID => id = Uuid::parse_str(&text).ok(),
@@ -261,7 +297,7 @@ mod tests {
         m.event_type = "OrderPlaced".into();
         m.content_type = APPLICATION_JSON.into();
         m.headers.insert("source".into(), "shop".into());
-        let (body, props) = encode(&m, Codec::Relaybox).unwrap();
+        let (body, props) = encode(&m, Codec::Relaybox, &CloudEvents::off()).unwrap();
         assert_eq!(body, m.payload);
         assert_eq!(props.delivery_mode(), &Some(2));
         let back = message_from_delivery("orders", &props, &body);
@@ -273,7 +309,7 @@ mod tests {
         let mut m = Message::new("orders", b"{\"n\":1}".to_vec());
         m.event_type = "OrderPlaced".into();
         m.headers.insert("source".into(), "shop".into());
-        let (body, props) = encode(&m, Codec::Envelope).unwrap();
+        let (body, props) = encode(&m, Codec::Envelope, &CloudEvents::off()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["name"], "OrderPlaced");
         assert_eq!(v["data"]["n"], 1);
@@ -286,10 +322,58 @@ mod tests {
         let ready = serde_json::json!({"id": "e1", "name": "X", "data": {}, "timestamp": "t",
             "source": "s", "metadata": {}});
         let m2 = Message::new("orders", serde_json::to_vec(&ready).unwrap());
-        let (body2, _) = encode(&m2, Codec::Envelope).unwrap();
+        let (body2, _) = encode(&m2, Codec::Envelope, &CloudEvents::off()).unwrap();
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&body2).unwrap(),
             ready
         );
+    }
+
+    fn header(props: &BasicProperties, name: &str) -> Option<String> {
+        props
+            .headers()
+            .as_ref()
+            .and_then(|t| t.inner().get(name).map(value_text))
+    }
+
+    #[test]
+    fn cloudevents_application_properties() {
+        let mut m = Message::new("orders", b"{\"n\":1}".to_vec());
+        m.event_type = "OrderPlaced".into();
+        m.content_type = APPLICATION_JSON.into();
+        m.headers
+            .insert("traceparent".into(), "00-abc-def-01".into());
+        let (body, props) =
+            encode(&m, Codec::Relaybox, &CloudEvents::with_source("/shop")).unwrap();
+        assert_eq!(header(&props, "cloudEvents_id"), Some(m.id.to_string()));
+        assert_eq!(
+            header(&props, "cloudEvents_source").as_deref(),
+            Some("/shop")
+        );
+        assert_eq!(
+            header(&props, "cloudEvents_type").as_deref(),
+            Some("OrderPlaced")
+        );
+        assert_eq!(
+            header(&props, "cloudEvents_specversion").as_deref(),
+            Some("1.0")
+        );
+        assert_eq!(
+            header(&props, "cloudEvents_time"),
+            Some(micros_rfc3339::format(&m.created_at))
+        );
+        assert_eq!(
+            props.content_type().as_ref().map(|c| c.as_str()),
+            Some(APPLICATION_JSON)
+        );
+        assert_eq!(header(&props, HEADER_ID), Some(m.id.to_string()));
+        assert_eq!(header(&props, "ce-id"), Some(m.id.to_string()));
+        assert_eq!(header(&props, "ce-source").as_deref(), Some("/shop"));
+        assert_eq!(header(&props, "ce-specversion").as_deref(), Some("1.0"));
+        let back = message_from_delivery("orders", &props, &body);
+        assert_eq!(back, m);
+
+        let (_, plain) = encode(&m, Codec::Relaybox, &CloudEvents::off()).unwrap();
+        assert_eq!(header(&plain, "cloudEvents_specversion"), None);
     }
 }

@@ -10,6 +10,7 @@ use super::codec::Codec;
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
 use crate::store::tls::{read_pem, PemKind};
+use crate::transport::cloudevents::CloudEvents;
 
 /// Default broker URL (the default virtual host `/` is written `%2f`).
 pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
@@ -56,6 +57,12 @@ pub struct RabbitMqConfig {
     /// PEM file of certificate authorities to trust besides the system's,
     /// for the broker's certificate (`amqps://` only).
     pub tls_ca_file: Option<String>,
+    /// Write CloudEvents binary-mode application properties
+    /// (`cloudEvents_id`, `cloudEvents_source`, `cloudEvents_type`,
+    /// `cloudEvents_specversion`, `cloudEvents_time`) beside the envelope
+    /// headers: `true`, or the default source as a string (default false;
+    /// see [`CloudEvents`]).
+    pub cloudevents: CloudEvents,
 }
 
 impl Default for RabbitMqConfig {
@@ -72,6 +79,7 @@ impl Default for RabbitMqConfig {
             connect_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
             tls_ca_file: None,
+            cloudevents: CloudEvents::off(),
         }
     }
 }
@@ -90,6 +98,7 @@ impl fmt::Debug for RabbitMqConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("confirm_timeout", &self.confirm_timeout)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("cloudevents", &self.cloudevents)
             .finish()
     }
 }
@@ -163,7 +172,7 @@ impl RabbitMqConfig {
             }
             self.tls_config()?;
         }
-        Ok(())
+        self.cloudevents.validate()
     }
 
     /// The TLS settings of the connection: the CAs of `tls_ca_file`, if set.
@@ -286,5 +295,12 @@ mod tests {
             field(serde_json::json!({"url": "amqps://h/%2f", "tls_ca_file": "/no/ca.pem"})),
             "tls_ca_file"
         );
+        assert_eq!(
+            field(serde_json::json!({"cloudevents": ["urn:shop"]})),
+            "cloudevents"
+        );
+        assert_eq!(field(serde_json::json!({"cloudevents": ""})), "cloudevents");
+        let c = RabbitMqConfig::from_json(serde_json::json!({"cloudevents": true})).unwrap();
+        assert_eq!(c.cloudevents, CloudEvents::on());
     }
 }

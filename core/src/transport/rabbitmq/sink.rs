@@ -382,7 +382,7 @@ impl Sink for RabbitMqSink {
                     if let Some(reason) = unroutable.get(m.topic.as_str()) {
                         break 'outcome Outcome::Done(Err(failed(&config, reason, m.id)));
                     }
-                    let (body, props) = match encode(m, config.codec) {
+                    let (body, props) = match encode(m, config.codec, &config.cloudevents) {
                         Ok(x) => x,
                         Err(e) => break 'outcome Outcome::Done(Err(e)),
                     };

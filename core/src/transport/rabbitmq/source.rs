@@ -375,7 +375,7 @@ impl Source for RabbitMqSource {
         let c = &self.config.rabbitmq;
         let live = self.live().await?;
         let m = &delivery.message;
-        let (body, props) = encode(m, Codec::Relaybox)?;
+        let (body, props) = encode(m, Codec::Relaybox, &c.cloudevents)?;
         let mut headers = props.headers().clone().unwrap_or_default();
         let queue = self.config.queue();
         for (k, v) in [
