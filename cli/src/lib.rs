@@ -8,6 +8,7 @@
 
 mod commands;
 mod config;
+mod console;
 mod context;
 mod listen;
 mod output;
@@ -61,6 +62,9 @@ enum Command {
     DeadLetters(commands::dead_letters::Command),
     /// Print the messages of a topic from the database transport's log
     Tail(commands::tail::Args),
+    /// Serve the operator console: backlog, throughput, relays, consumers and
+    /// dead letters in the browser
+    Console(commands::console::Args),
     /// Run the handlers a Python module registers (`consumer --app MODULE`; needs the
     /// relaybox Python package)
     Consumer(commands::consumer::Args),
@@ -127,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => commands::status::run(&ctx, args).await,
         Command::DeadLetters(command) => commands::dead_letters::run(&ctx, command).await,
         Command::Tail(args) => commands::tail::run(&ctx, args).await,
+        Command::Console(args) => commands::console::run(&ctx, args).await,
         Command::Consumer(args) => commands::consumer::run(args),
     }
 }

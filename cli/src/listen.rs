@@ -1,5 +1,6 @@
 //! The HTTP endpoints of `relaybox relay --listen`: `/healthz`, `/readyz`
-//! and `/metrics` (Prometheus text format), served with axum.
+//! and `/metrics` (Prometheus text format), served with axum, plus the
+//! operator console under `/console` with `--console`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -75,8 +76,14 @@ struct App {
 }
 
 impl Server {
-    /// Serves the endpoints of `relay` and `metrics` on `listener`.
-    pub fn start(listener: TcpListener, relay: Arc<Relay>, metrics: PrometheusHandle) -> Server {
+    /// Serves the endpoints of `relay` and `metrics` on `listener`, and the
+    /// routes of `console` (already under their path) when given.
+    pub fn start(
+        listener: TcpListener,
+        relay: Arc<Relay>,
+        metrics: PrometheusHandle,
+        console: Option<Router>,
+    ) -> Server {
         let upkeep = {
             let metrics = metrics.clone();
             tokio::spawn(async move {
@@ -87,11 +94,14 @@ impl Server {
                 }
             })
         };
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(render_metrics))
             .with_state(App { relay, metrics });
+        if let Some(console) = console {
+            app = app.merge(console);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -1,6 +1,7 @@
 //! One module per `relaybox` subcommand, each with its clap arguments and a
 //! `run` function.
 
+pub mod console;
 pub mod consumer;
 pub mod dead_letters;
 pub mod migrate;

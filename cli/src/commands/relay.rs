@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use relaybox::{Relay, TransportConfig};
 
+use crate::console::{Access, Console, Mount};
 use crate::context::Context;
 use crate::{listen, signals};
 
@@ -78,6 +79,11 @@ pub struct Args {
     /// address: PORT (on 127.0.0.1) or IP:PORT (docs/metrics.md)
     #[arg(long, env = "RELAYBOX_LISTEN", value_name = "ADDRESS")]
     pub listen: Option<String>,
+
+    /// Also serve the operator console under /console on the --listen
+    /// address (changes need RELAYBOX_CONSOLE_TOKEN; docs/console.md)
+    #[arg(long, requires = "listen")]
+    pub console: bool,
 }
 
 /// Runs the relay until a shutdown signal arrives.
@@ -141,7 +147,18 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(%address, "relaybox relay serving /healthz, /readyz and /metrics");
-        listen::Server::start(listener, relay.clone(), metrics)
+        let console = args.console.then(|| {
+            tracing::info!(%address, "relaybox relay serving the console under /console");
+            // `listen` is the address `listener` was bound to.
+            let local_only = listen.is_some_and(|a| a.ip().is_loopback());
+            Console::router(
+                store.clone(),
+                Access::from_env(false),
+                Mount::at("/console"),
+                local_only,
+            )
+        });
+        listen::Server::start(listener, relay.clone(), metrics, console)
     });
     tracing::info!(
         owner = relay.owner(),

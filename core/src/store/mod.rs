@@ -314,6 +314,58 @@ pub enum DeadLetterFilter {
     Ids(Vec<Uuid>),
 }
 
+/// Which dead letters [`Store::search_dead_letters`] returns: those that
+/// meet every condition that is set (the default matches every one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetterQuery {
+    /// Exactly this topic.
+    pub topic: Option<String>,
+    /// Exactly this message key.
+    pub key: Option<String>,
+    /// Text the last error contains, ignoring case (ASCII letters only on SQLite).
+    pub error_contains: Option<String>,
+    /// Dead-lettered at or after this time.
+    pub failed_after: Option<DateTime<Utc>>,
+    /// Dead-lettered before this time.
+    pub failed_before: Option<DateTime<Utc>>,
+}
+
+/// The stored position of one consumer group member on one source, with
+/// how far behind the end of the log it is for sources of the database
+/// transport's log.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsumerPosition {
+    /// The consumer group.
+    pub group: String,
+    /// The source the position is for: `log:<topic>:<member>/<size>` for
+    /// the database transport's log.
+    pub source: String,
+    /// The topic of a log source; `None` for other sources.
+    pub topic: Option<String>,
+    /// The position: the last log position the member has processed.
+    pub position: i64,
+    /// When the position was last stored.
+    #[serde(with = "crate::message::micros_rfc3339")]
+    pub updated_at: DateTime<Utc>,
+    /// The topic's last log position (`None` when the topic has no entry
+    /// left in the log, or for sources that are not the log).
+    pub head: Option<i64>,
+    /// Entries of the topic in the log after the position. A member of a
+    /// group of several processes only the keys that hash to it, so this
+    /// counts its peers' entries too.
+    pub lag: Option<i64>,
+}
+
+impl ConsumerPosition {
+    /// The topic of a position source `log:<topic>:<member>/<size>`.
+    pub(crate) fn log_topic(source: &str) -> Option<&str> {
+        let rest = source.strip_prefix("log:")?;
+        let (topic, member) = rest.rsplit_once(':')?;
+        let (m, n) = member.split_once('/')?;
+        (!topic.is_empty() && m.parse::<u32>().is_ok() && n.parse::<u32>().is_ok()).then_some(topic)
+    }
+}
+
 /// Backlog of one topic.
 #[derive(Clone, Debug, Serialize)]
 pub struct TopicBacklog {
@@ -974,6 +1026,42 @@ impl Store {
         match self.pool()? {
             Pool::Postgres(pool, sql) => postgres::dead_letters(pool, sql, limit).await,
             Pool::Sqlite(pool, sql) => sqlite::dead_letters(pool, sql, limit).await,
+        }
+    }
+
+    /// Lists up to `limit` dead letters that match `query`, most recent
+    /// failure first.
+    pub async fn search_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => {
+                postgres::search_dead_letters(pool, sql, query, limit).await
+            }
+            Pool::Sqlite(pool, sql) => sqlite::search_dead_letters(pool, sql, query, limit).await,
+        }
+    }
+
+    /// How many rows were ever inserted into the outbox: the high-water mark
+    /// of its `seq` column, which deleting rows does not lower (0 before the
+    /// first insert; on PostgreSQL, inserts rolled back count too, as they
+    /// use up sequence values). Two readings a moment apart give the
+    /// enqueue rate.
+    pub async fn outbox_high_water(&self) -> Result<i64> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::outbox_high_water(pool, sql).await,
+            Pool::Sqlite(pool, sql) => sqlite::outbox_high_water(pool, sql).await,
+        }
+    }
+
+    /// The stored positions of every consumer group, by group and source,
+    /// with the lag of those on the database transport's log.
+    pub async fn consumer_positions(&self) -> Result<Vec<ConsumerPosition>> {
+        match self.pool()? {
+            Pool::Postgres(pool, sql) => postgres::consumer_positions(pool, sql).await,
+            Pool::Sqlite(pool, sql) => sqlite::consumer_positions(pool, sql).await,
         }
     }
 

@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use super::scope::LeaseScope;
 use super::{
-    headers_json, parse_headers, secs, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
-    DeadLetterFilter, LeaseOwner, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
-    TopicBacklog,
+    headers_json, parse_headers, secs, split_claimed, Claim, ClaimHold, Completion,
+    ConsumerPosition, DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LeaseView,
+    LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message};
@@ -1387,6 +1387,100 @@ pub(super) async fn live_topics(
         .iter()
         .map(|r| Ok((r.try_get("owner")?, r.try_get("topics")?)))
         .collect()
+}
+
+/// `outbox_high_water`: the last value of the `seq` identity's sequence.
+pub(super) async fn outbox_high_water(pool: &PgPool, sql: &PgSql) -> Result<i64> {
+    let p = &sql.prefix;
+    let last: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence('{p}outbox', 'seq'))"
+    )))
+    .fetch_one(pool)
+    .await
+    .map_err(schema_missing)?;
+    Ok(last.unwrap_or(0))
+}
+
+/// `search_dead_letters`: each condition applies when its parameter is set.
+pub(super) async fn search_dead_letters(
+    pool: &PgPool,
+    sql: &PgSql,
+    query: &DeadLetterQuery,
+    limit: u32,
+) -> Result<Vec<DeadLetter>> {
+    let p = &sql.prefix;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, topic, key, type, payload, content_type, headers::text AS headers, created_at, created_at AS available_at, \
+         origin, attempts, last_error, failed_at FROM {p}dead_letters \
+         WHERE ($1::text IS NULL OR topic = $1) AND ($2::text IS NULL OR key = $2) \
+         AND ($3::text IS NULL OR strpos(lower(last_error), lower($3)) > 0) \
+         AND ($4::timestamptz IS NULL OR failed_at >= $4) AND ($5::timestamptz IS NULL OR failed_at < $5) \
+         ORDER BY failed_at DESC, id LIMIT $6"
+    )))
+    .bind(query.topic.as_deref())
+    .bind(query.key.as_deref())
+    .bind(query.error_contains.as_deref())
+    .bind(query.failed_after)
+    .bind(query.failed_before)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(schema_missing)?;
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                message: message_from_row(row)?,
+                origin: row.try_get("origin")?,
+                attempts: row.try_get::<i32, _>("attempts")? as u32,
+                last_error: row.try_get("last_error")?,
+                failed_at: row.try_get("failed_at")?,
+            })
+        })
+        .collect()
+}
+
+/// `consumer_positions`: the positions, then the head and lag of each log source.
+pub(super) async fn consumer_positions(
+    pool: &PgPool,
+    sql: &PgSql,
+) -> Result<Vec<ConsumerPosition>> {
+    let p = &sql.prefix;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT consumer_group, source, position, updated_at FROM {p}positions ORDER BY consumer_group, source"
+    )))
+    .fetch_all(pool)
+    .await
+    .map_err(schema_missing)?;
+    let mut positions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let source: String = row.try_get("source")?;
+        let position: i64 = row.try_get("position")?;
+        let topic = ConsumerPosition::log_topic(&source).map(str::to_string);
+        let (head, lag) = match &topic {
+            Some(topic) => {
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT (SELECT max(position) FROM {p}log WHERE topic = $1) AS head, \
+                     (SELECT count(*) FROM {p}log WHERE topic = $1 AND position > $2) AS lag"
+                )))
+                .bind(topic)
+                .bind(position)
+                .fetch_one(pool)
+                .await?;
+                (row.try_get("head")?, Some(row.try_get("lag")?))
+            }
+            None => (None, None),
+        };
+        positions.push(ConsumerPosition {
+            group: row.try_get("consumer_group")?,
+            source,
+            topic,
+            position,
+            updated_at: row.try_get("updated_at")?,
+            head,
+            lag,
+        });
+    }
+    Ok(positions)
 }
 
 #[cfg(test)]

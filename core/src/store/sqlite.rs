@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use super::scope::LeaseScope;
 use super::{
-    headers_json, parse_headers, split_claimed, Claim, ClaimHold, Completion, DeadLetter,
-    DeadLetterFilter, LeaseOwner, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
-    TopicBacklog,
+    headers_json, parse_headers, split_claimed, Claim, ClaimHold, Completion, ConsumerPosition,
+    DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LeaseView, LogEntry, OutboxRow,
+    Placeholders, Slice, Status, TopicBacklog,
 };
 use crate::error::{Error, Result};
 use crate::message::{from_unix_micros, to_unix_micros, Message};
@@ -1130,6 +1130,101 @@ pub(super) async fn live_topics(
         .collect()
 }
 
+/// `outbox_high_water`: AUTOINCREMENT's record of the largest `seq` ever used.
+pub(super) async fn outbox_high_water(pool: &SqlitePool, sql: &SqliteSql) -> Result<i64> {
+    let p = &sql.prefix;
+    let last: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(seq) FROM (SELECT seq FROM sqlite_sequence WHERE name = '{p}outbox' \
+         UNION ALL SELECT max(seq) FROM {p}outbox)"
+    )))
+    .fetch_one(pool)
+    .await
+    .map_err(schema_missing)?;
+    Ok(last.unwrap_or(0))
+}
+
+/// `search_dead_letters`: each condition applies when its parameter is set.
+pub(super) async fn search_dead_letters(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+    query: &DeadLetterQuery,
+    limit: u32,
+) -> Result<Vec<DeadLetter>> {
+    let p = &sql.prefix;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, topic, key, type, payload, content_type, headers, created_at, created_at AS available_at, \
+         origin, attempts, last_error, failed_at FROM {p}dead_letters \
+         WHERE (?1 IS NULL OR topic = ?1) AND (?2 IS NULL OR key = ?2) \
+         AND (?3 IS NULL OR instr(lower(last_error), lower(?3)) > 0) \
+         AND (?4 IS NULL OR failed_at >= ?4) AND (?5 IS NULL OR failed_at < ?5) \
+         ORDER BY failed_at DESC, id LIMIT ?6"
+    )))
+    .bind(query.topic.as_deref())
+    .bind(query.key.as_deref())
+    .bind(query.error_contains.as_deref())
+    .bind(query.failed_after.map(to_unix_micros))
+    .bind(query.failed_before.map(to_unix_micros))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(schema_missing)?;
+    rows.iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                message: message_from_row(row)?,
+                origin: row.try_get("origin")?,
+                attempts: row.try_get::<i64, _>("attempts")? as u32,
+                last_error: row.try_get("last_error")?,
+                failed_at: from_unix_micros(row.try_get("failed_at")?),
+            })
+        })
+        .collect()
+}
+
+/// `consumer_positions`: the positions, then the head and lag of each log source.
+pub(super) async fn consumer_positions(
+    pool: &SqlitePool,
+    sql: &SqliteSql,
+) -> Result<Vec<ConsumerPosition>> {
+    let p = &sql.prefix;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT consumer_group, source, position, updated_at FROM {p}positions ORDER BY consumer_group, source"
+    )))
+    .fetch_all(pool)
+    .await
+    .map_err(schema_missing)?;
+    let mut positions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let source: String = row.try_get("source")?;
+        let position: i64 = row.try_get("position")?;
+        let topic = ConsumerPosition::log_topic(&source).map(str::to_string);
+        let (head, lag) = match &topic {
+            Some(topic) => {
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT (SELECT max(position) FROM {p}log WHERE topic = ?1) AS head, \
+                     (SELECT count(*) FROM {p}log WHERE topic = ?1 AND position > ?2) AS lag"
+                )))
+                .bind(topic)
+                .bind(position)
+                .fetch_one(pool)
+                .await?;
+                (row.try_get("head")?, Some(row.try_get("lag")?))
+            }
+            None => (None, None),
+        };
+        positions.push(ConsumerPosition {
+            group: row.try_get("consumer_group")?,
+            source,
+            topic,
+            position,
+            updated_at: from_unix_micros(row.try_get("updated_at")?),
+            head,
+            lag,
+        });
+    }
+    Ok(positions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1175,5 +1270,130 @@ mod tests {
         assert_eq!(params[8], Value::Int(to_unix_micros(m.created_at)));
         assert_eq!(params[9], Value::Int(to_unix_micros(m.available_at)));
         assert_eq!(params[12], Value::Null);
+    }
+
+    #[test]
+    fn log_sources_name_their_topic() {
+        assert_eq!(
+            ConsumerPosition::log_topic("log:orders:0/1"),
+            Some("orders")
+        );
+        assert_eq!(ConsumerPosition::log_topic("log:a:b:2/3"), Some("a:b"));
+        for other in ["kafka:orders", "log:orders", "log::0/1", "log:orders:x/1"] {
+            assert_eq!(ConsumerPosition::log_topic(other), None, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_searched_and_positions_have_their_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = crate::Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.sqlite_pool().unwrap();
+        let sql = SqliteSql::new(&store.options().table_prefix);
+        let a = Message::new("orders", b"a".to_vec()).with_key("k1");
+        let b = Message::new("orders", b"b".to_vec()).with_key("k2");
+        let c = Message::new("billing", b"c".to_vec());
+        for (m, error) in [
+            (&a, "Connection REFUSED by peer"),
+            (&b, "timed out"),
+            (&c, "connection refused"),
+        ] {
+            insert_dead_letter(pool, &sql, m, 0, "relay", 3, error)
+                .await
+                .unwrap();
+        }
+        let find = |query: DeadLetterQuery, limit: u32| {
+            let store = store.clone();
+            async move {
+                let mut ids: Vec<Uuid> = store
+                    .search_dead_letters(&query, limit)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.message.id)
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        let sorted = |mut ids: Vec<Uuid>| {
+            ids.sort();
+            ids
+        };
+        let hour = chrono::Duration::hours(1);
+        let all = sorted(vec![a.id, b.id, c.id]);
+        assert_eq!(find(DeadLetterQuery::default(), 10).await, all);
+        let topic = DeadLetterQuery {
+            topic: Some("orders".into()),
+            ..Default::default()
+        };
+        assert_eq!(find(topic, 10).await, sorted(vec![a.id, b.id]));
+        let key = DeadLetterQuery {
+            key: Some("k2".into()),
+            ..Default::default()
+        };
+        assert_eq!(find(key, 10).await, vec![b.id]);
+        let error = DeadLetterQuery {
+            error_contains: Some("refused".into()),
+            ..Default::default()
+        };
+        assert_eq!(find(error, 10).await, sorted(vec![a.id, c.id]));
+        let later = DeadLetterQuery {
+            failed_after: Some(Utc::now() + hour),
+            ..Default::default()
+        };
+        assert_eq!(find(later, 10).await, Vec::<Uuid>::new());
+        let window = DeadLetterQuery {
+            failed_after: Some(Utc::now() - hour),
+            failed_before: Some(Utc::now() + hour),
+            ..Default::default()
+        };
+        assert_eq!(find(window, 10).await, all);
+        assert_eq!(find(DeadLetterQuery::default(), 2).await.len(), 2);
+
+        // The enqueue high-water mark does not fall when rows leave.
+        assert_eq!(store.outbox_high_water().await.unwrap(), 0);
+        let tx = store.begin().await.unwrap();
+        tx.enqueue(Message::new("orders", b"x".to_vec()))
+            .await
+            .unwrap();
+        tx.enqueue(Message::new("orders", b"y".to_vec()))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.outbox_high_water().await.unwrap(), 2);
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}outbox", sql.prefix)))
+            .execute(pool)
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_high_water().await.unwrap(), 2);
+
+        // Positions: the lag of a log source, nothing for other sources.
+        let entries: Vec<Message> = (0..3)
+            .map(|n| Message::new("orders", vec![n]).with_key("k"))
+            .collect();
+        store.append_log(&entries).await.unwrap();
+        let log = store.read_log("orders", 0, 10).await.unwrap();
+        store
+            .set_position("g", "log:orders:0/1", log[0].position)
+            .await
+            .unwrap();
+        store.set_position("g", "kafka:orders", 7).await.unwrap();
+        let positions = store.consumer_positions().await.unwrap();
+        assert_eq!(positions.len(), 2);
+        let kafka = &positions[0];
+        assert_eq!(
+            (kafka.source.as_str(), kafka.topic.as_deref()),
+            ("kafka:orders", None)
+        );
+        assert_eq!((kafka.head, kafka.lag), (None, None));
+        let on_log = &positions[1];
+        assert_eq!(on_log.topic.as_deref(), Some("orders"));
+        assert_eq!(on_log.position, log[0].position);
+        assert_eq!(on_log.head, Some(log[2].position));
+        assert_eq!(on_log.lag, Some(2));
+        store.close().await;
     }
 }
