@@ -1,6 +1,6 @@
 """The ``relaybox`` command: the same subcommands as the ``relaybox`` binary of the Rust crate.
 
-``migrate``, ``schema``, ``relay``, ``status``, ``dead-letters`` and ``tail``
+``migrate``, ``schema``, ``relay``, ``status``, ``dead-letters``, ``tail`` and ``console``
 are the command line of the Rust core (run in-process through the native
 module; ``relaybox --help`` lists them). Their logs go through Python's
 ``logging`` to stderr (INFO for ``relay``, WARNING otherwise).
