@@ -1034,17 +1034,7 @@ pub(super) async fn dead_letters(
         .fetch_all(pool)
         .await
         .map_err(schema_missing)?;
-    rows.iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                message: message_from_row(row)?,
-                origin: row.try_get("origin")?,
-                attempts: row.try_get::<i32, _>("attempts")? as u32,
-                last_error: row.try_get("last_error")?,
-                failed_at: row.try_get("failed_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(dead_letter_from_row).collect()
 }
 
 pub(super) async fn retry_dead_letters(
@@ -1426,17 +1416,7 @@ pub(super) async fn search_dead_letters(
     .fetch_all(pool)
     .await
     .map_err(schema_missing)?;
-    rows.iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                message: message_from_row(row)?,
-                origin: row.try_get("origin")?,
-                attempts: row.try_get::<i32, _>("attempts")? as u32,
-                last_error: row.try_get("last_error")?,
-                failed_at: row.try_get("failed_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(dead_letter_from_row).collect()
 }
 
 /// `consumer_positions`: the positions, then the head and lag of each log source.
@@ -1481,6 +1461,17 @@ pub(super) async fn consumer_positions(
         });
     }
     Ok(positions)
+}
+
+/// A dead letter from a row of the dead-letter table.
+fn dead_letter_from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        message: message_from_row(row)?,
+        origin: row.try_get("origin")?,
+        attempts: row.try_get::<i32, _>("attempts")? as u32,
+        last_error: row.try_get("last_error")?,
+        failed_at: row.try_get("failed_at")?,
+    })
 }
 
 #[cfg(test)]

@@ -738,17 +738,7 @@ pub(super) async fn dead_letters(
         .fetch_all(pool)
         .await
         .map_err(schema_missing)?;
-    rows.iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                message: message_from_row(row)?,
-                origin: row.try_get("origin")?,
-                attempts: row.try_get::<i64, _>("attempts")? as u32,
-                last_error: row.try_get("last_error")?,
-                failed_at: from_unix_micros(row.try_get("failed_at")?),
-            })
-        })
-        .collect()
+    rows.iter().map(dead_letter_from_row).collect()
 }
 
 pub(super) async fn retry_dead_letters(
@@ -1168,17 +1158,7 @@ pub(super) async fn search_dead_letters(
     .fetch_all(pool)
     .await
     .map_err(schema_missing)?;
-    rows.iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                message: message_from_row(row)?,
-                origin: row.try_get("origin")?,
-                attempts: row.try_get::<i64, _>("attempts")? as u32,
-                last_error: row.try_get("last_error")?,
-                failed_at: from_unix_micros(row.try_get("failed_at")?),
-            })
-        })
-        .collect()
+    rows.iter().map(dead_letter_from_row).collect()
 }
 
 /// `consumer_positions`: the positions, then the head and lag of each log source.
@@ -1223,6 +1203,17 @@ pub(super) async fn consumer_positions(
         });
     }
     Ok(positions)
+}
+
+/// A dead letter from a row of the dead-letter table.
+fn dead_letter_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        message: message_from_row(row)?,
+        origin: row.try_get("origin")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        last_error: row.try_get("last_error")?,
+        failed_at: from_unix_micros(row.try_get("failed_at")?),
+    })
 }
 
 #[cfg(test)]
