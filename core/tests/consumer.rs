@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 dialect_tests!(
     failing_message_is_dead_lettered_and_the_consumer_moves_on,
+    retrying_message_holds_back_only_its_own_key,
     panicking_handler_is_retried_and_its_writes_rolled_back,
 );
 
@@ -735,6 +736,93 @@ async fn slow_lane_holds_back_neither_other_lanes_nor_later_batches() {
         db.store.position(group, &source_key).await.unwrap(),
         Some(position_of(after.id)),
         "after shutdown the position covers every message"
+    );
+    db.cleanup().await;
+}
+
+/// One lane: a message that keeps failing waits for its retries with its
+/// key's later message behind it, while the lane's other key is handled in
+/// full meanwhile; once it succeeds, its key goes on in order.
+async fn retrying_message_holds_back_only_its_own_key(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (topic, group) = ("per-key-retry", "per-key-retry");
+    let first = Message::new(topic, b"a1".to_vec()).with_key("a");
+    let second = Message::new(topic, b"a2".to_vec()).with_key("a");
+    let others: Vec<Message> = (0..20)
+        .map(|i| Message::new(topic, format!("b{i}").into_bytes()).with_key("b"))
+        .collect();
+    let mut all = vec![first.clone(), second.clone()];
+    all.extend(others.iter().cloned());
+    db.store.append_log(&all).await.unwrap();
+
+    let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = first.id;
+    let recorder = Recorder::new(&db)
+        .failing({
+            let healed = healed.clone();
+            move |m| m.id == failing && !healed.load(Ordering::SeqCst)
+        })
+        .arc();
+    let source =
+        DatabaseSource::new(db.store.clone(), DatabaseSourceConfig::new(topic, group)).unwrap();
+    let consumer = Consumer::start(
+        db.store.clone(),
+        source,
+        recorder.clone(),
+        ConsumerConfig {
+            concurrency: 1,
+            max_retries: 1_000,
+            retry_delay: std::time::Duration::from_millis(20),
+            retry_delay_max: std::time::Duration::from_millis(50),
+            ..consumer_config(group)
+        },
+    )
+    .unwrap();
+    wait_for(
+        "the other key handled while the first message keeps failing",
+        WAIT,
+        async || {
+            let handled = recorder.handled();
+            let b = handled
+                .iter()
+                .filter(|m| m.key.as_deref() == Some("b"))
+                .count();
+            if b == others.len() {
+                Ok(())
+            } else {
+                Err(format!("{b} of key b handled, {:?}", consumer.stats()))
+            }
+        },
+    )
+    .await;
+    let handled: Vec<Uuid> = recorder.handled().iter().map(|m| m.id).collect();
+    assert!(
+        !handled.contains(&second.id),
+        "the failing message's key went on without it"
+    );
+    assert!(consumer.stats().retried > 0, "{:?}", consumer.stats());
+
+    healed.store(true, Ordering::SeqCst);
+    wait_for("every message handled", WAIT, async || {
+        let s = consumer.stats();
+        if s.processed >= all.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+    let order: Vec<Uuid> = recorder.handled().iter().map(|m| m.id).collect();
+    let pos = |id: Uuid| order.iter().position(|x| *x == id).unwrap();
+    assert!(pos(first.id) < pos(second.id), "order within the key kept");
+    let mut once = order.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(
+        once.len(),
+        all.len(),
+        "each message handled once: {order:?}"
     );
     db.cleanup().await;
 }
