@@ -24,6 +24,7 @@
 //! language bindings use it).
 
 mod backoff;
+mod batch_sizer;
 #[doc(hidden)]
 pub mod bench;
 pub mod consumer;

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::backoff;
+use crate::batch_sizer::BatchSizer;
 use crate::error::{Error, Result};
 use crate::message::{now_micros, Message};
 use crate::sink::{Acks, Sink};
@@ -26,7 +27,12 @@ use crate::telemetry::Published;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Rows claimed per batch (default 500).
+    /// The largest batch, in rows (default 5000). Each batch loop starts
+    /// with batches of 100 rows (or this, when smaller), doubles them while
+    /// claims come back full and batches are acknowledged within a second
+    /// (or half the publish timeout, when shorter), and halves them when a
+    /// claim comes back less than half full or a batch is slower: small
+    /// batches while rows trickle in, large ones while a backlog drains.
     pub batch_size: u32,
     /// Fallback poll when no wake-up arrives (default 1 s).
     #[serde(deserialize_with = "crate::duration::deserialize")]
@@ -98,7 +104,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            batch_size: 500,
+            batch_size: 5_000,
             poll_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(15),
             max_attempts: 10,
@@ -513,6 +519,10 @@ struct LeaseTending {
 /// A batch handed to the sink, waiting for its acknowledgements.
 struct InFlight {
     claim: Claim,
+    /// The claim's limit: a claim that filled it may have more behind it.
+    limit: u32,
+    /// When the batch was handed to the sink.
+    handed_at: Instant,
     acks: Acks,
     /// Keys that failed in batches completed after this one was claimed:
     /// this batch's messages of those keys are not recorded as delivered.
@@ -748,6 +758,10 @@ impl Worker {
                 .outbox_stamp(held.borrow().iter().copied().filter(|p| slice.contains(*p)))
         };
         let mut seen: Option<u64> = None;
+        let mut sizer = BatchSizer::new(
+            self.config.batch_size,
+            self.config.effective_publish_timeout() / 2,
+        );
         loop {
             let cancelled = self.cancel.is_cancelled();
             if cancelled && in_flight.is_empty() {
@@ -766,8 +780,11 @@ impl Worker {
             if look && !cancelled && mine && !settling && room {
                 wake.borrow_and_update();
                 seen = Some(stamp(&held));
-                match self.start_batch(slice, &mut in_flight).await {
-                    Ok(Started::Worked { full }) => {
+                let limit = sizer.limit();
+                match self.start_batch(slice, limit, &mut in_flight).await {
+                    Ok(Started::Worked { rows }) => {
+                        sizer.claimed(limit, rows);
+                        let full = rows >= limit as usize;
                         error_streak = 0;
                         rechecks = RECHECKS.iter();
                         recheck_at = None;
@@ -776,6 +793,7 @@ impl Worker {
                         continue;
                     }
                     Ok(Started::Nothing) => {
+                        sizer.claimed(limit, 0);
                         error_streak = 0;
                         look = false;
                     }
@@ -817,6 +835,7 @@ impl Worker {
                 biased;
                 results = acks, if has_front => {
                     let batch = in_flight.pop_front().expect("a batch in flight");
+                    sizer.published(batch.handed_at.elapsed());
                     match self.complete_batch(batch, results).await {
                         Ok(done) => {
                             error_streak = 0;
@@ -908,17 +927,12 @@ impl Worker {
         Ok(live)
     }
 
-    /// Whether a batch of `rows` is as large as a claim may be: more rows
-    /// may be waiting behind it.
-    fn fills_a_batch(&self, rows: usize) -> bool {
-        rows >= self.config.batch_size as usize
-    }
-
     /// Claims a batch and hands it to the sink, adding it to `in_flight`
     /// (or, for the relay's own database log, moves it there outright).
     async fn start_batch(
         &self,
         slice: Slice,
+        limit: u32,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<Started> {
         self.counters.claims.fetch_add(1, Ordering::Relaxed);
@@ -928,7 +942,7 @@ impl Worker {
             .is_some_and(|s| s.same_store(&self.store))
         {
             let keep = self.config.retention.is_some();
-            let batch = self.config.batch_size;
+            let batch = limit;
             let started = Instant::now();
             let spans = crate::telemetry::PublishSpans::start(self.sink.name(), batch as usize);
             if let Some((moved, traced)) = self
@@ -952,28 +966,27 @@ impl Worker {
                 self.counters.delivered.fetch_add(moved, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 return Ok(Started::Worked {
-                    full: self.fills_a_batch(moved as usize),
+                    rows: moved as usize,
                 });
             }
         }
-        let claim = self
-            .store
-            .claim(&self.owner, slice, self.config.batch_size)
-            .await?;
+        let claim = self.store.claim(&self.owner, slice, limit).await?;
         if claim.rows.is_empty() {
             return Ok(Started::Nothing);
         }
-        let full = self.fills_a_batch(claim.rows.len());
+        let rows = claim.rows.len();
         crate::metrics::batch_claimed(claim.rows.len());
         let spans = crate::telemetry::PublishSpans::start(self.sink.name(), claim.rows.len());
         let acks = self.send(&claim.messages).await;
         in_flight.push_back(InFlight {
             claim,
+            limit,
+            handed_at: Instant::now(),
             acks,
             held_keys: HashSet::new(),
             spans,
         });
-        Ok(Started::Worked { full })
+        Ok(Started::Worked { rows })
     }
 
     /// Records what became of a batch: deletes (or marks) the delivered rows,
@@ -981,6 +994,7 @@ impl Worker {
     async fn complete_batch(&self, batch: InFlight, results: Vec<Result<()>>) -> Result<Completed> {
         let InFlight {
             claim,
+            limit,
             held_keys,
             spans,
             ..
@@ -990,7 +1004,7 @@ impl Worker {
                 spans.record(message, attempt, outcome);
             }
         };
-        let full = self.fills_a_batch(claim.rows.len());
+        let full = claim.rows.len() >= limit as usize;
         let now = now_micros();
         let mut done = Completion::default();
         let mut failed_keys: HashSet<String> = HashSet::new();
@@ -1169,9 +1183,9 @@ const RECHECKS: [Duration; 4] = [
 ];
 
 enum Started {
-    /// A batch was moved, or handed to the sink; when it was `full`, more
-    /// rows may be waiting behind it.
-    Worked { full: bool },
+    /// A batch of `rows` was moved, or handed to the sink; when it filled
+    /// the claim's limit, more rows may be waiting behind it.
+    Worked { rows: usize },
     /// Nothing to claim until a wake-up, the poll interval or a retry.
     Nothing,
 }

@@ -1146,11 +1146,18 @@ async fn keys_held_back_in_a_busy_pipeline_are_delivered() {
 }
 
 /// Hands batches over at once and acknowledges each after `delay`, counting
-/// the batches handed over and not yet acknowledged.
+/// the batches (and rows) handed over and not yet acknowledged.
+#[derive(Default)]
 struct OutstandingSink {
     delay: Duration,
     outstanding: Arc<std::sync::atomic::AtomicUsize>,
+    rows_out: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most batches outstanding at once.
     most: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most rows outstanding when another batch was handed over.
+    most_rows_behind: Arc<std::sync::atomic::AtomicUsize>,
+    /// The largest batch handed over.
+    largest: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[async_trait::async_trait]
@@ -1166,32 +1173,45 @@ impl Sink for OutstandingSink {
     async fn send(&self, batch: &[Message]) -> relaybox::Acks {
         let now = self.outstanding.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
-        let (n, delay, outstanding) = (batch.len(), self.delay, self.outstanding.clone());
+        let behind = self.rows_out.fetch_add(batch.len(), Ordering::SeqCst);
+        self.most_rows_behind.fetch_max(behind, Ordering::SeqCst);
+        self.largest.fetch_max(batch.len(), Ordering::SeqCst);
+        let (n, delay) = (batch.len(), self.delay);
+        let (outstanding, rows_out) = (self.outstanding.clone(), self.rows_out.clone());
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             outstanding.fetch_sub(1, Ordering::SeqCst);
+            rows_out.fetch_sub(n, Ordering::SeqCst);
             (0..n).map(|_| Ok(())).collect()
         })
     }
 }
 
+/// What the sink saw of a relay's batches.
+struct InFlightSeen {
+    /// The most batches outstanding at once.
+    most: usize,
+    /// The most rows outstanding when another batch was handed over.
+    most_rows_behind: usize,
+    /// The largest batch.
+    largest: usize,
+}
+
 /// Relays `n` committed messages with one batch loop allowed two batches in
-/// flight; returns the most batches the sink had outstanding at once.
-async fn most_batches_in_flight(n: usize, batch_size: u32) -> usize {
+/// flight; returns what the sink saw.
+async fn batches_in_flight(n: usize, batch_size: u32) -> InFlightSeen {
     let db = TestDb::new(Backend::Postgres).await;
     let msgs: Vec<Message> = (0..n)
         .map(|i| Message::new("depth", format!("{i}").into_bytes()).with_key(format!("k{}", i % 7)))
         .collect();
     db.enqueue_committed(&msgs).await;
-    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sink = Arc::new(OutstandingSink {
         delay: Duration::from_millis(50),
-        outstanding: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        most: most.clone(),
+        ..OutstandingSink::default()
     });
     let relay = Relay::start(
         db.store.clone(),
-        sink,
+        sink.clone(),
         RelayConfig {
             batch_size,
             concurrency: 1,
@@ -1206,17 +1226,28 @@ async fn most_batches_in_flight(n: usize, batch_size: u32) -> usize {
     let stats = relay.stats();
     assert_eq!(stats.delivered, n as u64, "{stats:?}");
     db.cleanup().await;
-    most.load(Ordering::SeqCst)
+    InFlightSeen {
+        most: sink.most.load(Ordering::SeqCst),
+        most_rows_behind: sink.most_rows_behind.load(Ordering::SeqCst),
+        largest: sink.largest.load(Ordering::SeqCst),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_goes_one_full_batch_at_a_time_and_small_batches_are_pipelined() {
-    // Batches of 300 rows: a claim behind one would step over its 300
-    // locked rows, so the loop waits for each batch's acknowledgements.
-    assert_eq!(most_batches_in_flight(1_200, 300).await, 1);
+async fn a_backlog_goes_one_large_batch_at_a_time_and_small_batches_are_pipelined() {
+    // The batches grow to 300 rows over the backlog. A claim behind 256 or
+    // more locked rows would step over them all, so no batch is handed over
+    // while that many are outstanding.
+    let backlog = batches_in_flight(2_000, 300).await;
+    assert_eq!(backlog.largest, 300, "the batches grew to the largest");
+    assert!(
+        backlog.most_rows_behind < 256,
+        "a batch was claimed behind {} outstanding rows",
+        backlog.most_rows_behind
+    );
     // Batches of 10 rows are claimed and handed over while earlier ones
     // are acknowledged.
-    assert_eq!(most_batches_in_flight(100, 10).await, 2);
+    assert_eq!(batches_in_flight(100, 10).await.most, 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1329,8 +1360,7 @@ async fn a_trickle_costs_one_claim_per_message() {
     // A broker: each batch is claimed, handed over, acknowledged, completed.
     let sink = Arc::new(OutstandingSink {
         delay: Duration::from_millis(5),
-        outstanding: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        most: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        ..OutstandingSink::default()
     });
     let claims = claims_of_a_trickle(&db, &db.store, sink.clone(), N).await;
     assert!(claims <= N + 4, "{claims} claims for {N} messages");

@@ -28,7 +28,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
     after_long_help = "CONFIGURATION:\n  \
         The [relay] table of the --config file sets any RelayConfig field:\n\n  \
         [relay]\n  \
-        batch_size = 500          # rows claimed per batch (1-10000)\n  \
+        batch_size = 5000         # the largest batch (1-10000); batches adapt below it\n  \
         poll_interval = \"1s\"      # fallback poll when no wake-up arrives\n  \
         lease_ttl = \"15s\"         # a dead relay's partitions move after this long\n  \
         max_attempts = 10         # attempts before a message becomes a dead letter\n  \
