@@ -16,6 +16,7 @@
 
 mod codec;
 mod config;
+mod registry;
 mod sink;
 mod source;
 
