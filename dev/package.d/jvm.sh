@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# The JVM package (sourced by dev/package): the jar of bindings/jvm with the
-# release native library for this platform inside (linux-x86-64/, where JNA
+# The JVM package (sourced by dev/package): the jar of the Maven project
+# bindings/jvm with the release native library of its crate
+# (bindings/jvm/native) for this platform inside (linux-x86-64/, where JNA
 # finds it on the classpath and extracts it), its pom (licence, SCM,
 # developers) and its sources jar, as dist/relaybox-<version>.jar,
 # relaybox-<version>.pom and relaybox-<version>-sources.jar: the files a
@@ -29,7 +30,7 @@ package_jvm() {
   cp "$JVM_SRC/target/relaybox-$VERSION-sources.jar" "$JVM_SOURCES"
   cp "$JVM_SRC/pom.xml" "$JVM_POM"
   # The jar carries the release library, stripped of its symbols (cargo
-  # keeps them for uniffi-bindgen: Cargo.toml, bindings/jvm/pom.xml).
+  # keeps them for uniffi-bindgen: the root Cargo.toml, bindings/jvm/pom.xml).
   local native
   native="$(mktemp)"
   unzip -p "$JVM_JAR" "$JVM_NATIVE" >"$native"

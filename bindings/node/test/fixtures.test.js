@@ -72,3 +72,37 @@ test('the envelopes survive the database transport', async (t) => {
     assert.deepEqual(rest, want)
   }
 })
+
+test('publishEvent writes the envelope of facade_envelope.json', async (t) => {
+  const fixture = JSON.parse(read('facade_envelope.json'))
+  const given = fixture.publish
+  const { outbox } = await openOutbox(t)
+  const messaging = relaybox.createMessaging({ broker: 'database', outbox, source: given.source })
+  t.after(() => messaging.close())
+  const event = await messaging.publishEvent(given.name, given.data,
+    { topic: given.topic, key: given.key, metadata: given.metadata })
+  // The event's own id and creation time are the fixture's only variables.
+  const { timestamp } = event.toJSON()
+  assert.match(event.id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+  assert.match(timestamp, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/)
+  const fill = (text) => text.replaceAll('<event id>', event.id).replaceAll('<timestamp>', timestamp)
+
+  const got = []
+  const relay = new relaybox.Relay(outbox).start()
+  t.after(() => relay.close())
+  const consumer = new relaybox.Consumer(outbox, given.topic, (message) => { got.push(message) },
+    { group: 'facade-fixture' }).start()
+  t.after(() => consumer.close())
+  await waitFor('the event consumed', () => got.length === 1)
+  await consumer.close()
+  await relay.close()
+  const [message] = got
+  assert.equal(message.payload.toString('utf8'), fill(fixture.payload))
+  assert.ok(message.payload.equals(Buffer.from(fill(fixture.payload), 'utf8')))
+  const want = fixture.message
+  assert.equal(message.topic, want.topic)
+  assert.equal(message.key, want.key)
+  assert.equal(message.type, want.type)
+  assert.equal(message.contentType, want.content_type)
+  assert.deepEqual(message.headers, Object.fromEntries(Object.entries(want.headers).map(([k, v]) => [k, fill(v)])))
+})
