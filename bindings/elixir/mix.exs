@@ -208,7 +208,9 @@ defmodule Relaybox.MixProject do
         [
           {:telemetry, "~> 1.1"},
           {:ecto_sql, "~> 3.10", optional: true},
-          {:postgrex, ">= 0.17.0", optional: true}
+          {:postgrex, ">= 0.17.0", optional: true},
+          # The tests read tests/fixtures (JSON).
+          {:jason, "~> 1.4", only: :test}
         ]
 
       dir ->
