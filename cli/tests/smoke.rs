@@ -538,7 +538,15 @@ fn postgres_life_of_a_dead_letter_through_a_relay() {
         "{list}"
     );
     assert!(rbpg(&["dead-letters", "list", "--json"]).contains(&format!("\"id\": \"{id}\"")));
-    assert!(matches_line(&rbpg(&["status"]), "dead letters", &[" 1"]));
+    let status = rbpg(&["status"]);
+    assert!(matches_line(&status, "dead letters", &[" 1"]), "{status}");
+    // The relay's dead letter parks its key.
+    assert!(matches_line(&status, "parked keys", &[" 1"]), "{status}");
+    assert!(
+        matches_line(&status, "customer-42", &[TOPIC, " 0 ", &id]),
+        "{status}"
+    );
+    assert!(rbpg(&["status", "--json"]).contains(&format!("\"dead_letter_id\": \"{id}\"")));
 
     assert_eq!(
         rbpg(&["dead-letters", "retry", "--all"]).trim(),
@@ -559,6 +567,7 @@ fn postgres_life_of_a_dead_letter_through_a_relay() {
         matches_line(&status, TOPIC, &[" 1 ", " 0 ", "no relay"]),
         "{status}"
     );
+    assert!(matches_line(&status, "parked keys", &[" 0"]), "{status}");
 
     // Follow the topic while a relay delivers the message.
     let db = ["--database-url", url.as_str(), "--table-prefix", p.as_str()];

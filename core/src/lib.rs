@@ -68,8 +68,8 @@ pub use sink::{Acks, Sink};
 pub use source::{AckToken, Delivery, Source};
 pub use spec::MessageSpec;
 pub use store::{
-    DeadLetter, DeadLetterFilter, InboxStatement, InsertStatement, Placeholders, Status, Store,
-    StoreOptions,
+    DeadLetter, DeadLetterFilter, InboxStatement, InsertStatement, ParkedKey, Placeholders, Status,
+    Store, StoreOptions,
 };
 pub use transaction::Transaction;
 pub use transport::database::{DatabaseSink, DatabaseSource, DatabaseSourceConfig, StartFrom};

@@ -42,6 +42,8 @@ pub const RETRYING: &str = "relaybox_retrying_messages";
 pub const OLDEST_PENDING_AGE: &str = "relaybox_oldest_pending_age_seconds";
 /// Messages in the dead-letter table.
 pub const DEAD_LETTERS: &str = "relaybox_dead_letters";
+/// Keys parked behind a dead letter of the relay.
+pub const PARKED_KEYS: &str = "relaybox_parked_keys";
 
 /// Bucket bounds (seconds) suggested for [`PUBLISH_LATENCY`].
 pub const PUBLISH_LATENCY_BUCKETS: &[f64] = &[
@@ -105,6 +107,11 @@ pub(crate) fn describe() {
         DEAD_LETTERS,
         Unit::Count,
         "Messages in the dead-letter table."
+    );
+    describe_gauge!(
+        PARKED_KEYS,
+        Unit::Count,
+        "Keys parked behind a dead letter of the relay."
     );
 }
 
@@ -214,6 +221,7 @@ pub(crate) fn backlog(status: &Status, shown: &mut HashSet<String>) {
     }
     *shown = now;
     gauge!(DEAD_LETTERS).set(status.dead_letters as f64);
+    gauge!(PARKED_KEYS).set(status.parked_keys_total as f64);
 }
 
 /// Sets the backlog gauges from [`Store::status`] every `interval` until

@@ -99,6 +99,13 @@ pub struct RelayConfig {
     /// `relaybox status` query (default 5 s; 0 turns sampling off).
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub metrics_interval: Duration,
+    /// Park a key after the relay dead-letters one of its messages (default
+    /// true): the relay claims none of the key's later messages (same
+    /// partition and key) until that dead letter is retried, which puts it
+    /// back ahead of them, or purged, so order per key holds. Other keys,
+    /// and messages without a key, flow. `false`: the key's later messages
+    /// go on without it. Dead letters of consumers never park a key.
+    pub park_keys: bool,
 }
 
 impl Default for RelayConfig {
@@ -120,6 +127,7 @@ impl Default for RelayConfig {
             concurrency: 2,
             batches_in_flight: 2,
             metrics_interval: Duration::from_secs(5),
+            park_keys: true,
         }
     }
 }
@@ -252,10 +260,7 @@ impl Relay {
         config.validate()?;
         store.check_open()?;
         let topics = sink.topics().map(|t| t.lane());
-        let store = match sink.topics() {
-            Some(topics) => store.for_topics(topics),
-            None => store,
-        };
+        let store = store.for_relay(sink.topics(), config.park_keys);
         let owner = config
             .instance_id
             .clone()

@@ -78,13 +78,21 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0003_routes.sql"),
         sqlite: include_str!("../migrations/sqlite/0003_routes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "parked_keys",
+        postgres: include_str!("../migrations/postgres/0004_parked_keys.sql"),
+        sqlite: include_str!("../migrations/sqlite/0004_parked_keys.sql"),
+    },
 ];
 
 /// Every table of the schema, without the prefix, in an order that drops
-/// cleanly (`schema_migrations` last).
+/// cleanly (`schema_migrations` last). `dead_letter_seqs` exists on SQLite
+/// only (PostgreSQL keeps that position in a column of `dead_letters`).
 pub const TABLES: &[&str] = &[
     "outbox",
     "dead_letters",
+    "dead_letter_seqs",
     "inbox",
     "positions",
     "leases",

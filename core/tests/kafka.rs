@@ -658,6 +658,8 @@ async fn relay_a_poison(topic: &str, poison_bytes: usize, refusal: &str) {
         Arc::new(sink),
         RelayConfig {
             max_attempts: 5,
+            // The victim's later messages go on without the poison.
+            park_keys: false,
             ..relay_config()
         },
     )

@@ -300,10 +300,12 @@ async fn poison_message_is_retried_then_dead_lettered_without_blocking_other_key
     let sink = PoisonSink::new(&db.store, true);
     // Backoff of 0.5-1 s then 1-2 s: the poison message stays in the outbox,
     // retrying, for at least 1.5 s before it is dead-lettered.
+    // The key goes on after the dead letter (parked keys: tests/parked_keys.rs).
     let config = RelayConfig {
         max_attempts: 3,
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(2),
+        park_keys: false,
         ..relay_config()
     };
     let relay = Relay::start(db.store.clone(), sink.clone(), config.clone()).unwrap();
@@ -440,6 +442,8 @@ async fn message_refused_for_good_is_dead_lettered_at_once(backend: Backend) {
             max_attempts: 5,
             backoff_initial: Duration::from_secs(2),
             backoff_max: Duration::from_secs(4),
+            // The key goes on after the dead letter (parked keys: tests/parked_keys.rs).
+            park_keys: false,
             ..relay_config()
         },
     )

@@ -166,6 +166,14 @@ def rows(driver: webdriver.Chrome) -> list[str]:
     return found
 
 
+def parked_keys(driver: webdriver.Chrome) -> list[str]:
+    """The keys of the parked-key rows on the page, in page order."""
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#parked tbody tr')].map(r => r.dataset.key)"
+    )
+    return found
+
+
 def select(driver: webdriver.Chrome, message_id: str) -> None:
     """Ticks the checkbox of a dead letter's row."""
     box = driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{message_id}"] input.select')
@@ -350,6 +358,10 @@ def test_dead_letters_are_filtered_shown_retried_and_purged(
     browser.execute_script("sessionStorage.clear()")
     browser.refresh()
     wait_for("the dead letters on the page", lambda: sorted(rows(browser)) == sorted(ids), 10)
+    # The relay's dead letters park their keys.
+    accounts = [f"account-{n}" for n in range(3)]
+    wait_for("the parked keys", lambda: sorted(parked_keys(browser)) == accounts, 10)
+    assert browser.find_element(By.ID, "parked-key-count").text == "3"
 
     # Filters: by key, by error text (any case), by time.
     error_row = pg.execute(
@@ -418,6 +430,7 @@ def test_dead_letters_are_filtered_shown_retried_and_purged(
     notice(browser, "Retried 1")
     assert dead_letter_ids(pg, prefix) == {second, third}
     wait_for("the retried row gone from the page", lambda: first not in rows(browser), 10)
+    wait_for("its key no longer parked", lambda: sorted(parked_keys(browser)) == accounts[1:], 10)
     with relaybox.Relay(outbox, poll_interval=0.05):
         wait_for(
             "the retried message in the log",
@@ -444,6 +457,8 @@ def test_dead_letters_are_filtered_shown_retried_and_purged(
     notice(browser, "Purged 2")
     assert dead_letter_ids(pg, prefix) == set()
     wait_for("no dead-letter row", lambda: rows(browser) == [], 10)
+    wait_for("no parked key", lambda: parked_keys(browser) == [], 10)
+    assert browser.find_element(By.ID, "parked-empty").is_displayed()
 
 
 def test_without_a_token_the_console_is_read_only(

@@ -127,6 +127,7 @@
     const totalPending = s.topics.reduce((n, t) => n + t.pending, 0);
     $("total-pending").textContent = totalPending;
     $("dead-letter-count").textContent = s.dead_letters;
+    $("parked-key-count").textContent = s.parked_keys_total;
     $("live-relays").textContent = s.live_relays;
     $("partitions").textContent = s.partitions;
 
@@ -143,6 +144,21 @@
     }), "backlog-empty");
 
     const now = new Date(o.now).getTime();
+    fill($("parked"), s.parked_keys.map((k) => {
+      const tr = row([
+        { text: k.key, className: "key" },
+        { text: k.topic },
+        { text: k.partition, className: "num" },
+        { text: duration((now - new Date(k.since).getTime()) / 1000), className: "num" },
+        { text: k.dead_letter_id, className: "dead-letter" },
+      ]);
+      tr.dataset.key = k.key;
+      return tr;
+    }), "parked-empty");
+    const more = s.parked_keys_total - s.parked_keys.length;
+    $("parked-more").textContent = more > 0 ? "and " + more + " more parked keys" : "";
+    $("parked-more").hidden = more <= 0;
+
     fill($("leases"), s.lease_owners.map((l) => row([
       { text: l.owner, className: "owner" },
       { text: l.partitions, className: "num" },

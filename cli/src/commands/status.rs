@@ -1,4 +1,5 @@
-//! `relaybox status`: backlog per topic, dead letters, partitions and relays.
+//! `relaybox status`: backlog per topic, dead letters, parked keys,
+//! partitions and relays.
 
 use std::io::Write as _;
 
@@ -16,7 +17,12 @@ use crate::output::{key_values, short_duration, table, Align};
                   serves the topic), the dead-letter count, the partition count, the live \
                   relays and which relay holds how many partition leases. Rows of a topic \
                   that no running relay serves stay pending: such topics are marked \
-                  `unrouted` (relays run, but none has a route for them) or `no relay`."
+                  `unrouted` (relays run, but none has a route for them) or `no relay`. \
+                  Parked keys are keys the relay dead-lettered a message of: relays that \
+                  park keys (the default) relay none of their later messages until that \
+                  dead letter is retried or purged (`relaybox dead-letters retry <ID>`, \
+                  `relaybox dead-letters purge <ID>`, with the DEAD LETTER column's id); \
+                  the first 100 are listed, longest parked first."
 )]
 pub struct Args {
     /// Print the status as JSON instead of tables
@@ -52,6 +58,7 @@ fn render(store: &Store, status: &Status) -> String {
         ),
         ("live relays", status.live_relays.to_string()),
         ("dead letters", status.dead_letters.to_string()),
+        ("parked keys", status.parked_keys_total.to_string()),
     ]);
 
     out.push('\n');
@@ -100,6 +107,11 @@ fn render(store: &Store, status: &Status) -> String {
         }
     }
 
+    if !status.parked_keys.is_empty() {
+        out.push('\n');
+        out.push_str(&parked_keys(status));
+    }
+
     out.push('\n');
     if status.lease_owners.is_empty() {
         out.push_str("leases: no partition is leased (no relay running)\n");
@@ -124,6 +136,42 @@ fn render(store: &Store, status: &Status) -> String {
                 ("EXPIRES", Align::Left),
             ],
             &rows,
+        ));
+    }
+    out
+}
+
+/// The parked keys' table, and how many more there are than it shows.
+fn parked_keys(status: &Status) -> String {
+    let now = Utc::now();
+    let rows: Vec<Vec<String>> = status
+        .parked_keys
+        .iter()
+        .map(|k| {
+            let age = (now - k.since).num_milliseconds().max(0) as f64 / 1000.0;
+            vec![
+                k.key.clone(),
+                k.topic.clone(),
+                k.partition.to_string(),
+                short_duration(age),
+                k.dead_letter_id.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            ("PARKED KEY", Align::Left),
+            ("TOPIC", Align::Left),
+            ("PARTITION", Align::Right),
+            ("FOR", Align::Right),
+            ("DEAD LETTER", Align::Left),
+        ],
+        &rows,
+    );
+    let more = status.parked_keys_total - status.parked_keys.len() as i64;
+    if more > 0 {
+        out.push_str(&format!(
+            "and {more} more parked keys (relaybox dead-letters list)\n"
         ));
     }
     out

@@ -1,6 +1,6 @@
 //! The console's JSON API, under the console's mount:
 //!
-//! - `GET api/overview`: backlog per topic, relays and leases, consumer
+//! - `GET api/overview`: backlog per topic, parked keys, relays and leases, consumer
 //!   positions, the throughput series and whether changes are possible;
 //! - `GET api/dead-letters?topic=&key=&error=&failed_after=&failed_before=&limit=`:
 //!   the dead letters that match, most recent failure first;

@@ -409,6 +409,27 @@ pub struct LeaseOwner {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A key the relay dead-lettered a message of: relays that park keys
+/// (`RelayConfig::park_keys`, the default) claim none of its later messages
+/// until that dead letter is retried or purged.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParkedKey {
+    /// The dead-lettered message's topic.
+    pub topic: String,
+    /// The message key.
+    pub key: String,
+    /// Its partition (a key is parked within its partition).
+    pub partition: u32,
+    /// When the message was dead-lettered (the earliest, if several were).
+    #[serde(with = "crate::message::micros_rfc3339")]
+    pub since: DateTime<Utc>,
+    /// The id of that dead letter's message: what to retry or purge.
+    pub dead_letter_id: Uuid,
+}
+
+/// How many parked keys [`Status::parked_keys`] lists at most.
+pub const PARKED_KEYS_SHOWN: u32 = 100;
+
 /// What `relaybox status` shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
@@ -416,6 +437,11 @@ pub struct Status {
     pub topics: Vec<TopicBacklog>,
     /// Dead letters in total.
     pub dead_letters: i64,
+    /// Keys parked behind a dead letter of the relay, longest parked first,
+    /// at most [`PARKED_KEYS_SHOWN`] of them.
+    pub parked_keys: Vec<ParkedKey>,
+    /// Parked keys in total.
+    pub parked_keys_total: i64,
     /// Partition count.
     pub partitions: u32,
     /// Current lease owners.
@@ -672,12 +698,24 @@ impl Store {
         })
     }
 
-    /// This store as seen by a relay that serves `topics` only: the same
-    /// pool, with lease statements on the lane of `topics` and claims of
-    /// rows of those topics only (see [`crate::route`]).
-    pub(crate) fn for_topics(&self, topics: &crate::route::Topics) -> Store {
+    /// This store as seen by a relay that serves `topics` only (`None`: every
+    /// topic): the same pool, with lease statements on the lane of `topics`
+    /// and claims of rows of those topics only (see [`crate::route`]).
+    ///
+    /// With `park_keys` off, the claims take no notice of the relay's dead
+    /// letters (see `RelayConfig::park_keys`); the store's own statements park keys.
+    pub(crate) fn for_relay(
+        &self,
+        topics: Option<&crate::route::Topics>,
+        park_keys: bool,
+    ) -> Store {
         let prefix = &self.inner.options.table_prefix;
-        let scope = scope::LeaseScope::lane(prefix, topics);
+        let scope = match topics {
+            None if park_keys => return self.clone(),
+            None => scope::LeaseScope::every_topic(prefix),
+            Some(topics) => scope::LeaseScope::lane(prefix, topics),
+        }
+        .parking(prefix, park_keys);
         let pool = match &self.inner.pool {
             Pool::Postgres(pool, _) => {
                 Pool::Postgres(pool.clone(), Arc::new(PgSql::scoped(prefix, &scope)))

@@ -13,7 +13,7 @@ use super::scope::LeaseScope;
 use super::{
     headers_json, parse_headers, secs, split_claimed, Claim, ClaimHold, Completion,
     ConsumerPosition, DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LeaseView,
-    LogEntry, OutboxRow, Placeholders, Slice, Status, TopicBacklog,
+    LogEntry, OutboxRow, ParkedKey, Placeholders, Slice, Status, TopicBacklog, PARKED_KEYS_SHOWN,
 };
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message};
@@ -66,6 +66,7 @@ pub(crate) struct PgSql {
     log_read: Sql,
     backlog: Sql,
     dl_count: Sql,
+    parked: Sql,
     owners: Sql,
     pending: Sql,
     register_lane: Option<Sql>,
@@ -108,6 +109,7 @@ impl PgSql {
             mine: m,
             peers,
             topics_pg: topics,
+            parked,
             ..
         } = scope;
         PgSql {
@@ -144,10 +146,10 @@ impl PgSql {
             )),
             dead: s(format!(
                 "WITH moved AS (DELETE FROM {p}outbox o USING UNNEST($1::uuid[], $2::text[]) AS u(id, err) WHERE o.id = u.id \
-                     RETURNING o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.attempts, u.err) \
-                 INSERT INTO {p}dead_letters (id, origin, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
-                 SELECT id, 'relay', topic, key, partition, type, payload, content_type, headers, created_at, attempts + 1, err, now() FROM moved \
-                 ON CONFLICT (id, origin) DO UPDATE SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, failed_at = EXCLUDED.failed_at"
+                     RETURNING o.id, o.seq, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.attempts, u.err) \
+                 INSERT INTO {p}dead_letters (id, origin, seq, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
+                 SELECT id, 'relay', seq, topic, key, partition, type, payload, content_type, headers, created_at, attempts + 1, err, now() FROM moved \
+                 ON CONFLICT (id, origin) DO UPDATE SET seq = EXCLUDED.seq, attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, failed_at = EXCLUDED.failed_at"
             )),
             heartbeat: s(format!(
                 "INSERT INTO {p}relay_instances (owner, started_at, heartbeat_at, expires_at) \
@@ -199,10 +201,15 @@ impl PgSql {
                 "SELECT id, topic, key, type, payload, content_type, headers::text AS headers, created_at, created_at AS available_at, \
                  origin, attempts, last_error, failed_at FROM {p}dead_letters ORDER BY failed_at, id LIMIT $1"
             )),
+            // A relay's dead letter goes back at the outbox position it had
+            // (`seq`), ahead of its key's later messages; one without a stored
+            // position (a consumer's) at the end, as a new row.
             dl_retry: s(format!(
                 "WITH moved AS (DELETE FROM {p}dead_letters WHERE $1::uuid[] IS NULL OR id = ANY($1) RETURNING *) \
-                 INSERT INTO {p}outbox ({COLUMNS}) \
-                 SELECT DISTINCT ON (id) id, topic, key, partition, type, payload, content_type, headers, created_at, now() FROM moved \
+                 INSERT INTO {p}outbox (seq, {COLUMNS}) OVERRIDING SYSTEM VALUE \
+                 SELECT DISTINCT ON (id) COALESCE(seq, nextval(pg_get_serial_sequence('{p}outbox', 'seq'))), \
+                     id, topic, key, partition, type, payload, content_type, headers, created_at, now() FROM moved \
+                 ORDER BY id, seq NULLS LAST \
                  ON CONFLICT (id) DO UPDATE SET sent_at = NULL, attempts = 0, last_error = NULL, available_at = EXCLUDED.available_at"
             )),
             dl_purge: s(format!("DELETE FROM {p}dead_letters WHERE $1::uuid[] IS NULL OR id = ANY($1)")),
@@ -232,10 +239,10 @@ impl PgSql {
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
                  AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
             )),
-            move_to_log: s(move_to_log_sql(p, topics, MOVE, false)),
-            copy_to_log: s(move_to_log_sql(p, topics, COPY, false)),
-            move_to_log_traced: s(move_to_log_sql(p, topics, MOVE, true)),
-            copy_to_log_traced: s(move_to_log_sql(p, topics, COPY, true)),
+            move_to_log: s(move_to_log_sql(p, topics, parked, MOVE, false)),
+            copy_to_log: s(move_to_log_sql(p, topics, parked, COPY, false)),
+            move_to_log_traced: s(move_to_log_sql(p, topics, parked, MOVE, true)),
+            copy_to_log_traced: s(move_to_log_sql(p, topics, parked, COPY, true)),
             log_read: s(format!(
                 "SELECT position, {MESSAGE_COLUMNS} FROM {p}log WHERE topic = $1 AND position > $2 ORDER BY position LIMIT $3"
             )),
@@ -245,6 +252,14 @@ impl PgSql {
                  FROM {p}outbox WHERE sent_at IS NULL GROUP BY topic ORDER BY topic"
             )),
             dl_count: s(format!("SELECT count(*) FROM {p}dead_letters")),
+            // One row per parked key (its earliest dead letter), the first
+            // `$1` by time, each with the count of all of them.
+            parked: s(format!(
+                "SELECT k.topic, k.key, k.partition, k.failed_at, k.id, count(*) OVER () AS total \
+                 FROM (SELECT DISTINCT ON (partition, key) topic, key, partition, failed_at, id FROM {p}dead_letters \
+                     WHERE origin = 'relay' AND key IS NOT NULL ORDER BY partition, key, failed_at, id) k \
+                 ORDER BY k.failed_at, k.partition, k.key LIMIT $1"
+            )),
             owners: s(format!(
                 "SELECT owner, count(*)::int8 AS n, min(expires_at) AS expires_at \
                  FROM (SELECT owner, expires_at FROM {p}leases UNION ALL SELECT owner, expires_at FROM {p}route_leases) l \
@@ -299,7 +314,8 @@ impl PgSql {
 /// holds (`$1` owner, slice `partition % $2 = $3`) locked `FOR KEY SHARE`
 /// (see `claim_leases`), then up to `$4` claimable rows of their partitions
 /// in `seq` order, locked `FOR UPDATE SKIP LOCKED`. A row is claimable when
-/// no earlier row of its key is held back (retry backoff, delayed delivery).
+/// no earlier row of its key is held back (retry backoff, delayed delivery)
+/// and, when the relay parks keys, no dead letter of the relay holds its key.
 /// When the loop holds no lease, the one-time `EXISTS` test stops the
 /// statement before it reads the outbox.
 fn claim_sql(p: &str, scope: &LeaseScope) -> String {
@@ -307,6 +323,7 @@ fn claim_sql(p: &str, scope: &LeaseScope) -> String {
         leases: l,
         mine: m,
         topics_pg: topics,
+        parked,
         ..
     } = scope;
     format!(
@@ -317,7 +334,7 @@ fn claim_sql(p: &str, scope: &LeaseScope) -> String {
          WHERE EXISTS (SELECT 1 FROM held) \
          AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now(){topics} \
          AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
-             AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
+             AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()){parked} \
          ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED"
     )
 }
@@ -364,7 +381,8 @@ const COPY: &str =
 
 /// The statement moving (or copying) claimed rows into the log; it returns
 /// each row's topic, and with `traced` its id and trace context headers.
-fn move_to_log_sql(p: &str, topics: &str, take: &str, traced: bool) -> String {
+/// Rows are claimed as by `claim_sql`, `parked` included.
+fn move_to_log_sql(p: &str, topics: &str, parked: &str, take: &str, traced: bool) -> String {
     let take = take.replace("{p}", p);
     let returning = if traced {
         "topic, id, headers->>'traceparent', headers->>'tracestate'"
@@ -375,7 +393,7 @@ fn move_to_log_sql(p: &str, topics: &str, take: &str, traced: bool) -> String {
         "WITH claimed AS (SELECT o.ctid FROM {p}outbox o \
              WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now(){topics} \
              AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
-                 AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()) \
+                 AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()){parked} \
              ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED), \
          taken AS ({take} RETURNING o.seq, o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at) \
          INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
@@ -1303,9 +1321,31 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
         .collect();
     let mut topics = topics;
     super::mark_served(&mut topics, &served);
+    let parked = q(&sql.parked)
+        .bind(i64::from(PARKED_KEYS_SHOWN))
+        .fetch_all(pool)
+        .await?;
+    let parked_keys_total = match parked.first() {
+        Some(r) => r.try_get("total")?,
+        None => 0,
+    };
+    let parked_keys = parked
+        .iter()
+        .map(|r| {
+            Ok(ParkedKey {
+                topic: r.try_get("topic")?,
+                key: r.try_get("key")?,
+                partition: r.try_get::<i32, _>("partition")? as u32,
+                since: r.try_get("failed_at")?,
+                dead_letter_id: r.try_get("id")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Status {
         topics,
         dead_letters,
+        parked_keys,
+        parked_keys_total,
         partitions: 0,
         lease_owners,
         live_relays,

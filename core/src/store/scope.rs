@@ -24,6 +24,10 @@ pub(crate) struct LeaseScope {
     pub topics_sqlite: String,
     /// The lane and its topics as JSON, for relays serving some topics only.
     pub lane: Option<(String, String)>,
+    /// A condition on the claimed outbox row `o`, preceded by `AND` (empty
+    /// when keys are not parked): no dead letter of the relay holds its key
+    /// (same partition and key). The same text for both dialects.
+    pub parked: String,
 }
 
 impl LeaseScope {
@@ -36,6 +40,7 @@ impl LeaseScope {
             topics_pg: String::new(),
             topics_sqlite: String::new(),
             lane: None,
+            parked: parked_condition(p),
         }
     }
 
@@ -74,8 +79,36 @@ impl LeaseScope {
             topics_pg,
             topics_sqlite,
             lane: Some((lane, topics.to_json())),
+            parked: parked_condition(p),
         }
     }
+
+    /// This scope with keys parked behind the relay's dead letters (`on`,
+    /// the default of both constructors) or not.
+    pub fn parking(self, p: &str, on: bool) -> LeaseScope {
+        LeaseScope {
+            parked: if on {
+                parked_condition(p)
+            } else {
+                String::new()
+            },
+            ..self
+        }
+    }
+}
+
+/// The parked-key condition on the outbox row `o` (see [`LeaseScope::parked`]),
+/// served by the partial index `dead_letters_parked` (migration 4). The
+/// first test, evaluated once per statement, skips the per-row test while
+/// no key is parked; inside the `OR`, PostgreSQL evaluates the per-row test
+/// as a hashed subplan (the relay's keyed dead letters read once) rather
+/// than an anti-join it may plan as a sort of the whole outbox.
+fn parked_condition(p: &str) -> String {
+    format!(
+        " AND (NOT EXISTS (SELECT 1 FROM {p}dead_letters WHERE origin = 'relay' AND key IS NOT NULL) \
+         OR NOT EXISTS (SELECT 1 FROM {p}dead_letters d WHERE d.origin = 'relay' AND d.key IS NOT NULL \
+         AND d.partition = o.partition AND d.key = o.key))"
+    )
 }
 
 #[cfg(test)]
@@ -99,5 +132,19 @@ mod tests {
         let every = LeaseScope::every_topic("app_");
         assert_eq!(every.leases, "app_leases");
         assert!(every.mine.is_empty() && every.topics_pg.is_empty());
+    }
+
+    #[test]
+    fn parking_adds_or_drops_the_dead_letter_condition() {
+        let every = LeaseScope::every_topic("app_");
+        assert!(every
+            .parked
+            .contains("FROM app_dead_letters d WHERE d.origin = 'relay'"));
+        assert!(every
+            .parked
+            .contains("d.partition = o.partition AND d.key = o.key"));
+        let off = every.clone().parking("app_", false);
+        assert!(off.parked.is_empty());
+        assert_eq!(off.parking("app_", true).parked, every.parked);
     }
 }

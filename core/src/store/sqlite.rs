@@ -14,7 +14,7 @@ use super::scope::LeaseScope;
 use super::{
     headers_json, parse_headers, split_claimed, Claim, ClaimHold, Completion, ConsumerPosition,
     DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LeaseView, LogEntry, OutboxRow,
-    Placeholders, Slice, Status, TopicBacklog,
+    ParkedKey, Placeholders, Slice, Status, TopicBacklog, PARKED_KEYS_SHOWN,
 };
 use crate::error::{Error, Result};
 use crate::message::{from_unix_micros, to_unix_micros, Message};
@@ -37,6 +37,7 @@ pub(crate) struct SqliteSql {
     mark_sent: Sql,
     retry: Sql,
     dead_copy: Sql,
+    dead_seq: Sql,
     delete_one: Sql,
     heartbeat: Sql,
     live: Sql,
@@ -52,6 +53,7 @@ pub(crate) struct SqliteSql {
     dl_list: Sql,
     dl_retry: Sql,
     dl_purge: Sql,
+    dl_seqs_gone: Sql,
     dl_insert: Sql,
     pub(crate) inbox_insert: Sql,
     inbox_purge: Sql,
@@ -62,6 +64,7 @@ pub(crate) struct SqliteSql {
     log_read: Sql,
     backlog: Sql,
     dl_count: Sql,
+    parked: Sql,
     owners: Sql,
     pending: Sql,
     register_lane: Option<Sql>,
@@ -89,6 +92,7 @@ impl SqliteSql {
             mine: m,
             peers,
             topics_sqlite: topics,
+            parked,
             ..
         } = scope;
         SqliteSql {
@@ -100,7 +104,7 @@ impl SqliteSql {
                  WHERE o.sent_at IS NULL AND o.available_at <= ?2{topics} \
                  AND o.partition IN (SELECT partition FROM {l} WHERE {m}owner = ?1 AND expires_at > ?2 AND partition % ?4 = ?5) \
                  AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
-                     AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > ?2) \
+                     AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > ?2){parked} \
                  ORDER BY o.seq LIMIT ?3",
                 cols = "o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at"
             )),
@@ -116,6 +120,12 @@ impl SqliteSql {
                 "INSERT INTO {p}dead_letters (id, origin, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
                  SELECT id, 'relay', topic, key, partition, type, payload, content_type, headers, created_at, attempts + 1, ?2, ?3 FROM {p}outbox WHERE id = ?1 \
                  ON CONFLICT (id, origin) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error, failed_at = excluded.failed_at"
+            )),
+            // The outbox position of a message the relay dead-letters, for
+            // its retry (see `dl_retry`).
+            dead_seq: s(format!(
+                "INSERT INTO {p}dead_letter_seqs (id, origin, seq) SELECT id, 'relay', seq FROM {p}outbox WHERE id = ?1 \
+                 ON CONFLICT (id, origin) DO UPDATE SET seq = excluded.seq"
             )),
             delete_one: s(format!("DELETE FROM {p}outbox WHERE id = ?1")),
             heartbeat: s(format!(
@@ -163,14 +173,25 @@ impl SqliteSql {
                 "SELECT id, topic, key, type, payload, content_type, headers, created_at, created_at AS available_at, \
                  origin, attempts, last_error, failed_at FROM {p}dead_letters ORDER BY failed_at, id LIMIT ?1"
             )),
+            // A relay's dead letter goes back at the outbox position it had
+            // (its `dead_letter_seqs` row), ahead of its key's later messages;
+            // one without (a consumer's) at the end, as a new row (a NULL
+            // `seq` takes the next one). With several dead letters of one id,
+            // `max` picks the row with a position.
             dl_retry: s(format!(
-                "INSERT INTO {p}outbox ({COLUMNS}) \
-                 SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, ?2 FROM {p}dead_letters \
-                 WHERE ?1 IS NULL OR id IN (SELECT value FROM json_each(?1)) GROUP BY id \
+                "INSERT INTO {p}outbox (seq, {COLUMNS}) \
+                 SELECT max(s.seq), d.id, d.topic, d.key, d.partition, d.type, d.payload, d.content_type, d.headers, d.created_at, ?2 \
+                 FROM {p}dead_letters d LEFT JOIN {p}dead_letter_seqs s ON s.id = d.id AND s.origin = d.origin \
+                 WHERE ?1 IS NULL OR d.id IN (SELECT value FROM json_each(?1)) GROUP BY d.id \
                  ON CONFLICT (id) DO UPDATE SET sent_at = NULL, attempts = 0, last_error = NULL, available_at = excluded.available_at"
             )),
             dl_purge: s(format!(
                 "DELETE FROM {p}dead_letters WHERE ?1 IS NULL OR id IN (SELECT value FROM json_each(?1))"
+            )),
+            // The positions of dead letters that are gone (retried or purged).
+            dl_seqs_gone: s(format!(
+                "DELETE FROM {p}dead_letter_seqs WHERE NOT EXISTS (SELECT 1 FROM {p}dead_letters d \
+                 WHERE d.id = {p}dead_letter_seqs.id AND d.origin = {p}dead_letter_seqs.origin)"
             )),
             dl_insert: s(format!(
                 "INSERT INTO {p}dead_letters (id, origin, topic, key, partition, type, payload, content_type, headers, created_at, attempts, last_error, failed_at) \
@@ -200,6 +221,15 @@ impl SqliteSql {
                  FROM {p}outbox WHERE sent_at IS NULL GROUP BY topic ORDER BY topic"
             )),
             dl_count: s(format!("SELECT count(*) FROM {p}dead_letters")),
+            // One row per parked key (its earliest dead letter: `min` picks
+            // the row of the bare columns), the first ?1 by time, each with
+            // the count of all of them.
+            parked: s(format!(
+                "SELECT k.topic, k.key, k.partition, k.failed_at, k.id, count(*) OVER () AS total \
+                 FROM (SELECT topic, key, partition, min(failed_at) AS failed_at, id FROM {p}dead_letters \
+                     WHERE origin = 'relay' AND key IS NOT NULL GROUP BY partition, key) k \
+                 ORDER BY k.failed_at, k.partition, k.key LIMIT ?1"
+            )),
             owners: s(format!(
                 "SELECT owner, count(*) AS n, min(expires_at) AS expires_at \
                  FROM (SELECT owner, expires_at FROM {p}leases UNION ALL SELECT owner, expires_at FROM {p}route_leases) \
@@ -555,6 +585,10 @@ pub(super) async fn complete(
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        q(&sql.dead_seq)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         q(&sql.delete_one)
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -755,6 +789,7 @@ pub(super) async fn retry_dead_letters(
         .execute(&mut *tx)
         .await?;
     q(&sql.dl_purge).bind(ids).execute(&mut *tx).await?;
+    q(&sql.dl_seqs_gone).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(moved.rows_affected())
 }
@@ -764,11 +799,16 @@ pub(super) async fn purge_dead_letters(
     sql: &SqliteSql,
     filter: &DeadLetterFilter,
 ) -> Result<u64> {
-    Ok(q(&sql.dl_purge)
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    let purged = q(&sql.dl_purge)
         .bind(filter_json(filter))
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+    q(&sql.dl_seqs_gone).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(purged)
 }
 
 pub(super) async fn insert_dead_letter(
@@ -887,16 +927,23 @@ pub(super) async fn purge_old_dead_letters(
 ) -> Result<u64> {
     let p = &sql.prefix;
     let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
-    Ok(sqlx::query(AssertSqlSafe(format!(
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    let purged = sqlx::query(AssertSqlSafe(format!(
         "DELETE FROM {p}dead_letters WHERE rowid IN (SELECT rowid FROM {p}dead_letters \
          WHERE failed_at < ?1 ORDER BY failed_at LIMIT ?2)"
     )))
     .bind(cutoff)
     .bind(i64::from(limit))
-    .execute(pool)
+    .execute(&mut *tx)
     .await
     .map_err(schema_missing)?
-    .rows_affected())
+    .rows_affected();
+    if purged > 0 {
+        q(&sql.dl_seqs_gone).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(purged)
 }
 
 pub(super) async fn purge_sent(
@@ -1032,9 +1079,31 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
         .collect();
     let mut topics = topics;
     super::mark_served(&mut topics, &served);
+    let parked = q(&sql.parked)
+        .bind(i64::from(PARKED_KEYS_SHOWN))
+        .fetch_all(pool)
+        .await?;
+    let parked_keys_total = match parked.first() {
+        Some(r) => r.try_get("total")?,
+        None => 0,
+    };
+    let parked_keys = parked
+        .iter()
+        .map(|r| {
+            Ok(ParkedKey {
+                topic: r.try_get("topic")?,
+                key: r.try_get("key")?,
+                partition: r.try_get::<i64, _>("partition")? as u32,
+                since: from_unix_micros(r.try_get("failed_at")?),
+                dead_letter_id: parse_id(r.try_get("id")?)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Status {
         topics,
         dead_letters,
+        parked_keys,
+        parked_keys_total,
         partitions: 0,
         lease_owners,
         live_relays,

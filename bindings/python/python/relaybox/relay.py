@@ -34,6 +34,7 @@ class _RelayBase:
         instance_id: Optional[str] = None,
         concurrency: Optional[int] = None,
         metrics_interval: Optional[float] = None,
+        park_keys: Optional[bool] = None,
     ) -> None:
         self._outbox = outbox
         self._transport = transport_json(transport)
@@ -54,6 +55,7 @@ class _RelayBase:
                 "instance_id": instance_id,
                 "concurrency": concurrency,
                 "metrics_interval": metrics_interval,
+                "park_keys": park_keys,
             }
         )
         self._native: Optional[_native.Relay] = None

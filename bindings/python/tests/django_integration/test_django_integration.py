@@ -79,7 +79,7 @@ def shipments(pg: psycopg.Connection[Any], ids: list[str]) -> dict[str, int]:
 
 def test_migrate_creates_the_tables(migrated: None, pgm: psycopg.Connection[Any]) -> None:
     assert {PREFIX + t for t in TABLES} <= tables(pgm)
-    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 3
+    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 4
     assert scalar(pgm, f"SELECT count(*) FROM {PREFIX}leases") == 16
     assert rdj.get_outbox() is rdj.get_outbox()
     assert rdj.get_outbox().table_prefix == PREFIX
@@ -90,14 +90,20 @@ def test_migration_0002_adds_idempotency_keys_to_a_version_1_database(
 ) -> None:
     from django.core.management import call_command
 
+    seq_columns = (
+        "SELECT count(*) FROM information_schema.columns"
+        f" WHERE table_name = '{PREFIX}dead_letters' AND column_name = 'seq'"
+    )
     call_command("migrate", "relaybox", "0001", verbosity=0)
     assert PREFIX + "idempotency_keys" not in tables(pgm)
     assert PREFIX + "route_leases" not in tables(pgm)
+    assert scalar(pgm, seq_columns) == 0
     assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 1
     call_command("migrate", "relaybox", verbosity=0)
     assert PREFIX + "idempotency_keys" in tables(pgm)
     assert PREFIX + "route_leases" in tables(pgm)
-    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 3
+    assert scalar(pgm, seq_columns) == 1
+    assert scalar(pgm, f"SELECT max(version) FROM {PREFIX}schema_migrations") == 4
 
 
 def test_enqueue_in_atomic_commits_and_is_delivered_once(
