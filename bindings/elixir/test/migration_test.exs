@@ -40,10 +40,28 @@ defmodule Relaybox.MigrationTest do
     run_script(outbox, Relaybox.Migration.up(version: 3, prefix: prefix))
     assert "#{prefix}relay_routes" in tables.()
 
+    # Version 4 (keys parked behind a dead letter): the dead letters' position
+    # column and their index.
+    parked = fn ->
+      sql!(
+        outbox,
+        "SELECT (SELECT count(*) FROM information_schema.columns WHERE table_name = $1 AND column_name = 'seq') + " <>
+          "(SELECT count(*) FROM pg_indexes WHERE indexname = $2) AS n",
+        [prefix <> "dead_letters", prefix <> "dead_letters_parked"]
+      )
+    end
+
+    assert [%{"n" => 2}] = parked.()
+    run_script(outbox, Relaybox.Migration.down(version: 4, prefix: prefix))
+    assert [%{"n" => 0}] = parked.()
+    assert "#{prefix}dead_letters" in tables.()
+    run_script(outbox, Relaybox.Migration.up(version: 4, prefix: prefix))
+    assert [%{"n" => 2}] = parked.()
+
     run_script(outbox, Relaybox.Migration.down(version: 1, prefix: prefix))
     assert [] = tables.()
 
-    assert_raise ArgumentError, ~r/version/, fn -> Relaybox.Migration.up(version: 4) end
+    assert_raise ArgumentError, ~r/version/, fn -> Relaybox.Migration.up(version: 5) end
     assert_raise Relaybox.Error, ~r/prefix/, fn -> Relaybox.Migration.up(prefix: "x;drop") end
   end
 

@@ -29,22 +29,23 @@ defmodule Relaybox.Migration do
   scripts.
 
   Schema versions: 1 (the outbox, inbox, dead letters, positions, leases and
-  the database transport's log), 2 (producers' idempotency keys) and 3 (the
-  leases of relays that serve some topics only). `up/1` with any version
-  creates every table this relaybox knows (the SQL is idempotent), so a
-  database that a `version: 1` migration created gains the later tables from
-  a later migration calling `up(version: 2)` or `up(version: 3)`;
-  `down(version: 2)` or `down(version: 3)` drops only that version's tables,
-  `down(version: 1)` every table.
+  the database transport's log), 2 (producers' idempotency keys), 3 (the
+  leases of relays that serve some topics only) and 4 (keys parked behind a
+  dead letter: the dead letters' outbox positions and their index). `up/1`
+  with any version creates every table this relaybox knows (the SQL is
+  idempotent), so a database that a `version: 1` migration created gains the
+  later tables from a later migration calling `up(version: 4)`;
+  `down(version: 2)`, `down(version: 3)` or `down(version: 4)` drops only
+  that version's tables, columns and indexes, `down(version: 1)` every table.
 
-  Options: `:version` (1, 2 or 3), `:prefix` (default `"relaybox_"`),
+  Options: `:version` (1 to 4), `:prefix` (default `"relaybox_"`),
   `:partitions` (default 16) and `:dialect` (`:postgres`, the default, or
   `:sqlite`). The SQL is idempotent and records itself in
   `<prefix>schema_migrations`, so `Relaybox.Outbox.migrate/1` later knows it ran.
   Alternatively, skip this and call `Relaybox.Outbox.open(url, migrate: true)`.
   """
 
-  @tables ~w(relay_routes route_leases idempotency_keys log relay_instances leases positions inbox dead_letters outbox schema_migrations)
+  @tables ~w(dead_letter_seqs relay_routes route_leases idempotency_keys log relay_instances leases positions inbox dead_letters outbox schema_migrations)
 
   @doc """
   The SQL that creates the schema up to `version`, as one script; inside an
@@ -126,6 +127,17 @@ defmodule Relaybox.Migration do
           "DROP TABLE IF EXISTS #{prefix}route_leases;\n" <>
           "DELETE FROM #{prefix}schema_migrations WHERE version = 3;\n"
 
+      4 ->
+        positions =
+          case Keyword.get(opts, :dialect, :postgres) do
+            :sqlite -> "DROP TABLE IF EXISTS #{prefix}dead_letter_seqs;\n"
+            _ -> "ALTER TABLE #{prefix}dead_letters DROP COLUMN IF EXISTS seq;\n"
+          end
+
+        "DROP INDEX IF EXISTS #{prefix}dead_letters_parked;\n" <>
+          positions <>
+          "DELETE FROM #{prefix}schema_migrations WHERE version = 4;\n"
+
       _ ->
         Enum.map_join(@tables, "", &"DROP TABLE IF EXISTS #{prefix}#{&1};\n")
     end
@@ -133,8 +145,8 @@ defmodule Relaybox.Migration do
 
   defp check_version!(opts) do
     case Keyword.get(opts, :version, 1) do
-      v when v in [1, 2, 3] -> :ok
-      v -> raise ArgumentError, "unknown relaybox schema version #{inspect(v)}; the latest is 3"
+      v when v in [1, 2, 3, 4] -> :ok
+      v -> raise ArgumentError, "unknown relaybox schema version #{inspect(v)}; the latest is 4"
     end
   end
 end
