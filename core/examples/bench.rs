@@ -5,13 +5,14 @@
 //!
 //! Run it with `dev/bench` (starts PostgreSQL, and Kafka for the `kafka`
 //! section, exports RELAYBOX_DATABASE_URL / RELAYBOX_KAFKA_BOOTSTRAP and runs
-//! `cargo run --release -p relaybox --example bench -- ARGS`):
+//! `cargo run --release -p relaybox --features full --example bench -- ARGS`):
 //!
 //! ```text
 //! dev/bench                    # the PostgreSQL sections, full sizes (about a minute once built)
 //! dev/bench --quick            # smaller sizes, a smoke run
 //! dev/bench --only drain,ceiling
-//! dev/bench kafka              # the Kafka section only, about 2 minutes (starts the local broker too)
+//! dev/bench kafka              # the Kafka section only, a few minutes (starts the local broker too)
+//! dev/bench kafka --runs 5     # five interleaved runs of its drains
 //! dev/bench --explain          # also EXPLAIN ANALYZE the relay's queries on a full backlog
 //! ```
 //!
@@ -74,39 +75,51 @@
 //!    statement (batch 1000 and 2000) and of the log append, on a full
 //!    backlog, in rolled-back transactions. The SQL is copied from
 //!    core/src/store/postgres.rs and must be kept in step with it.
-//! 8. `kafka` (opt-in; needs RELAYBOX_KAFKA_BOOTSTRAP and a broker): first
-//!    the produce round trip of one record (KafkaSink's settings, linger.ms
-//!    5 and 0). Then, on a 200,000-message backlog with 256-byte payloads,
-//!    for batch sizes 1000 and 5000: (a) the PostgreSQL ceiling of section 3
-//!    (no broker), (b) rdkafka alone producing the same 200,000 records (same
-//!    keys, payloads, headers and timestamps as `KafkaSink` sends; a
-//!    `FutureProducer` with `KafkaSink`'s settings: idempotence, acks=all,
-//!    linger.ms=0, batch.num.messages=10000, message.timeout.ms=0) to a fresh topic, all sent, then
-//!    all awaited, no database, and the relay with a `KafkaSink`
-//!    (`create_topics = true`, a fresh 3-partition topic, created and its
-//!    leaders known before the clock starts) from `Relay::start` until
-//!    everything is delivered (then `pending_count() == 0` and the topic's
-//!    watermarks are checked). The relay is printed as % of the lower of (a)
-//!    and (b) (target >= 70%) and against 50,000 msg/s, with the time from
-//!    `KafkaSink::send` to a batch's last report (a forwarding sink times it)
-//!    and the machine's CPU time per message (`/proc/stat`, every process;
-//!    split into this process, PostgreSQL's processes and the broker's JVM
-//!    from `/proc/<pid>/stat`) in (a), (b) and the relay, with the rate two cores allow for doing
-//!    (a)'s and (b)'s work together and the shares of that rate the relay
-//!    drained and the ratio target asks for. Diagnostic rows (full runs, batch 1000): two relays in this process
-//!    sharing one `KafkaSink`, half the partitions each (lease rows written
-//!    up front), and the relay with `linger.ms=0`. Then a naive poller
-//!    (SELECT one row, produce it and await its delivery, UPDATE ... SET
-//!    sent_at; sleeps 1 s only when the table is empty; 2,000 rows or 10 s)
-//!    with the relay/naive ratio, and commit-to-handler latency at 1,000
-//!    msg/s for 10 s through Kafka (relay with `KafkaSink`, `Consumer` with
-//!    `KafkaSource`; settled as in section 5; target p99 < 25 ms) with where the time goes (send
-//!    called / reports in, `KafkaSource::fetch` handing the record out), then
-//!    the same pipeline idle: this process's CPU over 5 s with no traffic
-//!    (target < 1% of a core). Full
-//!    runs also measure the consumer's capacity on 20,000 waiting records (3
-//!    and 12 partitions, and `DatabaseSource` for comparison). The topics and
-//!    consumer groups it created are deleted at the end (best effort).
+//! 8. `kafka` (opt-in; needs RELAYBOX_KAFKA_BOOTSTRAP, a broker and the
+//!    repository's `.venv` with confluent-kafka and psycopg, which `dev/bench
+//!    kafka` creates): first the produce round trip of one record
+//!    (KafkaSink's settings, linger.ms 5 and 0). Then `--runs N` (default 3,
+//!    `--quick` 1) interleaved runs (each run starts one row later in the
+//!    order) of four rows on a 200,000-message backlog (`--quick`: 20,000)
+//!    of 256-byte payloads over 100 keys, each on a fresh 6-partition topic:
+//!    (a) the PostgreSQL ceiling of section 3 at batch 5000 (no broker);
+//!    (b) librdkafka alone producing the same records (same keys, payloads,
+//!    headers and timestamps as `KafkaSink` sends; a `FutureProducer` with
+//!    `KafkaSink`'s settings: idempotence, acks=all, linger.ms=0,
+//!    batch.num.messages=10000, message.timeout.ms=0), all sent, then all
+//!    awaited, no database; (c) relaybox: `Relay::start` with a `KafkaSink`
+//!    (`create_topics = true`, the topic created and its leaders known before
+//!    the clock starts) and `RelayConfig::default()` until everything is
+//!    delivered (then `pending_count() == 0` and the topic's watermarks are
+//!    checked); (d) the hand-tuned relay, bench/handtuned_relay.py (SKIP
+//!    LOCKED batches of 1000, asynchronous produce with relaybox's headers and
+//!    producer settings, all reports awaited, one DELETE per batch), clocked
+//!    from spawn to exit. Each row's machine CPU per message comes from
+//!    `/proc/stat` (every process), split into this process, the relay
+//!    program it ran, PostgreSQL's processes and the broker's JVM
+//!    (`/proc/<pid>/stat`). Every topic is then read whole by a third-party
+//!    reader, bench/check_topic.py (confluent-kafka): every message once, each
+//!    key in enqueue order. Each run prints the ratios relaybox / hand-tuned
+//!    drain rate (target >= 2), relaybox / librdkafka alone (>= 0.80) and
+//!    relaybox / hand-tuned machine CPU per message (<= 0.5); the medians
+//!    of the runs and the ratios of the medians close the table. Then the
+//!    takeover: two relay processes (this program re-executed with a hidden
+//!    first argument) drain a backlog (200,000; `--quick` 50,000), half the
+//!    partitions each; one is killed with SIGKILL mid-drain; printed: the
+//!    time until the other holds its leases and until its partitions are
+//!    delivered again (target <= 2 s), and the reader's check (redeliveries
+//!    allowed). Then a naive poller (SELECT one row, produce it and await its
+//!    delivery, UPDATE ... SET sent_at; sleeps 1 s only when the table is
+//!    empty; 2,000 rows or 10 s) with the relaybox/naive ratio, and
+//!    commit-to-handler latency at 1,000 msg/s for 10 s through Kafka (relay
+//!    with `KafkaSink`, `Consumer` with `KafkaSource`; settled as in section
+//!    5; target p99 < 25 ms) with where the time goes (send called / reports
+//!    in, `KafkaSource::fetch` handing the record out), then the same
+//!    pipeline idle: this process's CPU over 5 s with no traffic (target < 1%
+//!    of a core). Full runs also measure the consumer's capacity on 20,000
+//!    waiting records (6 and 12 partitions, and `DatabaseSource` for
+//!    comparison). The topics and consumer groups it created are deleted at
+//!    the end (best effort).
 //!    `kafka-latency` runs this section's latency window alone.
 //!
 //! Settings for experiments (environment; the defaults when unset):
@@ -221,7 +234,10 @@ struct Sizes {
     idle_for: Duration,
     /// Backlog of the Kafka drains (256-byte payloads).
     kafka_backlog: usize,
-    kafka_batches: Vec<u32>,
+    /// Interleaved runs of the Kafka drains (`--runs` overrides it).
+    kafka_runs: usize,
+    /// Backlog of the Kafka takeover measurement.
+    takeover_backlog: usize,
 }
 
 impl Sizes {
@@ -238,7 +254,8 @@ impl Sizes {
             latency_for: Duration::from_secs(10),
             idle_for: Duration::from_secs(5),
             kafka_backlog: 200_000,
-            kafka_batches: vec![1000, 5000],
+            kafka_runs: 3,
+            takeover_backlog: 200_000,
         }
     }
 
@@ -255,24 +272,29 @@ impl Sizes {
             latency_for: Duration::from_secs(3),
             idle_for: Duration::from_secs(2),
             kafka_backlog: 20_000,
-            kafka_batches: vec![1000],
+            kafka_runs: 1,
+            takeover_backlog: 50_000,
         }
     }
 }
 
 struct Args {
     quick: bool,
+    /// `--runs N`: interleaved runs of the Kafka drains.
+    runs: Option<usize>,
     sections: BTreeSet<Section>,
 }
 
 const USAGE: &str =
-    "usage: bench [--quick] [--only SECTION[,SECTION..]]... [--explain] [SECTION...]
+    "usage: bench [--quick] [--runs N] [--only SECTION[,SECTION..]]... [--explain] [SECTION...]
 sections: enqueue, drain, ceiling, naive, latency, idle (the default run),
           explain, kafka (opt-in: only when named; kafka needs RELAYBOX_KAFKA_BOOTSTRAP),
-          kafka-latency (the kafka section's latency window alone)";
+          kafka-latency (the kafka section's latency window alone)
+--runs N: interleaved runs of the kafka section's drains (default 3, --quick 1)";
 
 fn parse_args() -> Result<Args> {
     let mut quick = false;
+    let mut runs = None;
     let mut only: BTreeSet<Section> = BTreeSet::new();
     let mut explain = false;
     let mut args = std::env::args().skip(1);
@@ -280,6 +302,11 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--explain" => explain = true,
+            "--runs" => {
+                let n = args.next().ok_or_else(|| anyhow!("--runs needs a value"))?;
+                runs = Some(parse_runs(&n)?);
+            }
+            s if s.starts_with("--runs=") => runs = Some(parse_runs(&s["--runs=".len()..])?),
             "--only" => {
                 let list = args.next().ok_or_else(|| anyhow!("--only needs a value"))?;
                 for s in list.split(',').filter(|s| !s.is_empty()) {
@@ -312,7 +339,18 @@ fn parse_args() -> Result<Args> {
     if explain {
         sections.insert(Section::Explain);
     }
-    Ok(Args { quick, sections })
+    Ok(Args {
+        quick,
+        runs,
+        sections,
+    })
+}
+
+fn parse_runs(n: &str) -> Result<usize> {
+    match n.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("--runs needs a positive number, not {n:?}"),
+    }
 }
 
 /// One line of the final summary.
@@ -349,6 +387,12 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The Kafka section's takeover measurement runs relays in processes of
+    // their own: this program, re-executed with a hidden first argument.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(RELAY_CHILD) {
+        return relay_child(&argv[2..]).await;
+    }
     let args = parse_args()?;
     let url = std::env::var("RELAYBOX_DATABASE_URL").map_err(|_| {
         anyhow!(
@@ -384,10 +428,16 @@ async fn main() -> Result<()> {
         pool,
         prefix: prefix.clone(),
         app_name,
-        sizes: if args.quick {
-            Sizes::quick()
-        } else {
-            Sizes::full()
+        sizes: {
+            let mut sizes = if args.quick {
+                Sizes::quick()
+            } else {
+                Sizes::full()
+            };
+            if let Some(runs) = args.runs {
+                sizes.kafka_runs = runs;
+            }
+            sizes
         },
         summary: Vec::new(),
         relay_rates: Vec::new(),
@@ -644,8 +694,24 @@ impl Bench {
 
     /// [`backlog`](Bench::backlog) of the messages `make(topic, i)`.
     async fn backlog_of(&self, n: usize, topic: &str, make: MakeMessage) -> Result<()> {
+        self.backlog_with(n, topic, make, 2).await
+    }
+
+    /// [`backlog_of`](Bench::backlog_of) written by one writer, so that the
+    /// messages are enqueued in the order of `i` (the Kafka section's reader
+    /// checks each key's records against it).
+    async fn backlog_in_order(&self, n: usize, topic: &str, make: MakeMessage) -> Result<()> {
+        self.backlog_with(n, topic, make, 1).await
+    }
+
+    async fn backlog_with(
+        &self,
+        n: usize,
+        topic: &str,
+        make: MakeMessage,
+        writers: usize,
+    ) -> Result<()> {
         self.reset().await?;
-        let writers = 2;
         let mut set = JoinSet::new();
         for w in 0..writers {
             let store = self.store.clone();
@@ -1987,13 +2053,31 @@ fn own_cpu_seconds() -> f64 {
     proc_stat("/proc/self/stat").map_or(0.0, |s| s.1 as f64) / clock_ticks_per_second()
 }
 
+/// CPU seconds this process's children have used, once they have exited
+/// and been waited for (`/proc/self/stat` cutime + cstime).
+fn children_cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|text| {
+            let close = text.rfind(')')?;
+            let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+            let cutime: u64 = fields.get(13)?.parse().ok()?;
+            let cstime: u64 = fields.get(14)?.parse().ok()?;
+            Some(cutime + cstime)
+        })
+        .unwrap_or(0);
+    ticks as f64 / clock_ticks_per_second()
+}
+
 /// Busy CPU seconds over a timed interval: the whole machine's, and the
-/// shares of this process, of PostgreSQL's processes and of the JVM's (the
-/// Kafka broker).
+/// shares of this process, of its children that exited and were waited for
+/// in the interval (a relay program it ran), of PostgreSQL's processes and
+/// of the JVM's (the Kafka broker).
 #[derive(Clone, Copy)]
 struct Busy {
     machine: f64,
     own: f64,
+    children: f64,
     postgres: f64,
     java: f64,
 }
@@ -2002,6 +2086,7 @@ struct Busy {
 struct MachineCpu {
     machine: f64,
     own: f64,
+    children: f64,
     processes: HashMap<i32, (String, u64)>,
 }
 
@@ -2010,6 +2095,7 @@ impl MachineCpu {
         MachineCpu {
             machine: machine_busy_seconds(),
             own: own_cpu_seconds(),
+            children: children_cpu_seconds(),
             processes: process_ticks(),
         }
     }
@@ -2018,10 +2104,12 @@ impl MachineCpu {
     fn stop(self) -> Busy {
         let machine = machine_busy_seconds() - self.machine;
         let own = own_cpu_seconds() - self.own;
+        let children = children_cpu_seconds() - self.children;
         let processes = process_ticks();
         Busy {
             machine,
             own,
+            children,
             postgres: ticks_between(&self.processes, &processes, "postgres"),
             java: ticks_between(&self.processes, &processes, "java"),
         }
@@ -2301,13 +2389,25 @@ async fn section_kafka(_b: &mut Bench, _latency_only: bool) -> Result<()> {
 #[cfg(not(feature = "kafka"))]
 async fn delete_kafka_leftovers(_b: &Bench) {}
 
+#[cfg(not(feature = "kafka"))]
+async fn relay_child(_args: &[String]) -> Result<()> {
+    bail!("the relay process needs relaybox's `kafka` feature (on by default)")
+}
+
+/// The hidden first argument that makes this program a relay process (see
+/// `relay_child`), used by the Kafka section's takeover measurement.
+const RELAY_CHILD: &str = "__relay-process";
+
 #[cfg(feature = "kafka")]
-use kafka::{delete_kafka_leftovers, section_kafka};
+use kafka::{delete_kafka_leftovers, relay_child, section_kafka};
 
 #[cfg(feature = "kafka")]
 mod kafka {
     use std::collections::{BTreeMap, VecDeque};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
 
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -2329,16 +2429,29 @@ mod kafka {
     /// Payload size of this section's messages.
     const PAYLOAD_BYTES: usize = 256;
     /// Partitions of the topics this section creates.
-    const PARTITIONS: i32 = 3;
+    const PARTITIONS: i32 = 6;
+    /// Distinct keys of this section's messages.
+    const KAFKA_KEYS: usize = 100;
+    /// Batch of the PostgreSQL ceiling: the relay's largest (`RelayConfig`'s default `batch_size`).
+    const PG_CEILING_BATCH: u32 = 5000;
+    /// Drain rate target: relaybox / the hand-tuned relay.
+    const VS_HAND_TUNED_TARGET: f64 = 2.0;
+    /// Drain rate target: relaybox / rdkafka alone.
+    const VS_RDKAFKA_TARGET: f64 = 0.80;
+    /// Machine CPU per message target: relaybox / the hand-tuned relay.
+    const CPU_VS_HAND_TUNED_TARGET: f64 = 0.5;
+    /// Takeover target: from SIGKILL to the killed relay's partitions delivered again.
+    const TAKEOVER_TARGET: Duration = Duration::from_secs(2);
     /// `KafkaConfig::delivery_timeout`'s default: how long a send waits for its report.
     const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
     /// Warm-up messages of the latency run (until the consumer has joined its group).
     const WARM_UP: usize = 50;
 
-    /// The `i`th message of this section: exactly 256 bytes of JSON, one of
-    /// `KEYS` keys, type `OrderPlaced`.
+    /// The `i`th message of this section: exactly 256 bytes of JSON
+    /// (`order_id` = `i`), key `customer-<i % KAFKA_KEYS>`, type `OrderPlaced`.
+    /// The third-party reader (bench/check_topic.py) relies on this shape.
     pub(super) fn kafka_message(topic: &str, i: usize) -> Message {
-        let key = format!("customer-{:04}", i % KEYS);
+        let key = format!("customer-{:04}", i % KAFKA_KEYS);
         let body = |pad: usize| {
             serde_json::json!({
                 "order_id": i,
@@ -2386,7 +2499,7 @@ mod kafka {
             .collect()
     }
 
-    /// The relay's Kafka settings: `create_topics`, 3 partitions.
+    /// The relay's Kafka settings: `create_topics`, `PARTITIONS` partitions.
     fn kafka_config(bootstrap: &str) -> KafkaConfig {
         let mut config = KafkaConfig {
             create_topics: true,
@@ -2396,17 +2509,6 @@ mod kafka {
         config
             .producer_properties
             .extend(extra_producer_properties());
-        config
-    }
-
-    /// `kafka_config`, with the producer's `linger.ms` overridden if `linger` is set.
-    fn kafka_config_linger(bootstrap: &str, linger: Option<u32>) -> KafkaConfig {
-        let mut config = kafka_config(bootstrap);
-        if let Some(ms) = linger {
-            config
-                .producer_properties
-                .insert("linger.ms".into(), ms.to_string());
-        }
         config
     }
 
@@ -2566,12 +2668,10 @@ mod kafka {
 
     /// Forwards to the wrapped sink (so the relay's path is unchanged: a
     /// `KafkaSink` has no `log_store()` either, and `send` is forwarded so the
-    /// relay pipelines alike) and measures it: total time from hand-over to
-    /// the last report of each batch, and per message `now - created_at`
+    /// relay pipelines alike) and measures, per message, `now - created_at`
     /// when `send` is called and when the batch's reports are in.
     struct Clocked {
         inner: Arc<dyn Sink>,
-        busy_micros: AtomicU64,
         called: SharedHistogram,
         acked: SharedHistogram,
         /// Itself, for the acknowledgement futures `send` returns.
@@ -2582,7 +2682,6 @@ mod kafka {
         fn new(inner: Arc<dyn Sink>) -> Arc<Clocked> {
             let clocked = Arc::new(Clocked {
                 inner,
-                busy_micros: AtomicU64::new(0),
                 called: Arc::new(Mutex::new(histogram())),
                 acked: Arc::new(Mutex::new(histogram())),
                 me: Mutex::new(std::sync::Weak::new()),
@@ -2591,12 +2690,7 @@ mod kafka {
             clocked
         }
 
-        fn busy(&self) -> Duration {
-            Duration::from_micros(self.busy_micros.load(Ordering::Relaxed))
-        }
-
         fn reset(&self) {
-            self.busy_micros.store(0, Ordering::Relaxed);
             self.called.lock().expect("histogram lock").reset();
             self.acked.lock().expect("histogram lock").reset();
         }
@@ -2619,10 +2713,7 @@ mod kafka {
 
         async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
             Clocked::ages(&self.called, batch);
-            let begun = Instant::now();
             let results = self.inner.publish(batch).await;
-            self.busy_micros
-                .fetch_add(begun.elapsed().as_micros() as u64, Ordering::Relaxed);
             Clocked::ages(&self.acked, batch);
             results
         }
@@ -2631,15 +2722,12 @@ mod kafka {
         /// `KafkaSink`; the acknowledgement clock stops when the acks resolve.
         async fn send(&self, batch: &[Message]) -> relaybox::Acks {
             Clocked::ages(&self.called, batch);
-            let begun = Instant::now();
             let acks = self.inner.send(batch).await;
             let me = self.me.lock().expect("self lock").upgrade();
             let batch = batch.to_vec();
             Box::pin(async move {
                 let results = acks.await;
                 if let Some(me) = me {
-                    me.busy_micros
-                        .fetch_add(begun.elapsed().as_micros() as u64, Ordering::Relaxed);
                     Clocked::ages(&me.acked, &batch);
                 }
                 results
@@ -2655,75 +2743,296 @@ mod kafka {
         topic
     }
 
-    fn print_kafka_header() {
-        println!(
-            "  {:<34} {:>6} {:>9} {:>11} {:>8} {:>9} {:>10} {:>8}",
-            "run", "batch", "elapsed", "msg/s", "batches", "ms/batch", "%lower", "target"
-        );
+    /// The rows of one interleaved run of the drains.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum DrainRow {
+        CeilingPg,
+        CeilingRdkafka,
+        Relaybox,
+        HandTuned,
     }
 
-    fn print_kafka_row(
-        name: &str,
-        batch: Option<u32>,
+    const ROWS: [DrainRow; 4] = [
+        DrainRow::CeilingPg,
+        DrainRow::CeilingRdkafka,
+        DrainRow::Relaybox,
+        DrainRow::HandTuned,
+    ];
+
+    impl DrainRow {
+        fn name(self) -> String {
+            match self {
+                DrainRow::CeilingPg => {
+                    format!("ceiling: PostgreSQL alone, batch {PG_CEILING_BATCH}")
+                }
+                DrainRow::CeilingRdkafka => "ceiling: librdkafka alone, no DB".into(),
+                DrainRow::Relaybox => "relaybox, RelayConfig::default()".into(),
+                DrainRow::HandTuned => "hand-tuned Python relay, batch 1000".into(),
+            }
+        }
+
+        fn short(self) -> &'static str {
+            match self {
+                DrainRow::CeilingPg => "ceiling PG",
+                DrainRow::CeilingRdkafka => "ceiling rdkafka",
+                DrainRow::Relaybox => "relaybox",
+                DrainRow::HandTuned => "hand-tuned",
+            }
+        }
+    }
+
+    /// One timed row: `n` messages in `elapsed`, the machine's busy CPU over it.
+    struct Measured {
+        n: usize,
         elapsed: Duration,
-        n: usize,
-        batches: Option<u64>,
-        share: Option<f64>,
-        result: &str,
-    ) {
-        let dash = || "-".to_string();
+        busy: Busy,
+    }
+
+    impl Measured {
+        fn rate(&self) -> f64 {
+            rate(self.n, self.elapsed)
+        }
+
+        /// The machine's CPU per message, µs.
+        fn cpu_us(&self) -> f64 {
+            self.busy.machine * 1e6 / self.n as f64
+        }
+    }
+
+    fn print_rows_header() {
         println!(
-            "  {:<34} {:>6} {:>7.2} s {:>11} {:>8} {:>9} {:>10} {:>8}",
-            name,
-            batch.map_or_else(dash, |b| b.to_string()),
-            elapsed.as_secs_f64(),
-            thousands(rate(n, elapsed) as u64),
-            batches.map_or_else(dash, thousands),
-            batches.map_or_else(dash, |k| format!(
-                "{:.2}",
-                elapsed.as_secs_f64() * 1000.0 / k.max(1) as f64
-            )),
-            share.map_or_else(dash, |s| format!("{s:.0}%")),
-            result,
+            "    {:<40} {:>9} {:>9} {:>10}   split of the CPU per message",
+            "row", "elapsed", "msg/s", "CPU us/msg"
         );
     }
 
-    /// The machine's CPU per message in ceilings a and b and in the relay,
-    /// the rate at which the cores could do both ceilings' work, and what
-    /// the relay (`relay_rate`) and the ratio target (`CEILING_TARGET`% of
-    /// `lower`, the lower ceiling) are as shares of that rate.
-    fn cpu_note(
-        batch: u32,
+    fn print_row(name: &str, m: &Measured) {
+        let per = |s: f64| s * 1e6 / m.n as f64;
+        println!(
+            "    {:<40} {:>7.2} s {:>9} {:>10.1}   this process {:.1}, relay program {:.1}, PostgreSQL {:.1}, broker {:.1}, rest {:.1}",
+            name,
+            m.elapsed.as_secs_f64(),
+            thousands(m.rate() as u64),
+            m.cpu_us(),
+            per(m.busy.own),
+            per(m.busy.children),
+            per(m.busy.postgres),
+            per(m.busy.java),
+            per(m.busy.machine - m.busy.own - m.busy.children - m.busy.postgres - m.busy.java),
+        );
+    }
+
+    /// The three ratio targets: (what, value, target text, met).
+    fn ratios(
+        relay: (f64, f64),
+        hand: (f64, f64),
+        rdkafka: f64,
+    ) -> [(String, f64, String, bool); 3] {
+        let (relay_rate, relay_cpu) = relay;
+        let (hand_rate, hand_cpu) = hand;
+        let vs_hand = relay_rate / hand_rate;
+        let vs_rdkafka = relay_rate / rdkafka;
+        let cpu_vs_hand = relay_cpu / hand_cpu;
+        [
+            (
+                "relaybox / hand-tuned drain rate".into(),
+                vs_hand,
+                format!(">= {VS_HAND_TUNED_TARGET:.2}"),
+                vs_hand >= VS_HAND_TUNED_TARGET,
+            ),
+            (
+                "relaybox / librdkafka-alone drain rate".into(),
+                vs_rdkafka,
+                format!(">= {VS_RDKAFKA_TARGET:.2}"),
+                vs_rdkafka >= VS_RDKAFKA_TARGET,
+            ),
+            (
+                "relaybox / hand-tuned machine CPU per msg".into(),
+                cpu_vs_hand,
+                format!("<= {CPU_VS_HAND_TUNED_TARGET:.2}"),
+                cpu_vs_hand <= CPU_VS_HAND_TUNED_TARGET,
+            ),
+        ]
+    }
+
+    fn print_ratios(ratios: &[(String, f64, String, bool); 3]) {
+        for (what, value, target, met) in ratios {
+            println!(
+                "    {what:<42} {value:>6.2}   target {target:<8} {}",
+                verdict(Some(*met))
+            );
+        }
+    }
+
+    fn median(values: &[f64]) -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        if v.is_empty() {
+            f64::NAN
+        } else if v.len().is_multiple_of(2) {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        }
+    }
+
+    /// The repository's root (this example lives in `<root>/core/examples`).
+    fn repo_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
+    /// The Python of the repository's virtualenv, which has confluent-kafka
+    /// and psycopg (bindings/python/requirements-dev.txt).
+    fn python() -> Result<PathBuf> {
+        let python = repo_root().join(".venv/bin/python");
+        ensure!(
+            python.exists(),
+            "{} is missing: run this section with `dev/bench kafka`, which creates the \
+             virtualenv and installs bindings/python/requirements-dev.txt",
+            python.display()
+        );
+        Ok(python)
+    }
+
+    fn bench_script(name: &str) -> PathBuf {
+        repo_root().join("bench").join(name)
+    }
+
+    /// What the third-party reader found in a topic.
+    struct Reading {
+        ok: bool,
+        duplicates: u64,
+        summary: String,
+    }
+
+    /// Reads the whole of `topic` with a confluent-kafka consumer
+    /// (bench/check_topic.py) and checks it holds exactly the messages
+    /// 0..n-1, none twice (unless `allow_duplicates`), in enqueue order per key.
+    async fn read_topic(
+        broker: &Broker,
+        topic: &str,
         n: usize,
-        [pg, kafka, relay]: [Busy; 3],
-        relay_rate: f64,
-        lower: f64,
-    ) -> String {
-        let per = |busy: f64| busy * 1e6 / n as f64;
-        let both = per(pg.machine) + per(kafka.machine);
-        let bound = cores() as f64 * 1e6 / both.max(f64::MIN_POSITIVE);
-        let target = lower * CEILING_TARGET / 100.0;
-        let split = |b: Busy| {
-            format!(
-                "{:.1} (this process {:.1}, PostgreSQL {:.1}, broker {:.1})",
-                per(b.machine),
-                per(b.own),
-                per(b.postgres),
-                per(b.java)
-            )
-        };
-        format!(
-            "batch {batch}: us of CPU per message: ceiling a {}, ceiling b {}, relay {}; \
-             a's and b's work together fits {} msg/s on these cores, the relay drains {:.0}% of that; \
-             the {CEILING_TARGET:.0}% target ({} msg/s) is {:.0}% of it",
-            split(pg),
-            split(kafka),
-            split(relay),
-            thousands(bound as u64),
-            100.0 * relay_rate / bound,
-            thousands(target as u64),
-            100.0 * target / bound
-        )
+        allow_duplicates: bool,
+    ) -> Result<Reading> {
+        let mut cmd = tokio::process::Command::new(python()?);
+        cmd.arg(bench_script("check_topic.py"))
+            .args(["--bootstrap", broker.bootstrap.as_str(), "--topic", topic])
+            .args(["--expected", n.to_string().as_str()])
+            .args(["--keys", KAFKA_KEYS.to_string().as_str()])
+            .kill_on_drop(true);
+        if allow_duplicates {
+            cmd.arg("--allow-duplicates");
+        }
+        let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+            .await
+            .with_context(|| format!("the reader of {topic} took over 300 s"))??;
+        ensure!(
+            out.status.success(),
+            "the reader of {topic} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("the reader of {topic} printed {stdout:?}"))?;
+        let get = |k: &str| v[k].as_u64().unwrap_or(u64::MAX);
+        let ok = v["ok"].as_bool() == Some(true);
+        let mut summary = format!(
+            "{} records, {} distinct ids of {}, {} missing, {} twice, {} out of order per key ({} keys)",
+            thousands(get("records")),
+            thousands(get("distinct")),
+            thousands(n as u64),
+            get("missing"),
+            get("duplicates"),
+            get("order_violations"),
+            get("keys"),
+        );
+        for (field, what) in [
+            ("unknown", "unknown ids"),
+            ("key_errors", "wrong keys"),
+            ("header_errors", "without relaybox headers"),
+            ("split_keys", "keys in two partitions"),
+        ] {
+            if get(field) != 0 {
+                let _ = write!(summary, ", {} {what}", get(field));
+            }
+        }
+        summary.push_str(if ok { ": OK" } else { ": FAILED" });
+        Ok(Reading {
+            ok,
+            duplicates: get("duplicates"),
+            summary,
+        })
+    }
+
+    /// The reader's check of a topic that must hold each message exactly once.
+    async fn check_exactly(broker: &Broker, topic: &str, n: usize) -> Result<String> {
+        let reading = read_topic(broker, topic, n, false).await?;
+        ensure!(reading.ok, "topic {topic}: {}", reading.summary);
+        Ok(reading.summary)
+    }
+
+    /// The hand-tuned relay (bench/handtuned_relay.py) on a pre-filled
+    /// backlog of `n` messages for `topic`, clocked from spawn to exit.
+    /// Returns the run and the program's own clock.
+    async fn hand_tuned(
+        b: &Bench,
+        broker: &Broker,
+        topic: &str,
+        n: usize,
+    ) -> Result<(Measured, Duration)> {
+        b.backlog_in_order(n, topic, kafka_message).await?;
+        broker.create_topic(topic, PARTITIONS).await?;
+        broker.wait_ready(topic, PARTITIONS).await?;
+        let url = std::env::var("RELAYBOX_DATABASE_URL")?;
+        let mut cmd = tokio::process::Command::new(python()?);
+        cmd.arg(bench_script("handtuned_relay.py"))
+            .args(["--dsn", url.as_str(), "--table", b.table("outbox").as_str()])
+            .args(["--bootstrap", broker.bootstrap.as_str()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in extra_producer_properties() {
+            cmd.arg("--prop").arg(format!("{k}={v}"));
+        }
+        let cpu = MachineCpu::start();
+        let started = Instant::now();
+        let child = cmd.spawn().context("starting the hand-tuned relay")?;
+        let out = tokio::time::timeout(DRAIN_TIMEOUT, child.wait_with_output())
+            .await
+            .with_context(|| format!("the hand-tuned relay took over {DRAIN_TIMEOUT:?}"))??;
+        let elapsed = started.elapsed();
+        let busy = cpu.stop();
+        ensure!(
+            out.status.success(),
+            "the hand-tuned relay failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .with_context(|| format!("the hand-tuned relay printed {stdout:?}"))?;
+        let delivered = v["delivered"].as_u64().unwrap_or(0);
+        ensure!(
+            delivered == n as u64,
+            "the hand-tuned relay delivered {delivered} of {n}"
+        );
+        let own = Duration::from_secs_f64(v["elapsed_s"].as_f64().unwrap_or(0.0));
+        let pending = b.store.pending_count().await?;
+        ensure!(
+            pending == 0,
+            "{pending} messages pending after the hand-tuned relay"
+        );
+        let records = broker.records(topic, PARTITIONS).await?;
+        ensure!(
+            records == n as i64,
+            "topic {topic} holds {records} records, expected {n}"
+        );
+        Ok((Measured { n, elapsed, busy }, own))
     }
 
     /// rdkafka alone: produces `n` records like the relay's to a fresh
@@ -2782,32 +3091,26 @@ mod kafka {
         batches: u64,
         /// The machine's busy CPU over `elapsed`.
         busy: Busy,
-        /// Sum over batches of the time from `KafkaSink::send` to the last report.
-        publishing: Duration,
     }
 
-    /// The relay with a `KafkaSink` (create_topics; `linger.ms` overridden if
-    /// `linger` is set) on a pre-filled backlog of `n` messages for `topic`.
+    /// The relay with a `KafkaSink` (create_topics) on a pre-filled backlog
+    /// of `n` messages for `topic`; `RelayConfig::default()` but its instance id.
     async fn relay_to_kafka(
         b: &Bench,
         broker: &Broker,
         topic: &str,
         n: usize,
-        batch: u32,
-        linger: Option<u32>,
     ) -> Result<KafkaDrain> {
-        b.backlog_of(n, topic, kafka_message).await?;
-        let sink = KafkaSink::new(kafka_config_linger(&broker.bootstrap, linger))?;
+        b.backlog_in_order(n, topic, kafka_message).await?;
+        let sink = KafkaSink::new(kafka_config(&broker.bootstrap))?;
         // create_topics = true: the sink creates the topic here, before the clock starts.
         sink.ensure_topic(topic).await?;
         broker.wait_ready(topic, PARTITIONS).await?;
-        let clocked = Clocked::new(Arc::new(sink));
         let config = RelayConfig {
-            batch_size: batch,
-            instance_id: Some(format!("{}kafka-drain-{batch}", b.prefix)),
+            instance_id: Some(format!("{}kafka-drain", b.prefix)),
             ..RelayConfig::default()
         };
-        let (elapsed, stats, busy) = timed_drain(b, clocked.clone(), config, n).await?;
+        let (elapsed, stats, busy) = timed_drain(b, Arc::new(sink), config, n).await?;
         let records = broker.records(topic, PARTITIONS).await?;
         ensure!(
             records == n as i64,
@@ -2817,7 +3120,6 @@ mod kafka {
             elapsed,
             batches: stats.batches,
             busy,
-            publishing: clocked.busy(),
         })
     }
 
@@ -2826,7 +3128,7 @@ mod kafka {
     /// rows delivered and the time taken.
     async fn naive_to_kafka(b: &Bench, broker: &Broker, topic: &str) -> Result<(usize, Duration)> {
         let (n, limit) = (b.sizes.naive_rows, b.sizes.naive_max);
-        b.backlog_of(n, topic, kafka_message).await?;
+        b.backlog_in_order(n, topic, kafka_message).await?;
         broker.create_topic(topic, PARTITIONS).await?;
         broker.wait_ready(topic, PARTITIONS).await?;
         let producer: FutureProducer = sink_settings(&broker.bootstrap).create()?;
@@ -2999,97 +3301,6 @@ mod kafka {
         Ok(h)
     }
 
-    /// `relays` relays sharing one `KafkaSink`, each given `1/relays` of the
-    /// partitions up front (lease rows written before they start, so that no
-    /// relay drains alone while leases rebalance), on a pre-filled backlog.
-    async fn relays_to_kafka(
-        b: &Bench,
-        broker: &Broker,
-        topic: &str,
-        n: usize,
-        batch: u32,
-        relays: usize,
-    ) -> Result<KafkaDrain> {
-        b.backlog_of(n, topic, kafka_message).await?;
-        let sink = KafkaSink::new(kafka_config(&broker.bootstrap))?;
-        sink.ensure_topic(topic).await?;
-        broker.wait_ready(topic, PARTITIONS).await?;
-        let clocked = Clocked::new(Arc::new(sink));
-        let owners: Vec<String> = (0..relays)
-            .map(|r| format!("{}kafka-drain-{batch}-{r}-of-{relays}", b.prefix))
-            .collect();
-        let (leases, instances) = (b.table("leases"), b.table("relay_instances"));
-        let mut seed = String::new();
-        for (r, owner) in owners.iter().enumerate() {
-            let _ = write!(
-                seed,
-                "INSERT INTO {instances} (owner, started_at, heartbeat_at, expires_at) \
-                 VALUES ('{owner}', now(), now(), now() + interval '15 seconds'); \
-                 UPDATE {leases} SET owner = '{owner}', epoch = epoch + 1, \
-                 expires_at = now() + interval '15 seconds' WHERE partition % {relays} = {r}; "
-            );
-        }
-        b.exec(seed).await?;
-        let cpu = MachineCpu::start();
-        let started = Instant::now();
-        let mut running = Vec::new();
-        for owner in &owners {
-            let config = RelayConfig {
-                batch_size: batch,
-                instance_id: Some(owner.clone()),
-                ..RelayConfig::default()
-            };
-            running.push(Relay::start(b.store.clone(), clocked.clone(), config)?);
-        }
-        let total = |rs: &[Relay]| {
-            rs.iter().fold(RelayStats::default(), |mut t, r| {
-                let s = r.stats();
-                t.delivered += s.delivered;
-                t.retried += s.retried;
-                t.dead_lettered += s.dead_lettered;
-                t.batches += s.batches;
-                t
-            })
-        };
-        let outcome = async {
-            while total(&running).delivered < n as u64 {
-                ensure!(
-                    started.elapsed() < DRAIN_TIMEOUT,
-                    "{relays} relays delivered {} of {n} in {DRAIN_TIMEOUT:?}",
-                    total(&running).delivered
-                );
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Ok((started.elapsed(), cpu.stop()))
-        }
-        .await;
-        let stats = total(&running);
-        for r in &running {
-            r.shutdown().await?;
-        }
-        let (elapsed, busy) = outcome?;
-        let pending = b.store.pending_count().await?;
-        ensure!(
-            pending == 0,
-            "{pending} messages still pending after the drain"
-        );
-        ensure!(
-            stats.retried == 0 && stats.dead_lettered == 0 && stats.delivered == n as u64,
-            "unexpected failures while draining: {stats:?}"
-        );
-        let records = broker.records(topic, PARTITIONS).await?;
-        ensure!(
-            records == n as i64,
-            "topic {topic} holds {records} records, expected {n}"
-        );
-        Ok(KafkaDrain {
-            elapsed,
-            batches: stats.batches,
-            busy,
-            publishing: clocked.busy(),
-        })
-    }
-
     /// How fast a `Consumer` (default `ConsumerConfig`) with a `KafkaSource`
     /// handles `n` records already in a fresh topic of `partitions`
     /// partitions, from its first handled record to its last.
@@ -3129,22 +3340,6 @@ mod kafka {
         Ok(r)
     }
 
-    /// Where a Kafka drain's time went: from hand-over to the last report,
-    /// per batch of each of `relays` relays.
-    fn publish_note(name: &str, run: &KafkaDrain, relays: usize) -> String {
-        let batches = run.batches.max(1) as f64;
-        let publishing = run.publishing.as_secs_f64();
-        let busy = run.elapsed.as_secs_f64() * relays as f64;
-        format!(
-            "{name}: per batch {:.2} ms from KafkaSink::send to its last delivery report, {:.2} ms of \
-             wall time per batch; the 2 batch loops' batches overlap, so the hand-over-to-report \
-             times add up to {:.0}% of the relay's wall time",
-            1000.0 * publishing / batches,
-            1000.0 * busy / batches,
-            100.0 * publishing / busy,
-        )
-    }
-
     /// Section 8; with `latency_only`, its latency window alone.
     pub(super) async fn section_kafka(b: &mut Bench, latency_only: bool) -> Result<()> {
         let n = b.sizes.kafka_backlog;
@@ -3166,6 +3361,7 @@ mod kafka {
             "             batch.num.messages=10000 message.timeout.ms=0 (librdkafka {})",
             rdkafka::util::get_rdkafka_version().1
         );
+        println!("  messages:  order_id = i, key customer-<i % {KAFKA_KEYS}> ({KAFKA_KEYS} keys), type OrderPlaced");
         println!("  topics:    a fresh one per run, {PARTITIONS} partitions, replication 1, created and its leaders");
         println!("             known before the clock starts; records as KafkaSink sends them (key, 256-byte");
         println!("             value, headers relaybox-id/-type/content-type/relaybox-created-at, timestamp)");
@@ -3199,149 +3395,185 @@ mod kafka {
         kafka_latency_section(b, &broker, latency_only).await
     }
 
-    /// Section 8's drains, ceilings and naive poller.
+    /// Section 8's drains: `kafka_runs` interleaved runs of the two ceilings,
+    /// relaybox and the hand-tuned relay, each topic checked by the
+    /// third-party reader; medians and their ratios; then the takeover
+    /// measurement and the naive poller.
     async fn kafka_drains(b: &mut Bench, broker: &Broker) -> Result<()> {
         let n = b.sizes.kafka_backlog;
-        print_kafka_header();
-        let mut best_relay: Option<(u32, f64)> = None;
-        let mut publish_notes = Vec::new();
-        let mut cpu_notes = Vec::new();
-        for batch in b.sizes.kafka_batches.clone() {
-            // (a) PostgreSQL alone: claim + delete, no broker.
-            b.backlog_of(n, "bench.kafka", kafka_message).await?;
-            let pg = ceiling_drain(b, n, batch, false).await?;
-            let pg_rate = rate(n, pg.elapsed);
-            print_kafka_row(
-                "ceiling a: PostgreSQL, no broker",
-                Some(batch),
-                pg.elapsed,
-                n,
-                Some(pg.batches),
-                None,
-                "",
+        let runs = b.sizes.kafka_runs;
+        println!(
+            "\n  Drains of a {}-message backlog ({KAFKA_KEYS} keys), {runs} interleaved run(s); machine CPU from",
+            thousands(n as u64)
+        );
+        println!("  /proc/stat over each row's clock (every process on the {} cores), split from /proc/<pid>/stat:", cores());
+        println!("  this process, the relay program it ran (the hand-tuned relay, counted once it exited),");
+        println!("  the processes named postgres, the broker's JVM, and the rest: other processes, and the");
+        println!("  hand-tuned relay's PostgreSQL backend, which exits with it before its share can be read.");
+        let mut results: Vec<(DrainRow, Measured)> = Vec::new();
+        let mut readings = 0usize;
+        for run in 0..runs {
+            let order: Vec<DrainRow> = (0..ROWS.len())
+                .map(|k| ROWS[(k + run) % ROWS.len()])
+                .collect();
+            println!(
+                "\n  run {} of {runs} (order: {}; load average {})",
+                run + 1,
+                order
+                    .iter()
+                    .map(|r| r.short())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                loadavg()
             );
-            // (b) rdkafka alone: the same records, no database.
-            let topic = new_topic(b, &format!("produce-{batch}"));
-            let (produced, kafka_busy) = producer_ceiling(broker, &topic, n).await?;
-            let kafka_rate = rate(n, produced);
-            print_kafka_row(
-                "ceiling b: rdkafka alone, no DB",
-                None,
-                produced,
-                n,
-                None,
-                None,
-                "",
-            );
-            // The relay.
-            let topic = new_topic(b, &format!("relay-{batch}"));
-            let run = relay_to_kafka(b, broker, &topic, n, batch, None).await?;
-            let r = rate(n, run.elapsed);
-            let lower = pg_rate.min(kafka_rate);
-            cpu_notes.push(cpu_note(
-                batch,
-                n,
-                [pg.busy, kafka_busy, run.busy],
-                r,
-                lower,
+            print_rows_header();
+            let mut this_run: Vec<(DrainRow, f64, f64)> = Vec::new();
+            for row in order {
+                let (m, notes) = match row {
+                    DrainRow::CeilingPg => {
+                        b.backlog_in_order(n, "bench.kafka", kafka_message).await?;
+                        let r = ceiling_drain(b, n, PG_CEILING_BATCH, false).await?;
+                        let m = Measured {
+                            n,
+                            elapsed: r.elapsed,
+                            busy: r.busy,
+                        };
+                        (m, vec![format!("{} batches", r.batches)])
+                    }
+                    DrainRow::CeilingRdkafka => {
+                        let topic = new_topic(b, &format!("rdkafka-{}", run + 1));
+                        let (elapsed, busy) = producer_ceiling(broker, &topic, n).await?;
+                        let read = check_exactly(broker, &topic, n).await?;
+                        readings += 1;
+                        (
+                            Measured { n, elapsed, busy },
+                            vec![format!("reader: {read}")],
+                        )
+                    }
+                    DrainRow::Relaybox => {
+                        let topic = new_topic(b, &format!("relaybox-{}", run + 1));
+                        let r = relay_to_kafka(b, broker, &topic, n).await?;
+                        let read = check_exactly(broker, &topic, n).await?;
+                        readings += 1;
+                        let m = Measured {
+                            n,
+                            elapsed: r.elapsed,
+                            busy: r.busy,
+                        };
+                        (
+                            m,
+                            vec![
+                                format!("{} batches (adaptive)", thousands(r.batches)),
+                                format!("reader: {read}"),
+                            ],
+                        )
+                    }
+                    DrainRow::HandTuned => {
+                        let topic = new_topic(b, &format!("handtuned-{}", run + 1));
+                        let (m, own) = hand_tuned(b, broker, &topic, n).await?;
+                        let read = check_exactly(broker, &topic, n).await?;
+                        readings += 1;
+                        let note = format!(
+                            "clocked from spawn to exit (starting Python included); its own clock, first \
+                             SELECT to last COMMIT: {:.2} s = {} msg/s",
+                            own.as_secs_f64(),
+                            thousands(rate(n, own) as u64)
+                        );
+                        (m, vec![note, format!("reader: {read}")])
+                    }
+                };
+                print_row(&row.name(), &m);
+                for note in notes {
+                    println!("      {note}");
+                }
+                this_run.push((row, m.rate(), m.cpu_us()));
+                results.push((row, m));
+            }
+            let of = |row: DrainRow| {
+                this_run
+                    .iter()
+                    .find(|(r, _, _)| *r == row)
+                    .map(|(_, rate, cpu)| (*rate, *cpu))
+                    .expect("every row ran")
+            };
+            println!("    ratios of this run:");
+            print_ratios(&ratios(
+                of(DrainRow::Relaybox),
+                of(DrainRow::HandTuned),
+                of(DrainRow::CeilingRdkafka).0,
             ));
-            let share = 100.0 * r / lower;
-            let met = r >= DRAIN_TARGET && share >= CEILING_TARGET;
-            print_kafka_row(
-                "relay, KafkaSink",
-                Some(batch),
-                run.elapsed,
-                n,
-                Some(run.batches),
-                Some(share),
-                verdict(Some(met)),
-            );
-            publish_notes.push(publish_note(&format!("relay, batch {batch}"), &run, 1));
-            if b.sizes.diagnostics_batch == Some(batch) {
-                // Diagnostic: two relays in this process, one KafkaSink, half the partitions each,
-                // so that one relay's PostgreSQL work overlaps the other's wait for Kafka.
-                let topic = new_topic(b, &format!("relay2-{batch}"));
-                let two = relays_to_kafka(b, broker, &topic, n, batch, 2).await?;
-                print_kafka_row(
-                    "diag: 2 relays, 8 partitions each",
-                    Some(batch),
-                    two.elapsed,
-                    n,
-                    Some(two.batches),
-                    Some(100.0 * rate(n, two.elapsed) / lower),
-                    "",
-                );
-                publish_notes.push(publish_note(&format!("2 relays, batch {batch}"), &two, 2));
-                // Diagnostic: the relay with linger.ms=0 (a whole batch is handed to librdkafka
-                // before anything is awaited, so lingering only waits).
-                let topic = new_topic(b, &format!("relay-linger0-{batch}"));
-                let run = relay_to_kafka(b, broker, &topic, n, batch, Some(0)).await?;
-                print_kafka_row(
-                    "diag: relay, linger.ms=0",
-                    Some(batch),
-                    run.elapsed,
-                    n,
-                    Some(run.batches),
-                    Some(100.0 * rate(n, run.elapsed) / lower),
-                    "",
-                );
-                publish_notes.push(publish_note(
-                    &format!("relay, linger.ms=0, batch {batch}"),
-                    &run,
-                    1,
-                ));
-            }
-            if best_relay.is_none_or(|(_, best)| r > best) {
-                best_relay = Some((batch, r));
-            }
-            b.figure(
-                format!("kafka: relay drain, batch {batch}"),
-                format!("{} msg/s", thousands(r as u64)),
-                ">= 50,000 msg/s",
-                Some(r >= DRAIN_TARGET),
+        }
+
+        // Medians over the runs, and the ratios of the medians.
+        let medians = |row: DrainRow| {
+            let rates: Vec<f64> = results
+                .iter()
+                .filter(|(r, _)| *r == row)
+                .map(|(_, m)| m.rate())
+                .collect();
+            let cpus: Vec<f64> = results
+                .iter()
+                .filter(|(r, _)| *r == row)
+                .map(|(_, m)| m.cpu_us())
+                .collect();
+            (median(&rates), median(&cpus))
+        };
+        println!("\n  medians of {runs} run(s):");
+        println!("    {:<40} {:>9} {:>10}", "row", "msg/s", "CPU us/msg");
+        for row in ROWS {
+            let (r, cpu) = medians(row);
+            println!(
+                "    {:<40} {:>9} {:>10.1}",
+                row.name(),
+                thousands(r as u64),
+                cpu
             );
             b.figure(
-                format!("kafka: relay / lower ceiling, batch {batch}"),
-                format!(
-                    "{share:.0}% (PG {}, rdkafka {} msg/s)",
-                    thousands(pg_rate as u64),
-                    thousands(kafka_rate as u64)
-                ),
-                ">= 70%",
-                Some(share >= CEILING_TARGET),
+                format!("kafka: {} (median of {runs})", row.short()),
+                format!("{} msg/s, {cpu:.1} us CPU/msg", thousands(r as u64)),
+                "(info)",
+                None,
             );
         }
-        println!(
-            "  %lower = the relay as % of the lower of the two ceilings measured just before it."
+        println!("  ratios of the medians:");
+        let relay = medians(DrainRow::Relaybox);
+        let median_ratios = ratios(
+            relay,
+            medians(DrainRow::HandTuned),
+            medians(DrainRow::CeilingRdkafka).0,
         );
-        println!("  ceiling a = section 3's loop (BEGIN; SELECT <relay's columns> ... LIMIT B FOR UPDATE SKIP");
-        println!(
-            "  LOCKED; DELETE ... WHERE ctid = ANY($1); COMMIT) on the same backlog; ceiling b = one"
+        print_ratios(&median_ratios);
+        b.figure(
+            format!("kafka: relaybox drain (median of {runs})"),
+            format!("{} msg/s", thousands(relay.0 as u64)),
+            ">= 50,000 msg/s",
+            Some(relay.0 >= DRAIN_TARGET),
         );
-        println!("  FutureProducer with KafkaSink's settings: all records sent, then all reports awaited.");
-        println!("  Relay clock: Relay::start until all delivered; then pending_count()==0 and the topic's");
-        println!("  watermarks (records == backlog) are checked. Where the relay's time went:");
-        for note in &publish_notes {
-            println!("    {note}");
+        for (what, value, target, met) in &median_ratios {
+            b.figure(
+                format!("kafka: {what}"),
+                format!("{value:.2} (medians of {runs})"),
+                target,
+                Some(*met),
+            );
         }
-        println!(
-            "  Machine CPU (/proc/stat: every process, this one, PostgreSQL and the broker; busy"
+        b.figure(
+            "kafka: third-party reader (confluent-kafka)",
+            format!("{readings} topics: all complete, none twice, in order per key"),
+            "(checked)",
+            None,
         );
-        println!(
-            "  time over each run's clock, {} cores; the split from /proc/<pid>/stat: this process,",
-            cores()
-        );
-        println!("  the processes named postgres, the JVM running the broker):");
-        for note in &cpu_notes {
-            println!("    {note}");
-        }
+        println!("  Every topic above was read back whole by a confluent-kafka consumer (bench/check_topic.py):");
+        println!("  every id present once, keys as enqueued, each key in one partition and in enqueue order.");
+
+        takeover(b, broker).await?;
 
         // Naive baseline.
         let topic = new_topic(b, "naive");
         let (done, elapsed) = naive_to_kafka(b, broker, &topic).await?;
         let naive = rate(done, elapsed);
         println!(
-            "  naive poller: SELECT 1 row; produce it and await its delivery report; UPDATE ... SET sent_at"
+            "\n  naive poller: SELECT 1 row; produce it and await its delivery report; UPDATE ... SET sent_at"
         );
         println!(
             "  (autocommit each; sleeps 1 s only when the table is empty): {} rows in {:.2} s = {} msg/s",
@@ -3349,17 +3581,281 @@ mod kafka {
             elapsed.as_secs_f64(),
             thousands(naive as u64)
         );
-        let mut naive_value = format!("{} msg/s", thousands(naive as u64));
-        if let Some((batch, relay)) = best_relay {
-            println!(
-                "  relay (batch {batch}, {} msg/s) / naive = {:.0}x",
-                thousands(relay as u64),
-                relay / naive
-            );
-            naive_value = format!("{naive_value}; relay/naive = {:.0}x", relay / naive);
-        }
-        b.figure("kafka: naive 1-row poller", naive_value, "(info)", None);
+        println!(
+            "  relaybox (median {} msg/s) / naive = {:.0}x",
+            thousands(relay.0 as u64),
+            relay.0 / naive
+        );
+        b.figure(
+            "kafka: naive 1-row poller",
+            format!(
+                "{} msg/s; relaybox/naive = {:.0}x",
+                thousands(naive as u64),
+                relay.0 / naive
+            ),
+            "(info)",
+            None,
+        );
         b.reset().await
+    }
+
+    /// Two relay processes (this program re-executed, `relay_child`) drain
+    /// a backlog into Kafka, half the partitions each; relay A is killed
+    /// with SIGKILL mid-drain. Prints the time from the kill until relay B
+    /// holds A's leases, and until one of A's partitions is delivered again
+    /// (the oldest pending row of one of them delivered and gone from the
+    /// outbox), then the reader's check (at-least-once: a killed relay's
+    /// unfinished batches may be produced twice).
+    async fn takeover(b: &mut Bench, broker: &Broker) -> Result<()> {
+        let n = b.sizes.takeover_backlog;
+        let topic = new_topic(b, "takeover");
+        println!(
+            "\n  Takeover: 2 relay processes (this program re-executed: Relay::start, RelayConfig::default(),"
+        );
+        println!(
+            "  KafkaSink) drain a {}-message backlog, half the partitions each (lease rows written up front);",
+            thousands(n as u64)
+        );
+        println!("  relay A is SIGKILLed once both hold partitions and 10% is delivered:");
+        b.backlog_in_order(n, &topic, kafka_message).await?;
+        broker.create_topic(&topic, PARTITIONS).await?;
+        broker.wait_ready(&topic, PARTITIONS).await?;
+        let owners = [
+            format!("{}takeover-a", b.prefix),
+            format!("{}takeover-b", b.prefix),
+        ];
+        let (leases, instances, outbox) = (
+            b.table("leases"),
+            b.table("relay_instances"),
+            b.table("outbox"),
+        );
+        let mut seed = String::new();
+        for (r, owner) in owners.iter().enumerate() {
+            let _ = write!(
+                seed,
+                "INSERT INTO {instances} (owner, started_at, heartbeat_at, expires_at) \
+                 VALUES ('{owner}', now(), now(), now() + interval '15 seconds'); \
+                 UPDATE {leases} SET owner = '{owner}', epoch = epoch + 1, \
+                 expires_at = now() + interval '15 seconds' WHERE partition % 2 = {r}; "
+            );
+        }
+        b.exec(seed).await?;
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for owner in &owners {
+            let mut child = tokio::process::Command::new(&exe)
+                .arg(RELAY_CHILD)
+                .arg(&b.prefix)
+                .arg(owner)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a relay process")?;
+            let stdout = child.stdout.take().expect("piped stdout");
+            children.push((child, BufReader::new(stdout).lines()));
+        }
+        for (_, lines) in &mut children {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .context("a relay process did not start within 30 s")??;
+            ensure!(
+                line.as_deref() == Some("ready"),
+                "a relay process printed {line:?}"
+            );
+        }
+        let held_sql = format!(
+            "SELECT coalesce(array_agg(partition ORDER BY partition), '{{}}') FROM {leases} \
+             WHERE owner = $1 AND expires_at > now()"
+        );
+        let started = Instant::now();
+        let killed_parts = loop {
+            let mut held = Vec::new();
+            for owner in &owners {
+                let parts: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(held_sql.as_str()))
+                    .bind(owner)
+                    .fetch_one(&b.pool)
+                    .await?;
+                held.push(parts);
+            }
+            let other = held.pop().expect("two relays");
+            let a = held.pop().expect("two relays");
+            let pending = b.store.pending_count().await?;
+            if !a.is_empty() && !other.is_empty() && pending <= n as i64 * 9 / 10 {
+                break Some(a);
+            }
+            if pending == 0 || started.elapsed() > DRAIN_TIMEOUT {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let Some(killed_parts) = killed_parts else {
+            println!(
+                "    not measured: the backlog was drained before both relays held partitions"
+            );
+            b.figure(
+                "kafka: takeover after SIGKILL",
+                "not measured".into(),
+                "<= 2 s",
+                None,
+            );
+            return Ok(());
+        };
+        let (mut a, _) = children.remove(0);
+        let a_pid = a.id().unwrap_or(0);
+        let all_parts = b.store.partitions().await?;
+        let killed = Instant::now();
+        a.start_kill()?;
+        a.wait().await?;
+        // Its sessions end once the kernel has closed its sockets; the rows of
+        // its unfinished batches are unlocked then.
+        let sessions = loop {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind(&owners[0])
+            .fetch_one(&b.pool)
+            .await?;
+            if left == 0 {
+                break killed.elapsed();
+            }
+            ensure!(
+                killed.elapsed() < Duration::from_secs(30),
+                "the killed relay's sessions are still open after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let heads: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT min(seq) FROM {outbox} WHERE sent_at IS NULL AND partition = ANY($1) GROUP BY partition"
+        )))
+        .bind(&killed_parts)
+        .fetch_all(&b.pool)
+        .await?;
+        let left_behind: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {outbox} WHERE sent_at IS NULL AND partition = ANY($1)"
+        )))
+        .bind(&killed_parts)
+        .fetch_one(&b.pool)
+        .await?;
+        let probe = format!(
+            "SELECT (SELECT count(*) FROM {outbox} WHERE seq = ANY($1) AND sent_at IS NULL), \
+             (SELECT count(*) FROM {leases} WHERE partition = ANY($2) AND owner = $3 AND expires_at > now())"
+        );
+        let (mut moved, mut resumed) = (None, None);
+        while !heads.is_empty() && killed.elapsed() < Duration::from_secs(60) {
+            let (left, taken): (i64, i64) = sqlx::query_as(AssertSqlSafe(probe.as_str()))
+                .bind(&heads)
+                .bind(&killed_parts)
+                .bind(&owners[1])
+                .fetch_one(&b.pool)
+                .await?;
+            if taken > 0 && moved.is_none() {
+                moved = Some(killed.elapsed());
+            }
+            if left < heads.len() as i64 {
+                resumed = Some(killed.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Relay B finishes the backlog, then stops when its standard input closes.
+        let drained = Instant::now();
+        while b.store.pending_count().await? > 0 {
+            ensure!(
+                drained.elapsed() < DRAIN_TIMEOUT,
+                "relay B left {} messages pending after {DRAIN_TIMEOUT:?}",
+                b.store.pending_count().await?
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (mut other, _) = children.remove(0);
+        drop(other.stdin.take());
+        match tokio::time::timeout(Duration::from_secs(30), other.wait()).await {
+            Ok(status) => ensure!(status?.success(), "relay B exited with a failure"),
+            Err(_) => bail!("relay B did not stop within 30 s of its input closing"),
+        }
+        let reading = read_topic(broker, &topic, n, true).await?;
+        println!(
+            "    relay A (pid {a_pid}) held {} of {all_parts} partitions, {} of their rows pending when killed;",
+            killed_parts.len(),
+            thousands(left_behind.max(0) as u64)
+        );
+        println!(
+            "    its database sessions were gone {:.3} s after the kill",
+            sessions.as_secs_f64()
+        );
+        let secs = |d: Option<Duration>| {
+            d.map_or_else(
+                || "not seen".to_string(),
+                |d| format!("{:.2} s", d.as_secs_f64()),
+            )
+        };
+        println!("    relay B held A's leases after {}", secs(moved));
+        let met = resumed.map(|d| d <= TAKEOVER_TARGET);
+        println!(
+            "    A's partitions delivered again after {}{}   target <= {} s  {}",
+            secs(resumed),
+            if heads.is_empty() {
+                " (its partitions were already drained)"
+            } else {
+                ""
+            },
+            TAKEOVER_TARGET.as_secs(),
+            verdict(met)
+        );
+        println!(
+            "    reader (duplicates allowed: the killed relay's unfinished batches): {}",
+            reading.summary
+        );
+        ensure!(reading.ok, "topic {topic}: {}", reading.summary);
+        b.figure(
+            "kafka: takeover after SIGKILL",
+            format!(
+                "{} (leases {}; {} records twice)",
+                secs(resumed),
+                secs(moved),
+                reading.duplicates
+            ),
+            "<= 2 s",
+            met,
+        );
+        Ok(())
+    }
+
+    /// A relay process of the takeover measurement: `Relay::start` on the
+    /// tables of prefix `args[0]` with instance id `args[1]` (also its
+    /// sessions' `application_name`), a `KafkaSink` and `RelayConfig::default()`.
+    /// Prints `ready` once started and runs until its standard input closes.
+    pub(super) async fn relay_child(args: &[String]) -> Result<()> {
+        let [prefix, owner] = args else {
+            bail!("usage: bench {RELAY_CHILD} TABLE_PREFIX INSTANCE_ID");
+        };
+        let url = std::env::var("RELAYBOX_DATABASE_URL")?;
+        let bootstrap = std::env::var(BOOTSTRAP_ENV)?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let store = Store::connect_with(
+            &format!("{url}{sep}application_name={owner}"),
+            StoreOptions {
+                table_prefix: prefix.clone(),
+                ..StoreOptions::default()
+            },
+        )
+        .await?;
+        let sink = KafkaSink::new(kafka_config(&bootstrap))?;
+        let config = RelayConfig {
+            instance_id: Some(owner.clone()),
+            ..RelayConfig::default()
+        };
+        let relay = Relay::start(store.clone(), Arc::new(sink), config)?;
+        println!("ready");
+        tokio::task::spawn_blocking(|| {
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
+        })
+        .await??;
+        relay.shutdown().await?;
+        store.close().await;
+        Ok(())
     }
 
     /// Section 8's latency window and, in full runs unless `latency_only`,
@@ -3446,7 +3942,7 @@ mod kafka {
                 println!("    {name:<48} {:>7} msg/s", thousands(*r as u64));
             }
             b.figure(
-                "kafka: consumer capacity (KafkaSource, 3 partitions)",
+                format!("kafka: consumer capacity (KafkaSource, {PARTITIONS} partitions)"),
                 format!("{} msg/s", thousands(rates[0].1 as u64)),
                 "(info)",
                 None,
