@@ -257,7 +257,7 @@ impl Worker {
                 }
                 // The source's destination refuses it for good: keep it in the table instead.
                 Err(e) if !e.retryable() => {
-                    tracing::warn!(id = %message.id, error = %e, "relaybox source cannot dead-letter; using the dead_letters table");
+                    tracing::warn!(target: "relaybox::consumer", id = %message.id, error = %e, "relaybox source cannot dead-letter; using the dead_letters table");
                     self.store
                         .dead_letter_consumed(&self.config.group, message, attempts, error)
                         .await
@@ -268,7 +268,7 @@ impl Worker {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     streak += 1;
-                    tracing::warn!(id = %message.id, error = %e, "relaybox could not write a dead letter; retrying");
+                    tracing::warn!(target: "relaybox::consumer", id = %message.id, error = %e, "relaybox could not write a dead letter; retrying");
                     self.pause(backoff(
                         streak,
                         Duration::from_millis(100),

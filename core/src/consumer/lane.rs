@@ -146,7 +146,7 @@ impl Worker {
                 Then::Retry(failed) => (0, Some(failed)),
                 Then::RetryAfter(n, failed) => (n, Some(failed)),
                 Then::OneByOne(n, error) => {
-                    tracing::debug!(messages = n, error = %error, "relaybox consumer transaction failed; processing its messages one at a time");
+                    tracing::debug!(target: "relaybox::consumer", messages = n, error = %error, "relaybox consumer transaction failed; processing its messages one at a time");
                     (n, None)
                 }
             };
@@ -206,7 +206,7 @@ impl Worker {
                 }
                 Ok(Attempt::Rejected(error)) => {
                     failures += 1;
-                    tracing::warn!(id = %message.id, group = %group, error = %error, "relaybox message rejected by its handler; dead-lettered");
+                    tracing::warn!(target: "relaybox::consumer", id = %message.id, group = %group, error = %error, "relaybox message rejected by its handler; dead-lettered");
                     self.dead_letter(delivery, failures, &error).await?;
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     return Ok(Outcome::Settled);
@@ -214,7 +214,7 @@ impl Worker {
                 Ok(Attempt::HandlerFailed(error)) => {
                     failures += 1;
                     if failures > self.config.max_retries {
-                        tracing::warn!(id = %message.id, group = %group, attempts = failures, error = %error, "relaybox message dead-lettered by consumer");
+                        tracing::warn!(target: "relaybox::consumer", id = %message.id, group = %group, attempts = failures, error = %error, "relaybox message dead-lettered by consumer");
                         self.dead_letter(delivery, failures, &error).await?;
                         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         return Ok(Outcome::Settled);
@@ -225,13 +225,13 @@ impl Worker {
                         self.config.retry_delay,
                         self.config.retry_delay_max,
                     );
-                    tracing::debug!(id = %message.id, attempts = failures, ?delay, error = %error, "relaybox handler failed; will retry");
+                    tracing::debug!(target: "relaybox::consumer", id = %message.id, attempts = failures, ?delay, error = %error, "relaybox handler failed; will retry");
                     return Ok(Outcome::RetryAfter { delay, failures });
                 }
                 Err(e) => {
                     // The database failed, not the handler: retry without counting an attempt.
                     infra_streak += 1;
-                    tracing::warn!(id = %message.id, error = %e, "relaybox consumer transaction failed; retrying");
+                    tracing::warn!(target: "relaybox::consumer", id = %message.id, error = %e, "relaybox consumer transaction failed; retrying");
                     self.pause(backoff(
                         infra_streak,
                         Duration::from_millis(100),

@@ -9,7 +9,8 @@
 //! and counters), `worker` (fetching and acknowledging), `ack` (which
 //! offsets are settled), `lane` (each key in order, shared transactions),
 //! `waiting` (keys parked for a retry), `attempt` (one attempt, dead
-//! letters).
+//! letters). Their log records keep the target `relaybox::consumer`: the
+//! logger name the bindings show (`relaybox.consumer`) is the same for all.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

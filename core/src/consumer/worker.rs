@@ -72,7 +72,7 @@ impl Worker {
     pub(super) async fn run(self: Arc<Self>) {
         self.clone().consume().await;
         if let Err(e) = self.source.close().await {
-            tracing::warn!(source = self.source.name(), error = %e, "relaybox source did not close cleanly");
+            tracing::warn!(target: "relaybox::consumer", source = self.source.name(), error = %e, "relaybox source did not close cleanly");
         }
     }
 
@@ -165,7 +165,7 @@ impl Worker {
                 Some(joined) = lane_tasks.join_next(), if !lane_tasks.is_empty() => {
                     if let Err(e) = joined {
                         if e.is_panic() {
-                            tracing::error!(error = %e, "relaybox consumer lane failed; stopping the consumer");
+                            tracing::error!(target: "relaybox::consumer", error = %e, "relaybox consumer lane failed; stopping the consumer");
                             self.cancel.cancel();
                         }
                     }
@@ -191,7 +191,7 @@ impl Worker {
                         Err(e) => {
                             fetch_errors += 1;
                             fetch_pause = backoff(fetch_errors, Duration::from_millis(100), Duration::from_secs(5));
-                            tracing::warn!(source = self.source.name(), error = %e, "relaybox fetch failed; pausing {fetch_pause:?}");
+                            tracing::warn!(target: "relaybox::consumer", source = self.source.name(), error = %e, "relaybox fetch failed; pausing {fetch_pause:?}");
                         }
                     }
                 }
@@ -206,7 +206,7 @@ impl Worker {
                         Err(e) => {
                             // The deliveries are processed; only their record is missing.
                             ack_errors += 1;
-                            tracing::warn!(source = self.source.name(), error = %e, "relaybox ack failed; retrying");
+                            tracing::warn!(target: "relaybox::consumer", source = self.source.name(), error = %e, "relaybox ack failed; retrying");
                             if stopping && ack_errors > 3 && lane_tasks.is_empty() {
                                 break;
                             }
@@ -217,9 +217,9 @@ impl Worker {
                 purged = poll_some(&mut purging), if purging.is_some() => {
                     purging = None;
                     match purged {
-                        Ok(n) if n > 0 => tracing::debug!(rows = n, "relaybox inbox purged"),
+                        Ok(n) if n > 0 => tracing::debug!(target: "relaybox::consumer", rows = n, "relaybox inbox purged"),
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "relaybox inbox purge failed"),
+                        Err(e) => tracing::warn!(target: "relaybox::consumer", error = %e, "relaybox inbox purge failed"),
                     }
                 }
                 _ = tokio::time::sleep_until(next_ack), if ack_wait => {}

@@ -94,7 +94,7 @@ async fn set_up_sources(key: &str, again: bool) -> Result<()> {
             source.forget_queues().await;
         }
         if let Err(e) = source.queues().await {
-            tracing::debug!(queue = %source.queue_name(), error = %e, "relaybox could not set up an SQS queue yet");
+            tracing::debug!(target: "relaybox::transport::aws::source", queue = %source.queue_name(), error = %e, "relaybox could not set up an SQS queue yet");
             first_error.get_or_insert(e);
         }
     }

@@ -254,7 +254,7 @@ impl SnsSink {
                         self.topics.forget(topic_name_of_arn(&arn));
                         self.topics.forget(&dest);
                         if self.config.create_topics && attempt == 1 {
-                            tracing::info!(topic = %arn, "relaybox SNS topic missing; creating it again");
+                            tracing::info!(target: "relaybox::transport::aws::sink", topic = %arn, "relaybox SNS topic missing; creating it again");
                             continue;
                         }
                     }

@@ -143,7 +143,7 @@ impl SqsSink {
                     if f.missing {
                         self.queues.forget(&queue);
                         if self.config.create_queues && attempt == 1 {
-                            tracing::info!(queue = %queue, "relaybox SQS queue missing; creating it again");
+                            tracing::info!(target: "relaybox::transport::aws::sink", queue = %queue, "relaybox SQS queue missing; creating it again");
                             continue;
                         }
                     }
