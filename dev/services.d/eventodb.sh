@@ -69,7 +69,7 @@ eventodb_source() {
     return 0
   fi
   local dir tmp out
-  dir="$(kafka_cache_root)/eventodb-src-$EVENTODB_COMMIT"
+  dir="$(cache_root)/eventodb-src-$EVENTODB_COMMIT"
   if [[ ! -f "$dir/golang/go.mod" ]]; then
     command -v git >/dev/null 2>&1 || apt_install git || die "git is needed to clone $EVENTODB_REPO_URL"
     tmp="$(mktemp -d)"
@@ -90,7 +90,7 @@ eventodb_source() {
 # A key naming the source: the clone's commit, or a hash of the vendored files.
 eventodb_source_key() {
   local src="$1"
-  if [[ "$src" == "$(kafka_cache_root)/eventodb-src-"* ]]; then
+  if [[ "$src" == "$(cache_root)/eventodb-src-"* ]]; then
     echo "$EVENTODB_COMMIT"
   else
     (cd "$src" && find . -type f ! -name '*_test.go' -print0 | LC_ALL=C sort -z |
@@ -137,14 +137,9 @@ eventodb_healthy() {
 }
 
 # The pid of the server this script started, if it is still running.
-eventodb_managed_pid() {
-  local pid
-  [[ -f "$EVENTODB_PIDFILE" ]] || return 0
-  pid="$(cat "$EVENTODB_PIDFILE" 2>/dev/null || true)"
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
-}
+# The pid of the server dev/services started, if it is still running.
+eventodb_managed_pid() { managed_pid "$EVENTODB_PIDFILE" "serve -port $EVENTODB_PORT"; }
 
-# A new token for `default` in the server's format: ns_<base64url>_<64 hex>.
 eventodb_new_default_token() {
   printf 'ns_ZGVmYXVsdA_%s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 }
@@ -192,7 +187,7 @@ eventodb_ensure_namespace() {
 }
 
 start_eventodb() {
-  local bin pid deadline
+  local bin
   command -v curl >/dev/null 2>&1 || apt_install curl || die "curl is needed to talk to the EventoDB server"
   start_postgres >/dev/null
   mkdir -p "$EVENTODB_STATE"
@@ -200,71 +195,32 @@ start_eventodb() {
     die "a server not started by dev/services answers on $EVENTODB_URL; stop it or set RELAYBOX_EVENTODB_PORT"
   fi
   if [[ -z "$(eventodb_managed_pid)" ]]; then
+    refuse_taken_port eventodb "$EVENTODB_HOST" "$EVENTODB_PORT" RELAYBOX_EVENTODB_PORT
     bin="$(eventodb_binary)" || exit 1
     eventodb_prepare_database
     log "starting the EventoDB server on port $EVENTODB_PORT (log $EVENTODB_LOG)"
-    EVENTODB_TOKEN="$(cat "$EVENTODB_ADMIN_TOKEN_FILE")" nohup "$bin" serve \
-      -port "$EVENTODB_PORT" -db-url "$PG_URL_BASE/$EVENTODB_DB?sslmode=disable" \
-      -log-level warn -log-format json >>"$EVENTODB_LOG" 2>&1 </dev/null 9>&- &
-    pid=$!
-    echo "$pid" >"$EVENTODB_PIDFILE"
+    EVENTODB_TOKEN="$(cat "$EVENTODB_ADMIN_TOKEN_FILE")" launch_detached \
+      "$EVENTODB_PIDFILE" "serve -port $EVENTODB_PORT" "$EVENTODB_STATE" "$EVENTODB_LOG" \
+      "$bin" serve -port "$EVENTODB_PORT" -db-url "$PG_URL_BASE/$EVENTODB_DB?sslmode=disable" \
+      -log-level warn -log-format json
   fi
-  deadline=$((SECONDS + EVENTODB_READY_TIMEOUT))
-  until eventodb_healthy; do
-    pid="$(eventodb_managed_pid)"
-    if [[ -z "$pid" ]] || ((SECONDS >= deadline)); then
-      tail -n 20 "$EVENTODB_LOG" >&2 || true
-      die "the EventoDB server did not answer on $EVENTODB_URL within ${EVENTODB_READY_TIMEOUT}s"
-    fi
-    sleep 0.1
-  done
+  wait_ready eventodb "$EVENTODB_URL" "$EVENTODB_READY_TIMEOUT" eventodb_healthy eventodb_managed_pid "$EVENTODB_LOG"
   eventodb_ensure_namespace
   echo "eventodb: ready at $EVENTODB_URL (namespace $EVENTODB_NAMESPACE)"
 }
 
 stop_eventodb() {
-  local pid i
-  pid="$(eventodb_managed_pid)"
-  if [[ -n "$pid" ]]; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < EVENTODB_STOP_TIMEOUT * 10; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "the EventoDB server (pid $pid) still runs after ${EVENTODB_STOP_TIMEOUT}s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
-    rm -f "$EVENTODB_PIDFILE"
-    echo "eventodb: stopped"
-  elif eventodb_healthy; then
-    echo "eventodb: not started by dev/services; server at $EVENTODB_URL left running"
-  else
-    rm -f "$EVENTODB_PIDFILE"
-    echo "eventodb: not running"
-  fi
+  stop_managed eventodb "$EVENTODB_URL" "$(eventodb_managed_pid)" "$EVENTODB_PIDFILE" "$EVENTODB_STOP_TIMEOUT" eventodb_healthy
 }
 
 # Returns 0 when the service is up, 1 otherwise.
 status_eventodb() {
-  local pid
-  pid="$(eventodb_managed_pid)"
-  if eventodb_healthy; then
-    if [[ -n "$pid" ]]; then
-      echo "eventodb: up at $EVENTODB_URL (pid $pid, state $EVENTODB_STATE)"
-    else
-      echo "eventodb: up at $EVENTODB_URL (not managed by dev/services)"
-    fi
-    return 0
-  fi
-  echo "eventodb: down"
-  return 1
+  status_managed eventodb "$EVENTODB_URL" "$(eventodb_managed_pid)" "state $EVENTODB_STATE" eventodb_healthy
 }
 
 env_eventodb() {
-  echo "export RELAYBOX_EVENTODB_URL=$EVENTODB_URL"
+  env_line RELAYBOX_EVENTODB_URL "$EVENTODB_URL"
   if [[ -s "$EVENTODB_TOKEN_FILE" ]]; then
-    echo "export RELAYBOX_EVENTODB_TOKEN=$(cat "$EVENTODB_TOKEN_FILE")"
+    env_line RELAYBOX_EVENTODB_TOKEN "$(cat "$EVENTODB_TOKEN_FILE")"
   fi
 }

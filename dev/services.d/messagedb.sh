@@ -26,7 +26,7 @@ MESSAGEDB_URL="$PG_URL_BASE/$MESSAGEDB_NAME"
 
 # Directory holding the unpacked npm package (its `database/` folder).
 messagedb_package_dir() {
-  echo "${RELAYBOX_CACHE_DIR:-$HOME/.cache/relaybox}/message-db-$MESSAGEDB_VERSION"
+  echo "$(cache_root)/message-db-$MESSAGEDB_VERSION"
 }
 
 # Fetches @eventide/message-db with npm into the cache unless it is there.
@@ -35,10 +35,8 @@ messagedb_fetch() {
   dir="$(messagedb_package_dir)"
   [[ -x "$dir/database/install.sh" ]] && return 0
   if ! command -v npm >/dev/null 2>&1; then
-    [[ $EUID -eq 0 ]] || die "npm is needed to fetch @eventide/message-db; install it (apt-get install npm)"
     log "installing npm (apt-get)"
-    apt-get update -qq >&2
-    apt-get install -y -qq npm >&2
+    apt_install npm || die "npm is needed to fetch @eventide/message-db; install it (apt-get install npm)"
   fi
   tmp="$(mktemp -d)"
   log "fetching @eventide/message-db@$MESSAGEDB_VERSION from npm"
@@ -140,5 +138,5 @@ status_messagedb() {
 }
 
 env_messagedb() {
-  echo "export RELAYBOX_MESSAGE_DB_URL=$MESSAGEDB_URL"
+  env_line RELAYBOX_MESSAGE_DB_URL "$MESSAGEDB_URL"
 }

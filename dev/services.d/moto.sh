@@ -25,7 +25,7 @@ MOTO_READY_TIMEOUT=60
 MOTO_STOP_TIMEOUT=10
 
 moto_venv() {
-  printf '%s\n' "$(kafka_cache_root)/moto-venv"
+  printf '%s\n' "$(cache_root)/moto-venv"
 }
 
 # Creates the virtualenv and installs moto's server into it when missing.
@@ -72,112 +72,37 @@ except Exception:
 PY
 }
 
-moto_port_open() {
-  # shellcheck disable=SC2016 # expanded by the inner bash
-  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$MOTO_HOST" "$MOTO_PORT" 2>/dev/null
-}
-
-# Pid of the server started by this script when it is still running, else "".
-moto_managed_pid() {
-  local pid
-  pid="$(cat "$MOTO_PIDFILE" 2>/dev/null)" || return 0
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-  if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "moto_server -H $MOTO_HOST -p $MOTO_PORT"; then
-    printf '%s\n' "$pid"
-  fi
-}
+# The pid of the server dev/services started, if it is still running.
+moto_managed_pid() { managed_pid "$MOTO_PIDFILE" "moto_server -H $MOTO_HOST -p $MOTO_PORT"; }
 
 start_moto() {
-  if moto_ready; then
-    [[ -n "$(moto_managed_pid)" ]] || log "reusing the moto server already listening at $MOTO_URL"
-    echo "moto: ready at $MOTO_URL"
-    return 0
-  fi
+  reuse_if_up moto "$MOTO_URL" moto_ready "$(moto_managed_pid)" && return 0
   if [[ -z "$(moto_managed_pid)" ]]; then
-    if moto_port_open; then
-      die "$MOTO_HOST:$MOTO_PORT is taken by a server that does not answer as moto; stop it or set RELAYBOX_MOTO_PORT"
-    fi
+    refuse_taken_port moto "$MOTO_HOST" "$MOTO_PORT" RELAYBOX_MOTO_PORT
     moto_install
     mkdir -p "$MOTO_STATE"
-    [[ -f "$MOTO_LOG" ]] && mv -f "$MOTO_LOG" "$MOTO_LOG.1"
     local venv
     venv="$(moto_venv)"
     log "starting moto on $MOTO_URL (log $MOTO_LOG)"
-    (
-      cd "$MOTO_STATE" || exit 1
-      # shellcheck disable=SC2016 # expanded by the inner bash
-      setsid bash -c 'echo $$ >"$0"; exec nohup "$@"' "$MOTO_PIDFILE" \
-        "$venv/bin/python" "$venv/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT" \
-        >"$MOTO_LOG" 2>&1 </dev/null 9>&- &
-    )
-    local i
-    for ((i = 0; i < 50; i++)); do
-      [[ -n "$(moto_managed_pid)" ]] && break
-      sleep 0.1
-    done
+    launch_detached "$MOTO_PIDFILE" "moto_server -H $MOTO_HOST -p $MOTO_PORT" "$MOTO_STATE" "$MOTO_LOG" \
+      "$venv/bin/python" "$venv/bin/moto_server" -H "$MOTO_HOST" -p "$MOTO_PORT"
   fi
-  local deadline=$((SECONDS + MOTO_READY_TIMEOUT))
-  until moto_ready; do
-    if [[ -z "$(moto_managed_pid)" ]]; then
-      [[ -f "$MOTO_LOG" ]] && tail -n 20 "$MOTO_LOG" >&2
-      die "moto exited during startup (log $MOTO_LOG)"
-    fi
-    if ((SECONDS >= deadline)); then
-      [[ -f "$MOTO_LOG" ]] && tail -n 20 "$MOTO_LOG" >&2
-      die "moto did not answer at $MOTO_URL within ${MOTO_READY_TIMEOUT}s (still running: dev/services stop moto)"
-    fi
-    sleep 0.3
-  done
+  wait_ready moto "$MOTO_URL" "$MOTO_READY_TIMEOUT" moto_ready moto_managed_pid "$MOTO_LOG"
   echo "moto: ready at $MOTO_URL"
 }
 
 stop_moto() {
-  local pid i
-  pid="$(moto_managed_pid)"
-  if [[ -n "$pid" ]]; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < MOTO_STOP_TIMEOUT * 10; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "moto (pid $pid) still running after ${MOTO_STOP_TIMEOUT}s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
-    rm -f "$MOTO_PIDFILE"
-    echo "moto: stopped"
-  elif moto_ready; then
-    echo "moto: not started by dev/services; server at $MOTO_URL left running"
-  else
-    rm -f "$MOTO_PIDFILE"
-    echo "moto: not running"
-  fi
+  stop_managed moto "$MOTO_URL" "$(moto_managed_pid)" "$MOTO_PIDFILE" "$MOTO_STOP_TIMEOUT" moto_ready
 }
 
 # Returns 0 when the service is up, 1 otherwise.
 status_moto() {
-  local pid
-  pid="$(moto_managed_pid)"
-  if moto_ready; then
-    if [[ -n "$pid" ]]; then
-      echo "moto: up at $MOTO_URL (pid $pid)"
-    else
-      echo "moto: up at $MOTO_URL (not managed by dev/services)"
-    fi
-    return 0
-  fi
-  if [[ -n "$pid" ]]; then
-    echo "moto: down (process $pid running but not answering at $MOTO_URL)"
-  else
-    echo "moto: down"
-  fi
-  return 1
+  status_managed moto "$MOTO_URL" "$(moto_managed_pid)" "" moto_ready
 }
 
 env_moto() {
-  echo "export RELAYBOX_AWS_ENDPOINT_URL=$MOTO_URL"
-  echo "export AWS_ACCESS_KEY_ID=testing"
-  echo "export AWS_SECRET_ACCESS_KEY=testing"
-  echo "export AWS_DEFAULT_REGION=us-east-1"
+  env_line RELAYBOX_AWS_ENDPOINT_URL "$MOTO_URL"
+  env_line AWS_ACCESS_KEY_ID testing
+  env_line AWS_SECRET_ACCESS_KEY testing
+  env_line AWS_DEFAULT_REGION us-east-1
 }

@@ -44,20 +44,8 @@ prometheus_ready() {
   curl -fsS --max-time 3 "$PROMETHEUS_URL/-/ready" >/dev/null 2>&1
 }
 
-prometheus_port_open() {
-  # shellcheck disable=SC2016 # expanded by the inner bash
-  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$PROMETHEUS_HOST" "$PROMETHEUS_PORT" 2>/dev/null
-}
-
-# Pid of the server started by this script when it is still running, else "".
-prometheus_managed_pid() {
-  local pid
-  pid="$(cat "$PROMETHEUS_PIDFILE" 2>/dev/null)" || return 0
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-  if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "--config.file=$PROMETHEUS_CONFIG"; then
-    printf '%s\n' "$pid"
-  fi
-}
+# The pid of the server dev/services started, if it is still running.
+prometheus_managed_pid() { managed_pid "$PROMETHEUS_PIDFILE" "--config.file=$PROMETHEUS_CONFIG"; }
 
 prometheus_write_config() {
   mkdir -p "$PROMETHEUS_TARGETS" "$PROMETHEUS_STATE/data"
@@ -76,95 +64,32 @@ EOF
 }
 
 start_prometheus() {
-  if prometheus_ready; then
-    [[ -n "$(prometheus_managed_pid)" ]] || log "reusing the Prometheus server already listening at $PROMETHEUS_URL"
-    echo "prometheus: ready at $PROMETHEUS_URL"
-    return 0
-  fi
+  reuse_if_up prometheus "$PROMETHEUS_URL" prometheus_ready "$(prometheus_managed_pid)" && return 0
   if [[ -z "$(prometheus_managed_pid)" ]]; then
-    if prometheus_port_open; then
-      die "$PROMETHEUS_HOST:$PROMETHEUS_PORT is taken by a server that does not answer as Prometheus; stop it or set RELAYBOX_PROMETHEUS_PORT"
-    fi
+    refuse_taken_port prometheus "$PROMETHEUS_HOST" "$PROMETHEUS_PORT" RELAYBOX_PROMETHEUS_PORT
     prometheus_install
     prometheus_write_config
-    [[ -f "$PROMETHEUS_LOG" ]] && mv -f "$PROMETHEUS_LOG" "$PROMETHEUS_LOG.1"
     log "starting Prometheus on $PROMETHEUS_URL (log $PROMETHEUS_LOG)"
-    (
-      cd "$PROMETHEUS_STATE" || exit 1
-      # shellcheck disable=SC2016 # expanded by the inner bash
-      setsid bash -c 'echo $$ >"$0"; exec nohup "$@"' "$PROMETHEUS_PIDFILE" \
-        /usr/bin/prometheus --config.file="$PROMETHEUS_CONFIG" \
-        --storage.tsdb.path="$PROMETHEUS_STATE/data" \
-        --storage.tsdb.retention.time=1d \
-        --web.listen-address="$PROMETHEUS_HOST:$PROMETHEUS_PORT" \
-        >"$PROMETHEUS_LOG" 2>&1 </dev/null 9>&- &
-    )
-    local i
-    for ((i = 0; i < 50; i++)); do
-      [[ -n "$(prometheus_managed_pid)" ]] && break
-      sleep 0.1
-    done
+    launch_detached "$PROMETHEUS_PIDFILE" "--config.file=$PROMETHEUS_CONFIG" "$PROMETHEUS_STATE" "$PROMETHEUS_LOG" \
+      /usr/bin/prometheus --config.file="$PROMETHEUS_CONFIG" \
+      --storage.tsdb.path="$PROMETHEUS_STATE/data" \
+      --storage.tsdb.retention.time=1d \
+      --web.listen-address="$PROMETHEUS_HOST:$PROMETHEUS_PORT"
   fi
-  local deadline=$((SECONDS + PROMETHEUS_READY_TIMEOUT))
-  until prometheus_ready; do
-    if [[ -z "$(prometheus_managed_pid)" ]]; then
-      [[ -f "$PROMETHEUS_LOG" ]] && tail -n 20 "$PROMETHEUS_LOG" >&2
-      die "Prometheus exited during startup (log $PROMETHEUS_LOG)"
-    fi
-    if ((SECONDS >= deadline)); then
-      [[ -f "$PROMETHEUS_LOG" ]] && tail -n 20 "$PROMETHEUS_LOG" >&2
-      die "Prometheus did not answer at $PROMETHEUS_URL within ${PROMETHEUS_READY_TIMEOUT}s (still running: dev/services stop prometheus)"
-    fi
-    sleep 0.3
-  done
+  wait_ready prometheus "$PROMETHEUS_URL" "$PROMETHEUS_READY_TIMEOUT" prometheus_ready prometheus_managed_pid "$PROMETHEUS_LOG"
   echo "prometheus: ready at $PROMETHEUS_URL"
 }
 
 stop_prometheus() {
-  local pid i
-  pid="$(prometheus_managed_pid)"
-  if [[ -n "$pid" ]]; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < PROMETHEUS_STOP_TIMEOUT * 10; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "Prometheus (pid $pid) still running after ${PROMETHEUS_STOP_TIMEOUT}s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
-    rm -f "$PROMETHEUS_PIDFILE"
-    echo "prometheus: stopped"
-  elif prometheus_ready; then
-    echo "prometheus: not started by dev/services; server at $PROMETHEUS_URL left running"
-  else
-    rm -f "$PROMETHEUS_PIDFILE"
-    echo "prometheus: not running"
-  fi
+  stop_managed prometheus "$PROMETHEUS_URL" "$(prometheus_managed_pid)" "$PROMETHEUS_PIDFILE" "$PROMETHEUS_STOP_TIMEOUT" prometheus_ready
 }
 
 # Returns 0 when the service is up, 1 otherwise.
 status_prometheus() {
-  local pid
-  pid="$(prometheus_managed_pid)"
-  if prometheus_ready; then
-    if [[ -n "$pid" ]]; then
-      echo "prometheus: up at $PROMETHEUS_URL (pid $pid, targets $PROMETHEUS_TARGETS)"
-    else
-      echo "prometheus: up at $PROMETHEUS_URL (not managed by dev/services)"
-    fi
-    return 0
-  fi
-  if [[ -n "$pid" ]]; then
-    echo "prometheus: down (process $pid running but not answering at $PROMETHEUS_URL)"
-  else
-    echo "prometheus: down"
-  fi
-  return 1
+  status_managed prometheus "$PROMETHEUS_URL" "$(prometheus_managed_pid)" "targets $PROMETHEUS_TARGETS" prometheus_ready
 }
 
 env_prometheus() {
-  echo "export RELAYBOX_PROMETHEUS_URL=$PROMETHEUS_URL"
-  echo "export RELAYBOX_PROMETHEUS_TARGETS_DIR=$PROMETHEUS_TARGETS"
+  env_line RELAYBOX_PROMETHEUS_URL "$PROMETHEUS_URL"
+  env_line RELAYBOX_PROMETHEUS_TARGETS_DIR "$PROMETHEUS_TARGETS"
 }

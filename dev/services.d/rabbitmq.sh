@@ -79,10 +79,12 @@ rabbitmq_probe() {
   [[ "$reply" == 01 ]]
 }
 
-rabbitmq_port_open() {
-  # shellcheck disable=SC2016 # expanded by the inner bash
-  timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$RABBITMQ_HOST" "$RABBITMQ_AMQP_PORT" 2>/dev/null
-}
+# The pid of this checkout's node when it is running (its pid file names a
+# live process), else nothing.
+rabbitmq_node_pid() { managed_pid "$RABBITMQ_STATE/rabbitmq.pid"; }
+
+# True when the node answers AMQP and its CLI.
+rabbitmq_ready() { rabbitmq_probe && rabbitmq_node_running; }
 
 # True when this checkout's node is running (it answers its CLI).
 rabbitmq_node_running() {
@@ -100,16 +102,8 @@ rabbitmq_log_tail() {
 }
 
 start_rabbitmq() {
-  if rabbitmq_probe; then
-    if ! rabbitmq_node_running; then
-      log "reusing the AMQP server already listening on $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT"
-    fi
-    echo "rabbitmq: ready at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT"
-    return 0
-  fi
-  if rabbitmq_port_open; then
-    die "$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT is taken by a server that does not answer AMQP; stop it or set RELAYBOX_RABBITMQ_PORT"
-  fi
+  reuse_if_up rabbitmq "$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT" rabbitmq_probe "$(rabbitmq_node_pid)" && return 0
+  refuse_taken_port rabbitmq "$RABBITMQ_HOST" "$RABBITMQ_AMQP_PORT" RELAYBOX_RABBITMQ_PORT
   rabbitmq_install
   mkdir -p "$RABBITMQ_STATE/mnesia" "$RABBITMQ_STATE/log"
   [[ -f "$RABBITMQ_STATE/enabled_plugins" ]] || printf '[].\n' >"$RABBITMQ_STATE/enabled_plugins"
@@ -131,14 +125,7 @@ EOF
         die "rabbitmq-server failed to start"
       }
   fi
-  local deadline=$((SECONDS + RABBITMQ_READY_TIMEOUT))
-  until rabbitmq_probe && rabbitmq_node_running; do
-    if ((SECONDS >= deadline)); then
-      rabbitmq_log_tail
-      die "RabbitMQ did not answer on $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT within ${RABBITMQ_READY_TIMEOUT}s (still running: dev/services stop rabbitmq)"
-    fi
-    sleep 0.5
-  done
+  wait_ready rabbitmq "$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT" "$RABBITMQ_READY_TIMEOUT" rabbitmq_ready "" rabbitmq_log_tail
   echo "rabbitmq: ready at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT"
 }
 
@@ -160,20 +147,11 @@ stop_rabbitmq() {
 
 # Returns 0 when the service is up, 1 otherwise.
 status_rabbitmq() {
-  if rabbitmq_probe; then
-    if rabbitmq_node_running; then
-      echo "rabbitmq: up at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT (node $RABBITMQ_NODE)"
-    else
-      echo "rabbitmq: up at $RABBITMQ_HOST:$RABBITMQ_AMQP_PORT (not started by dev/services)"
-    fi
-    return 0
-  fi
-  echo "rabbitmq: down ($RABBITMQ_HOST:$RABBITMQ_AMQP_PORT)"
-  return 1
+  status_managed rabbitmq "$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT" "$(rabbitmq_node_pid)" "node $RABBITMQ_NODE" rabbitmq_probe
 }
 
 env_rabbitmq() {
-  echo "export RELAYBOX_RABBITMQ_URL=$RABBITMQ_URL_VALUE"
-  echo "export RABBITMQ_URL=$RABBITMQ_URL_VALUE"
-  echo "export RELAYBOX_RABBITMQ_TLS_URL=$RABBITMQ_TLS_URL_VALUE"
+  env_line RELAYBOX_RABBITMQ_URL "$RABBITMQ_URL_VALUE"
+  env_line RABBITMQ_URL "$RABBITMQ_URL_VALUE"
+  env_line RELAYBOX_RABBITMQ_TLS_URL "$RABBITMQ_TLS_URL_VALUE"
 }
