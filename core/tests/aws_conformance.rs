@@ -22,11 +22,12 @@ mod conformance;
 
 use std::time::Duration;
 
-use conformance::Broker;
+use aws_sdk_sqs::types::QueueAttributeName;
+use conformance::{Broker, SECRET};
 use relaybox::transport::aws::{
     source_queue_name, SnsConfig, SqsConfig, SqsSource, SqsSourceConfig,
 };
-use relaybox::{Store, TransportConfig};
+use relaybox::{Message, Store, TransportConfig};
 use uuid::Uuid;
 
 fn endpoint() -> String {
@@ -43,8 +44,11 @@ fn endpoint() -> String {
 /// Unacknowledged messages come back after this long.
 const VISIBILITY: Duration = Duration::from_secs(3);
 
-/// Every message id in queue `name` (read without deleting).
-async fn ids_in_queue(name: &str) -> Vec<Uuid> {
+/// Every message id in dead-letter queue `name` (read without deleting).
+/// The copy of `poison` carries its body, the handler's error as
+/// `relaybox-error` and its headers as attributes; `source`, the queue it
+/// was read from, is left empty (nothing visible, nothing in flight).
+async fn dead_letters_in_queue(name: &str, poison: &Message, source: &str) -> Vec<Uuid> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -86,14 +90,107 @@ async fn ids_in_queue(name: &str) -> Vec<Uuid> {
             return ids;
         }
         for m in got {
-            let id = m
-                .message_attributes
-                .and_then(|mut a| a.remove("relaybox-id"))
-                .and_then(|v| v.string_value)
-                .expect("dead letter without relaybox-id");
-            ids.push(Uuid::parse_str(&id).expect("relaybox-id"));
+            let attr = |name: &str| {
+                m.message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(name))
+                    .and_then(|v| v.string_value.clone())
+            };
+            let id = attr("relaybox-id").expect("dead letter without relaybox-id");
+            let id = Uuid::parse_str(&id).expect("relaybox-id");
+            if id == poison.id {
+                assert_eq!(
+                    m.body.as_deref().map(str::as_bytes),
+                    Some(&poison.payload[..])
+                );
+                let error = attr("relaybox-error").expect("relaybox-error attribute");
+                assert!(error.contains("test handler refuses"), "{error}");
+                assert_eq!(attr("x-step"), poison.headers.get("x-step").cloned());
+                let source_url = sqs
+                    .get_queue_url()
+                    .queue_name(source)
+                    .send()
+                    .await
+                    .expect("source queue")
+                    .queue_url
+                    .expect("queue url");
+                // A loop rather than `wait_for`: its async closure is not
+                // `Send` inside an `async_trait` method.
+                let deadline = std::time::Instant::now() + conformance::CONFORMANCE_WAIT;
+                loop {
+                    let a = sqs
+                        .get_queue_attributes()
+                        .queue_url(&source_url)
+                        .attribute_names(QueueAttributeName::All)
+                        .send()
+                        .await
+                        .expect("queue attributes")
+                        .attributes
+                        .unwrap_or_default();
+                    let depth = [
+                        QueueAttributeName::ApproximateNumberOfMessages,
+                        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                    ]
+                    .map(|k| a.get(&k).cloned().unwrap_or_default());
+                    if depth == ["0", "0"] {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the source queue {source} still holds {depth:?} (visible, in flight)"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+            ids.push(id);
         }
     }
+}
+
+/// Settings of SNS and SQS that must be refused, with the field named.
+fn bad_configs() -> Vec<(serde_json::Value, &'static str)> {
+    use serde_json::json;
+    vec![
+        (json!({"sns": {"topic_arn": "orders"}}), "topic_arn"),
+        (
+            json!({"sns": {"endpoint_url": "127.0.0.1:5000"}}),
+            "endpoint_url",
+        ),
+        (json!({"sqs": {"region": "eu west"}}), "region"),
+        (json!({"sns": {"secret_access_key": "x"}}), "access_key_id"),
+        (json!({"sqs": {"access_key_id": "x"}}), "secret_access_key"),
+        (
+            json!({"sqs": {"visibility_timeout": "1.5s"}}),
+            "visibility_timeout",
+        ),
+        (
+            json!({"sqs": {"queue_url_prefix": "sqs/123"}}),
+            "queue_url_prefix",
+        ),
+        (
+            json!({"sqs": {"max_receive_count": 5000}}),
+            "max_receive_count",
+        ),
+        (json!({"sns": {"topic": "x"}}), "transport"),
+    ]
+}
+
+/// SNS and SQS with the secret as the secret key and in the session token,
+/// at an address nobody answers on (moto accepts any key).
+fn secret_configs() -> Vec<TransportConfig> {
+    ["sns", "sqs"]
+        .into_iter()
+        .map(|service| {
+            TransportConfig::from_json(serde_json::json!({ service: {
+                "region": "eu-west-1",
+                "endpoint_url": "http://127.0.0.1:9",
+                "access_key_id": "AKIAEXAMPLE",
+                "secret_access_key": SECRET,
+                "session_token": format!("token-{SECRET}"),
+            }}))
+            .expect("a valid configuration")
+        })
+        .collect()
 }
 
 struct Sns;
@@ -125,9 +222,22 @@ impl Broker for Sns {
         source.prepare().await.expect("queue and subscription");
     }
 
-    async fn dead_lettered(&self, topic: &str, group: &str) -> Option<Vec<Uuid>> {
+    async fn dead_lettered(&self, topic: &str, group: &str, poison: &Message) -> Option<Vec<Uuid>> {
         let queue = source_queue_name(topic, group);
-        Some(ids_in_queue(&format!("{queue}-dlq")).await)
+        Some(dead_letters_in_queue(&format!("{queue}-dlq"), poison, &queue).await)
+    }
+
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+        bad_configs()
+    }
+
+    fn secret_configs(&self) -> Vec<TransportConfig> {
+        secret_configs()
+    }
+
+    /// Standard topics and queues: no order per key.
+    fn keeps_order_per_key(&self) -> bool {
+        false
     }
 
     fn service(&self) -> &'static str {
@@ -149,12 +259,30 @@ impl Broker for Sqs {
         })
     }
 
-    async fn dead_lettered(&self, topic: &str, _group: &str) -> Option<Vec<Uuid>> {
+    async fn dead_lettered(
+        &self,
+        topic: &str,
+        _group: &str,
+        poison: &Message,
+    ) -> Option<Vec<Uuid>> {
         let dlq = match topic.strip_suffix(".fifo") {
             Some(base) => format!("{base}-dlq.fifo"),
             None => format!("{topic}-dlq"),
         };
-        Some(ids_in_queue(&dlq).await)
+        Some(dead_letters_in_queue(&dlq, poison, topic).await)
+    }
+
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+        bad_configs()
+    }
+
+    fn secret_configs(&self) -> Vec<TransportConfig> {
+        secret_configs()
+    }
+
+    /// Standard topics and queues: no order per key.
+    fn keeps_order_per_key(&self) -> bool {
+        false
     }
 
     fn service(&self) -> &'static str {
@@ -173,6 +301,8 @@ mod sns {
         deduplicates_a_message_delivered_twice,
         redelivers_what_a_stopped_consumer_left_unacknowledged,
         dead_letters_a_poison_message_and_moves_on,
+        refuses_bad_configs_naming_the_field,
+        never_shows_secrets,
         survives_a_broker_outage);
 }
 
@@ -182,5 +312,7 @@ mod sqs {
         deduplicates_a_message_delivered_twice,
         redelivers_what_a_stopped_consumer_left_unacknowledged,
         dead_letters_a_poison_message_and_moves_on,
+        refuses_bad_configs_naming_the_field,
+        never_shows_secrets,
         survives_a_broker_outage);
 }

@@ -9,7 +9,7 @@ mod common;
 mod conformance;
 
 use conformance::Broker;
-use relaybox::TransportConfig;
+use relaybox::{Message, TransportConfig};
 use uuid::Uuid;
 
 struct Database;
@@ -20,8 +20,26 @@ impl Broker for Database {
         TransportConfig::Database
     }
 
-    async fn dead_lettered(&self, _topic: &str, _group: &str) -> Option<Vec<Uuid>> {
+    async fn dead_lettered(
+        &self,
+        _topic: &str,
+        _group: &str,
+        _poison: &Message,
+    ) -> Option<Vec<Uuid>> {
         None
+    }
+
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+        use serde_json::json;
+        vec![
+            (json!("nats"), "transport"),
+            (json!({"databse": {}}), "transport"),
+        ]
+    }
+
+    /// None: the transport writes through the store's own connection.
+    fn secret_configs(&self) -> Vec<TransportConfig> {
+        Vec::new()
     }
 
     fn service(&self) -> &'static str {
@@ -29,4 +47,13 @@ impl Broker for Database {
     }
 }
 
-conformance_tests!(Database);
+// Every scenario but the outage (no broker to stop) and the secrets (the
+// transport holds none of its own: it writes through the store's
+// connection, whose URL tests/bad_input.rs checks).
+conformance_tests!(@tests Database;
+    delivers_each_committed_message_once,
+    keeps_the_order_of_each_key,
+    deduplicates_a_message_delivered_twice,
+    redelivers_what_a_stopped_consumer_left_unacknowledged,
+    dead_letters_a_poison_message_and_moves_on,
+    refuses_bad_configs_naming_the_field);

@@ -19,9 +19,9 @@ mod common;
 #[macro_use]
 mod conformance;
 
-use conformance::Broker;
+use conformance::{Broker, SECRET};
 use relaybox::transport::eventodb::EventoDbConfig;
-use relaybox::TransportConfig;
+use relaybox::{Message, TransportConfig};
 use uuid::Uuid;
 
 struct EventoDb {
@@ -54,8 +54,52 @@ impl Broker for EventoDb {
         TransportConfig::EventoDb(config)
     }
 
-    async fn dead_lettered(&self, _topic: &str, _group: &str) -> Option<Vec<Uuid>> {
+    async fn dead_lettered(
+        &self,
+        _topic: &str,
+        _group: &str,
+        _poison: &Message,
+    ) -> Option<Vec<Uuid>> {
         None
+    }
+
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+        use serde_json::json;
+        vec![
+            (
+                json!({"eventodb": {"url": "127.0.0.1:8080"}}),
+                "eventodb.url",
+            ),
+            (
+                json!({"eventodb": {"url": "http://127.0.0.1:1", "token": "a b"}}),
+                "eventodb.token",
+            ),
+            (
+                json!({"eventodb": {"url": "http://127.0.0.1:1", "consumer_group_size": 0}}),
+                "eventodb.consumer_group_member",
+            ),
+            (
+                json!({"eventodb": {"url": "http://127.0.0.1:1", "correlation": "a-b"}}),
+                "eventodb.correlation",
+            ),
+        ]
+    }
+
+    /// A token of the namespace's shape that the server refuses, and a
+    /// server nobody answers for.
+    fn secret_configs(&self) -> Vec<TransportConfig> {
+        let prefix = self.token.rsplit_once('_').map_or("ns", |(p, _)| p);
+        [
+            (self.url.clone(), format!("{prefix}_{SECRET}")),
+            ("http://127.0.0.1:1".to_string(), SECRET.to_string()),
+        ]
+        .into_iter()
+        .map(|(url, token)| {
+            let mut config = EventoDbConfig::new(url, Some(&token));
+            config.request_timeout = std::time::Duration::from_secs(2);
+            TransportConfig::EventoDb(config)
+        })
+        .collect()
     }
 
     fn stores_each_id_once(&self) -> bool {

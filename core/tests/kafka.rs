@@ -95,7 +95,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(db: &Db, run: i32, poison: Option<Uuid>) -> Arc<Recorder> {
+    fn new(db: &TestDb, run: i32, poison: Option<Uuid>) -> Arc<Recorder> {
         Arc::new(Recorder {
             table: db.t("handled"),
             run,
@@ -127,13 +127,14 @@ impl Handler for Recorder {
         }
         tx.execute(
             &format!(
-                "INSERT INTO {} (message_id, msg_key, run) VALUES ($1, $2, $3)",
+                "INSERT INTO {} (message_id, topic, msg_key, member) VALUES ($1, $2, $3, $4)",
                 self.table
             ),
             &[
                 Value::from(message.id.to_string()),
+                Value::from(message.topic.clone()),
                 Value::from(message.key.clone()),
-                Value::from(self.run),
+                Value::from(i64::from(self.run)),
             ],
         )
         .await?;
@@ -143,7 +144,7 @@ impl Handler for Recorder {
 }
 
 fn start_kafka_consumer(
-    db: &Db,
+    db: &TestDb,
     bootstrap: &str,
     topic: &str,
     config: ConsumerConfig,
@@ -163,7 +164,7 @@ fn start_kafka_consumer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_to_kafka_is_read_by_kcat_with_payload_key_headers_and_order() {
     let bootstrap = bootstrap();
-    let db = Db::new().await;
+    let db = TestDb::new(Backend::Postgres).await;
     let topic = topic("relay");
     let sink = KafkaSink::new(kafka_config(&bootstrap)).expect("kafka sink");
     let relay = Relay::start(db.store.clone(), Arc::new(sink), relay_config()).expect("relay");
@@ -308,7 +309,7 @@ async fn missing_topic_without_create_topics_is_a_transport_error_naming_it() {
     }
 
     // Through the relay: retried, then dead-lettered with the error.
-    let db = Db::new().await;
+    let db = TestDb::new(Backend::Postgres).await;
     let relay = Relay::start(
         db.store.clone(),
         Arc::new(sink.clone()),
@@ -417,7 +418,7 @@ fn group_offsets(
 async fn consumer_redelivery_after_rewind_is_skipped_by_the_inbox() {
     const N: usize = 120;
     let bootstrap = bootstrap();
-    let db = Db::new().await;
+    let db = TestDb::new(Backend::Postgres).await;
     let topic = topic("redeliver");
     let group = group("redeliver");
     let messages: Vec<Message> = (0..N)
@@ -516,100 +517,6 @@ async fn consumer_redelivery_after_rewind_is_skipped_by_the_inbox() {
 
 // ---- 4. poison message on the consumer side ----------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_message_goes_to_the_dlq_topic_and_the_partition_moves_on() {
-    let bootstrap = bootstrap();
-    let db = Db::new().await;
-    let topic = topic("poison");
-    let group = group("poison");
-    // One key, so one partition: the poison sits between its neighbours.
-    let messages: Vec<Message> = (0..30u8)
-        .map(|i| {
-            Message::new(&topic, vec![b'p', i, 0xff, 0x00])
-                .with_key("one-key")
-                .with_type("Step")
-                .with_header("x-step", i.to_string())
-        })
-        .collect();
-    let poison = &messages[9];
-    produce(&bootstrap, &messages).await;
-
-    let recorder = Recorder::new(&db, 1, Some(poison.id));
-    let config = ConsumerConfig {
-        max_retries: 2,
-        retry_delay: Duration::from_millis(20),
-        retry_delay_max: Duration::from_millis(100),
-        ..consumer_config(&group)
-    };
-    let consumer = start_kafka_consumer(&db, &bootstrap, &topic, config, recorder.clone());
-    wait_for(
-        "the rest processed and the poison dead-lettered",
-        WAIT,
-        async || {
-            let s = consumer.stats();
-            if s.processed >= 29 && s.dead_lettered >= 1 {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        },
-    )
-    .await;
-    consumer.shutdown().await.expect("consumer shutdown");
-    let s = consumer.stats();
-    assert_eq!(
-        (s.processed, s.dead_lettered, s.retried),
-        (29, 1, 2),
-        "{s:?}"
-    );
-    assert_eq!(
-        recorder.calls().get(&poison.id),
-        Some(&3),
-        "1 attempt + 2 retries"
-    );
-
-    // The rest of the partition, before and after the poison, in order.
-    let want: Vec<Uuid> = messages
-        .iter()
-        .map(|m| m.id)
-        .filter(|id| *id != poison.id)
-        .collect();
-    assert_eq!(recorder.handled(), want, "handling order of the partition");
-    let rows = db.handled_rows().await;
-    assert_eq!(rows.len(), 29);
-    assert!(!rows.contains_key(&poison.id));
-
-    // In the DLQ topic, as any client sees it.
-    let dlq = format!("{topic}.dlq");
-    let records = read_records(&bootstrap, &dlq).await;
-    assert_eq!(records.len(), 1, "DLQ records {records:?}");
-    let r = &records[0];
-    assert_eq!(r.id(), poison.id);
-    assert_eq!(r.key.as_deref(), Some("one-key"));
-    let error = r
-        .header("relaybox-error")
-        .unwrap_or_else(|| panic!("no relaybox-error header: {r:?}"));
-    assert!(
-        error.contains(&Recorder::refusal(poison.id)),
-        "relaybox-error {error:?} lacks the handler's error text"
-    );
-    assert_eq!(r.header("relaybox-original-topic"), Some(topic.as_str()));
-    assert_eq!(r.header("relaybox-type"), Some("Step"));
-    assert_eq!(r.header("x-step"), Some("9"));
-    let raw = read_raw(&bootstrap, &dlq).await;
-    assert_eq!(
-        raw[&(r.partition, r.offset)].payload.as_deref(),
-        Some(&poison.payload[..]),
-        "the DLQ record carries the original payload bytes"
-    );
-
-    // Not in the dead_letters table.
-    assert!(db.store.dead_letters(100).await.unwrap().is_empty());
-    assert_eq!(db.store.status().await.unwrap().dead_letters, 0);
-    delete_topics(&bootstrap, &[&topic, &dlq]).await;
-    db.cleanup().await;
-}
-
 // ---- 4b. poison messages on the relay side -------------------------------------
 
 /// Creates `topic` (3 partitions) with the topic-level `max.message.bytes`.
@@ -638,7 +545,7 @@ async fn create_topic_with_limit(bootstrap: &str, topic: &str, max_message_bytes
 /// error, every other message in Kafka once, in order per key.
 async fn relay_a_poison(topic: &str, poison_bytes: usize, refusal: &str) {
     let bootstrap = bootstrap();
-    let db = Db::new().await;
+    let db = TestDb::new(Backend::Postgres).await;
     let sink = KafkaSink::new(kafka_config(&bootstrap)).expect("kafka sink");
     let mut messages: Vec<Message> = Vec::new();
     for i in 0..12 {
@@ -734,7 +641,7 @@ async fn three_relays_deliver_10000_messages_without_loss_in_order_per_key() {
     const N: usize = 10_000;
     const KEYS: usize = 100;
     let bootstrap = bootstrap();
-    let db = Db::new().await;
+    let db = TestDb::new(Backend::Postgres).await;
     let topic = topic("three");
     let tag = suffix();
     let mut relays = Vec::new();
@@ -923,7 +830,7 @@ async fn child_case(case: &str) {
             assert!(k.create_topics, "the quickstart switch creates topics");
 
             // The switch's sink and source, end to end.
-            let db = Db::new().await;
+            let db = TestDb::new(Backend::Postgres).await;
             let topic = topic("switch");
             let group = group("switch");
             let relay =

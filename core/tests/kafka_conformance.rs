@@ -9,9 +9,11 @@ mod common;
 mod conformance;
 mod kafka_common;
 
-use conformance::Broker;
+use std::time::Duration;
+
+use conformance::{Broker, SECRET};
 use relaybox::transport::kafka::KafkaConfig;
-use relaybox::TransportConfig;
+use relaybox::{Message, TransportConfig};
 use uuid::Uuid;
 
 struct Kafka {
@@ -35,10 +37,81 @@ impl Broker for Kafka {
         })
     }
 
-    async fn dead_lettered(&self, topic: &str, _group: &str) -> Option<Vec<Uuid>> {
+    /// Reads the dead-letter topic `<topic>.dlq` as any client sees it: the
+    /// poison message's record keeps its key, payload bytes, type and
+    /// headers, and carries the handler's error and the original topic.
+    async fn dead_lettered(
+        &self,
+        topic: &str,
+        _group: &str,
+        poison: &Message,
+    ) -> Option<Vec<Uuid>> {
         let dlq = format!("{topic}.dlq");
         let records = kafka_common::read_records(&self.bootstrap, &dlq).await;
+        if let Some(r) = records.iter().find(|r| r.id() == poison.id) {
+            assert_eq!(r.key, poison.key);
+            let error = r
+                .header("relaybox-error")
+                .unwrap_or_else(|| panic!("no relaybox-error header: {r:?}"));
+            assert!(
+                error.contains(&format!("refuses message {}", poison.id)),
+                "relaybox-error {error:?} lacks the handler's error text"
+            );
+            assert_eq!(r.header("relaybox-original-topic"), Some(topic));
+            assert_eq!(r.header("relaybox-type"), Some(poison.event_type.as_str()));
+            assert_eq!(
+                r.header("x-step"),
+                poison.headers.get("x-step").map(String::as_str)
+            );
+            let raw = kafka_common::read_raw(&self.bootstrap, &dlq).await;
+            assert_eq!(
+                raw[&(r.partition, r.offset)].payload.as_deref(),
+                Some(&poison.payload[..]),
+                "the DLQ record carries the original payload bytes"
+            );
+        }
         Some(records.iter().map(kafka_common::Record::id).collect())
+    }
+
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+        use serde_json::json;
+        vec![
+            (
+                json!({"kafka": {"bootstrap_servers": ""}}),
+                "bootstrap_servers",
+            ),
+            (
+                json!({"kafka": {"topic_partitions": 0}}),
+                "topic_partitions",
+            ),
+            (
+                json!({"kafka": {"topic_replication": 0}}),
+                "topic_replication",
+            ),
+            (
+                json!({"kafka": {"delivery_timeout": "10ms"}}),
+                "delivery_timeout",
+            ),
+            (json!({"kafka": {"cloudevents": 1}}), "cloudevents"),
+            (json!({"kafka": {"bootstrap": "x:9092"}}), "transport"),
+        ]
+    }
+
+    /// SASL with the secret as its password, at an address nobody answers on.
+    fn secret_configs(&self) -> Vec<TransportConfig> {
+        let mut config = KafkaConfig {
+            delivery_timeout: Duration::from_secs(3),
+            ..KafkaConfig::new("127.0.0.1:1")
+        };
+        for (k, v) in [
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", "relay"),
+            ("sasl.password", SECRET),
+        ] {
+            config.properties.insert(k.into(), v.into());
+        }
+        vec![TransportConfig::Kafka(config)]
     }
 
     fn service(&self) -> &'static str {

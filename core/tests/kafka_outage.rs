@@ -122,7 +122,7 @@ fn batch(topic: &str, from: usize, n: usize) -> Vec<Message> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_survives_a_broker_outage_without_losing_messages() {
     let bootstrap = bootstrap();
-    let db = Db::new().await;
+    let db = TestDb::new(Backend::Postgres).await;
     let topic = topic("outage");
     let mut broker = BrokerGuard { stopped: false };
 

@@ -18,9 +18,9 @@ mod common;
 #[macro_use]
 mod conformance;
 
-use conformance::Broker;
+use conformance::{Broker, SECRET};
 use relaybox::transport::message_db::MessageDbConfig;
-use relaybox::TransportConfig;
+use relaybox::{Message, TransportConfig};
 use uuid::Uuid;
 
 struct MessageDb {
@@ -45,8 +45,39 @@ impl Broker for MessageDb {
         TransportConfig::MessageDb(MessageDbConfig::new(&self.url))
     }
 
-    async fn dead_lettered(&self, _topic: &str, _group: &str) -> Option<Vec<Uuid>> {
+    async fn dead_lettered(
+        &self,
+        _topic: &str,
+        _group: &str,
+        _poison: &Message,
+    ) -> Option<Vec<Uuid>> {
         None
+    }
+
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+        use serde_json::json;
+        vec![
+            (
+                json!({"message_db": {"url": "mysql://x/y"}}),
+                "message_db.url",
+            ),
+            (
+                json!({"message_db": {"consumer_group_size": 0}}),
+                "message_db.consumer_group_member",
+            ),
+            (
+                json!({"message_db": {"correlation": "a-b"}}),
+                "message_db.correlation",
+            ),
+        ]
+    }
+
+    /// The Message DB database at an address nobody answers on, with the
+    /// secret as its password (the test server trusts local users and would
+    /// accept any password).
+    fn secret_configs(&self) -> Vec<TransportConfig> {
+        let url = format!("postgres://message_store:{SECRET}@127.0.0.1:1/message_store");
+        vec![TransportConfig::MessageDb(MessageDbConfig::new(url))]
     }
 
     fn stores_each_id_once(&self) -> bool {

@@ -8,19 +8,17 @@
 //! exchange, queues and table prefix, so they run in parallel.
 #![cfg(feature = "rabbitmq")]
 
+#[path = "support/amqp.rs"]
+mod amqp;
 mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amqp::*;
 use common::*;
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use relaybox::transport::rabbitmq::{
     Codec, RabbitMqConfig, RabbitMqSink, RabbitMqSource, RabbitMqSourceConfig,
 };
@@ -29,17 +27,6 @@ use uuid::Uuid;
 
 /// Bound of the waits for deliveries and processing.
 const WAIT: Duration = Duration::from_secs(45);
-
-/// The broker URL; fails the test loudly when it is not set.
-fn url() -> String {
-    match std::env::var("RELAYBOX_RABBITMQ_URL") {
-        Ok(u) if !u.trim().is_empty() => u,
-        _ => panic!(
-            "RELAYBOX_RABBITMQ_URL is not set: the RabbitMQ tests run against a real node and \
-             are never skipped. Start it with `dev/services start rabbitmq && eval \"$(dev/services env)\"`"
-        ),
-    }
-}
 
 fn suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
@@ -50,128 +37,6 @@ fn config() -> RabbitMqConfig {
     RabbitMqConfig {
         exchange: format!("relaybox-it-{}", suffix()),
         ..RabbitMqConfig::new(url())
-    }
-}
-
-/// A raw lapin channel, as a third-party client sees the broker.
-async fn raw() -> (Connection, Channel) {
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .expect("raw AMQP connection");
-    let channel = conn.create_channel().await.expect("raw channel");
-    (conn, channel)
-}
-
-/// Declares the exchange and a queue bound to it with `routing_key`.
-async fn bind_queue(
-    ch: &Channel,
-    exchange: &str,
-    queue: &str,
-    routing_key: &str,
-    args: FieldTable,
-) {
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("exchange declare");
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        args,
-    )
-    .await
-    .expect("queue declare");
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        routing_key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue bind");
-}
-
-/// One message taken from a queue with `basic.get` (auto-ack).
-struct Got {
-    routing_key: String,
-    exchange: String,
-    properties: BasicProperties,
-    body: Vec<u8>,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<String> {
-        match self.properties.headers().as_ref()?.inner().get(name)? {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            other => Some(format!("{other:?}")),
-        }
-    }
-
-    fn prop(v: &Option<lapin::types::ShortString>) -> Option<String> {
-        v.as_ref().map(|s| s.as_str().to_string())
-    }
-
-    fn message_id(&self) -> Uuid {
-        Uuid::parse_str(&Self::prop(self.properties.message_id()).expect("message_id"))
-            .expect("message_id is a UUID")
-    }
-}
-
-/// Every message in `queue`, in queue order.
-async fn drain(ch: &Channel, queue: &str) -> Vec<Got> {
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        let d = &m.delivery;
-        out.push(Got {
-            routing_key: d.routing_key.as_str().to_string(),
-            exchange: d.exchange.as_str().to_string(),
-            properties: d.properties.clone(),
-            body: d.data.clone(),
-        });
-    }
-    out
-}
-
-/// Messages ready in `queue` (passive declare).
-async fn queue_depth(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive queue declare")
-    .message_count()
-}
-
-async fn delete(ch: &Channel, queues: &[&str], exchanges: &[&str]) {
-    for q in queues {
-        let _ = ch
-            .queue_delete((*q).into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in exchanges {
-        let _ = ch
-            .exchange_delete((*e).into(), ExchangeDeleteOptions::default())
-            .await;
     }
 }
 
@@ -677,127 +542,10 @@ async fn consumer_handles_each_message_once_in_key_order_across_a_restart() {
     db.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_message_goes_to_the_dead_letter_queue_and_the_rest_continue() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let config = config();
-    let topic = format!("steps-{}", suffix());
-    let group = format!("g-{}", suffix());
-    let messages: Vec<Message> = (0..30u8)
-        .map(|i| {
-            Message::new(&topic, vec![b'p', i, 0xff, 0x00])
-                .with_key("one-key")
-                .with_type("Step")
-                .with_header("x-step", i.to_string())
-        })
-        .collect();
-    let poison = messages[9].clone();
-    let source = RabbitMqSource::new(RabbitMqSourceConfig::new(config.clone(), &topic, &group))
-        .expect("source");
-    source.connect().await.expect("declares queues");
-    let sink = RabbitMqSink::new(config.clone()).expect("sink");
-    let results = sink.publish(&messages).await;
-    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-
-    let poison_id = poison.id;
-    let recorder = Recorder::new(&db).failing(move |m| m.id == poison_id).arc();
-    let cc = ConsumerConfig {
-        max_retries: 2,
-        ..consumer_config(&group)
-    };
-    let consumer =
-        Consumer::start(db.store.clone(), source.clone(), recorder.clone(), cc).expect("consumer");
-    wait_for(
-        "the rest processed and the poison dead-lettered",
-        WAIT,
-        async || {
-            let s = consumer.stats();
-            if s.processed >= 29 && s.dead_lettered >= 1 {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        },
-    )
-    .await;
-    consumer.shutdown().await.expect("consumer shutdown");
-    let s = consumer.stats();
-    assert_eq!(
-        (s.processed, s.dead_lettered, s.retried, s.duplicates),
-        (29, 1, 2, 0),
-        "nothing delivered twice: every acknowledgement was taken {s:?}"
-    );
-    assert_eq!(
-        recorder.calls().get(&poison.id),
-        Some(&3),
-        "1 attempt + 2 retries"
-    );
-    let want: Vec<Uuid> = messages
-        .iter()
-        .map(|m| m.id)
-        .filter(|id| *id != poison.id)
-        .collect();
-    let handled: Vec<Uuid> = recorder.handled().iter().map(|m| m.id).collect();
-    assert_eq!(handled, want, "the key's order around the poison");
-
-    let (_conn, ch) = raw().await;
-    let queue = format!("{group}.{topic}");
-    let dlq = format!("{queue}.dlq");
-    assert_eq!(
-        queue_depth(&ch, &queue).await,
-        0,
-        "the original is acknowledged"
-    );
-    let got = drain(&ch, &dlq).await;
-    assert_eq!(got.len(), 1, "one dead letter");
-    let d = &got[0];
-    assert_eq!(d.message_id(), poison.id);
-    assert_eq!(d.body, poison.payload);
-    assert_eq!(d.exchange, config.dead_letter_exchange());
-    let error = d.header("relaybox-error").expect("relaybox-error header");
-    assert!(error.contains(&poison.id.to_string()), "{error}");
-    assert_eq!(d.header("relaybox-original-topic"), Some(topic.clone()));
-    assert_eq!(d.header("relaybox-original-queue"), Some(queue.clone()));
-    assert_eq!(d.header("x-step").as_deref(), Some("9"));
-    assert_eq!(
-        Got::prop(d.properties.correlation_id()).as_deref(),
-        Some("one-key")
-    );
-    assert!(
-        db.store.dead_letters(10).await.unwrap().is_empty(),
-        "not in the table"
-    );
-    delete(
-        &ch,
-        &[&queue, &dlq],
-        &[&config.exchange, &config.dead_letter_exchange()],
-    )
-    .await;
-    db.cleanup().await;
-}
-
 // ---- configuration and secrets -------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_config_is_a_config_error_naming_the_field() {
-    let field = |v: serde_json::Value| match TransportConfig::from_json(v) {
-        Err(Error::InvalidConfig { field, .. }) => field,
-        other => panic!("expected a config error, got {other:?}"),
-    };
-    use serde_json::json;
-    assert_eq!(
-        field(json!({"rabbitmq": {"url": "redis://127.0.0.1"}})),
-        "url"
-    );
-    assert_eq!(field(json!({"rabbitmq": {"url": "amqp://[::1"}})), "url");
-    assert_eq!(field(json!({"rabbitmq": {"exchange": ""}})), "exchange");
-    assert_eq!(field(json!({"rabbitmq": {"prefetch": 0}})), "prefetch");
-    assert_eq!(
-        field(json!({"rabbitmq": {"confirm_timeout": "1ms"}})),
-        "confirm_timeout"
-    );
-    assert_eq!(field(json!({"rabbitmq": {"codec": "xml"}})), "transport");
-    assert_eq!(field(json!({"rabbitmq": {"exchagne": "x"}})), "transport");
+async fn source_settings_a_queue_cannot_take_name_their_field() {
     let c = RabbitMqConfig::new(url());
     let long_group = "g".repeat(300);
     match RabbitMqSource::new(RabbitMqSourceConfig::new(c.clone(), "t", long_group)) {
@@ -810,8 +558,11 @@ async fn bad_config_is_a_config_error_naming_the_field() {
     }
 }
 
+/// The conformance suite checks that no password shows anywhere; this
+/// checks the form errors and `Debug` give the broker's URL: named, with
+/// the password masked as `***`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passwords_never_show_in_debug_or_errors() {
+async fn errors_name_the_broker_with_its_password_masked() {
     // A refused login on the real node, and a port nobody listens on.
     let base = url();
     let host = base.split('@').nth(1).unwrap_or("127.0.0.1:5672/%2f");
@@ -825,7 +576,6 @@ async fn passwords_never_show_in_debug_or_errors() {
         };
         let sink = RabbitMqSink::new(config.clone()).expect("sink");
         let shown = format!("{sink:?} {config:?}");
-        assert!(!shown.contains("Wr0ngPa55word"), "{shown}");
         assert!(shown.contains(":***@"), "{shown}");
         let m = Message::new("t", b"x".to_vec());
         let results = sink.publish(std::slice::from_ref(&m)).await;
@@ -833,7 +583,6 @@ async fn passwords_never_show_in_debug_or_errors() {
         assert!(e.retryable(), "{e}");
         assert_eq!(e.message_id(), Some(m.id));
         let text = format!("{e} {e:?}");
-        assert!(!text.contains("Wr0ngPa55word"), "{text}");
         assert!(
             text.contains("connecting to amqp://"),
             "names the broker: {text}"
@@ -850,147 +599,5 @@ async fn passwords_never_show_in_debug_or_errors() {
             .await
             .expect_err("cannot connect");
         assert!(e.retryable(), "{e}");
-        let text = format!("{e} {e:?} {source:?}");
-        assert!(!text.contains("Wr0ngPa55word"), "{text}");
     }
-}
-
-// ---- a broker restart ----------------------------------------------------------
-
-/// A RabbitMQ node of this test's own (another port), started and stopped
-/// with `dev/services`, so restarting it disturbs no other test.
-struct OwnNode {
-    port: u16,
-}
-
-impl OwnNode {
-    fn services(&self, action: &str) {
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = std::process::Command::new(repo.join("dev/services"))
-            .args([action, "rabbitmq"])
-            .env("RELAYBOX_RABBITMQ_PORT", self.port.to_string())
-            .output()
-            .expect("run dev/services");
-        assert!(
-            out.status.success(),
-            "dev/services {action} rabbitmq on port {} failed: {}{}",
-            self.port,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-}
-
-impl Drop for OwnNode {
-    fn drop(&mut self) {
-        self.services("stop");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_and_consumer_carry_on_after_a_broker_restart_with_nothing_lost() {
-    let _ = url();
-    let db = TestDb::new(Backend::Postgres).await;
-    let node = OwnNode {
-        port: 5700 + (rand::random::<u16>() % 200),
-    };
-    node.services("start");
-    let config = RabbitMqConfig {
-        exchange: format!("relaybox-it-{}", suffix()),
-        connect_timeout: Duration::from_secs(2),
-        confirm_timeout: Duration::from_secs(3),
-        ..RabbitMqConfig::new(node.url())
-    };
-    let transport = TransportConfig::Rabbitmq(config.clone());
-    let topic = format!("outage-{}", suffix());
-    let group = format!("g-{}", suffix());
-    let relay_cfg = relaybox::RelayConfig {
-        max_attempts: 1000,
-        backoff_max: Duration::from_millis(500),
-        publish_timeout: Some(Duration::from_secs(5)),
-        ..relay_config()
-    };
-    let relay = Relay::start(
-        db.store.clone(),
-        transport.sink(&db.store).unwrap(),
-        relay_cfg,
-    )
-    .expect("relay");
-    let recorder = Recorder::new(&db).delay(Duration::from_millis(5)).arc();
-    let consumer = start_consumer(
-        &db,
-        &transport,
-        &topic,
-        consumer_config(&group),
-        recorder.clone(),
-    );
-    // The consumer declares its queue: wait for it, so nothing is unroutable.
-    let queue = format!("{group}.{topic}");
-    wait_for("the group's queue declared", WAIT, async || {
-        let conn = Connection::connect(&node.url(), ConnectionProperties::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let r = ch
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await;
-        let _ = conn.close(200, "done".into()).await;
-        r.map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await;
-
-    let all = messages(&topic, 300, 6);
-    enqueue_all(&db.store, &all[..150], 10).await;
-    wait_for("a first part handled", WAIT, async || {
-        let n = recorder.handled_count();
-        if n >= 50 {
-            Ok(())
-        } else {
-            Err(format!("{n} handled"))
-        }
-    })
-    .await;
-    node.services("stop");
-    // Written while the broker is down: they wait in the outbox.
-    enqueue_all(&db.store, &all[150..], 10).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        db.store.pending_count().await.unwrap() > 0,
-        "nothing can be delivered meanwhile"
-    );
-    node.services("start");
-
-    wait_until_drained(&db.store, WAIT, None).await;
-    wait_for(
-        "every message handled",
-        Duration::from_secs(90),
-        async || {
-            let n = recorder.handled_count();
-            if n >= 300 {
-                Ok(())
-            } else {
-                Err(format!("{n} handled, {:?}", consumer.stats()))
-            }
-        },
-    )
-    .await;
-    relay.shutdown().await.expect("relay shutdown");
-    consumer.shutdown().await.expect("consumer shutdown");
-    assert_eq!(relay.stats().dead_lettered, 0, "{:?}", relay.stats());
-    let ids: Vec<Uuid> = all.iter().map(|m| m.id).collect();
-    assert_handled_once(&db, &[&recorder], &ids).await;
-    assert_eq!(
-        per_key(recorder.handled().iter().map(|m| (m.key.clone(), m.id))),
-        per_key(all.iter().map(|m| (m.key.clone(), m.id))),
-        "order per key"
-    );
-    db.cleanup().await;
 }

@@ -10,12 +10,14 @@
 mod common;
 #[macro_use]
 mod conformance;
+#[path = "support/amqp.rs"]
+mod amqp;
 
-use conformance::Broker;
-use lapin::options::BasicGetOptions;
-use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+
+use conformance::{Broker, SECRET};
 use relaybox::transport::rabbitmq::{RabbitMqConfig, RabbitMqSource, RabbitMqSourceConfig};
-use relaybox::{Source, Store, TransportConfig};
+use relaybox::{Message, Source, Store, TransportConfig};
 use uuid::Uuid;
 
 /// The node of `dev/services`, with an exchange of this test's own.
@@ -57,28 +59,75 @@ impl Broker for RabbitMq {
         source.close().await.expect("close");
     }
 
-    async fn dead_lettered(&self, topic: &str, group: &str) -> Option<Vec<Uuid>> {
-        let conn = Connection::connect(&self.config.url, ConnectionProperties::default())
-            .await
-            .expect("AMQP connection");
-        let ch = conn.create_channel().await.expect("channel");
-        let dlq = format!("{group}.{topic}.dlq");
-        let mut ids = Vec::new();
-        while let Some(m) = ch
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic.get")
-        {
-            let id = m
-                .delivery
-                .properties
-                .message_id()
-                .clone()
-                .expect("message_id");
-            ids.push(Uuid::parse_str(id.as_str()).expect("message_id is a UUID"));
+    /// Drains the group's dead-letter queue; the poison message's copy
+    /// carries its body, its key as the correlation id, its headers and the
+    /// error, original topic and original queue as `relaybox-*` headers, and
+    /// the original queue holds nothing more.
+    async fn dead_lettered(&self, topic: &str, group: &str, poison: &Message) -> Option<Vec<Uuid>> {
+        let (conn, ch) = amqp::raw().await;
+        let queue = format!("{group}.{topic}");
+        let got = amqp::drain(&ch, &format!("{queue}.dlq")).await;
+        if let Some(d) = got.iter().find(|d| d.message_id() == poison.id) {
+            assert_eq!(d.body, poison.payload);
+            assert_eq!(d.exchange, self.config.dead_letter_exchange());
+            let error = d.header("relaybox-error").expect("relaybox-error header");
+            assert!(error.contains(&poison.id.to_string()), "{error}");
+            assert_eq!(d.header("relaybox-original-topic").as_deref(), Some(topic));
+            assert_eq!(
+                d.header("relaybox-original-queue").as_deref(),
+                Some(queue.as_str())
+            );
+            assert_eq!(d.header("x-step"), poison.headers.get("x-step").cloned());
+            assert_eq!(
+                amqp::Got::prop(d.properties.correlation_id()),
+                poison.key.clone()
+            );
+            assert_eq!(
+                amqp::queue_depth(&ch, &queue).await,
+                0,
+                "the original is acknowledged"
+            );
         }
         let _ = conn.close(200, "done".into()).await;
-        Some(ids)
+        Some(got.iter().map(amqp::Got::message_id).collect())
+    }
+
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+        use serde_json::json;
+        vec![
+            (json!({"rabbitmq": {"url": "redis://127.0.0.1"}}), "url"),
+            (json!({"rabbitmq": {"url": "amqp://[::1"}}), "url"),
+            (json!({"rabbitmq": {"exchange": ""}}), "exchange"),
+            (json!({"rabbitmq": {"prefetch": 0}}), "prefetch"),
+            (
+                json!({"rabbitmq": {"confirm_timeout": "1ms"}}),
+                "confirm_timeout",
+            ),
+            (json!({"rabbitmq": {"codec": "xml"}}), "transport"),
+            (json!({"rabbitmq": {"exchagne": "x"}}), "transport"),
+        ]
+    }
+
+    /// A login the node refuses, and a port nobody listens on.
+    fn secret_configs(&self) -> Vec<TransportConfig> {
+        let host = self
+            .config
+            .url
+            .split('@')
+            .nth(1)
+            .unwrap_or("127.0.0.1:5672/%2f");
+        [
+            format!("amqp://guest:{SECRET}@{host}"),
+            format!("amqp://relay:{SECRET}@127.0.0.1:1/%2f"),
+        ]
+        .into_iter()
+        .map(|url| {
+            TransportConfig::Rabbitmq(RabbitMqConfig {
+                connect_timeout: Duration::from_secs(3),
+                ..RabbitMqConfig::new(url)
+            })
+        })
+        .collect()
     }
 
     fn service(&self) -> &'static str {

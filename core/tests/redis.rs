@@ -412,80 +412,8 @@ async fn a_restarted_consumer_reads_its_own_pending_entries_at_once() {
         .is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_message_goes_to_the_dlq_stream_and_the_rest_continue() {
-    let url = url();
-    let topic = unique("dlq");
-    let group = unique("group");
-    let dlq = format!("{topic}.dlq");
-    let _cleanup = Cleanup(url.clone(), vec![topic.clone(), dlq.clone()]);
-    let db = TestDb::new(Backend::Sqlite).await;
-    let sink = RedisSink::new(config(&url)).unwrap();
-    let batch = messages(&topic, 12, 2);
-    assert!(sink.publish(&batch).await.iter().all(Result::is_ok));
-    let poison = batch[4].id;
-    let recorder = Recorder::new(&db).failing(move |m| m.id == poison).arc();
-    let source = RedisSource::new(RedisSourceConfig::new(config(&url), &topic, &group)).unwrap();
-    let consumer = start_consumer(&db, source, &group, recorder.clone());
-    wait_until("11 handled", || match recorder.handled_count() {
-        11 => Ok(()),
-        n => Err(format!("{n} handled")),
-    })
-    .await;
-    wait_until("one dead letter", || match xlen(&url, &dlq) {
-        1 => Ok(()),
-        n => Err(format!("{n} in {dlq}")),
-    })
-    .await;
-    wait_until("nothing pending", || match pending(&url, &topic, &group) {
-        0 => Ok(()),
-        n => Err(format!("{n} pending")),
-    })
-    .await;
-    consumer.shutdown().await.unwrap();
-    let entries = xrange(&url, &dlq);
-    let fields = &entries[0].1;
-    assert_eq!(field(fields, "id"), poison.to_string());
-    assert_eq!(field(fields, "data"), "m4");
-    assert!(
-        field(fields, "error").contains("refuses"),
-        "{}",
-        field(fields, "error")
-    );
-    assert_eq!(field(fields, "original_stream"), topic);
-    let original = &xrange(&url, &topic)[4].0;
-    assert_eq!(field(fields, "original_id"), original);
-    assert_eq!(recorder.calls()[&poison], 4, "first try and three retries");
-    db.cleanup().await;
-}
-
 #[test]
-fn bad_config_is_an_error_naming_the_field() {
-    let field_of =
-        |v: serde_json::Value| match TransportConfig::from_json(serde_json::json!({"redis": v})) {
-            Err(Error::InvalidConfig { field, .. }) => field,
-            other => panic!("{other:?}"),
-        };
-    assert_eq!(field_of(serde_json::json!({"url": ""})), "url");
-    assert_eq!(field_of(serde_json::json!({"url": "memcached://x"})), "url");
-    assert_eq!(field_of(serde_json::json!({"maxlen": 0})), "maxlen");
-    assert_eq!(field_of(serde_json::json!({"stream": "all"})), "stream");
-    assert_eq!(
-        field_of(serde_json::json!({"dead_letter_stream": "{topic}"})),
-        "dead_letter_stream"
-    );
-    assert_eq!(
-        field_of(serde_json::json!({"start_id": "newest"})),
-        "start_id"
-    );
-    assert_eq!(field_of(serde_json::json!({"block": "0s"})), "block");
-    assert_eq!(
-        field_of(serde_json::json!({"command_timeout": "1ms"})),
-        "command_timeout"
-    );
-    assert_eq!(field_of(serde_json::json!({"consumer": " "})), "consumer");
-    assert_eq!(field_of(serde_json::json!({"block": "soon"})), "transport");
-    assert_eq!(field_of(serde_json::json!({"max_len": 5})), "transport");
+fn a_source_without_a_group_is_an_error_naming_it() {
     let empty_group = RedisSource::new(RedisSourceConfig::new(RedisConfig::default(), "t", ""));
     assert!(matches!(empty_group, Err(Error::InvalidConfig { ref field, .. }) if field == "group"));
 }

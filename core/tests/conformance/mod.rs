@@ -20,6 +20,13 @@
 //!   always rejects is dead-lettered after `max_retries` (to the transport's
 //!   own dead-letter destination, or the `dead_letters` table), and the
 //!   messages after it, of its key too, are handled;
+//! - `refuses_bad_configs_naming_the_field`: every setting of
+//!   [`Broker::bad_configs`] is refused by `TransportConfig::from_json` with
+//!   an `InvalidConfig` error naming its field;
+//! - `never_shows_secrets`: the configurations of [`Broker::secret_configs`]
+//!   (a refused or unreachable server, [`SECRET`] where the transport keeps
+//!   its password, key or token) fail to publish, and neither their
+//!   `Debug` nor any error of the sink or the source shows the secret;
 //! - with `outage`: `survives_a_broker_outage`: the server is stopped while
 //!   the application keeps enqueuing and a consumer keeps running, then
 //!   started again; everything is delivered and handled once, with no manual
@@ -36,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relaybox::{
-    Consumer, ConsumerConfig, Message, Relay, RelayConfig, Sink, Store, TransportConfig,
+    Consumer, ConsumerConfig, Message, Relay, RelayConfig, Sink, Source, Store, TransportConfig,
 };
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::time::Instant;
@@ -46,6 +53,10 @@ use crate::common::*;
 
 /// Bound of every wait for deliveries: generous, for a loaded 2-core machine.
 pub const CONFORMANCE_WAIT: Duration = Duration::from_secs(60);
+
+/// The secret that [`Broker::secret_configs`] puts where each transport
+/// keeps its password, key or token; it must never be shown.
+pub const SECRET: &str = "Wr0ngPa55word";
 
 /// A transport under test, with what the suite needs to know about its server.
 #[async_trait::async_trait]
@@ -75,6 +86,12 @@ pub trait Broker: Send + Sync + 'static {
         consumer_config(group)
     }
 
+    /// Whether the transport, as the suite configures it, keeps each key's
+    /// messages in order (checked after the outage); the default is `true`.
+    fn keeps_order_per_key(&self) -> bool {
+        true
+    }
+
     /// Whether the broker itself keeps one copy per message id (Message DB's
     /// unique id), so that a message published twice reaches the consumer
     /// once and the inbox has nothing to skip. The default is `false`.
@@ -84,8 +101,20 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The ids of the messages in the transport's own dead-letter
     /// destination for `topic` and `group`, or `None` when the transport
-    /// dead-letters into relaybox's `dead_letters` table.
-    async fn dead_lettered(&self, topic: &str, group: &str) -> Option<Vec<Uuid>>;
+    /// dead-letters into relaybox's `dead_letters` table. A transport with a
+    /// destination of its own also asserts there what its wire format says
+    /// of `poison`, the message dead-lettered (the error, the original
+    /// topic, the payload and headers).
+    async fn dead_lettered(&self, topic: &str, group: &str, poison: &Message) -> Option<Vec<Uuid>>;
+
+    /// Transport settings, as `TransportConfig::from_json` reads them, that
+    /// must be refused, each with the field its `InvalidConfig` error names.
+    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)>;
+
+    /// Configurations holding [`SECRET`] (a password, a key, a token) that
+    /// cannot deliver: a server that refuses the secret, or an address
+    /// nobody answers on (with short timeouts).
+    fn secret_configs(&self) -> Vec<TransportConfig>;
 
     /// The `dev/services` name of the server, stopped and started by the
     /// outage scenario.
@@ -149,7 +178,9 @@ macro_rules! conformance_tests {
             keeps_the_order_of_each_key,
             deduplicates_a_message_delivered_twice,
             redelivers_what_a_stopped_consumer_left_unacknowledged,
-            dead_letters_a_poison_message_and_moves_on);
+            dead_letters_a_poison_message_and_moves_on,
+            refuses_bad_configs_naming_the_field,
+            never_shows_secrets);
     };
     ($broker:expr, outage) => {
         conformance_tests!($broker);
@@ -462,7 +493,12 @@ pub async fn redelivers_what_a_stopped_consumer_left_unacknowledged<B: Broker>(b
 pub async fn dead_letters_a_poison_message_and_moves_on<B: Broker>(broker: &B) {
     let _server = exclusive(false).await;
     let scene = Scene::new(broker, "poison").await;
-    let sent = scene.messages(20, 2);
+    let sent: Vec<Message> = scene
+        .messages(20, 2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| m.with_header("x-step", i.to_string()))
+        .collect();
     let poison = sent[4].id;
     let recorder = Recorder::new(&scene.db)
         .failing(move |m| m.id == poison)
@@ -503,12 +539,27 @@ pub async fn dead_letters_a_poison_message_and_moves_on<B: Broker>(broker: &B) {
     for id in &healthy {
         assert_eq!(rows.get(id).copied(), Some(1), "business rows of {id}");
     }
-    match broker.dead_lettered(&scene.topic, &scene.group).await {
-        Some(in_broker) => assert_eq!(
-            in_broker,
-            vec![poison],
-            "the broker's dead-letter destination holds exactly the poison message"
-        ),
+    match broker
+        .dead_lettered(&scene.topic, &scene.group, &sent[4])
+        .await
+    {
+        Some(in_broker) => {
+            assert_eq!(
+                in_broker,
+                vec![poison],
+                "the broker's dead-letter destination holds exactly the poison message"
+            );
+            assert!(
+                scene
+                    .db
+                    .store
+                    .dead_letters(10)
+                    .await
+                    .expect("dead_letters")
+                    .is_empty(),
+                "the broker's destination took it, not the dead_letters table"
+            );
+        }
         None => {
             let table = scene.db.store.dead_letters(10).await.expect("dead_letters");
             let ids: Vec<Uuid> = table.iter().map(|d| d.message.id).collect();
@@ -605,6 +656,10 @@ pub async fn survives_a_broker_outage<B: Broker>(broker: &B) {
         sent.extend(more);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        scene.db.store.pending_count().await.expect("pending_count") > 0,
+        "nothing enqueued during the outage can have been delivered"
+    );
     assert!(relay.is_running(), "the relay stopped during the outage");
     assert!(
         consumer.is_running(),
@@ -632,5 +687,77 @@ pub async fn survives_a_broker_outage<B: Broker>(broker: &B) {
     for id in ids(&sent) {
         assert_eq!(rows.get(&id).copied(), Some(1), "business rows of {id}");
     }
+    if broker.keeps_order_per_key() {
+        assert_key_order(&recorder.handled(), &sent);
+    }
     scene.db.cleanup().await;
+}
+
+/// Every bad setting the transport names is refused, naming its field.
+pub async fn refuses_bad_configs_naming_the_field<B: Broker>(broker: &B) {
+    let cases = broker.bad_configs();
+    assert!(
+        !cases.is_empty(),
+        "the transport names no bad configuration"
+    );
+    for (json, field) in cases {
+        match TransportConfig::from_json(json.clone()) {
+            Err(relaybox::Error::InvalidConfig { field: named, .. }) => {
+                assert_eq!(named, field, "the field named for {json}")
+            }
+            other => panic!("{json}: expected a configuration error naming {field}, got {other:?}"),
+        }
+    }
+}
+
+/// A configuration holding [`SECRET`] that cannot deliver: nothing is
+/// published, and the secret shows neither in `Debug` nor in any error.
+pub async fn never_shows_secrets<B: Broker>(broker: &B) {
+    let configs = broker.secret_configs();
+    assert!(
+        !configs.is_empty(),
+        "the transport names no secret-bearing configuration"
+    );
+    let _server = exclusive(false).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let topic = broker.topic("secret");
+    let group = format!("{topic}_group");
+    for transport in configs {
+        let mut shown = format!("{transport:?}");
+        let message = Message::new(&topic, "{}");
+        match transport.sink(&db.store) {
+            Err(e) => shown.push_str(&format!(" {e} {e:?}")),
+            Ok(sink) => {
+                let results = tokio::time::timeout(
+                    CONFORMANCE_WAIT,
+                    sink.publish(std::slice::from_ref(&message)),
+                )
+                .await
+                .expect("a publish that cannot succeed returns");
+                let e = results
+                    .into_iter()
+                    .next()
+                    .expect("one result per message")
+                    .expect_err("nothing is published with a refused or unreachable secret");
+                shown.push_str(&format!(" {e} {e:?}"));
+            }
+        }
+        match transport.source(&db.store, &topic, &group) {
+            Err(e) => shown.push_str(&format!(" {e} {e:?}")),
+            Ok(source) => {
+                let fetched = tokio::time::timeout(
+                    CONFORMANCE_WAIT,
+                    source.fetch(10, Duration::from_millis(100)),
+                )
+                .await
+                .expect("a fetch that cannot succeed returns");
+                match fetched {
+                    Err(e) => shown.push_str(&format!(" {e} {e:?}")),
+                    Ok(got) => assert!(got.is_empty(), "read {} messages", got.len()),
+                }
+            }
+        }
+        assert!(!shown.contains(SECRET), "the secret shows: {shown}");
+    }
+    db.cleanup().await;
 }

@@ -1,13 +1,14 @@
 //! Helpers of the Kafka integration tests (`kafka.rs`, `kafka_outage.rs`,
 //! `kafka_conformance.rs`):
 //! the real PostgreSQL and Kafka broker from the environment (the tests fail
-//! loudly when either is missing), unique names, a PostgreSQL store under a
-//! unique table prefix, a bounded `wait_for`, and kcat as the third-party
-//! reader of what relaybox wrote to Kafka.
+//! loudly when either is missing), unique names, and kcat as the
+//! third-party reader of what relaybox wrote to Kafka. The database of each
+//! test is `common::TestDb` on PostgreSQL.
 #![allow(dead_code, unused_imports)]
 
 pub use crate::common::{
     drop_prefixed_tables, init_tracing, pg_url, wait_for, wait_pending, wait_until_drained,
+    Backend, TestDb,
 };
 
 use std::collections::HashMap;
@@ -73,96 +74,6 @@ pub fn kafka_config(bootstrap: &str) -> KafkaConfig {
     KafkaConfig {
         create_topics: true,
         ..KafkaConfig::new(bootstrap)
-    }
-}
-
-/// A migrated PostgreSQL store whose tables carry a unique prefix
-/// (`k_<random>_`), dropped again when the `Db` is dropped.
-pub struct Db {
-    pub url: String,
-    pub prefix: String,
-    pub store: Store,
-    cleaned: AtomicBool,
-}
-
-impl Db {
-    pub async fn new() -> Db {
-        init_tracing();
-        let url = pg_url();
-        let prefix = format!("k_{}_", suffix());
-        let options = StoreOptions {
-            table_prefix: prefix.clone(),
-            ..StoreOptions::default()
-        };
-        let store = Store::connect_with(&url, options)
-            .await
-            .unwrap_or_else(|e| panic!("cannot open the PostgreSQL test store: {e}; {START_HINT}"));
-        store.migrate().await.expect("migrate");
-        let db = Db {
-            url,
-            prefix,
-            store,
-            cleaned: AtomicBool::new(false),
-        };
-        db.exec(&format!(
-            "CREATE TABLE {} (message_id TEXT NOT NULL, msg_key TEXT, run INT NOT NULL)",
-            db.t("handled")
-        ))
-        .await;
-        db
-    }
-
-    /// A table name with this test's prefix.
-    pub fn t(&self, name: &str) -> String {
-        format!("{}{}", self.prefix, name)
-    }
-
-    pub async fn exec(&self, sql: &str) {
-        sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
-            .execute(self.store.pg_pool().expect("postgres pool"))
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    /// Business rows written by handlers into `<prefix>handled`, per message id.
-    pub async fn handled_rows(&self) -> HashMap<Uuid, i64> {
-        let sql = format!(
-            "SELECT message_id, count(*) FROM {} GROUP BY message_id",
-            self.t("handled")
-        );
-        let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql))
-            .fetch_all(self.store.pg_pool().expect("postgres pool"))
-            .await
-            .expect("handled rows");
-        rows.into_iter()
-            .map(|(id, n)| (Uuid::parse_str(&id).expect("uuid in handled"), n))
-            .collect()
-    }
-
-    /// Drops this test's tables. Dropping the `Db` does the same.
-    pub async fn cleanup(&self) {
-        if !self.cleaned.swap(true, Ordering::SeqCst) {
-            drop_prefixed_tables(&self.url, &self.prefix).await;
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if self.cleaned.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // Possibly unwinding inside a runtime: clean up on a thread of our own.
-        let (url, prefix) = (self.url.clone(), self.prefix.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(drop_prefixed_tables(&url, &prefix));
-            }
-        })
-        .join();
     }
 }
 
