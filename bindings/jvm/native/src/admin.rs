@@ -1,5 +1,5 @@
 //! What an operator asks an outbox: its status (backlog per topic, dead
-//! letters, partitions, lease owners, live relays) and its dead letters,
+//! letters, parked keys, partitions, lease owners, live relays) and its dead letters,
 //! which can be listed, put back into the outbox or deleted. The records
 //! mirror the core's `Status` and `DeadLetter`; counts are signed so that
 //! Java can read them.
@@ -38,8 +38,24 @@ pub struct LeaseOwner {
     pub expires_at: SystemTime,
 }
 
-/// What `relaybox status` shows: backlog per topic, dead letters, partitions
-/// and the relays holding them.
+/// A key the relay holds back: a message of it was dead-lettered, and its
+/// later messages wait until that dead letter is retried or purged.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct ParkedKey {
+    /// The dead-lettered message's topic.
+    pub topic: String,
+    /// The message key.
+    pub key: String,
+    /// Its partition (a key is parked within its partition).
+    pub partition: i64,
+    /// When the message was dead-lettered (the earliest, if several were).
+    pub since: SystemTime,
+    /// The id of that dead letter's message: what to retry or purge.
+    pub dead_letter_id: String,
+}
+
+/// What `relaybox status` shows: backlog per topic, dead letters, parked
+/// keys, partitions and the relays holding them.
 #[derive(Clone, Debug, PartialEq, uniffi::Record)]
 pub struct OutboxStatus {
     /// Backlog per topic; topics with nothing undelivered are absent.
@@ -52,6 +68,11 @@ pub struct OutboxStatus {
     pub lease_owners: Vec<LeaseOwner>,
     /// Live relay instances (heartbeat not expired).
     pub live_relays: i64,
+    /// Keys parked behind a dead letter of the relay, longest parked first,
+    /// at most 100 of them.
+    pub parked_keys: Vec<ParkedKey>,
+    /// Keys parked in total (may exceed the length of `parked_keys`).
+    pub parked_keys_total: i64,
 }
 
 impl From<relaybox::Status> for OutboxStatus {
@@ -80,6 +101,18 @@ impl From<relaybox::Status> for OutboxStatus {
                 })
                 .collect(),
             live_relays: s.live_relays,
+            parked_keys: s
+                .parked_keys
+                .into_iter()
+                .map(|p| ParkedKey {
+                    topic: p.topic,
+                    key: p.key,
+                    partition: i64::from(p.partition),
+                    since: p.since.into(),
+                    dead_letter_id: p.dead_letter_id.to_string(),
+                })
+                .collect(),
+            parked_keys_total: s.parked_keys_total,
         }
     }
 }

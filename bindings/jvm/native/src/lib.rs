@@ -16,7 +16,7 @@ mod outbox;
 mod relay;
 mod transaction;
 
-pub use admin::{DeadLetter, LeaseOwner, OutboxStatus, TopicBacklog};
+pub use admin::{DeadLetter, LeaseOwner, OutboxStatus, ParkedKey, TopicBacklog};
 pub use consumer::{Consumer, ConsumerStats, MessageHandler, SuspendMessageHandler};
 pub use convert::{Message, MessageSpec, Row, SqlValue};
 pub use error::RelayboxError;

@@ -130,4 +130,46 @@ class AdminTest {
                 assertEquals(listOf("first"), TestSupport.column("${prefix}handled", "body"))
             }
         }
+
+    @Test
+    fun `a key the relay dead-lettered is parked until its dead letter is purged`() =
+        runBlocking {
+            Outbox.open(TestSupport.databaseUrl, TestSupport.options(prefix), true).use { outbox ->
+                val topic = "${prefix}parked".replace('_', '-')
+                // The Kafka client refuses records over 2,000 bytes for good:
+                // the relay dead-letters the large one at once.
+                val kafka =
+                    """{"kafka": {"bootstrap_servers": "${TestSupport.kafkaBootstrap}", "create_topics": true,
+                    |"producer_properties": {"message.max.bytes": "2000"}}}
+                    """.trimMargin()
+                val poison =
+                    outbox.transaction { tx ->
+                        val id = tx.enqueue(textMessage(topic, "x".repeat(5000), key = "held"))
+                        tx.enqueue(textMessage(topic, "after the poison", key = "held"))
+                        tx.enqueue(textMessage(topic, "another key", key = "free"))
+                        id
+                    }
+                Relay.start(outbox, kafka, """{"poll_interval": "100ms"}""").use { relay ->
+                    TestSupport.waitFor("the poison dead-lettered and the free key delivered") {
+                        relay.stats().deadLettered == 1L && relay.stats().delivered == 1L
+                    }
+                    val parked = outbox.status()
+                    assertEquals(1L, parked.parkedKeysTotal)
+                    val key = parked.parkedKeys.single()
+                    assertEquals(topic, key.topic)
+                    assertEquals("held", key.key)
+                    assertEquals(poison, key.deadLetterId)
+                    assertTrue(key.partition >= 0L)
+                    assertEquals(1L, outbox.pendingCountBlocking(), "the key's later message waits")
+
+                    assertEquals(1L, outbox.purgeDeadLetters(listOf(poison)))
+                    TestSupport.waitFor("the key resumed without the poison") { outbox.pendingCountBlocking() == 0L }
+                    assertEquals(2L, relay.stats().delivered)
+                    val after = outbox.statusBlocking()
+                    assertEquals(0L, after.parkedKeysTotal)
+                    assertEquals(emptyList<ParkedKey>(), after.parkedKeys)
+                    relay.stop()
+                }
+            }
+        }
 }
