@@ -25,6 +25,7 @@ macro_rules! on_dialect {
 mod claim;
 mod columns;
 mod connect;
+mod decode;
 mod dispatch;
 mod enqueue;
 mod host;
@@ -54,7 +55,7 @@ use crate::validate::Limits;
 use crate::wake::Wake;
 
 pub(crate) use claim::{split_claimed, Claim, ClaimHold, Completion, Slice};
-pub(crate) use columns::{headers_json, parse_headers, secs};
+pub(crate) use columns::{headers_json, secs};
 pub(crate) use enqueue::KeyTaker;
 pub use enqueue::{OutboxConnection, Written};
 pub(crate) use host::{host_insert_params, host_insert_sql};
@@ -62,7 +63,6 @@ pub use host::{InboxStatement, InsertStatement, Placeholders, HOST_BATCH_MAX};
 pub(crate) use lease::{LeaseSession, LeaseView};
 pub use options::StoreOptions;
 pub(crate) use postgres::{inbox_insert as pg_inbox_insert, PgSql};
-pub(crate) use rows::mark_served;
 pub use rows::{
     ConsumerPosition, DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LogEntry,
     OutboxRow, ParkedKey, Status, TopicBacklog, PARKED_KEYS_SHOWN,
