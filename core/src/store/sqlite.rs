@@ -310,8 +310,19 @@ fn now_us() -> i64 {
     to_unix_micros(Utc::now())
 }
 
+/// `d` in microseconds, at most `i64::MAX`.
+fn micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+/// Microseconds since the epoch `d` from now.
 fn later_us(d: Duration) -> i64 {
-    now_us().saturating_add(d.as_micros().min(i64::MAX as u128) as i64)
+    now_us().saturating_add(micros(d))
+}
+
+/// Microseconds since the epoch `d` ago.
+fn earlier_us(d: Duration) -> i64 {
+    now_us() - micros(d)
 }
 
 fn json_list<T: serde::Serialize>(items: &[T]) -> String {
@@ -843,7 +854,7 @@ pub(super) async fn purge_inbox(
     sql: &SqliteSql,
     older_than: Duration,
 ) -> Result<u64> {
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     Ok(q(&sql.inbox_purge)
         .bind(cutoff)
         .execute(pool)
@@ -866,7 +877,7 @@ pub(super) async fn purge_idempotency_keys(
     .execute(pool)
     .await
     .map_err(schema_missing)?;
-    let cutoff = now - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = now - micros(older_than);
     Ok(sqlx::query(AssertSqlSafe(format!(
         "DELETE FROM {p}idempotency_keys WHERE released_at < ?1"
     )))
@@ -885,7 +896,7 @@ pub(super) async fn purge_log(
     limit: u32,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     Ok(sqlx::query(AssertSqlSafe(format!(
         "DELETE FROM {p}log WHERE position IN (SELECT l.position FROM {p}log l \
          WHERE l.appended_at < ?1 \
@@ -909,7 +920,7 @@ pub(super) async fn purge_old_dead_letters(
     limit: u32,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     let mut conn = pool.acquire().await?;
     let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
     let purged = sqlx::query(AssertSqlSafe(format!(
@@ -934,7 +945,7 @@ pub(super) async fn purge_sent(
     sql: &SqliteSql,
     older_than: Duration,
 ) -> Result<u64> {
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     Ok(q(&sql.purge_sent)
         .bind(cutoff)
         .execute(pool)
