@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::columns::parse_headers;
 use super::rows::mark_served;
-use super::{DeadLetter, LeaseOwner, LogEntry, ParkedKey, Status, TopicBacklog};
+use super::{ConsumerPosition, DeadLetter, LeaseOwner, LogEntry, ParkedKey, Status, TopicBacklog};
 use crate::error::{Error, Result};
 use crate::message::{from_unix_micros, Message};
 
@@ -203,4 +203,42 @@ pub(super) fn status_of<R: Stored>(parts: StatusParts<R>) -> Result<Status> {
         lease_owners,
         live_relays,
     })
+}
+
+/// The consumer positions from the rows of the positions table (group,
+/// source, position, time stored), in their order; for each log source,
+/// `head_and_lag(topic, position)` reads the topic's last log position and
+/// how many of its entries lie after the position.
+pub(super) async fn positions_from_rows<R, F, Fut>(
+    rows: &[R],
+    head_and_lag: F,
+) -> Result<Vec<ConsumerPosition>>
+where
+    R: Stored,
+    F: Fn(String, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<(Option<i64>, i64)>>,
+{
+    let mut positions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let source = row.text("source")?;
+        let position = row.int("position")?;
+        let topic = ConsumerPosition::log_topic(&source).map(str::to_string);
+        let (head, lag) = match &topic {
+            Some(topic) => {
+                let (head, lag) = head_and_lag(topic.clone(), position).await?;
+                (head, Some(lag))
+            }
+            None => (None, None),
+        };
+        positions.push(ConsumerPosition {
+            group: row.text("consumer_group")?,
+            source,
+            topic,
+            position,
+            updated_at: row.time("updated_at")?,
+            head,
+            lag,
+        });
+    }
+    Ok(positions)
 }

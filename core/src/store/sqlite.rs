@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::decode::{
     backlog_from_row, dead_letter_from_row, lease_owner_from_row, log_entry_from_row,
-    message_from_row, status_of, StatusParts,
+    message_from_row, positions_from_rows, status_of, StatusParts,
 };
 use super::scope::LeaseScope;
 use super::{
@@ -21,7 +21,7 @@ use super::{
     PARKED_KEYS_SHOWN,
 };
 use crate::error::{Error, Result};
-use crate::message::{from_unix_micros, to_unix_micros, Message};
+use crate::message::{to_unix_micros, Message};
 use crate::schema::{self, Dialect, MIGRATIONS};
 use crate::value::Value;
 
@@ -1198,36 +1198,22 @@ pub(super) async fn consumer_positions(
     .fetch_all(pool)
     .await
     .map_err(schema_missing)?;
-    let mut positions = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let source: String = row.try_get("source")?;
-        let position: i64 = row.try_get("position")?;
-        let topic = ConsumerPosition::log_topic(&source).map(str::to_string);
-        let (head, lag) = match &topic {
-            Some(topic) => {
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT (SELECT max(position) FROM {p}log WHERE topic = ?1) AS head, \
-                     (SELECT count(*) FROM {p}log WHERE topic = ?1 AND position > ?2) AS lag"
-                )))
+    let head_and_lag = format!(
+        "SELECT (SELECT max(position) FROM {p}log WHERE topic = ?1) AS head, \
+         (SELECT count(*) FROM {p}log WHERE topic = ?1 AND position > ?2) AS lag"
+    );
+    positions_from_rows(&rows, |topic, position| {
+        let statement = head_and_lag.clone();
+        async move {
+            let row = sqlx::query(AssertSqlSafe(statement))
                 .bind(topic)
                 .bind(position)
                 .fetch_one(pool)
                 .await?;
-                (row.try_get("head")?, Some(row.try_get("lag")?))
-            }
-            None => (None, None),
-        };
-        positions.push(ConsumerPosition {
-            group: row.try_get("consumer_group")?,
-            source,
-            topic,
-            position,
-            updated_at: from_unix_micros(row.try_get("updated_at")?),
-            head,
-            lag,
-        });
-    }
-    Ok(positions)
+            Ok((row.try_get("head")?, row.try_get("lag")?))
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
