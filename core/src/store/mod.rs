@@ -4,7 +4,8 @@
 //!
 //! Modules: `options` (settings), `connect` (URLs, opening the pool),
 //! `sqlite_hooks` (wake-ups on SQLite commits), `rows` (the rows returned),
-//! `columns` (shared column encodings), `enqueue` (writing through the
+//! `columns` (shared column encodings), `decode` (reading either dialect's
+//! rows alike), `enqueue` (writing through the
 //! caller's connection), `host` (statements for host-language drivers),
 //! `dispatch` (operations run alike on either dialect), `lease` (relay
 //! leases), `claim` (relay batches), `scope` (statements of relays serving
