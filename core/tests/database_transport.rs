@@ -264,3 +264,42 @@ async fn two_consumers_of_one_member_handle_each_message_once(backend: Backend) 
     assert_eq!(duplicates, all.len() as u64);
     db.cleanup().await;
 }
+
+dialect_tests!(consumer_positions_show_the_lag_of_log_sources);
+
+/// The stored positions list every group and source; a source of the log
+/// also shows the topic's last position and how far behind it is.
+async fn consumer_positions_show_the_lag_of_log_sources(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = &db.store;
+    let entries: Vec<Message> = (0..3)
+        .map(|n| Message::new("orders", vec![n]).with_key("k"))
+        .collect();
+    store.append_log(&entries).await.unwrap();
+    let log = store.read_log("orders", 0, 10).await.unwrap();
+    store
+        .set_position("g", "log:orders:0/1", log[0].position)
+        .await
+        .unwrap();
+    store.set_position("g", "kafka:orders", 7).await.unwrap();
+    let positions = store.consumer_positions().await.unwrap();
+    assert_eq!(positions.len(), 2);
+    let kafka = &positions[0];
+    assert_eq!(
+        (
+            kafka.source.as_str(),
+            kafka.topic.as_deref(),
+            kafka.position
+        ),
+        ("kafka:orders", None, 7)
+    );
+    assert_eq!((kafka.head, kafka.lag), (None, None));
+    let on_log = &positions[1];
+    assert_eq!(on_log.group, "g");
+    assert_eq!(on_log.topic.as_deref(), Some("orders"));
+    assert_eq!(on_log.position, log[0].position);
+    assert_eq!(on_log.head, Some(log[2].position));
+    assert_eq!(on_log.lag, Some(2));
+    assert!((chrono::Utc::now() - on_log.updated_at).num_seconds().abs() < 60);
+    db.cleanup().await;
+}

@@ -5,15 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
+use super::decode::{
+    backlog_from_row, dead_letter_from_row, lease_owner_from_row, log_entry_from_row,
+    message_from_row, positions_from_rows, status_of, StatusParts,
+};
 use super::scope::LeaseScope;
 use super::{
-    headers_json, parse_headers, secs, split_claimed, Claim, ClaimHold, Completion,
-    ConsumerPosition, DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LeaseView,
-    LogEntry, OutboxRow, ParkedKey, Placeholders, Slice, Status, TopicBacklog, PARKED_KEYS_SHOWN,
+    headers_json, secs, split_claimed, Claim, ClaimHold, Completion, ConsumerPosition, DeadLetter,
+    DeadLetterFilter, DeadLetterQuery, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
+    PARKED_KEYS_SHOWN,
 };
 use crate::error::{Error, Result};
 use crate::message::{micros_rfc3339, Message};
@@ -636,21 +640,6 @@ pub(super) async fn insert_outbox(
     Ok(())
 }
 
-fn message_from_row(row: &PgRow) -> Result<Message> {
-    Ok(Message {
-        id: row.try_get("id")?,
-        topic: row.try_get("topic")?,
-        key: row.try_get("key")?,
-        event_type: row.try_get("type")?,
-        payload: row.try_get("payload")?,
-        content_type: row.try_get("content_type")?,
-        headers: parse_headers(row.try_get::<&str, _>("headers")?)?,
-        created_at: row.try_get("created_at")?,
-        available_at: row.try_get("available_at")?,
-        idempotency_key: None,
-    })
-}
-
 /// How the relay's batch transactions begin (one round trip):
 ///
 /// - `synchronous_commit = off`: recording deliveries need not wait for a
@@ -1270,14 +1259,7 @@ pub(super) async fn read_log(
         .fetch_all(pool)
         .await
         .map_err(schema_missing)?;
-    rows.iter()
-        .map(|row| {
-            Ok(LogEntry {
-                position: row.try_get("position")?,
-                message: message_from_row(row)?,
-            })
-        })
-        .collect()
+    rows.iter().map(log_entry_from_row).collect()
 }
 
 pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
@@ -1286,15 +1268,7 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
         .await
         .map_err(schema_missing)?
         .iter()
-        .map(|r| {
-            Ok(TopicBacklog {
-                topic: r.try_get("topic")?,
-                pending: r.try_get("pending")?,
-                oldest_age_seconds: r.try_get("age")?,
-                retrying: r.try_get("retrying")?,
-                served: false,
-            })
-        })
+        .map(|r| backlog_from_row(r, r.try_get("age")?))
         .collect::<Result<Vec<_>>>()?;
     let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone()))
         .fetch_one(pool)
@@ -1303,52 +1277,27 @@ pub(super) async fn status(pool: &PgPool, sql: &PgSql) -> Result<Status> {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(LeaseOwner {
-                owner: r.try_get("owner")?,
-                partitions: r.try_get("n")?,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
+        .map(lease_owner_from_row)
         .collect::<Result<Vec<_>>>()?;
     let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
         .fetch_one(pool)
         .await?;
-    let served: Vec<Option<String>> = live_topics(pool, sql)
+    let served = live_topics(pool, sql)
         .await?
         .into_iter()
         .map(|(_, topics)| topics)
         .collect();
-    let mut topics = topics;
-    super::mark_served(&mut topics, &served);
     let parked = q(&sql.parked)
         .bind(i64::from(PARKED_KEYS_SHOWN))
         .fetch_all(pool)
         .await?;
-    let parked_keys_total = match parked.first() {
-        Some(r) => r.try_get("total")?,
-        None => 0,
-    };
-    let parked_keys = parked
-        .iter()
-        .map(|r| {
-            Ok(ParkedKey {
-                topic: r.try_get("topic")?,
-                key: r.try_get("key")?,
-                partition: r.try_get::<i32, _>("partition")? as u32,
-                since: r.try_get("failed_at")?,
-                dead_letter_id: r.try_get("id")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Status {
+    status_of(StatusParts {
         topics,
         dead_letters,
-        parked_keys,
-        parked_keys_total,
-        partitions: 0,
         lease_owners,
         live_relays,
+        served,
+        parked,
     })
 }
 
@@ -1471,47 +1420,22 @@ pub(super) async fn consumer_positions(
     .fetch_all(pool)
     .await
     .map_err(schema_missing)?;
-    let mut positions = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let source: String = row.try_get("source")?;
-        let position: i64 = row.try_get("position")?;
-        let topic = ConsumerPosition::log_topic(&source).map(str::to_string);
-        let (head, lag) = match &topic {
-            Some(topic) => {
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT (SELECT max(position) FROM {p}log WHERE topic = $1) AS head, \
-                     (SELECT count(*) FROM {p}log WHERE topic = $1 AND position > $2) AS lag"
-                )))
+    let head_and_lag = format!(
+        "SELECT (SELECT max(position) FROM {p}log WHERE topic = $1) AS head, \
+         (SELECT count(*) FROM {p}log WHERE topic = $1 AND position > $2) AS lag"
+    );
+    positions_from_rows(&rows, |topic, position| {
+        let statement = head_and_lag.clone();
+        async move {
+            let row = sqlx::query(AssertSqlSafe(statement))
                 .bind(topic)
                 .bind(position)
                 .fetch_one(pool)
                 .await?;
-                (row.try_get("head")?, Some(row.try_get("lag")?))
-            }
-            None => (None, None),
-        };
-        positions.push(ConsumerPosition {
-            group: row.try_get("consumer_group")?,
-            source,
-            topic,
-            position,
-            updated_at: row.try_get("updated_at")?,
-            head,
-            lag,
-        });
-    }
-    Ok(positions)
-}
-
-/// A dead letter from a row of the dead-letter table.
-fn dead_letter_from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetter> {
-    Ok(DeadLetter {
-        message: message_from_row(row)?,
-        origin: row.try_get("origin")?,
-        attempts: row.try_get::<i32, _>("attempts")? as u32,
-        last_error: row.try_get("last_error")?,
-        failed_at: row.try_get("failed_at")?,
+            Ok((row.try_get("head")?, row.try_get("lag")?))
+        }
     })
+    .await
 }
 
 #[cfg(test)]

@@ -10,14 +10,18 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use uuid::Uuid;
 
+use super::decode::{
+    backlog_from_row, dead_letter_from_row, lease_owner_from_row, log_entry_from_row,
+    message_from_row, positions_from_rows, status_of, StatusParts,
+};
 use super::scope::LeaseScope;
 use super::{
-    headers_json, parse_headers, split_claimed, Claim, ClaimHold, Completion, ConsumerPosition,
-    DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LeaseView, LogEntry, OutboxRow,
-    ParkedKey, Placeholders, Slice, Status, TopicBacklog, PARKED_KEYS_SHOWN,
+    headers_json, split_claimed, Claim, ClaimHold, Completion, ConsumerPosition, DeadLetter,
+    DeadLetterFilter, DeadLetterQuery, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
+    PARKED_KEYS_SHOWN,
 };
 use crate::error::{Error, Result};
-use crate::message::{from_unix_micros, to_unix_micros, Message};
+use crate::message::{to_unix_micros, Message};
 use crate::schema::{self, Dialect, MIGRATIONS};
 use crate::value::Value;
 
@@ -306,8 +310,19 @@ fn now_us() -> i64 {
     to_unix_micros(Utc::now())
 }
 
+/// `d` in microseconds, at most `i64::MAX`.
+fn micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+/// Microseconds since the epoch `d` from now.
 fn later_us(d: Duration) -> i64 {
-    now_us().saturating_add(d.as_micros().min(i64::MAX as u128) as i64)
+    now_us().saturating_add(micros(d))
+}
+
+/// Microseconds since the epoch `d` ago.
+fn earlier_us(d: Duration) -> i64 {
+    now_us() - micros(d)
 }
 
 fn json_list<T: serde::Serialize>(items: &[T]) -> String {
@@ -472,27 +487,6 @@ fn bind_row<'q>(
         .bind(headers_json(m))
         .bind(to_unix_micros(m.created_at))
         .bind(to_unix_micros(m.available_at))
-}
-
-fn parse_id(text: &str) -> Result<Uuid> {
-    Uuid::parse_str(text).map_err(|e| Error::InvalidValue {
-        reason: format!("id column holds {text:?}, not a UUID: {e}"),
-    })
-}
-
-fn message_from_row(row: &SqliteRow) -> Result<Message> {
-    Ok(Message {
-        id: parse_id(row.try_get("id")?)?,
-        topic: row.try_get("topic")?,
-        key: row.try_get("key")?,
-        event_type: row.try_get("type")?,
-        payload: row.try_get("payload")?,
-        content_type: row.try_get("content_type")?,
-        headers: parse_headers(row.try_get::<&str, _>("headers")?)?,
-        created_at: from_unix_micros(row.try_get("created_at")?),
-        available_at: from_unix_micros(row.try_get("available_at")?),
-        idempotency_key: None,
-    })
 }
 
 pub(super) async fn claim(
@@ -860,7 +854,7 @@ pub(super) async fn purge_inbox(
     sql: &SqliteSql,
     older_than: Duration,
 ) -> Result<u64> {
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     Ok(q(&sql.inbox_purge)
         .bind(cutoff)
         .execute(pool)
@@ -883,7 +877,7 @@ pub(super) async fn purge_idempotency_keys(
     .execute(pool)
     .await
     .map_err(schema_missing)?;
-    let cutoff = now - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = now - micros(older_than);
     Ok(sqlx::query(AssertSqlSafe(format!(
         "DELETE FROM {p}idempotency_keys WHERE released_at < ?1"
     )))
@@ -902,7 +896,7 @@ pub(super) async fn purge_log(
     limit: u32,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     Ok(sqlx::query(AssertSqlSafe(format!(
         "DELETE FROM {p}log WHERE position IN (SELECT l.position FROM {p}log l \
          WHERE l.appended_at < ?1 \
@@ -926,7 +920,7 @@ pub(super) async fn purge_old_dead_letters(
     limit: u32,
 ) -> Result<u64> {
     let p = &sql.prefix;
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     let mut conn = pool.acquire().await?;
     let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
     let purged = sqlx::query(AssertSqlSafe(format!(
@@ -951,7 +945,7 @@ pub(super) async fn purge_sent(
     sql: &SqliteSql,
     older_than: Duration,
 ) -> Result<u64> {
-    let cutoff = now_us() - older_than.as_micros().min(i64::MAX as u128) as i64;
+    let cutoff = earlier_us(older_than);
     Ok(q(&sql.purge_sent)
         .bind(cutoff)
         .execute(pool)
@@ -1024,14 +1018,7 @@ pub(super) async fn read_log(
         .fetch_all(pool)
         .await
         .map_err(schema_missing)?;
-    rows.iter()
-        .map(|row| {
-            Ok(LogEntry {
-                position: row.try_get("position")?,
-                message: message_from_row(row)?,
-            })
-        })
-        .collect()
+    rows.iter().map(log_entry_from_row).collect()
 }
 
 pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status> {
@@ -1043,13 +1030,7 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
         .iter()
         .map(|r| {
             let oldest: i64 = r.try_get("oldest")?;
-            Ok(TopicBacklog {
-                topic: r.try_get("topic")?,
-                pending: r.try_get("pending")?,
-                oldest_age_seconds: (now - oldest).max(0) as f64 / 1e6,
-                retrying: r.try_get("retrying")?,
-                served: false,
-            })
+            backlog_from_row(r, (now - oldest).max(0) as f64 / 1e6)
         })
         .collect::<Result<Vec<_>>>()?;
     let dead_letters: i64 = sqlx::query_scalar(AssertSqlSafe(sql.dl_count.clone()))
@@ -1060,53 +1041,28 @@ pub(super) async fn status(pool: &SqlitePool, sql: &SqliteSql) -> Result<Status>
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(LeaseOwner {
-                owner: r.try_get("owner")?,
-                partitions: r.try_get("n")?,
-                expires_at: from_unix_micros(r.try_get("expires_at")?),
-            })
-        })
+        .map(lease_owner_from_row)
         .collect::<Result<Vec<_>>>()?;
     let live_relays: i64 = sqlx::query_scalar(AssertSqlSafe(sql.live.clone()))
         .bind(now)
         .fetch_one(pool)
         .await?;
-    let served: Vec<Option<String>> = live_topics(pool, sql)
+    let served = live_topics(pool, sql)
         .await?
         .into_iter()
         .map(|(_, topics)| topics)
         .collect();
-    let mut topics = topics;
-    super::mark_served(&mut topics, &served);
     let parked = q(&sql.parked)
         .bind(i64::from(PARKED_KEYS_SHOWN))
         .fetch_all(pool)
         .await?;
-    let parked_keys_total = match parked.first() {
-        Some(r) => r.try_get("total")?,
-        None => 0,
-    };
-    let parked_keys = parked
-        .iter()
-        .map(|r| {
-            Ok(ParkedKey {
-                topic: r.try_get("topic")?,
-                key: r.try_get("key")?,
-                partition: r.try_get::<i64, _>("partition")? as u32,
-                since: from_unix_micros(r.try_get("failed_at")?),
-                dead_letter_id: parse_id(r.try_get("id")?)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Status {
+    status_of(StatusParts {
         topics,
         dead_letters,
-        parked_keys,
-        parked_keys_total,
-        partitions: 0,
         lease_owners,
         live_relays,
+        served,
+        parked,
     })
 }
 
@@ -1242,47 +1198,22 @@ pub(super) async fn consumer_positions(
     .fetch_all(pool)
     .await
     .map_err(schema_missing)?;
-    let mut positions = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let source: String = row.try_get("source")?;
-        let position: i64 = row.try_get("position")?;
-        let topic = ConsumerPosition::log_topic(&source).map(str::to_string);
-        let (head, lag) = match &topic {
-            Some(topic) => {
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT (SELECT max(position) FROM {p}log WHERE topic = ?1) AS head, \
-                     (SELECT count(*) FROM {p}log WHERE topic = ?1 AND position > ?2) AS lag"
-                )))
+    let head_and_lag = format!(
+        "SELECT (SELECT max(position) FROM {p}log WHERE topic = ?1) AS head, \
+         (SELECT count(*) FROM {p}log WHERE topic = ?1 AND position > ?2) AS lag"
+    );
+    positions_from_rows(&rows, |topic, position| {
+        let statement = head_and_lag.clone();
+        async move {
+            let row = sqlx::query(AssertSqlSafe(statement))
                 .bind(topic)
                 .bind(position)
                 .fetch_one(pool)
                 .await?;
-                (row.try_get("head")?, Some(row.try_get("lag")?))
-            }
-            None => (None, None),
-        };
-        positions.push(ConsumerPosition {
-            group: row.try_get("consumer_group")?,
-            source,
-            topic,
-            position,
-            updated_at: from_unix_micros(row.try_get("updated_at")?),
-            head,
-            lag,
-        });
-    }
-    Ok(positions)
-}
-
-/// A dead letter from a row of the dead-letter table.
-fn dead_letter_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter> {
-    Ok(DeadLetter {
-        message: message_from_row(row)?,
-        origin: row.try_get("origin")?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        last_error: row.try_get("last_error")?,
-        failed_at: from_unix_micros(row.try_get("failed_at")?),
+            Ok((row.try_get("head")?, row.try_get("lag")?))
+        }
     })
+    .await
 }
 
 #[cfg(test)]
