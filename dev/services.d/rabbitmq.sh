@@ -6,7 +6,8 @@
 # (default 5672), with the default `guest` user (loopback only) and the
 # default virtual host `/`. Everything of a node is derived from its port so
 # that two checkouts can run their own nodes side by side: node name
-# relaybox-<port>@localhost, Erlang distribution port <port> + 20000, and its
+# relaybox-<port>@localhost, Erlang distribution port <port> + 20000 (or
+# <port> - 20000 when that would pass 65535), and its
 # state under <repo>/.dev/rabbitmq-<port> (mnesia/ database, log/, pid file,
 # enabled_plugins, the Erlang cookie). The node runs as the calling user
 # (the Debian wrapper that switches to the `rabbitmq` user is bypassed).
@@ -31,6 +32,8 @@ RABBITMQ_STATE="$DEV_DIR/rabbitmq-$RABBITMQ_AMQP_PORT"
 RABBITMQ_NODE="relaybox-$RABBITMQ_AMQP_PORT@localhost"
 RABBITMQ_BIN=/usr/lib/rabbitmq/bin
 RABBITMQ_READY_TIMEOUT=120
+RABBITMQ_DIST_PORT=$((RABBITMQ_AMQP_PORT + 20000))
+((RABBITMQ_DIST_PORT <= 65535)) || RABBITMQ_DIST_PORT=$((RABBITMQ_AMQP_PORT - 20000))
 RABBITMQ_URL_VALUE="amqp://guest:guest@$RABBITMQ_HOST:$RABBITMQ_AMQP_PORT/%2f"
 RABBITMQ_TLS_URL_VALUE="amqps://guest:guest@localhost:$RABBITMQ_TLS_PORT/%2f"
 
@@ -44,7 +47,7 @@ rabbitmq_run() {
     RABBITMQ_NODENAME="$RABBITMQ_NODE" \
     RABBITMQ_NODE_IP_ADDRESS="$RABBITMQ_HOST" \
     RABBITMQ_NODE_PORT="$RABBITMQ_AMQP_PORT" \
-    RABBITMQ_DIST_PORT="$((RABBITMQ_AMQP_PORT + 20000))" \
+    RABBITMQ_DIST_PORT="$RABBITMQ_DIST_PORT" \
     ERL_EPMD_ADDRESS="$RABBITMQ_HOST" \
     RABBITMQ_MNESIA_BASE="$RABBITMQ_STATE/mnesia" \
     RABBITMQ_LOG_BASE="$RABBITMQ_STATE/log" \
