@@ -5,6 +5,7 @@
 mod postgres;
 mod scope;
 mod sqlite;
+pub mod statements;
 pub(crate) mod tls;
 
 use std::str::FromStr;
