@@ -108,6 +108,7 @@ defmodule Mix.Tasks.Compile.Cargo do
     # `test-hooks`) are in the NIF of the test environment only.
     profile_args =
       if Mix.env() == :test, do: ["--features", "test-hooks" | profile_args], else: profile_args
+
     workspace = Path.expand("../..", __DIR__)
 
     {dir, args, default_target} =
