@@ -13,7 +13,8 @@ defmodule Mix.Tasks.Compile.Cargo do
   profile (`RELAYBOX_NIF_PROFILE=debug`: the debug profile), and the library is
   copied to `priv/librelaybox_nif.so`: `cargo build -p relaybox_nif` in the
   relaybox workspace of a source checkout, else the crate in
-  `native/relaybox_nif`. `CARGO_TARGET_DIR` is honoured.
+  `native/relaybox_nif`. `CARGO_TARGET_DIR` is honoured. With `MIX_ENV=test`
+  the build has the cargo feature `test-hooks` (the NIF's test hooks).
   """
   use Mix.Task.Compiler
 
@@ -103,6 +104,11 @@ defmodule Mix.Tasks.Compile.Cargo do
   defp build_with_cargo do
     debug? = System.get_env("RELAYBOX_NIF_PROFILE") == "debug"
     profile_args = if debug?, do: [], else: ["--release"]
+    # The test hooks (`panic_for_tests`, `log_for_tests`, cargo feature
+    # `test-hooks`) are in the NIF of the test environment only.
+    profile_args =
+      if Mix.env() == :test, do: ["--features", "test-hooks" | profile_args], else: profile_args
+
     workspace = Path.expand("../..", __DIR__)
 
     {dir, args, default_target} =

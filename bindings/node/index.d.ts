@@ -143,13 +143,6 @@ export declare class NativeTransaction {
 }
 
 /**
- * Benchmark baseline: the Node benchmark's enqueue workload run by the Rust
- * core alone (`tasks` concurrent tasks, `perTx` messages of `payloadBytes`
- * per transaction, `total` in all). Resolves with the seconds taken.
- */
-export declare function benchEnqueueRust(store: NativeStore, total: number, perTx: number, tasks: number, payloadBytes: number): Promise<number>
-
-/**
  * The message a spec (JSON) describes, validated against the default
  * limits, in canonical JSON (what `enqueue` would store).
  */
@@ -171,6 +164,7 @@ export interface ConsumerStats {
  * Emits `count` core records at `level` with target `relaybox::testing`
  * and fields `n`, `flag`, `ratio` and `text`, for tests: one on the
  * calling thread, more from a new native thread (the call returns at once).
+ * A test hook: in the addon only when built with the `test-hooks` feature.
  */
 export declare function logForTests(level: string, message: string, count: number): void
 
@@ -192,7 +186,8 @@ export declare function nativeVersion(): string
 /**
  * Panics inside the binding, for tests that check a panic reaches Node as
  * `InternalError`: in the synchronous body, or in a Promise's work when
- * `asynchronous`.
+ * `asynchronous`. A test hook: in the addon only when built with the
+ * `test-hooks` feature.
  */
 export declare function panicForTests(message: string, asynchronous: boolean): Promise<void>
 

@@ -839,7 +839,6 @@ module.exports.NativeConsumer = nativeBinding.NativeConsumer
 module.exports.NativeRelay = nativeBinding.NativeRelay
 module.exports.NativeStore = nativeBinding.NativeStore
 module.exports.NativeTransaction = nativeBinding.NativeTransaction
-module.exports.benchEnqueueRust = nativeBinding.benchEnqueueRust
 module.exports.canonicalJsonOf = nativeBinding.canonicalJsonOf
 module.exports.logForTests = nativeBinding.logForTests
 module.exports.logStats = nativeBinding.logStats

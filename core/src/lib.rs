@@ -25,8 +25,6 @@
 
 mod backoff;
 mod batch_sizer;
-#[doc(hidden)]
-pub mod bench;
 pub mod consumer;
 pub mod consumer_host;
 pub mod duration;

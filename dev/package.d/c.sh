@@ -18,7 +18,7 @@ C_NAME="relaybox-c-$VERSION-$C_TARGET"
 C_STATIC_LIBS="-lssl -lcrypto -lz -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 
 package_c() {
-  cargo build --release -q -p relaybox-ffi
+  cargo build --release -q -p relaybox-ffi "${HOOK_FEATURES[@]}"
   local tree="$DIST/$C_NAME"
   rm -rf "$tree" "$tree.tar.gz"
   mkdir -p "$tree/include" "$tree/lib/pkgconfig"
@@ -86,5 +86,15 @@ check_c() {
   if ldd "$work/smoke-relaybox" | grep -q "$TARGET_DIR"; then
     echo "check_c: the program links a library of $TARGET_DIR" >&2
     return 1
+  fi
+  # A release's library exports no test hook (dev/package without RELAYBOX_TEST_HOOKS=1).
+  if ((TEST_HOOKS == 0)); then
+    local hooks
+    hooks="$(nm -D --defined-only "$CHECK_DIR/$C_NAME/lib/librelaybox.so" | grep -o 'relaybox__[a-z_]*_for_tests' || true)"
+    if [[ -n "$hooks" ]]; then
+      echo "check_c: the library exports the test hooks: $hooks" >&2
+      return 1
+    fi
+    echo "    the library exports no test hook"
   fi
 }

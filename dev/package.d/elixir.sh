@@ -88,7 +88,7 @@ PY
 }
 
 package_elixir() {
-  (cd "$ROOT" && cargo build --release -p relaybox_nif)
+  (cd "$ROOT" && cargo build --release -p relaybox_nif "${HOOK_FEATURES[@]}")
   local name stage pkg sha
   name="$(elixir_nif_name)"
   stage="$(mktemp -d)"

@@ -25,7 +25,10 @@ jvm_mvn() {
 package_jvm() {
   # The Maven build runs cargo (release profile) in the same target
   # directory as the other languages; tests and ktlint are dev/jvm-test's.
-  (cd "$JVM_SRC" && jvm_mvn package -Dmaven.test.skip=true -Drelaybox.targetDir="$TARGET_DIR")
+  local features=""
+  ((TEST_HOOKS)) && features=test-hooks
+  (cd "$JVM_SRC" && jvm_mvn package -Dmaven.test.skip=true -Drelaybox.targetDir="$TARGET_DIR" \
+    -Drelaybox.cargoFeatures="$features")
   cp "$JVM_SRC/target/relaybox-$VERSION.jar" "$JVM_JAR"
   cp "$JVM_SRC/target/relaybox-$VERSION-sources.jar" "$JVM_SOURCES"
   cp "$JVM_SRC/pom.xml" "$JVM_POM"

@@ -20,10 +20,19 @@ package_node() {
     if [[ ! -x node_modules/.bin/napi ]]; then
       npm install --ignore-scripts --no-audit --no-fund --loglevel=error
     fi
+    # The build writes index.js and index.d.ts for the addon it builds: the
+    # package gets those (a release's declare no test hook), and the tree
+    # gets back its own, those of the test build (dev/node-test checks them).
+    local tree_files
+    tree_files="$(mktemp -d)"
+    cp index.js index.d.ts "$tree_files/"
     # scripts/cargo-host builds in the shared target directory (see there).
-    CARGO="$node_dir/scripts/cargo-host" CARGO_TARGET_DIR="$TARGET_DIR" npm run --silent build
+    CARGO="$node_dir/scripts/cargo-host" CARGO_TARGET_DIR="$TARGET_DIR" npm run --silent build -- \
+      "${HOOK_FEATURES[@]}"
     # --ignore-scripts: `prepare` would build the addon again.
     npm pack --ignore-scripts --silent --pack-destination "$DIST" >/dev/null
+    cp "$tree_files/index.js" "$tree_files/index.d.ts" .
+    rm -rf "$tree_files"
   )
   node_check_tarball "$DIST/relaybox-$VERSION.tgz" "package/$addon" package/index.js \
     package/lib/relaybox.js package/LICENSE package/README.md

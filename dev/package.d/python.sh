@@ -50,7 +50,7 @@ package_python() {
     # for the virtualenv's python, as dev/python-test's `maturin develop`
     # does (the same PyO3 configuration: nothing is compiled twice).
     PATH="$tools:$PATH" CARGO_TARGET_DIR="$TARGET_DIR" maturin build --release \
-      --compatibility "$PYTHON_MANYLINUX" --auditwheel repair --out "$DIST"
+      --compatibility "$PYTHON_MANYLINUX" --auditwheel repair --out "$DIST" "${HOOK_FEATURES[@]}"
     python_drop_patched_module
     "$tools/maturin" sdist --out "$DIST"
   )
@@ -110,4 +110,15 @@ check_python() {
     return 1
   fi
   echo "    $version; relaybox schema printed the SQLite schema"
+  # A release's module has no test hook (dev/package without RELAYBOX_TEST_HOOKS=1).
+  if ((TEST_HOOKS == 0)); then
+    if ! (cd "$CHECK_DIR" && PATH="$CHECK_DIR/venv/bin:$NO_RUST_PATH" python -c '
+import sys
+from relaybox import _native
+hooks = [n for n in ("_panic_for_tests", "_log_for_tests") if hasattr(_native, n)]
+sys.exit("the wheel has the test hooks " + ", ".join(hooks) if hooks else 0)'); then
+      return 1
+    fi
+    echo "    the module has no test hook"
+  fi
 }

@@ -125,7 +125,9 @@ pub unsafe extern "C" fn relaybox_schema_sql(
 
 /// Panics inside a guarded call, so that the test suite can check that a
 /// panic comes back as `RELAYBOX_INTERNAL` instead of unwinding into C. Not
-/// part of the supported API.
+/// part of the supported API: a test hook, in the library only when built
+/// with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[no_mangle]
 pub extern "C" fn relaybox__panic_for_tests() -> relaybox_status {
     guard(|| panic!("relaybox__panic_for_tests"))

@@ -15,7 +15,6 @@ use std::time::UNIX_EPOCH;
 use relaybox::log_forward::{self, Record, Value};
 use tracing::Level;
 
-use crate::convert::text;
 use crate::error::{guard, Failure};
 use crate::relaybox_status;
 
@@ -229,10 +228,12 @@ pub unsafe extern "C" fn relaybox_set_log_callback(
 
 /// Emits `count` core records at `level` with target `relaybox::testing`
 /// and fields `n`, `flag`, `ratio` and `text`, on the calling thread, for
-/// the test suite. Not part of the supported API.
+/// the test suite. Not part of the supported API: a test hook, in the
+/// library only when built with the `test-hooks` feature.
 ///
 /// # Safety
 /// `message` is a NUL-terminated string.
+#[cfg(feature = "test-hooks")]
 #[no_mangle]
 pub unsafe extern "C" fn relaybox__log_for_tests(
     level: c_int,
@@ -241,7 +242,7 @@ pub unsafe extern "C" fn relaybox__log_for_tests(
 ) -> relaybox_status {
     guard(|| {
         let level = relaybox_log_level::from_c(level)?;
-        let message = unsafe { text(message, "message") }?;
+        let message = unsafe { crate::convert::text(message, "message") }?;
         if let Some(level) = level.filter() {
             log_forward::emit_for_tests(level, message, count);
         }

@@ -6,14 +6,35 @@
  * (release build). Prints figures; asserts nothing.
  */
 
+const { execFile } = require('node:child_process')
 const { randomUUID } = require('node:crypto')
+const path = require('node:path')
+const { promisify } = require('node:util')
 const pg = require('pg')
 
 const relaybox = require('..')
-const { native } = require('../lib/native')
 
 const PAYLOAD = Buffer.alloc(256, 'x')
 const TASKS = 4
+
+/**
+ * The same enqueue workload run by the Rust core alone; resolves with the
+ * seconds taken. Runs `relaybox-bench enqueue-peer` (the repository's
+ * benchmark program, crate `bench/`, which `bindings/node/bench/run` builds)
+ * on the tables of `prefix`, with the pool this benchmark's outbox has.
+ * `RELAYBOX_BENCH_BIN` names the program; the default is the release build
+ * in the repository's cargo target directory.
+ */
+async function rustEnqueue (url, prefix, total, perTx) {
+  const root = path.resolve(__dirname, '../../..')
+  const target = process.env.CARGO_TARGET_DIR || path.join(root, 'target')
+  const program = process.env.RELAYBOX_BENCH_BIN || path.join(target, 'release', 'relaybox-bench')
+  const { stdout } = await promisify(execFile)(program, [
+    'enqueue-peer', '--url', url, '--prefix', prefix, '--total', String(total), '--per-tx', String(perTx),
+    '--tasks', String(TASKS), '--payload', String(PAYLOAD.length), '--max-connections', String(TASKS + 2)
+  ])
+  return JSON.parse(stdout).seconds
+}
 
 /** Enqueues `total` messages from `TASKS` concurrent async tasks; resolves with the seconds taken. */
 async function nodeEnqueue (outbox, total, perTx) {
@@ -108,7 +129,7 @@ async function main () {
     const ratios = {}
     for (const [label, total, perTx] of [['1 msg/tx', singleN, 1], ['100 msg/tx (enqueueBatch)', batchN, 100]]) {
       await reset(url, prefix)
-      const rust = total / await native.benchEnqueueRust(outbox._native, total, perTx, TASKS, 256)
+      const rust = total / await rustEnqueue(url, prefix, total, perTx)
       await reset(url, prefix)
       const node = total / await nodeEnqueue(outbox, total, perTx)
       ratios[label] = node / rust

@@ -16,10 +16,12 @@ mod transaction;
 use napi::Result;
 use napi_derive::napi;
 
-use crate::bridge::{guard, run};
+use crate::bridge::guard;
 
 pub use consumer::{ConsumerStats, NativeConsumer};
-pub use logging::{log_for_tests, log_stats, set_log_callback, LogStats};
+#[cfg(feature = "test-hooks")]
+pub use logging::log_for_tests;
+pub use logging::{log_stats, set_log_callback, LogStats};
 pub use relay::{NativeRelay, RelayStats};
 pub use store::NativeStore;
 pub use transaction::NativeTransaction;
@@ -69,39 +71,15 @@ pub fn partition_for_key(key: String, partitions: u32) -> Result<u32> {
     })
 }
 
-/// Benchmark baseline: the Node benchmark's enqueue workload run by the Rust
-/// core alone (`tasks` concurrent tasks, `perTx` messages of `payloadBytes`
-/// per transaction, `total` in all). Resolves with the seconds taken.
-#[napi(catch_unwind)]
-pub async fn bench_enqueue_rust(
-    store: &NativeStore,
-    total: u32,
-    per_tx: u32,
-    tasks: u32,
-    payload_bytes: u32,
-) -> Result<f64> {
-    let store = store.0.clone();
-    run(async move {
-        relaybox::bench::enqueue_workload(
-            &store,
-            total as usize,
-            per_tx as usize,
-            tasks as usize,
-            payload_bytes as usize,
-        )
-        .await
-        .map(|took| took.as_secs_f64())
-    })
-    .await
-}
-
 /// Panics inside the binding, for tests that check a panic reaches Node as
 /// `InternalError`: in the synchronous body, or in a Promise's work when
-/// `asynchronous`.
+/// `asynchronous`. A test hook: in the addon only when built with the
+/// `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[napi(catch_unwind)]
 pub async fn panic_for_tests(message: String, asynchronous: bool) -> Result<()> {
     if asynchronous {
-        run(async move {
+        crate::bridge::run(async move {
             if !message.is_empty() {
                 panic!("{message}");
             }

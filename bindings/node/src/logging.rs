@@ -134,6 +134,8 @@ pub fn log_stats() -> LogStats {
 /// Emits `count` core records at `level` with target `relaybox::testing`
 /// and fields `n`, `flag`, `ratio` and `text`, for tests: one on the
 /// calling thread, more from a new native thread (the call returns at once).
+/// A test hook: in the addon only when built with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[napi(catch_unwind)]
 pub fn log_for_tests(level: String, message: String, count: u32) -> Result<()> {
     guard(|| {

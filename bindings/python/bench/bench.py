@@ -11,13 +11,16 @@ Run with ``dev/bench python`` (release build). Prints figures; asserts nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, Callable
 
 import asyncpg  # type: ignore[import-untyped]
@@ -27,7 +30,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import relaybox
-from relaybox import _native
 
 PAYLOAD = b"x" * 256
 TASKS = 4
@@ -39,6 +41,39 @@ RUN = 8
 """Messages per host transaction in the ceiling: 500-message batches over 64 keys."""
 ROUND = 20
 """Transactions per timed round; rounds of (a) and (b) alternate."""
+
+
+def rust_enqueue(url: str, prefix: str, total: int, per_tx: int) -> float:
+    """The same enqueue workload run by the Rust core alone; return the seconds taken.
+
+    Runs ``relaybox-bench enqueue-peer`` (the repository's benchmark program, crate
+    ``bench/``, which ``dev/bench python`` builds) on the tables of ``prefix``, with the
+    pool this benchmark's outbox has. ``RELAYBOX_BENCH_BIN`` names the program; the
+    default is the release build in the repository's cargo target directory.
+    """
+    root = Path(__file__).resolve().parents[3]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
+    program = os.environ.get("RELAYBOX_BENCH_BIN", str(target / "release" / "relaybox-bench"))
+    args = [
+        program,
+        "enqueue-peer",
+        "--url",
+        url,
+        "--prefix",
+        prefix,
+        "--total",
+        str(total),
+        "--per-tx",
+        str(per_tx),
+        "--tasks",
+        str(TASKS),
+        "--payload",
+        str(len(PAYLOAD)),
+        "--max-connections",
+        str(TASKS + 2),
+    ]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out)["seconds"])
 
 
 def python_enqueue(box: relaybox.Outbox, total: int, per_tx: int) -> float:
@@ -501,7 +536,7 @@ def main() -> int:
                 ("100 msg/tx (enqueue_batch)", batch_n, 100),
             ):
                 reset(url, prefix)
-                rust = total / _native._bench_enqueue_rust(box._store, total, per_tx, TASKS, 256)
+                rust = total / rust_enqueue(url, prefix, total, per_tx)
                 reset(url, prefix)
                 python = total / python_enqueue(box, total, per_tx)
                 ratios[label] = python / rust

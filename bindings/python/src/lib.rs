@@ -71,28 +71,10 @@ fn partition_for_key(key: &str, partitions: u32) -> PyResult<u32> {
     ))
 }
 
-/// Benchmark baseline: the same enqueue workload as the Python benchmark,
-/// run by the Rust core alone (`tasks` concurrent tasks, `per_tx` messages of
-/// `payload_bytes` per transaction, `total` in all). Returns the seconds taken.
-#[pyfunction]
-fn _bench_enqueue_rust(
-    py: Python<'_>,
-    store: &store::PyStore,
-    total: usize,
-    per_tx: usize,
-    tasks: usize,
-    payload_bytes: usize,
-) -> PyResult<f64> {
-    let store = store.0.clone();
-    bridge::blocking(py, async move {
-        relaybox::bench::enqueue_workload(&store, total, per_tx, tasks, payload_bytes)
-            .await
-            .map(|took| took.as_secs_f64())
-    })
-}
-
 /// Panics inside the core's runtime, for tests that check a panic reaches
 /// Python as `relaybox.InternalError`; `awaitable` selects the async path.
+/// A test hook: in the module only when built with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[pyfunction]
 #[pyo3(signature = (message, awaitable=false))]
 fn _panic_for_tests<'py>(
@@ -126,10 +108,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(message_from_canonical_json, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_json_of, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for_key, m)?)?;
+    #[cfg(feature = "test-hooks")]
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
-    m.add_function(wrap_pyfunction!(_bench_enqueue_rust, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_logging_shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_logging_stats, m)?)?;
+    #[cfg(feature = "test-hooks")]
     m.add_function(wrap_pyfunction!(logging::_log_for_tests, m)?)?;
     if let Err(err) = logging::install(m) {
         // Logging must not stand between the user and relaybox: warn and go on.

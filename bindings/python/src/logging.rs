@@ -784,7 +784,9 @@ pub fn _logging_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// tests. `dependency` sends a `log` record of target
 /// `relaybox_test_dep::module` instead; `background` emits from a new native
 /// thread and returns at once; otherwise they are emitted on this thread
-/// with the GIL held. `refresh` re-reads the logger levels first.
+/// with the GIL held. `refresh` re-reads the logger levels first. A test
+/// hook: in the module only when built with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[pyfunction]
 #[pyo3(signature = (level, message, count=1, dependency=false, background=false, refresh=true))]
 pub fn _log_for_tests(

@@ -9,7 +9,8 @@
 //! caller's connection), `host` (statements for host-language drivers),
 //! `dispatch` (operations run alike on either dialect), `lease` (relay
 //! leases), `claim` (relay batches), `scope` (statements of relays serving
-//! some topics), `tls` (PostgreSQL TLS).
+//! some topics), `statements` (the SQL the relay runs on PostgreSQL, public
+//! for `EXPLAIN`), `tls` (PostgreSQL TLS).
 
 /// Runs the dialect module's function `$f` of the same name for the store's
 /// pool: `on_dialect!(store, f(a, b))` is `postgres::f(pool, sql, a, b)` or
@@ -37,6 +38,7 @@ mod rows;
 mod scope;
 mod sqlite;
 mod sqlite_hooks;
+pub mod statements;
 pub(crate) mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};

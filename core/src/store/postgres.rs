@@ -14,6 +14,7 @@ use super::decode::{
     message_from_row, positions_from_rows, status_of, StatusParts,
 };
 use super::scope::LeaseScope;
+use super::statements::{claim_sql, log_append_sql, move_to_log_sql, COPY, MOVE};
 use super::{
     headers_json, secs, split_claimed, Claim, ClaimHold, Completion, ConsumerPosition, DeadLetter,
     DeadLetterFilter, DeadLetterQuery, LeaseView, LogEntry, OutboxRow, Placeholders, Slice, Status,
@@ -237,12 +238,7 @@ impl PgSql {
                  ON CONFLICT (consumer_group, source) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
             )),
             log_lock: s("SELECT pg_advisory_xact_lock($1)".to_string()),
-            log_append: s(format!(
-                "INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
-                 SELECT u.id, u.topic, u.key, u.partition, u.type, u.payload, u.content_type, u.headers::jsonb, u.created_at, u.available_at, now() \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) WITH ORDINALITY \
-                 AS u(id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, ord) ORDER BY u.ord"
-            )),
+            log_append: s(log_append_sql(p)),
             move_to_log: s(move_to_log_sql(p, topics, parked, MOVE, false)),
             copy_to_log: s(move_to_log_sql(p, topics, parked, COPY, false)),
             move_to_log_traced: s(move_to_log_sql(p, topics, parked, MOVE, true)),
@@ -311,38 +307,6 @@ impl PgSql {
     }
 }
 
-/// Claims due rows of the partitions in `$1` (at most `$2`), takes them out of
-/// the outbox with `take` (delete, or mark sent) and appends them to the log
-/// in `seq` order, all in one statement: the payloads never leave the server.
-/// The relay's claim, in one statement: the lease rows this batch loop
-/// holds (`$1` owner, slice `partition % $2 = $3`) locked `FOR KEY SHARE`
-/// (see `claim_leases`), then up to `$4` claimable rows of their partitions
-/// in `seq` order, locked `FOR UPDATE SKIP LOCKED`. A row is claimable when
-/// no earlier row of its key is held back (retry backoff, delayed delivery)
-/// and, when the relay parks keys, no dead letter of the relay holds its key.
-/// When the loop holds no lease, the one-time `EXISTS` test stops the
-/// statement before it reads the outbox.
-fn claim_sql(p: &str, scope: &LeaseScope) -> String {
-    let LeaseScope {
-        leases: l,
-        mine: m,
-        topics_pg: topics,
-        parked,
-        ..
-    } = scope;
-    format!(
-        "WITH held AS MATERIALIZED (SELECT partition FROM {l} \
-             WHERE {m}owner = $1 AND expires_at > now() AND partition % $2 = $3 ORDER BY partition FOR KEY SHARE) \
-         SELECT o.ctid::text AS row_address, o.seq, o.partition, o.attempts, o.id, o.topic, o.key, o.type, o.payload, o.content_type, o.headers::text AS headers, o.created_at, o.available_at \
-         FROM {p}outbox o \
-         WHERE EXISTS (SELECT 1 FROM held) \
-         AND o.sent_at IS NULL AND o.partition = ANY(ARRAY(SELECT partition FROM held)) AND o.available_at <= now(){topics} \
-         AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
-             AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()){parked} \
-         ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED"
-    )
-}
-
 /// The two `int4` keys of the presence lock of the relay instance named by
 /// the SQL text expression `owner`: a 64-bit hash of the table prefix and the
 /// instance id, computed by the server (`hashtextextended`), so every relay
@@ -373,36 +337,6 @@ fn lease_view_sql(p: &str, scope: &LeaseScope) -> String {
              ARRAY(SELECT partition FROM {l} WHERE {m}owner = $1 AND expires_at > now() ORDER BY partition) AS mine, \
              (SELECT count(*) FROM {l} WHERE {m}(owner IS NULL OR expires_at <= now())) AS free",
         keys = presence_keys(p, "owner"),
-    )
-}
-
-// `ctid = ANY(ARRAY(...))` reads each claimed row's page directly (a TID
-// scan); a join with the CTE turns into a scan of the whole outbox for large
-// batches.
-const MOVE: &str = "DELETE FROM {p}outbox o WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))";
-const COPY: &str =
-    "UPDATE {p}outbox o SET sent_at = now() WHERE o.ctid = ANY(ARRAY(SELECT ctid FROM claimed))";
-
-/// The statement moving (or copying) claimed rows into the log; it returns
-/// each row's topic, and with `traced` its id and trace context headers.
-/// Rows are claimed as by `claim_sql`, `parked` included.
-fn move_to_log_sql(p: &str, topics: &str, parked: &str, take: &str, traced: bool) -> String {
-    let take = take.replace("{p}", p);
-    let returning = if traced {
-        "topic, id, headers->>'traceparent', headers->>'tracestate'"
-    } else {
-        "topic"
-    };
-    format!(
-        "WITH claimed AS (SELECT o.ctid FROM {p}outbox o \
-             WHERE o.sent_at IS NULL AND o.partition = ANY($1) AND o.available_at <= now(){topics} \
-             AND NOT EXISTS (SELECT 1 FROM {p}outbox h WHERE h.available_at > h.created_at AND h.sent_at IS NULL \
-                 AND h.partition = o.partition AND h.key = o.key AND h.seq < o.seq AND h.available_at > now()){parked} \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED), \
-         taken AS ({take} RETURNING o.seq, o.id, o.topic, o.key, o.partition, o.type, o.payload, o.content_type, o.headers, o.created_at, o.available_at) \
-         INSERT INTO {p}log (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
-         SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() FROM taken ORDER BY seq \
-         RETURNING {returning}"
     )
 }
 

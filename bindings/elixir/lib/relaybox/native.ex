@@ -136,6 +136,8 @@ defmodule Relaybox.Native do
   def json_encode(_term), do: nif()
   @doc false
   def json_decode(_text), do: nif()
+  # A test hook: the NIF implements it in the test environment only (cargo
+  # feature `test-hooks`, see mix.exs); elsewhere this stub stays.
   @doc false
   def panic_for_tests(_mode, _ref), do: nif()
 
@@ -149,6 +151,7 @@ defmodule Relaybox.Native do
   def log_forward_ack, do: nif()
   @doc false
   def log_forward_stats, do: nif()
+  # A test hook, as `panic_for_tests/2`.
   @doc false
   def log_for_tests(_level, _message, _count), do: nif()
 

@@ -53,7 +53,9 @@ pub fn schema_sql(
 }
 
 /// Panics inside the core runtime, for tests that check a panic reaches the
-/// JVM as `RelayboxException.Internal`; `suspend` variant below.
+/// JVM as `RelayboxException.Internal`; `suspend` variant below. A test
+/// hook: in the library only when built with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[uniffi::export]
 pub fn panic_for_tests_blocking(message: String) -> Result<(), RelayboxError> {
     bridge::blocking(async move {
@@ -64,7 +66,8 @@ pub fn panic_for_tests_blocking(message: String) -> Result<(), RelayboxError> {
     })
 }
 
-/// `panicForTestsBlocking`, suspending.
+/// `panicForTestsBlocking`, suspending (a test hook, as that one).
+#[cfg(feature = "test-hooks")]
 #[uniffi::export]
 pub async fn panic_for_tests(message: String) -> Result<(), RelayboxError> {
     bridge::run(async move {

@@ -122,7 +122,9 @@ pub fn log_records_dropped() -> u64 {
 }
 
 /// Emits `count` core records at `level` with target `relaybox::testing`
-/// and fields `n`, `flag`, `ratio` and `text`, for tests.
+/// and fields `n`, `flag`, `ratio` and `text`, for tests. A test hook: in
+/// the library only when built with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[uniffi::export]
 pub fn log_for_tests(level: String, message: String, count: u32) -> Result<(), RelayboxError> {
     guard(|| {

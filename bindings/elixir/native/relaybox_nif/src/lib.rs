@@ -11,11 +11,13 @@ mod error;
 mod logging;
 mod outbox;
 mod relay;
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
 mod tx;
 
-use rustler::{Env, NifResult, Term};
+use rustler::{Env, Term};
 
-use crate::bridge::{guard, spawn_reply};
+use crate::bridge::guard;
 
 rustler::atoms! {
     ok,
@@ -68,29 +70,6 @@ fn json_decode<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
 #[rustler::nif]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
-}
-
-/// Panics for tests that check a panic reaches Elixir as an internal error:
-/// `"sync"` panics in the NIF itself, `"async"` on the core's runtime (the
-/// result is then sent to the caller as `{ref, result}`).
-#[rustler::nif]
-fn panic_for_tests<'a>(env: Env<'a>, mode: String, reference: Term<'a>) -> NifResult<Term<'a>> {
-    if mode == "async" {
-        return spawn_reply(
-            env,
-            reference,
-            async move {
-                if !mode.is_empty() {
-                    panic!("requested by the test");
-                }
-                Ok(())
-            },
-            |env, ()| ok().to_term(env),
-        );
-    }
-    Ok(guard(env, |_env| -> relaybox::Result<Term<'a>> {
-        panic!("requested by the test")
-    }))
 }
 
 rustler::init!("Elixir.Relaybox.Native");

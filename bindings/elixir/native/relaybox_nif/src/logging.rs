@@ -216,7 +216,9 @@ fn log_forward_stats(env: Env<'_>) -> Term<'_> {
 
 /// Emits `count` core records at `level` with target `relaybox::testing`
 /// and fields `n`, `flag`, `ratio` and `text`, for tests: one on the calling
-/// thread, more from a new native thread (the call returns at once).
+/// thread, more from a new native thread (the call returns at once). A test
+/// hook: in the NIF only when built with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[rustler::nif]
 fn log_for_tests<'a>(env: Env<'a>, level_name: String, text_: String, count: u64) -> Term<'a> {
     match log_forward::parse_level(&level_name) {

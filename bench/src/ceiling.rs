@@ -1,0 +1,99 @@
+//! What PostgreSQL alone does: claim and delete (or move into the log)
+//! batch after batch over a backlog, the ceiling of sections 3 and 8.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use sqlx::{AssertSqlSafe, Connection, Row};
+use uuid::Uuid;
+
+use crate::context::Bench;
+use crate::cpu::MachineCpu;
+use crate::drain::DrainRun;
+
+/// PostgreSQL alone: claim (the relay's columns) and delete, batch after batch,
+/// over the pre-filled `n`-row backlog.
+/// With `copy_to_log`, the rows are moved into the log table by the server in
+/// the same transaction (advisory lock, then `DELETE ... RETURNING` feeding an
+/// `INSERT INTO log`).
+pub(crate) async fn ceiling_drain(
+    b: &Bench,
+    n: usize,
+    batch: u32,
+    copy_to_log: bool,
+) -> Result<DrainRun> {
+    let outbox = b.table("outbox");
+    let log = b.table("log");
+    let move_to_log = format!(
+        "WITH moved AS (DELETE FROM {outbox} WHERE ctid = ANY($1::text[]::tid[]) \
+             RETURNING seq, id, topic, key, partition, type, payload, content_type, headers, created_at, available_at) \
+         INSERT INTO {log} (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
+         SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() \
+         FROM moved ORDER BY seq"
+    );
+    let select = format!(
+        "SELECT ctid::text AS row_address, seq, partition, attempts, id, topic, key, type, payload, content_type, \
+         headers::text AS headers, created_at, available_at FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT $1 \
+         FOR UPDATE SKIP LOCKED"
+    );
+    let delete = format!("DELETE FROM {outbox} WHERE ctid = ANY($1::text[]::tid[])");
+    let mut conn = b.pool.acquire().await?;
+    let cpu = MachineCpu::start();
+    let started = Instant::now();
+    let (mut done, mut batches, mut bytes) = (0usize, 0u64, 0usize);
+    loop {
+        let mut tx = conn.begin().await?;
+        let rows = sqlx::query(AssertSqlSafe(select.as_str()))
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            break;
+        }
+        let mut addresses = Vec::with_capacity(rows.len());
+        for row in &rows {
+            addresses.push(row.try_get::<String, _>("row_address")?);
+            // Decoded as the relay decodes it, though the loop deletes by address.
+            row.try_get::<Uuid, _>("id")?;
+            bytes += row.try_get::<&[u8], _>("payload")?.len();
+        }
+        if copy_to_log {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(i64::from(u32::MAX) + 7)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(AssertSqlSafe(move_to_log.as_str()))
+                .bind(&addresses)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(AssertSqlSafe(delete.as_str()))
+                .bind(&addresses)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        done += rows.len();
+        batches += 1;
+    }
+    let elapsed = started.elapsed();
+    let busy = cpu.stop();
+    ensure!(
+        done == n,
+        "the ceiling loop drained {done} rows, expected {n}"
+    );
+    ensure!(bytes > 0, "no payload read");
+    if copy_to_log {
+        let logged = b.count("log", "").await?;
+        ensure!(
+            logged == n as i64,
+            "the log has {logged} entries, expected {n}"
+        );
+    }
+    Ok(DrainRun {
+        elapsed,
+        batches,
+        busy,
+    })
+}
