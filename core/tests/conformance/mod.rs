@@ -18,8 +18,9 @@
 //!   unacknowledged messages again, and every message is handled once;
 //! - `dead_letters_a_poison_message_and_moves_on`: a message its handler
 //!   always rejects is dead-lettered after `max_retries` (to the transport's
-//!   own dead-letter destination, or the `dead_letters` table), and the
-//!   messages after it, of its key too, are handled;
+//!   own dead-letter destination, or the `dead_letters` table, where the
+//!   transport also checks its wire format), and the messages after it, of
+//!   its key too, are handled once each, in order per key;
 //! - `refuses_bad_configs_naming_the_field`: every setting of
 //!   [`Broker::bad_configs`] is refused by `TransportConfig::from_json` with
 //!   an `InvalidConfig` error naming its field;
@@ -538,6 +539,23 @@ pub async fn dead_letters_a_poison_message_and_moves_on<B: Broker>(broker: &B) {
     );
     for id in &healthy {
         assert_eq!(rows.get(id).copied(), Some(1), "business rows of {id}");
+    }
+    let stats = consumer.stats();
+    assert_eq!(
+        (
+            stats.processed,
+            stats.dead_lettered,
+            stats.retried,
+            stats.duplicates
+        ),
+        (healthy.len() as u64, 1, 2, 0),
+        "every healthy message processed once, the poison retried twice, nothing delivered \
+         twice (every acknowledgement was taken): {stats:?}"
+    );
+    if broker.keeps_order_per_key() {
+        // The poison's key went on around it, in order.
+        let healthy_sent: Vec<Message> = sent.iter().filter(|m| m.id != poison).cloned().collect();
+        assert_key_order(&recorder.handled(), &healthy_sent);
     }
     match broker
         .dead_lettered(&scene.topic, &scene.group, &sent[4])
