@@ -20,6 +20,7 @@ mod kafka;
 mod latency;
 mod naive;
 mod pipeline;
+mod position;
 mod report;
 mod steady;
 
@@ -39,6 +40,7 @@ use crate::kafka::takeover::{relay_child, RELAY_CHILD};
 use crate::kafka::{delete_kafka_leftovers, section_kafka};
 use crate::latency::section_latency;
 use crate::naive::section_naive;
+use crate::position::section_position;
 use crate::report::print_summary;
 
 #[tokio::main(flavor = "multi_thread")]
@@ -159,6 +161,9 @@ async fn run(b: &mut Bench, args: &Args) -> Result<()> {
     }
     if s.contains(&Section::Explain) {
         section_explain(b).await?;
+    }
+    if s.contains(&Section::Position) {
+        section_position(b).await?;
     }
     if s.contains(&Section::Kafka) {
         section_kafka(b, false).await?;
