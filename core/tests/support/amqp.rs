@@ -21,9 +21,8 @@ pub fn url() -> String {
     }
 }
 
-/// A raw lapin channel on the broker at `url` (usually [`url`]; the TLS
-/// tests read through the plaintext port too), as a third-party client sees
-/// the broker.
+/// A raw lapin channel on the broker at `url` (a plaintext `amqp://` URL,
+/// such as [`url`]'s), as a third-party client sees the broker.
 pub async fn raw(url: &str) -> (Connection, Channel) {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
