@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::context::Bench;
 use crate::cpu::MachineCpu;
-use crate::drain::DrainRun;
+use crate::drain::{ensure_logged, DrainRun};
 
 /// PostgreSQL alone: claim (the relay's columns) and delete, batch after batch,
 /// over the pre-filled `n`-row backlog.
@@ -85,11 +85,7 @@ pub(crate) async fn ceiling_drain(
     );
     ensure!(bytes > 0, "no payload read");
     if copy_to_log {
-        let logged = b.count("log", "").await?;
-        ensure!(
-            logged == n as i64,
-            "the log has {logged} entries, expected {n}"
-        );
+        ensure_logged(b, n).await?;
     }
     Ok(DrainRun {
         elapsed,

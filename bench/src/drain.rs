@@ -208,17 +208,23 @@ pub(crate) async fn relay_drain(b: &Bench, batch: u32, kind: DrainSink) -> Resul
     };
     let (elapsed, stats, busy) = timed_drain(b, sink, config, n).await?;
     if kind != DrainSink::Null {
-        let logged = b.count("log", "").await?;
-        ensure!(
-            logged == n as i64,
-            "the log has {logged} entries, expected {n}"
-        );
+        ensure_logged(b, n).await?;
     }
     Ok(DrainRun {
         elapsed,
         batches: stats.batches,
         busy,
     })
+}
+
+/// Checks that the log holds the `n` entries a drain moved into it.
+pub(crate) async fn ensure_logged(b: &Bench, n: usize) -> Result<()> {
+    let logged = b.count("log", "").await?;
+    ensure!(
+        logged == n as i64,
+        "the log has {logged} entries, expected {n}"
+    );
+    Ok(())
 }
 
 /// Starts a relay on the pre-filled `n`-message backlog, waits until it

@@ -6,7 +6,7 @@ use anyhow::{ensure, Result};
 
 use crate::context::{message, Bench, IDLE_TARGET, LATENCY_TOPIC};
 use crate::cpu::{backend_pids, clock_ticks_per_second, postgres_ticks, proc_stat};
-use crate::pipeline::{start_pipeline, wait_processed, Clocks};
+use crate::pipeline::{start_pipeline, stop_pipeline, wait_processed, Clocks};
 use crate::report::{header, verdict};
 
 pub(crate) async fn section_idle(b: &mut Bench) -> Result<()> {
@@ -54,9 +54,8 @@ pub(crate) async fn section_idle(b: &mut Bench) -> Result<()> {
     }
     .await;
     let delivered = relay.stats().delivered;
-    consumer.shutdown().await?;
-    relay.shutdown().await?;
-    let (me, pg_all, pg_ours, n_ours, n_all, wall) = outcome?;
+    let (me, pg_all, pg_ours, n_ours, n_all, wall) =
+        stop_pipeline(&relay, &consumer, outcome).await?;
     ensure!(
         delivered == warm as u64,
         "relay delivered {delivered} of {warm}"

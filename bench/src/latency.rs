@@ -14,7 +14,7 @@ use crate::context::{
     message, Bench, MakeMessage, CAPACITY_MESSAGES, LATENCY_IN_FLIGHT, LATENCY_TOPIC, P99_TARGET_MS,
 };
 use crate::cpu::cores;
-use crate::pipeline::{recording_handler, start_pipeline, wait_processed, Clocks};
+use crate::pipeline::{recording_handler, start_pipeline, stop_pipeline, wait_processed, Clocks};
 use crate::report::{header, histogram, ms, rate, thousands, verdict};
 use crate::steady::{produce_steady, Steady};
 
@@ -108,18 +108,11 @@ pub(crate) async fn section_latency(b: &mut Bench) -> Result<()> {
     for (leg, p50, p99) in &main.legs {
         println!("  {leg:<50} p50 {p50:>8.2} ms  p99 {p99:>8.2} ms");
     }
-    let h = &main.latency;
-    b.figure(
+    latency_figure(
+        b,
         "latency p50 / p99 / max @1k msg/s",
-        format!(
-            "{} / {} / {} ({:.0} msg/s achieved)",
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.max()),
-            main.steady.achieved
-        ),
-        "p99 < 25 ms",
-        Some(p99_met(h)),
+        &main.latency,
+        &main.steady,
     );
     if b.sizes.diagnostics_batch.is_some() {
         let n = CAPACITY_MESSAGES;
@@ -163,6 +156,25 @@ pub(crate) async fn warm_up(
     Ok(processed)
 }
 
+/// Adds the summary figure `name` of a latency window: p50 / p99 / max of
+/// its commit-to-handler `latency` and the rate `steady` achieved, judged
+/// against the p99 target.
+pub(crate) fn latency_figure(b: &mut Bench, name: &str, latency: &Histogram<u64>, steady: &Steady) {
+    b.figure(
+        name,
+        format!(
+            "{} / {} / {} ({:.0} msg/s achieved)",
+            ms(latency.value_at_quantile(0.5)),
+            ms(latency.value_at_quantile(0.99)),
+            ms(latency.max()),
+            steady.achieved
+        ),
+        "p99 < 25 ms",
+        Some(p99_met(latency)),
+    );
+}
+
+/// Whether the p99 of `h` (µs) is under the latency target.
 pub(crate) fn p99_met(h: &Histogram<u64>) -> bool {
     (h.value_at_quantile(0.99) as f64 / 1000.0) < P99_TARGET_MS
 }
@@ -185,17 +197,8 @@ pub(crate) async fn latency_run(b: &Bench, name: &str) -> Result<LatencyRun> {
         Ok::<_, anyhow::Error>((steady, from, relay.stats().batches - batches_before))
     }
     .await;
-    consumer.shutdown().await?;
-    relay.shutdown().await?;
-    let (steady, from, relay_batches) = outcome?;
-    let since_created = clocks.handler.lock().expect("histogram lock").clone();
-    ensure!(
-        since_created.len() == steady.produced as u64,
-        "recorded {} latencies for {} messages",
-        since_created.len(),
-        steady.produced
-    );
-    let latency = clocks.since_commit(&steady)?;
+    let (steady, from, relay_batches) = stop_pipeline(&relay, &consumer, outcome).await?;
+    let (since_created, latency) = clocks.handler_latencies(&steady)?;
     let [relay_leg, inbox_leg] = latency_legs(b, &format!("bench-{name}"), from).await?;
     let handed = clocks.handed.lock().expect("histogram lock").clone();
     let quantiles = |h: &Histogram<u64>| {

@@ -1,10 +1,12 @@
-//! Section 4: a hand-rolled outbox poller, one row per round trip.
+//! Section 4: a hand-rolled outbox poller, one row per round trip, and the
+//! poller's loop, which section 8's naive poller into Kafka runs too.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chrono::Utc;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::context::{Bench, TOPIC};
@@ -19,28 +21,13 @@ pub(crate) async fn section_naive(b: &mut Bench) -> Result<()> {
         limit.as_secs()
     ));
     b.backlog(n, TOPIC).await?;
-    let (outbox, log) = (b.table("outbox"), b.table("log"));
-    let select = format!(
-        "SELECT id, topic, key, partition, type, payload, content_type, headers::text AS headers, created_at, available_at \
-         FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT 1"
-    );
+    let log = b.table("log");
     let insert = format!(
         "INSERT INTO {log} (id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, appended_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, now())"
     );
-    let mark = format!("UPDATE {outbox} SET sent_at = now() WHERE id = $1");
-    let mut conn = b.pool.acquire().await?;
-    let started = Instant::now();
-    let mut done = 0usize;
-    while done < n && started.elapsed() < limit {
-        let row = sqlx::query(AssertSqlSafe(select.as_str()))
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(row) = row else {
-            // The hand-rolled poller's idle wait; never reached while the backlog lasts.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
+    let columns = "id, topic, key, partition, type, payload, content_type, headers::text AS headers, created_at, available_at";
+    let (done, elapsed) = poll_one_row_at_a_time(b, columns, async |conn, row| {
         let id: Uuid = row.try_get("id")?;
         sqlx::query(AssertSqlSafe(insert.as_str()))
             .bind(id)
@@ -53,16 +40,11 @@ pub(crate) async fn section_naive(b: &mut Bench) -> Result<()> {
             .bind(row.try_get::<String, _>("headers")?)
             .bind(row.try_get::<chrono::DateTime<Utc>, _>("created_at")?)
             .bind(row.try_get::<chrono::DateTime<Utc>, _>("available_at")?)
-            .execute(&mut *conn)
+            .execute(conn)
             .await?;
-        sqlx::query(AssertSqlSafe(mark.as_str()))
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        done += 1;
-    }
-    let elapsed = started.elapsed();
-    drop(conn);
+        Ok(id)
+    })
+    .await?;
     let naive = rate(done, elapsed);
     println!("  loop: SELECT ... ORDER BY seq LIMIT 1; INSERT INTO log ...; UPDATE ... SET sent_at = now()");
     println!("        (autocommit each; continues at once after a row, sleeps 1 s only when the table is empty)");
@@ -107,4 +89,43 @@ pub(crate) async fn section_naive(b: &mut Bench) -> Result<()> {
     }
     b.reset().await?;
     Ok(())
+}
+
+/// The hand-rolled poller of the naive baselines: on one connection, in
+/// autocommit, `SELECT <columns> FROM outbox WHERE sent_at IS NULL ORDER BY
+/// seq LIMIT 1`, `deliver` the row (it returns the row's id), then `UPDATE
+/// ... SET sent_at = now()` by that id; at once again after a row, after
+/// 1 s only when the table is empty. Stops after `naive_rows` rows or
+/// `naive_max`, whichever comes first; returns the rows delivered and the
+/// time taken.
+pub(crate) async fn poll_one_row_at_a_time(
+    b: &Bench,
+    columns: &str,
+    mut deliver: impl AsyncFnMut(&mut PgConnection, PgRow) -> Result<Uuid>,
+) -> Result<(usize, Duration)> {
+    let (n, limit) = (b.sizes.naive_rows, b.sizes.naive_max);
+    let outbox = b.table("outbox");
+    let select =
+        format!("SELECT {columns} FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT 1");
+    let mark = format!("UPDATE {outbox} SET sent_at = now() WHERE id = $1");
+    let mut conn = b.pool.acquire().await?;
+    let started = Instant::now();
+    let mut done = 0usize;
+    while done < n && started.elapsed() < limit {
+        let row = sqlx::query(AssertSqlSafe(select.as_str()))
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else {
+            // The hand-rolled poller's idle wait; never reached while the backlog lasts.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let id = deliver(&mut *conn, row).await?;
+        sqlx::query(AssertSqlSafe(mark.as_str()))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        done += 1;
+    }
+    Ok((done, started.elapsed()))
 }

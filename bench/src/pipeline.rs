@@ -144,6 +144,25 @@ impl Clocks {
         Ok(h)
     }
 
+    /// The handler's two clocks over a window: `created_at` to handler
+    /// start, checked to hold one value per message `steady` committed, and
+    /// commit to handler start ([`Clocks::since_commit`]), in that order.
+    pub(crate) fn handler_latencies(
+        &self,
+        steady: &Steady,
+    ) -> Result<(Histogram<u64>, Histogram<u64>)> {
+        let since_created = self.handler.lock().expect("histogram lock").clone();
+        ensure!(
+            since_created.len() == steady.produced as u64,
+            "recorded {} latencies for {} messages",
+            since_created.len(),
+            steady.produced
+        );
+        let latency = self.since_commit(steady)?;
+        Ok((since_created, latency))
+    }
+
+    /// Empties every clock, for a window that starts now.
     pub(crate) fn reset(&self) {
         self.handler.lock().expect("histogram lock").reset();
         self.handed.lock().expect("histogram lock").reset();
@@ -175,9 +194,6 @@ pub(crate) async fn start_pipeline(
     .await
 }
 
-/// A relay (default settings) on `sink` and a consumer of group `group` on
-/// `source` whose handler records `now - created_at` in `clocks` (and the
-/// source's hand-out too); waits until the relay holds every partition.
 /// The latency runs' relay settings: the defaults, or the JSON object in
 /// `RELAYBOX_BENCH_LATENCY_RELAY` (e.g. `{"batches_in_flight": 1}`; keys as
 /// in `RelayConfig::from_json`, the rest default).
@@ -188,6 +204,9 @@ pub(crate) fn latency_relay_config() -> Result<RelayConfig> {
     }
 }
 
+/// A relay (default settings) on `sink` and a consumer of group `group` on
+/// `source` whose handler records `now - created_at` in `clocks` (and the
+/// source's hand-out too); waits until the relay holds every partition.
 pub(crate) async fn start_pipeline_with(
     b: &Bench,
     name: &str,
@@ -225,6 +244,18 @@ pub(crate) async fn start_pipeline_with(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok((relay, consumer))
+}
+
+/// Shuts down the consumer, then the relay, of a pipeline whatever its run
+/// came to, then returns `outcome`, the run's result.
+pub(crate) async fn stop_pipeline<T>(
+    relay: &Relay,
+    consumer: &Consumer,
+    outcome: Result<T>,
+) -> Result<T> {
+    consumer.shutdown().await?;
+    relay.shutdown().await?;
+    outcome
 }
 
 pub(crate) async fn wait_processed(consumer: &Consumer, n: u64, within: Duration) -> Result<()> {

@@ -193,6 +193,30 @@ fn secret_configs() -> Vec<TransportConfig> {
         .collect()
 }
 
+/// The [`Broker`] items SNS and SQS share, written once for both impls:
+/// the settings of [`bad_configs`] and the secrets of [`secret_configs`],
+/// standard topics and queues (no order per key), and moto as the server.
+macro_rules! moto_broker_items {
+    () => {
+        fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
+            bad_configs()
+        }
+
+        fn secret_configs(&self) -> Vec<TransportConfig> {
+            secret_configs()
+        }
+
+        /// Standard topics and queues: no order per key.
+        fn keeps_order_per_key(&self) -> bool {
+            false
+        }
+
+        fn service(&self) -> &'static str {
+            "moto"
+        }
+    };
+}
+
 struct Sns;
 
 #[async_trait::async_trait]
@@ -227,22 +251,7 @@ impl Broker for Sns {
         Some(dead_letters_in_queue(&format!("{queue}-dlq"), poison, &queue).await)
     }
 
-    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
-        bad_configs()
-    }
-
-    fn secret_configs(&self) -> Vec<TransportConfig> {
-        secret_configs()
-    }
-
-    /// Standard topics and queues: no order per key.
-    fn keeps_order_per_key(&self) -> bool {
-        false
-    }
-
-    fn service(&self) -> &'static str {
-        "moto"
-    }
+    moto_broker_items!();
 }
 
 struct Sqs;
@@ -272,22 +281,7 @@ impl Broker for Sqs {
         Some(dead_letters_in_queue(&dlq, poison, topic).await)
     }
 
-    fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {
-        bad_configs()
-    }
-
-    fn secret_configs(&self) -> Vec<TransportConfig> {
-        secret_configs()
-    }
-
-    /// Standard topics and queues: no order per key.
-    fn keeps_order_per_key(&self) -> bool {
-        false
-    }
-
-    fn service(&self) -> &'static str {
-        "moto"
-    }
+    moto_broker_items!();
 }
 
 // Every scenario but `keeps_the_order_of_each_key`: order per key needs FIFO

@@ -9,8 +9,7 @@ mod common;
 mod conformance;
 
 use conformance::Broker;
-use relaybox::{Message, TransportConfig};
-use uuid::Uuid;
+use relaybox::TransportConfig;
 
 struct Database;
 
@@ -18,15 +17,6 @@ struct Database;
 impl Broker for Database {
     fn transport(&self) -> TransportConfig {
         TransportConfig::Database
-    }
-
-    async fn dead_lettered(
-        &self,
-        _topic: &str,
-        _group: &str,
-        _poison: &Message,
-    ) -> Option<Vec<Uuid>> {
-        None
     }
 
     fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {

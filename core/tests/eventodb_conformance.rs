@@ -21,8 +21,7 @@ mod conformance;
 
 use conformance::{Broker, SECRET};
 use relaybox::transport::eventodb::EventoDbConfig;
-use relaybox::{Message, TransportConfig};
-use uuid::Uuid;
+use relaybox::TransportConfig;
 
 struct EventoDb {
     url: String,
@@ -52,15 +51,6 @@ impl Broker for EventoDb {
         let mut config = EventoDbConfig::new(&self.url, Some(&self.token));
         config.request_timeout = std::time::Duration::from_secs(2);
         TransportConfig::EventoDb(config)
-    }
-
-    async fn dead_lettered(
-        &self,
-        _topic: &str,
-        _group: &str,
-        _poison: &Message,
-    ) -> Option<Vec<Uuid>> {
-        None
     }
 
     fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {

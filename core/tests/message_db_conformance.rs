@@ -20,8 +20,7 @@ mod conformance;
 
 use conformance::{Broker, SECRET};
 use relaybox::transport::message_db::MessageDbConfig;
-use relaybox::{Message, TransportConfig};
-use uuid::Uuid;
+use relaybox::TransportConfig;
 
 struct MessageDb {
     url: String,
@@ -43,15 +42,6 @@ impl MessageDb {
 impl Broker for MessageDb {
     fn transport(&self) -> TransportConfig {
         TransportConfig::MessageDb(MessageDbConfig::new(&self.url))
-    }
-
-    async fn dead_lettered(
-        &self,
-        _topic: &str,
-        _group: &str,
-        _poison: &Message,
-    ) -> Option<Vec<Uuid>> {
-        None
     }
 
     fn bad_configs(&self) -> Vec<(serde_json::Value, &'static str)> {

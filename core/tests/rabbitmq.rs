@@ -92,7 +92,7 @@ async fn relay_to_rabbitmq_is_read_by_basic_get_with_body_properties_headers_and
     let config = config();
     let topic = format!("orders-{}", suffix());
     let queue = format!("it-read-{}", suffix());
-    let (_conn, ch) = raw().await;
+    let (_conn, ch) = raw(&url()).await;
     bind_queue(&ch, &config.exchange, &queue, &topic, FieldTable::default()).await;
     // A queue bound to another topic gets nothing.
     let other = format!("it-other-{}", suffix());
@@ -188,7 +188,7 @@ async fn envelope_codec_publishes_the_json_event_envelope() {
     };
     let topic = format!("events-{}", suffix());
     let queue = format!("it-env-{}", suffix());
-    let (_conn, ch) = raw().await;
+    let (_conn, ch) = raw(&url()).await;
     bind_queue(&ch, &config.exchange, &queue, &topic, FieldTable::default()).await;
     let sink = RabbitMqSink::new(config.clone()).expect("sink");
 
@@ -249,7 +249,7 @@ async fn unroutable_and_nacked_messages_fail_retryably_and_keep_key_order() {
     let config = config();
     let topic = format!("nowhere-{}", suffix());
     let sink = RabbitMqSink::new(config.clone()).expect("sink");
-    let (_conn, ch) = raw().await;
+    let (_conn, ch) = raw(&url()).await;
 
     // No queue is bound for the topic: mandatory publishing reports it.
     let m = Message::new(&topic, b"lost?".to_vec()).with_key("k");
@@ -349,7 +349,7 @@ async fn a_queue_bound_while_a_batch_is_published_never_gets_a_key_without_its_f
     let config = config();
     let sink = RabbitMqSink::new(config.clone()).expect("sink");
     sink.connect().await.expect("connect");
-    let (_conn, ch) = raw().await;
+    let (_conn, ch) = raw(&url()).await;
     for round in 0..12u64 {
         let topic = format!("late-{}", suffix());
         let queue = format!("it-late-{}", suffix());
@@ -359,7 +359,7 @@ async fn a_queue_bound_while_a_batch_is_published_never_gets_a_key_without_its_f
         let binder = {
             let (exchange, queue, topic) = (config.exchange.clone(), queue.clone(), topic.clone());
             tokio::spawn(async move {
-                let (_conn, ch) = raw().await;
+                let (_conn, ch) = raw(&url()).await;
                 tokio::time::sleep(Duration::from_millis(round)).await;
                 bind_queue(&ch, &exchange, &queue, &topic, FieldTable::default()).await;
             })
@@ -393,7 +393,7 @@ async fn a_key_that_failed_is_not_published_again_until_its_batch_is_settled() {
     let topic = format!("late-{}", suffix());
     let queue = format!("it-late-{}", suffix());
     let sink = RabbitMqSink::new(config.clone()).expect("sink");
-    let (_conn, ch) = raw().await;
+    let (_conn, ch) = raw(&url()).await;
     let m: Vec<Message> = (0..3)
         .map(|n| Message::new(&topic, n.to_string().into_bytes()).with_key("k"))
         .collect();
@@ -530,7 +530,7 @@ async fn consumer_handles_each_message_once_in_key_order_across_a_restart() {
     );
     // Nothing left unacknowledged: the consumer's channel is closed, so any
     // unacknowledged message would be back in the queue.
-    let (_conn, ch) = raw().await;
+    let (_conn, ch) = raw(&url()).await;
     assert_eq!(queue_depth(&ch, &queue).await, 0);
     let dlq = format!("{queue}.dlq");
     delete(

@@ -27,17 +27,10 @@ struct RabbitMq {
 
 impl RabbitMq {
     fn new() -> RabbitMq {
-        let url = match std::env::var("RELAYBOX_RABBITMQ_URL") {
-            Ok(u) if !u.trim().is_empty() => u,
-            _ => panic!(
-                "RELAYBOX_RABBITMQ_URL is not set: start RabbitMQ with \
-                 `dev/services start rabbitmq && eval \"$(dev/services env)\"`"
-            ),
-        };
         RabbitMq {
             config: RabbitMqConfig {
                 exchange: format!("relaybox-conf-{:08x}", rand::random::<u32>()),
-                ..RabbitMqConfig::new(url)
+                ..RabbitMqConfig::new(amqp::url())
             },
         }
     }
@@ -64,7 +57,7 @@ impl Broker for RabbitMq {
     /// error, original topic and original queue as `relaybox-*` headers, and
     /// the original queue holds nothing more.
     async fn dead_lettered(&self, topic: &str, group: &str, poison: &Message) -> Option<Vec<Uuid>> {
-        let (conn, ch) = amqp::raw().await;
+        let (conn, ch) = amqp::raw(&amqp::url()).await;
         let queue = format!("{group}.{topic}");
         let got = amqp::drain(&ch, &format!("{queue}.dlq")).await;
         if let Some(d) = got.iter().find(|d| d.message_id() == poison.id) {

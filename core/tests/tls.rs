@@ -12,6 +12,8 @@
 //! "$(dev/services env)"`; the tests fail, never skip, without them.
 #![cfg(all(feature = "redis", feature = "kafka", feature = "rabbitmq"))]
 
+#[path = "support/amqp.rs"]
+mod amqp;
 mod common;
 mod kafka_common;
 
@@ -20,12 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{messages, relay_config, unique_prefix, wait_for, Backend, TestDb, WAIT};
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use relaybox::sqlx;
 use relaybox::transport::kafka::KafkaConfig;
 use relaybox::transport::rabbitmq::{RabbitMqConfig, RabbitMqSink};
@@ -378,37 +375,8 @@ async fn rabbitmq_amqps_with_the_ca_relays_and_a_wrong_ca_or_host_fails_clearly(
     let topic = format!("tls-{suffix}");
 
     // A third-party client on the plaintext port binds the queue and reads it.
-    let conn = Connection::connect(&plain_url, ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ at {plain_url}: {e}; {START_HINT}"));
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        topic.as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let (_conn, ch) = amqp::raw(&plain_url).await;
+    amqp::bind_queue(&ch, &exchange, &queue, &topic, FieldTable::default()).await;
 
     let config = RabbitMqConfig {
         exchange: exchange.clone(),
@@ -420,15 +388,13 @@ async fn rabbitmq_amqps_with_the_ca_relays_and_a_wrong_ca_or_host_fails_clearly(
     relay_through(&db, Arc::new(RabbitMqSink::new(config).unwrap()), &batch).await;
     let mut got = Vec::new();
     wait_for("30 messages in the queue", WAIT, async || {
-        while let Some(m) = ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic.get")
-        {
-            let props = &m.delivery.properties;
-            let id = props.message_id().clone().expect("message_id");
-            let key = props.correlation_id().as_ref().map(|k| k.to_string());
-            got.push((key, Uuid::parse_str(id.as_str()).unwrap()));
+        for m in amqp::drain(&ch, &queue).await {
+            let key = m
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|k| k.to_string());
+            got.push((key, m.message_id()));
         }
         if got.len() >= batch.len() {
             Ok(())
@@ -437,12 +403,7 @@ async fn rabbitmq_amqps_with_the_ca_relays_and_a_wrong_ca_or_host_fails_clearly(
         }
     })
     .await;
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = ch
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    amqp::delete(&ch, &[&queue], &[&exchange]).await;
     assert_eq!(per_key(got), sent_per_key(&batch));
 
     let secret = with(&tls_url, "guest:guest@", &format!("guest:{SECRET}@"));

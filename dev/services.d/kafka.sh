@@ -128,12 +128,7 @@ kafka_install_kcat() {
 # id "RBOX") on the configured address: the broker is processing requests.
 kafka_probe() {
   local reply
-  # shellcheck disable=SC2016 # expanded by the inner bash
-  reply="$(timeout 5 bash -c '
-    exec 3<>"/dev/tcp/$0/$1" || exit 1
-    printf "\x00\x00\x00\x0c\x00\x12\x00\x00RBOX\x00\x02rb" >&3
-    head -c 8 <&3
-  ' "$KAFKA_HOST" "$KAFKA_PORT" 2>/dev/null | od -An -tx1 | tr -d ' \n')" || true
+  reply="$(tcp_probe "$KAFKA_HOST" "$KAFKA_PORT" '\x00\x00\x00\x0c\x00\x12\x00\x00RBOX\x00\x02rb' 8)"
   [[ "${reply:8}" == 52424f58 ]]
 }
 

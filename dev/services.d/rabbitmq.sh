@@ -72,14 +72,7 @@ rabbitmq_install() {
 
 # True when the AMQP port answers an AMQP 0-9-1 protocol header with a frame.
 rabbitmq_probe() {
-  local reply
-  # shellcheck disable=SC2016 # expanded by the inner bash
-  reply="$(timeout 5 bash -c '
-    exec 3<>"/dev/tcp/$0/$1" || exit 1
-    printf "AMQP\x00\x00\x09\x01" >&3
-    head -c 1 <&3
-  ' "$RABBITMQ_HOST" "$RABBITMQ_AMQP_PORT" 2>/dev/null | od -An -tx1 | tr -d ' \n')" || true
-  [[ "$reply" == 01 ]]
+  [[ "$(tcp_probe "$RABBITMQ_HOST" "$RABBITMQ_AMQP_PORT" 'AMQP\x00\x00\x09\x01' 1)" == 01 ]]
 }
 
 # The pid of this checkout's node when it is running (its pid file names a

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, Result};
 use chrono::Utc;
 use hdrhistogram::Histogram;
 use rdkafka::producer::FutureProducer;
@@ -17,9 +17,12 @@ use crate::cpu::own_cpu_over;
 use crate::kafka::client::{delivered, kafka_config, kafka_message, record, sink_settings, Broker};
 use crate::kafka::{new_topic, DELIVERY_TIMEOUT, PARTITIONS, WARM_UP};
 use crate::latency::{
-    database_consumer_capacity, measure_consumer, p99_met, print_latency_rows, warm_up, WARM_UP_FOR,
+    database_consumer_capacity, latency_figure, measure_consumer, print_latency_rows, warm_up,
+    WARM_UP_FOR,
 };
-use crate::pipeline::{start_pipeline_with, wait_processed, Clocks, SharedHistogram};
+use crate::pipeline::{
+    start_pipeline_with, stop_pipeline, wait_processed, Clocks, SharedHistogram,
+};
 use crate::report::{histogram, ms, thousands};
 use crate::steady::{produce_steady, Steady};
 
@@ -154,17 +157,8 @@ pub(crate) async fn kafka_latency(b: &mut Bench, broker: &Broker) -> Result<Kafk
         Ok::<_, anyhow::Error>((steady, batches, idle_cpu))
     }
     .await;
-    consumer.shutdown().await?;
-    relay.shutdown().await?;
-    let (steady, batches, idle_cpu) = outcome?;
-    let since_created = clocks.handler.lock().expect("histogram lock").clone();
-    ensure!(
-        since_created.len() == steady.produced as u64,
-        "recorded {} latencies for {} messages",
-        since_created.len(),
-        steady.produced
-    );
-    let latency = clocks.since_commit(&steady)?;
+    let (steady, batches, idle_cpu) = stop_pipeline(&relay, &consumer, outcome).await?;
+    let (since_created, latency) = clocks.handler_latencies(&steady)?;
     let called = clocked.called.lock().expect("histogram lock").clone();
     let acked = clocked.acked.lock().expect("histogram lock").clone();
     let handed = clocks.handed.lock().expect("histogram lock").clone();
@@ -286,18 +280,11 @@ pub(crate) async fn kafka_latency_section(
             ms(h.max())
         );
     }
-    let h = &lat.latency;
-    b.figure(
+    latency_figure(
+        b,
         "kafka: latency p50 / p99 / max @1k msg/s",
-        format!(
-            "{} / {} / {} ({:.0} msg/s achieved)",
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.max()),
-            lat.steady.achieved
-        ),
-        "p99 < 25 ms",
-        Some(p99_met(h)),
+        &lat.latency,
+        &lat.steady,
     );
     println!(
         "  idle afterwards ({} s, the same relay and consumer, no traffic): this process {:.2}% of a core",

@@ -1,27 +1,28 @@
 //! Section 8's naive poller: one row produced and awaited per round trip.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use relaybox::Message;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use crate::context::Bench;
 use crate::kafka::client::{kafka_message, record, sink_settings, Broker};
 use crate::kafka::{DELIVERY_TIMEOUT, PARTITIONS};
+use crate::naive::poll_one_row_at_a_time;
 
-/// A hand-rolled poller: SELECT one row, produce it and await its
-/// delivery, mark it sent; sleeps 1 s when the table is empty. Returns the
-/// rows delivered and the time taken.
+/// A hand-rolled poller ([`poll_one_row_at_a_time`]): SELECT one row,
+/// produce it and await its delivery, mark it sent; sleeps 1 s when the
+/// table is empty. Returns the rows delivered and the time taken.
 pub(crate) async fn naive_to_kafka(
     b: &Bench,
     broker: &Broker,
     topic: &str,
 ) -> Result<(usize, Duration)> {
-    let (n, limit) = (b.sizes.naive_rows, b.sizes.naive_max);
+    let n = b.sizes.naive_rows;
     b.backlog_in_order(n, topic, kafka_message).await?;
     broker.create_topic(topic, PARTITIONS).await?;
     broker.wait_ready(topic, PARTITIONS).await?;
@@ -33,24 +34,8 @@ pub(crate) async fn naive_to_kafka(
             .fetch_metadata(Some(&name), Duration::from_secs(10))
     })
     .await??;
-    let outbox = b.table("outbox");
-    let select = format!(
-        "SELECT id, topic, key, type, payload, content_type, headers::text AS headers, created_at, available_at \
-         FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT 1"
-    );
-    let mark = format!("UPDATE {outbox} SET sent_at = now() WHERE id = $1");
-    let mut conn = b.pool.acquire().await?;
-    let started = Instant::now();
-    let mut done = 0usize;
-    while done < n && started.elapsed() < limit {
-        let row = sqlx::query(AssertSqlSafe(select.as_str()))
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(row) = row else {
-            // The hand-rolled poller's idle wait; never reached while the backlog lasts.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
+    let columns = "id, topic, key, type, payload, content_type, headers::text AS headers, created_at, available_at";
+    poll_one_row_at_a_time(b, columns, async |_conn, row| {
         let headers: BTreeMap<String, String> =
             serde_json::from_str(row.try_get::<&str, _>("headers")?)?;
         let m = Message {
@@ -69,11 +54,7 @@ pub(crate) async fn naive_to_kafka(
             .send(record(topic, &m), Timeout::After(DELIVERY_TIMEOUT))
             .await
             .map_err(|(e, _)| anyhow!("producing to {topic}: {e}"))?;
-        sqlx::query(AssertSqlSafe(mark.as_str()))
-            .bind(m.id)
-            .execute(&mut *conn)
-            .await?;
-        done += 1;
-    }
-    Ok((done, started.elapsed()))
+        Ok(m.id)
+    })
+    .await
 }

@@ -105,8 +105,12 @@ pub trait Broker: Send + Sync + 'static {
     /// dead-letters into relaybox's `dead_letters` table. A transport with a
     /// destination of its own also asserts there what its wire format says
     /// of `poison`, the message dead-lettered (the error, the original
-    /// topic, the payload and headers).
-    async fn dead_lettered(&self, topic: &str, group: &str, poison: &Message) -> Option<Vec<Uuid>>;
+    /// topic, the payload and headers). Brokers without a dead-letter
+    /// destination of their own keep the default, `None`.
+    async fn dead_lettered(&self, topic: &str, group: &str, poison: &Message) -> Option<Vec<Uuid>> {
+        let _ = (topic, group, poison);
+        None
+    }
 
     /// Transport settings, as `TransportConfig::from_json` reads them, that
     /// must be refused, each with the field its `InvalidConfig` error names.

@@ -21,11 +21,17 @@ pub fn url() -> String {
     }
 }
 
-/// A raw lapin channel, as a third-party client sees the broker.
-pub async fn raw() -> (Connection, Channel) {
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
+/// A raw lapin channel on the broker at `url` (a plaintext `amqp://` URL,
+/// such as [`url`]'s), as a third-party client sees the broker.
+pub async fn raw(url: &str) -> (Connection, Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
         .await
-        .expect("raw AMQP connection");
+        .unwrap_or_else(|e| {
+            panic!(
+                "raw AMQP connection: {e}; start RabbitMQ with \
+                 `dev/services start rabbitmq && eval \"$(dev/services env)\"`"
+            )
+        });
     let channel = conn.create_channel().await.expect("raw channel");
     (conn, channel)
 }

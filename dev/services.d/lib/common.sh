@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Helpers shared by every service of dev/services (sourced by it before the
 # services in dev/services.d/*.sh): messages, the start/stop lock, apt
-# installs, the shared download cache, and the life cycle of a server that
+# installs, the shared download cache, TCP probes (a port that accepts, a
+# request that gets its reply), and the life cycle of a server that
 # dev/services starts as a detached process with a pid file: launch, wait
 # until it answers (or fail with its log), stop (SIGTERM, then SIGKILL),
 # status lines and `export` lines.
@@ -52,6 +53,21 @@ cache_root() {
 port_open() {
   # shellcheck disable=SC2016 # expanded by the inner bash
   timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
+}
+
+# tcp_probe HOST PORT BYTES LENGTH: sends BYTES (printf escapes such as
+# '\x00' allowed; pass them single-quoted) over a TCP connection to HOST:PORT
+# and prints the first LENGTH bytes of the reply as lowercase hex without
+# spaces. Prints less (or nothing) when the server closes early, nothing
+# listens or nothing answers within 5 s; always returns 0, so the caller
+# compares what it prints with the reply its protocol expects.
+tcp_probe() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 5 bash -c '
+    exec 3<>"/dev/tcp/$0/$1" || exit 1
+    printf "$2" >&3
+    head -c "$3" <&3
+  ' "$1" "$2" "$3" "$4" 2>/dev/null | od -An -tx1 | tr -d ' \n' || true
 }
 
 # managed_pid PIDFILE [FRAGMENT]: prints the pid in PIDFILE when that process
