@@ -16,6 +16,8 @@ pub(crate) enum Section {
     Kafka,
     /// Section 8's latency window alone, for experiments.
     KafkaLatency,
+    /// Section 8's held-snapshot rows alone, for experiments.
+    KafkaHeld,
     /// PostgreSQL alone: claiming and deleting against reading by position.
     Position,
 }
@@ -41,9 +43,10 @@ impl Section {
             "explain" => Section::Explain,
             "kafka" => Section::Kafka,
             "kafka-latency" => Section::KafkaLatency,
+            "kafka-held" => Section::KafkaHeld,
             "position" => Section::Position,
             other => bail!(
-                "unknown section {other:?}; use enqueue, drain, ceiling, naive, latency, idle, explain, kafka, kafka-latency, position"
+                "unknown section {other:?}; use enqueue, drain, ceiling, naive, latency, idle, explain, kafka, kafka-latency, kafka-held, position"
             ),
         })
     }
@@ -61,6 +64,7 @@ pub(crate) const USAGE: &str =
 sections: enqueue, drain, ceiling, naive, latency, idle (the default run),
           explain, kafka (opt-in: only when named; kafka needs RELAYBOX_KAFKA_BOOTSTRAP),
           kafka-latency (the kafka section's latency window alone),
+          kafka-held (the kafka section's held-snapshot rows alone),
           position (opt-in: PostgreSQL alone, claiming and deleting against reading by position)
 --runs N: interleaved runs of the kafka section's drains (default 3, --quick 1)
        relaybox-bench enqueue-peer ...  (the bindings' Rust baseline; see docs/benchmarks.md)";

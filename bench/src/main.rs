@@ -37,7 +37,7 @@ use crate::environment::{loadavg, print_environment};
 use crate::explain::section_explain;
 use crate::idle::section_idle;
 use crate::kafka::takeover::{relay_child, RELAY_CHILD};
-use crate::kafka::{delete_kafka_leftovers, section_kafka};
+use crate::kafka::{delete_kafka_leftovers, section_kafka, KafkaParts};
 use crate::latency::section_latency;
 use crate::naive::section_naive;
 use crate::position::section_position;
@@ -166,9 +166,14 @@ async fn run(b: &mut Bench, args: &Args) -> Result<()> {
         section_position(b).await?;
     }
     if s.contains(&Section::Kafka) {
-        section_kafka(b, false).await?;
-    } else if s.contains(&Section::KafkaLatency) {
-        section_kafka(b, true).await?;
+        section_kafka(b, KafkaParts::All).await?;
+    } else {
+        if s.contains(&Section::KafkaHeld) {
+            section_kafka(b, KafkaParts::HeldOnly).await?;
+        }
+        if s.contains(&Section::KafkaLatency) {
+            section_kafka(b, KafkaParts::LatencyOnly).await?;
+        }
     }
     Ok(())
 }

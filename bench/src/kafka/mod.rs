@@ -1,9 +1,11 @@
 //! Section 8 (opt-in): PostgreSQL -> Kafka: the drains beside their two
-//! ceilings and a hand-tuned relay, the takeover, a naive poller, and
-//! commit-to-handler latency and idle CPU through a real broker.
+//! ceilings and a hand-tuned relay, the takeover, a naive poller, the
+//! drains with a transaction held open, and commit-to-handler latency and
+//! idle CPU through a real broker.
 
 pub(crate) mod client;
 pub(crate) mod drains;
+pub(crate) mod held;
 pub(crate) mod latency;
 pub(crate) mod naive;
 pub(crate) mod programs;
@@ -22,6 +24,7 @@ use crate::context::Bench;
 use crate::environment::loadavg;
 use crate::kafka::client::{kafka_message, Broker};
 use crate::kafka::drains::kafka_drains;
+use crate::kafka::held::held_snapshot_rows;
 use crate::kafka::latency::{kafka_latency_section, produce_round_trips};
 use crate::report::{header, ms, thousands};
 
@@ -56,8 +59,19 @@ pub(crate) fn new_topic(b: &mut Bench, what: &str) -> String {
     topic
 }
 
-/// Section 8; with `latency_only`, its latency window alone.
-pub(crate) async fn section_kafka(b: &mut Bench, latency_only: bool) -> Result<()> {
+/// Which parts of section 8 a run includes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KafkaParts {
+    /// The whole section (`kafka`).
+    All,
+    /// Its latency window alone (`kafka-latency`).
+    LatencyOnly,
+    /// Its held-snapshot rows alone (`kafka-held`).
+    HeldOnly,
+}
+
+/// Section 8, or the parts of it that `parts` names.
+pub(crate) async fn section_kafka(b: &mut Bench, parts: KafkaParts) -> Result<()> {
     let n = b.sizes.kafka_backlog;
     let bootstrap = std::env::var(BOOTSTRAP_ENV).map_err(|_| {
         anyhow!(
@@ -105,10 +119,15 @@ pub(crate) async fn section_kafka(b: &mut Bench, latency_only: bool) -> Result<(
             ms(h.value_at_quantile(0.99))
         );
     }
-    if !latency_only {
-        kafka_drains(b, &broker).await?;
+    match parts {
+        KafkaParts::All => {
+            kafka_drains(b, &broker).await?;
+            held_snapshot_rows(b, &broker).await?;
+            kafka_latency_section(b, &broker, false).await
+        }
+        KafkaParts::LatencyOnly => kafka_latency_section(b, &broker, true).await,
+        KafkaParts::HeldOnly => held_snapshot_rows(b, &broker).await,
     }
-    kafka_latency_section(b, &broker, latency_only).await
 }
 
 /// Deletes the consumer groups and topics this run created (best effort).

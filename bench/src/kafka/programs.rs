@@ -126,6 +126,23 @@ pub(crate) async fn hand_tuned(
     b.backlog_in_order(n, topic, kafka_message).await?;
     broker.create_topic(topic, PARTITIONS).await?;
     broker.wait_ready(topic, PARTITIONS).await?;
+    let cpu = MachineCpu::start();
+    let started = Instant::now();
+    let child = spawn_hand_tuned(b, broker, None)?;
+    let exit = finish_hand_tuned(child).await?;
+    let elapsed = started.elapsed();
+    let busy = cpu.stop();
+    check_hand_tuned_drain(b, broker, topic, n, exit.delivered).await?;
+    Ok((Measured { n, elapsed, busy }, exit.own))
+}
+
+/// Starts the hand-tuned relay on this run's outbox table; with
+/// `stop_file`, it finishes at the first empty batch once that file exists.
+pub(crate) fn spawn_hand_tuned(
+    b: &Bench,
+    broker: &Broker,
+    stop_file: Option<&Path>,
+) -> Result<tokio::process::Child> {
     let url = std::env::var("RELAYBOX_DATABASE_URL")?;
     let mut cmd = tokio::process::Command::new(python()?);
     cmd.arg(bench_script("handtuned_relay.py"))
@@ -137,14 +154,26 @@ pub(crate) async fn hand_tuned(
     for (k, v) in extra_producer_properties() {
         cmd.arg("--prop").arg(format!("{k}={v}"));
     }
-    let cpu = MachineCpu::start();
-    let started = Instant::now();
-    let child = cmd.spawn().context("starting the hand-tuned relay")?;
+    if let Some(file) = stop_file {
+        cmd.arg("--stop-file").arg(file);
+    }
+    cmd.spawn().context("starting the hand-tuned relay")
+}
+
+/// What the hand-tuned relay reported when it exited.
+pub(crate) struct HandTunedExit {
+    /// Rows it delivered.
+    pub(crate) delivered: u64,
+    /// Its own clock: first statement to last commit.
+    pub(crate) own: Duration,
+}
+
+/// Waits (at most `DRAIN_TIMEOUT`) for the hand-tuned relay to exit and
+/// reads its report; fails if it failed.
+pub(crate) async fn finish_hand_tuned(child: tokio::process::Child) -> Result<HandTunedExit> {
     let out = tokio::time::timeout(DRAIN_TIMEOUT, child.wait_with_output())
         .await
         .with_context(|| format!("the hand-tuned relay took over {DRAIN_TIMEOUT:?}"))??;
-    let elapsed = started.elapsed();
-    let busy = cpu.stop();
     ensure!(
         out.status.success(),
         "the hand-tuned relay failed ({}): {}",
@@ -154,12 +183,25 @@ pub(crate) async fn hand_tuned(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .with_context(|| format!("the hand-tuned relay printed {stdout:?}"))?;
-    let delivered = v["delivered"].as_u64().unwrap_or(0);
+    Ok(HandTunedExit {
+        delivered: v["delivered"].as_u64().unwrap_or(0),
+        own: Duration::from_secs_f64(v["elapsed_s"].as_f64().unwrap_or(0.0)),
+    })
+}
+
+/// Checks a finished hand-tuned drain of `n` messages: it reported `n`
+/// delivered, nothing is pending, and `topic` holds `n` records.
+pub(crate) async fn check_hand_tuned_drain(
+    b: &Bench,
+    broker: &Broker,
+    topic: &str,
+    n: usize,
+    delivered: u64,
+) -> Result<()> {
     ensure!(
         delivered == n as u64,
         "the hand-tuned relay delivered {delivered} of {n}"
     );
-    let own = Duration::from_secs_f64(v["elapsed_s"].as_f64().unwrap_or(0.0));
     let pending = b.store.pending_count().await?;
     ensure!(
         pending == 0,
@@ -170,5 +212,5 @@ pub(crate) async fn hand_tuned(
         records == n as i64,
         "topic {topic} holds {records} records, expected {n}"
     );
-    Ok((Measured { n, elapsed, busy }, own))
+    Ok(())
 }
