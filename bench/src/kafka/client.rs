@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use relaybox::message::micros_rfc3339;
 use relaybox::transport::kafka::{
@@ -216,6 +216,23 @@ impl Broker {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Creates `topic` with [`PARTITIONS`] partitions and a producer with
+    /// `KafkaSink`'s settings, connected and knowing the topic's leaders, so
+    /// that a clock started afterwards times producing alone.
+    pub(crate) async fn fresh_topic_producer(&self, topic: &str) -> Result<FutureProducer> {
+        self.create_topic(topic, PARTITIONS).await?;
+        self.wait_ready(topic, PARTITIONS).await?;
+        let producer: FutureProducer = sink_settings(&self.bootstrap).create()?;
+        let warm = producer.clone();
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            warm.client()
+                .fetch_metadata(Some(&name), Duration::from_secs(10))
+        })
+        .await??;
+        Ok(producer)
     }
 
     /// Records in `topic` (of `partitions` partitions): the sum of its

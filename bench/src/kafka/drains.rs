@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::producer::DeliveryFuture;
 use relaybox::transport::kafka::KafkaSink;
 use relaybox::{Message, RelayConfig};
 
@@ -16,7 +16,7 @@ use crate::context::{Bench, DRAIN_TARGET};
 use crate::cpu::{cores, Busy, MachineCpu};
 use crate::drain::timed_drain;
 use crate::environment::loadavg;
-use crate::kafka::client::{delivered, kafka_config, kafka_message, record, sink_settings, Broker};
+use crate::kafka::client::{delivered, kafka_config, kafka_message, record, Broker};
 use crate::kafka::naive::naive_to_kafka;
 use crate::kafka::programs::{check_exactly, hand_tuned};
 use crate::kafka::takeover::takeover;
@@ -169,17 +169,7 @@ pub(crate) async fn producer_ceiling(
     n: usize,
 ) -> Result<(Duration, Busy)> {
     let messages: Vec<Message> = (0..n).map(|i| kafka_message(topic, i)).collect();
-    broker.create_topic(topic, PARTITIONS).await?;
-    broker.wait_ready(topic, PARTITIONS).await?;
-    let producer: FutureProducer = sink_settings(&broker.bootstrap).create()?;
-    // Connected, with the topic's leaders known, before the clock starts.
-    let warm = producer.clone();
-    let name = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        warm.client()
-            .fetch_metadata(Some(&name), Duration::from_secs(10))
-    })
-    .await??;
+    let producer = broker.fresh_topic_producer(topic).await?;
     let cpu = MachineCpu::start();
     let started = Instant::now();
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(n);

@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use relaybox::Message;
 use sqlx::Row;
 
 use crate::context::Bench;
-use crate::kafka::client::{kafka_message, record, sink_settings, Broker};
-use crate::kafka::{DELIVERY_TIMEOUT, PARTITIONS};
+use crate::kafka::client::{kafka_message, record, Broker};
+use crate::kafka::DELIVERY_TIMEOUT;
 use crate::naive::poll_one_row_at_a_time;
 
 /// A hand-rolled poller ([`poll_one_row_at_a_time`]): SELECT one row,
@@ -24,16 +23,7 @@ pub(crate) async fn naive_to_kafka(
 ) -> Result<(usize, Duration)> {
     let n = b.sizes.naive_rows;
     b.backlog_in_order(n, topic, kafka_message).await?;
-    broker.create_topic(topic, PARTITIONS).await?;
-    broker.wait_ready(topic, PARTITIONS).await?;
-    let producer: FutureProducer = sink_settings(&broker.bootstrap).create()?;
-    let warm = producer.clone();
-    let name = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        warm.client()
-            .fetch_metadata(Some(&name), Duration::from_secs(10))
-    })
-    .await??;
+    let producer = broker.fresh_topic_producer(topic).await?;
     let columns = "id, topic, key, type, payload, content_type, headers::text AS headers, created_at, available_at";
     poll_one_row_at_a_time(b, columns, async |_conn, row| {
         let headers: BTreeMap<String, String> =
