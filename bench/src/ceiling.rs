@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
+use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use uuid::Uuid;
 
@@ -31,33 +32,19 @@ pub(crate) async fn ceiling_drain(
          SELECT id, topic, key, partition, type, payload, content_type, headers, created_at, available_at, now() \
          FROM moved ORDER BY seq"
     );
-    let select = format!(
-        "SELECT ctid::text AS row_address, seq, partition, attempts, id, topic, key, type, payload, content_type, \
-         headers::text AS headers, created_at, available_at FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT $1 \
-         FOR UPDATE SKIP LOCKED"
-    );
-    let delete = format!("DELETE FROM {outbox} WHERE ctid = ANY($1::text[]::tid[])");
+    let (select, delete) = claim_and_delete(&outbox);
     let mut conn = b.pool.acquire().await?;
     let cpu = MachineCpu::start();
     let started = Instant::now();
     let (mut done, mut batches, mut bytes) = (0usize, 0u64, 0usize);
     loop {
         let mut tx = conn.begin().await?;
-        let rows = sqlx::query(AssertSqlSafe(select.as_str()))
-            .bind(i64::from(batch))
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
+        let (addresses, payload_bytes) = claim_batch(&mut tx, &select, i64::from(batch)).await?;
+        if addresses.is_empty() {
             tx.commit().await?;
             break;
         }
-        let mut addresses = Vec::with_capacity(rows.len());
-        for row in &rows {
-            addresses.push(row.try_get::<String, _>("row_address")?);
-            // Decoded as the relay decodes it, though the loop deletes by address.
-            row.try_get::<Uuid, _>("id")?;
-            bytes += row.try_get::<&[u8], _>("payload")?.len();
-        }
+        bytes += payload_bytes;
         if copy_to_log {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(i64::from(u32::MAX) + 7)
@@ -74,7 +61,7 @@ pub(crate) async fn ceiling_drain(
                 .await?;
         }
         tx.commit().await?;
-        done += rows.len();
+        done += addresses.len();
         batches += 1;
     }
     let elapsed = started.elapsed();
@@ -92,4 +79,40 @@ pub(crate) async fn ceiling_drain(
         batches,
         busy,
     })
+}
+
+/// The ceiling loop's statements on the outbox table `outbox`: the claim of
+/// up to `$1` rows with the relay's columns, and the delete of the rows by
+/// the addresses (`$1`, text[]) the claim returned.
+pub(crate) fn claim_and_delete(outbox: &str) -> (String, String) {
+    (
+        format!(
+            "SELECT ctid::text AS row_address, seq, partition, attempts, id, topic, key, type, payload, content_type, \
+             headers::text AS headers, created_at, available_at FROM {outbox} WHERE sent_at IS NULL ORDER BY seq LIMIT $1 \
+             FOR UPDATE SKIP LOCKED"
+        ),
+        format!("DELETE FROM {outbox} WHERE ctid = ANY($1::text[]::tid[])"),
+    )
+}
+
+/// Runs the claim of [`claim_and_delete`] for up to `batch` rows in `tx`
+/// and decodes each row's id and payload as the relay does; returns the
+/// rows' addresses (empty when nothing was claimed) and their payload bytes.
+pub(crate) async fn claim_batch(
+    tx: &mut PgConnection,
+    select: &str,
+    batch: i64,
+) -> Result<(Vec<String>, usize)> {
+    let rows = sqlx::query(AssertSqlSafe(select))
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut addresses = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for row in &rows {
+        addresses.push(row.try_get::<String, _>("row_address")?);
+        row.try_get::<Uuid, _>("id")?;
+        bytes += row.try_get::<&[u8], _>("payload")?.len();
+    }
+    Ok((addresses, bytes))
 }

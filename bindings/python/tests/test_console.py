@@ -362,6 +362,7 @@ def test_dead_letters_are_filtered_shown_retried_and_purged(
     accounts = [f"account-{n}" for n in range(3)]
     wait_for("the parked keys", lambda: sorted(parked_keys(browser)) == accounts, 10)
     assert browser.find_element(By.ID, "parked-key-count").text == "3"
+    screenshot(browser, "parked", section="parked-section")
 
     # Filters: by key, by error text (any case), by time.
     error_row = pg.execute(
