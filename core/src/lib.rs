@@ -62,7 +62,7 @@ pub use redact::DatabaseUrl;
 pub use relay::{Relay, RelayConfig, RelayStats};
 pub use route::{Route, RoutedSink, TopicPattern, Topics};
 pub use schema::Dialect;
-pub use sink::{Acks, Sink};
+pub use sink::{Acks, Sink, TransactionalSink};
 pub use source::{AckToken, Delivery, Source};
 pub use spec::MessageSpec;
 pub use store::{

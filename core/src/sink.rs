@@ -77,4 +77,54 @@ pub trait Sink: Send + Sync + 'static {
     async fn check(&self) -> Result<()> {
         Ok(())
     }
+
+    /// The sink's exactly-once side, when it publishes each outbox
+    /// partition's messages in transactions of the broker (see
+    /// [`TransactionalSink`]). A relay given such a sink publishes through
+    /// it instead of [`send`](Sink::send). `None`, the default: at least
+    /// once.
+    fn transactional(&self) -> Option<&dyn TransactionalSink> {
+        None
+    }
+}
+
+/// A sink that publishes exactly once: each batch of one outbox partition
+/// goes out in one broker transaction, together with a record of the
+/// messages published for that partition whose rows may still be in the
+/// outbox. Whoever holds the partition next reads that record back
+/// ([`adopt`](TransactionalSink::adopt)) and does not publish those messages
+/// again, whether the relay that published them recorded them or crashed
+/// first.
+///
+/// # Contract
+///
+/// - `adopt` fences every earlier holder of the partition (a zombie relay
+///   can no longer commit) before it reads the record, so the record it
+///   returns is the last one that will ever be committed by them.
+/// - `publish_partition` is all or nothing: every result `Ok` (the messages
+///   and the record are committed together), or every result an error (none
+///   of them is visible to a reader that reads committed records only).
+/// - After any failure, and after `release`, the sink forgets the partition:
+///   the relay adopts it again before its next publish.
+#[async_trait::async_trait]
+pub trait TransactionalSink: Send + Sync {
+    /// Takes outbox partition `partition` (of `partitions`) over: fences
+    /// its earlier holders and returns the ids of the last record committed
+    /// for it (empty when there is none).
+    async fn adopt(&self, partition: u32, partitions: u32) -> Result<Vec<uuid::Uuid>>;
+
+    /// Publishes `batch`, messages of the adopted `partition` in outbox
+    /// order, in one transaction that also records `published` (the ids of
+    /// `batch` and of the partition's messages published before whose rows
+    /// may still be in the outbox). One result per message, all `Ok` or
+    /// all errors.
+    async fn publish_partition(
+        &self,
+        partition: u32,
+        batch: &[Message],
+        published: &[uuid::Uuid],
+    ) -> Vec<Result<()>>;
+
+    /// Lets go of `partition` (its lease was given up or lost).
+    fn release(&self, partition: u32);
 }

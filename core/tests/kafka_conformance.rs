@@ -1,6 +1,8 @@
 //! The conformance suite against the real Apache Kafka broker, including a
 //! broker outage (this binary stops and restarts the shared broker with
-//! `dev/services`; cargo runs test binaries one after another).
+//! `dev/services`; cargo runs test binaries one after another), twice: at
+//! least once (the default), and exactly once (`transactional_id`, in
+//! `exactly_once`).
 #![cfg(feature = "kafka")]
 
 #[macro_use]
@@ -18,12 +20,22 @@ use uuid::Uuid;
 
 struct Kafka {
     bootstrap: String,
+    /// Publish exactly once, each scene with a transactional id of its own.
+    exactly_once: bool,
 }
 
 impl Kafka {
     fn new() -> Kafka {
         Kafka {
             bootstrap: kafka_common::bootstrap(),
+            exactly_once: false,
+        }
+    }
+
+    fn exactly_once() -> Kafka {
+        Kafka {
+            exactly_once: true,
+            ..Kafka::new()
         }
     }
 }
@@ -33,6 +45,9 @@ impl Broker for Kafka {
     fn transport(&self) -> TransportConfig {
         TransportConfig::Kafka(KafkaConfig {
             create_topics: true,
+            transactional_id: self
+                .exactly_once
+                .then(|| format!("conformance-{}", kafka_common::suffix())),
             ..KafkaConfig::new(&self.bootstrap)
         })
     }
@@ -93,6 +108,14 @@ impl Broker for Kafka {
                 "delivery_timeout",
             ),
             (json!({"kafka": {"cloudevents": 1}}), "cloudevents"),
+            (
+                json!({"kafka": {"transactional_id": "orders relay"}}),
+                "transactional_id",
+            ),
+            (
+                json!({"kafka": {"offsets_topic": "published"}}),
+                "offsets_topic",
+            ),
             (json!({"kafka": {"bootstrap": "x:9092"}}), "transport"),
         ]
     }
@@ -101,6 +124,7 @@ impl Broker for Kafka {
     fn secret_configs(&self) -> Vec<TransportConfig> {
         let mut config = KafkaConfig {
             delivery_timeout: Duration::from_secs(3),
+            transactional_id: self.exactly_once.then(|| "conformance-secret".to_string()),
             ..KafkaConfig::new("127.0.0.1:1")
         };
         for (k, v) in [
@@ -120,3 +144,7 @@ impl Broker for Kafka {
 }
 
 conformance_tests!(Kafka::new(), outage);
+
+mod exactly_once {
+    conformance_tests!(super::Kafka::exactly_once(), outage);
+}

@@ -134,10 +134,12 @@ class Stage:
         for proc in self.producers:
             proc.wait(timeout)
 
-    def start_relay(self, settings: Optional[dict[str, Any]] = None) -> Proc:
-        """Start a relay process with ``relaybox.Relay`` keyword arguments ``settings``."""
+    def start_relay(
+        self, settings: Optional[dict[str, Any]] = None, kafka: Optional[dict[str, Any]] = None
+    ) -> Proc:
+        """Start a relay process (``relaybox.Relay`` and ``relaybox.Kafka`` keyword arguments)."""
         args = [*self._common(), "--bootstrap", self.ctx.bootstrap]
-        args += ["--settings", json.dumps(settings or {})]
+        args += ["--settings", json.dumps(settings or {}), "--kafka", json.dumps(kafka or {})]
         return self._spawn("relay", "relay_worker.py", args)
 
     def start_consumer(self, group: str, table: str, properties: dict[str, str]) -> Proc:

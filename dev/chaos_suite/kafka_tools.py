@@ -119,10 +119,18 @@ def _watermarks(consumer: Consumer, partition: TopicPartition) -> tuple[int, int
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[Record]:
-    """Every record of ``topic`` up to its current high watermarks, in partition/offset order."""
+    """Every committed record of ``topic`` up to its high watermarks, by partition and offset.
+
+    The reader reads committed records only (``read_committed``): records of
+    Kafka transactions that were aborted, or are still open, are not read.
+    A partition is read to its end when the reader reaches its high
+    watermark (the last offsets may be transaction markers, which are never
+    delivered, so the end-of-partition event says so too).
+    """
     settings: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "logger": LOG,
+        "isolation.level": "read_committed",
         "group.id": f"chaos-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
@@ -155,6 +163,10 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list[Recor
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
                     raise KafkaException(error)
+                eof_partition, eof_offset = message.partition(), message.offset()
+                if eof_partition in ends and eof_offset is not None:
+                    if eof_offset >= ends[eof_partition]:
+                        del ends[eof_partition]
                 continue
             partition, offset = message.partition(), message.offset()
             if partition is None or offset is None or partition not in ends:

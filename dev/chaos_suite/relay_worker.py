@@ -5,7 +5,10 @@ as JSON keyword arguments of ``relaybox.Relay`` (``--settings``). Starting
 is retried while the database is unreachable. Prints its stats every 5 s and
 at a clean stop (SIGTERM).
 
-Usage: relay_worker.py --db URL --prefix P --bootstrap HOST:PORT [--settings JSON]
+Kafka settings beyond the bootstrap servers come as JSON keyword arguments of
+``relaybox.Kafka`` (``--kafka``).
+
+Usage: relay_worker.py --db URL --prefix P --bootstrap HOST:PORT [--settings JSON] [--kafka JSON]
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--settings", default="{}")
+    parser.add_argument("--kafka", default="{}")
     parser.add_argument("--name", default="relay")
     args = parser.parse_args()
 
     stop = lifecycle.install()
     settings = json.loads(args.settings)
-    kafka = relaybox.Kafka(bootstrap_servers=args.bootstrap)
+    kafka = relaybox.Kafka(bootstrap_servers=args.bootstrap, **json.loads(args.kafka))
     relay = None
     while relay is None and not stop.is_set():
         try:

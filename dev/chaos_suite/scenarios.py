@@ -12,6 +12,11 @@ the Kafka transport, and ends with the independent reader's verdict
   (100 here) handed over and not yet recorded, and a relay runs
   ``concurrency`` (2, the default) loops: at most 400 rows per relay per
   fault. So: kills × 400, and restarts × relays × 400.
+- relay-kill-exactly-once: the same kills with exactly-once publishing
+  (``transactional_id``): 0. A killed relay's open Kafka transaction is
+  aborted when another relay takes its partition over, and what it
+  committed is recorded in the same transaction, so the next holder does
+  not publish it again.
 - everything else: 0. A broker outage costs no duplicates (docs/kafka.md),
   the consumer scenario checks the handler's effects exactly once, and a
   poison message must neither be duplicated nor let its key's later
@@ -79,11 +84,23 @@ def note_dead_letters(outcome: Outcome, dead: list[dict[str, Any]], expected: se
 
 def relay_kill(ctx: Context, profile: Profile) -> Outcome:
     """Three relays drain a backlog under a steady producer; one is SIGKILLed every few seconds."""
+    return _relay_kill(ctx, profile, "relay-kill", "kill", None)
+
+
+def relay_kill_exactly_once(ctx: Context, profile: Profile) -> Outcome:
+    """relay-kill with exactly-once publishing (Kafka transactions): no duplicates at all."""
+    kafka = {"transactional_id": f"chaos-{ctx.run_id}-eos"}
+    return _relay_kill(ctx, profile, "relay-kill-exactly-once", "keos", kafka)
+
+
+def _relay_kill(
+    ctx: Context, profile: Profile, name: str, tag: str, kafka: Optional[dict[str, Any]]
+) -> Outcome:
     settings = {"batch_size": RELAY_BATCH}
-    with stage(ctx, "relay-kill", "kill") as bench:
+    with stage(ctx, name, tag) as bench:
         bench.start_producers(profile.rate, burst=profile.kill_backlog)
         bench.wait_pending(profile.kill_backlog * 8, timeout=120)
-        relays = [bench.start_relay(settings) for _ in range(3)]
+        relays = [bench.start_relay(settings, kafka) for _ in range(3)]
         bench.wait_started(relays)
         started = time.time()
         rng = random.Random(21)
@@ -96,24 +113,30 @@ def relay_kill(ctx: Context, profile: Profile) -> Outcome:
             relays[victim].kill()
             kills += 1
             time.sleep(0.5)
-            relays[victim] = bench.start_relay(settings)
+            relays[victim] = bench.start_relay(settings, kafka)
             last_restart = time.time()
             due += profile.kill_every
         sleep_until(started + profile.kill_duration)
         bench.stop_producers()
         bench.wait_drained(profile.drain_timeout)
         log, delivery, dead = bench.collect()
-        outcome = Outcome.from_delivery("relay-kill", delivery, kills * IN_FLIGHT_PER_RELAY)
+        allowed = 0 if kafka else kills * IN_FLIGHT_PER_RELAY
+        outcome = Outcome.from_delivery(name, delivery, allowed)
         note_crashes(outcome, bench)
     all_in = max(delivery.first_append.values(), default=last_restart)
     outcome.recovery = (
         f"drained {seconds(all_in - last_restart)} after the last restart;"
         f" longest commit-to-Kafka {seconds(max_latency(delivery, log, started))}"
     )
+    if kafka:
+        allowance = "allowed duplicates = 0 (exactly once; read_committed reader)"
+    else:
+        allowance = (
+            f"allowed duplicates = kills x {IN_FLIGHT_PER_RELAY} (batch {RELAY_BATCH}"
+            f" x {BATCHES_IN_FLIGHT} batches in flight x {RELAY_LOOPS} loops)"
+        )
     outcome.notes.append(
-        f"{kills} kills, backlog {profile.kill_backlog * 8} + {profile.rate:.0f} msg/s;"
-        f" allowed duplicates = kills x {IN_FLIGHT_PER_RELAY} (batch {RELAY_BATCH}"
-        f" x {BATCHES_IN_FLIGHT} batches in flight x {RELAY_LOOPS} loops)"
+        f"{kills} kills, backlog {profile.kill_backlog * 8} + {profile.rate:.0f} msg/s; {allowance}"
     )
     note_dead_letters(outcome, dead, set())
     return outcome
@@ -387,6 +410,7 @@ def poison_broker(ctx: Context, profile: Profile) -> Outcome:
 
 SCENARIOS: dict[str, Callable[[Context, Profile], Outcome]] = {
     "relay-kill": relay_kill,
+    "relay-kill-exactly-once": relay_kill_exactly_once,
     "broker-outage": broker_outage,
     "pg-restart": pg_restart,
     "consumer-kill": consumer_kill,

@@ -33,13 +33,16 @@ pub(crate) enum DrainRow {
     CeilingRdkafka,
     Relaybox,
     HandTuned,
+    /// relaybox publishing exactly once (`transactional_id`): the option's cost.
+    RelayboxExactlyOnce,
 }
 
-pub(crate) const ROWS: [DrainRow; 4] = [
+pub(crate) const ROWS: [DrainRow; 5] = [
     DrainRow::CeilingPg,
     DrainRow::CeilingRdkafka,
     DrainRow::Relaybox,
     DrainRow::HandTuned,
+    DrainRow::RelayboxExactlyOnce,
 ];
 
 impl DrainRow {
@@ -51,6 +54,7 @@ impl DrainRow {
             DrainRow::CeilingRdkafka => "ceiling: librdkafka alone, no DB".into(),
             DrainRow::Relaybox => "relaybox, RelayConfig::default()".into(),
             DrainRow::HandTuned => "hand-tuned Python relay, batch 1000".into(),
+            DrainRow::RelayboxExactlyOnce => "relaybox, exactly once (transactional_id)".into(),
         }
     }
 
@@ -60,6 +64,7 @@ impl DrainRow {
             DrainRow::CeilingRdkafka => "ceiling rdkafka",
             DrainRow::Relaybox => "relaybox",
             DrainRow::HandTuned => "hand-tuned",
+            DrainRow::RelayboxExactlyOnce => "relaybox exactly once",
         }
     }
 }
@@ -213,15 +218,21 @@ pub(crate) struct KafkaDrain {
 }
 
 /// The relay with a `KafkaSink` (create_topics) on a pre-filled backlog
-/// of `n` messages for `topic`; `RelayConfig::default()` but its instance id.
+/// of `n` messages for `topic`; `RelayConfig::default()` but its instance
+/// id. `exactly_once` sets a `transactional_id` of the topic's own.
 pub(crate) async fn relay_to_kafka(
     b: &Bench,
     broker: &Broker,
     topic: &str,
     n: usize,
+    exactly_once: bool,
 ) -> Result<KafkaDrain> {
     b.backlog_in_order(n, topic, kafka_message).await?;
-    let sink = KafkaSink::new(kafka_config(&broker.bootstrap))?;
+    let mut config = kafka_config(&broker.bootstrap);
+    if exactly_once {
+        config.transactional_id = Some(topic.to_string());
+    }
+    let sink = KafkaSink::new(config)?;
     // create_topics = true: the sink creates the topic here, before the clock starts.
     sink.ensure_topic(topic).await?;
     broker.wait_ready(topic, PARTITIONS).await?;
@@ -230,10 +241,12 @@ pub(crate) async fn relay_to_kafka(
         ..RelayConfig::default()
     };
     let (elapsed, stats, busy) = timed_drain(b, Arc::new(sink), config, n).await?;
-    let records = broker.records(topic, PARTITIONS).await?;
+    // Offsets, not records: each transaction also leaves a marker per
+    // partition it wrote to (the reader checks the records themselves).
+    let offsets = broker.records(topic, PARTITIONS).await?;
     ensure!(
-        records == n as i64,
-        "topic {topic} holds {records} records, expected {n}"
+        offsets == n as i64 || (exactly_once && offsets > n as i64),
+        "topic {topic} holds {offsets} offsets, expected {n}"
     );
     Ok(KafkaDrain {
         elapsed,
@@ -301,9 +314,14 @@ pub(crate) async fn kafka_drains(b: &mut Bench, broker: &Broker) -> Result<()> {
                         vec![format!("reader: {read}")],
                     )
                 }
-                DrainRow::Relaybox => {
-                    let topic = new_topic(b, &format!("relaybox-{}", run + 1));
-                    let r = relay_to_kafka(b, broker, &topic, n).await?;
+                DrainRow::Relaybox | DrainRow::RelayboxExactlyOnce => {
+                    let eos = row == DrainRow::RelayboxExactlyOnce;
+                    let label = if eos { "eos" } else { "relaybox" };
+                    let topic = new_topic(b, &format!("{label}-{}", run + 1));
+                    if eos {
+                        b.kafka_topics.push(format!("{topic}.relaybox-published"));
+                    }
+                    let r = relay_to_kafka(b, broker, &topic, n, eos).await?;
                     let read = check_exactly(broker, &topic, n).await?;
                     readings += 1;
                     let m = Measured {
@@ -386,8 +404,24 @@ pub(crate) async fn kafka_drains(b: &mut Bench, broker: &Broker) -> Result<()> {
             None,
         );
     }
-    println!("  ratios of the medians:");
     let relay = medians(DrainRow::Relaybox);
+    let eos = medians(DrainRow::RelayboxExactlyOnce);
+    println!(
+        "  exactly once costs: {:.2}x the default's drain rate, {:.2}x its CPU per message",
+        eos.0 / relay.0,
+        eos.1 / relay.1
+    );
+    b.figure(
+        format!("kafka: exactly once / default (medians of {runs})"),
+        format!(
+            "drain rate {:.2}x, CPU per message {:.2}x",
+            eos.0 / relay.0,
+            eos.1 / relay.1
+        ),
+        "(info)",
+        None,
+    );
+    println!("  ratios of the medians:");
     let median_ratios = ratios(
         relay,
         medians(DrainRow::HandTuned),

@@ -84,6 +84,10 @@ export interface KafkaOptions {
   deliveryTimeout?: number | string
   /** CloudEvents binary-mode headers (`ce_*`): `true`, or the default source (see docs/cloudevents.md). */
   cloudevents?: boolean | string
+  /** Publish exactly once in Kafka transactions: the prefix of the relay's transactional ids (see docs/kafka.md, "Exactly once"). */
+  transactionalId?: string
+  /** The compacted topic of exactly-once publishing's records (default `{transactionalId}.relaybox-published`). */
+  offsetsTopic?: string
 }
 
 /** RabbitMQ transport settings (see docs/rabbitmq.md). */

@@ -36,7 +36,12 @@ pub(super) struct InFlight {
 impl Worker {
     /// How many batches a loop may have in flight: pipelining needs a claim
     /// that keeps its rows locked (PostgreSQL); SQLite claims lock nothing.
+    /// A transactional sink publishes one batch per partition at a time:
+    /// its record of a partition must name every message not recorded yet.
     fn depth(&self) -> usize {
+        if self.sink.transactional().is_some() {
+            return 1;
+        }
         match self.store.dialect() {
             crate::schema::Dialect::Postgres => self.config.batches_in_flight as usize,
             crate::schema::Dialect::Sqlite => 1,
@@ -254,6 +259,9 @@ impl Worker {
                 });
             }
         }
+        if let Some(sink) = self.sink.transactional() {
+            self.adopt_held(sink, slice).await;
+        }
         let claim = self.store.claim(&self.owner, slice, limit).await?;
         if claim.rows.is_empty() {
             return Ok(Started::Nothing);
@@ -261,7 +269,10 @@ impl Worker {
         let rows = claim.rows.len();
         crate::metrics::batch_claimed(claim.rows.len());
         let spans = crate::telemetry::PublishSpans::start(self.sink.name(), claim.rows.len());
-        let acks = self.send(&claim.messages).await;
+        let acks = match self.sink.transactional() {
+            Some(_) => self.send_transactional(&claim.rows, &claim.messages).await,
+            None => self.send(&claim.messages).await,
+        };
         in_flight.push_back(InFlight {
             claim,
             limit,

@@ -115,9 +115,22 @@ impl Worker {
             .chain(done.dead.iter().map(|(id, _)| *id))
             .collect();
         let tally = crate::metrics::BatchTally::new(&claim.messages, &done);
+        let sent: Vec<(u32, uuid::Uuid)> = if self.sink.transactional().is_some() {
+            let delivered: HashSet<uuid::Uuid> = done.delivered.iter().copied().collect();
+            claim
+                .rows
+                .iter()
+                .zip(&claim.messages)
+                .filter(|(_, m)| delivered.contains(&m.id))
+                .map(|(row, m)| (row.partition, m.id))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.store
             .complete(&self.owner, claim, done, self.config.retention.is_some())
             .await?;
+        self.published.recorded(&sent);
         tally.record();
         let due_now = self.recovery.lock().expect("recovery lock").note(
             &settled,

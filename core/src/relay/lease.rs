@@ -185,6 +185,7 @@ impl Worker {
             .partitions_held
             .swap(held.len() as u64, Ordering::Relaxed);
         crate::metrics::leases_changed(before as usize, held.len());
+        self.partitions_held(&held);
         self.held.send_if_modified(|current| {
             let changed = *current != held;
             *current = held;

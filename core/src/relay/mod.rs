@@ -4,7 +4,8 @@
 //!
 //! Modules: `config` (settings), `stats` (counters), `worker` (the relay's
 //! task), `lease` (the lease loop and fair shares), `batch` (the batch
-//! loop), `send` (handing a batch to the sink), `complete` (recording what
+//! loop), `send` (handing a batch to the sink), `exactly_once` (publishing
+//! through a transactional sink), `complete` (recording what
 //! became of a batch), `recovery` (retrying at once after a transport
 //! outage), `purge` (background purges). Their log records keep the target
 //! [`LOG_TARGET`] (`relaybox::relay`): the logger name the bindings show
@@ -25,6 +26,7 @@ use crate::store::Store;
 mod batch;
 mod complete;
 mod config;
+mod exactly_once;
 mod lease;
 mod purge;
 mod recovery;
@@ -94,6 +96,7 @@ impl Relay {
             held: watch::channel(Vec::new()).0,
             recovery: Mutex::new(Recovery::default()),
             nudge: watch::channel(0).0,
+            published: Default::default(),
         };
         let task = crate::runtime::current()?.spawn(worker.run());
         match &topics {

@@ -1,6 +1,8 @@
-//! Handing a batch to the sink: the acknowledgements, bounded by the publish
-//! timeout, with a panicking or short-answering sink counted as failed.
+//! Handing a batch to the sink (or its transactional side): the
+//! acknowledgements, bounded by the publish timeout, with a panicking or
+//! short-answering sink counted as failed.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
@@ -10,12 +12,41 @@ use super::worker::Worker;
 use crate::error::Error;
 use crate::message::Message;
 use crate::sink::Acks;
+use crate::store::OutboxRow;
 
 impl Worker {
     /// Hands `messages` to the sink; the acknowledgements resolve within the
     /// publish timeout (counted from now). A panicking or short-answering
     /// sink counts as failed.
     pub(super) async fn send(&self, messages: &[Message]) -> Acks {
+        self.bounded(messages, self.sink.send(messages)).await
+    }
+
+    /// Publishes `messages` (the claimed `rows`) through the sink's
+    /// transactional side, within the same bounds as [`send`](Self::send).
+    /// A publish abandoned at the timeout leaves its partitions to be
+    /// adopted again.
+    pub(super) async fn send_transactional(
+        &self,
+        rows: &[OutboxRow],
+        messages: &[Message],
+    ) -> Acks {
+        #[allow(clippy::async_yields_async)]
+        let published = async {
+            let results = match self.sink.transactional() {
+                Some(sink) => self.publish_in_transactions(sink, rows, messages).await,
+                None => vec![],
+            };
+            Box::pin(std::future::ready(results)) as Acks
+        };
+        self.bounded(messages, published).await
+    }
+
+    /// Waits for `sent` (the hand-over of `messages`) and its
+    /// acknowledgements within the publish timeout, counting a panic, a
+    /// timeout or a short answer as failed.
+    #[allow(clippy::async_yields_async)]
+    async fn bounded(&self, messages: &[Message], sent: impl Future<Output = Acks>) -> Acks {
         let sink = self.sink.name().to_string();
         let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id).collect();
         let failed = move |message: String| {
@@ -34,7 +65,7 @@ impl Worker {
         let started = Instant::now();
         let deadline = started + timeout;
         let n = messages.len();
-        let sent = AssertUnwindSafe(self.sink.send(messages)).catch_unwind();
+        let sent = AssertUnwindSafe(sent).catch_unwind();
         let acks = match tokio::time::timeout_at(deadline, sent).await {
             Err(_) => {
                 return Box::pin(std::future::ready(failed(format!(

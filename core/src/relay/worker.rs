@@ -30,6 +30,8 @@ pub(super) struct Worker {
     /// Bumped when rows were made due at once (the transport recovered):
     /// every batch loop claims.
     pub(super) nudge: watch::Sender<u64>,
+    /// With a transactional sink: what was published per adopted partition.
+    pub(super) published: super::exactly_once::Published,
 }
 
 impl Worker {

@@ -100,6 +100,18 @@ impl RoutedSink {
         if routes.is_empty() {
             return Err(Error::config("routes", "name at least one route"));
         }
+        if let Some(route) = routes.iter().find(|r| r.sink.transactional().is_some()) {
+            return Err(Error::config(
+                "routes",
+                format!(
+                    "the {} transport of the route for {} publishes exactly once \
+                     (transactional_id), which a relay does behind no routes: give it a relay \
+                     that serves every topic of its outbox",
+                    route.sink.name(),
+                    route.topics.lane()
+                ),
+            ));
+        }
         Ok(RoutedSink {
             topics: Topics::parse(&patterns)?,
             routes,

@@ -82,6 +82,16 @@ impl Store {
         on_dialect!(self, retry_now(owner, ids))
     }
 
+    /// Those of `ids` whose rows are still in the outbox, not sent: for a
+    /// relay taking a partition over, the messages an earlier holder
+    /// published whose rows it did not get to record.
+    pub(crate) async fn unsent(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_dialect!(self, unsent(ids))
+    }
+
     pub(crate) async fn claim(&self, owner: &str, slice: Slice, limit: u32) -> Result<Claim> {
         on_dialect!(self, claim(owner, slice, limit))
     }

@@ -52,6 +52,7 @@ pub(crate) struct PgSql {
     release_all: Sql,
     remove_instance: Sql,
     retry_now: Sql,
+    unsent: Sql,
     dl_list: Sql,
     dl_retry: Sql,
     dl_purge: Sql,
@@ -196,6 +197,9 @@ impl PgSql {
             remove_instance: s(format!(
                 "WITH gone AS (DELETE FROM {p}relay_instances WHERE owner = $1 OR expires_at < now() - interval '1 day' RETURNING owner) \
                  DELETE FROM {p}relay_routes WHERE owner = $1 OR owner IN (SELECT owner FROM gone)"
+            )),
+            unsent: s(format!(
+                "SELECT id FROM {p}outbox WHERE id = ANY($1) AND sent_at IS NULL"
             )),
             retry_now: s(format!(
                 "UPDATE {p}outbox SET available_at = now() \
@@ -942,6 +946,13 @@ pub(super) async fn remove_instance(
 ) -> Result<()> {
     q(&sql.remove_instance).bind(owner).execute(conn).await?;
     Ok(())
+}
+
+pub(super) async fn unsent(pool: &PgPool, sql: &PgSql, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    let rows = q(&sql.unsent).bind(ids).fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| r.try_get::<Uuid, _>(0).map_err(Into::into))
+        .collect()
 }
 
 pub(super) async fn retry_now(

@@ -54,6 +54,7 @@ pub(crate) struct SqliteSql {
     remove_instance: Sql,
     remove_routes: Sql,
     retry_now: Sql,
+    unsent: Sql,
     dl_list: Sql,
     dl_retry: Sql,
     dl_purge: Sql,
@@ -167,6 +168,9 @@ impl SqliteSql {
             remove_routes: s(format!(
                 "DELETE FROM {p}relay_routes WHERE owner = ?1 \
                  OR owner NOT IN (SELECT owner FROM {p}relay_instances)"
+            )),
+            unsent: s(format!(
+                "SELECT id FROM {p}outbox WHERE id IN (SELECT value FROM json_each(?1)) AND sent_at IS NULL"
             )),
             retry_now: s(format!(
                 "UPDATE {p}outbox SET available_at = ?3 \
@@ -729,6 +733,17 @@ pub(super) async fn remove_instance(pool: &SqlitePool, sql: &SqliteSql, owner: &
         .await?;
     q(&sql.remove_routes).bind(owner).execute(pool).await?;
     Ok(())
+}
+
+pub(super) async fn unsent(pool: &SqlitePool, sql: &SqliteSql, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows = q(&sql.unsent).bind(json_list(&ids)).fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get(0)?;
+            Uuid::parse_str(&id).map_err(|e| Error::internal(format!("outbox id {id:?}: {e}")))
+        })
+        .collect()
 }
 
 pub(super) async fn retry_now(

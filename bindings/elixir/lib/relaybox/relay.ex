@@ -17,7 +17,8 @@ defmodule Relaybox.Relay do
   Options: `:outbox` (a handle or registered name, required), `:transport`
   (`:database`, the default, appends to the store's own log table;
   `{:kafka, opts}` with `bootstrap_servers`, `create_topics`,
-  `topic_partitions`, `properties`, ...; `{:routes, [[topics: ["orders.*"],
+  `topic_partitions`, `properties`, `transactional_id` (exactly-once
+  publishing, docs/kafka.md), ...; `{:routes, [[topics: ["orders.*"],
   transport: ..., destination: ...], ...]}` sends each topic to the first
   route that matches it, and the relay then claims only the routes' topics),
   `:name`, and the relay settings

@@ -25,6 +25,12 @@ class Kafka:
     topics are created with ``topic_partitions`` partitions. ``cloudevents``
     (``True``, or the default source as a string) adds the CloudEvents
     binary-mode headers ``ce_*`` to every record (see docs/cloudevents.md).
+    ``transactional_id`` turns on exactly-once publishing: each outbox
+    partition's batches go out in Kafka transactions, with a record of what
+    was published in ``offsets_topic`` (default
+    ``{transactional_id}.relaybox-published``), so a relay killed and taken
+    over publishes nothing twice to ``read_committed`` readers (see
+    docs/kafka.md, "Exactly once").
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -35,6 +41,8 @@ class Kafka:
     topic_partitions: Optional[int] = None
     topic_replication: Optional[int] = None
     cloudevents: Union[bool, str] = False
+    transactional_id: Optional[str] = None
+    offsets_topic: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         """The core's JSON form of these settings."""
@@ -51,6 +59,10 @@ class Kafka:
             settings["topic_replication"] = self.topic_replication
         if self.cloudevents is not False:
             settings["cloudevents"] = self.cloudevents
+        if self.transactional_id is not None:
+            settings["transactional_id"] = self.transactional_id
+        if self.offsets_topic is not None:
+            settings["offsets_topic"] = self.offsets_topic
         return {"kafka": settings}
 
 

@@ -51,6 +51,19 @@ pub struct KafkaConfig {
     /// `true`, or the default source as a string (default false; see
     /// [`CloudEvents`]).
     pub cloudevents: CloudEvents,
+    /// Publish exactly once (default off): set, the relay publishes each
+    /// outbox partition's batches in Kafka transactions of a producer whose
+    /// `transactional.id` is `{transactional_id}-{partition}`, each with a
+    /// record of what it published in `offsets_topic`, so that a relay that
+    /// crashes and is taken over publishes no record twice for consumers
+    /// reading with `isolation.level=read_committed`. Letters, digits, `.`,
+    /// `_` and `-`; unique per outbox among the relays of one cluster. See
+    /// docs/kafka.md, "Exactly once".
+    pub transactional_id: Option<String>,
+    /// The compacted topic holding the records of exactly-once publishing,
+    /// one partition per outbox partition, created when missing (default
+    /// `{transactional_id}.relaybox-published`).
+    pub offsets_topic: Option<String>,
 }
 
 impl Default for KafkaConfig {
@@ -65,6 +78,8 @@ impl Default for KafkaConfig {
             topic_replication: 1,
             delivery_timeout: Duration::from_secs(5),
             cloudevents: CloudEvents::off(),
+            transactional_id: None,
+            offsets_topic: None,
         }
     }
 }
@@ -81,6 +96,8 @@ impl fmt::Debug for KafkaConfig {
             .field("topic_replication", &self.topic_replication)
             .field("delivery_timeout", &self.delivery_timeout)
             .field("cloudevents", &self.cloudevents)
+            .field("transactional_id", &self.transactional_id)
+            .field("offsets_topic", &self.offsets_topic)
             .finish()
     }
 }
@@ -141,7 +158,30 @@ impl KafkaConfig {
         if self.delivery_timeout < Duration::from_millis(100) {
             return Err(Error::config("delivery_timeout", "must be at least 100 ms"));
         }
+        if let Some(id) = &self.transactional_id {
+            check_name("transactional_id", id)?;
+        }
+        match (&self.offsets_topic, &self.transactional_id) {
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "offsets_topic",
+                    "is the topic of exactly-once publishing: set transactional_id too",
+                ))
+            }
+            (Some(topic), Some(_)) => check_name("offsets_topic", topic)?,
+            _ => {}
+        }
         self.cloudevents.validate()
+    }
+
+    /// The topic of exactly-once publishing's records, when it is on.
+    pub(crate) fn published_topic(&self) -> Option<String> {
+        let id = self.transactional_id.as_ref()?;
+        Some(
+            self.offsets_topic
+                .clone()
+                .unwrap_or_else(|| format!("{id}.relaybox-published")),
+        )
     }
 
     /// The librdkafka configuration for one side: relaybox's defaults, then
@@ -164,6 +204,24 @@ impl KafkaConfig {
 }
 
 /// A librdkafka configuration error, with secret values left out.
+/// Checks a name that goes into a topic name or a transactional id: 1 to
+/// 200 letters, digits, `.`, `_` or `-`.
+fn check_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::config(field, "must be 1 to 200 characters long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::config(
+            field,
+            format!("may hold letters, digits, '.', '_' and '-' only, not {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn config_error(err: rdkafka::error::KafkaError) -> Error {
     Error::config("kafka properties", err.to_string())
 }
@@ -194,6 +252,36 @@ mod tests {
         .unwrap();
         assert_eq!(c.delivery_timeout, Duration::from_secs(2));
         assert!(KafkaConfig::from_json(serde_json::json!({"bootstrap": "x"})).is_err());
+    }
+
+    #[test]
+    fn exactly_once_options() {
+        let c = KafkaConfig::from_json(serde_json::json!({"transactional_id": "orders"})).unwrap();
+        assert_eq!(
+            c.published_topic().as_deref(),
+            Some("orders.relaybox-published")
+        );
+        assert_eq!(KafkaConfig::default().published_topic(), None);
+        let field = |v| match KafkaConfig::from_json(v) {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        assert_eq!(
+            field(serde_json::json!({"transactional_id": "a b"})),
+            "transactional_id"
+        );
+        assert_eq!(
+            field(serde_json::json!({"transactional_id": ""})),
+            "transactional_id"
+        );
+        assert_eq!(
+            field(serde_json::json!({"offsets_topic": "t"})),
+            "offsets_topic"
+        );
+        assert_eq!(
+            field(serde_json::json!({"transactional_id": "a", "offsets_topic": "t/x"})),
+            "offsets_topic"
+        );
     }
 
     #[test]

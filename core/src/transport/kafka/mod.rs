@@ -13,6 +13,7 @@ mod config;
 mod producer;
 mod sink;
 mod source;
+mod transactions;
 
 pub use codec::{
     message_from_record, HEADER_CONTENT_TYPE, HEADER_CREATED_AT, HEADER_ERROR, HEADER_ID,

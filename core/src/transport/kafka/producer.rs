@@ -260,6 +260,12 @@ impl ReportingProducer {
         self.producer.client()
     }
 
+    /// The producer itself, for librdkafka's transactions API (whose calls
+    /// block: run them off the async threads).
+    pub(crate) fn transactions(&self) -> &BaseProducer<Reports> {
+        &self.producer
+    }
+
     /// Waits until every record handed over is delivered or failed.
     pub(crate) fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(timeout)

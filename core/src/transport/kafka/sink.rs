@@ -16,6 +16,7 @@ use super::codec::{
 use super::config::{config_error, KafkaConfig};
 use super::kafka_error;
 use super::producer::{Record, Report, ReportingProducer};
+use super::transactions::Transactions;
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::sink::{Acks, Sink};
@@ -49,27 +50,29 @@ use crate::transport::cloudevents::{CloudEvents, KAFKA_PREFIX};
 /// beside it included.
 #[derive(Clone)]
 pub struct KafkaSink {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: KafkaConfig,
-    producer: ReportingProducer,
-    known_topics: Mutex<HashSet<String>>,
+pub(super) struct Inner {
+    pub(super) config: KafkaConfig,
+    pub(super) producer: ReportingProducer,
+    pub(super) known_topics: Mutex<HashSet<String>>,
     /// Each known topic's `max.message.bytes`, when the broker told it and
     /// the producer does not compress (a compressed batch may be smaller
     /// than its records).
-    topic_limits: Mutex<HashMap<String, usize>>,
+    pub(super) topic_limits: Mutex<HashMap<String, usize>>,
     /// Keys whose message was refused at hand-over, with the number of
     /// batches in flight that refused one: their later messages are held back.
-    held_keys: Mutex<HashMap<String, usize>>,
+    pub(super) held_keys: Mutex<HashMap<String, usize>>,
+    /// The transactional producers, one per adopted outbox partition.
+    pub(super) transactions: Transactions,
 }
 
 impl Inner {
     /// `e` with the client's last error of its own added when it is recent
     /// and `e` is a retryable transport error that does not say it already:
     /// a delivery timeout then says why the broker was not reached.
-    fn explained(&self, e: Error) -> Error {
+    pub(super) fn explained(&self, e: Error) -> Error {
         match e {
             Error::Transport {
                 transport,
@@ -94,7 +97,7 @@ impl Inner {
         }
     }
 
-    fn held_keys(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+    pub(super) fn held_keys(&self) -> MutexGuard<'_, HashMap<String, usize>> {
         // The map stays consistent whatever panicked while holding it.
         self.held_keys.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -154,22 +157,10 @@ impl KafkaSink {
     /// Creates the producer. Connection problems surface on the first publish.
     pub fn new(config: KafkaConfig) -> Result<Self> {
         config.validate()?;
-        let defaults = [
-            ("enable.idempotence", "true".to_string()),
-            ("acks", "all".to_string()),
-            // The relay hands over a whole batch at once; lingering would only add latency.
-            ("linger.ms", "0".to_string()),
-            ("batch.num.messages", "10000".to_string()),
-            // No local give-up: a record that timed out in librdkafka's queue
-            // leaves a gap that later records of its partition (so of its key)
-            // fill before its retry. How long the relay waits is
-            // `delivery_timeout`, applied to the reports below.
-            ("message.timeout.ms", "0".to_string()),
-            ("allow.auto.create.topics", "false".to_string()),
-        ];
-        let producer =
-            ReportingProducer::new(&config.client_config(&defaults, &config.producer_properties))
-                .map_err(config_error)?;
+        let producer = ReportingProducer::new(
+            &config.client_config(&producer_defaults(), &config.producer_properties),
+        )
+        .map_err(config_error)?;
         Ok(KafkaSink {
             inner: Arc::new(Inner {
                 config,
@@ -177,6 +168,7 @@ impl KafkaSink {
                 known_topics: Mutex::new(HashSet::new()),
                 topic_limits: Mutex::new(HashMap::new()),
                 held_keys: Mutex::new(HashMap::new()),
+                transactions: Transactions::default(),
             }),
         })
     }
@@ -232,13 +224,7 @@ impl KafkaSink {
     /// queued there, waits for that one's report instead. A full queue is
     /// waited out.
     async fn hand_over(&self, m: &Message) -> Handed {
-        let mut record = Record::with_opaque_to(&m.topic, Box::new(m.id))
-            .payload(&m.payload)
-            .headers(headers_of(m, &self.inner.config.cloudevents))
-            .timestamp(m.created_at.timestamp_millis());
-        if let Some(key) = &m.key {
-            record = record.key(key.as_str());
-        }
+        let record = record_of(m, &self.inner.config.cloudevents);
         match self.inner.producer.hand_over(record).await {
             Ok(report) => Handed::Queued(report),
             Err(e) => Handed::Failed(refused_by_client(e, m, &self.inner.config)),
@@ -275,6 +261,36 @@ impl KafkaSink {
 
 /// Creates `topic` with the configured partitions and replication; an
 /// existing topic is fine.
+/// The producer settings relaybox sets, before the user's properties.
+pub(super) fn producer_defaults() -> Vec<(&'static str, String)> {
+    vec![
+        ("enable.idempotence", "true".to_string()),
+        ("acks", "all".to_string()),
+        // The relay hands over a whole batch at once; lingering would only add latency.
+        ("linger.ms", "0".to_string()),
+        ("batch.num.messages", "10000".to_string()),
+        // No local give-up: a record that timed out in librdkafka's queue
+        // leaves a gap that later records of its partition (so of its key)
+        // fill before its retry. How long the relay waits is
+        // `delivery_timeout`, applied to the reports below.
+        ("message.timeout.ms", "0".to_string()),
+        ("allow.auto.create.topics", "false".to_string()),
+    ]
+}
+
+/// The record of message `m`: key, payload untouched, envelope in headers,
+/// the creation time as timestamp, the message id as delivery opaque.
+pub(super) fn record_of<'a>(m: &'a Message, ce: &CloudEvents) -> Record<'a> {
+    let mut record = Record::with_opaque_to(&m.topic, Box::new(m.id))
+        .payload(&m.payload)
+        .headers(headers_of(m, ce))
+        .timestamp(m.created_at.timestamp_millis());
+    if let Some(key) = &m.key {
+        record = record.key(key.as_str());
+    }
+    record
+}
+
 pub(crate) async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config
         .client_config(&[], &config.producer_properties)
@@ -333,6 +349,14 @@ impl Sink for KafkaSink {
 
     async fn publish(&self, batch: &[Message]) -> Vec<Result<()>> {
         self.send(batch).await.await
+    }
+
+    fn transactional(&self) -> Option<&dyn crate::sink::TransactionalSink> {
+        self.inner
+            .config
+            .transactional_id
+            .is_some()
+            .then_some(self as &dyn crate::sink::TransactionalSink)
     }
 
     /// Hands every record to librdkafka in batch order and returns at once;
@@ -449,7 +473,7 @@ fn held_back(m: &Message, key: &str) -> Error {
 /// librdkafka's refusal of `m` at hand-over, saying that the client refused
 /// it, not the broker. A record larger than the producer may send can never
 /// be sent with these settings: not retryable.
-fn refused_by_client(e: KafkaError, m: &Message, config: &KafkaConfig) -> Error {
+pub(super) fn refused_by_client(e: KafkaError, m: &Message, config: &KafkaConfig) -> Error {
     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
         let limit = config
             .producer_properties
@@ -481,7 +505,7 @@ fn refused_by_client(e: KafkaError, m: &Message, config: &KafkaConfig) -> Error 
 /// record batch the record travelled in, not necessarily the record: it is
 /// retryable (a record that alone is over the topic's known limit is
 /// refused before hand-over instead).
-fn refused_by_broker(e: KafkaError, id: uuid::Uuid) -> Error {
+pub(super) fn refused_by_broker(e: KafkaError, id: uuid::Uuid) -> Error {
     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
         return Error::Transport {
             transport: "kafka".into(),
@@ -499,7 +523,7 @@ fn refused_by_broker(e: KafkaError, id: uuid::Uuid) -> Error {
 }
 
 /// The error of a record larger than its topic's `max.message.bytes`.
-fn over_topic_limit(m: &Message, limit: usize, ce: &CloudEvents) -> Error {
+pub(super) fn over_topic_limit(m: &Message, limit: usize, ce: &CloudEvents) -> Error {
     Error::Transport {
         transport: "kafka".into(),
         message: format!(
@@ -519,7 +543,7 @@ fn over_topic_limit(m: &Message, limit: usize, ce: &CloudEvents) -> Error {
 /// The least size of a Kafka record batch (format v2, uncompressed) that
 /// holds `m` alone: the batch header, the record's key, value and headers,
 /// and one byte for each of its length fields (varints take at least one).
-fn least_batch_size(m: &Message, ce: &CloudEvents) -> usize {
+pub(super) fn least_batch_size(m: &Message, ce: &CloudEvents) -> usize {
     const BATCH_HEADER: usize = 61;
     // Length, attributes, timestamp delta, offset delta, key length, value
     // length and header count.
@@ -617,7 +641,7 @@ fn prefixed(e: Error, context: &str) -> Error {
     }
 }
 
-fn with_id(e: &Error, m: &Message) -> Error {
+pub(super) fn with_id(e: &Error, m: &Message) -> Error {
     match e {
         Error::Transport {
             transport,

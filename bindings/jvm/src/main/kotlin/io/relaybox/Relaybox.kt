@@ -196,13 +196,21 @@ object Transports {
     @JvmStatic
     fun database(): String = "database"
 
-    /** Apache Kafka at [bootstrapServers]; [createTopics] creates missing topics. */
+    /**
+     * Apache Kafka at [bootstrapServers]; [createTopics] creates missing topics;
+     * [transactionalId] publishes exactly once in Kafka transactions (docs/kafka.md,
+     * "Exactly once").
+     */
     @JvmStatic
     @JvmOverloads
     fun kafka(
         bootstrapServers: String,
         createTopics: Boolean = false,
-    ): String = """{"kafka":{"bootstrap_servers":${jsonString(bootstrapServers)},"create_topics":$createTopics}}"""
+        transactionalId: String? = null,
+    ): String {
+        val eos = transactionalId?.let { ",\"transactional_id\":${jsonString(it)}" } ?: ""
+        return """{"kafka":{"bootstrap_servers":${jsonString(bootstrapServers)},"create_topics":$createTopics$eos}}"""
+    }
 
     private fun jsonString(value: String): String =
         buildString {
