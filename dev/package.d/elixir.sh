@@ -9,6 +9,9 @@
 # its sha256 in checksum-Elixir.Relaybox.Native.exs. The :cargo compiler of
 # mix.exs uses that file when its checksum matches and never calls cargo.
 
+# shellcheck source=dev/lib/elixir.sh
+source "$ROOT/dev/lib/elixir.sh"
+
 ELIXIR_SRC="$ROOT/bindings/elixir"
 ELIXIR_TARBALL="$DIST/relaybox-elixir-$VERSION.tar.gz"
 
@@ -121,6 +124,7 @@ check_elixir() {
   local pkg="$CHECK_DIR/relaybox-$VERSION" app="$CHECK_DIR/smoke" name out vendor
   name="$(elixir_nif_name)"
   vendor="${RELAYBOX_HEX_VENDOR:-$(cd "$ROOT/.." && pwd)/shared/vendor/hex}"
+  ensure_elixir
   tar -C "$CHECK_DIR" -xzf "$ELIXIR_TARBALL"
   mkdir -p "$app"
   cp "$ROOT/dev/package.d/smoke/elixir/"{mix.exs,smoke.exs} "$app/"

@@ -291,16 +291,34 @@ pub(super) fn record_of<'a>(m: &'a Message, ce: &CloudEvents) -> Record<'a> {
     record
 }
 
+/// Creates `topic` with the configured `topic_partitions` and
+/// `topic_replication` (see [`create_topic_with`]).
 pub(crate) async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
+    create_topic_with(config, topic, config.topic_partitions, &[]).await
+}
+
+/// Creates `topic` with `partitions` partitions, `topic_replication` and
+/// the topic settings `settings`; a topic that exists already is fine.
+/// Errors are retryable: the settings or the broker can be fixed while the
+/// relay retries; it is not the messages' fault.
+pub(crate) async fn create_topic_with(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config
         .client_config(&[], &config.producer_properties)
         .create()
         .map_err(config_error)?;
-    let new = NewTopic::new(
+    let mut new = NewTopic::new(
         topic,
-        config.topic_partitions,
+        partitions,
         TopicReplication::Fixed(config.topic_replication),
     );
+    for (name, value) in settings {
+        new = new.set(name, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&new], &options)
@@ -310,8 +328,6 @@ pub(crate) async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                // Retryable: the settings or the broker can be fixed while
-                // the relay retries; it is not the messages' fault.
                 return Err(Error::Transport {
                     transport: "kafka".into(),
                     message: format!("could not create topic {name:?}: {code}"),
@@ -321,7 +337,7 @@ pub(crate) async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<()
             }
         }
     }
-    tracing::info!(topic, "relaybox created Kafka topic");
+    tracing::info!(topic, partitions, "relaybox created Kafka topic");
     Ok(())
 }
 

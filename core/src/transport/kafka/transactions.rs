@@ -32,8 +32,8 @@ use super::config::{config_error, KafkaConfig};
 use super::kafka_error;
 use super::producer::{Record, Report, ReportingProducer};
 use super::sink::{
-    least_batch_size, over_topic_limit, producer_defaults, record_of, refused_by_broker,
-    refused_by_client, KafkaSink,
+    create_topic_with, least_batch_size, over_topic_limit, producer_defaults, record_of,
+    refused_by_broker, refused_by_client, KafkaSink,
 };
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -119,7 +119,9 @@ impl KafkaSink {
         let found = match existing {
             Some(n) => n,
             None => {
-                create_published_topic(&self.inner.config, &topic, partitions).await?;
+                let compacted = [("cleanup.policy", "compact")];
+                create_topic_with(&self.inner.config, &topic, partitions as i32, &compacted)
+                    .await?;
                 partitions
             }
         };
@@ -374,45 +376,6 @@ fn aborted(batch: &[Message], culprit: Option<usize>, error: Error) -> Vec<Resul
             })
         })
         .collect()
-}
-
-/// Creates the published topic: `partitions` partitions, compacted.
-async fn create_published_topic(config: &KafkaConfig, topic: &str, partitions: u32) -> Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::error::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = config
-        .client_config(&[], &config.producer_properties)
-        .create()
-        .map_err(config_error)?;
-    let new = NewTopic::new(
-        topic,
-        partitions as i32,
-        TopicReplication::Fixed(config.topic_replication),
-    )
-    .set("cleanup.policy", "compact");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics([&new], &options)
-        .await
-        .map_err(|e| kafka_error(e, None))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(transaction_error(
-                    "exactly-once publishing",
-                    format!("could not create topic {name:?}: {code}"),
-                ))
-            }
-        }
-    }
-    tracing::info!(
-        topic,
-        partitions,
-        "relaybox created the Kafka topic of exactly-once publishing"
-    );
-    Ok(())
 }
 
 /// The settings of the reader of the published topic: committed records
