@@ -270,7 +270,10 @@ impl Worker {
         crate::metrics::batch_claimed(claim.rows.len());
         let spans = crate::telemetry::PublishSpans::start(self.sink.name(), claim.rows.len());
         let acks = match self.sink.transactional() {
-            Some(_) => self.send_transactional(&claim.rows, &claim.messages).await,
+            Some(sink) => {
+                self.send_transactional(sink, &claim.rows, &claim.messages)
+                    .await
+            }
             None => self.send(&claim.messages).await,
         };
         in_flight.push_back(InFlight {

@@ -61,6 +61,10 @@ impl Worker {
         // Rows scheduled for a retry after a retryable transport error.
         let mut transport_failed: Vec<uuid::Uuid> = Vec::new();
         let mut any_failed = false;
+        // With a transactional sink: the delivered rows, to leave the
+        // relay's sets of published ids once they are recorded.
+        let transactional = self.sink.transactional().is_some();
+        let mut sent: Vec<(u32, uuid::Uuid)> = Vec::new();
         for ((row, message), result) in claim.rows.iter().zip(&claim.messages).zip(results) {
             let key = message.key.as_deref();
             let behind = key.is_some_and(|k| failed_keys.contains(k) || held_keys.contains(k));
@@ -72,6 +76,9 @@ impl Worker {
                 Ok(()) => {
                     span(message, row.attempts + 1, Published::Delivered);
                     done.delivered.push(message.id);
+                    if transactional {
+                        sent.push((row.partition, message.id));
+                    }
                 }
                 Err(e) => {
                     any_failed = true;
@@ -115,18 +122,6 @@ impl Worker {
             .chain(done.dead.iter().map(|(id, _)| *id))
             .collect();
         let tally = crate::metrics::BatchTally::new(&claim.messages, &done);
-        let sent: Vec<(u32, uuid::Uuid)> = if self.sink.transactional().is_some() {
-            let delivered: HashSet<uuid::Uuid> = done.delivered.iter().copied().collect();
-            claim
-                .rows
-                .iter()
-                .zip(&claim.messages)
-                .filter(|(_, m)| delivered.contains(&m.id))
-                .map(|(row, m)| (row.partition, m.id))
-                .collect()
-        } else {
-            Vec::new()
-        };
         self.store
             .complete(&self.owner, claim, done, self.config.retention.is_some())
             .await?;

@@ -28,51 +28,62 @@ use crate::store::{OutboxRow, Slice};
 /// under way (the publish takes its set out) and after any failure: absent
 /// means "adopt it before publishing".
 #[derive(Default)]
-pub(super) struct Published {
-    partitions: Mutex<HashMap<u32, HashSet<Uuid>>>,
+pub(super) struct Published(Mutex<PublishedState>);
+
+#[derive(Default)]
+struct PublishedState {
+    partitions: HashMap<u32, HashSet<Uuid>>,
     /// The held partitions adopted (or tried) as soon as they were taken:
     /// each once per lease, the rest is left to their next publish.
-    eager: Mutex<HashSet<u32>>,
+    eager: HashSet<u32>,
 }
 
 impl Published {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, HashSet<Uuid>>> {
-        // The map stays consistent whatever panicked while holding it.
-        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, PublishedState> {
+        // The state stays consistent whatever panicked while holding it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take(&self, partition: u32) -> Option<HashSet<Uuid>> {
-        self.lock().remove(&partition)
+        self.lock().partitions.remove(&partition)
     }
 
     fn put(&self, partition: u32, ids: HashSet<Uuid>) {
-        self.lock().insert(partition, ids);
+        self.lock().partitions.insert(partition, ids);
     }
 
     /// Removes ids whose rows were recorded as sent.
     pub(super) fn recorded(&self, sent: &[(u32, Uuid)]) {
-        let mut partitions = self.lock();
+        let mut state = self.lock();
         for (partition, id) in sent {
-            if let Some(ids) = partitions.get_mut(partition) {
+            if let Some(ids) = state.partitions.get_mut(partition) {
                 ids.remove(id);
             }
         }
     }
 
+    /// Of `held`, the partitions neither adopted nor tried since they were
+    /// taken; marks them tried.
+    fn to_adopt(&self, held: Vec<u32>) -> Vec<u32> {
+        let mut state = self.lock();
+        let PublishedState { partitions, eager } = &mut *state;
+        held.into_iter()
+            .filter(|p| !partitions.contains_key(p) && eager.insert(*p))
+            .collect()
+    }
+
     /// Forgets the partitions not in `held`; returns them.
     pub(super) fn keep_only(&self, held: &[u32]) -> Vec<u32> {
-        self.eager
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| held.contains(p));
-        let mut partitions = self.lock();
-        let gone: Vec<u32> = partitions
+        let mut state = self.lock();
+        state.eager.retain(|p| held.contains(p));
+        let gone: Vec<u32> = state
+            .partitions
             .keys()
             .copied()
             .filter(|p| !held.contains(p))
             .collect();
         for p in &gone {
-            partitions.remove(p);
+            state.partitions.remove(p);
         }
         gone
     }
@@ -188,18 +199,7 @@ impl Worker {
             .copied()
             .filter(|p| slice.contains(*p))
             .collect();
-        let missing: Vec<u32> = {
-            let mut eager = self
-                .published
-                .eager
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let adopted = self.published.lock();
-            held.into_iter()
-                .filter(|p| !adopted.contains_key(p) && eager.insert(*p))
-                .collect()
-        };
-        let adoptions = missing.into_iter().map(|partition| async move {
+        let adoptions = self.published.to_adopt(held).into_iter().map(|partition| async move {
             match self.adopt(sink, partition).await {
                 Ok(ids) => self.published.put(partition, ids),
                 Err(e) => {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::worker::Worker;
 use crate::error::Error;
 use crate::message::Message;
-use crate::sink::Acks;
+use crate::sink::{Acks, TransactionalSink};
 use crate::store::OutboxRow;
 
 impl Worker {
@@ -28,15 +28,13 @@ impl Worker {
     /// adopted again.
     pub(super) async fn send_transactional(
         &self,
+        sink: &dyn TransactionalSink,
         rows: &[OutboxRow],
         messages: &[Message],
     ) -> Acks {
         #[allow(clippy::async_yields_async)]
         let published = async {
-            let results = match self.sink.transactional() {
-                Some(sink) => self.publish_in_transactions(sink, rows, messages).await,
-                None => vec![],
-            };
+            let results = self.publish_in_transactions(sink, rows, messages).await;
             Box::pin(std::future::ready(results)) as Acks
         };
         self.bounded(messages, published).await

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::decode::{
     backlog_from_row, dead_letter_from_row, lease_owner_from_row, log_entry_from_row,
-    message_from_row, positions_from_rows, status_of, StatusParts,
+    message_from_row, positions_from_rows, status_of, StatusParts, Stored,
 };
 use super::scope::LeaseScope;
 use super::statements::{claim_sql, log_append_sql, move_to_log_sql, COPY, MOVE};
@@ -950,9 +950,7 @@ pub(super) async fn remove_instance(
 
 pub(super) async fn unsent(pool: &PgPool, sql: &PgSql, ids: &[Uuid]) -> Result<Vec<Uuid>> {
     let rows = q(&sql.unsent).bind(ids).fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| r.try_get::<Uuid, _>(0).map_err(Into::into))
-        .collect()
+    rows.iter().map(|r| r.id("id")).collect()
 }
 
 pub(super) async fn retry_now(

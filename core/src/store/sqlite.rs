@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::decode::{
     backlog_from_row, dead_letter_from_row, lease_owner_from_row, log_entry_from_row,
-    message_from_row, positions_from_rows, status_of, StatusParts,
+    message_from_row, positions_from_rows, status_of, StatusParts, Stored,
 };
 use super::scope::LeaseScope;
 use super::{
@@ -738,12 +738,7 @@ pub(super) async fn remove_instance(pool: &SqlitePool, sql: &SqliteSql, owner: &
 pub(super) async fn unsent(pool: &SqlitePool, sql: &SqliteSql, ids: &[Uuid]) -> Result<Vec<Uuid>> {
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     let rows = q(&sql.unsent).bind(json_list(&ids)).fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| {
-            let id: String = r.try_get(0)?;
-            Uuid::parse_str(&id).map_err(|e| Error::internal(format!("outbox id {id:?}: {e}")))
-        })
-        .collect()
+    rows.iter().map(|r| r.id("id")).collect()
 }
 
 pub(super) async fn retry_now(

@@ -97,6 +97,14 @@ impl Inner {
         }
     }
 
+    /// Each known topic's record limit, as of now.
+    pub(super) fn topic_limits(&self) -> HashMap<String, usize> {
+        self.topic_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub(super) fn held_keys(&self) -> MutexGuard<'_, HashMap<String, usize>> {
         // The map stays consistent whatever panicked while holding it.
         self.held_keys.lock().unwrap_or_else(|e| e.into_inner())
@@ -190,7 +198,7 @@ impl KafkaSink {
         {
             return Ok(());
         }
-        if !self.topic_exists(topic).await? {
+        if self.topic_partitions(topic).await?.is_none() {
             if !self.inner.config.create_topics {
                 return Err(Error::Transport {
                     transport: "kafka".into(),
@@ -231,7 +239,8 @@ impl KafkaSink {
         }
     }
 
-    async fn topic_exists(&self, topic: &str) -> Result<bool> {
+    /// The partitions of `topic`, or `None` when it does not exist.
+    pub(super) async fn topic_partitions(&self, topic: &str) -> Result<Option<u32>> {
         let inner = self.inner.clone();
         let name = topic.to_string();
         let metadata = tokio::task::spawn_blocking(move || {
@@ -246,7 +255,9 @@ impl KafkaSink {
         Ok(metadata
             .topics()
             .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as u32)
+            .filter(|n| *n > 0))
     }
 
     /// Waits until every record handed to librdkafka is delivered or failed.
@@ -259,8 +270,6 @@ impl KafkaSink {
     }
 }
 
-/// Creates `topic` with the configured partitions and replication; an
-/// existing topic is fine.
 /// The producer settings relaybox sets, before the user's properties.
 pub(super) fn producer_defaults() -> Vec<(&'static str, String)> {
     vec![
@@ -405,12 +414,7 @@ impl KafkaSink {
         }
         // Keys held back by batches in flight, and those this batch holds.
         let held: HashSet<String> = self.inner.held_keys().keys().cloned().collect();
-        let limits = self
-            .inner
-            .topic_limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let limits = self.inner.topic_limits();
         let mut refused: HashSet<String> = HashSet::new();
         let mut pending = Vec::with_capacity(batch.len());
         let ce = &self.inner.config.cloudevents;
@@ -420,11 +424,9 @@ impl KafkaSink {
                     Handed::Failed(held_back(m, k))
                 }
                 (Some((_, e)), _) => Handed::Failed(with_id(e, m)),
-                (None, _) => match limits.get(&m.topic) {
-                    Some(&limit) if least_batch_size(m, ce) > limit => {
-                        Handed::Failed(over_topic_limit(m, limit, ce))
-                    }
-                    _ => self.hand_over(m).await,
+                (None, _) => match over_topic_limit(&limits, m, ce) {
+                    Some(e) => Handed::Failed(e),
+                    None => self.hand_over(m).await,
                 },
             };
             if let (Handed::Failed(_), Some(k)) = (&handed, &m.key) {
@@ -538,8 +540,19 @@ pub(super) fn refused_by_broker(e: KafkaError, id: uuid::Uuid) -> Error {
     prefixed(kafka_error(e, Some(id)), "the delivery report failed")
 }
 
+/// The error of a record that its topic's known `max.message.bytes`
+/// (in `limits`) refuses, if it does.
+pub(super) fn over_topic_limit(
+    limits: &HashMap<String, usize>,
+    m: &Message,
+    ce: &CloudEvents,
+) -> Option<Error> {
+    let limit = *limits.get(&m.topic)?;
+    (least_batch_size(m, ce) > limit).then(|| larger_than_topic_limit(m, limit, ce))
+}
+
 /// The error of a record larger than its topic's `max.message.bytes`.
-pub(super) fn over_topic_limit(m: &Message, limit: usize, ce: &CloudEvents) -> Error {
+fn larger_than_topic_limit(m: &Message, limit: usize, ce: &CloudEvents) -> Error {
     Error::Transport {
         transport: "kafka".into(),
         message: format!(
@@ -559,7 +572,7 @@ pub(super) fn over_topic_limit(m: &Message, limit: usize, ce: &CloudEvents) -> E
 /// The least size of a Kafka record batch (format v2, uncompressed) that
 /// holds `m` alone: the batch header, the record's key, value and headers,
 /// and one byte for each of its length fields (varints take at least one).
-pub(super) fn least_batch_size(m: &Message, ce: &CloudEvents) -> usize {
+fn least_batch_size(m: &Message, ce: &CloudEvents) -> usize {
     const BATCH_HEADER: usize = 61;
     // Length, attributes, timestamp delta, offset delta, key length, value
     // length and header count.

@@ -32,8 +32,8 @@ use super::config::{config_error, KafkaConfig};
 use super::kafka_error;
 use super::producer::{Record, Report, ReportingProducer};
 use super::sink::{
-    create_topic_with, least_batch_size, over_topic_limit, producer_defaults, record_of,
-    refused_by_broker, refused_by_client, KafkaSink,
+    create_topic_with, over_topic_limit, producer_defaults, record_of, refused_by_broker,
+    refused_by_client, KafkaSink,
 };
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -103,20 +103,7 @@ impl KafkaSink {
             return Ok(());
         }
         let topic = self.published_topic()?;
-        let config = self.inner.config.clone();
-        let name = topic.clone();
-        let existing = blocking("reading the published topic's metadata", move || {
-            let consumer: BaseConsumer = reader_config(&config).create()?;
-            let metadata = consumer.fetch_metadata(Some(&name), Duration::from_secs(10))?;
-            Ok(metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == name && t.error().is_none())
-                .map(|t| t.partitions().len() as u32)
-                .filter(|n| *n > 0))
-        })
-        .await?;
-        let found = match existing {
+        let found = match self.topic_partitions(&topic).await? {
             Some(n) => n,
             None => {
                 let compacted = [("cleanup.policy", "compact")];
@@ -288,19 +275,12 @@ impl KafkaSink {
         published_topic: &str,
     ) -> Option<(Option<usize>, Error)> {
         let ce = &self.inner.config.cloudevents;
-        let limits = self
-            .inner
-            .topic_limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let limits = self.inner.topic_limits();
         let mut reports: Vec<(Option<usize>, tokio::sync::oneshot::Receiver<Report>)> =
             Vec::with_capacity(batch.len() + 1);
         for (i, m) in batch.iter().enumerate() {
-            if let Some(&limit) = limits.get(&m.topic) {
-                if least_batch_size(m, ce) > limit {
-                    return Some((Some(i), over_topic_limit(m, limit, ce)));
-                }
+            if let Some(e) = over_topic_limit(&limits, m, ce) {
+                return Some((Some(i), e));
             }
             match producer.hand_over(record_of(m, ce)).await {
                 Ok(report) => reports.push((Some(i), report)),
