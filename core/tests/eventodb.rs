@@ -227,8 +227,9 @@ async fn a_message_the_server_already_stores_counts_as_delivered_when_sent_again
     .expect("relay");
     enqueue(&db, &sent).await;
     wait_until_drained(&db.store, WAIT, Some(&relay)).await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.expect("relay shutdown");
+    let stats = relay.stats();
     assert!(
         db.store.dead_letters(10).await.unwrap().is_empty(),
         "nothing dead-lettered: {stats:?}"

@@ -141,8 +141,9 @@ async fn drain_while_held(xid: bool) {
     let all: Vec<Message> = backlog.iter().chain(produced.iter()).cloned().collect();
     let log = wait_in_log(&db.store, topic, &all, Duration::from_secs(120)).await;
     wait_until_drained(&db.store, WAIT, Some(&relay)).await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.expect("relay shutdown");
+    let stats = relay.stats();
 
     assert_eq!(log.len(), all.len(), "each message exactly once in the log");
     assert_order_per_key(&log, &all);

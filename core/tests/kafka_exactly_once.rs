@@ -128,8 +128,9 @@ async fn a_takeover_does_not_publish_again_what_the_last_holder_committed() {
     let sink: Arc<dyn Sink> = Arc::new(KafkaSink::new(exactly_once(&bootstrap, &id)).unwrap());
     let relay = Relay::start(db.store.clone(), sink, relay_config()).unwrap();
     drained(&db).await;
-    let stats = relay.stats();
+    // Counters are final once the relay stopped.
     relay.shutdown().await.unwrap();
+    let stats = relay.stats();
     assert_eq!(stats.delivered, 600, "every row recorded as delivered");
 
     let records = committed_ids(&bootstrap, &topic).await;

@@ -369,6 +369,20 @@ fn reader_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
     c
 }
 
+/// The client context of the published topic's reader: end of partition
+/// is how the reader knows it read through, not an error to log.
+struct Reader;
+
+impl rdkafka::ClientContext for Reader {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Reader {}
+
 /// The value of the last committed record of outbox partition `partition`
 /// in `topic` (reading backwards from the end in growing steps), or `None`.
 fn last_record(
@@ -376,11 +390,11 @@ fn last_record(
     topic: &str,
     partition: u32,
 ) -> std::result::Result<Option<Vec<u8>>, KafkaError> {
-    let consumer: BaseConsumer = reader_config(config).create()?;
+    let consumer: BaseConsumer<Reader> = reader_config(config).create_with_context(Reader)?;
     let kp = partition as i32;
     let key = partition.to_string();
-    let (low, high) = consumer.fetch_watermarks(topic, kp, Duration::from_secs(10))?;
     let deadline = Instant::now() + Duration::from_secs(30);
+    let (low, high) = watermarks(&consumer, topic, kp, deadline)?;
     // Each transaction ends with a marker, and aborted ones leave records
     // a committed reader skips: look back 16 offsets, then further.
     let mut back = 16i64;
@@ -417,6 +431,32 @@ fn last_record(
             return Ok(last);
         }
         back = back.saturating_mul(8);
+    }
+}
+
+/// The partition's low and high watermarks. A topic created a moment ago
+/// may have no leader yet: that is waited out until `deadline`.
+fn watermarks(
+    consumer: &BaseConsumer<Reader>,
+    topic: &str,
+    partition: i32,
+    deadline: Instant,
+) -> std::result::Result<(i64, i64), KafkaError> {
+    use rdkafka::error::RDKafkaErrorCode::{
+        LeaderNotAvailable, NotLeaderForPartition, UnknownTopicOrPartition,
+    };
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(LeaderNotAvailable | NotLeaderForPartition | UnknownTopicOrPartition)
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 
