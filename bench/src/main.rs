@@ -15,6 +15,7 @@ mod drain;
 mod enqueue;
 mod environment;
 mod explain;
+mod held_snapshot;
 mod idle;
 mod kafka;
 mod latency;

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::ceiling::{claim_and_delete, claim_batch};
 use crate::context::{message, Bench, TOPIC};
 use crate::cpu::{Busy, MachineCpu};
+use crate::held_snapshot::HeldSnapshot;
 use crate::report::{header, rate, thousands};
 
 /// Rows of a segment of the position layout.
@@ -113,7 +114,7 @@ async fn run(b: &mut Bench, n: usize) -> Result<()> {
     for design in [Design::ClaimDelete, Design::Position] {
         for held in [false, true] {
             let mut holder = if held {
-                Some(hold_snapshot(b).await?)
+                Some(HeldSnapshot::open(b).await?)
             } else {
                 None
             };
@@ -134,8 +135,8 @@ async fn run(b: &mut Bench, n: usize) -> Result<()> {
                     c.bytes as f64 / 1_048_576.0,
                 );
             }
-            if let Some(conn) = holder.take() {
-                conn.close().await?;
+            if let Some(snapshot) = holder.take() {
+                snapshot.release().await?;
             }
             rates.sort_by(f64::total_cmp);
             medians.push((design, held, rates[rates.len() / 2]));
@@ -198,19 +199,6 @@ async fn create_position_tables(b: &Bench) -> Result<()> {
         PARTITIONS - 1
     ));
     b.exec(ddl).await
-}
-
-/// A session holding a snapshot: the horizon of what vacuum may remove
-/// stays where it was for as long as the connection is open.
-async fn hold_snapshot(b: &Bench) -> Result<PgConnection> {
-    let mut conn = b.pool.acquire().await?.detach();
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM {}leases",
-        b.prefix
-    )))
-    .execute(&mut conn)
-    .await?;
-    Ok(conn)
 }
 
 /// Fills the design's outbox with `n` messages, then drains it (with the

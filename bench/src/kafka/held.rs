@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use relaybox::transport::kafka::KafkaSink;
 use relaybox::{Message, Relay, RelayConfig, Store};
-use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, Connection, PgPool};
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::context::{Bench, DRAIN_TIMEOUT};
 use crate::cpu::{Busy, MachineCpu};
+use crate::held_snapshot::HeldSnapshot;
 use crate::kafka::client::{kafka_config, kafka_message, Broker};
 use crate::kafka::drains::{print_row, print_rows_header, Measured};
 use crate::kafka::programs::{
@@ -48,45 +48,6 @@ impl Relayer {
             Relayer::Relaybox => "relaybox",
             Relayer::HandTuned => "hand-tuned",
         }
-    }
-}
-
-/// Another session's transaction, open from before a drain to after it:
-/// `REPEATABLE READ`, its snapshot taken by a read of a table other than
-/// the outbox; read-only, so it has no xid.
-struct HeldSnapshot {
-    conn: PgConnection,
-}
-
-impl HeldSnapshot {
-    async fn open(b: &Bench) -> Result<HeldSnapshot> {
-        let url = std::env::var("RELAYBOX_DATABASE_URL")?;
-        let mut conn = PgConnection::connect(&url).await?;
-        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut conn)
-            .await?;
-        let _: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {}",
-            b.table("dead_letters")
-        )))
-        .fetch_one(&mut conn)
-        .await?;
-        let (xmin, xid): (Option<String>, Option<String>) = sqlx::query_as(
-            "SELECT backend_xmin::text, backend_xid::text FROM pg_stat_activity \
-             WHERE pid = pg_backend_pid()",
-        )
-        .fetch_one(&mut conn)
-        .await?;
-        ensure!(xmin.is_some(), "the held session has no snapshot");
-        ensure!(xid.is_none(), "the held session has an xid: {xid:?}");
-        Ok(HeldSnapshot { conn })
-    }
-
-    /// Ends the held transaction.
-    async fn release(mut self) -> Result<()> {
-        sqlx::raw_sql("COMMIT").execute(&mut self.conn).await?;
-        self.conn.close().await?;
-        Ok(())
     }
 }
 
