@@ -17,7 +17,11 @@ pub(crate) struct HeldSnapshot {
 }
 
 impl HeldSnapshot {
-    pub(crate) async fn open(b: &Bench) -> Result<HeldSnapshot> {
+    /// Opens the transaction, its snapshot taken by reading the bench's
+    /// `table`: the read holds that table's `ACCESS SHARE` lock until
+    /// [`HeldSnapshot::release`], so it must be one the section does not
+    /// `TRUNCATE` while the snapshot is held.
+    pub(crate) async fn open(b: &Bench, table: &str) -> Result<HeldSnapshot> {
         let url = std::env::var("RELAYBOX_DATABASE_URL")?;
         let mut conn = PgConnection::connect(&url).await?;
         sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -25,7 +29,7 @@ impl HeldSnapshot {
             .await?;
         let _: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM {}",
-            b.table("dead_letters")
+            b.table(table)
         )))
         .fetch_one(&mut conn)
         .await?;

@@ -114,7 +114,7 @@ async fn run(b: &mut Bench, n: usize) -> Result<()> {
     for design in [Design::ClaimDelete, Design::Position] {
         for held in [false, true] {
             let mut holder = if held {
-                Some(HeldSnapshot::open(b).await?)
+                Some(HeldSnapshot::open(b, "leases").await?)
             } else {
                 None
             };

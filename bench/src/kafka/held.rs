@@ -201,7 +201,7 @@ async fn drain(
     };
     broker.wait_ready(&topic, PARTITIONS).await?;
     let snapshot = match held {
-        true => Some(HeldSnapshot::open(b).await?),
+        true => Some(HeldSnapshot::open(b, "dead_letters").await?),
         false => None,
     };
     let churn = held.then(|| Churn::start(b.store.clone(), b.pool.clone(), &topic, n));
