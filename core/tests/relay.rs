@@ -1055,6 +1055,80 @@ async fn a_failed_report_in_flight_holds_back_later_messages_of_its_key() {
     db.cleanup().await;
 }
 
+/// Publishes within `send` (the default): its first batch fails, every
+/// later one is written; records the messages written, in order.
+struct FirstBatchFailsSink {
+    calls: std::sync::atomic::AtomicU32,
+    written: Mutex<Vec<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for FirstBatchFailsSink {
+    fn name(&self) -> &str {
+        "first-batch-fails-test"
+    }
+
+    async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return batch
+                .iter()
+                .map(|m| {
+                    Err(Error::Transport {
+                        transport: "first-batch-fails-test".into(),
+                        message: "the broker is down".into(),
+                        retryable: true,
+                        message_id: Some(m.id),
+                    })
+                })
+                .collect();
+        }
+        self.written
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|m| m.id));
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_publishing_within_send_writes_each_key_in_order_after_a_failed_batch() {
+    // The first batch fails when the sink has already answered: the relay
+    // records that failure before it claims the next batch, so the later
+    // messages of the key wait for the failed ones instead of being written
+    // ahead of them (two batches in flight are allowed).
+    let db = TestDb::new(Backend::Postgres).await;
+    let msgs: Vec<Message> = (0..12)
+        .map(|i| Message::new("sync-sink", format!("{i}").into_bytes()).with_key("k"))
+        .collect();
+    db.enqueue_committed(&msgs).await;
+    let sink = Arc::new(FirstBatchFailsSink {
+        calls: std::sync::atomic::AtomicU32::new(0),
+        written: Mutex::new(Vec::new()),
+    });
+    let relay = Relay::start(
+        db.store.clone(),
+        sink.clone(),
+        RelayConfig {
+            batch_size: 3,
+            concurrency: 1,
+            batches_in_flight: 2,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(100),
+            ..relay_config()
+        },
+    )
+    .unwrap();
+    wait_pending(&db.store, 0, "every message delivered", WAIT, Some(&relay)).await;
+    relay.shutdown().await.unwrap();
+    let written = sink.written.lock().unwrap().clone();
+    let want: Vec<Uuid> = msgs.iter().map(|m| m.id).collect();
+    assert_eq!(
+        written, want,
+        "the broker received the key's messages out of order"
+    );
+    db.cleanup().await;
+}
+
 /// Hands batches over at once and acknowledges each after `delay`; the first
 /// attempt of the message with payload `fail-once` fails.
 struct DelayedAckSink {

@@ -7,6 +7,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -96,8 +97,24 @@ impl Worker {
                 look = true;
             }
             let mine = held.borrow_and_update().iter().any(|p| slice.contains(*p));
+            // A batch whose acknowledgements are in is completed before the
+            // next claim. A sink that publishes within `send` has written the
+            // batch already: were a later batch of its keys claimed before
+            // its failures are recorded, that batch could reach the broker
+            // ahead of the failed messages.
+            let front_acked =
+                in_flight
+                    .front_mut()
+                    .is_some_and(|b| match (&mut b.acks).now_or_never() {
+                        Some(results) => {
+                            b.acks = Box::pin(std::future::ready(results));
+                            true
+                        }
+                        None => false,
+                    });
             let room = in_flight.is_empty()
-                || (in_flight.len() < depth
+                || (!front_acked
+                    && in_flight.len() < depth
                     && in_flight.iter().map(|b| b.claim.rows.len()).sum::<usize>()
                         < PIPELINED_ROWS);
             if look && !cancelled && mine && !settling && room {
