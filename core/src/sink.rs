@@ -28,10 +28,11 @@ pub type Acks = Pin<Box<dyn Future<Output = Vec<Result<()>>> + Send + 'static>>;
 /// The relay calls [`send`](Sink::send), which by default is `publish`
 /// returning its results at once; the relay records those results before
 /// it claims the next batch, so a sink that publishes within `send` sees
-/// one batch at a time, the failures of each recorded before the next. A sink that overrides `send` to return as
-/// soon as the batch is handed over (to a producer's queue, say), with the
-/// acknowledgements still to come, lets the relay claim and hand over the
-/// next batches while it waits (up to `batches_in_flight`). Such a sink must
+/// one batch at a time, the failures of each recorded before the next. A
+/// sink that overrides `send` to return as soon as the batch is handed over
+/// (to a producer's queue, say), with the acknowledgements still to come,
+/// lets the relay claim and hand over the next batches while it waits (up
+/// to `batches_in_flight`). Such a sink must
 /// keep, for each key, the messages of a batch handed over later behind those
 /// of the batches handed over before (as a producer's per-partition queue
 /// does). The relay still records deliveries batch by batch in claim order,
