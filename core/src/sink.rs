@@ -37,7 +37,8 @@ pub type Acks = Pin<Box<dyn Future<Output = Vec<Result<()>>> + Send + 'static>>;
 /// of the batches handed over before (as a producer's per-partition queue
 /// does). The relay still records deliveries batch by batch in claim order,
 /// and never records a message as delivered while an earlier message of its
-/// key failed: that message is sent again after the earlier one.
+/// key failed: that message is sent again after the earlier one (and the
+/// sink is told, see [`unrecorded`](Sink::unrecorded)).
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// A short name for logs and errors, e.g. `"database"` or `"kafka"`.
@@ -79,6 +80,17 @@ pub trait Sink: Send + Sync + 'static {
     /// as connected.
     async fn check(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Messages of `batch`es this sink acknowledged that the relay did not
+    /// record as delivered, because an earlier message of their key failed
+    /// (see "Pipelining" above): the relay sends each again after that one.
+    /// A sink that can tell such a repeat from a new message may acknowledge
+    /// it then without publishing it a second time: a Kafka record is in
+    /// its partition already, behind the earlier one. The default does
+    /// nothing, so the repeat is published again.
+    fn unrecorded(&self, messages: &[&Message]) {
+        let _ = messages;
     }
 
     /// The sink's exactly-once side, when it publishes each outbox

@@ -351,6 +351,43 @@ async fn missing_topic_without_create_topics_is_a_transport_error_naming_it() {
     db.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_relay_did_not_record_is_not_produced_again() {
+    // The relay takes an acknowledged record as not delivered when an
+    // earlier message of its key failed, and sends it again after that one.
+    // The record is in Kafka already, behind the earlier one: the sink
+    // acknowledges the repeat without producing a second copy.
+    let bootstrap = bootstrap();
+    let topic = topic("unrecorded");
+    let sink = KafkaSink::new(KafkaConfig {
+        create_topics: true,
+        ..KafkaConfig::new(&bootstrap)
+    })
+    .expect("kafka sink");
+    let batch: Vec<Message> = (0..4)
+        .map(|i| Message::new(&topic, format!("p{i}")).with_key("k"))
+        .collect();
+    let results = sink.publish(&batch).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let unrecorded: Vec<&Message> = batch[2..].iter().collect();
+    sink.unrecorded(&unrecorded);
+    let again = sink.publish(&batch).await;
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+
+    let ids: Vec<Uuid> = read_records(&bootstrap, &topic)
+        .await
+        .iter()
+        .map(Record::id)
+        .collect();
+    let want: Vec<Uuid> = batch.iter().chain(&batch[..2]).map(|m| m.id).collect();
+    assert_eq!(
+        ids, want,
+        "the unrecorded records were produced again, or the others were not"
+    );
+    delete_topics(&bootstrap, &[&topic]).await;
+}
+
 // ---- 3. consumer redelivery --------------------------------------------------
 
 /// Committed offsets of `group` on `topic` per partition, and the high

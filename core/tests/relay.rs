@@ -942,12 +942,21 @@ struct SlowFailSink {
     handed_while: Mutex<Vec<(Uuid, bool)>>,
     /// pending_count() when `fail-once` was handed over the second time.
     pending_at_resend: Mutex<Option<i64>>,
+    /// What the relay said it did not record although acknowledged.
+    unrecorded: Mutex<Vec<Uuid>>,
 }
 
 #[async_trait::async_trait]
 impl Sink for SlowFailSink {
     fn name(&self) -> &str {
         "slow-fail-test"
+    }
+
+    fn unrecorded(&self, messages: &[&Message]) {
+        self.unrecorded
+            .lock()
+            .unwrap()
+            .extend(messages.iter().map(|m| m.id));
     }
 
     async fn publish(&self, batch: &[Message]) -> Vec<relaybox::Result<()>> {
@@ -1005,6 +1014,7 @@ async fn a_failed_report_in_flight_holds_back_later_messages_of_its_key() {
         reported: Arc::new(AtomicBool::new(false)),
         handed_while: Mutex::new(Vec::new()),
         pending_at_resend: Mutex::new(None),
+        unrecorded: Mutex::new(Vec::new()),
     });
     // One message per batch, one batch loop, two batches in flight: the
     // second message is claimed and handed over (and acknowledged at once)
@@ -1043,6 +1053,9 @@ async fn a_failed_report_in_flight_holds_back_later_messages_of_its_key() {
     // The second message was acknowledged, but not recorded as delivered while
     // the first one waited for its retry: both were pending at the resend.
     assert_eq!(*sink.pending_at_resend.lock().unwrap(), Some(2));
+    // The sink was told, so that one that can tell a repeat could skip it;
+    // this one publishes it again.
+    assert_eq!(*sink.unrecorded.lock().unwrap(), vec![second.id]);
     // So it went out again after the first one's successful retry.
     let last = |id: Uuid| handed.iter().rposition(|h| *h == id).unwrap();
     assert!(last(first.id) < last(second.id), "{handed:?}");

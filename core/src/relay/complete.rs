@@ -65,6 +65,9 @@ impl Worker {
         // relay's sets of published ids once they are recorded.
         let transactional = self.sink.transactional().is_some();
         let mut sent: Vec<(u32, uuid::Uuid)> = Vec::new();
+        // Acknowledged by the sink but held behind an earlier failure of
+        // their key: told to the sink, which may not publish them again.
+        let mut unrecorded: Vec<&Message> = Vec::new();
         for ((row, message), result) in claim.rows.iter().zip(&claim.messages).zip(results) {
             let key = message.key.as_deref();
             let behind = key.is_some_and(|k| failed_keys.contains(k) || held_keys.contains(k));
@@ -72,6 +75,7 @@ impl Worker {
                 // Held behind an earlier failure of its key (in this batch or an
                 // earlier one): not delivered even if the sink took it, and not an
                 // attempt of its own; it waits in the outbox behind that message.
+                Ok(()) if behind => unrecorded.push(message),
                 _ if behind => {}
                 Ok(()) => {
                     span(message, row.attempts + 1, Published::Delivered);
@@ -121,6 +125,10 @@ impl Worker {
             .copied()
             .chain(done.dead.iter().map(|(id, _)| *id))
             .collect();
+        if !unrecorded.is_empty() {
+            tracing::debug!(target: LOG_TARGET, count = unrecorded.len(), "relaybox acknowledged messages held behind an earlier failure of their key; they go again after it");
+            self.sink.unrecorded(&unrecorded);
+        }
         let tally = crate::metrics::BatchTally::new(&claim.messages, &done);
         self.store
             .complete(&self.owner, claim, done, self.config.retention.is_some())

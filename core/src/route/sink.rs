@@ -143,6 +143,20 @@ impl Sink for RoutedSink {
         self.send(batch).await.await
     }
 
+    /// Tells each route's sink of its own messages.
+    fn unrecorded(&self, messages: &[&Message]) {
+        for (at, route) in self.routes.iter().enumerate() {
+            let own: Vec<&Message> = messages
+                .iter()
+                .copied()
+                .filter(|m| self.route_of(&m.topic) == Some(at))
+                .collect();
+            if !own.is_empty() {
+                route.sink.unrecorded(&own);
+            }
+        }
+    }
+
     /// Checks every route's sink; the first that fails names its route.
     async fn check(&self) -> Result<()> {
         let results = join_all(self.routes.iter().map(|r| r.sink.check())).await;

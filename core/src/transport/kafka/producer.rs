@@ -14,9 +14,14 @@
 //! down longer than `delivery_timeout`, and the record stayed queued). A
 //! successful one that nobody received is remembered for a while, so that
 //! the relay's retry of that message learns it is in Kafka already instead
-//! of producing it a second time.
+//! of producing it a second time. So is a delivery the relay received but
+//! did not record, because an earlier record of its key failed, unless a
+//! record of that key was refused in its report lately (see
+//! [`ReportingProducer::remember_delivered`]).
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -29,6 +34,7 @@ use rdkafka::bindings as rdsys;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -53,6 +59,9 @@ const UNCLAIMED_FOR: Duration = Duration::from_secs(3600);
 /// oldest are forgotten first.
 const UNCLAIMED_MAX: usize = 1_000_000;
 
+/// At most this many refused keys are remembered; the oldest are forgotten first.
+const REFUSED_KEYS_MAX: usize = 100_000;
+
 /// The producer's context: routes each delivery report to whoever waits for
 /// the record, keyed by message id. An id is here from the moment its record
 /// is handed to librdkafka until its report arrives, which is how a retry
@@ -61,6 +70,7 @@ const UNCLAIMED_MAX: usize = 1_000_000;
 pub(crate) struct Reports {
     waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Report>>>>,
     unclaimed: Mutex<Unclaimed>,
+    refused_keys: Mutex<RefusedKeys>,
     /// The client's last error of its own (a failed TLS handshake, an
     /// unreachable broker) and when it came, for the errors it explains.
     last_error: Mutex<Option<(Instant, String)>>,
@@ -75,54 +85,99 @@ impl Reports {
     fn unclaimed(&self) -> MutexGuard<'_, Unclaimed> {
         self.unclaimed.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn refused_keys(&self) -> MutexGuard<'_, RefusedKeys> {
+        self.refused_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Messages whose record was delivered after every waiter had given up on
-/// its report: a later attempt of the message takes the delivery instead of
-/// producing the record again.
-struct Unclaimed {
-    delivered: HashMap<Uuid, Instant>,
+/// Entries remembered for a while: those at most `keep_for` old, at most
+/// `max` of them (the oldest are forgotten first).
+struct Recent<K> {
+    at: HashMap<K, Instant>,
     /// Insertion order, for forgetting the oldest.
-    order: VecDeque<(Instant, Uuid)>,
+    order: VecDeque<(Instant, K)>,
     keep_for: Duration,
     max: usize,
 }
 
-impl Default for Unclaimed {
-    fn default() -> Self {
-        Unclaimed::new(UNCLAIMED_FOR, UNCLAIMED_MAX)
-    }
-}
-
-impl Unclaimed {
+impl<K: Hash + Eq + Clone> Recent<K> {
     fn new(keep_for: Duration, max: usize) -> Self {
-        Unclaimed {
-            delivered: HashMap::new(),
+        Recent {
+            at: HashMap::new(),
             order: VecDeque::new(),
             keep_for,
             max,
         }
     }
 
-    fn insert(&mut self, id: Uuid, now: Instant) {
-        while let Some(&(at, old)) = self.order.front() {
-            if now.duration_since(at) < self.keep_for && self.order.len() < self.max {
+    fn insert(&mut self, k: K, now: Instant) {
+        while let Some((at, old)) = self.order.front() {
+            if now.duration_since(*at) < self.keep_for && self.order.len() < self.max {
                 break;
             }
-            self.order.pop_front();
-            if self.delivered.get(&old) == Some(&at) {
-                self.delivered.remove(&old);
+            if self.at.get(old) == Some(at) {
+                self.at.remove(old);
             }
+            self.order.pop_front();
         }
-        self.delivered.insert(id, now);
-        self.order.push_back((now, id));
+        self.at.insert(k.clone(), now);
+        self.order.push_back((now, k));
     }
 
-    /// Whether `id` was delivered unreceived (forgetting it: one retry takes it).
-    fn take(&mut self, id: &Uuid) -> bool {
-        self.delivered
-            .remove(id)
+    /// Whether `k` is remembered, forgetting it.
+    fn take<Q: Hash + Eq + ?Sized>(&mut self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.at
+            .remove(k)
             .is_some_and(|at| at.elapsed() < self.keep_for)
+    }
+
+    /// Whether `k` is remembered.
+    fn contains<Q: Hash + Eq + ?Sized>(&self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.at
+            .get(k)
+            .is_some_and(|at| at.elapsed() < self.keep_for)
+    }
+}
+
+/// Messages whose record was delivered after every waiter had given up on
+/// its report: a later attempt of the message takes the delivery instead of
+/// producing the record again.
+type Unclaimed = Recent<Uuid>;
+
+impl Default for Unclaimed {
+    fn default() -> Self {
+        Recent::new(UNCLAIMED_FOR, UNCLAIMED_MAX)
+    }
+}
+
+/// Keys of which a record was refused in its delivery report: a later
+/// record of such a key may be in Kafka ahead of the refused one's retry.
+type RefusedKeys = Recent<Vec<u8>>;
+
+impl Default for RefusedKeys {
+    fn default() -> Self {
+        Recent::new(UNCLAIMED_FOR, REFUSED_KEYS_MAX)
+    }
+}
+
+impl Reports {
+    /// See [`ReportingProducer::remember_delivered`].
+    fn remember_delivered<'a>(&self, messages: impl IntoIterator<Item = (Uuid, Option<&'a str>)>) {
+        let now = Instant::now();
+        let refused = self.refused_keys();
+        let mut unclaimed = self.unclaimed();
+        for (id, key) in messages {
+            if !key.is_some_and(|k| refused.contains(k.as_bytes())) {
+                unclaimed.insert(id, now);
+            }
+        }
     }
 }
 
@@ -161,7 +216,12 @@ impl ProducerContext for Reports {
     fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Uuid>) {
         let report = match result {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(e.clone()),
+            Err((e, message)) => {
+                if let Some(key) = message.key() {
+                    self.refused_keys().insert(key.to_vec(), Instant::now());
+                }
+                Err(e.clone())
+            }
         };
         // Under the `waiting` lock throughout, so that a retry handing the
         // message over meanwhile finds either its waiters or its delivery.
@@ -269,6 +329,19 @@ impl ReportingProducer {
     /// Waits until every record handed over is delivered or failed.
     pub(crate) fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(timeout)
+    }
+
+    /// Remembers the delivered records of `messages` (id and key) as
+    /// delivered while nobody received their report, so that the next
+    /// [`hand_over`](Self::hand_over) of each reports it delivered without
+    /// producing it again; except those of a key refused in a delivery
+    /// report lately, which may be in Kafka ahead of the refused record's
+    /// retry: produced again, they land after it.
+    pub(crate) fn remember_delivered<'a>(
+        &self,
+        messages: impl IntoIterator<Item = (Uuid, Option<&'a str>)>,
+    ) {
+        self.producer.context().remember_delivered(messages);
     }
 
     /// Hands `record` to librdkafka, or, when a record with the same message
@@ -402,13 +475,30 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_behind_a_refused_record_of_its_key_is_not_remembered() {
+        let reports = Reports::default();
+        reports
+            .refused_keys()
+            .insert(b"refused".to_vec(), Instant::now());
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        reports.remember_delivered([(a, Some("refused")), (b, Some("other")), (c, None)]);
+        let mut unclaimed = reports.unclaimed();
+        assert!(
+            !unclaimed.take(&a),
+            "produced again, to land after the refused record's retry"
+        );
+        assert!(unclaimed.take(&b));
+        assert!(unclaimed.take(&c));
+    }
+
+    #[test]
     fn old_unreceived_deliveries_are_forgotten() {
         let mut unclaimed = Unclaimed::new(Duration::from_millis(20), 100);
         let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
         unclaimed.insert(old, Instant::now());
         std::thread::sleep(Duration::from_millis(40));
         unclaimed.insert(new, Instant::now());
-        assert_eq!(unclaimed.delivered.len(), 1);
+        assert_eq!(unclaimed.at.len(), 1);
         assert!(!unclaimed.take(&old));
         assert!(unclaimed.take(&new));
     }

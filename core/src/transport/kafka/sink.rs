@@ -376,6 +376,20 @@ impl Sink for KafkaSink {
         self.send(batch).await.await
     }
 
+    /// Remembers the records as delivered, as one whose report came after
+    /// its attempt gave up: librdkafka keeps a partition's records in order,
+    /// so they are in Kafka behind the earlier message of their key, and the
+    /// relay's next attempt of each takes that delivery instead of producing
+    /// a second copy. When a record of the key was refused in its delivery
+    /// report lately, the later ones may be in Kafka ahead of its retry:
+    /// those are produced again, to land after it (a compacted topic keeps
+    /// the key's latest message).
+    fn unrecorded(&self, messages: &[&Message]) {
+        self.inner
+            .producer
+            .remember_delivered(messages.iter().map(|m| (m.id, m.key.as_deref())));
+    }
+
     fn transactional(&self) -> Option<&dyn crate::sink::TransactionalSink> {
         self.inner
             .config
@@ -462,9 +476,20 @@ impl KafkaSink {
                         Some(Err(_)) => Err(unreported(
                             "the producer dropped the delivery report".into(),
                         )),
-                        None => Err(unreported(format!(
-                            "no delivery report within {timeout:?} (the record stays queued in the producer)"
-                        ))),
+                        // The report may be sent right now, after the timer
+                        // won: closing first, a report sent before still
+                        // counts, and one sent after is remembered by the
+                        // producer for the retry (not produced again).
+                        None => {
+                            report.close();
+                            match report.try_recv() {
+                                Ok(Ok(())) => Ok(()),
+                                Ok(Err(e)) => Err(refused_by_broker(e, id)),
+                                Err(_) => Err(unreported(format!(
+                                    "no delivery report within {timeout:?} (the record stays queued in the producer)"
+                                ))),
+                            }
+                        }
                     },
                 });
             }

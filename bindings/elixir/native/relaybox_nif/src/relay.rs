@@ -86,6 +86,10 @@ impl Sink for TelemetrySink {
         })
     }
 
+    fn unrecorded(&self, messages: &[&Message]) {
+        self.inner.unrecorded(messages)
+    }
+
     fn log_store(&self) -> Option<&relaybox::Store> {
         self.inner.log_store()
     }
