@@ -15,8 +15,10 @@
 //! successful one that nobody received is remembered for a while, so that
 //! the relay's retry of that message learns it is in Kafka already instead
 //! of producing it a second time. So is a delivery the relay received but
-//! did not record, because an earlier record of its key failed, unless a
-//! record of that key was refused in its report lately (see
+//! did not record, because an earlier record of its key failed. Neither is
+//! remembered when a record of its key was refused in its report lately:
+//! then the record may be in Kafka ahead of the refused one's retry, and is
+//! produced again to land after it (see
 //! [`ReportingProducer::remember_delivered`]).
 
 use std::borrow::Borrow;
@@ -169,12 +171,12 @@ impl Default for RefusedKeys {
 
 impl Reports {
     /// See [`ReportingProducer::remember_delivered`].
-    fn remember_delivered<'a>(&self, messages: impl IntoIterator<Item = (Uuid, Option<&'a str>)>) {
+    fn remember_delivered<'a>(&self, messages: impl IntoIterator<Item = (Uuid, Option<&'a [u8]>)>) {
         let now = Instant::now();
         let refused = self.refused_keys();
         let mut unclaimed = self.unclaimed();
         for (id, key) in messages {
-            if !key.is_some_and(|k| refused.contains(k.as_bytes())) {
+            if !key.is_some_and(|k| refused.contains(k)) {
                 unclaimed.insert(id, now);
             }
         }
@@ -214,13 +216,13 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Uuid>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Uuid>) {
-        let report = match result {
-            Ok(_) => Ok(()),
+        let (report, key) = match result {
+            Ok(message) => (Ok(()), message.key()),
             Err((e, message)) => {
                 if let Some(key) = message.key() {
                     self.refused_keys().insert(key.to_vec(), Instant::now());
                 }
-                Err(e.clone())
+                (Err(e.clone()), message.key())
             }
         };
         // Under the `waiting` lock throughout, so that a retry handing the
@@ -232,7 +234,7 @@ impl ProducerContext for Reports {
             received |= waiter.send(report.clone()).is_ok();
         }
         if !received && report.is_ok() {
-            self.unclaimed().insert(*id, Instant::now());
+            self.remember_delivered([(*id, key)]);
         }
     }
 }
@@ -339,7 +341,7 @@ impl ReportingProducer {
     /// retry: produced again, they land after it.
     pub(crate) fn remember_delivered<'a>(
         &self,
-        messages: impl IntoIterator<Item = (Uuid, Option<&'a str>)>,
+        messages: impl IntoIterator<Item = (Uuid, Option<&'a [u8]>)>,
     ) {
         self.producer.context().remember_delivered(messages);
     }
@@ -481,7 +483,11 @@ mod tests {
             .refused_keys()
             .insert(b"refused".to_vec(), Instant::now());
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        reports.remember_delivered([(a, Some("refused")), (b, Some("other")), (c, None)]);
+        reports.remember_delivered([
+            (a, Some(&b"refused"[..])),
+            (b, Some(&b"other"[..])),
+            (c, None),
+        ]);
         let mut unclaimed = reports.unclaimed();
         assert!(
             !unclaimed.take(&a),

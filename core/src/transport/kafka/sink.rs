@@ -385,9 +385,11 @@ impl Sink for KafkaSink {
     /// those are produced again, to land after it (a compacted topic keeps
     /// the key's latest message).
     fn unrecorded(&self, messages: &[&Message]) {
-        self.inner
-            .producer
-            .remember_delivered(messages.iter().map(|m| (m.id, m.key.as_deref())));
+        self.inner.producer.remember_delivered(
+            messages
+                .iter()
+                .map(|m| (m.id, m.key.as_deref().map(str::as_bytes))),
+        );
     }
 
     fn transactional(&self) -> Option<&dyn crate::sink::TransactionalSink> {
