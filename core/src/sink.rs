@@ -32,13 +32,13 @@ pub type Acks = Pin<Box<dyn Future<Output = Vec<Result<()>>> + Send + 'static>>;
 /// sink that overrides `send` to return as soon as the batch is handed over
 /// (to a producer's queue, say), with the acknowledgements still to come,
 /// lets the relay claim and hand over the next batches while it waits (up
-/// to `batches_in_flight`). Such a sink must
-/// keep, for each key, the messages of a batch handed over later behind those
-/// of the batches handed over before (as a producer's per-partition queue
-/// does). The relay still records deliveries batch by batch in claim order,
-/// and never records a message as delivered while an earlier message of its
-/// key failed: that message is sent again after the earlier one (and the
-/// sink is told, see [`unrecorded`](Sink::unrecorded)).
+/// to `batches_in_flight`). Such a sink must keep, for each key, the
+/// messages of a batch handed over later behind those of the batches handed
+/// over before (as a producer's per-partition queue does). The relay still
+/// records deliveries batch by batch in claim order, and never records a
+/// message as delivered while an earlier message of its key failed: that
+/// message is sent again after the earlier one (and the sink is told, see
+/// [`unrecorded`](Sink::unrecorded)).
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// A short name for logs and errors, e.g. `"database"` or `"kafka"`.
@@ -82,8 +82,8 @@ pub trait Sink: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Messages of `batch`es this sink acknowledged that the relay did not
-    /// record as delivered, because an earlier message of their key failed
+    /// Messages this sink acknowledged that the relay did not record as
+    /// delivered, because an earlier message of their key failed
     /// (see "Pipelining" above): the relay sends each again after that one.
     /// A sink that can tell such a repeat from a new message may acknowledge
     /// it then without publishing it a second time: a Kafka record is in

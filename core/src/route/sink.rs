@@ -145,12 +145,13 @@ impl Sink for RoutedSink {
 
     /// Tells each route's sink of its own messages.
     fn unrecorded(&self, messages: &[&Message]) {
-        for (at, route) in self.routes.iter().enumerate() {
-            let own: Vec<&Message> = messages
-                .iter()
-                .copied()
-                .filter(|m| self.route_of(&m.topic) == Some(at))
-                .collect();
+        let mut own: Vec<Vec<&Message>> = vec![Vec::new(); self.routes.len()];
+        for m in messages {
+            if let Some(route) = self.route_of(&m.topic) {
+                own[route].push(m);
+            }
+        }
+        for (route, own) in self.routes.iter().zip(own) {
             if !own.is_empty() {
                 route.sink.unrecorded(&own);
             }

@@ -18,8 +18,7 @@
 //! did not record, because an earlier record of its key failed. Neither is
 //! remembered when a record of its key was refused in its report lately:
 //! then the record may be in Kafka ahead of the refused one's retry, and is
-//! produced again to land after it (see
-//! [`ReportingProducer::remember_delivered`]).
+//! produced again to land after it (see [`Reports::remember_delivered`]).
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
@@ -170,8 +169,16 @@ impl Default for RefusedKeys {
 }
 
 impl Reports {
-    /// See [`ReportingProducer::remember_delivered`].
-    fn remember_delivered<'a>(&self, messages: impl IntoIterator<Item = (Uuid, Option<&'a [u8]>)>) {
+    /// Remembers the delivered records of `messages` (id and key) as
+    /// delivered while nobody received their report, so that the next
+    /// [`hand_over`](ReportingProducer::hand_over) of each reports it
+    /// delivered without producing it again; except those of a key refused
+    /// in a delivery report lately, which may be in Kafka ahead of the
+    /// refused record's retry: produced again, they land after it.
+    pub(crate) fn remember_delivered<'a>(
+        &self,
+        messages: impl IntoIterator<Item = (Uuid, Option<&'a [u8]>)>,
+    ) {
         let now = Instant::now();
         let refused = self.refused_keys();
         let mut unclaimed = self.unclaimed();
@@ -331,19 +338,6 @@ impl ReportingProducer {
     /// Waits until every record handed over is delivered or failed.
     pub(crate) fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(timeout)
-    }
-
-    /// Remembers the delivered records of `messages` (id and key) as
-    /// delivered while nobody received their report, so that the next
-    /// [`hand_over`](Self::hand_over) of each reports it delivered without
-    /// producing it again; except those of a key refused in a delivery
-    /// report lately, which may be in Kafka ahead of the refused record's
-    /// retry: produced again, they land after it.
-    pub(crate) fn remember_delivered<'a>(
-        &self,
-        messages: impl IntoIterator<Item = (Uuid, Option<&'a [u8]>)>,
-    ) {
-        self.producer.context().remember_delivered(messages);
     }
 
     /// Hands `record` to librdkafka, or, when a record with the same message

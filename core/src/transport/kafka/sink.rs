@@ -385,7 +385,7 @@ impl Sink for KafkaSink {
     /// those are produced again, to land after it (a compacted topic keeps
     /// the key's latest message).
     fn unrecorded(&self, messages: &[&Message]) {
-        self.inner.producer.remember_delivered(
+        self.inner.producer.client().context().remember_delivered(
             messages
                 .iter()
                 .map(|m| (m.id, m.key.as_deref().map(str::as_bytes))),
@@ -468,31 +468,33 @@ impl KafkaSink {
                 };
                 results.push(match handed {
                     Handed::Failed(e) => Err(e),
-                    Handed::Queued(mut report) => match tokio::select! {
-                        biased;
-                        report = &mut report => Some(report),
-                        _ = &mut expired => None,
-                    } {
-                        Some(Ok(Ok(()))) => Ok(()),
-                        Some(Ok(Err(e))) => Err(refused_by_broker(e, id)),
-                        Some(Err(_)) => Err(unreported(
-                            "the producer dropped the delivery report".into(),
-                        )),
-                        // The report may be sent right now, after the timer
-                        // won: closing first, a report sent before still
-                        // counts, and one sent after is remembered by the
-                        // producer for the retry (not produced again).
-                        None => {
-                            report.close();
-                            match report.try_recv() {
-                                Ok(Ok(())) => Ok(()),
-                                Ok(Err(e)) => Err(refused_by_broker(e, id)),
-                                Err(_) => Err(unreported(format!(
-                                    "no delivery report within {timeout:?} (the record stays queued in the producer)"
-                                ))),
+                    Handed::Queued(mut report) => {
+                        let received = match tokio::select! {
+                            biased;
+                            report = &mut report => Some(report),
+                            _ = &mut expired => None,
+                        } {
+                            Some(received) => Some(received),
+                            // The report may be sent right now, after the
+                            // timer won: closing first, a report sent before
+                            // still counts, and one sent after is remembered
+                            // by the producer for the retry (not produced again).
+                            None => {
+                                report.close();
+                                report.try_recv().ok().map(Ok)
                             }
+                        };
+                        match received {
+                            Some(Ok(Ok(()))) => Ok(()),
+                            Some(Ok(Err(e))) => Err(refused_by_broker(e, id)),
+                            Some(Err(_)) => Err(unreported(
+                                "the producer dropped the delivery report".into(),
+                            )),
+                            None => Err(unreported(format!(
+                                "no delivery report within {timeout:?} (the record stays queued in the producer)"
+                            ))),
                         }
-                    },
+                    }
                 });
             }
             drop(hold);
