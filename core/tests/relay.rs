@@ -1461,3 +1461,68 @@ async fn a_trickle_costs_one_claim_per_message() {
     assert!(claims <= N + 4, "{claims} claims for {N} messages");
     db.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------
+// The claim's plan (PostgreSQL).
+// ---------------------------------------------------------------------------
+
+/// The plan PostgreSQL gives `statement` (with `args`, SQL literals) in a
+/// transaction begun with the relay's batch settings, made while the
+/// outbox is empty: the generic plan a relay's connection keeps from its
+/// first claim on.
+async fn relay_plan(db: &TestDb, statement: &str, args: &str) -> String {
+    let pool = db.store.pg_pool().unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(
+        relaybox::store::statements::batch_settings().to_string(),
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("PREPARE relay_plan AS {statement}")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let lines: Vec<String> =
+        sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE relay_plan({args})")))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    lines.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_planned_on_an_empty_outbox_read_it_through_its_indexes() {
+    // A relay that starts on an empty outbox keeps the plan of its first
+    // claim. Planned as a scan of a one-page table, the held-key test would
+    // read the whole outbox once per candidate row when a backlog comes.
+    // Autovacuum records an emptied outbox as empty.
+    let db = TestDb::new(Backend::Postgres).await;
+    let p = db.t("");
+    let outbox = db.t("outbox");
+    db.exec(&format!("VACUUM ANALYZE {outbox}")).await;
+    for (name, statement, args) in [
+        (
+            "claim",
+            relaybox::store::statements::claim(&p),
+            "'relay-1', 1, 0, 100",
+        ),
+        (
+            "move_to_log",
+            relaybox::store::statements::move_to_log(&p),
+            "ARRAY[0, 1, 2, 3], 100",
+        ),
+    ] {
+        let plan = relay_plan(&db, &statement, args).await;
+        assert!(
+            !plan.contains(&format!("Seq Scan on {outbox}")),
+            "{name} scans the outbox:\n{plan}"
+        );
+        assert!(
+            plan.contains(&format!("{outbox}_held")),
+            "{name} does not probe the held rows' index:\n{plan}"
+        );
+    }
+    db.cleanup().await;
+}

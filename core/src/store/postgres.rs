@@ -597,8 +597,17 @@ pub(super) async fn insert_outbox(
 ///   that runs in about 2 ms interpreted (1,000 rows of a 320,000-row
 ///   outbox). The relay's statements read a few index entries; compiling
 ///   them never pays.
-const BATCH_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off; \
-     SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off";
+/// - `enable_seqscan = off`: the generic plan is made with the statistics of
+///   the moment, and an outbox that has just been emptied (or never
+///   analyzed) looks like a table of one page. Planned then, the held-key
+///   test reads the whole outbox once per candidate row instead of probing
+///   the `outbox_held` index: a claim of 100 rows took 70 ms at 1,000
+///   messages a second, and the claims took half of PostgreSQL's time. Every
+///   statement of the batch has an index made for it, so the plan stays the
+///   same whatever the statistics say.
+pub(super) const BATCH_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off; \
+     SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off; \
+     SET LOCAL enable_seqscan = off";
 
 pub(super) async fn claim(
     pool: &PgPool,

@@ -14,6 +14,18 @@
 
 use super::scope::LeaseScope;
 
+/// The settings the relay's batch transactions begin with (`SET LOCAL`
+/// commands, `;`-separated): run them first in a transaction to `EXPLAIN` a
+/// statement of this module with the plan the relay gets. Among them,
+/// `plan_cache_mode = force_generic_plan` (one plan per connection) and
+/// `enable_seqscan = off` (that plan reads the outbox through its indexes
+/// even when it was made while the outbox was empty).
+pub fn batch_settings() -> &'static str {
+    super::postgres::BATCH_BEGIN
+        .strip_prefix("BEGIN; ")
+        .unwrap_or(super::postgres::BATCH_BEGIN)
+}
+
 /// The relay's claim: up to `$4` claimable rows of the partitions whose
 /// leases relay `$1` holds in batch loop `$3` of `$2` (`partition % $2 =
 /// $3`), in `seq` order, locked `FOR UPDATE SKIP LOCKED`, with the lease
@@ -136,5 +148,7 @@ mod tests {
         assert!(moved.contains("taken AS (DELETE FROM app_outbox o"));
         assert!(moved.ends_with("RETURNING topic"));
         assert!(log_append("app_").starts_with("INSERT INTO app_log "));
+        assert!(batch_settings().starts_with("SET LOCAL "));
+        assert!(batch_settings().contains("enable_seqscan = off"));
     }
 }
