@@ -257,18 +257,46 @@ impl Transaction {
     }
 
     /// Starts the savepoint that isolates one message of the consumer inside
-    /// a transaction shared by several; with `release_previous`, the previous
-    /// message's savepoint is released first, in the same round trip.
-    pub(crate) async fn message_savepoint(&self, release_previous: bool) -> Result<()> {
-        let sql = if release_previous {
-            "RELEASE SAVEPOINT relaybox_message; SAVEPOINT relaybox_message"
-        } else {
-            "SAVEPOINT relaybox_message"
+    /// a transaction shared by several (with `release_previous`, the previous
+    /// message's savepoint is released first), then records the message as
+    /// [`inbox_insert`](Self::inbox_insert) does, inside it: on PostgreSQL
+    /// in one round trip.
+    pub(crate) async fn message_savepoint_inbox_insert(
+        &self,
+        release_previous: bool,
+        group: &str,
+        message_id: Uuid,
+    ) -> Result<bool> {
+        let mut guard = self.open().await?;
+        let r = match (guard.as_mut().expect("checked open"), self.store.pool()?) {
+            (TxState::Postgres(tx), Pool::Postgres(_, sql)) => {
+                crate::store::pg_savepoint_inbox_insert(
+                    tx,
+                    sql,
+                    release_previous,
+                    group,
+                    message_id,
+                )
+                .await
+            }
+            (TxState::Sqlite(tx), Pool::Sqlite(_, sql)) => {
+                let savepoint = if release_previous {
+                    "RELEASE SAVEPOINT relaybox_message; SAVEPOINT relaybox_message"
+                } else {
+                    "SAVEPOINT relaybox_message"
+                };
+                match sqlx::raw_sql(savepoint).execute(&mut **tx).await {
+                    Ok(_) => crate::store::sqlite_inbox_insert(tx, sql, group, message_id).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => Err(Error::internal("transaction of another dialect")),
         };
-        self.raw(sql).await
+        self.note(&r);
+        r
     }
 
-    /// Undoes everything since [`message_savepoint`](Self::message_savepoint);
+    /// Undoes everything since [`message_savepoint_inbox_insert`](Self::message_savepoint_inbox_insert);
     /// the transaction is usable again, on PostgreSQL also after a failed statement.
     pub(crate) async fn rollback_to_message_savepoint(&self) -> Result<()> {
         self.raw("ROLLBACK TO SAVEPOINT relaybox_message").await?;

@@ -45,15 +45,16 @@ impl Worker {
         for (i, delivery) in run.iter().enumerate() {
             let message = &delivery.message;
             // The first message needs no savepoint: the whole transaction is its own.
-            if i > 0 {
-                if started.elapsed() >= SHARED_FOR {
-                    break;
-                }
-                if let Err(e) = tx.message_savepoint(i > 1).await {
-                    return one_by_one(i, e);
-                }
+            if i > 0 && started.elapsed() >= SHARED_FOR {
+                break;
             }
-            match tx.inbox_insert(&self.config.group, message.id).await {
+            let recorded = if i == 0 {
+                tx.inbox_insert(&self.config.group, message.id).await
+            } else {
+                tx.message_savepoint_inbox_insert(i > 1, &self.config.group, message.id)
+                    .await
+            };
+            match recorded {
                 Ok(true) => {}
                 Ok(false) => {
                     duplicates += 1;

@@ -65,7 +65,9 @@ pub(crate) use host::{host_insert_params, host_insert_sql};
 pub use host::{InboxStatement, InsertStatement, Placeholders, HOST_BATCH_MAX};
 pub(crate) use lease::{LeaseSession, LeaseView};
 pub use options::StoreOptions;
-pub(crate) use postgres::{inbox_insert as pg_inbox_insert, PgSql};
+pub(crate) use postgres::{
+    inbox_insert as pg_inbox_insert, savepoint_inbox_insert as pg_savepoint_inbox_insert, PgSql,
+};
 pub use rows::{
     ConsumerPosition, DeadLetter, DeadLetterFilter, DeadLetterQuery, LeaseOwner, LogEntry,
     OutboxRow, ParkedKey, Status, TopicBacklog, PARKED_KEYS_SHOWN,

@@ -58,6 +58,8 @@ pub(crate) struct PgSql {
     dl_purge: Sql,
     dl_insert: Sql,
     pub(crate) inbox_insert: Sql,
+    /// [`Self::inbox_insert`] up to its values, for literal ones.
+    inbox_insert_values: Sql,
     inbox_purge: Sql,
     purge_sent: Sql,
     pos_get: Sql,
@@ -229,6 +231,9 @@ impl PgSql {
             )),
             inbox_insert: s(format!(
                 "INSERT INTO {p}inbox (consumer_group, message_id, processed_at) VALUES ($1, $2, now()) ON CONFLICT DO NOTHING"
+            )),
+            inbox_insert_values: s(format!(
+                "INSERT INTO {p}inbox (consumer_group, message_id, processed_at) VALUES "
             )),
             inbox_purge: s(format!(
                 "DELETE FROM {p}inbox WHERE processed_at < now() - make_interval(secs => $1)"
@@ -1054,6 +1059,48 @@ pub(super) async fn insert_dead_letter(
     Ok(())
 }
 
+/// Starts the savepoint of one message of a consumer's shared transaction
+/// (`RELEASE`-ing the previous message's first with `release_previous`) and
+/// records `message_id` for `group`, in one round trip: a simple query with
+/// the group and id as literals. False when the id was already there.
+pub(crate) async fn savepoint_inbox_insert(
+    conn: &mut PgConnection,
+    sql: &PgSql,
+    release_previous: bool,
+    group: &str,
+    message_id: Uuid,
+) -> Result<bool> {
+    let savepoint = if release_previous {
+        "RELEASE SAVEPOINT relaybox_message; SAVEPOINT relaybox_message"
+    } else {
+        "SAVEPOINT relaybox_message"
+    };
+    let text = format!(
+        "{savepoint}; {}({}, '{message_id}', now()) ON CONFLICT DO NOTHING",
+        sql.inbox_insert_values,
+        group_literal(group)?
+    );
+    // The savepoint commands count no rows: what is counted is the insert's.
+    let done = sqlx::raw_sql(AssertSqlSafe(text)).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A consumer group as a PostgreSQL string constant with C-style escapes
+/// (`E'…'`), which reads the same whatever `standard_conforming_strings`
+/// says.
+fn group_literal(text: &str) -> Result<String> {
+    if text.contains('\0') {
+        return Err(Error::config(
+            "group",
+            "must not contain the NUL character (PostgreSQL text cannot)",
+        ));
+    }
+    Ok(format!(
+        "E'{}'",
+        text.replace('\\', "\\\\").replace('\'', "''")
+    ))
+}
+
 /// Records `message_id` for `group`; false when it was already there.
 pub(crate) async fn inbox_insert(
     conn: &mut PgConnection,
@@ -1400,6 +1447,16 @@ pub(super) async fn consumer_positions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_literals_escape_quotes_and_backslashes_and_refuse_nul() {
+        assert_eq!(group_literal("billing").unwrap(), "E'billing'");
+        assert_eq!(group_literal(r"o'k\n").unwrap(), r"E'o''k\\n'");
+        assert!(matches!(
+            group_literal("a\0b"),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
 
     #[test]
     fn placeholder_styles() {
