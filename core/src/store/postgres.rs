@@ -58,8 +58,6 @@ pub(crate) struct PgSql {
     dl_purge: Sql,
     dl_insert: Sql,
     pub(crate) inbox_insert: Sql,
-    /// [`Self::inbox_insert`] up to its values, for literal ones.
-    inbox_insert_values: Sql,
     inbox_purge: Sql,
     purge_sent: Sql,
     pos_get: Sql,
@@ -231,9 +229,6 @@ impl PgSql {
             )),
             inbox_insert: s(format!(
                 "INSERT INTO {p}inbox (consumer_group, message_id, processed_at) VALUES ($1, $2, now()) ON CONFLICT DO NOTHING"
-            )),
-            inbox_insert_values: s(format!(
-                "INSERT INTO {p}inbox (consumer_group, message_id, processed_at) VALUES "
             )),
             inbox_purge: s(format!(
                 "DELETE FROM {p}inbox WHERE processed_at < now() - make_interval(secs => $1)"
@@ -1076,8 +1071,9 @@ pub(crate) async fn savepoint_inbox_insert(
         "SAVEPOINT relaybox_message"
     };
     let text = format!(
-        "{savepoint}; {}({}, '{message_id}', now()) ON CONFLICT DO NOTHING",
-        sql.inbox_insert_values,
+        "{savepoint}; INSERT INTO {}inbox (consumer_group, message_id, processed_at) \
+         VALUES ({}, '{message_id}', now()) ON CONFLICT DO NOTHING",
+        sql.prefix,
         group_literal(group)?
     );
     // The savepoint commands count no rows: what is counted is the insert's.
