@@ -267,24 +267,17 @@ impl Transaction {
         group: &str,
         message_id: Uuid,
     ) -> Result<bool> {
+        let savepoint = if release_previous {
+            "RELEASE SAVEPOINT relaybox_message; SAVEPOINT relaybox_message"
+        } else {
+            "SAVEPOINT relaybox_message"
+        };
         let mut guard = self.open().await?;
         let r = match (guard.as_mut().expect("checked open"), self.store.pool()?) {
             (TxState::Postgres(tx), Pool::Postgres(_, sql)) => {
-                crate::store::pg_savepoint_inbox_insert(
-                    tx,
-                    sql,
-                    release_previous,
-                    group,
-                    message_id,
-                )
-                .await
+                crate::store::pg_savepoint_inbox_insert(tx, sql, savepoint, group, message_id).await
             }
             (TxState::Sqlite(tx), Pool::Sqlite(_, sql)) => {
-                let savepoint = if release_previous {
-                    "RELEASE SAVEPOINT relaybox_message; SAVEPOINT relaybox_message"
-                } else {
-                    "SAVEPOINT relaybox_message"
-                };
                 match sqlx::raw_sql(savepoint).execute(&mut **tx).await {
                     Ok(_) => crate::store::sqlite_inbox_insert(tx, sql, group, message_id).await,
                     Err(e) => Err(e.into()),

@@ -1054,22 +1054,17 @@ pub(super) async fn insert_dead_letter(
     Ok(())
 }
 
-/// Starts the savepoint of one message of a consumer's shared transaction
-/// (`RELEASE`-ing the previous message's first with `release_previous`) and
-/// records `message_id` for `group`, in one round trip: a simple query with
-/// the group and id as literals. False when the id was already there.
+/// Runs `savepoint` (the savepoint commands of one message of a consumer's
+/// shared transaction) and records `message_id` for `group`, in one round
+/// trip: a simple query with the group and id as literals. False when the
+/// id was already there.
 pub(crate) async fn savepoint_inbox_insert(
     conn: &mut PgConnection,
     sql: &PgSql,
-    release_previous: bool,
+    savepoint: &str,
     group: &str,
     message_id: Uuid,
 ) -> Result<bool> {
-    let savepoint = if release_previous {
-        "RELEASE SAVEPOINT relaybox_message; SAVEPOINT relaybox_message"
-    } else {
-        "SAVEPOINT relaybox_message"
-    };
     let text = format!(
         "{savepoint}; INSERT INTO {}inbox (consumer_group, message_id, processed_at) \
          VALUES ({}, '{message_id}', now()) ON CONFLICT DO NOTHING",
